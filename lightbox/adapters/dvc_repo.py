@@ -1,0 +1,145 @@
+"""DVC and git: version the data folder, push it to the remote, read any version back.
+
+The only module that imports dvc. The remote lives in the committed .dvc/config (a path relative to
+the repo, so the default works on every clone); a non-default remote (S3, ...) goes to
+.dvc/config.local so that no credentials or machine paths are committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from lightbox.settings import Settings
+
+REMOTE_NAME = "lightbox"
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """What travels with every downstream artifact: enough to read the exact data back."""
+
+    md5: str  # the data.dvc directory hash (ends with .dir)
+    git_rev: str  # the commit holding that data.dvc ("" when not committed)
+    path: str  # the tracked folder, relative to the repo
+    files: int
+    size: int
+    remote: str
+
+    @property
+    def short(self) -> str:
+        return self.md5.removesuffix(".dir")[:10]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def uri(self) -> str:
+        return f"dvc://{self.path}@{self.git_rev or 'worktree'}#md5={self.md5}"
+
+
+def _git(root: Path, *args: str, check: bool = True) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=lightbox", "-c", "user.email=lightbox@localhost", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def ensure_repo(settings: Settings) -> None:
+    """git + DVC repo with the default remote committed; idempotent."""
+    root = settings.project_dir
+    if not (root / ".git").exists():
+        _git(root, "init", "-q")
+    if not (root / ".dvc").exists():
+        from dvc.repo import Repo
+
+        Repo.init(str(root))
+    cfg = root / ".dvc" / "config"
+    text = cfg.read_text() if cfg.exists() else ""
+    if f'remote "{REMOTE_NAME}"' not in text:
+        default_url = os.path.relpath(settings.state / "dvc-remote", root / ".dvc")
+        cfg.write_text(
+            text + f"[core]\n    remote = {REMOTE_NAME}\n"
+            f"['remote \"{REMOTE_NAME}\"']\n    url = {default_url}\n"
+        )
+        # Commit the remote config *before* any data version: DVC reads each revision's own config.
+        _git(root, "add", ".dvc/config", ".dvcignore")
+        _git(root, "commit", "-q", "-m", "dvc: default remote", "--", ".dvc/config", ".dvcignore", check=False)
+    local = root / ".dvc" / "config.local"
+    if settings.dvc_remote_url:
+        lines = [f"['remote \"{REMOTE_NAME}\"']", f"    url = {settings.dvc_remote_url}"]
+        if settings.dvc_remote_endpoint_url:
+            lines.append(f"    endpointurl = {settings.dvc_remote_endpoint_url}")
+        local.write_text("\n".join(lines) + "\n")
+    elif local.exists():
+        local.unlink()
+
+
+def remote_url(settings: Settings) -> str:
+    return settings.dvc_remote_url or str(settings.state / "dvc-remote")
+
+
+def version_data(settings: Settings) -> DatasetVersion:
+    """dvc add + push the data folder, commit data.dvc, and return the version. Re-runnable."""
+    from dvc.repo import Repo
+
+    ensure_repo(settings)
+    root = settings.project_dir
+    with Repo(str(root)) as repo:
+        repo.add(settings.data_subdir)
+        repo.push(remote=REMOTE_NAME)
+    dvc_file = root / f"{settings.data_subdir}.dvc"
+    out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    rev = ""
+    if settings.data_git_commit:
+        paths = [dvc_file.name] + [p for p in (".gitignore",) if (root / p).exists()]
+        _git(root, "add", "--", *paths)
+        if _git(root, "status", "--porcelain", "--", *paths):
+            _git(root, "commit", "-q", "-m", f"data: version {out['md5'][:10]}", "--", *paths)
+        rev = _git(root, "rev-parse", "HEAD")
+    return DatasetVersion(
+        md5=out["md5"],
+        git_rev=rev,
+        path=settings.data_subdir,
+        files=int(out.get("nfiles", 0)),
+        size=int(out.get("size", 0)),
+        remote=remote_url(settings),
+    )
+
+
+def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:
+    """Read one file of the data folder as it was at a git revision (from cache or the remote)."""
+    import dvc.api
+
+    return dvc.api.read(f"{settings.data_subdir}/{relpath}", repo=str(settings.project_dir), rev=rev, mode="rb")
+
+
+def remote_holds(settings: Settings, version: DatasetVersion) -> bool:
+    """True when the remote has the directory manifest for this version (only for local remotes)."""
+    md5 = version.md5.removesuffix(".dir")
+    base = Path(remote_url(settings))
+    return (base / "files" / "md5" / md5[:2] / (md5[2:] + ".dir")).exists()
+
+
+def save_version(settings: Settings, version: DatasetVersion) -> Path:
+    path = settings.state / "dataset_version.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(version.to_dict(), indent=2))
+    return path
+
+
+def load_version(settings: Settings) -> DatasetVersion:
+    path = settings.state / "dataset_version.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset version at {path}: run `lightbox data version` first")
+    return DatasetVersion(**json.loads(path.read_text()))

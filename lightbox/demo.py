@@ -1,0 +1,105 @@
+"""`lightbox demo`: the whole lifecycle through Airflow DAG runs, then the server and a prediction."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+from lightbox.settings import Settings, settings_env
+
+
+def _step(msg: str) -> float:
+    typer.secho(f"==> {msg}", fg="cyan", bold=True)
+    return time.monotonic()
+
+
+def _done(t0: float) -> None:
+    typer.echo(f"    done in {time.monotonic() - t0:.0f}s")
+
+
+def start_server(settings: Settings, log: Path) -> subprocess.Popen:
+    env = dict(os.environ) | settings_env(settings)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightbox.cli", "serve"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://{settings.serve_host}:{settings.serve_port}/healthz"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise TimeoutError(f"server not healthy after 180 s; see {log}")
+
+
+def pick_images(settings: Settings) -> tuple[Path, Path]:
+    """A pristine image and the most blurred variant of the same source."""
+    import pandas as pd
+
+    m = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
+    blurred = m[m["distortions"].str.startswith("blur:")].sort_values("score").iloc[0]
+    same = m[(m["source_id"] == blurred["source_id"]) & (m["distortions"] == "none")]
+    pristine = same.iloc[0] if len(same) else m[m["distortions"] == "none"].iloc[0]
+    return settings.data_dir / pristine["path"], settings.data_dir / blurred["path"]
+
+
+def run(settings: Settings, *, sources: int, variants: int, trials: int, epochs: int,
+        keep_serving: bool = False) -> None:
+    from lightbox.adapters import airflow_runner, dvc_repo, mlflow_registry
+
+    t_start = time.monotonic()
+    t = _step(f"lightbox_data DAG: {sources} sources x {variants + 1} images -> validate -> DVC -> Feast")
+    airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": sources, "variants": variants})
+    _done(t)
+    t = _step(f"lightbox_train DAG: Ray Tune ({trials} trials, ASHA) -> MLflow -> gates -> @champion")
+    airflow_runner.dags_test(settings, "lightbox_train", {"trials": trials, "epochs": epochs})
+    _done(t)
+
+    version = dvc_repo.load_version(settings)
+    champion = mlflow_registry.version_by_alias(settings, settings.champion_alias)
+
+    t = _step(f"serving models:/{settings.model_name}@{settings.champion_alias} on port {settings.serve_port}")
+    server = start_server(settings, settings.state / "logs" / "serve.log")
+    try:
+        pristine, blurred = pick_images(settings)
+        url = f"http://{settings.serve_host}:{settings.serve_port}/predict"
+        answers = {
+            p: httpx.post(url, content=p.read_bytes(), headers={"content-type": "application/octet-stream"},
+                          timeout=60).json()
+            for p in (pristine, blurred)
+        }
+        _done(t)
+        typer.secho("\nlightbox demo finished", fg="green", bold=True)
+        typer.echo(f"  total time        {time.monotonic() - t_start:.0f}s")
+        typer.echo(f"  dataset version   md5 {version.md5}  git {version.git_rev[:10] or '(uncommitted)'}")
+        typer.echo(f"  MLflow run        {champion.run_id}")
+        typer.echo(f"  promoted model    {settings.model_name} v{champion.version} @{settings.champion_alias}")
+        typer.echo(f"  MLflow UI         .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
+        typer.echo(f"  Airflow UI        AIRFLOW_HOME={settings.airflow_home_path} "
+                   f"AIRFLOW__CORE__DAGS_FOLDER={Path(__file__).resolve().parents[1] / 'dags'} "
+                   "PATH=.venv/bin:$PATH airflow standalone")
+        for p, a in answers.items():
+            typer.echo(f"  POST /predict {p.name}: {a}")
+        if keep_serving:
+            typer.echo(f"  serving at http://{settings.serve_host}:{settings.serve_port} (Ctrl-C to stop)")
+            server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)

@@ -1,0 +1,175 @@
+"""The one settings object. Read from the environment (prefix ``LIGHTBOX_``) with embedded defaults.
+
+Every default lives under one state folder (``.lightbox/``) so a fresh clone runs end to end with no
+server; every URI can be replaced by configuration alone (PostgreSQL, Redis, S3, a Ray address).
+Built once at each entry point (CLI command, DAG task, test) and passed down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Fixed label vocabulary. Defect tags first: the gates and behavioural tests key on them.
+DEFECT_TAGS: tuple[str, ...] = (
+    "blurry",
+    "noisy",
+    "jpeg_artifacts",
+    "overexposed",
+    "underexposed",
+    "low_contrast",
+)
+CONTENT_TAGS: tuple[str, ...] = ("animal", "person", "food", "space", "object", "texture", "synthetic")
+TAG_VOCABULARY: tuple[str, ...] = DEFECT_TAGS + CONTENT_TAGS
+
+# The checkout this code runs from: dags/ and features/ are code, found beside the packages.
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", extra="forbid", frozen=True)
+
+    # --- where things live -------------------------------------------------------------------
+    project_dir: Path = Field(default_factory=Path.cwd, description="git + DVC repository root")
+    state_dir: Path = Field(default=Path(".lightbox"), description="embedded state; relative to project_dir")
+
+    # --- data ----------------------------------------------------------------------------------
+    data_subdir: str = "data"  # tracked by <project_dir>/data.dvc
+    dataset_sources: int = Field(default=20, ge=3, description="source images (photos + rendered scenes)")
+    dataset_variants: int = Field(default=12, ge=1, description="distorted variants per source image")
+    dataset_seed: int = 7
+    image_max_side: int = Field(default=320, ge=32)
+    max_pixels: int = Field(default=40_000_000, ge=1, description="decompression-bomb guard")
+    min_image_side: int = 16
+    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    dvc_remote_url: str | None = None  # default: <state>/dvc-remote; s3://bucket/prefix in production
+    dvc_remote_endpoint_url: str | None = None
+    data_git_commit: bool = Field(default=True, description="commit data.dvc so the version has a git rev")
+
+    # --- MLflow --------------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = None  # default: sqlite:///<state>/mlflow.db
+    mlflow_artifact_root: str | None = None  # default: <state>/mlartifacts
+    mlflow_experiment: str = "lightbox"
+    model_name: str = "lightbox"
+    champion_alias: str = "champion"
+
+    # --- Feast ---------------------------------------------------------------------------------
+    feast_repo: Path | None = None  # default: the features/ repo beside this code
+    feast_registry: str | None = None  # default: <state>/feast/registry.db
+    feast_online_store_path: str | None = None  # default: <state>/feast/online.db
+    feast_offline_dir: str | None = None  # default: <state>/feast/offline
+    feature_service: str = "image_quality_v1"
+
+    # --- Ray / training ------------------------------------------------------------------------
+    ray_address: str | None = None  # None: a local Ray on the loopback address
+    ray_num_cpus: int | None = None
+    tune_trials: int = Field(default=4, ge=1)
+    tune_epochs: int = Field(default=30, ge=1)
+    tune_seed: int = 0
+    use_gpu: bool | None = None  # None: use one when torch sees it
+
+    # --- gates ---------------------------------------------------------------------------------
+    gate_min_srocc: float = 0.5
+    gate_max_mae: float = 0.25
+    gate_min_map: float = 0.3
+
+    # --- serving -------------------------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=1, le=65535)
+    serve_max_batch_size: int = Field(default=32, ge=1)
+    serve_max_wait_ms: float = Field(default=5.0, ge=0.0)
+    serve_max_queue: int = Field(default=256, ge=1)
+    serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
+    serve_max_concurrent_batches: int = Field(default=1, ge=1, description=">1 overlaps batches (GPU)")
+    serve_max_images_per_request: int = Field(default=64, ge=1)
+    serve_decode_workers: int | None = Field(default=None, ge=1, description="None: one per CPU core")
+    serve_tag_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="default ?threshold=")
+    serve_reload_interval_s: float = Field(default=30.0, ge=0.0, description="alias polling; 0: off")
+    serve_admin_token: str | None = Field(default=None, description="bearer token; None: /admin off")
+
+    # --- Airflow -------------------------------------------------------------------------------
+    airflow_home: Path | None = None  # default: <state>/airflow
+
+    @field_validator("project_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    # Derived locations. Properties, not fields, so that overriding project_dir moves them all.
+    @property
+    def state(self) -> Path:
+        return self.state_dir if self.state_dir.is_absolute() else self.project_dir / self.state_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.project_dir / self.data_subdir
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or str(self.state / "mlartifacts")
+
+    @property
+    def dvc_remote(self) -> str:
+        return self.dvc_remote_url or str(self.state / "dvc-remote")
+
+    @property
+    def feast_repo_path(self) -> Path:
+        if self.feast_repo is None:
+            return CODE_ROOT / "features"
+        return self.feast_repo if self.feast_repo.is_absolute() else self.project_dir / self.feast_repo
+
+    @property
+    def feast_registry_path(self) -> str:
+        return self.feast_registry or str(self.state / "feast" / "registry.db")
+
+    @property
+    def feast_online_path(self) -> str:
+        return self.feast_online_store_path or str(self.state / "feast" / "online.db")
+
+    @property
+    def feast_offline_path(self) -> Path:
+        return Path(self.feast_offline_dir) if self.feast_offline_dir else self.state / "feast" / "offline"
+
+    @property
+    def airflow_home_path(self) -> Path:
+        return self.airflow_home or self.state / "airflow"
+
+    def feast_env(self) -> dict[str, str]:
+        """Values for the ``${...}`` placeholders in features/feature_store.yaml."""
+        return {
+            "LIGHTBOX_FEAST_REGISTRY_PATH": self.feast_registry_path,
+            "LIGHTBOX_FEAST_ONLINE_PATH": self.feast_online_path,
+            "LIGHTBOX_FEAST_OFFLINE_PATH": str(self.feast_offline_path),
+        }
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The explicitly set fields as LIGHTBOX_* variables, so a subprocess (Airflow, a server) builds
+    the same settings. project_dir is always passed: a subprocess may start elsewhere."""
+    env = {"LIGHTBOX_PROJECT_DIR": str(settings.project_dir)}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[f"LIGHTBOX_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once at an entry point; overrides win over the environment."""
+    return Settings(**overrides)  # type: ignore[arg-type]

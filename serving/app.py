@@ -1,0 +1,231 @@
+"""The HTTP app: ``POST /predict`` (simple JSON API), the Open Inference Protocol (serving/v2.py),
+``/healthz``, ``/metrics``, ``POST /admin/reload`` and a small upload page at ``/``.
+
+Every non-2xx answer is JSON ``{"error": "..."}``: bad input is 4xx (400 undecodable, 413 too large,
+415 wrong content type, 422 bad parameters), overload is 429 with ``Retry-After``; a 5xx means a bug
+or a failed model, never the client's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.resources
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lightbox.settings import Settings
+from serving.batching import BatcherClosed
+from serving.metrics import RequestMetricsMiddleware
+from serving.predictor import Predictor
+from serving.reload import HotSwapper, ModelLoader
+from serving.runtime import ApiError, InferenceRuntime, Prediction
+
+log = logging.getLogger(__name__)
+
+RAW_CONTENT_TYPES = ("application/octet-stream",)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, f"invalid Content-Length: {declared!r}")
+        if int(declared) > limit:
+            raise ApiError(413, f"body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def uploaded_images(request: Request, settings: Settings) -> tuple[list[bytes], bool]:
+    """(encoded images, several?) from a multipart upload or a raw body. Bad requests -> ApiError."""
+    ctype = media_type(request)
+    body = await read_body(request, settings.serve_max_body_bytes)
+    if ctype == "multipart/form-data":
+        return await _multipart_images(request, body, settings)
+    if ctype == "" or ctype.startswith("image/") or ctype in RAW_CONTENT_TYPES:
+        if not body:
+            raise ApiError(400, "empty body: expected an encoded image (JPEG, PNG, WebP, ...)")
+        return [body], False
+    raise ApiError(
+        415,
+        f"unsupported content type {ctype!r}: send an image as the raw body (image/*, "
+        "application/octet-stream) or as multipart/form-data field 'file' (or several 'files')",
+    )
+
+
+async def _multipart_images(request: Request, body: bytes, settings: Settings) -> tuple[list[bytes], bool]:
+    sent = False
+
+    async def replay() -> dict[str, Any]:  # the body was already read (with its size limit): replay it
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(
+        max_files=settings.serve_max_images_per_request + 1, max_fields=16
+    )
+    try:
+        single, several = form.getlist("file"), form.getlist("files")
+        if single and several:
+            raise ApiError(400, "send either one 'file' or several 'files', not both")
+        if len(single) > 1:
+            raise ApiError(400, "several images go in the 'files' field")
+        parts = single or several
+        if not parts:
+            raise ApiError(400, f"multipart body has no 'file' or 'files' field (fields: {sorted(form.keys())})")
+        blobs = []
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise ApiError(400, "the 'file'/'files' fields must be file uploads, not text fields")
+            blobs.append(await part.read())
+        return blobs, bool(several)
+    finally:
+        await form.close()
+
+
+def prediction_json(p: Prediction, threshold: float) -> dict[str, Any]:
+    return {"score": round(p.score, 6), "tags": p.tags(threshold)}
+
+
+def model_json(p: Predictor) -> dict[str, str]:
+    return {"name": p.name, "version": p.version}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
+        )
+        return _error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(BatcherClosed)
+    async def closed(_: Request, exc: BatcherClosed) -> JSONResponse:
+        return _error(503, "server is shutting down", {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def create_app(
+    settings: Settings,
+    predictor: Predictor,
+    *,
+    loader: ModelLoader | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions."""
+    runtime = InferenceRuntime(settings, predictor, registry)
+    swapper = (
+        HotSwapper(
+            runtime,
+            loader,
+            interval_s=settings.serve_reload_interval_s,
+            warmup_sizes=(1, settings.serve_max_batch_size),
+        )
+        if loader is not None
+        else None
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.batcher.reopen()
+        follower = None
+        if swapper is not None and settings.serve_reload_interval_s > 0:
+            follower = asyncio.create_task(swapper.follow(), name="alias-follower")
+        try:
+            yield
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            await runtime.aclose()
+
+    app = FastAPI(title="lightbox", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime
+    app.state.swapper = swapper
+    _install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum tag confidence"),
+    ) -> dict[str, Any]:
+        """Score and tag one image (raw body or multipart 'file') or several (multipart 'files')."""
+        blobs, several = await uploaded_images(request, settings)
+        images = await runtime.decode(blobs)
+        preds = await runtime.infer(images, protocol="rest")
+        cut = settings.serve_tag_threshold if threshold is None else threshold
+        model = model_json(preds[0].predictor)
+        if several:
+            return {"predictions": [prediction_json(p, cut) for p in preds], "model": model}
+        return prediction_json(preds[0], cut) | {"model": model}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": model_json(runtime.predictor), "queue_depth": runtime.batcher.queue_depth}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request, force: bool = False) -> dict[str, Any]:
+        """Re-resolve the alias now and hot-swap if it moved (``force``: reload even if not)."""
+        token = settings.serve_admin_token
+        if token is None:
+            raise ApiError(404, "admin endpoints are disabled (no serve_admin_token configured)")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if swapper is None:
+            raise ApiError(409, "this server has no model loader to reload from")
+        return await swapper.reload(force=force)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = importlib.resources.files("serving").joinpath("static/index.html").read_text("utf-8")
+        return HTMLResponse(page)
+
+    from serving.v2 import v2_router  # the second protocol, over the same runtime
+
+    app.include_router(v2_router(runtime))
+    return app

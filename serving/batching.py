@@ -1,0 +1,283 @@
+"""One asyncio dynamic batcher: many concurrent ``submit`` calls become few calls of a batch function.
+
+A batch is cut when it reaches ``max_batch_size`` or when its *oldest* request has waited
+``max_wait_ms``, whichever comes first. The batch function runs in a thread executor, so the event loop
+keeps accepting and decoding requests while the model computes. Every caller of a batch gets its own
+output, or the batch's exception; a failed batch never stops the batcher. Past ``max_queue`` waiting
+items, ``submit`` refuses at once with ``QueueFull`` (the server answers 429) rather than letting
+latency grow without bound.
+
+Knows nothing about HTTP or models: it is tested on plain asyncio (tests/unit/test_batching.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue is full; the caller should back off and retry."""
+
+    def __init__(self, depth: int, max_queue: int, wanted: int = 1) -> None:
+        super().__init__(f"queue full: {depth} waiting + {wanted} new > max_queue={max_queue}")
+        self.depth, self.max_queue, self.wanted = depth, max_queue, wanted
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before (or while) the item was waiting."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """The batch function returned a different number of outputs than it was given inputs."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    # >1 overlaps batches (useful on a GPU, where one batch's host work hides another's compute).
+    max_concurrent_batches: int = 1
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("max_batch_size", self.max_batch_size, 1),
+            ("max_wait_ms", self.max_wait_ms, 0),
+            ("max_queue", self.max_queue, 1),
+            ("max_concurrent_batches", self.max_concurrent_batches, 1),
+        )
+        for name, value, minimum in checks:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        for name in ("max_batch_size", "max_queue", "max_concurrent_batches"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+
+
+# Powers of two up to the largest batch anyone configures here; the histogram shows the batch sizes
+# the traffic actually produced, which is how max_batch_size / max_wait_ms get tuned.
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BatcherMetrics:
+    """Prometheus metrics of one batcher, in a caller-owned registry (one per app, so tests don't clash)."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "lightbox_batcher") -> None:
+        self.queue_depth = Gauge(f"{prefix}_queue_depth", "Items waiting for a batch", registry=registry)
+        self.in_flight = Gauge(f"{prefix}_in_flight_batches", "Batches being computed", registry=registry)
+        self.batch_size = Histogram(
+            f"{prefix}_batch_size", "Items per batch", buckets=_BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self.batch_latency = Histogram(
+            f"{prefix}_batch_latency_seconds",
+            "Wall time of one batch function call",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            f"{prefix}_queue_wait_seconds",
+            "Time an item waited before its batch started",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rejections = Counter(f"{prefix}_rejections", "Items refused with QueueFull", registry=registry)
+        self.failed_batches = Counter(f"{prefix}_failed_batches", "Batches that raised", registry=registry)
+
+
+@dataclass(eq=False)
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    enqueued: float
+
+
+class Batcher(Generic[In, Out]):
+    """Dynamic batching of ``submit(item)`` calls into ``batch_fn(list_of_items) -> outputs``.
+
+    ``batch_fn`` is called in ``executor`` (a private single-thread pool by default: one model, one
+    batch at a time). The loop task starts on the first ``submit`` in the running event loop, and
+    ``close`` stops it, so the same batcher can serve successive event loops (e.g. test clients).
+    """
+
+    def __init__(
+        self,
+        batch_fn: Callable[[list[In]], Sequence[Out]],
+        config: BatchConfig | None = None,
+        *,
+        metrics: BatcherMetrics | None = None,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.batch_fn = batch_fn
+        self.config = config or BatchConfig()
+        self.metrics = metrics or BatcherMetrics(CollectorRegistry())
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.max_concurrent_batches, thread_name_prefix="batcher"
+        )
+        self._queue: collections.deque[_Pending[In, Out]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: In) -> Out:
+        """Wait for ``item``'s output. Raises QueueFull at once when the queue is full."""
+        return (await self.submit_many([item]))[0]
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Admit all of ``items`` or none (a multi-image request is never half-queued), then wait."""
+        if self._closed:
+            raise BatcherClosed("batcher is closed")
+        if len(self._queue) + len(items) > self.config.max_queue:
+            self.metrics.rejections.inc(len(items))
+            raise QueueFull(len(self._queue), self.config.max_queue, len(items))
+        self._ensure_started()
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        pending = [_Pending(item, loop.create_future(), now) for item in items]
+        self._queue.extend(pending)
+        self.metrics.queue_depth.set(len(self._queue))
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        finally:
+            # A caller that went away (client disconnect, timeout) must not be computed for.
+            for p in pending:
+                if not p.future.done():
+                    p.future.cancel()
+
+    def _ensure_started(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        # asyncio primitives bind to the loop that first uses them: make fresh ones per loop.
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.config.max_concurrent_batches)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None and self._slots is not None
+        max_wait = self.config.max_wait_ms / 1000.0
+        while True:
+            # Take a compute slot first: while all slots are busy the queue keeps filling, so the
+            # next batch is cut as large as the backlog allows the moment the model frees up.
+            await self._slots.acquire()
+            try:
+                await self._wait_for_batch(max_wait)
+            except BaseException:
+                self._slots.release()
+                raise
+            batch = self._take_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_for_batch(self, max_wait: float) -> None:
+        assert self._wakeup is not None
+        while True:
+            self._drop_cancelled_head()
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if len(self._queue) >= self.config.max_batch_size:
+                return
+            remaining = self._queue[0].enqueued + max_wait - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _drop_cancelled_head(self) -> None:
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        self.metrics.queue_depth.set(len(self._queue))
+
+    def _take_batch(self) -> list[_Pending[In, Out]]:
+        batch: list[_Pending[In, Out]] = []
+        while self._queue and len(batch) < self.config.max_batch_size:
+            p = self._queue.popleft()
+            if not p.future.done():  # skip callers that were cancelled while waiting
+                batch.append(p)
+        self.metrics.queue_depth.set(len(self._queue))
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        for p in batch:
+            self.metrics.queue_wait.observe(start - p.enqueued)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.in_flight.inc()
+        try:
+            items = [p.item for p in batch]
+            outputs = await loop.run_in_executor(self._executor, self.batch_fn, items)
+            if len(outputs) != len(batch):
+                raise BatchSizeMismatch(f"batch function returned {len(outputs)} outputs for {len(batch)} inputs")
+        except Exception as exc:  # delivered to every caller of this batch; the batcher goes on
+            self.metrics.failed_batches.inc()
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        else:
+            for p, out in zip(batch, outputs, strict=True):
+                if not p.future.done():
+                    p.future.set_result(out)
+        finally:
+            self.metrics.batch_latency.observe(time.monotonic() - start)
+            self.metrics.in_flight.dec()
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Stop cutting batches, let running batches finish, fail whatever still waits."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(BatcherClosed("batcher closed while the item waited"))
+        self.metrics.queue_depth.set(0)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    def reopen(self) -> None:
+        """Accept submits again after ``close`` (a new event loop, e.g. a restarted app lifespan)."""
+        if self._own_executor and self._closed:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.config.max_concurrent_batches, thread_name_prefix="batcher"
+            )
+        self._closed = False

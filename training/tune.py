@@ -1,0 +1,97 @@
+"""Hyperparameter search over the heads with Ray Tune (ASHA). Data goes to the object store once."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from training.fit import Split, fit_heads
+from training.model import ModelConfig
+
+METRIC, MODE = "val_loss", "min"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    config: dict
+    history: pd.DataFrame  # one row per epoch: training_iteration, val_* metrics
+    last: dict
+
+
+def search_space(epochs: int) -> dict:
+    from ray import tune
+
+    return {
+        "hidden": tune.choice([64, 128, 256]),
+        "lr": tune.loguniform(3e-4, 3e-3),
+        "dropout": tune.choice([0.0, 0.1, 0.3]),
+        "weight_decay": tune.loguniform(1e-5, 1e-2),
+        "tag_loss_weight": tune.choice([0.5, 1.0, 2.0]),
+        "epochs": epochs,
+    }
+
+
+def _trainable(params: dict, train: Split, val: Split, base: dict) -> None:
+    import torch
+    from ray import tune
+
+    config = ModelConfig.from_dict(base | params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(1)  # trials run side by side; one thread each avoids oversubscription
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        tune.report({f"val_{k}": v for k, v in metrics.items()})
+
+    fit_heads(config, train, val, report=report, device=device)
+
+
+def run_search(
+    base: ModelConfig,
+    train: Split,
+    val: Split,
+    *,
+    trials: int,
+    epochs: int,
+    storage: Path,
+    use_gpu: bool,
+    seed: int = 0,
+) -> list[TrialResult]:
+    """Run the search on the connected Ray; returns every trial, best first."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, train=train, val=val, base=dataclasses.asdict(base)),
+        {"cpu": 1, "gpu": 1 if use_gpu else 0},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(epochs),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            num_samples=trials,
+            scheduler=ASHAScheduler(max_t=epochs, grace_period=min(5, epochs), reduction_factor=2),
+            search_alg=BasicVariantGenerator(random_state=seed),
+        ),
+        run_config=tune.RunConfig(storage_path=str(storage.resolve()), name="tune", verbose=1),
+    )
+    grid = tuner.fit()
+    results = []
+    for r in grid:
+        if r.error:
+            raise RuntimeError(f"trial failed: {r.error}")
+        results.append(
+            TrialResult(
+                trial_id=str(r.metrics.get("trial_id")),
+                config={k: v for k, v in r.config.items()},
+                history=r.metrics_dataframe,
+                last=dict(r.metrics),
+            )
+        )
+    return sorted(results, key=lambda t: t.last[METRIC])
