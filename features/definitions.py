@@ -27,6 +27,7 @@ image_features = FeatureView(
     ttl=timedelta(days=3650),
     schema=[
         Field(name="embedding", dtype=Array(Float32), description="EfficientNet-Lite0 pooled embedding"),
+        Field(name="quality", dtype=Array(Float32), description="mean/std of intermediate feature maps"),
         Field(name="brightness", dtype=Float32),
         Field(name="contrast", dtype=Float32),
         Field(name="sharpness", dtype=Float32),
@@ -34,7 +35,7 @@ image_features = FeatureView(
     ],
     source=image_features_source,
     online=True,
-    tags={"extractor": "efficientnet-lite0+stats/v1"},
+    tags={"extractor": "efficientnet-lite0+quality+stats/v1"},
 )
 
 image_quality_v1 = FeatureService(name="image_quality_v1", features=[image_features])

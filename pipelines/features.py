@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lightbox.adapters import feast_store
 from lightbox.imaging import decode_image, to_model_input
 from lightbox.settings import Settings
-from training.model import STAT_NAMES, FeatureExtractor
+from training.model import EMBEDDING_DIM, FEATURE_DIM, QUALITY_DIM, STAT_NAMES, FeatureExtractor
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def extract(
                 x = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
                 out.append(extractor(x).float().cpu().numpy())
                 bar.update(len(arrays))
-    return np.concatenate(out) if out else np.zeros((0, 1284), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 
 def run(settings: Settings) -> FeaturesResult:
@@ -60,11 +60,12 @@ def run(settings: Settings) -> FeaturesResult:
         {
             "image_id": manifest["image_id"].astype(str),
             "event_timestamp": pd.Timestamp(now),
-            "embedding": list(feats[:, :-len(STAT_NAMES)].astype(np.float32)),
+            "embedding": list(feats[:, :EMBEDDING_DIM].astype(np.float32)),
+            "quality": list(feats[:, EMBEDDING_DIM : EMBEDDING_DIM + QUALITY_DIM].astype(np.float32)),
         }
     )
     for i, name in enumerate(STAT_NAMES):
-        df[name] = feats[:, -len(STAT_NAMES) + i].astype(np.float32)
+        df[name] = feats[:, EMBEDDING_DIM + QUALITY_DIM + i].astype(np.float32)
     path = feast_store.write_offline(settings, df)
     feast_store.apply_and_materialize(settings)
     return FeaturesResult(

@@ -64,7 +64,13 @@ def load_training_frame(settings: Settings) -> pd.DataFrame:
 
 
 def to_split(frame: pd.DataFrame) -> Split:
-    x = np.hstack([np.stack(frame["embedding"].to_numpy()), frame[list(STAT_NAMES)].to_numpy()])
+    x = np.hstack(
+        [
+            np.stack(frame["embedding"].to_numpy()),
+            np.stack(frame["quality"].to_numpy()),
+            frame[list(STAT_NAMES)].to_numpy(),
+        ]
+    )
     return Split(
         x=x.astype(np.float32),
         score=frame["score"].to_numpy(np.float32),

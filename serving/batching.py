@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -239,7 +240,9 @@ class Batcher(Generic[In, Out]):
             items = [p.item for p in batch]
             outputs = await loop.run_in_executor(self._executor, self.batch_fn, items)
             if len(outputs) != len(batch):
-                raise BatchSizeMismatch(f"batch function returned {len(outputs)} outputs for {len(batch)} inputs")
+                raise BatchSizeMismatch(
+                    f"batch function returned {len(outputs)} outputs for {len(batch)} inputs"
+                )
         except Exception as exc:  # delivered to every caller of this batch; the batcher goes on
             self.metrics.failed_batches.inc()
             for p in batch:
@@ -259,10 +262,8 @@ class Batcher(Generic[In, Out]):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)

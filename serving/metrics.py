@@ -29,7 +29,10 @@ class ServingMetrics:
         )
         self.images = Counter("lightbox_images", "Images scored", ["protocol"], registry=registry)
         self.model_info = Gauge(
-            "lightbox_model_info", "The model version being served (value 1)", ["name", "version"], registry=registry
+            "lightbox_model_info",
+            "The model version being served (value 1)",
+            ["name", "version"],
+            registry=registry,
         )
         self.swaps = Counter("lightbox_model_swaps", "Hot swaps to a new model version", registry=registry)
         self.reload_failures = Counter(

@@ -30,7 +30,9 @@ class ModelNotFound(LookupError):
 class Predictor:
     """One loaded model version. Thread-safe for one caller at a time (the batcher's executor)."""
 
-    def __init__(self, model: LightboxModel, name: str, version: str, device: str | torch.device | None = None):
+    def __init__(
+        self, model: LightboxModel, name: str, version: str, device: str | torch.device | None = None
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name
         self.version = str(version)
@@ -45,7 +47,9 @@ class Predictor:
         self.model = model
 
     @classmethod
-    def from_model(cls, model: LightboxModel, name: str, version: str, device: str | None = None) -> Predictor:
+    def from_model(
+        cls, model: LightboxModel, name: str, version: str, device: str | None = None
+    ) -> Predictor:
         return cls(model, name, version, device)
 
     @property
@@ -56,7 +60,9 @@ class Predictor:
         """uint8 [N,3,224,224] -> (scores float32 [N], tag probabilities float32 [N,K])."""
         expected = (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ValueError(f"expected uint8 [N,{','.join(map(str, expected))}], got {batch.dtype} {batch.shape}")
+            raise ValueError(
+                f"expected uint8 [N,{','.join(map(str, expected))}], got {batch.dtype} {batch.shape}"
+            )
         if batch.shape[0] == 0:
             return np.zeros(0, np.float32), np.zeros((0, self.num_tags), np.float32)
         x = torch.from_numpy(np.ascontiguousarray(batch))
@@ -94,7 +100,9 @@ class RegistryLoader:
         # Explicit URIs: the server must read the registry named in settings, whatever the env says.
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         mlflow.set_registry_uri(self.settings.tracking_uri)
-        return mlflow.MlflowClient(tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
+        return mlflow.MlflowClient(
+            tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
+        )
 
     def resolve(self) -> str:
         """The version the alias points at now."""
@@ -132,7 +140,9 @@ def _check_metadata(uri: str, model: LightboxModel) -> None:
 
     logged = (get_model_info(uri).metadata or {}).get("tag_names")
     if logged is not None and tuple(logged) != tuple(model.tag_names):
-        raise ValueError(f"{uri}: metadata tag_names {logged} differ from the model's {list(model.tag_names)}")
+        raise ValueError(
+            f"{uri}: metadata tag_names {logged} differ from the model's {list(model.tag_names)}"
+        )
 
 
 def load_predictor(settings: Settings, alias: str | None = None) -> Predictor:

@@ -28,7 +28,12 @@ class ModelLoader(Protocol):
 
 class HotSwapper:
     def __init__(
-        self, runtime: InferenceRuntime, loader: ModelLoader, *, interval_s: float, warmup_sizes: tuple[int, ...]
+        self,
+        runtime: InferenceRuntime,
+        loader: ModelLoader,
+        *,
+        interval_s: float,
+        warmup_sizes: tuple[int, ...],
     ) -> None:
         self.runtime = runtime
         self.loader = loader
@@ -66,5 +71,7 @@ class HotSwapper:
                 raise
             except Exception:  # a broken new version must not take the serving one down: log, count, go on
                 self.runtime.metrics.reload_failures.inc()
-                log.exception("hot swap: could not load the alias's new version; still serving v%s",
-                              self.runtime.predictor.version)
+                log.exception(
+                    "hot swap: could not load the alias's new version; still serving v%s",
+                    self.runtime.predictor.version,
+                )

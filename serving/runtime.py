@@ -60,10 +60,8 @@ class InferenceRuntime:
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
-        # Decoding gets its own pool so it runs beside inference, never queued behind a batch; Pillow
-        # releases the GIL while decoding and resizing, so these threads use real cores.
-        workers = settings.serve_decode_workers or os.cpu_count() or 1
-        self.decode_pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._decode_workers = settings.serve_decode_workers or os.cpu_count() or 1
+        self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def predictor(self) -> Predictor:
@@ -91,7 +89,8 @@ class InferenceRuntime:
             raise ApiError(413, f"{len(blobs)} images in one request, over the limit of {limit}")
         loop = asyncio.get_running_loop()
         decode = functools.partial(preprocess_bytes, max_pixels=self.settings.max_pixels)
-        jobs = [loop.run_in_executor(self.decode_pool, decode, blob) for blob in blobs]
+        pool = self._pool()
+        jobs = [loop.run_in_executor(pool, decode, blob) for blob in blobs]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for i, r in enumerate(results):
             if isinstance(r, ImageDecodeError):
@@ -105,7 +104,9 @@ class InferenceRuntime:
         try:
             out = await self.batcher.submit_many(images)
         except QueueFull as exc:
-            raise ApiError(429, f"server overloaded ({exc}); retry later", {"Retry-After": self.retry_after()}) from None
+            raise ApiError(
+                429, f"server overloaded ({exc}); retry later", {"Retry-After": self.retry_after()}
+            ) from None
         self.metrics.images.labels(protocol).inc(len(images))
         return out
 
@@ -117,8 +118,18 @@ class InferenceRuntime:
         batches = math.ceil(self.batcher.queue_depth / self.config.max_batch_size) + 1
         return str(max(1, math.ceil(batches * mean)))
 
-    async def aclose(self) -> None:
-        await self.batcher.close()
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        # Decoding gets its own pool so it runs beside inference, never queued behind a batch; Pillow
+        # releases the GIL while decoding and resizing, so these threads use real cores.
+        if self._decode_pool is None:
+            self._decode_pool = concurrent.futures.ThreadPoolExecutor(
+                self._decode_workers, thread_name_prefix="decode"
+            )
+        return self._decode_pool
 
-    def shutdown(self) -> None:
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+    async def aclose(self) -> None:
+        """Stop batching and decoding (the app's lifespan end); both restart lazily on the next request."""
+        await self.batcher.close()
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool = None

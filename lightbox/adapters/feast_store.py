@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 OFFLINE_FILE = "image_features.parquet"
-FEATURE_COLUMNS = ("embedding", "brightness", "contrast", "sharpness", "colourfulness")
+FEATURE_COLUMNS = ("embedding", "quality", "brightness", "contrast", "sharpness", "colourfulness")
 
 
 def _export_env(settings: Settings) -> None:

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from serving.batching import (
     BatchConfig,
+    Batcher,
     BatcherClosed,
     BatcherMetrics,
     BatchSizeMismatch,
-    Batcher,
     QueueFull,
 )
 
@@ -190,7 +190,11 @@ def test_failed_batch_reaches_each_caller_and_batcher_goes_on() -> None:
         return [2 * x for x in items]
 
     async def main() -> None:
-        b = Batcher(fails_on_seven, BatchConfig(max_batch_size=2, max_wait_ms=10_000), metrics=BatcherMetrics(registry))
+        b = Batcher(
+            fails_on_seven,
+            BatchConfig(max_batch_size=2, max_wait_ms=10_000),
+            metrics=BatcherMetrics(registry),
+        )
         results = await asyncio.gather(b.submit(7), b.submit(8), return_exceptions=True)
         assert [type(r) for r in results] == [RuntimeError, RuntimeError]
         assert all("boom on 7" in str(r) for r in results)
@@ -295,7 +299,9 @@ def test_metrics_record_batches() -> None:
     registry = CollectorRegistry()
 
     async def main() -> None:
-        b = Batcher(Recorder(), BatchConfig(max_batch_size=4, max_wait_ms=10_000), metrics=BatcherMetrics(registry))
+        b = Batcher(
+            Recorder(), BatchConfig(max_batch_size=4, max_wait_ms=10_000), metrics=BatcherMetrics(registry)
+        )
         await asyncio.gather(*(b.submit(i) for i in range(8)))
         await b.close()
 

@@ -1,0 +1,276 @@
+"""Open Inference Protocol (KServe V2 / Triton) REST front end over the same runtime as ``/predict``.
+
+One input, ``IMAGE`` (BYTES, shape [N]): encoded images. Two outputs, ``SCORE`` (FP32 [N]) and
+``TAG_PROBS`` (FP32 [N, K]); the K tag names are in the model metadata (``parameters.tag_names``).
+Tensors travel as JSON or with the binary-data extension: a JSON header of
+``Inference-Header-Content-Length`` bytes followed by raw tensor bytes (BYTES elements each prefixed
+by a little-endian uint32 length). JSON cannot carry raw bytes, so in JSON an IMAGE element is the
+base64 text of the encoded image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from serving.runtime import ApiError, InferenceRuntime, Prediction
+from serving.uploads import media_type, read_body
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT_NAME = "IMAGE"
+OUTPUTS = ("SCORE", "TAG_PROBS")
+SERVER_VERSION = "0.1.0"
+V2_CONTENT_TYPES = ("", "application/json", "application/octet-stream")
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """(JSON inference header, trailing binary data) of a request body."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ApiError(400, f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
+        n = int(header_length)
+        json_part, binary = body[:n], body[n:]
+    if not json_part:
+        raise ApiError(400, "empty inference request: expected a JSON inference header")
+    try:
+        header = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"inference header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ApiError(400, "inference header must be a JSON object")
+    return header, binary
+
+
+def deserialize_bytes(raw: bytes, count: int) -> list[bytes]:
+    """Binary BYTES tensor -> ``count`` elements (each a little-endian uint32 length, then the bytes)."""
+    out, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise ApiError(400, "BYTES tensor data ends inside an element's 4-byte length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise ApiError(400, f"BYTES element {len(out)} claims {n} bytes; only {len(raw) - pos} remain")
+        out.append(raw[pos : pos + n])
+        pos += n
+    if len(out) != count:
+        raise ApiError(400, f"BYTES tensor holds {len(out)} elements, its shape says {count}")
+    return out
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _element_count(shape: Any) -> int:
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise ApiError(400, f"input {INPUT_NAME} shape must be a list of non-negative integers, got {shape!r}")
+    # [N] as specified; [N, 1] too, as Triton clients often send BYTES with a trailing unit dimension.
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise ApiError(400, f"input {INPUT_NAME} must have shape [N] (or [N, 1]), got {shape}")
+    return shape[0]
+
+
+def images_from_request(header: dict[str, Any], binary: bytes) -> list[bytes]:
+    """The encoded images in an inference request (JSON or binary-data extension)."""
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ApiError(400, "inference request needs a non-empty 'inputs' list")
+    images: list[bytes] | None = None
+    offset = 0
+    for spec in inputs:
+        if not isinstance(spec, dict):
+            raise ApiError(400, "each input must be a JSON object")
+        name = spec.get("name")
+        if name != INPUT_NAME:
+            raise ApiError(400, f"unknown input {name!r}: this model takes one input, {INPUT_NAME!r}")
+        if images is not None:
+            raise ApiError(400, f"input {INPUT_NAME!r} given twice")
+        if spec.get("datatype") != "BYTES":
+            raise ApiError(400, f"input {INPUT_NAME} must have datatype BYTES, got {spec.get('datatype')!r}")
+        count = _element_count(spec.get("shape"))
+        params = spec.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ApiError(400, "input parameters must be a JSON object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise ApiError(400, f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent")
+            images = deserialize_bytes(binary[offset : offset + size], count)
+            offset += size
+        elif "data" in spec:
+            images = _decode_json_bytes(_flatten(spec["data"]), count)
+        else:
+            raise ApiError(400, f"input {INPUT_NAME} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise ApiError(400, f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    assert images is not None
+    return images
+
+
+def _decode_json_bytes(elements: list[Any], count: int) -> list[bytes]:
+    if len(elements) != count:
+        raise ApiError(400, f"input {INPUT_NAME} has {len(elements)} elements, its shape says {count}")
+    out = []
+    for i, e in enumerate(elements):
+        if not isinstance(e, str):
+            raise ApiError(400, f"{INPUT_NAME}[{i}] must be a base64 string in JSON, got {type(e).__name__}")
+        try:
+            out.append(base64.b64decode(e, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"{INPUT_NAME}[{i}] is not valid base64 (send raw bytes with binary data)") from None
+    return out
+
+
+def requested_outputs(header: dict[str, Any]) -> list[tuple[str, bool]]:
+    """[(output name, as binary?)] in the order the client asked for (all, if it named none)."""
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "request parameters must be a JSON object")
+    default_binary = bool(params.get("binary_data_output", False))
+    asked = header.get("outputs")
+    if asked is None:
+        return [(name, default_binary) for name in OUTPUTS]
+    if not isinstance(asked, list):
+        raise ApiError(400, "'outputs' must be a list")
+    out = []
+    for spec in asked:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in OUTPUTS:
+            raise ApiError(400, f"unknown output {name!r}: outputs are {list(OUTPUTS)}")
+        p = spec.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise ApiError(400, "output parameters must be a JSON object")
+        if p.get("classification"):
+            raise ApiError(400, "the classification extension is not supported; ask for TAG_PROBS")
+        out.append((name, bool(p.get("binary_data", default_binary))))
+    return out
+
+
+def infer_response(
+    preds: list[Prediction], header: dict[str, Any], outputs: list[tuple[str, bool]]
+) -> Response:
+    predictor = preds[0].predictor
+    tensors = {
+        "SCORE": np.asarray([p.score for p in preds], dtype=np.float32),
+        "TAG_PROBS": np.stack([p.tag_probs for p in preds]).astype(np.float32, copy=False),
+    }
+    body: dict[str, Any] = {"model_name": predictor.name, "model_version": predictor.version, "outputs": []}
+    if isinstance(header.get("id"), str):
+        body["id"] = header["id"]
+    chunks: list[bytes] = []
+    for name, binary in outputs:
+        arr = tensors[name]
+        out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(arr.shape)}
+        if binary:
+            raw = arr.astype("<f4", copy=False).tobytes()
+            out["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            out["data"] = [round(float(x), 7) for x in arr.reshape(-1)]
+        body["outputs"].append(out)
+    text = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(text, media_type="application/json")
+    return Response(
+        text + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(text))},
+    )
+
+
+def v2_router(runtime: InferenceRuntime) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
+
+    def check_model(name: str, version: str | None) -> None:
+        current = runtime.predictor
+        if name != current.name:
+            raise ApiError(404, f"unknown model {name!r}; this server serves {current.name!r}")
+        if version is not None and version != current.version:
+            raise ApiError(404, f"model {name!r} version {version!r} is not loaded (serving {current.version!r})")
+
+    def metadata() -> dict[str, Any]:
+        p = runtime.predictor
+        return {
+            "name": p.name,
+            "versions": [p.version],
+            "platform": "pytorch",
+            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "SCORE", "datatype": "FP32", "shape": [-1]},
+                {"name": "TAG_PROBS", "datatype": "FP32", "shape": [-1, p.num_tags]},
+            ],
+            "parameters": {"tag_names": list(p.tag_names)},
+        }
+
+    @router.get("")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "lightbox", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+
+    @router.get("/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}  # a predictor is loaded before the app exists
+
+    @router.get("/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        check_model(name, None)
+        return metadata()
+
+    @router.get("/models/{name}/versions/{version}")
+    async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        check_model(name, version)
+        return metadata()
+
+    @router.get("/models/{name}/ready")
+    async def model_ready(name: str) -> dict[str, Any]:
+        check_model(name, None)
+        return {"name": name, "ready": True}
+
+    @router.get("/models/{name}/versions/{version}/ready")
+    async def model_version_ready(name: str, version: str) -> dict[str, Any]:
+        check_model(name, version)
+        return {"name": name, "ready": True}
+
+    async def infer(request: Request, name: str, version: str | None) -> Response:
+        check_model(name, version)
+        ctype = media_type(request)
+        if ctype not in V2_CONTENT_TYPES:
+            raise ApiError(415, f"unsupported content type {ctype!r}: send application/json (or binary data)")
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send uncompressed requests")
+        body = await read_body(request, runtime.settings.serve_max_body_bytes)
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        outputs = requested_outputs(header)
+        images = await runtime.decode(images_from_request(header, binary))
+        preds = await runtime.infer(images, protocol="v2")
+        return infer_response(preds, header, outputs)
+
+    @router.post("/models/{name}/infer")
+    async def model_infer(request: Request, name: str) -> Response:
+        return await infer(request, name, None)
+
+    @router.post("/models/{name}/versions/{version}/infer")
+    async def model_version_infer(request: Request, name: str, version: str) -> Response:
+        return await infer(request, name, version)
+
+    return router
