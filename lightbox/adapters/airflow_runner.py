@@ -42,13 +42,15 @@ def _airflow(settings: Settings, *args: str, log: Path | None = None) -> None:
     cmd = [str(exe), *args]
     env = airflow_env(settings)
     if log is None:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=settings.project_dir)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=settings.project_dir
+        )
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-60:])
         raise DagRunFailed(f"{' '.join(args)} failed (full log: {log}):\n{tail}")

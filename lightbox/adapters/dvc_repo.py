@@ -96,7 +96,7 @@ def version_data(settings: Settings) -> DatasetVersion:
     ensure_repo(settings)
     root = settings.project_dir
     with Repo(str(root)) as repo:
-        repo.add(settings.data_subdir)
+        repo.add(str(settings.data_dir))  # absolute: DVC resolves relative paths against the cwd
         repo.push(remote=REMOTE_NAME)
     dvc_file = root / f"{settings.data_subdir}.dvc"
     out = yaml.safe_load(dvc_file.read_text())["outs"][0]
