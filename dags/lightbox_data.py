@@ -41,7 +41,11 @@ def lightbox_data():
         from pipelines import validate_data
 
         result = validate_data.run(load_settings())
-        return {"n_images": result.n_images, "quarantined": len(result.quarantined), "report": str(result.report_md)}
+        return {
+            "n_images": result.n_images,
+            "quarantined": len(result.quarantined),
+            "report": str(result.report_md),
+        }
 
     @task
     def version(_validated: dict) -> dict:

@@ -10,8 +10,11 @@ import typer
 
 from lightbox.settings import load_settings
 
-app = typer.Typer(help="lightbox: image scoring and tagging models, from labeled data to an endpoint.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="lightbox: image scoring and tagging models, from labeled data to an endpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(help="Labeled image data: build, validate, version.", no_args_is_help=True)
 dags_app = typer.Typer(help="Run the Airflow DAGs on the embedded home.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -133,8 +136,14 @@ def demo(
     """The whole lifecycle through Airflow, then the server and one prediction."""
     from lightbox import demo as demo_mod
 
-    demo_mod.run(load_settings(), sources=sources, variants=variants, trials=trials, epochs=epochs,
-                 keep_serving=keep_serving)
+    demo_mod.run(
+        load_settings(),
+        sources=sources,
+        variants=variants,
+        trials=trials,
+        epochs=epochs,
+        keep_serving=keep_serving,
+    )
 
 
 @app.command("settings")

@@ -59,8 +59,9 @@ def pick_images(settings: Settings) -> tuple[Path, Path]:
     return settings.data_dir / pristine["path"], settings.data_dir / blurred["path"]
 
 
-def run(settings: Settings, *, sources: int, variants: int, trials: int, epochs: int,
-        keep_serving: bool = False) -> None:
+def run(
+    settings: Settings, *, sources: int, variants: int, trials: int, epochs: int, keep_serving: bool = False
+) -> None:
     from lightbox.adapters import airflow_runner, dvc_repo, mlflow_registry
 
     t_start = time.monotonic()
@@ -74,14 +75,17 @@ def run(settings: Settings, *, sources: int, variants: int, trials: int, epochs:
     version = dvc_repo.load_version(settings)
     champion = mlflow_registry.version_by_alias(settings, settings.champion_alias)
 
-    t = _step(f"serving models:/{settings.model_name}@{settings.champion_alias} on port {settings.serve_port}")
+    t = _step(
+        f"serving models:/{settings.model_name}@{settings.champion_alias} on port {settings.serve_port}"
+    )
     server = start_server(settings, settings.state / "logs" / "serve.log")
     try:
         pristine, blurred = pick_images(settings)
         url = f"http://{settings.serve_host}:{settings.serve_port}/predict"
         answers = {
-            p: httpx.post(url, content=p.read_bytes(), headers={"content-type": "application/octet-stream"},
-                          timeout=60).json()
+            p: httpx.post(
+                url, content=p.read_bytes(), headers={"content-type": "application/octet-stream"}, timeout=60
+            ).json()
             for p in (pristine, blurred)
         }
         _done(t)
@@ -89,11 +93,17 @@ def run(settings: Settings, *, sources: int, variants: int, trials: int, epochs:
         typer.echo(f"  total time        {time.monotonic() - t_start:.0f}s")
         typer.echo(f"  dataset version   md5 {version.md5}  git {version.git_rev[:10] or '(uncommitted)'}")
         typer.echo(f"  MLflow run        {champion.run_id}")
-        typer.echo(f"  promoted model    {settings.model_name} v{champion.version} @{settings.champion_alias}")
-        typer.echo(f"  MLflow UI         .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
-        typer.echo(f"  Airflow UI        AIRFLOW_HOME={settings.airflow_home_path} "
-                   f"AIRFLOW__CORE__DAGS_FOLDER={Path(__file__).resolve().parents[1] / 'dags'} "
-                   "PATH=.venv/bin:$PATH airflow standalone")
+        typer.echo(
+            f"  promoted model    {settings.model_name} v{champion.version} @{settings.champion_alias}"
+        )
+        typer.echo(
+            f"  MLflow UI         .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000"
+        )
+        typer.echo(
+            f"  Airflow UI        AIRFLOW_HOME={settings.airflow_home_path} "
+            f"AIRFLOW__CORE__DAGS_FOLDER={Path(__file__).resolve().parents[1] / 'dags'} "
+            "PATH=.venv/bin:$PATH airflow standalone"
+        )
         for p, a in answers.items():
             typer.echo(f"  POST /predict {p.name}: {a}")
         if keep_serving:

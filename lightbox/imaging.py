@@ -56,6 +56,8 @@ def to_model_input(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray
     return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def preprocess_bytes(data: bytes, *, max_pixels: int = 40_000_000, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+def preprocess_bytes(
+    data: bytes, *, max_pixels: int = 40_000_000, size: int = MODEL_INPUT_SIZE
+) -> np.ndarray:
     """Encoded bytes -> model input. Raises ImageDecodeError on bad input."""
     return to_model_input(decode_image(data, max_pixels=max_pixels), size)

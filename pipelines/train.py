@@ -79,7 +79,9 @@ def to_split(frame: pd.DataFrame) -> Split:
 
 
 def _code_revision(settings: Settings) -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.project_dir, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=settings.project_dir, capture_output=True, text=True
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -117,10 +119,10 @@ def _score_plot(pred: np.ndarray, true: np.ndarray):
 
 
 def run(settings: Settings, *, trials: int | None = None, epochs: int | None = None) -> TrainResult:
-    import mlflow
     import torch
     from mlflow.models import infer_signature
 
+    import mlflow
     from training.tune import run_search
 
     trials = trials or settings.tune_trials
@@ -164,7 +166,9 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
     with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags) as parent:
         dataset = mlflow.data.from_pandas(
             frame[["image_id", "path", "source_id", "split", "score", "tags"]],
-            source=mlflow_registry.dvc_dataset_source(version.uri(), version.md5, version.git_rev, version.remote),
+            source=mlflow_registry.dvc_dataset_source(
+                version.uri(), version.md5, version.git_rev, version.remote
+            ),
             name=f"lightbox-data-{version.short}",
             digest=version.short,
         )

@@ -44,7 +44,9 @@ def validation_metrics(heads: Heads, split: Split, config: ModelConfig, device="
     with torch.inference_mode():
         out = heads(torch.from_numpy(split.x).to(device))
         loss = loss_fn(
-            out, torch.from_numpy(split.score).to(device), torch.from_numpy(split.tags).to(device),
+            out,
+            torch.from_numpy(split.score).to(device),
+            torch.from_numpy(split.tags).to(device),
             config.tag_loss_weight,
         )
     return {"loss": float(loss)} | evaluate(s, split.score, t, split.tags)

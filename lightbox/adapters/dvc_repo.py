@@ -74,7 +74,9 @@ def ensure_repo(settings: Settings) -> None:
         )
         # Commit the remote config *before* any data version: DVC reads each revision's own config.
         _git(root, "add", ".dvc/config", ".dvcignore")
-        _git(root, "commit", "-q", "-m", "dvc: default remote", "--", ".dvc/config", ".dvcignore", check=False)
+        _git(
+            root, "commit", "-q", "-m", "dvc: default remote", "--", ".dvc/config", ".dvcignore", check=False
+        )
     local = root / ".dvc" / "config.local"
     if settings.dvc_remote_url:
         lines = [f"['remote \"{REMOTE_NAME}\"']", f"    url = {settings.dvc_remote_url}"]
@@ -121,7 +123,9 @@ def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:
     """Read one file of the data folder as it was at a git revision (from cache or the remote)."""
     import dvc.api
 
-    return dvc.api.read(f"{settings.data_subdir}/{relpath}", repo=str(settings.project_dir), rev=rev, mode="rb")
+    return dvc.api.read(
+        f"{settings.data_subdir}/{relpath}", repo=str(settings.project_dir), rev=rev, mode="rb"
+    )
 
 
 def remote_holds(settings: Settings, version: DatasetVersion) -> bool:

@@ -65,7 +65,9 @@ def apply_and_materialize(settings: Settings, end: datetime | None = None) -> Fe
     return store
 
 
-def historical(settings: Settings, entity_df: pd.DataFrame, store: FeatureStore | None = None) -> pd.DataFrame:
+def historical(
+    settings: Settings, entity_df: pd.DataFrame, store: FeatureStore | None = None
+) -> pd.DataFrame:
     """Point-in-time join of the feature service onto ``entity_df`` (image_id, event_timestamp, ...)."""
     store = store or open_store(settings)
     service = store.get_feature_service(settings.feature_service)

@@ -64,9 +64,13 @@ def test_mlflow_has_the_tuned_runs_and_a_champion(project: Settings) -> None:
     version = dvc_repo.load_version(project)
     assert parent.data.tags["data.md5"] == version.md5
     assert parent.data.tags["feature_service"] == project.feature_service
-    assert {"test_score_srocc", "test_score_plcc", "test_score_mae", "test_tags_map", "test_tags_micro_f1"} <= set(
-        parent.data.metrics
-    )
+    assert {
+        "test_score_srocc",
+        "test_score_plcc",
+        "test_score_mae",
+        "test_tags_map",
+        "test_tags_micro_f1",
+    } <= set(parent.data.metrics)
     trials = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )

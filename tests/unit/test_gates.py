@@ -9,12 +9,16 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 def test_passes_when_every_metric_meets_its_threshold(tmp_path: Path) -> None:
-    v = evaluate_gates({"test_score_srocc": 0.6, "test_score_mae": 0.1, "test_tags_map": 0.5}, _settings(tmp_path))
+    v = evaluate_gates(
+        {"test_score_srocc": 0.6, "test_score_mae": 0.1, "test_tags_map": 0.5}, _settings(tmp_path)
+    )
     assert v.passed and v.reasons == []
 
 
 def test_fails_with_a_reason_per_failing_check(tmp_path: Path) -> None:
-    v = evaluate_gates({"test_score_srocc": 0.4, "test_score_mae": 0.3, "test_tags_map": 0.5}, _settings(tmp_path))
+    v = evaluate_gates(
+        {"test_score_srocc": 0.4, "test_score_mae": 0.3, "test_tags_map": 0.5}, _settings(tmp_path)
+    )
     assert not v.passed
     assert len(v.reasons) == 2
     assert "test_score_srocc = 0.4000 (needs >= 0.5)" in v.reasons
