@@ -239,7 +239,9 @@ def _suites(gx: Any) -> dict[str, list[Any]]:
             column="max_level", min_value=0, max_value=5, meta=check("max_level is between 0 and 5")
         ),
         e.ExpectColumnValuesToMatchRegex(
-            column="path", regex=r"^images/[^/\\]+\.(png|jpg)$", meta=check("path is images/<file>.png|.jpg")
+            column="path",
+            regex=r"^images/[^/\\]+\.(?:png|jpg)$",
+            meta=check("path is images/<file>.png|.jpg"),
         ),
     ]
     tags = [
