@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     mlflow_experiment: str = "lightbox"
     model_name: str = "lightbox"
     champion_alias: str = "champion"
+    challenger_alias: str = "challenger"  # set on every newly registered candidate
+    previous_alias: str = "previous"  # the champion before the last promotion; `lightbox rollback` target
 
     # --- Feast ---------------------------------------------------------------------------------
     feast_repo: Path | None = None  # default: the features/ repo beside this code
@@ -72,9 +74,35 @@ class Settings(BaseSettings):
     use_gpu: bool | None = None  # None: use one when torch sees it
 
     # --- gates ---------------------------------------------------------------------------------
+    # Test-split floors (the training run's own metrics).
     gate_min_srocc: float = 0.5
     gate_max_mae: float = 0.25
     gate_min_map: float = 0.3
+    # The frozen golden set: <project_dir>/<golden_subdir>, tracked by <golden_subdir>.dvc. Its scenes
+    # come from a seed stream disjoint from the training sources; never trained or tuned on.
+    golden_subdir: str = "golden"
+    golden_sources: int = Field(default=3, ge=1, le=6, description="x31 images: pristine + 6 kinds x 5")
+    golden_seed: int = 20_260_401
+    # Golden-set floors and ceilings.
+    gate_golden_min_srocc: float = 0.5
+    gate_golden_max_mae: float = 0.25
+    gate_golden_min_map: float = 0.3
+    gate_golden_min_tag_ap: float = Field(default=0.1, description="floor for every tag with positives")
+    gate_golden_max_ece: float = Field(default=0.25, ge=0.0, le=1.0, description="tag calibration")
+    # No regression against the champion on the golden set (absolute slack per metric).
+    gate_regression_tolerance: float = Field(default=0.02, ge=0.0)
+    # Behavioural tests.
+    gate_invariance_epsilon: float = Field(
+        default=0.05, ge=0.0, description="max score move, resize/JPEG q95"
+    )
+    gate_direction_slack: float = Field(default=0.02, ge=0.0, description="allowed rise between levels")
+    gate_direction_min_drop: float = Field(default=0.05, ge=0.0, description="pristine -> level 5 drop")
+    # Share of cases that must pass; 0.9 tolerates one odd ladder of 12 (3 sources x 4 kinds).
+    gate_direction_min_pass_rate: float = Field(default=0.9, ge=0.0, le=1.0)
+    gate_min_functionality_pass_rate: float = Field(default=0.9, ge=0.0, le=1.0)
+    # Serving fitness: one batch through the serving predictor on this machine.
+    gate_latency_batch_size: int = Field(default=8, ge=1)
+    gate_max_batch_latency_ms: float = Field(default=3000.0, gt=0.0)
 
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
@@ -106,6 +134,10 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.project_dir / self.data_subdir
+
+    @property
+    def golden_dir(self) -> Path:
+        return self.project_dir / self.golden_subdir
 
     @property
     def quarantine_dir(self) -> Path:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib.resources
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -29,6 +29,7 @@ from serving.predictor import Predictor
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import uploaded_images
+from serving.v2 import v2_router
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def create_app(
 ) -> FastAPI:
     """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions."""
     runtime = InferenceRuntime(settings, predictor, registry)
+    page = (Path(__file__).parent / "static" / "index.html").read_text("utf-8")
     swapper = (
         HotSwapper(
             runtime,
@@ -150,14 +152,16 @@ def create_app(
             raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         if swapper is None:
             raise ApiError(409, "this server has no model loader to reload from")
-        return await swapper.reload(force=force)
+        try:
+            return await swapper.reload(force=force)
+        except Exception as exc:  # reported to the operator, who asked; the old version keeps serving
+            log.exception("forced reload failed")
+            msg = f"reload failed, still serving v{runtime.predictor.version}: {type(exc).__name__}: {exc}"
+            raise ApiError(500, msg) from exc
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        page = importlib.resources.files("serving").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(page)
 
-    from serving.v2 import v2_router  # the second protocol, over the same runtime
-
-    app.include_router(v2_router(runtime))
+    app.include_router(v2_router(runtime))  # the second protocol, over the same runtime
     return app

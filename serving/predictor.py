@@ -7,15 +7,16 @@ channels-last layout and bf16 (fp16 where bf16 is unsupported) autocast; on CPU 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lightbox.imaging import MODEL_INPUT_SIZE
-from training.model import LightboxModel, split_output
+from training.model import Heads, LightboxModel, ModelConfig, split_output
 
 if TYPE_CHECKING:
     from lightbox.settings import Settings
@@ -94,55 +95,75 @@ class RegistryLoader:
     settings: Settings
     alias: str
 
-    def _client(self):  # -> mlflow.MlflowClient; imported here so importing serving stays cheap
-        import mlflow
-
-        # Explicit URIs: the server must read the registry named in settings, whatever the env says.
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        mlflow.set_registry_uri(self.settings.tracking_uri)
-        return mlflow.MlflowClient(
-            tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
-        )
-
     def resolve(self) -> str:
         """The version the alias points at now."""
-        from mlflow.exceptions import MlflowException
+        from lightbox.adapters import mlflow_registry
 
-        name = self.settings.model_name
-        try:
-            mv = self._client().get_model_version_by_alias(name, self.alias)
-        except MlflowException as exc:
-            raise ModelNotFound(f"no model version at models:/{name}@{self.alias}: {exc.message}") from exc
+        mv = mlflow_registry.version_or_none(self.settings, self.alias)
+        if mv is None:
+            raise ModelNotFound(f"no model version at models:/{self.settings.model_name}@{self.alias}")
         return str(mv.version)
 
     def load(self, version: str | None = None) -> Predictor:
         """Load ``version`` (default: the alias's current one) into a Predictor."""
         import mlflow.pytorch
 
+        import mlflow
+        from lightbox.adapters import mlflow_registry
+
         version = version or self.resolve()
-        self._client()
         name = self.settings.model_name
         # Load by version, not by alias: the alias may move between resolving and loading, and the
         # version we report must be the one whose weights we hold.
         uri = f"models:/{name}/{version}"
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = mlflow.pytorch.load_model(uri, map_location=device)
-        if not isinstance(model, LightboxModel):
-            raise TypeError(f"{uri} is a {type(model).__name__}, not a LightboxModel")
-        _check_metadata(uri, model)
-        log.info("loaded %s (alias %s) on %s", uri, self.alias, device)
-        return Predictor(model, name, version, device)
+        # Explicit URIs: the server reads the registry named in settings, whatever the environment says.
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        mlflow.set_registry_uri(self.settings.tracking_uri)
+        metadata = mlflow_registry.model_info(self.settings, uri).metadata or {}
+        loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
+        model = as_lightbox_model(loaded, metadata, uri)
+        log.info("loaded %s (alias %s)", uri, self.alias)
+        return Predictor(model, name, version)
 
 
-def _check_metadata(uri: str, model: LightboxModel) -> None:
-    """The tag names logged as metadata must match the model's own: a mismatch means mislabelled answers."""
-    from mlflow.models import get_model_info
+def config_from_metadata(metadata: dict[str, Any], uri: str) -> ModelConfig:
+    """The ModelConfig logged with the model (``model_config`` holds ``ModelConfig.to_params()`` strings)."""
+    raw = metadata.get("model_config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{uri}: no model_config in the model's metadata; cannot rebuild it")
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = fields.get(key)
+        if f is None or key in ("tag_names", "extra"):
+            continue
+        default = f.default
+        kw[key] = type(default)(value) if isinstance(value, str) and not isinstance(default, str) else value
+    tags = metadata.get("tag_names", raw.get("tag_names"))
+    kw["tag_names"] = tuple(tags.split(",") if isinstance(tags, str) else tags)
+    return ModelConfig(**kw)
 
-    logged = (get_model_info(uri).metadata or {}).get("tag_names")
+
+def as_lightbox_model(loaded: torch.nn.Module, metadata: dict[str, Any], uri: str) -> LightboxModel:
+    """The loaded artifact as an eager LightboxModel whose tag names match the logged metadata.
+
+    MLflow's default "pt2" format loads as a torch.export graph: it has no ``tag_names``, and its batch
+    dimension is fixed when the logging example had one image (torch.export specialises size 1), which
+    would defeat batching. So the eager model is rebuilt from the config logged beside it, and the
+    graph's weights (same parameter names) are loaded into it, strictly.
+    """
+    if isinstance(loaded, LightboxModel):
+        model = loaded
+    else:
+        config = config_from_metadata(metadata, uri)
+        model = LightboxModel(config, Heads(config))
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    logged = metadata.get("tag_names")
     if logged is not None and tuple(logged) != tuple(model.tag_names):
         raise ValueError(
             f"{uri}: metadata tag_names {logged} differ from the model's {list(model.tag_names)}"
         )
+    return model.eval()
 
 
 def load_predictor(settings: Settings, alias: str | None = None) -> Predictor:

@@ -49,14 +49,21 @@ class HotSwapper:
         return self._lock
 
     async def reload(self, force: bool = False) -> dict[str, object]:
-        """Swap to the alias's current version if it changed (or always, with ``force``)."""
+        """Swap to the alias's current version if it changed (or always, with ``force``).
+
+        Raises whatever resolving or loading raised, after counting it; the old version keeps serving.
+        """
         async with self._get_lock():  # one load at a time: two overlapping reloads would load twice
             current = self.runtime.predictor
-            version = await asyncio.to_thread(self.loader.resolve)
-            if version == current.version and not force:
-                return {"swapped": False, "version": current.version}
-            new = await asyncio.to_thread(self.loader.load, version)
-            await asyncio.to_thread(new.warmup, self.warmup_sizes)
+            try:
+                version = await asyncio.to_thread(self.loader.resolve)
+                if version == current.version and not force:
+                    return {"swapped": False, "version": current.version}
+                new = await asyncio.to_thread(self.loader.load, version)
+                await asyncio.to_thread(new.warmup, self.warmup_sizes)
+            except Exception:
+                self.runtime.metrics.reload_failures.inc()
+                raise
             old = self.runtime.swap(new)
             log.info("hot swap: %s v%s -> v%s", new.name, old.version, new.version)
             return {"swapped": True, "from": old.version, "version": new.version}
@@ -69,8 +76,7 @@ class HotSwapper:
                 await self.reload()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a broken new version must not take the serving one down: log, count, go on
-                self.runtime.metrics.reload_failures.inc()
+            except Exception:  # a broken new version must not take the serving one down: log, go on
                 log.exception(
                     "hot swap: could not load the alias's new version; still serving v%s",
                     self.runtime.predictor.version,

@@ -36,7 +36,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         json_part, binary = body, b""
     else:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise ApiError(400, f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
+            raise ApiError(
+                400, f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body"
+            )
         n = int(header_length)
         json_part, binary = body[:n], body[n:]
     if not json_part:
@@ -79,7 +81,9 @@ def _element_count(shape: Any) -> int:
         or not shape
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise ApiError(400, f"input {INPUT_NAME} shape must be a list of non-negative integers, got {shape!r}")
+        raise ApiError(
+            400, f"input {INPUT_NAME} shape must be a list of non-negative integers, got {shape!r}"
+        )
     # [N] as specified; [N, 1] too, as Triton clients often send BYTES with a trailing unit dimension.
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise ApiError(400, f"input {INPUT_NAME} must have shape [N] (or [N, 1]), got {shape}")
@@ -110,7 +114,9 @@ def images_from_request(header: dict[str, Any], binary: bytes) -> list[bytes]:
         size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-                raise ApiError(400, f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent")
+                raise ApiError(
+                    400, f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent"
+                )
             images = deserialize_bytes(binary[offset : offset + size], count)
             offset += size
         elif "data" in spec:
@@ -133,7 +139,9 @@ def _decode_json_bytes(elements: list[Any], count: int) -> list[bytes]:
         try:
             out.append(base64.b64decode(e, validate=True))
         except (binascii.Error, ValueError):
-            raise ApiError(400, f"{INPUT_NAME}[{i}] is not valid base64 (send raw bytes with binary data)") from None
+            raise ApiError(
+                400, f"{INPUT_NAME}[{i}] is not valid base64 (send raw bytes with binary data)"
+            ) from None
     return out
 
 
@@ -202,7 +210,9 @@ def v2_router(runtime: InferenceRuntime) -> APIRouter:
         if name != current.name:
             raise ApiError(404, f"unknown model {name!r}; this server serves {current.name!r}")
         if version is not None and version != current.version:
-            raise ApiError(404, f"model {name!r} version {version!r} is not loaded (serving {current.version!r})")
+            raise ApiError(
+                404, f"model {name!r} version {version!r} is not loaded (serving {current.version!r})"
+            )
 
     def metadata() -> dict[str, Any]:
         p = runtime.predictor

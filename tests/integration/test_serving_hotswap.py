@@ -1,0 +1,180 @@
+"""Hot swap under load: repeated swaps between two in-process model versions, zero failed requests, and
+every answer labelled with the version that actually computed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lightbox.imaging import preprocess_bytes
+from lightbox.settings import TAG_VOCABULARY, Settings
+from serving.app import create_app
+from serving.predictor import Predictor
+from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def versions() -> dict[str, Predictor]:
+    """Two versions that share the backbone (cheap) but have different heads (different answers)."""
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    extractor = FeatureExtractor()
+    out = {}
+    for seed, version in ((1, "1"), (2, "2")):
+        torch.manual_seed(seed)
+        out[version] = Predictor.from_model(
+            LightboxModel(config, Heads(config), extractor), "lightbox", version, "cpu"
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def image() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)).save(
+        buf, "JPEG"
+    )
+    return buf.getvalue()
+
+
+class Alternating:
+    """A model loader whose alias moves to the other version every time it is asked."""
+
+    def __init__(self, versions: dict[str, Predictor], start: str = "1") -> None:
+        self.versions, self.current, self.loads = versions, start, 0
+
+    def resolve(self) -> str:
+        self.current = "2" if self.current == "1" else "1"
+        return self.current
+
+    def load(self, version: str | None = None) -> Predictor:
+        self.loads += 1
+        return self.versions[version or self.current]
+
+
+class Pinned:
+    """A loader whose alias the test moves by hand; ``fail`` makes loading raise."""
+
+    def __init__(self, versions: dict[str, Predictor], version: str) -> None:
+        self.versions, self.version, self.fail = versions, version, False
+        self.lock = threading.Lock()
+
+    def resolve(self) -> str:
+        with self.lock:
+            return self.version
+
+    def load(self, version: str | None = None) -> Predictor:
+        if self.fail:
+            raise RuntimeError("artifact store unreachable")
+        return self.versions[version or self.version]
+
+
+def settings(tmp_path, **kw) -> Settings:
+    base = {
+        "project_dir": tmp_path,
+        "serve_admin_token": TOKEN,
+        "serve_reload_interval_s": 0,
+        "serve_max_batch_size": 8,
+        "serve_max_wait_ms": 2,
+    }
+    return Settings(**(base | kw))
+
+
+def test_zero_failures_across_repeated_swaps_under_load(versions, image, tmp_path) -> None:
+    expected = {v: float(p.predict(preprocess_bytes(image)[None])[0][0]) for v, p in versions.items()}
+    assert abs(expected["1"] - expected["2"]) > 1e-4  # otherwise mislabelled answers could not be seen
+    loader = Alternating(versions)
+    app = create_app(settings(tmp_path), versions["1"], loader=loader)
+    swaps = 6
+
+    async def main() -> tuple[list[httpx.Response], list[dict]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
+            stop = asyncio.Event()
+            responses: list[httpx.Response] = []
+
+            async def user() -> None:
+                while not stop.is_set():
+                    responses.append(await c.post("/predict", content=image))
+
+            async def operator() -> list[dict]:
+                results = []
+                for _ in range(swaps):
+                    await asyncio.sleep(0.15)
+                    r = await c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+                    assert r.status_code == 200, r.text
+                    results.append(r.json())
+                await asyncio.sleep(0.15)
+                stop.set()
+                return results
+
+            users = [asyncio.create_task(user()) for _ in range(8)]
+            reloads = await operator()
+            await asyncio.gather(*users)
+            return responses, reloads
+
+    responses, reloads = asyncio.run(main())
+    assert [r["swapped"] for r in reloads] == [True] * swaps
+    assert [r["version"] for r in reloads] == ["2", "1"] * (swaps // 2)
+    assert [r.status_code for r in responses if r.status_code != 200] == []
+    seen = {r.json()["model"]["version"] for r in responses}
+    assert seen == {"1", "2"}
+    for r in responses:  # each answer carries the version that computed it
+        body = r.json()
+        assert body["score"] == pytest.approx(expected[body["model"]["version"]], abs=1e-5)
+    assert app.state.runtime.registry.get_sample_value("lightbox_model_swaps_total") == swaps
+    assert loader.loads == swaps
+
+
+def test_background_follower_swaps_when_the_alias_moves(versions, image, tmp_path) -> None:
+    loader = Pinned(versions, "1")
+    app = create_app(settings(tmp_path, serve_reload_interval_s=0.05), versions["1"], loader=loader)
+    with TestClient(app) as c:
+        assert c.post("/predict", content=image).json()["model"]["version"] == "1"
+        with loader.lock:
+            loader.version = "2"
+        deadline = time.monotonic() + 20
+        while c.get("/healthz").json()["model"]["version"] != "2":
+            assert time.monotonic() < deadline, "follower never swapped"
+            time.sleep(0.05)
+        assert c.post("/predict", content=image).json()["model"]["version"] == "2"
+        metrics = c.get("/metrics").text
+        assert 'lightbox_model_info{name="lightbox",version="2"} 1.0' in metrics
+        assert 'version="1"' not in metrics.split("lightbox_model_info")[-1].split("\n# ")[0]
+
+
+def test_failed_load_keeps_the_old_version(versions, image, tmp_path) -> None:
+    loader = Pinned(versions, "1")
+    app = create_app(settings(tmp_path, serve_reload_interval_s=0.05), versions["1"], loader=loader)
+    registry = app.state.runtime.registry
+    with TestClient(app) as c:
+        loader.fail = True
+        with loader.lock:
+            loader.version = "2"
+        deadline = time.monotonic() + 20
+        while (registry.get_sample_value("lightbox_model_reload_failures_total") or 0) < 2:
+            assert time.monotonic() < deadline, "follower never tried"
+            time.sleep(0.05)
+        resp = c.post("/predict", content=image)
+        assert resp.status_code == 200 and resp.json()["model"]["version"] == "1"
+        # A forced reload through the admin endpoint reports the failure instead of hiding it.
+        forced = c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+        assert forced.status_code == 500
+        assert "still serving v1: RuntimeError: artifact store unreachable" in forced.json()["error"]
+        loader.fail = False
+        ok = c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200 and ok.json() == {"swapped": True, "from": "1", "version": "2"}

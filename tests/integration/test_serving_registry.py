@@ -1,0 +1,108 @@
+"""``load_predictor`` against a real MLflow registry (embedded SQLite store in a temp folder): the model
+is logged the way the training pipeline logs it, the alias resolved, and the loaded model's answers
+compared with the original's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.models import infer_signature
+
+import mlflow
+from lightbox.settings import TAG_VOCABULARY, Settings
+from serving.predictor import ModelNotFound, RegistryLoader, load_predictor
+from training.model import Heads, LightboxModel, ModelConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _log(settings: Settings, model: LightboxModel, tag_names: list[str], fmt: str = "pt2") -> str:
+    """Log and register ``model`` the way pipelines/train.py does (pt2, one-image example, metadata)."""
+    example = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 224), dtype=np.uint8)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, out),
+            input_example=example,
+            serialization_format=fmt,
+            registered_model_name=settings.model_name,
+            metadata={"tag_names": tag_names, "model_config": model.config.to_params()},
+        )
+    return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Iterator[tuple[Settings, dict[str, LightboxModel]]]:
+    root = tmp_path_factory.mktemp("registry")
+    settings = Settings(project_dir=root)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    exp = mlflow.create_experiment("serving-test", artifact_location=settings.artifact_root)
+    mlflow.set_experiment(experiment_id=exp)
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    models = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = LightboxModel(config, Heads(config)).eval()
+        models[_log(settings, model, list(TAG_VOCABULARY))] = model
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, "1")
+    yield settings, models
+    mlflow.set_tracking_uri(previous)
+
+
+def test_load_predictor_resolves_the_champion(registry) -> None:
+    settings, models = registry
+    predictor = load_predictor(settings)
+    assert (predictor.name, predictor.version) == ("lightbox", "1")
+    assert predictor.tag_names == TAG_VOCABULARY
+    # Three images: the logged pt2 graph is fixed to batch size 1; the rebuilt model is not.
+    batch = np.random.default_rng(0).integers(0, 255, (3, 3, 224, 224), dtype=np.uint8)
+    scores, probs = predictor.predict(batch)
+    with torch.inference_mode():
+        want = models["1"](torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(scores, want[:, 0], atol=1e-5)
+    np.testing.assert_allclose(probs, want[:, 1:], atol=1e-5)
+
+
+def test_loader_follows_the_alias(registry) -> None:
+    settings, _ = registry
+    loader = RegistryLoader(settings, "challenger")
+    with pytest.raises(ModelNotFound, match="models:/lightbox@challenger"):
+        loader.resolve()
+    mlflow.MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(
+        "lightbox", "challenger", "2"
+    )
+    assert loader.resolve() == "2"
+    assert load_predictor(settings, alias="challenger").version == "2"
+
+
+def test_pickle_format_loads_too(registry, monkeypatch) -> None:
+    settings, models = registry
+    version = _log(settings, models["1"], list(TAG_VOCABULARY), fmt="pickle")
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    predictor = RegistryLoader(settings, "unused").load(version)
+    batch = np.zeros((2, 3, 224, 224), np.uint8)
+    np.testing.assert_allclose(
+        predictor.predict(batch)[0], load_predictor(settings).predict(batch)[0], atol=1e-5
+    )
+
+
+def test_mismatched_tag_metadata_is_refused(registry, monkeypatch) -> None:
+    settings, models = registry
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    version = _log(settings, models["1"], list(reversed(TAG_VOCABULARY)), fmt="pickle")
+    with pytest.raises(ValueError, match="metadata tag_names"):
+        RegistryLoader(settings, "unused").load(version)
+    # pt2: the heads are rebuilt from the metadata, so a wrong tag count cannot load silently.
+    version = _log(settings, models["1"], list(TAG_VOCABULARY[:-1]))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        RegistryLoader(settings, "unused").load(version)
