@@ -1,4 +1,4 @@
-"""lightbox_train: Ray Tune on Feast features -> MLflow model -> quality gates -> champion alias.
+"""lightbox_train: Ray Tune on Feast features -> MLflow model (@challenger) -> gates -> champion alias.
 
 Scheduled by the features Asset that lightbox_data updates; can also be triggered with params.
 """
@@ -32,8 +32,16 @@ def lightbox_train():
         p = context["params"]
         return train_stage.run(load_settings(), trials=p["trials"], epochs=p["epochs"]).to_dict()
 
+    @task
+    def golden() -> dict:
+        from lightbox.settings import load_settings
+        from pipelines import golden as golden_stage
+
+        # Built once, then frozen: later runs only confirm its DVC version.
+        return golden_stage.run(load_settings()).version.to_dict()
+
     @task(outlets=[CHAMPION])
-    def promote(trained: dict) -> dict:
+    def promote(trained: dict, _golden: dict) -> dict:
         from dataclasses import asdict
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -42,12 +50,15 @@ def lightbox_train():
         from pipelines import promote as promote_stage
 
         try:
-            return asdict(promote_stage.run(load_settings(), trained["model_version"]))
+            result = promote_stage.run(
+                load_settings(), trained["model_version"], actor="airflow:lightbox_train", reason="trained"
+            )
         except promote_stage.GateFailed as exc:
             # A failed gate is a verdict, not a flake: fail without retrying, and say why.
             raise AirflowFailException(str(exc)) from exc
+        return asdict(result)
 
-    promote(train())
+    promote(train(), golden())
 
 
 lightbox_train()

@@ -91,19 +91,95 @@ def train(
     _print(stage.run(load_settings(), trials=trials, epochs=epochs))
 
 
+Model = Annotated[str | None, typer.Option("--model", help="registered model name (default: settings)")]
+# Who acts: explicit --by, else the CI actor, else the login name.
+Actor = Annotated[
+    str, typer.Option("--by", envvar=["LIGHTBOX_ACTOR", "GITHUB_ACTOR", "USER"], help="who acts")
+]
+
+
+def _model_settings(model: str | None):
+    return load_settings(model_name=model) if model else load_settings()
+
+
+@app.command()
+def golden(rebuild: Annotated[bool, typer.Option(help="re-render even if it exists")] = False) -> None:
+    """Build (once) and version the frozen golden set the gates judge on."""
+    from pipelines import golden as stage
+
+    _print(stage.run(load_settings(), rebuild=rebuild))
+
+
+@app.command()
+def gates(
+    version: Annotated[str, typer.Option(help="registered model version")],
+    model: Model = None,
+    record: Annotated[bool, typer.Option(help="attach verdict + report to the version")] = True,
+) -> None:
+    """Run the gates on a version and attach the evidence; exits 1 if they fail."""
+    from pipelines import validate_model
+
+    report = validate_model.run(_model_settings(model), version, record=record)
+    _print(report.to_dict())
+    if not report.passed:
+        typer.secho("gates FAILED:\n  " + "\n  ".join(report.verdict.reasons), fg="red", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def promote(
     version: Annotated[str, typer.Option(help="registered model version")],
+    model: Model = None,
     alias: Annotated[str | None, typer.Option(help="alias to set (default: champion)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide and report; move nothing")] = False,
+    reason: Annotated[str, typer.Option(help="why (recorded on the version)")] = "",
+    by: Actor = "unknown",
 ) -> None:
-    """Run the quality gates and move the alias; exits 1 with the reasons if a gate fails."""
+    """Gate the version and move the alias; exits 1 with the reasons if it is refused."""
     from pipelines import promote as stage
 
     try:
-        _print(stage.run(load_settings(), version, alias=alias))
+        result = stage.run(
+            _model_settings(model), version, alias=alias, dry_run=dry_run, actor=by, reason=reason
+        )
     except stage.GateFailed as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
+    _print(result)
+
+
+@app.command()
+def rollback(
+    model: Model = None,
+    alias: Annotated[str | None, typer.Option(help="alias to roll back (default: champion)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would change; move nothing")] = False,
+    reason: Annotated[str, typer.Option(help="why (recorded on both versions)")] = "",
+    by: Actor = "unknown",
+) -> None:
+    """Restore the previous champion (alias `previous`)."""
+    from pipelines import promote as stage
+
+    try:
+        _print(stage.rollback(_model_settings(model), alias=alias, dry_run=dry_run, actor=by, reason=reason))
+    except stage.RollbackImpossible as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def lineage(
+    uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Print model version -> run -> dataset version -> feature service -> code revision."""
+    from pipelines import lineage as stage
+
+    try:
+        lin = stage.run(load_settings(), uri)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(lin.to_dict(), indent=2) if as_json else stage.format_lineage(lin))
 
 
 @app.command()

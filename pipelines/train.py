@@ -104,18 +104,24 @@ def _start_ray(settings: Settings) -> bool:
     return True
 
 
-def _score_plot(pred: np.ndarray, true: np.ndarray):
-    import matplotlib
+def _log_plots(test_frame: pd.DataFrame, s_pred: np.ndarray, t_pred: np.ndarray, split: Split) -> dict:
+    """Evaluation plots as artifacts; returns the per-distortion SROCC metrics they show."""
+    import mlflow
+    from training import plots
+    from training.metrics import expected_calibration_error, srocc_by_kind
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(true, pred, s=12, alpha=0.7)
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
-    ax.set(xlabel="true score", ylabel="predicted score", title="test split", xlim=(0, 1), ylim=(0, 1))
-    fig.tight_layout()
-    return fig
+    by_kind = srocc_by_kind(s_pred, split.score, test_frame["distortions"].astype(str).tolist())
+    ece = expected_calibration_error(t_pred, split.tags)
+    figures = {
+        "plots/score_pred_vs_true.png": plots.score_scatter(s_pred, split.score),
+        "plots/srocc_per_distortion.png": plots.srocc_by_kind(by_kind),
+        "plots/tags_pr_curves.png": plots.pr_curves(t_pred, split.tags, TAG_VOCABULARY),
+        "plots/tags_calibration.png": plots.calibration(t_pred, split.tags, ece),
+    }
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plots.plt.close(fig)
+    return {f"test_score_srocc_{k}": v for k, v in by_kind.items()} | {"test_tags_ece": ece}
 
 
 def run(settings: Settings, *, trials: int | None = None, epochs: int | None = None) -> TrainResult:
@@ -174,8 +180,11 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         )
         mlflow.log_input(dataset, context="training")
         for i, trial in enumerate(results):
-            with mlflow.start_run(run_name=f"trial-{i}-{trial.trial_id}", nested=True, tags=tags):
-                mlflow.log_params({k: v for k, v in trial.config.items()})
+            trial_tags = tags | {"lightbox.stage": "trial"}
+            with mlflow.start_run(run_name=f"trial-{i}-{trial.trial_id}", nested=True, tags=trial_tags):
+                # Every hyperparameter, not just the searched ones, so trials compare column by column.
+                mlflow.log_params(ModelConfig.from_dict(asdict(base) | trial.config).to_params())
+                mlflow.log_input(dataset, context="training")
                 for _, row in trial.history.iterrows():
                     step = int(row["training_iteration"])
                     mlflow.log_metrics(
@@ -191,8 +200,8 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         s_pred, t_pred = predict(heads, test.x)
         metrics = {f"test_{k}": v for k, v in evaluate(s_pred, test.score, t_pred, test.tags).items()}
         metrics |= {f"val_{k}": v for k, v in val.items()}
+        metrics |= _log_plots(frame[frame["split"] == "test"], s_pred, t_pred, test)
         mlflow.log_metrics(metrics)
-        mlflow.log_figure(_score_plot(s_pred, test.score), "plots/score_pred_vs_true.png")
 
         model = LightboxModel(best, heads).eval()
         example = _input_example(settings, frame)
@@ -212,7 +221,7 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         for k, v in tags.items():
             client.set_model_version_tag(settings.model_name, model_version, k, v)
         client.set_model_version_tag(settings.model_name, model_version, "run_id", parent.info.run_id)
-        mlflow_registry.set_alias(settings, model_version, "challenger")
+        mlflow_registry.set_alias(settings, model_version, settings.challenger_alias)
         return TrainResult(
             run_id=parent.info.run_id,
             model_name=settings.model_name,

@@ -72,3 +72,63 @@ def evaluate(
         "tags_map": mean_average_precision(tag_probs, tag_true),
         "tags_micro_f1": micro_f1(tag_probs, tag_true),
     }
+
+
+def calibration_bins(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-width confidence bins over every (image, tag) pair: (mean confidence, positive rate, count).
+
+    Empty bins report NaN confidence and rate with a zero count, so a plot can skip them.
+    """
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"probs and labels differ in size: {p.shape} vs {y.shape}")
+    # Bin n holds (n/B, (n+1)/B]; p == 0 goes to the first bin.
+    idx = np.clip(np.ceil(p * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(idx, weights=p, minlength=n_bins) / count
+        rate = np.bincount(idx, weights=y, minlength=n_bins) / count
+    return conf, rate, count
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean |confidence - positive rate| over the bins (0 = calibrated)."""
+    conf, rate, count = calibration_bins(probs, labels, n_bins)
+    total = count.sum()
+    if total == 0:
+        return float("nan")
+    used = count > 0
+    return float(np.sum(count[used] * np.abs(conf[used] - rate[used])) / total)
+
+
+def precision_recall_points(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every rank cut-off, highest confidence first; empty when no positives."""
+    labels = np.asarray(labels).astype(bool)
+    if not labels.any():
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-np.asarray(probs), kind="stable")
+    hits = np.cumsum(labels[order])
+    precision = hits / np.arange(1, len(hits) + 1)
+    recall = hits / labels.sum()
+    return recall, precision
+
+
+def srocc_by_kind(pred: np.ndarray, true: np.ndarray, distortions: list[str]) -> dict[str, float]:
+    """SROCC within each distortion kind: the images carrying that kind plus the pristine ones.
+
+    ``distortions`` is the manifest column ("none", "blur:3", "blur:3+noise:2"). The pristine images
+    anchor every ladder, so a kind whose images all share one level still has an order to get right.
+    Kinds with fewer than 3 images are left out (a rank correlation of two points says nothing).
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    kinds_of = [set() if d == "none" else {p.split(":")[0] for p in d.split("+")} for d in distortions]
+    pristine = np.array([not k for k in kinds_of], dtype=bool)
+    out: dict[str, float] = {}
+    for kind in sorted(set().union(*kinds_of)):
+        mask = pristine | np.array([kind in k for k in kinds_of], dtype=bool)
+        if mask.sum() >= 3:
+            out[kind] = srocc(pred[mask], true[mask])
+    return out

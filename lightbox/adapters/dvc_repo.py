@@ -93,30 +93,54 @@ def remote_url(settings: Settings) -> str:
 
 def version_data(settings: Settings) -> DatasetVersion:
     """dvc add + push the data folder, commit data.dvc, and return the version. Re-runnable."""
+    return version_path(settings, settings.data_subdir)
+
+
+def version_path(settings: Settings, subdir: str) -> DatasetVersion:
+    """dvc add + push ``<project_dir>/<subdir>``, commit ``<subdir>.dvc``; returns its version.
+
+    Re-runnable: unchanged content gives the same md5 and no new commit.
+    """
     from dvc.repo import Repo
 
     ensure_repo(settings)
     root = settings.project_dir
     with Repo(str(root)) as repo:
-        repo.add(str(settings.data_dir))  # absolute: DVC resolves relative paths against the cwd
+        repo.add(str(root / subdir))  # absolute: DVC resolves relative paths against the cwd
         repo.push(remote=REMOTE_NAME)
-    dvc_file = root / f"{settings.data_subdir}.dvc"
+    dvc_file = root / f"{subdir}.dvc"
     out = yaml.safe_load(dvc_file.read_text())["outs"][0]
     rev = ""
     if settings.data_git_commit:
         paths = [dvc_file.name] + [p for p in (".gitignore",) if (root / p).exists()]
         _git(root, "add", "--", *paths)
         if _git(root, "status", "--porcelain", "--", *paths):
-            _git(root, "commit", "-q", "-m", f"data: version {out['md5'][:10]}", "--", *paths)
+            _git(root, "commit", "-q", "-m", f"{subdir}: version {out['md5'][:10]}", "--", *paths)
         rev = _git(root, "rev-parse", "HEAD")
     return DatasetVersion(
         md5=out["md5"],
         git_rev=rev,
-        path=settings.data_subdir,
+        path=subdir,
         files=int(out.get("nfiles", 0)),
         size=int(out.get("size", 0)),
         remote=remote_url(settings),
     )
+
+
+def tracked_md5(settings: Settings, subdir: str) -> str | None:
+    """The md5 recorded in ``<subdir>.dvc`` (None when the folder is not tracked)."""
+    dvc_file = settings.project_dir / f"{subdir}.dvc"
+    if not dvc_file.exists():
+        return None
+    return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
+
+
+def restore_path(settings: Settings, subdir: str) -> None:
+    """Check out ``<subdir>`` as ``<subdir>.dvc`` records it (from the cache, else the remote)."""
+    from dvc.repo import Repo
+
+    with Repo(str(settings.project_dir)) as repo:
+        repo.pull(targets=[str(settings.project_dir / f"{subdir}.dvc")], remote=REMOTE_NAME)
 
 
 def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:

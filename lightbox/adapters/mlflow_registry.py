@@ -18,7 +18,10 @@ def configure(settings: Settings) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
-    if exp is None:
+    if exp is None and settings.mlflow_artifact_root is None and settings.tracking_uri.startswith("http"):
+        # A tracking server stores artifacts itself (proxied mlflow-artifacts:/): no client-side path.
+        exp_id = mlflow.create_experiment(settings.mlflow_experiment)
+    elif exp is None:
         root = settings.artifact_root
         if "://" not in root:
             Path(root).mkdir(parents=True, exist_ok=True)
@@ -75,3 +78,65 @@ def dvc_dataset_source(uri: str, md5: str, git_rev: str, remote: str):
             raise NotImplementedError
 
     return DvcDatasetSource()
+
+
+# --- registry reads and writes for the gates, promotion and lineage --------------------------------
+
+
+def get_version(settings: Settings, version: str):
+    return client(settings).get_model_version(settings.model_name, str(version))
+
+
+def version_or_none(settings: Settings, alias: str):
+    """The version under ``alias``, or None when the alias is not set (any other error propagates)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return version_by_alias(settings, alias)
+    except MlflowException as exc:
+        # Both stores answer a missing alias with RESOURCE_DOES_NOT_EXIST (or INVALID_PARAMETER_VALUE
+        # from older file stores); anything else (server down, auth) must not read as "no champion".
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def delete_alias(settings: Settings, alias: str) -> None:
+    client(settings).delete_registered_model_alias(settings.model_name, alias)
+
+
+def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    c = client(settings)
+    for k, v in tags.items():
+        c.set_model_version_tag(settings.model_name, str(version), k, v)
+
+
+def get_run(settings: Settings, run_id: str):
+    return client(settings).get_run(run_id)
+
+
+def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_run_artifacts(settings: Settings, run_id: str, local_dir: Path, artifact_path: str) -> str:
+    """Upload a folder into the run's artifacts; returns the artifact URI of that folder."""
+    c = client(settings)
+    c.log_artifacts(run_id, str(local_dir), artifact_path)
+    return f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+
+
+def model_info(settings: Settings, uri: str):
+    """MLflow ModelInfo (signature, metadata) of a registry URI."""
+    from mlflow.models import get_model_info
+
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return get_model_info(uri)

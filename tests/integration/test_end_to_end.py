@@ -34,6 +34,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         gate_min_srocc=0.2,
         gate_max_mae=0.35,
         gate_min_map=0.2,
+        # The golden-set and behavioural gates run too (lightbox_train promotes through them); a model
+        # from 10 sources is judged leniently here, test_promotion_cli covers pass and fail.
+        golden_sources=1,
+        gate_golden_min_srocc=0.2,
+        gate_golden_max_mae=0.35,
+        gate_golden_min_map=0.2,
+        gate_golden_min_tag_ap=0.0,
+        gate_golden_max_ece=0.5,
+        gate_invariance_epsilon=0.25,
+        gate_direction_min_pass_rate=0.0,
+        gate_min_functionality_pass_rate=0.0,
     )
     airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": 10, "variants": 6})
     airflow_runner.dags_test(settings, "lightbox_train", {"trials": 4, "epochs": 20})
@@ -76,6 +87,11 @@ def test_mlflow_has_the_tuned_runs_and_a_champion(project: Settings) -> None:
     )
     assert len(trials) >= 4
     assert champion.tags["gate.passed"] == "true"
+    assert champion.tags["gate.golden_md5"] == dvc_repo.tracked_md5(project, project.golden_subdir)
+    assert champion.tags["promotion.by"] == "airflow:lightbox_train"
+    assert {"plots/srocc_per_distortion.png", "plots/tags_pr_curves.png", "plots/tags_calibration.png"} <= {
+        f.path for f in client.list_artifacts(parent.info.run_id, "plots")
+    }
     assert parent.inputs.dataset_inputs[0].dataset.digest == version.short
 
 

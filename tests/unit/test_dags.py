@@ -28,7 +28,7 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory):
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"lightbox_data", "lightbox_train"} <= set(dagbag.dag_ids)
+    assert {"lightbox_data", "lightbox_train", "lightbox_promote"} <= set(dagbag.dag_ids)
 
 
 def test_every_task_has_retries(dagbag) -> None:
@@ -54,3 +54,16 @@ def test_datasets_link_the_dags(dagbag) -> None:
 def test_params_are_exposed(dagbag) -> None:
     assert {"n_sources", "variants"} <= set(dagbag.dags["lightbox_data"].params.keys())
     assert {"trials", "epochs"} <= set(dagbag.dags["lightbox_train"].params.keys())
+
+
+def test_promotion_dag_gates_before_an_optional_approval(dagbag) -> None:
+    dag = dagbag.dags["lightbox_promote"]
+    assert {"version", "alias", "require_approval"} <= set(dag.params.keys())
+    assert dag.params["require_approval"] is False  # approval is opt-in
+    approve, promote = dag.get_task("approve"), dag.get_task("promote")
+    assert type(approve).__name__ == "ApprovalOperator"
+    assert "gates" in dag.get_task("needs_approval").upstream_task_ids
+    # promote waits for the branch or the approval, and runs when the branch skipped the approval
+    assert {"approve", "needs_approval", "gates"} <= promote.upstream_task_ids
+    assert promote.trigger_rule == "none_failed_min_one_success"
+    assert "golden" in dagbag.dags["lightbox_train"].get_task("promote").upstream_task_ids

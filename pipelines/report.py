@@ -1,0 +1,104 @@
+"""The gate report a reviewer reads: markdown (text + tables) and self-contained HTML (with plots).
+
+Pure rendering from a GateReport; the plots are embedded as base64 PNGs so the single HTML artifact
+opens in the MLflow UI's artifact viewer with nothing else to fetch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.validate_model import GateReport
+
+
+def _fmt(v: float | None) -> str:
+    return "missing" if v is None else f"{v:.4f}"
+
+
+def _header(report: GateReport) -> list[str]:
+    verdict = "PASSED" if report.passed else "FAILED"
+    return [
+        f"# Gates for {report.model_name} v{report.version}: {verdict}",
+        "",
+        f"- checked at: {report.checked_at}",
+        f"- golden set: `{report.golden_md5 or 'not versioned'}`",
+        f"- compared with champion: {('v' + report.champion_version) if report.champion_version else 'none'}",
+        *[f"- note: {n}" for n in report.verdict.notes],
+        "",
+    ]
+
+
+def _checks_table(report: GateReport) -> list[str]:
+    rows = ["| check | value | needs | result |", "| --- | --- | --- | --- |"]
+    for c in report.verdict.checks:
+        need = "missing" if c.threshold is None else f"{c.op} {c.threshold:.4g}"
+        result = "pass" if c.passed else f"**FAIL** {c.detail}".strip()
+        rows.append(f"| {c.name} | {_fmt(c.value)} | {need} | {result} |")
+    return rows
+
+
+def _evidence_table(report: GateReport, champion: Mapping[str, float | None] | None) -> list[str]:
+    rows = ["| evidence | this version | champion |", "| --- | --- | --- |"]
+    for k in sorted(report.evidence):
+        ref = None if champion is None else champion.get(k)
+        rows.append(f"| {k} | {_fmt(report.evidence[k])} | {'-' if champion is None else _fmt(ref)} |")
+    return rows
+
+
+def render_markdown(report: GateReport, champion: Mapping[str, float | None] | None = None) -> str:
+    lines = _header(report) + ["## Checks", ""] + _checks_table(report)
+    if report.details:
+        lines += ["", "## Details", ""] + [f"- **{k}**: {v}" for k, v in sorted(report.details.items()) if v]
+    lines += ["", "## Evidence", ""] + _evidence_table(report, champion)
+    return "\n".join(lines) + "\n"
+
+
+def figures(report: GateReport) -> dict[str, bytes]:
+    """PNG plots of the golden predictions (empty when nothing was predicted)."""
+    from training import plots
+    from training.metrics import expected_calibration_error
+
+    preds = report.preds
+    if preds is None or preds.empty:
+        return {}
+    names = [c[2:] for c in preds.columns if c.startswith("p:")]
+    probs = preds[[f"p:{n}" for n in names]].to_numpy(np.float64)
+    labels = np.array([[n in str(t).split("|") for n in names] for t in preds["tags"]], dtype=np.float64)
+    ladder: dict[str, dict[str, list[float]]] = {}
+    for source_id, group in preds.groupby("source_id"):
+        base = float(group[group["kind"] == "none"]["score"].iloc[0])
+        for kind, g in group[group["kind"] != "none"].groupby("kind"):
+            ladder.setdefault(str(kind), {})[str(source_id)] = [base, *g.sort_values("level")["score"]]
+    by_kind = {
+        k.removeprefix("golden.srocc."): v
+        for k, v in report.evidence.items()
+        if k.startswith("golden.srocc.")
+    }
+    return {
+        "score_pred_vs_true": plots.png_bytes(
+            plots.score_scatter(preds["score"].to_numpy(), preds["true_score"].to_numpy(), "golden set")
+        ),
+        "score_by_level": plots.png_bytes(plots.ladders(ladder)),
+        "srocc_per_distortion": plots.png_bytes(plots.srocc_by_kind(by_kind)),
+        "tags_pr_curves": plots.png_bytes(plots.pr_curves(probs, labels, names, "golden set: PR curves")),
+        "tags_calibration": plots.png_bytes(
+            plots.calibration(probs, labels, expected_calibration_error(probs, labels))
+        ),
+    }
+
+
+def render_html(report: GateReport, champion: Mapping[str, float | None] | None = None) -> str:
+    md = render_markdown(report, champion)
+    body = [f"<pre>{html.escape(md)}</pre>"]
+    for name, png in figures(report).items():
+        data = base64.b64encode(png).decode()
+        body.append(f'<h3>{html.escape(name)}</h3><img alt="{name}" src="data:image/png;base64,{data}"/>')
+    title = html.escape(f"{report.model_name} v{report.version} gates")
+    head = f"<head><meta charset='utf-8'><title>{title}</title></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"
