@@ -19,7 +19,7 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
     tags=["lightbox"],
     default_args=RETRIES,
     params={
-        "n_sources": Param(20, type="integer", minimum=3, description="source images"),
+        "n_sources": Param(40, type="integer", minimum=3, description="source images"),
         "variants": Param(12, type="integer", minimum=1, description="distorted variants per source"),
     },
 )

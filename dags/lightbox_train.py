@@ -20,7 +20,7 @@ RETRIES = {"retries": 1, "retry_delay": timedelta(seconds=10)}
     default_args=RETRIES,
     params={
         "trials": Param(4, type="integer", minimum=1, description="Ray Tune trials (ASHA)"),
-        "epochs": Param(30, type="integer", minimum=1, description="max epochs per trial"),
+        "epochs": Param(60, type="integer", minimum=1, description="max epochs per trial"),
     },
 )
 def lightbox_train():

@@ -30,12 +30,21 @@ image_features = FeatureView(
         Field(name="quality", dtype=Array(Float32), description="mean/std of intermediate feature maps"),
         Field(name="brightness", dtype=Float32),
         Field(name="contrast", dtype=Float32),
+        Field(name="luma_p02", dtype=Float32),
+        Field(name="luma_p50", dtype=Float32),
+        Field(name="luma_p98", dtype=Float32),
+        Field(name="clipped_high", dtype=Float32),
+        Field(name="clipped_low", dtype=Float32),
         Field(name="sharpness", dtype=Float32),
+        Field(name="noise", dtype=Float32),
+        Field(name="detail_ratio", dtype=Float32),
+        Field(name="local_contrast", dtype=Float32),
+        Field(name="local_contrast_median", dtype=Float32),
         Field(name="colourfulness", dtype=Float32),
     ],
     source=image_features_source,
     online=True,
-    tags={"extractor": "efficientnet-lite0+quality+stats/v1"},
+    tags={"extractor": "efficientnet-lite0+quality+stats13/v1"},
 )
 
 image_quality_v1 = FeatureService(name="image_quality_v1", features=[image_features])

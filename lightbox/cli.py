@@ -203,23 +203,51 @@ def dags_test(dag_id: str, conf: Annotated[str | None, typer.Option(help="JSON p
 
 @app.command()
 def demo(
-    sources: Annotated[int, typer.Option(help="source images")] = 20,
-    variants: Annotated[int, typer.Option(help="variants per source")] = 12,
-    trials: Annotated[int, typer.Option(help="Ray Tune trials")] = 4,
-    epochs: Annotated[int, typer.Option(help="max epochs per trial")] = 30,
+    sources: Annotated[int | None, typer.Option(help="source images (default: settings)")] = None,
+    variants: Annotated[int | None, typer.Option(help="variants per source (default: settings)")] = None,
+    trials: Annotated[int | None, typer.Option(help="Ray Tune trials (default: settings)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="max epochs per trial (default: settings)")] = None,
     keep_serving: Annotated[bool, typer.Option(help="leave the server running")] = False,
 ) -> None:
     """The whole lifecycle through Airflow, then the server and one prediction."""
     from lightbox import demo as demo_mod
 
+    s = load_settings()
     demo_mod.run(
-        load_settings(),
-        sources=sources,
-        variants=variants,
-        trials=trials,
-        epochs=epochs,
+        s,
+        sources=sources or s.dataset_sources,
+        variants=variants or s.dataset_variants,
+        trials=trials or s.tune_trials,
+        epochs=epochs or s.tune_epochs,
         keep_serving=keep_serving,
     )
+
+
+@app.command()
+def consume(
+    max_messages: Annotated[int | None, typer.Option(help="stop after about this many")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="stop after this many idle seconds")] = None,
+) -> None:
+    """Score images named on the upload queue with the champion into PostgreSQL (LIGHTBOX_RESULTS_DSN)."""
+    import logging
+
+    from pipelines import score_uploads
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _print(score_uploads.run(load_settings(), max_messages=max_messages, idle_timeout_s=idle_timeout))
+
+
+@app.command()
+def enqueue(
+    uris: Annotated[list[str], typer.Argument(help="s3://bucket/key, file:// or absolute image paths")],
+) -> None:
+    """Publish upload messages (image_id = the file name without extension) for `lightbox consume`."""
+    from pathlib import PurePosixPath
+
+    from lightbox.adapters import queue
+
+    messages = [{"image_id": PurePosixPath(u).stem, "uri": u} for u in uris]
+    typer.echo(f"published {queue.publish(load_settings(), messages)} to {load_settings().queue_name}")
 
 
 @app.command("settings")

@@ -47,6 +47,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 TAG_SEPARATOR = "|"
 COMBINED_PROBABILITY = 0.2  # share of variants that get two different distortions
+CLEAN_VARIANTS = 2  # per source, besides the pristine original: see clean_variants()
 # Pairs that cancel out rather than compound: never combined.
 _EXCLUDED_PAIRS = {frozenset({"overexposed", "underexposed"})}
 # Fast zlib level: the default 260 images encode in well under a second; sizes matter less than speed.
@@ -168,27 +169,52 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def clean_variants(img: Image.Image) -> list[tuple[bytes, str, tuple[int, int]]]:
+    """Renditions that are *not* defects and keep score 1.0: a high-quality JPEG re-encode and a 0.75x
+    downscale. Without them the only pristine examples are PNGs at one size, and a model learns that
+    any JPEG or any size change is damage (the golden set's invariance checks caught exactly that)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, subsampling=0, optimize=False)
+    small = img.resize((max(1, round(img.width * 0.75)), max(1, round(img.height * 0.75))), Image.LANCZOS)
+    return [(buf.getvalue(), ".jpg", img.size), (encode_png(small), ".png", small.size)]
+
+
 def _write_images(
     root: Path, sources: Sequence[Source], splits: Mapping[str, str], variants: int, seed: int
 ) -> list[dict[str, str]]:
     (root / IMAGES_SUBDIR).mkdir()
     rows = []
-    with tqdm(total=len(sources) * (variants + 1), desc="build dataset", unit="img") as bar:
+    per_source = variants + 1 + CLEAN_VARIANTS
+    with tqdm(total=len(sources) * per_source, desc="build dataset", unit="img") as bar:
         for index, source in enumerate(sources):
             rng = np.random.default_rng(_child_seed(seed, 1, index))
+            split = splits[source.source_id]
             for j in range(variants + 1):
                 plan = [] if j == 0 else plan_distortions(rng)
                 image_id = f"{source.source_id}-{j:02d}"
                 data, ext = render(source.image, plan, rng)
                 rel = f"{IMAGES_SUBDIR}/{image_id}{ext}"
                 (root / rel).write_bytes(data)
-                rows.append(_row(image_id, rel, source, splits[source.source_id], plan))
+                rows.append(_row(image_id, rel, source, split, plan))
+                bar.update()
+            for k, (data, ext, size) in enumerate(clean_variants(source.image), start=variants + 1):
+                image_id = f"{source.source_id}-{k:02d}"
+                rel = f"{IMAGES_SUBDIR}/{image_id}{ext}"
+                (root / rel).write_bytes(data)
+                rows.append(_row(image_id, rel, source, split, [], size))
                 bar.update()
     return sorted(rows, key=lambda r: r["image_id"])
 
 
-def _row(image_id: str, rel: str, source: Source, split: str, plan: Sequence[Distortion]) -> dict[str, str]:
-    w, h = source.image.size  # distortions keep the size
+def _row(
+    image_id: str,
+    rel: str,
+    source: Source,
+    split: str,
+    plan: Sequence[Distortion],
+    size: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    w, h = size or source.image.size  # distortions keep the size
     return {
         "image_id": image_id,
         "path": rel,

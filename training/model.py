@@ -8,6 +8,7 @@ is the only part Ray Tune trains. Hyperparameters travel with the model as a fro
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,21 @@ EMBEDDING_DIM = 1280  # pooled last feature map: what the image shows (content t
 # embedding, which is trained to ignore exactly those degradations.
 QUALITY_BLOCKS: tuple[int, ...] = (1, 5, 8)
 QUALITY_DIM = 2 * (24 + 80 + 112)
-STAT_NAMES: tuple[str, ...] = ("brightness", "contrast", "sharpness", "colourfulness")
+STAT_NAMES: tuple[str, ...] = (
+    "brightness",
+    "contrast",
+    "luma_p02",
+    "luma_p50",
+    "luma_p98",
+    "clipped_high",
+    "clipped_low",
+    "sharpness",
+    "noise",
+    "detail_ratio",
+    "local_contrast",
+    "local_contrast_median",
+    "colourfulness",
+)
 FEATURE_DIM = EMBEDDING_DIM + QUALITY_DIM + len(STAT_NAMES)
 
 
@@ -36,7 +51,7 @@ class ModelConfig:
     batch_size: int = 32
     tag_loss_weight: float = 1.0
     seed: int = 0
-    feature_version: str = "efficientnet-lite0+quality+stats/v1"
+    feature_version: str = "efficientnet-lite0+quality+stats13/v1"
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_params(self) -> dict[str, str]:
@@ -67,30 +82,65 @@ def load_backbone() -> nn.Module:
 
 
 def image_stats(x: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast, sharpness, colourfulness of float RGB images in [0, 255], shape [N,3,H,W].
+    """Hand-crafted quality statistics of float RGB images in [0, 255], shape [N,3,H,W] -> [N, 13].
 
-    Plain tensor ops so the same numbers come out on CPU and GPU, in the feature job and the server.
+    Each answers one defect directly and cheaply (order as STAT_NAMES): exposure (mean, percentiles,
+    clipped fractions), contrast (global and local), sharpness (Laplacian variance, gradient energy
+    across scales), noise (Immerkaer's estimator) and colourfulness. Plain tensor ops, so the same
+    numbers come out on CPU and GPU, in the feature job and the server.
     """
+    f = nn.functional
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
-    brightness = luma.mean(dim=(1, 2)) / 255.0
-    contrast = luma.std(dim=(1, 2)) / 128.0
+    flat = luma.flatten(1)
+    q = torch.quantile(flat, torch.tensor([0.02, 0.5, 0.98], device=x.device), dim=1).T / 255.0
     # Variance of the Laplacian: the classic focus measure; log-scaled because it spans decades.
-    lap = (
-        -4 * luma[:, 1:-1, 1:-1]
-        + luma[:, :-2, 1:-1]
-        + luma[:, 2:, 1:-1]
-        + luma[:, 1:-1, :-2]
-        + luma[:, 1:-1, 2:]
-    )
+    lap = f.conv2d(luma[:, None], _LAPLACIAN.to(x.device))[:, 0]
     sharpness = torch.log1p(lap.var(dim=(1, 2))) / 10.0
+    # Immerkaer (1996) fast noise estimate: the kernel cancels smooth structure, leaves the noise.
+    sigma = (math.sqrt(math.pi / 2) / 6.0) * f.conv2d(luma[:, None], _IMMERKAER.to(x.device)).abs().mean(
+        (1, 2, 3)
+    )
+    noise = torch.log1p(sigma) / 5.0
+
+    def grad_energy(img: torch.Tensor) -> torch.Tensor:
+        return ((img[:, 1:, :-1] - img[:, :-1, :-1]) ** 2 + (img[:, :-1, 1:] - img[:, :-1, :-1]) ** 2).mean(
+            (1, 2)
+        )
+
+    # Blur removes fine-scale energy first: the full-res / half-res gradient ratio falls with it.
+    half = f.avg_pool2d(luma[:, None], 2)[:, 0]
+    detail_ratio = torch.log((grad_energy(luma) + 1.0) / (grad_energy(half) + 1.0))
+    mu = f.avg_pool2d(luma[:, None], 8)[:, 0]
+    local_std = (f.avg_pool2d(luma[:, None] ** 2, 8)[:, 0] - mu**2).clamp_min(0).sqrt().flatten(1)
     # Hasler & Suesstrunk (2003) colourfulness.
     rg, yb = r - g, 0.5 * (r + g) - b
     colourfulness = (
         torch.sqrt(rg.std(dim=(1, 2)) ** 2 + yb.std(dim=(1, 2)) ** 2)
         + 0.3 * torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
     ) / 128.0
-    return torch.stack([brightness, contrast, sharpness, colourfulness], dim=1)
+    return torch.stack(
+        [
+            flat.mean(1) / 255.0,
+            flat.std(1) / 128.0,
+            q[:, 0],
+            q[:, 1],
+            q[:, 2],
+            (flat > 250).float().mean(1),
+            (flat < 5).float().mean(1),
+            sharpness,
+            noise,
+            detail_ratio,
+            local_std.mean(1) / 64.0,
+            local_std.median(1).values / 64.0,
+            colourfulness,
+        ],
+        dim=1,
+    )
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+_IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])[None, None]
 
 
 class FeatureExtractor(nn.Module):

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 OFFLINE_FILE = "image_features.parquet"
-FEATURE_COLUMNS = ("embedding", "quality", "brightness", "contrast", "sharpness", "colourfulness")
 
 
 def _export_env(settings: Settings) -> None:
@@ -32,7 +31,13 @@ def open_store(settings: Settings) -> FeatureStore:
     for p in (settings.feast_registry_path, settings.feast_online_path):
         if "://" not in p:
             Path(p).parent.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(settings.feast_repo_path))
+    # The yaml picks the online store (SQLite or Redis); the registry type follows its URL.
+    return FeatureStore(repo_path=str(settings.feast_repo_path), fs_yaml_file=settings.feast_yaml)
+
+
+def teardown(settings: Settings) -> None:
+    """Remove this project's online rows and registry objects (tests, decommissioning)."""
+    open_store(settings).teardown()
 
 
 def _definitions(settings: Settings) -> list:

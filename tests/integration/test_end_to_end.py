@@ -46,7 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         gate_direction_min_pass_rate=0.0,
         gate_min_functionality_pass_rate=0.0,
     )
-    airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": 10, "variants": 6})
+    airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": 14, "variants": 6})
     airflow_runner.dags_test(settings, "lightbox_train", {"trials": 4, "epochs": 20})
     return settings
 

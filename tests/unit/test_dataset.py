@@ -143,7 +143,7 @@ def test_build_is_byte_for_byte_reproducible(settings: Settings) -> None:
     before = _snapshot(settings.data_dir)
     data.run(settings)
     assert _snapshot(settings.data_dir) == before
-    assert first.n_images == 5 * (3 + 1) and first.n_sources == 5
+    assert first.n_images == 5 * (3 + 1 + data.CLEAN_VARIANTS) and first.n_sources == 5
     # Rebuilding replaced the folder in place: no temp or old copies are left beside it.
     assert sorted(p.name for p in settings.data_dir.parent.iterdir() if p.name.startswith(".data")) == []
 
@@ -161,15 +161,20 @@ def test_manifest_format_and_consistency(settings: Settings) -> None:
     assert header == ",".join(data.MANIFEST_COLUMNS)
     rows = _manifest(settings)
     assert [r["image_id"] for r in rows] == sorted(r["image_id"] for r in rows)
-    assert len(rows) == result.n_images == 12 * 3 and sum(result.splits.values()) == len(rows)
+    assert len(rows) == result.n_images == 12 * (2 + 1 + data.CLEAN_VARIANTS) and sum(
+        result.splits.values()
+    ) == len(rows)
     assert any(r["source_id"].startswith("scene-") for r in rows)  # more sources than bundled photos
     split_of: dict[str, set[str]] = {}
     for r in rows:
         split_of.setdefault(r["source_id"], set()).add(r["split"])
         path = settings.data_dir / r["path"]
         with Image.open(path) as img:
-            assert img.size == (int(r["width"]), int(r["height"])) and max(img.size) == 64
-            assert img.format == ("JPEG" if "jpeg:" in r["distortions"] else "PNG")
+            # <= 64: the clean 0.75x rendition is smaller than its source
+            assert img.size == (int(r["width"]), int(r["height"])) and max(img.size) <= 64
+            assert img.format == ("JPEG" if r["path"].endswith(".jpg") else "PNG")
+        if "jpeg:" in r["distortions"]:
+            assert r["path"].endswith(".jpg")  # the JPEG artefacts are the file's own bytes
         assert set(r["tags"].split("|")) <= set(TAG_VOCABULARY)
         if r["distortions"] == "none":
             assert r["score"] == "1.0000" and r["max_level"] == "0"

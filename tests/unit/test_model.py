@@ -11,6 +11,7 @@ from lightbox.settings import TAG_VOCABULARY
 from training.model import (
     EMBEDDING_DIM,
     FEATURE_DIM,
+    STAT_NAMES,
     FeatureExtractor,
     Heads,
     LightboxModel,
@@ -39,11 +40,23 @@ def test_pretrained_weights_recognise_the_bundled_photos(backbone: torch.nn.Modu
 
 def test_stats_move_with_the_distortion() -> None:
     img = Image.fromarray(data.astronaut())
-    base = image_stats(_input(img).float())[0]
-    blurred = image_stats(_input(img.filter(ImageFilter.GaussianBlur(4))).float())[0]
-    dark = image_stats(_input(img.point(lambda v: v // 4)).float())[0]
-    assert blurred[2] < base[2]  # sharpness
-    assert dark[0] < base[0]  # brightness
+    stat = {n: i for i, n in enumerate(STAT_NAMES)}
+
+    def stats(im: Image.Image) -> torch.Tensor:
+        return image_stats(_input(im).float())[0]
+
+    base = stats(img)
+    blurred = stats(img.filter(ImageFilter.GaussianBlur(4)))
+    dark = stats(img.point(lambda v: v // 4))
+    rng = np.random.default_rng(0)
+    noisy = stats(
+        Image.fromarray(np.clip(np.asarray(img) + rng.normal(0, 25, (512, 512, 3)), 0, 255).astype(np.uint8))
+    )
+    assert blurred[stat["sharpness"]] < base[stat["sharpness"]]
+    assert blurred[stat["detail_ratio"]] < base[stat["detail_ratio"]]
+    assert dark[stat["brightness"]] < base[stat["brightness"]]
+    assert dark[stat["luma_p98"]] < base[stat["luma_p98"]]
+    assert noisy[stat["noise"]] > base[stat["noise"]] + 0.05
 
 
 def test_model_outputs_score_and_tag_probabilities(backbone: torch.nn.Module) -> None:

@@ -14,6 +14,9 @@ pytestmark = pytest.mark.unit
 
 Rows = list[dict[str, str]]
 
+# 5 sources x (pristine + 3 distorted + the clean renditions)
+IMAGES = 5 * (1 + 3 + data.CLEAN_VARIANTS)
+
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(
@@ -44,7 +47,7 @@ def _edit(settings: Settings, change: Callable[[Rows], None]) -> None:
 def test_a_fresh_build_passes_and_writes_both_reports(built: Settings) -> None:
     manifest_before = (built.data_dir / data.MANIFEST_NAME).read_bytes()
     result = validate_data.run(built)
-    assert result.passed and result.n_images == 20 and result.quarantined == []
+    assert result.passed and result.n_images == IMAGES and result.quarantined == []
     assert all(c.success for c in result.checks) and len(result.checks) >= 10
     assert "PASSED" in result.report_md.read_text()
     assert "<table>" in result.report_html.read_text()
@@ -62,7 +65,7 @@ def test_corrupt_images_are_quarantined_not_deleted(tmp_path: Path) -> None:
 
     result = validate_data.run(settings)
 
-    assert result.passed and result.n_images == 18
+    assert result.passed and result.n_images == IMAGES - 2
     assert {image_id for image_id, _ in result.quarantined} == {truncated["image_id"], garbage["image_id"]}
     assert result.quarantine_path is not None and result.quarantine_path.parent == settings.quarantine_dir
     # Nothing lost: the exact bytes now sit in the quarantine folder, with the rows that pointed at them.
@@ -71,7 +74,7 @@ def test_corrupt_images_are_quarantined_not_deleted(tmp_path: Path) -> None:
     assert not (settings.data_dir / truncated["path"]).exists()
     assert "quarantined.csv" in {p.name for p in result.quarantine_path.iterdir()}
     _, kept = _read(settings)
-    assert len(kept) == 18 and truncated["image_id"] not in {r["image_id"] for r in kept}
+    assert len(kept) == IMAGES - 2 and truncated["image_id"] not in {r["image_id"] for r in kept}
     assert truncated["image_id"] in result.report_md.read_text()
     # The cleaned dataset validates again with nothing further to quarantine.
     assert validate_data.run(settings).quarantined == []
@@ -79,9 +82,9 @@ def test_corrupt_images_are_quarantined_not_deleted(tmp_path: Path) -> None:
 
 def test_too_many_bad_images_fail_after_quarantine(built: Settings) -> None:
     _, rows = _read(built)
-    for row in rows[:3]:  # 3 of 20 = 15%, over the default 5%
+    for row in rows[:3]:  # 3 of 30 = 10%, over the default 5%
         (built.data_dir / row["path"]).unlink()
-    with pytest.raises(DataValidationError, match=r"quarantined 3 of 20 images") as info:
+    with pytest.raises(DataValidationError, match=rf"quarantined 3 of {IMAGES} images") as info:
         validate_data.run(built)
     assert info.value.result.report_md.is_file()
     assert {reason for _, reason in info.value.result.quarantined} == {"file is missing"}
