@@ -53,7 +53,9 @@ def pick_images(settings: Settings) -> tuple[Path, Path]:
     import pandas as pd
 
     m = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
-    blurred = m[m["distortions"].str.startswith("blur:")].sort_values("score").iloc[0]
+    pure = m[m["distortions"].str.fullmatch(r"blur:\d")]
+    candidates = pure if len(pure) else m[m["distortions"].str.startswith("blur:")]
+    blurred = candidates.sort_values("score").iloc[0]
     same = m[(m["source_id"] == blurred["source_id"]) & (m["distortions"] == "none")]
     pristine = same.iloc[0] if len(same) else m[m["distortions"] == "none"].iloc[0]
     return settings.data_dir / pristine["path"], settings.data_dir / blurred["path"]
@@ -65,7 +67,7 @@ def run(
     from lightbox.adapters import airflow_runner, dvc_repo, mlflow_registry
 
     t_start = time.monotonic()
-    t = _step(f"lightbox_data DAG: {sources} sources x {variants + 1} images -> validate -> DVC -> Feast")
+    t = _step(f"lightbox_data DAG: {sources} sources, {variants} variants each -> validate -> DVC -> Feast")
     airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": sources, "variants": variants})
     _done(t)
     t = _step(f"lightbox_train DAG: Ray Tune ({trials} trials, ASHA) -> MLflow -> gates -> @champion")

@@ -99,11 +99,18 @@ def run(settings: Settings, *, rebuild: bool = False) -> GoldenResult:
     """
     manifest = settings.golden_dir / MANIFEST_NAME
     if rebuild or not manifest.exists():
-        if not rebuild and dvc_repo.tracked_md5(settings, settings.golden_subdir):
-            # Tracked but not checked out (a fresh clone): restore the frozen bytes, do not re-render.
-            dvc_repo.restore_path(settings, settings.golden_subdir)
-        else:
+        tracked = None if rebuild else dvc_repo.tracked_md5(settings, settings.golden_subdir)
+        # Tracked but not checked out (a fresh clone): restore the frozen bytes. With nothing to restore
+        # from (an empty local remote), re-render: the build is deterministic, and the hash check
+        # below refuses any golden set that is not byte-for-byte the frozen one.
+        if not (tracked and dvc_repo.restore_path(settings, settings.golden_subdir)):
             build(settings)
+            if tracked and not dvc_repo.matches_tracked(settings, settings.golden_subdir):
+                raise RuntimeError(
+                    f"the golden set is tracked as {tracked} but is not in the DVC remote, and "
+                    "re-rendering it gave different bytes; restore it from the team remote "
+                    "(dvc pull golden.dvc) or rebuild it on purpose with `lightbox golden --rebuild`"
+                )
     version = dvc_repo.version_path(settings, settings.golden_subdir)
     n_images = sum(1 for _ in (settings.golden_dir / IMAGES_SUBDIR).iterdir())
     return GoldenResult(settings.golden_dir, n_images, settings.golden_sources, version)

@@ -80,8 +80,8 @@ def ensure_repo(settings: Settings) -> None:
     local = root / ".dvc" / "config.local"
     if settings.dvc_remote_url:
         lines = [f"['remote \"{REMOTE_NAME}\"']", f"    url = {settings.dvc_remote_url}"]
-        if settings.dvc_remote_endpoint_url:
-            lines.append(f"    endpointurl = {settings.dvc_remote_endpoint_url}")
+        if settings.dvc_endpoint_url:  # dvc_remote_endpoint_url, else the shared s3_endpoint_url
+            lines.append(f"    endpointurl = {settings.dvc_endpoint_url}")
         local.write_text("\n".join(lines) + "\n")
     elif local.exists():
         local.unlink()
@@ -135,12 +135,31 @@ def tracked_md5(settings: Settings, subdir: str) -> str | None:
     return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
 
 
-def restore_path(settings: Settings, subdir: str) -> None:
-    """Check out ``<subdir>`` as ``<subdir>.dvc`` records it (from the cache, else the remote)."""
+def restore_path(settings: Settings, subdir: str) -> bool:
+    """Check out ``<subdir>`` as ``<subdir>.dvc`` records it (from the cache, else the remote).
+
+    False when neither holds it (a fresh clone with an empty local remote): the caller decides.
+    """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     with Repo(str(settings.project_dir)) as repo:
-        repo.pull(targets=[str(settings.project_dir / f"{subdir}.dvc")], remote=REMOTE_NAME)
+        try:
+            repo.pull(targets=[str(settings.project_dir / f"{subdir}.dvc")], remote=REMOTE_NAME)
+        except DvcException:
+            return False
+    return (settings.project_dir / subdir).exists()
+
+
+def matches_tracked(settings: Settings, subdir: str) -> bool:
+    """True when the files in ``<subdir>`` hash to exactly what ``<subdir>.dvc`` records."""
+    from dvc.repo import Repo
+
+    with Repo(str(settings.project_dir)) as repo:
+        status = repo.status(targets=[str(settings.project_dir / f"{subdir}.dvc")])
+    # "not in cache" only says the cache is empty (a fresh clone); "modified" means other bytes.
+    states = [s for entry in status.get(f"{subdir}.dvc", []) for s in entry.get("changed outs", {}).values()]
+    return len(states) == len(status.get(f"{subdir}.dvc", [])) and all(s == "not in cache" for s in states)
 
 
 def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:
@@ -153,10 +172,18 @@ def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:
 
 
 def remote_holds(settings: Settings, version: DatasetVersion) -> bool:
-    """True when the remote has the directory manifest for this version (only for local remotes)."""
+    """True when the remote has the directory manifest for this version (a local or s3:// remote)."""
     md5 = version.md5.removesuffix(".dir")
-    base = Path(remote_url(settings))
-    return (base / "files" / "md5" / md5[:2] / (md5[2:] + ".dir")).exists()
+    relpath = f"files/md5/{md5[:2]}/{md5[2:]}.dir"
+    url = remote_url(settings)
+    if url.startswith("s3://"):
+        from lightbox.adapters import s3
+
+        # Same layout as a local remote, on the endpoint DVC pushed to.
+        return s3.exists(f"{url.rstrip('/')}/{relpath}", settings.dvc_endpoint_url)
+    if "://" in url:
+        raise NotImplementedError(f"remote_holds: no check for {url}")
+    return (Path(url) / relpath).exists()
 
 
 def save_version(settings: Settings, version: DatasetVersion) -> Path:
