@@ -197,7 +197,11 @@ def dags_test(dag_id: str, conf: Annotated[str | None, typer.Option(help="JSON p
     """Run one DAG end to end with `airflow dags test` on the embedded Airflow home."""
     from lightbox.adapters import airflow_runner
 
-    log = airflow_runner.dags_test(load_settings(), dag_id, json.loads(conf) if conf else None)
+    try:
+        log = airflow_runner.dags_test(load_settings(), dag_id, json.loads(conf) if conf else None)
+    except airflow_runner.DagRunFailed as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"{dag_id}: success (log: {log})")
 
 
@@ -211,16 +215,21 @@ def demo(
 ) -> None:
     """The whole lifecycle through Airflow, then the server and one prediction."""
     from lightbox import demo as demo_mod
+    from lightbox.adapters.airflow_runner import DagRunFailed
 
     s = load_settings()
-    demo_mod.run(
-        s,
-        sources=sources or s.dataset_sources,
-        variants=variants or s.dataset_variants,
-        trials=trials or s.tune_trials,
-        epochs=epochs or s.tune_epochs,
-        keep_serving=keep_serving,
-    )
+    try:
+        demo_mod.run(
+            s,
+            sources=sources or s.dataset_sources,
+            variants=variants or s.dataset_variants,
+            trials=trials or s.tune_trials,
+            epochs=epochs or s.tune_epochs,
+            keep_serving=keep_serving,
+        )
+    except DagRunFailed as exc:
+        typer.secho(f"demo stopped: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
