@@ -20,6 +20,14 @@ class DagRunFailed(RuntimeError):
 def airflow_env(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home_path
     env = dict(os.environ) | settings_env(settings)
+    if settings.airflow_database_url:  # PostgreSQL in production (LocalExecutor needs a real database)
+        url = settings.airflow_database_url
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
+        if url.startswith(("postgresql://", "postgresql+psycopg2://")):
+            # Airflow 3 also opens an async engine and would derive it with asyncpg (not installed);
+            # psycopg 3 (installed with Feast's postgres extra) speaks async to the same URL.
+            async_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = async_url
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
     env |= {
         "AIRFLOW_HOME": str(home),
@@ -33,6 +41,31 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "GX_ANALYTICS_ENABLED": "False",
         "TQDM_MININTERVAL": "2",
+    }
+    return env
+
+
+def service_env(settings: Settings, api_port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """airflow_env plus what a long-running scheduler, dag-processor and api-server need.
+
+    LocalExecutor on the metadata database of ``settings.airflow_database_url`` (PostgreSQL: SQLite
+    cannot take the scheduler's concurrent writers), parallelism sized for this machine, the API bound
+    to ``host``. Secrets are not set here: AIRFLOW__API_AUTH__JWT_SECRET (the same on every component,
+    or task tokens fail) and the auth manager's users come from the deployment's environment.
+    """
+    if not settings.airflow_database_url:
+        raise ValueError("a real scheduler needs airflow_database_url (PostgreSQL), not the SQLite default")
+    env = airflow_env(settings)
+    env |= {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # One task process per core: each imports the ML stack (~800 MB); more only thrash.
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get(
+            "AIRFLOW__CORE__PARALLELISM", str(max(2, os.cpu_count() or 2))
+        ),
+        "AIRFLOW__API__HOST": host,
+        "AIRFLOW__API__PORT": str(api_port),
+        # Task runners reach the execution API here; without it they try the default port and fail.
+        "AIRFLOW__API__BASE_URL": f"http://{host}:{api_port}",
     }
     return env
 

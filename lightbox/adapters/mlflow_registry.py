@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,10 +12,20 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+def _export_env(settings: Settings) -> None:
+    # MLflow's S3 artifact client reads its endpoint only from the environment. Needed client-side when
+    # the artifact root is s3:// (a proxied mlflow-artifacts:/ root needs it on the server instead).
+    # Credentials are not settings: boto3's chain and MLFLOW_TRACKING_USERNAME/PASSWORD come from the
+    # environment, so they never land in a settings dump or the repo.
+    if settings.s3_endpoint_url:
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+
+
 def configure(settings: Settings) -> str:
     """Point the mlflow module at our tracking server/store; returns the experiment id."""
     import mlflow
 
+    _export_env(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
@@ -36,6 +47,7 @@ def configure(settings: Settings) -> str:
 def client(settings: Settings) -> MlflowClient:
     from mlflow import MlflowClient
 
+    _export_env(settings)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
@@ -137,6 +149,7 @@ def model_info(settings: Settings, uri: str):
 
     import mlflow
 
+    _export_env(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return get_model_info(uri)

@@ -1,0 +1,97 @@
+"""PostgreSQL through psycopg2: the only module that imports it. The upload consumer's results table.
+
+One row per (image_id, model_version): a redelivered message (the consumer died after the commit but
+before the ack) upserts the same row again instead of adding one, so results are exactly-once even
+though delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as Connection
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    image_id: str
+    model_name: str
+    model_version: str
+    score: float
+    tag_probs: dict[str, float]  # every tag's probability: readers pick their own threshold
+    source_uri: str
+
+
+def connect(dsn: str) -> Connection:
+    import psycopg2
+
+    return psycopg2.connect(dsn)
+
+
+def ensure_results_table(conn: Connection, table: str) -> None:
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:  # `with conn`: commit on success, roll back on error
+        cur.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {} (
+                    image_id      text        NOT NULL,
+                    model_version text        NOT NULL,
+                    model_name    text        NOT NULL,
+                    score         real        NOT NULL,
+                    tag_probs     jsonb       NOT NULL,
+                    source_uri    text        NOT NULL,
+                    scored_at     timestamptz NOT NULL DEFAULT now(),
+                    attempts      integer     NOT NULL DEFAULT 1,
+                    PRIMARY KEY (image_id, model_version)
+                )
+                """
+            ).format(sql.Identifier(table))
+        )
+
+
+def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> None:
+    """Insert or replace the rows in one transaction (committed when this returns)."""
+    from psycopg2 import sql
+    from psycopg2.extras import execute_values
+
+    if not rows:
+        return
+    keys = [(r.image_id, r.model_version) for r in rows]
+    if len(set(keys)) != len(keys):
+        # One statement cannot touch a row twice (ON CONFLICT would raise): callers dedupe first.
+        raise ValueError("upsert_results: duplicate (image_id, model_version) in one call")
+    query = sql.SQL(
+        """
+        INSERT INTO {t} (image_id, model_version, model_name, score, tag_probs, source_uri)
+        VALUES %s
+        ON CONFLICT (image_id, model_version) DO UPDATE SET
+            score = EXCLUDED.score,
+            tag_probs = EXCLUDED.tag_probs,
+            source_uri = EXCLUDED.source_uri,
+            scored_at = now(),
+            attempts = {t}.attempts + 1
+        """
+    ).format(t=sql.Identifier(table))
+    values = [
+        (r.image_id, r.model_version, r.model_name, r.score, json.dumps(r.tag_probs), r.source_uri)
+        for r in rows
+    ]
+    with conn, conn.cursor() as cur:
+        execute_values(cur, query.as_string(conn), values)
+
+
+def fetch_results(conn: Connection, table: str) -> list[dict]:
+    from psycopg2 import sql
+    from psycopg2.extras import RealDictCursor
+
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            sql.SQL("SELECT * FROM {} ORDER BY image_id, model_version").format(sql.Identifier(table))
+        )
+        return [dict(r) for r in cur.fetchall()]

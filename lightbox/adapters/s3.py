@@ -1,0 +1,60 @@
+"""S3 through boto3: the only module that imports it. Any S3 API (AWS, MinIO, Ceph, moto's server) by
+endpoint URL (``settings.s3_endpoint_url``); credentials come from boto3's usual chain (environment,
+profile, role), never from settings."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient as S3Client
+
+
+class ObjectNotFound(FileNotFoundError):
+    """No object at that s3:// URL."""
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key/parts`` -> (bucket, key)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket/key URL: {url!r}")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+@cache
+def client(endpoint_url: str | None) -> S3Client:
+    import boto3
+
+    # One client per endpoint: boto3 clients are thread-safe and slow to build (~50 ms).
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def read(url: str, endpoint_url: str | None) -> bytes:
+    bucket, key = split_url(url)
+    c = client(endpoint_url)
+    try:
+        return c.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except c.exceptions.NoSuchKey:
+        raise ObjectNotFound(f"no object at {url}") from None
+
+
+def write(url: str, data: bytes, endpoint_url: str | None) -> None:
+    bucket, key = split_url(url)
+    client(endpoint_url).put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def exists(url: str, endpoint_url: str | None) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_url(url)
+    try:
+        client(endpoint_url).head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        # 404 means absent; anything else (403, a wrong endpoint) must not read as "absent".
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True

@@ -1,0 +1,254 @@
+"""Stage: score newly uploaded images from the upload queue with the champion, into PostgreSQL.
+
+A message names one image: ``{"image_id": "abc", "uri": "s3://bucket/key.jpg"}`` (also ``file://`` or
+an absolute path). The consumer takes up to ``consume_batch_size`` messages (the broker prefetch is the
+same number) or what came within ``consume_max_wait_s``, scores them in one forward pass, upserts the
+rows keyed by (image_id, model_version), commits, and only then acknowledges. Hence:
+
+- a crash before the commit loses nothing: unacknowledged messages are delivered again;
+- a crash between commit and ack duplicates nothing: the redelivery upserts the same rows;
+- a message that can never be scored (bad JSON, a missing or undecodable image) is copied to the
+  dead-letter queue with the reason, then acknowledged, so it neither blocks nor loops;
+- anything else (database, S3 or broker down, the model failing) is not the message's fault: the
+  consumer stops without acknowledging, and a restart retries. A message that kills the consumer
+  every time is dead-lettered by the broker after ``queue_delivery_limit`` deliveries.
+
+The batch logic (``parse``, ``prepare``, ``to_rows``) is pure and unit-tested; ``run`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from lightbox.adapters.postgres import ResultRow
+from lightbox.adapters.queue import Delivery
+from lightbox.imaging import ImageDecodeError, preprocess_bytes
+from lightbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_ID = 256
+
+
+class Poison(ValueError):
+    """This message can never be scored; the text is the reason recorded in the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    image_id: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    delivery: Delivery
+    upload: Upload
+    pixels: np.ndarray  # uint8 [3, 224, 224]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    ready: list[Prepared]
+    poison: list[tuple[Delivery, str]]
+
+
+def parse(body: bytes) -> Upload:
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Poison(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise Poison(f"expected a JSON object, got {type(message).__name__}")
+    image_id, uri = message.get("image_id"), message.get("uri")
+    if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_IMAGE_ID:
+        raise Poison(f"image_id must be a non-empty string of at most {MAX_IMAGE_ID} characters")
+    if not isinstance(uri, str) or not uri:
+        raise Poison("uri must be a non-empty string")
+    return Upload(image_id, uri)
+
+
+def prepare(deliveries: Sequence[Delivery], fetch: Callable[[str], bytes], max_pixels: int) -> BatchPlan:
+    """Parse, fetch and decode each message; the ones that can never work become (delivery, reason).
+
+    ``fetch`` raises FileNotFoundError for a missing image (poison) and anything else for a transient
+    failure, which propagates: the batch is then retried rather than dead-lettered.
+    """
+    ready, poison = [], []
+    for d in deliveries:
+        try:
+            upload = parse(d.body)
+            try:
+                data = fetch(upload.uri)
+            except FileNotFoundError as exc:
+                raise Poison(f"image not found: {exc}") from None
+            try:
+                pixels = preprocess_bytes(data, max_pixels=max_pixels)
+            except ImageDecodeError as exc:
+                raise Poison(f"undecodable image {upload.uri}: {exc}") from None
+        except Poison as exc:
+            poison.append((d, str(exc)))
+            continue
+        ready.append(Prepared(d, upload, pixels))
+    return BatchPlan(ready, poison)
+
+
+def to_rows(
+    ready: Sequence[Prepared],
+    scores: np.ndarray,
+    tag_probs: np.ndarray,
+    tag_names: Sequence[str],
+    model_name: str,
+    model_version: str,
+) -> list[ResultRow]:
+    """One row per image; an image sent twice in one batch keeps its last message's row."""
+    if len(scores) != len(ready) or len(tag_probs) != len(ready):
+        raise ValueError(f"model returned {len(scores)} scores for {len(ready)} images")
+    rows: dict[str, ResultRow] = {}
+    for item, score, probs in zip(ready, scores, tag_probs, strict=True):
+        rows[item.upload.image_id] = ResultRow(
+            image_id=item.upload.image_id,
+            model_name=model_name,
+            model_version=model_version,
+            score=float(score),
+            tag_probs={name: round(float(p), 6) for name, p in zip(tag_names, probs, strict=True)},
+            source_uri=item.upload.uri,
+        )
+    return list(rows.values())
+
+
+def fetch_image(settings: Settings, uri: str) -> bytes:
+    """Bytes of the image a message names: s3://, file:// or an absolute path."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        from lightbox.adapters import s3
+
+        return s3.read(uri, settings.s3_endpoint_url)  # ObjectNotFound is a FileNotFoundError
+    if parts.scheme == "file" or (not parts.scheme and uri.startswith("/")):
+        return Path(unquote(parts.path)).read_bytes()
+    raise Poison(f"unsupported uri {uri!r}: expected s3://, file:// or an absolute path")
+
+
+# --- the consumer ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsumeStats:
+    model_version: str = ""
+    messages: int = 0
+    scored: int = 0
+    dead: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+
+class _Stop:
+    """SIGTERM/SIGINT finish the current batch (commit + ack), then exit: a deploy never loses work."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (a test's thread): no handler, stop by limits
+                break
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current batch", signum)
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def run(
+    settings: Settings,
+    *,
+    predictor=None,
+    max_messages: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> ConsumeStats:
+    """Consume until stopped (signal), ``max_messages`` handled, or ``idle_timeout_s`` without any.
+
+    ``predictor`` defaults to the champion (serving.predictor.load_predictor); the same one scores every
+    batch of this run, so each row's model_version is the version that computed it.
+    """
+    from lightbox.adapters import postgres, queue
+
+    if not settings.results_dsn:
+        raise ValueError("results_dsn is not set: the consumer writes to PostgreSQL (LIGHTBOX_RESULTS_DSN)")
+    if predictor is None:
+        from serving.predictor import load_predictor
+
+        predictor = load_predictor(settings)
+    stats = ConsumeStats(model_version=predictor.version)
+    db = postgres.connect(settings.results_dsn)
+    postgres.ensure_results_table(db, settings.results_table)
+    conn = queue.connect(settings)
+    t0 = time.monotonic()
+    try:
+        channel = conn.channel()
+        queue.declare(channel, settings)
+        channel.basic_qos(prefetch_count=settings.consume_batch_size)
+        dead_channel = conn.channel()
+        dead_channel.confirm_delivery()  # the dead letter must be safe before we ack the original
+
+        def flush(batch: list[Delivery]) -> None:
+            plan = prepare(batch, lambda uri: fetch_image(settings, uri), settings.max_pixels)
+            if plan.ready:
+                scores, probs = predictor.predict(np.stack([p.pixels for p in plan.ready]))
+                rows = to_rows(
+                    plan.ready, scores, probs, predictor.tag_names, predictor.name, predictor.version
+                )
+                postgres.upsert_results(db, settings.results_table, rows)  # commits
+            for delivery, reason in plan.poison:
+                log.warning("dead-lettering message %d: %s", delivery.tag, reason)
+                queue.publish_dead(dead_channel, settings, delivery, reason)
+                stats.reasons.append(reason)
+            channel.basic_ack(delivery_tag=batch[-1].tag, multiple=True)  # only after the commit
+            stats.messages += len(batch)
+            stats.scored += len(plan.ready)
+            stats.dead += len(plan.poison)
+            stats.batches += 1
+
+        batch: list[Delivery] = []
+        deadline = idle_since = time.monotonic()
+        tick = min(0.1, settings.consume_max_wait_s) or 0.05
+        with _Stop() as stop:
+            for delivery in queue.deliveries(channel, settings, tick_s=tick):
+                now = time.monotonic()
+                if delivery is not None:
+                    if not batch:
+                        deadline = now + settings.consume_max_wait_s
+                    batch.append(delivery)
+                    idle_since = now
+                full = len(batch) >= settings.consume_batch_size
+                if batch and (full or now >= deadline or stop.requested):
+                    flush(batch)
+                    batch = []
+                if stop.requested or (max_messages is not None and stats.messages >= max_messages):
+                    break
+                if not batch and idle_timeout_s is not None and now - idle_since >= idle_timeout_s:
+                    break
+            channel.cancel()  # prefetched, unacknowledged messages go back to the queue
+    finally:
+        stats.seconds = time.monotonic() - t0
+        if conn.is_open:
+            conn.close()
+        db.close()
+    return stats

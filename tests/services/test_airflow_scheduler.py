@@ -1,0 +1,115 @@
+"""Airflow for real: a scheduler, a dag-processor and an API server on a PostgreSQL metadata database
+with the LocalExecutor. A DAG run is triggered through the public REST API (v2, JWT from the auth
+manager's token endpoint) the way a data scientist's tool would, and must complete.
+
+It runs lightbox_data with the smallest parameters (3 sources, 1 variant): the point is the real
+scheduler path (parsing, queueing, task processes talking to the execution API, XCom, the features
+Asset), not model quality, and the whole lifecycle through a scheduler is minutes more on 2 cores.
+The full lifecycle on the production stores is tests/services/test_end_to_end_production.py.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import PgDatabase, start_process, stop_process, wait_http
+from lifecycle import free_port
+
+from lightbox.adapters import airflow_runner, dvc_repo, feast_store
+from lightbox.settings import Settings
+
+pytestmark = [pytest.mark.slow]
+
+DAG = "lightbox_data"
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, pg_database: PgDatabase) -> Iterator[tuple[Settings, str, tuple[str, str]]]:
+    settings = Settings(project_dir=tmp_path / "project", airflow_database_url=pg_database.sqlalchemy_url())
+    settings.project_dir.mkdir()
+    port = free_port()
+    user, password = "scientist", secrets.token_urlsafe(12)
+    passwords = tmp_path / "airflow-passwords.json"
+    passwords.write_text(json.dumps({user: password}))
+    env = airflow_runner.service_env(settings, port) | {
+        # What the deployment's secret store provides; the same on every component.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__PARALLELISM": "2",
+    }
+    airflow_runner.ensure_db(settings)  # `airflow db migrate` on PostgreSQL
+    exe = str(Path(sys.executable).parent / "airflow")
+    logs = settings.state / "logs"
+    procs = []
+    try:
+        # --skip-serve-logs: the log server binds every interface; the API reads the files directly here.
+        for name, args in (
+            ("api-server", ["api-server", "--workers", "1"]),
+            ("scheduler", ["scheduler", "--skip-serve-logs"]),
+            ("dag-processor", ["dag-processor"]),
+        ):
+            procs.append(start_process([exe, *args], logs / f"{name}.log", env=env))
+        wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", procs[0], logs / "api-server.log", 180)
+        yield settings, f"http://127.0.0.1:{port}", (user, password)
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+def test_a_dag_run_triggered_through_the_rest_api_completes(
+    airflow: tuple[Settings, str, tuple[str, str]],
+) -> None:
+    settings, base, (user, password) = airflow
+    logs = settings.state / "logs"
+    token = httpx.post(f"{base}/auth/token", json={"username": user, "password": password}, timeout=30)
+    assert token.status_code == 201, token.text
+    api = httpx.Client(
+        base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}
+    )
+    assert httpx.get(f"{base}/api/v2/dags", timeout=30).status_code == 401  # no token, no API
+
+    # The dag-processor parses dags/ into the database; then the DAG appears (paused, as created).
+    deadline = time.monotonic() + 180
+    while (r := api.get(f"/dags/{DAG}")).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert r.status_code == 200, (
+        f"{r.status_code} {r.text}\n{(logs / 'dag-processor.log').read_text()[-3000:]}"
+    )
+    assert api.patch(f"/dags/{DAG}", json={"is_paused": False}).status_code == 200
+
+    run = api.post(
+        f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {"n_sources": 3, "variants": 1}}
+    )
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+
+    deadline = time.monotonic() + 420
+    state = "queued"
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(3)
+        state = api.get(f"/dags/{DAG}/dagRuns/{run_id}").json()["state"]
+    tasks = api.get(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    summary = {t["task_id"]: t["state"] for t in tasks}
+    assert state == "success", f"{state}: {summary}\n{(logs / 'scheduler.log').read_text()[-3000:]}"
+    assert summary == {"build": "success", "validate": "success", "version": "success", "features": "success"}
+
+    # The tasks ran against this project: data versioned in DVC, features online in Feast.
+    version = dvc_repo.load_version(settings)
+    assert dvc_repo.remote_holds(settings, version)
+    manifest = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
+    assert len(manifest) == version.files - 1 >= 3 * 2  # 3 sources x (pristine + 1 variant), at least
+    online = feast_store.online(settings, manifest["image_id"].tolist())
+    assert all(e is not None for e in online["embedding"])
+    # XCom carries the version between tasks, through the API too.
+    xcom = api.get(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/version/xcomEntries/return_value")
+    assert xcom.status_code == 200 and version.md5 in json.dumps(xcom.json())

@@ -1,0 +1,228 @@
+"""The upload consumer against the real broker (RabbitMQ), the real results database (PostgreSQL) and an
+S3 API (moto's server): normal flow, poison messages to the dead-letter queue, and restarts (a crash
+between commit and ack, and a SIGKILL mid-stream) with exactly one row per (image, version) and no
+message lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from conftest import S3_ENV, PgDatabase, S3Server
+from mlflow.models import infer_signature
+from PIL import Image
+
+import mlflow
+from lightbox.adapters import postgres, queue
+from lightbox.imaging import preprocess_bytes
+from lightbox.settings import TAG_VOCABULARY, Settings, settings_env
+from pipelines import score_uploads
+from serving.predictor import Predictor, load_predictor
+from training.model import Heads, LightboxModel, ModelConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow registry (SQLite: this test is about the queue) holding a champion, logged like training."""
+    root = tmp_path_factory.mktemp("registry")
+    settings = Settings(project_dir=root)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    exp = mlflow.create_experiment("consumer-test", artifact_location=settings.artifact_root)
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    torch.manual_seed(0)
+    model = LightboxModel(config, Heads(config)).eval()
+    example = np.zeros((1, 3, 224, 224), np.uint8)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, out),
+            registered_model_name=settings.model_name,
+            serialization_format="pickle",  # no graph tracing: faster, and the loader takes either
+            metadata={"tag_names": list(TAG_VOCABULARY), "model_config": config.to_params()},
+            pip_requirements=["torch"],  # skip requirement inference (a subprocess, ~8 s)
+        )
+    mlflow.MlflowClient().set_registered_model_alias(
+        settings.model_name, settings.champion_alias, str(info.registered_model_version)
+    )
+    mlflow.set_tracking_uri(previous)
+    return root
+
+
+@pytest.fixture(scope="module")
+def champion(registry_dir: Path) -> Predictor:
+    return load_predictor(Settings(project_dir=registry_dir))
+
+
+@pytest.fixture
+def settings(registry_dir: Path, pg_database: PgDatabase, amqp_url: str, queue_name: str) -> Settings:
+    return Settings(
+        project_dir=registry_dir,
+        results_dsn=pg_database.dsn,
+        queue_url=amqp_url,
+        queue_name=queue_name,
+        consume_batch_size=4,
+        consume_max_wait_s=0.2,
+    )
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(12):
+        path = tmp_path / f"upload-{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+        out.append(path)
+    return out
+
+
+def _messages(paths: list[Path]) -> list[dict[str, str]]:
+    return [{"image_id": p.stem, "uri": str(p)} for p in paths]
+
+
+def _rows(settings: Settings) -> list[dict]:
+    conn = postgres.connect(settings.results_dsn or "")
+    try:
+        return postgres.fetch_results(conn, settings.results_table)
+    finally:
+        conn.close()
+
+
+def test_scores_good_images_and_dead_letters_poison(
+    settings: Settings, champion: Predictor, images: list[Path], s3_server: S3Server, bucket: str
+) -> None:
+    settings = settings.model_copy(update={"s3_endpoint_url": s3_server.endpoint_url})
+    s3 = s3_server.client()
+    s3.put_object(Bucket=bucket, Key="in/from-s3.png", Body=images[0].read_bytes())
+    s3.put_object(Bucket=bucket, Key="in/garbage.jpg", Body=b"\xff\xd8 not really a jpeg")
+    good = [*_messages(images[:9]), {"image_id": "from-s3", "uri": f"s3://{bucket}/in/from-s3.png"}]
+    poison = [
+        {"image_id": "gone", "uri": f"s3://{bucket}/in/gone.png"},
+        {"image_id": "garbage", "uri": f"s3://{bucket}/in/garbage.jpg"},
+        {"image_id": "missing-file", "uri": str(images[0].parent / "nope.png")},
+        {"no_image_id": True},
+    ]
+    queue.publish(settings, [*good[:5], *poison[:2], *good[5:], *poison[2:]])
+
+    stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
+
+    assert (stats.messages, stats.scored, stats.dead) == (14, 10, 4)
+    rows = _rows(settings)
+    assert sorted(r["image_id"] for r in rows) == sorted(m["image_id"] for m in good)
+    assert {(r["model_name"], r["model_version"], r["attempts"]) for r in rows} == {("lightbox", "1", 1)}
+    # The stored numbers are the champion's answers for those images.
+    want_scores, want_probs = champion.predict(np.stack([preprocess_bytes(images[3].read_bytes())]))
+    row = next(r for r in rows if r["image_id"] == images[3].stem)
+    assert row["score"] == pytest.approx(float(want_scores[0]), abs=1e-5)
+    assert row["tag_probs"] == pytest.approx(
+        dict(zip(TAG_VOCABULARY, want_probs[0].tolist(), strict=True)), abs=1e-5
+    )
+
+    dead = queue.drain(settings, queue.dead_letter_queue(settings))
+    reasons = {json.loads(d.body).get("image_id"): d.headers[queue.REASON_HEADER] for d in dead}
+    assert set(reasons) == {"gone", "garbage", "missing-file", None}
+    assert reasons["gone"] == f"image not found: no object at s3://{bucket}/in/gone.png"
+    assert reasons["garbage"].startswith(f"undecodable image s3://{bucket}/in/garbage.jpg")
+    assert reasons["missing-file"].startswith("image not found") and "nope.png" in reasons["missing-file"]
+    assert reasons[None].startswith("image_id must be")
+    assert queue.depth(settings, settings.queue_name) == 0
+
+
+class _CrashAfterCommit(RuntimeError):
+    pass
+
+
+def test_a_crash_between_commit_and_ack_redelivers_without_duplicates(
+    settings: Settings, champion: Predictor, images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    queue.publish(settings, _messages(images[:8]))
+    real_ack = BlockingChannel.basic_ack
+    acks = {"n": 0}
+
+    def ack_then_crash(self, delivery_tag=0, multiple=False):
+        acks["n"] += 1
+        if acks["n"] == 2:  # the second batch is committed, then the process "dies" before its ack
+            raise _CrashAfterCommit
+        return real_ack(self, delivery_tag, multiple)
+
+    monkeypatch.setattr(BlockingChannel, "basic_ack", ack_then_crash)
+    with pytest.raises(_CrashAfterCommit):
+        score_uploads.run(settings, predictor=champion)
+    monkeypatch.setattr(BlockingChannel, "basic_ack", real_ack)
+    assert len(_rows(settings)) == 8  # both batches were committed
+
+    stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
+    assert stats.messages == 4  # the unacknowledged batch came back, and only it
+    rows = _rows(settings)
+    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in images[:8])
+    assert sorted(r["attempts"] for r in rows) == [1] * 4 + [2] * 4  # upserted again, not duplicated
+    assert queue.depth(settings, settings.queue_name) == 0
+
+
+def _consumer(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ) | settings_env(settings) | S3_ENV
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightbox.cli", "consume", *args],
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        cwd=settings.project_dir,
+    )
+
+
+@pytest.fixture
+def many_images(tmp_path: Path, images: list[Path]) -> Iterator[list[Path]]:
+    # 48 messages over 12 files (distinct ids): enough batches that a kill lands mid-stream.
+    out = []
+    for i in range(48):
+        path = tmp_path / f"many-{i:02d}.png"
+        path.write_bytes(images[i % len(images)].read_bytes())
+        out.append(path)
+    yield out
+
+
+def test_killed_consumer_restarts_without_losing_or_duplicating(
+    settings: Settings, many_images: list[Path], tmp_path: Path
+) -> None:
+    queue.publish(settings, _messages(many_images))
+    conn = postgres.connect(settings.results_dsn or "")
+    postgres.ensure_results_table(conn, settings.results_table)  # idempotent: we poll it from the start
+    conn.close()
+    log = tmp_path / "consumer.log"
+    first = _consumer(settings, log)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_rows(settings)) < 8:
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: no handler runs, whatever was in flight is unacknowledged
+        first.wait(timeout=30)
+    done_before = len(_rows(settings))
+    assert 8 <= done_before < len(many_images), "kill mid-stream: some rows written, not all"
+
+    second = _consumer(settings, log, "--idle-timeout", "2")
+    assert second.wait(timeout=180) == 0, log.read_text()[-3000:]
+
+    rows = _rows(settings)
+    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in many_images)
+    assert queue.depth(settings, settings.queue_name) == 0
+    assert queue.depth(settings, queue.dead_letter_queue(settings)) == 0
