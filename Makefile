@@ -32,10 +32,11 @@ test-fast: venv ## unit tests only (seconds, no servers)
 test-services: venv ## only the tests against PostgreSQL, Redis, RabbitMQ, S3
 	$(BIN)/pytest -m services
 
-lint: venv ## ruff (with Airflow rules on dags/)
+lint: venv ## ruff (with Airflow rules on dags/) and a mypy type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check --select AIR dags/
+	$(BIN)/mypy
 
 format: venv ## ruff format + autofix
 	$(BIN)/ruff format .

@@ -53,7 +53,7 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
 
 def to_model_input(img: Image.Image, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     """RGB image -> uint8 array [3, size, size] (the model's input contract)."""
-    resized = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    resized = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
 
 

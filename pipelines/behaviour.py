@@ -54,7 +54,9 @@ def invariance(
             raise ValueError(f"{transform}: {delta.shape[0]} scores for {base.shape[0]} images")
         cases += len(delta)
         worst = max(worst, float(delta.max(initial=0.0)))
-        failures += [f"{ids[i]} {transform}: moved {delta[i]:.3f}" for i in np.flatnonzero(delta > epsilon)]
+        failures += [
+            f"{ids[int(i)]} {transform}: moved {delta[i]:.3f}" for i in np.flatnonzero(delta > epsilon)
+        ]
     return BehaviourResult("invariance_max_delta", worst, cases, failures)
 
 

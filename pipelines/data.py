@@ -124,7 +124,7 @@ def resize_longest(img: Image.Image, side: int) -> Image.Image:
     w, h = img.size
     scale = side / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img if size == img.size else img.resize(size, Image.LANCZOS)
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
 
 
 def _child_seed(seed: int, *path: int) -> int:
@@ -175,7 +175,9 @@ def clean_variants(img: Image.Image) -> list[tuple[bytes, str, tuple[int, int]]]
     any JPEG or any size change is damage (the golden set's invariance checks caught exactly that)."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95, subsampling=0, optimize=False)
-    small = img.resize((max(1, round(img.width * 0.75)), max(1, round(img.height * 0.75))), Image.LANCZOS)
+    small = img.resize(
+        (max(1, round(img.width * 0.75)), max(1, round(img.height * 0.75))), Image.Resampling.LANCZOS
+    )
     return [(buf.getvalue(), ".jpg", img.size), (encode_png(small), ".png", small.size)]
 
 

@@ -63,11 +63,12 @@ def format_lineage(lin: Lineage) -> str:
 def run(settings: Settings, uri: str) -> Lineage:
     name, version, alias = parse_model_uri(uri)
     settings = settings.model_copy(update={"model_name": name})
-    mv = (
-        mlflow_registry.get_version(settings, version)
-        if version is not None
-        else mlflow_registry.version_by_alias(settings, alias)
-    )
+    if version is not None:
+        mv = mlflow_registry.get_version(settings, version)
+    elif alias is not None:
+        mv = mlflow_registry.version_by_alias(settings, alias)
+    else:  # parse_model_uri's pattern always yields one of the two
+        raise ValueError(f"{uri!r} names neither a version nor an alias")
     r = mlflow_registry.get_run(settings, mv.run_id)
     tags = {**r.data.tags, **(mv.tags or {})}  # the version carries copies; either source will do
     inputs = r.inputs.dataset_inputs if r.inputs else []

@@ -75,11 +75,12 @@ def figures(report: GateReport) -> dict[str, bytes]:
         base = float(group[group["kind"] == "none"]["score"].iloc[0])
         for kind, g in group[group["kind"] != "none"].groupby("kind"):
             ladder.setdefault(str(kind), {})[str(source_id)] = [base, *g.sort_values("level")["score"]]
-    by_kind = {
-        k.removeprefix("golden.srocc."): v
-        for k, v in report.evidence.items()
-        if k.startswith("golden.srocc.")
-    }
+    by_kind: dict[str, float] = {}
+    for k, v in report.evidence.items():
+        if k.startswith("golden.srocc."):
+            if v is None:
+                raise ValueError(f"{k} has no value although the report holds golden-set predictions")
+            by_kind[k.removeprefix("golden.srocc.")] = v
     return {
         "score_pred_vs_true": plots.png_bytes(
             plots.score_scatter(preds["score"].to_numpy(), preds["true_score"].to_numpy(), "golden set")

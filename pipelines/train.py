@@ -126,6 +126,7 @@ def _log_plots(test_frame: pd.DataFrame, s_pred: np.ndarray, t_pred: np.ndarray,
 
 def run(settings: Settings, *, trials: int | None = None, epochs: int | None = None) -> TrainResult:
     import torch
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     import mlflow
@@ -170,7 +171,7 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         "code.revision": _code_revision(settings),
     }
     with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags) as parent:
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             frame[["image_id", "path", "source_id", "split", "score", "tags"]],
             source=mlflow_registry.dvc_dataset_source(
                 version.uri(), version.md5, version.git_rev, version.remote

@@ -158,8 +158,7 @@ def quarantine(
     for i, reason in bad.items():
         rel = rows[i].get("path") or ""
         src = (data_dir / rel).resolve() if rel else None
-        moved = src is not None and src.is_relative_to(data_dir) and src.is_file()
-        if moved:
+        if src is not None and src.is_relative_to(data_dir) and src.is_file():
             dest = target / src.relative_to(data_dir)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(src, dest)

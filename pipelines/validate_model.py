@@ -240,6 +240,7 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
 
     recorded = _recorded(settings, mv) if reuse else None
+    details: dict[str, str]
     if recorded is not None:
         ev, details, preds = recorded, {}, None
     else:

@@ -43,7 +43,8 @@ class Predictor:
         if self._cuda:
             # Convolutions run fastest in NHWC with tensor cores; bf16 keeps fp32's range (no overflow
             # in the sigmoid heads), fp16 is the fallback on pre-Ampere GPUs.
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format at runtime; torch's overloads for it omit the keyword.
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.model = model
 
@@ -138,8 +139,15 @@ def config_from_metadata(metadata: dict[str, Any], uri: str) -> ModelConfig:
         if f is None or key in ("tag_names", "extra"):
             continue
         default = f.default
-        kw[key] = type(default)(value) if isinstance(value, str) and not isinstance(default, str) else value
+        if isinstance(value, str) and not isinstance(default, str):
+            if default is dataclasses.MISSING:
+                raise ValueError(f"{uri}: ModelConfig.{key} has no default whose type converts {value!r}")
+            kw[key] = type(default)(value)
+        else:
+            kw[key] = value
     tags = metadata.get("tag_names", raw.get("tag_names"))
+    if tags is None:
+        raise ValueError(f"{uri}: no tag_names in the model's metadata; cannot rebuild it")
     kw["tag_names"] = tuple(tags.split(",") if isinstance(tags, str) else tags)
     return ModelConfig(**kw)
 

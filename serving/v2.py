@@ -54,7 +54,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 
 def deserialize_bytes(raw: bytes, count: int) -> list[bytes]:
     """Binary BYTES tensor -> ``count`` elements (each a little-endian uint32 length, then the bytes)."""
-    out, pos = [], 0
+    out: list[bytes] = []
+    pos = 0
     while pos < len(raw):
         if pos + 4 > len(raw):
             raise ApiError(400, "BYTES tensor data ends inside an element's 4-byte length")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,7 +157,8 @@ class FeatureExtractor(nn.Module):
         x = images.float()
         stats = image_stats(x)
         # TF-Lite EfficientNet normalisation ((x - 127) / 128); verified: chelsea -> class 285.
-        bb = self.backbone
+        # The third-party EfficientNet's private layers (_conv_stem, _blocks, ...) are untyped.
+        bb: Any = self.backbone
         h = bb._swish(bb._bn0(bb._conv_stem((x - 127.0) / 128.0)))
         quality = []
         for idx, block in enumerate(bb._blocks):
@@ -178,6 +180,9 @@ class Heads(nn.Module):
     not depend on, and with few source images it would learn the sources instead. The tag head sees
     everything (content tags need the embedding, defect tags the quality features).
     """
+
+    mu: torch.Tensor  # buffers, registered in __init__
+    sigma: torch.Tensor
 
     def __init__(self, config: ModelConfig, in_dim: int = FEATURE_DIM) -> None:
         super().__init__()

@@ -83,15 +83,19 @@ def run_search(
     )
     grid = tuner.fit()
     results = []
-    for r in grid:
+    for i in range(len(grid)):
+        r = grid[i]
         if r.error:
             raise RuntimeError(f"trial failed: {r.error}")
+        metrics, config = r.metrics, r.config
+        if metrics is None or config is None:
+            raise RuntimeError(f"trial {i} finished without reporting metrics and a config")
         results.append(
             TrialResult(
-                trial_id=str(r.metrics.get("trial_id")),
-                config={k: v for k, v in r.config.items()},
+                trial_id=str(metrics.get("trial_id")),
+                config={k: v for k, v in config.items()},
                 history=r.metrics_dataframe,
-                last=dict(r.metrics),
+                last=dict(metrics),
             )
         )
     return sorted(results, key=lambda t: t.last[METRIC])

@@ -115,7 +115,7 @@ def drain(settings: Settings, queue: str, limit: int = 10_000) -> list[Delivery]
     conn = connect(settings)
     try:
         channel = conn.channel()
-        out = []
+        out: list[Delivery] = []
         while len(out) < limit:
             method, props, body = channel.basic_get(queue, auto_ack=True)
             if method is None:
