@@ -87,7 +87,7 @@ def create_app(
             runtime,
             loader,
             interval_s=settings.serve_reload_interval_s,
-            warmup_sizes=(1, settings.serve_max_batch_size),
+            warmup_sizes=(1, runtime.config.max_batch_size),
         )
         if loader is not None
         else None

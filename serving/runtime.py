@@ -44,6 +44,16 @@ class Prediction:
         return [{"name": n, "confidence": round(c, 6)} for n, c in keep]
 
 
+# Default batch caps by device. On the 2-core CPU a batch past ~8 images costs more per image than
+# smaller ones (activations outgrow the caches: docs/benchmarks.md); a GPU needs large batches to fill.
+DEFAULT_MAX_BATCH = {"cpu": 8, "cuda": 64}
+
+
+def max_batch_size(settings: Settings, device: str) -> int:
+    """The configured cap, else the measured default for the device type ("cpu", "cuda")."""
+    return settings.serve_max_batch_size or DEFAULT_MAX_BATCH.get(device, DEFAULT_MAX_BATCH["cpu"])
+
+
 class InferenceRuntime:
     def __init__(self, settings: Settings, predictor: Predictor, registry: CollectorRegistry | None = None):
         self.settings = settings
@@ -52,7 +62,7 @@ class InferenceRuntime:
         self._predictor = predictor
         self.metrics.set_model(predictor.name, predictor.version)
         self.config = BatchConfig(
-            max_batch_size=settings.serve_max_batch_size,
+            max_batch_size=max_batch_size(settings, predictor.device.type),
             max_wait_ms=settings.serve_max_wait_ms,
             max_queue=settings.serve_max_queue,
             max_concurrent_batches=settings.serve_max_concurrent_batches,

@@ -9,6 +9,7 @@ import uvicorn
 from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import RegistryLoader
+from serving.runtime import max_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def run(settings: Settings, alias: str | None = None) -> None:
     """
     loader = RegistryLoader(settings, alias or settings.champion_alias)
     predictor = loader.load()
-    predictor.warmup((1, settings.serve_max_batch_size))
+    predictor.warmup((1, max_batch_size(settings, predictor.device.type)))
     log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
     app = create_app(settings, predictor, loader=loader)
     uvicorn.run(
