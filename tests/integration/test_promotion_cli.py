@@ -111,11 +111,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 def _register(settings: Settings, model, metrics: dict[str, float], example: np.ndarray) -> str:
     """Log and register like pipelines.train does: signature, metadata, tags, @challenger."""
     import torch
-    from mlflow.models import infer_signature
 
     import mlflow
     from lightbox.adapters import mlflow_registry
-    from pipelines.train import PIP_REQUIREMENTS
 
     mlflow_registry.configure(settings)
     tags = {
@@ -127,16 +125,7 @@ def _register(settings: Settings, model, metrics: dict[str, float], example: np.
     }
     with mlflow.start_run(tags=tags) as run, torch.inference_mode():
         mlflow.log_metrics(metrics)
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model(torch.from_numpy(example)).numpy()),
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=settings.model_name,
-            metadata={"tag_names": list(model.tag_names), "model_config": model.config.to_params()},
-        )
-    version = str(info.registered_model_version)
+        version = mlflow_registry.log_lightbox_model(model, example, settings.model_name)
     mlflow_registry.set_version_tags(settings, version, tags | {"run_id": run.info.run_id})
     mlflow_registry.set_alias(settings, version, settings.challenger_alias)
     return version

@@ -11,9 +11,9 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
-from mlflow.models import infer_signature
 
 import mlflow
+from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.settings import TAG_VOCABULARY, Settings
 from serving.predictor import ModelNotFound, RegistryLoader, load_predictor
 from training.model import Heads, LightboxModel, ModelConfig
@@ -24,19 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _log(settings: Settings, model: LightboxModel, tag_names: list[str], fmt: str = "pt2") -> str:
     """Log and register ``model`` the way pipelines/train.py does (pt2, one-image example, metadata)."""
     example = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 224), dtype=np.uint8)
-    with torch.inference_mode():
-        out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, out),
-            input_example=example,
-            serialization_format=fmt,
-            registered_model_name=settings.model_name,
-            metadata={"tag_names": tag_names, "model_config": model.config.to_params()},
+        return log_lightbox_model(
+            model, example, settings.model_name, serialization_format=fmt, tag_names=tag_names
         )
-    return str(info.registered_model_version)
 
 
 @pytest.fixture(scope="module")

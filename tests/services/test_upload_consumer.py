@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import S3_ENV, PgDatabase, S3Server
-from mlflow.models import infer_signature
 from PIL import Image
 
 import mlflow
 from lightbox.adapters import postgres, queue
+from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import TAG_VOCABULARY, Settings, settings_env
 from pipelines import score_uploads
@@ -45,21 +45,12 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = LightboxModel(config, Heads(config)).eval()
     example = np.zeros((1, 3, 224, 224), np.uint8)
-    with torch.inference_mode():
-        out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, out),
-            registered_model_name=settings.model_name,
-            serialization_format="pickle",  # no graph tracing: faster, and the loader takes either
-            metadata={"tag_names": list(TAG_VOCABULARY), "model_config": config.to_params()},
-            pip_requirements=["torch"],  # skip requirement inference (a subprocess, ~8 s)
+        # pickle: no graph tracing, faster, and the loader takes either format
+        version = log_lightbox_model(
+            model, example, settings.model_name, serialization_format="pickle", with_input_example=False
         )
-    mlflow.MlflowClient().set_registered_model_alias(
-        settings.model_name, settings.champion_alias, str(info.registered_model_version)
-    )
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, version)
     mlflow.set_tracking_uri(previous)
     return root
 
