@@ -6,57 +6,20 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as triton
-import uvicorn
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from lightbox.imaging import preprocess_bytes
-from lightbox.settings import TAG_VOCABULARY, Settings
-from serving.app import create_app
+from lightbox.settings import TAG_VOCABULARY
 from serving.predictor import Predictor
-from training.model import Heads, LightboxModel, ModelConfig
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    torch.manual_seed(0)
-    config = ModelConfig(tag_names=TAG_VOCABULARY)
-    return Predictor.from_model(LightboxModel(config, Heads(config)), "lightbox", "3", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(predictor: Predictor, tmp_path_factory) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1:<free port>, in a thread; yields "host:port"."""
-    settings = Settings(
-        project_dir=tmp_path_factory.mktemp("v2"), serve_reload_interval_s=0, serve_max_wait_ms=2
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    config = uvicorn.Config(create_app(settings, predictor), log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    yield f"{host}:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
 
 
 @pytest.fixture(scope="module")
