@@ -5,7 +5,9 @@ The same DAG files run unchanged under a real scheduler; this module only sets t
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,27 @@ from lightbox.settings import CODE_ROOT, Settings, settings_env
 
 class DagRunFailed(RuntimeError):
     """A DAG run ended failed; the message carries the tail of its log."""
+
+
+# The last line of a Python traceback: "package.module.SomeError: message" (continuation lines indented).
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Failed)\w*: .*$")
+
+
+def task_errors(log_text: str) -> list[str]:
+    """The exceptions that failed tasks in a `dags test` log, each with its indented continuation
+    lines (a gate verdict lists its reasons there), in order, once each."""
+    lines = log_text.splitlines()
+    found: dict[str, None] = {}
+    for i, line in enumerate(lines):
+        if not _EXC_LINE.match(line):
+            continue
+        message = [line]
+        for nxt in lines[i + 1 :]:
+            if not nxt.startswith((" ", "\t")) or nxt.lstrip().startswith("File "):
+                break
+            message.append(nxt)
+        found.setdefault("\n".join(message), None)
+    return list(found)
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -85,8 +108,9 @@ def _airflow(settings: Settings, *args: str, log: Path | None = None) -> None:
             cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=settings.project_dir
         )
     if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-60:])
-        raise DagRunFailed(f"{' '.join(args)} failed (full log: {log}):\n{tail}")
+        text = log.read_text()
+        why = task_errors(text) or ["".join(text.splitlines(keepends=True)[-60:])]
+        raise DagRunFailed(f"{' '.join(args)} failed (full log: {log}):\n" + "\n".join(why))
 
 
 def ensure_db(settings: Settings) -> None:
@@ -100,7 +124,6 @@ def ensure_db(settings: Settings) -> None:
 
 def dags_test(settings: Settings, dag_id: str, conf: dict | None = None) -> Path:
     """Run one DAG end to end in-process (`airflow dags test`); returns its log file."""
-    import json
 
     ensure_db(settings)
     log = settings.state / "logs" / f"{dag_id}.log"

@@ -1,0 +1,24 @@
+from lightbox.adapters.airflow_runner import task_errors
+
+LOG = """\
+2026-11-23T09:47:07.006797Z [error    ] Task failed with exception     [task] loc=task_runner.py:1639
+Traceback (most recent call last):
+  File "/work/main/dags/lightbox_train.py", line 48, in promote
+    raise AirflowFailException(str(exc)) from exc
+airflow.sdk.exceptions.AirflowFailException: lightbox v1 failed its gates, not promoted to @champion:
+  test_score_srocc = 0.4000 (needs >= 0.5)
+  test_score_mae = 0.5067 (needs <= 0.25)
+2026-11-23T09:47:07.007915Z [info     ] ::group::Post Execute          [task] loc=task_runner.py:1640
+DagRun failed
+"""
+
+
+def test_task_errors_keep_the_verdict_and_its_reasons() -> None:
+    assert task_errors(LOG) == [
+        "airflow.sdk.exceptions.AirflowFailException: lightbox v1 failed its gates, not promoted to "
+        "@champion:\n  test_score_srocc = 0.4000 (needs >= 0.5)\n  test_score_mae = 0.5067 (needs <= 0.25)"
+    ]
+
+
+def test_no_exception_gives_nothing() -> None:
+    assert task_errors("2026-11-23 [info] all good\nDagRun failed\n") == []
