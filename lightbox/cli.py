@@ -198,7 +198,11 @@ def dags_test(dag_id: str, conf: Annotated[str | None, typer.Option(help="JSON p
     from lightbox.adapters import airflow_runner
 
     try:
-        log = airflow_runner.dags_test(load_settings(), dag_id, json.loads(conf) if conf else None)
+        from lightbox.demo import TaskProgress
+
+        log = airflow_runner.dags_test(
+            load_settings(), dag_id, json.loads(conf) if conf else None, progress=TaskProgress()
+        )
     except airflow_runner.DagRunFailed as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None

@@ -23,6 +23,22 @@ def _done(t0: float) -> None:
     typer.echo(f"    done in {time.monotonic() - t0:.0f}s")
 
 
+class TaskProgress:
+    """Prints each DAG task as it starts and ends, with its duration: the long steps stay visible."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def __call__(self, event: str, task: str) -> None:
+        if event == "start":
+            self.started[task] = time.monotonic()
+            typer.echo(f"    - {task} ...")
+        else:
+            typer.echo(
+                f"    - {task} finished in {time.monotonic() - self.started.get(task, time.monotonic()):.0f}s"
+            )
+
+
 def start_server(settings: Settings, log: Path) -> subprocess.Popen:
     env = dict(os.environ) | settings_env(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +84,14 @@ def run(
 
     t_start = time.monotonic()
     t = _step(f"lightbox_data DAG: {sources} sources, {variants} variants each -> validate -> DVC -> Feast")
-    airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": sources, "variants": variants})
+    airflow_runner.dags_test(
+        settings, "lightbox_data", {"n_sources": sources, "variants": variants}, progress=TaskProgress()
+    )
     _done(t)
     t = _step(f"lightbox_train DAG: Ray Tune ({trials} trials, ASHA) -> MLflow -> gates -> @champion")
-    airflow_runner.dags_test(settings, "lightbox_train", {"trials": trials, "epochs": epochs})
+    airflow_runner.dags_test(
+        settings, "lightbox_train", {"trials": trials, "epochs": epochs}, progress=TaskProgress()
+    )
     _done(t)
 
     version = dvc_repo.load_version(settings)

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lightbox.settings import CODE_ROOT, Settings, settings_env
@@ -93,20 +94,48 @@ def service_env(settings: Settings, api_port: int, host: str = "127.0.0.1") -> d
     return env
 
 
-def _airflow(settings: Settings, *args: str, log: Path | None = None) -> None:
+_TASK_EVENT = re.compile(r"\[DAG TEST\] (?P<event>starting|end task) task_id=(?P<task>\S+)")
+
+
+def task_event(line: str) -> tuple[str, str] | None:
+    """("start" | "end", task_id) for a `dags test` line that starts or ends a task, else None."""
+    m = _TASK_EVENT.search(line)
+    if m is None:
+        return None
+    return ("start" if m["event"] == "starting" else "end"), m["task"]
+
+
+def _airflow(
+    settings: Settings,
+    *args: str,
+    log: Path | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> None:
     exe = Path(sys.executable).parent / "airflow"
     cmd = [str(exe), *args]
     env = airflow_env(settings)
     if log is None:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=settings.project_dir)
-        if proc.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=settings.project_dir)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
         return
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as fh:
-        proc = subprocess.run(
-            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=settings.project_dir
-        )
+    with (
+        log.open("w") as fh,
+        subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=settings.project_dir,
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the full log to the file; task starts and ends to the caller
+            fh.write(line)
+            if progress is not None and (event := task_event(line)) is not None:
+                progress(*event)
     if proc.returncode:
         text = log.read_text()
         why = task_errors(text) or ["".join(text.splitlines(keepends=True)[-60:])]
@@ -122,7 +151,12 @@ def ensure_db(settings: Settings) -> None:
         marker.touch()
 
 
-def dags_test(settings: Settings, dag_id: str, conf: dict | None = None) -> Path:
+def dags_test(
+    settings: Settings,
+    dag_id: str,
+    conf: dict | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> Path:
     """Run one DAG end to end in-process (`airflow dags test`); returns its log file."""
 
     ensure_db(settings)
@@ -130,5 +164,5 @@ def dags_test(settings: Settings, dag_id: str, conf: dict | None = None) -> Path
     args = ["dags", "test", dag_id]
     if conf:
         args += ["--conf", json.dumps(conf)]
-    _airflow(settings, *args, log=log)
+    _airflow(settings, *args, log=log, progress=progress)
     return log

@@ -1,4 +1,4 @@
-from lightbox.adapters.airflow_runner import task_errors
+from lightbox.adapters.airflow_runner import task_errors, task_event
 
 LOG = """\
 2026-11-23T09:47:07.006797Z [error    ] Task failed with exception     [task] loc=task_runner.py:1639
@@ -22,3 +22,11 @@ def test_task_errors_keep_the_verdict_and_its_reasons() -> None:
 
 def test_no_exception_gives_nothing() -> None:
     assert task_errors("2026-11-23 [info] all good\nDagRun failed\n") == []
+
+
+def test_task_events_are_read_from_dags_test_lines() -> None:
+    start = "2026-11-23T09:46:37Z [info ] [DAG TEST] starting task_id=train map_index=-1 [airflow.sdk]"
+    end = "2026-11-23T09:47:06Z [info ] [DAG TEST] end task task_id=train map_index=-1 [airflow.sdk]"
+    assert task_event(start) == ("start", "train")
+    assert task_event(end) == ("end", "train")
+    assert task_event("2026-11-23T09:47:06Z [info ] Task instance state updated") is None
