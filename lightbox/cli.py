@@ -266,8 +266,9 @@ def enqueue(
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (environment + defaults)."""
-    s = load_settings()
-    typer.echo(s.model_dump_json(indent=2))
+    from lightbox.settings import redacted
+
+    typer.echo(json.dumps(redacted(load_settings()), indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ environment anywhere else.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -226,6 +227,25 @@ class Settings(BaseSettings):
             "LIGHTBOX_FEAST_REGISTRY_TYPE": self.feast_registry_type,
             "LIGHTBOX_FEAST_REDIS": self.feast_redis,
         }
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+_SECRET_NAMES = ("token", "password", "secret")
+
+
+def redacted(settings: Settings) -> dict[str, object]:
+    """The settings for display: passwords in URLs and secret-named fields masked (`lightbox settings`
+    must be safe to paste into an issue). Subprocesses get the real values through settings_env."""
+    out: dict[str, object] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None and any(k in name for k in _SECRET_NAMES):
+            out[name] = "***"
+        elif isinstance(value, str):
+            masked = _URL_PASSWORD.sub(lambda m: m["scheme"] + "***@", value)
+            out[name] = re.sub(r"password=[^,;&\s]+", "password=***", masked)
+        else:
+            out[name] = value
+    return out
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

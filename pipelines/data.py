@@ -91,7 +91,7 @@ def run(
         rows = _write_images(tmp, sources, splits, variants, seed)
         write_manifest(tmp / MANIFEST_NAME, MANIFEST_COLUMNS, rows)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the swapped-in folder should look like any other
-        _swap_in(tmp, data_dir)
+        swap_in(tmp, data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -255,7 +255,7 @@ def read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
+def swap_in(tmp: Path, target: Path) -> None:
     # Two renames (POSIX has no portable directory swap): between them the target is briefly absent,
     # but a crash there leaves the complete old copy at `.<name>.old-<pid>`, never a partial dataset.
     old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -27,7 +27,15 @@ from lightbox.adapters import dvc_repo
 from lightbox.adapters.dvc_repo import DatasetVersion
 from lightbox.dataset import Distortion, procedural_scene, score_for, tags_for
 from lightbox.settings import Settings
-from pipelines.data import IMAGES_SUBDIR, MANIFEST_COLUMNS, MANIFEST_NAME, _child_seed, render, write_manifest
+from pipelines.data import (
+    IMAGES_SUBDIR,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    _child_seed,
+    render,
+    swap_in,
+    write_manifest,
+)
 
 GOLDEN_STREAM = 9_001  # SeedSequence path element: training sources use 0, variants 1
 SPLIT = "golden"
@@ -82,9 +90,7 @@ def build(settings: Settings) -> tuple[Path, int]:
                 )
         write_manifest(tmp / MANIFEST_NAME, MANIFEST_COLUMNS, sorted(rows, key=lambda r: r["image_id"]))
         os.chmod(tmp, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,7 +35,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isascii: str.isdigit() accepts Unicode digits like '²' that int() then refuses (a 500).
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise ApiError(
                 400, f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body"
             )

@@ -240,6 +240,12 @@ BAD_V2: list[tuple[str, bytes, dict[str, str]]] = [
     ("element count mismatch", *_v2(_inp(shape=[3], parameters={"binary_data_size": len(_one)}), _one)),
     ("header length past body", *_v2(_inp(data=["AA=="]), header_length="99999")),
     ("header length not a number", *_v2(_inp(data=["AA=="]), header_length="ten")),
+    # '\xb2' decodes (Latin-1) to '²', which str.isdigit() accepts and int() refuses.
+    (
+        "header length a unicode digit",
+        _v2(_inp(data=["AA=="]))[0],
+        {"Inference-Header-Content-Length": b"\xb2"},
+    ),
     (
         "unknown output",
         *_v2(_inp(data=[base64.b64encode(JPEG).decode()]) | {"outputs": [{"name": "LOGITS"}]}),

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lightbox.settings import CODE_ROOT, Settings, settings_env
+from lightbox.settings import CODE_ROOT, Settings, redacted, settings_env
 
 
 def test_embedded_defaults_live_under_one_state_folder(tmp_path: Path) -> None:
@@ -46,3 +46,18 @@ def test_settings_env_round_trips_explicit_fields(monkeypatch: pytest.MonkeyPatc
         False,
         0.25,
     )
+
+
+def test_display_masks_passwords_but_subprocesses_get_them(tmp_path: Path) -> None:
+    s = Settings(
+        project_dir=tmp_path,
+        queue_url="amqp://lightbox:s3cret@rabbit:5672/%2F",
+        results_dsn="postgresql://scorer:hunter2@pg/results",
+        feast_redis="redis:6379,password=r3dis,ssl=true",
+        serve_admin_token="tok",
+    )
+    shown = str(redacted(s))
+    for secret in ("s3cret", "hunter2", "r3dis", "'tok'"):
+        assert secret not in shown
+    assert redacted(s)["queue_url"] == "amqp://lightbox:***@rabbit:5672/%2F"
+    assert settings_env(s)["LIGHTBOX_RESULTS_DSN"] == "postgresql://scorer:hunter2@pg/results"
