@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mlflow
+from lightbox.adapters import mlflow_registry
 from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.settings import TAG_VOCABULARY, Settings
 from serving.predictor import ModelNotFound, RegistryLoader, load_predictor
@@ -35,17 +36,14 @@ def registry(tmp_path_factory) -> Iterator[tuple[Settings, dict[str, LightboxMod
     root = tmp_path_factory.mktemp("registry")
     settings = Settings(project_dir=root)
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    exp = mlflow.create_experiment("serving-test", artifact_location=settings.artifact_root)
-    mlflow.set_experiment(experiment_id=exp)
+    mlflow_registry.configure(settings)  # the URIs and experiment that training uses
     config = ModelConfig(tag_names=TAG_VOCABULARY)
     models = {}
     for seed in (1, 2):
         torch.manual_seed(seed)
         model = LightboxModel(config, Heads(config)).eval()
         models[_log(settings, model, list(TAG_VOCABULARY))] = model
-    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, "1")
+    mlflow_registry.set_alias(settings, "1", settings.champion_alias)
     yield settings, models
     mlflow.set_tracking_uri(previous)
 

@@ -21,7 +21,7 @@ from conftest import S3_ENV, PgDatabase, S3Server
 from PIL import Image
 
 import mlflow
-from lightbox.adapters import postgres, queue
+from lightbox.adapters import mlflow_registry, postgres, queue
 from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import TAG_VOCABULARY, Settings, settings_env
@@ -38,19 +38,17 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     settings = Settings(project_dir=root)
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    exp = mlflow.create_experiment("consumer-test", artifact_location=settings.artifact_root)
+    mlflow_registry.configure(settings)  # the URIs and experiment that training uses
     config = ModelConfig(tag_names=TAG_VOCABULARY)
     torch.manual_seed(0)
     model = LightboxModel(config, Heads(config)).eval()
     example = np.zeros((1, 3, 224, 224), np.uint8)
-    with mlflow.start_run(experiment_id=exp):
+    with mlflow.start_run():
         # pickle: no graph tracing, faster, and the loader takes either format
         version = log_lightbox_model(
             model, example, settings.model_name, serialization_format="pickle", with_input_example=False
         )
-    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, version)
+    mlflow_registry.set_alias(settings, version, settings.champion_alias)
     mlflow.set_tracking_uri(previous)
     return root
 
