@@ -7,7 +7,6 @@ heads) is logged with its signature, input example, test metrics and the dataset
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lightbox.adapters import dvc_repo, feast_store, mlflow_registry
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.settings import CODE_ROOT, TAG_VOCABULARY, Settings
 from training.fit import Split, fit_heads, predict, validation_metrics
 from training.metrics import evaluate
 from training.model import STAT_NAMES, LightboxModel, ModelConfig
@@ -68,13 +67,6 @@ def to_split(frame: pd.DataFrame) -> Split:
         score=frame["score"].to_numpy(np.float32),
         tags=tags_matrix(frame["tags"].fillna("")),
     )
-
-
-def _code_revision(settings: Settings) -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=settings.project_dir, capture_output=True, text=True
-    )
-    return out.stdout.strip() or "unknown"
 
 
 def _start_ray(settings: Settings) -> bool:
@@ -159,7 +151,8 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         "data.git_rev": version.git_rev,
         "data.uri": version.uri(),
         "feature_service": settings.feature_service,
-        "code.revision": _code_revision(settings),
+        # The code's own checkout, which is not the data project's repo when project_dir points elsewhere.
+        "code.revision": dvc_repo.head_revision(CODE_ROOT),
     }
     with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags) as parent:
         dataset = from_pandas(

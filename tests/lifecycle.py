@@ -17,7 +17,7 @@ import pandas as pd
 
 from lightbox.adapters import airflow_runner, dvc_repo, feast_store, mlflow_registry
 from lightbox.demo import pick_images, start_server
-from lightbox.settings import Settings
+from lightbox.settings import CODE_ROOT, Settings
 
 # A small dataset learns less than the demo's; the gates' own behaviour is unit-tested.
 LENIENT_GATES: dict[str, object] = dict(
@@ -80,6 +80,8 @@ class LifecycleChecks:
         version = dvc_repo.load_version(project)
         assert parent.data.tags["data.md5"] == version.md5
         assert parent.data.tags["feature_service"] == project.feature_service
+        # The code that trained, not the data project's own git history.
+        assert parent.data.tags["code.revision"] == dvc_repo.head_revision(CODE_ROOT)
         assert {
             "test_score_srocc",
             "test_score_plcc",

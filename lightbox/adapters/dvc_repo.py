@@ -55,6 +55,11 @@ def _git(root: Path, *args: str, check: bool = True) -> str:
     return out.stdout.strip()
 
 
+def head_revision(root: Path) -> str:
+    """The commit checked out in the git repository at ``root`` ("unknown" outside a repository)."""
+    return _git(root, "rev-parse", "HEAD", check=False) or "unknown"
+
+
 def ensure_repo(settings: Settings) -> None:
     """git + DVC repo with the default remote committed; idempotent."""
     root = settings.project_dir
