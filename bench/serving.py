@@ -1,11 +1,13 @@
 """Serving benchmark: the model's own ceiling, this server under a concurrency sweep, and the same model
-served per request without batching. Writes a markdown table (docs/benchmarks.md takes it verbatim).
+served per request without batching (and optionally under Ray Serve). Writes a markdown table
+(docs/benchmarks.md takes it verbatim).
 
     .venv/bin/python bench/serving.py                 # defaults sized for a 2-core box (~3 minutes)
     .venv/bin/python bench/serving.py --seconds 10 --concurrency 1,4,16,64,128 --ray
 
-The server runs in a subprocess (uvicorn, one worker, loopback) so that the load generator (httpx) and
-the server do not share one GIL; on a small machine they still share the cores, which the table notes.
+The server runs in a subprocess (uvicorn, one worker, loopback) so that the load generator (a raw asyncio
+HTTP/1.1 client on loopback, ~0.3 ms of CPU per request, reported per row) and the server do not share
+one GIL; on a small machine they still share the cores, which the table notes.
 Images are 640x480 JPEGs, decoded and resized by the server as in production. The model has the real
 pretrained backbone and untrained heads: the compute is the production model's.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -63,47 +66,121 @@ def build_predictor(name: str = "lightbox", version: str = "bench"):
 # --- 1. the model alone ---------------------------------------------------------------------------
 
 
-def bench_model(batch_sizes: list[int], seconds: float, jpegs: list[bytes]) -> dict:
+def bench_model_layout(batch_sizes: list[int], seconds: float, streams: int, threads: int) -> dict:
+    """Subprocess body: ``streams`` threads each calling Predictor.predict on its own batch, torch set to
+    ``threads`` intra-op threads: the in-process images/s of one compute layout per batch size."""
+    import concurrent.futures
+
+    import torch
+
     from lightbox.imaging import preprocess_bytes
 
+    torch.set_num_threads(threads)
     predictor = build_predictor()
+    jpegs = make_jpegs()
     t0 = time.perf_counter()
     decoded = [preprocess_bytes(b) for b in jpegs]
     decode_ms = (time.perf_counter() - t0) / len(jpegs) * 1000
+    pool = concurrent.futures.ThreadPoolExecutor(streams)
     rows = []
     for n in batch_sizes:
         batch = np.stack([decoded[i % len(decoded)] for i in range(n)])
-        predictor.predict(batch)  # warm-up
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            predictor.predict(batch)
-            count += 1
+        list(pool.map(predictor.predict, [batch] * streams))  # warm-up, each thread once
+        deadline = time.perf_counter() + seconds
+
+        def loop(_: int, batch: np.ndarray = batch, deadline: float = deadline) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                predictor.predict(batch)
+                done += 1
+            return done
+
+        start = time.perf_counter()
+        count = sum(pool.map(loop, range(streams)))
         elapsed = time.perf_counter() - start
-        rows.append({"batch": n, "img_s": count * n / elapsed, "batch_ms": elapsed / count * 1000})
-        print(
-            f"  model batch={n:4d}: {rows[-1]['img_s']:8.1f} img/s  {rows[-1]['batch_ms']:8.1f} ms/batch",
-            flush=True,
+        rows.append(
+            {
+                "batch": n,
+                "streams": streams,
+                "threads": threads,
+                "img_s": count * n / elapsed,
+                "batch_ms": elapsed * streams / count * 1000,
+            }
         )
     return {"decode_ms_per_image": decode_ms, "rows": rows, "device": str(predictor.device)}
+
+
+def model_layouts(cores: int) -> list[tuple[int, int]]:
+    """(batches side by side, torch threads each) to try: all cores in one batch, one core per batch, and
+    the server's default layout."""
+    from lightbox.settings import Settings
+    from serving.runtime import compute_layout
+
+    default = compute_layout(Settings(), "cpu", cores)
+    layouts = {(1, cores), (cores, 1), (default.concurrent_batches, default.torch_threads or 1)}
+    return sorted(layouts)
+
+
+def bench_model(batch_sizes: list[int], seconds: float) -> dict:
+    """Each layout in a fresh process (torch's thread pools are sized once per process)."""
+    from serving.runtime import usable_cores
+
+    result: dict = {"rows": []}
+    for streams, threads in model_layouts(usable_cores()):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model-layout",
+                f"{streams},{threads}",
+                "--batch-sizes",
+                ",".join(map(str, batch_sizes)),
+                "--seconds",
+                str(seconds),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        part = json.loads(out.stdout.strip().splitlines()[-1])
+        result["decode_ms_per_image"] = part["decode_ms_per_image"]
+        result["device"] = part["device"]
+        for r in part["rows"]:
+            print(
+                f"  model {r['streams']}x{r['threads']} thr batch={r['batch']:3d}: {r['img_s']:7.1f} img/s"
+                f"  {r['batch_ms']:7.1f} ms/batch",
+                flush=True,
+            )
+        result["rows"] += part["rows"]
+    return result
 
 
 # --- 2. the server ----------------------------------------------------------------------------------
 
 
-def serve_forever(port: int, max_batch: int, max_wait_ms: float, max_queue: int) -> None:
-    """Subprocess body: the app on 127.0.0.1:port."""
+def serve_forever(
+    port: int, max_batch: int, max_wait_ms: float, max_queue: int, layout: tuple[int, int] | None = None
+) -> None:
+    """Subprocess body: the app on 127.0.0.1:port; ``layout`` (batches side by side, torch threads)
+    overrides the server's default compute layout."""
     import uvicorn
 
     from lightbox.settings import Settings
     from serving.app import create_app
+    from serving.runtime import apply_torch_threads, compute_layout
 
     settings = Settings(
         serve_max_batch_size=max_batch,
         serve_max_wait_ms=max_wait_ms,
         serve_max_queue=max_queue,
         serve_reload_interval_s=0,
+        serve_max_concurrent_batches=layout[0] if layout else None,
+        serve_torch_threads=layout[1] if layout else None,
     )
     predictor = build_predictor()
+    # As serving.server.run does, before the first forward pass.
+    apply_torch_threads(compute_layout(settings, predictor.device.type))
     predictor.warmup((1, max_batch))
     uvicorn.run(
         create_app(settings, predictor), host="127.0.0.1", port=port, log_level="warning", access_log=False
@@ -117,12 +194,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, args: list[str], health_path: str = "/healthz") -> None:
+    def __init__(self, args: list[str], health_path: str = "/healthz", name: str | None = None) -> None:
         self.port = free_port()
         cmd = [sys.executable, __file__, *args, "--port", str(self.port)]
         log_dir = ROOT / ".lightbox" / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open(log_dir / f"server-{args[0].strip('-')}.log", "w")  # noqa: SIM115 (closed in __exit__)
+        self.log = open(log_dir / f"server-{name or args[0].strip('-')}.log", "w")  # noqa: SIM115 (closed in __exit__)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_path = health_path
@@ -161,37 +238,87 @@ class LoadResult:
     img_s: float
     p50_ms: float
     p99_ms: float
+    client_cpu_ms_per_request: float
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs a body and reads the answer: the least client work
+    per request, so the load generator takes as little as it can of the cores it shares with the server
+    (the table reports what it cost)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.writelines([head, body])
+        await self.writer.drain()
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                await self.reader.readexactly(size + 2)
+            await self.reader.readuntil(b"\r\n")
+        else:
+            await self.reader.readexactly(int(fields.get("content-length", "0")))
+        if fields.get("connection", "").lower() == "close":
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+_TRANSPORT_ERRORS = (OSError, EOFError, asyncio.LimitOverrunError, TimeoutError, ValueError)
 
 
 async def _load(
     url: str, jpegs: list[bytes], concurrency: int, seconds: float, max_requests: int
 ) -> LoadResult:
-    import httpx
+    from urllib.parse import urlsplit
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    parts = urlsplit(url)
+    assert parts.hostname in ("127.0.0.1", "localhost"), "the load generator talks to loopback only"
     latencies: list[float] = []
     statuses: list[int] = []
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
 
-        async def worker(i: int) -> None:
-            k = i
+    async def worker(i: int) -> None:
+        conn = _Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        k = i
+        try:
             while time.perf_counter() < deadline and len(statuses) < max_requests:
                 body = jpegs[k % len(jpegs)]
                 k += concurrency
                 t = time.perf_counter()
                 try:
-                    r = await client.post(url, content=body, headers={"content-type": "image/jpeg"})
-                    status = r.status_code
-                except httpx.HTTPError:
+                    status = await asyncio.wait_for(conn.post(parts.path, body, "image/jpeg"), 120)
+                except _TRANSPORT_ERRORS:
                     status = -1
+                    await conn.close()
                 if status == 200:
                     latencies.append(time.perf_counter() - t)
                 statuses.append(status)
+        finally:
+            await conn.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - start
+    cpu0, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     ok = statuses.count(200)
     lat = sorted(latencies) or [float("nan")]
     return LoadResult(
@@ -203,6 +330,7 @@ async def _load(
         img_s=ok / elapsed,
         p50_ms=statistics.median(lat) * 1000,
         p99_ms=lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000,
+        client_cpu_ms_per_request=cpu / max(1, len(statuses)) * 1000,
     )
 
 
@@ -226,7 +354,13 @@ def sweep(
 
 
 def ray_serve_forever(port: int, max_batch: int, max_wait_ms: float) -> None:
-    """Subprocess body: the same model behind Ray Serve's own batcher on 127.0.0.1:port."""
+    """Subprocess body: the same model behind Ray Serve's own batcher on 127.0.0.1:port, given the same
+    compute layout as ours: one replica per concurrent batch, each with our torch threads per batch."""
+    from lightbox.settings import Settings
+    from serving.runtime import compute_layout
+
+    layout = compute_layout(Settings(), "cpu")
+    threads = layout.torch_threads or 1
     import ray
     from ray import serve
     from starlette.requests import Request
@@ -238,10 +372,16 @@ def ray_serve_forever(port: int, max_batch: int, max_wait_ms: float) -> None:
 
     # Access logs off: one line per request would cost Ray what ours does not pay (access_log=False).
     @serve.deployment(
-        max_ongoing_requests=256, logging_config={"enable_access_log": False, "log_level": "WARNING"}
+        num_replicas=layout.concurrent_batches,
+        ray_actor_options={"num_cpus": threads},
+        max_ongoing_requests=256,
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
     class Lightbox:
         def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
             self.predictor = build_predictor()
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=max_wait_ms / 1000)
@@ -261,6 +401,10 @@ def ray_serve_forever(port: int, max_batch: int, max_wait_ms: float) -> None:
 # --- report ------------------------------------------------------------------------------------------
 
 
+PER_REQUEST = "per-request (batch 1)"
+PER_REQUEST_SERIAL = "per-request, one at a time (batch 1, torch on every core)"
+
+
 def markdown(results: dict) -> str:
     m = results["model"]
     best = max(m["rows"], key=lambda r: r["img_s"])
@@ -268,36 +412,41 @@ def markdown(results: dict) -> str:
         f"Machine: {results['machine']}. Device: {m['device']}. Images: 640x480 JPEG. "
         f"{results['seconds']:.0f} s per point (or {results['max_requests']} requests).",
         "",
-        "**Model alone** (in-process `Predictor.predict`, preprocessed uint8 batches; the ceiling):",
+        "**Model alone** (in-process `Predictor.predict` on preprocessed uint8 batches, no HTTP; *batches"
+        " side by side x torch threads each*; the best row is the ceiling):",
         "",
-        "| batch | img/s | ms/batch |",
-        "|---:|---:|---:|",
+        "| layout | batch | img/s | ms/batch |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {r['batch']} | {r['img_s']:.1f} | {r['batch_ms']:.1f} |" for r in m["rows"]]
+    lines += [
+        f"| {r['streams']} x {r['threads']} thr | {r['batch']} | {r['img_s']:.1f} | {r['batch_ms']:.1f} |"
+        for r in m["rows"]
+    ]
     lines += [
         "",
-        f"Decode + resize of one 640x480 JPEG (one thread): {m['decode_ms_per_image']:.1f} ms.",
+        f"Ceiling: {best['img_s']:.1f} img/s ({best['streams']} x {best['threads']} thr,"
+        f" batch {best['batch']})."
+        f" Decode + resize of one 640x480 JPEG (one thread): {m['decode_ms_per_image']:.1f} ms.",
         "",
-        "**Over HTTP** (`POST /predict`, raw JPEG body, httpx client in another process):",
+        "**Over HTTP** (`POST /predict`, raw JPEG body; the load generator is one asyncio process with"
+        " keep-alive connections, on the same cores):",
         "",
-        "| server | concurrency | img/s | p50 ms | p99 ms | 429 | errors | vs. model ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | img/s | p50 ms | p99 ms | 429 | errors | vs. ceiling | client CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rows in results["servers"].items():
         for r in rows:
             lines.append(
                 f"| {label} | {r['concurrency']} | {r['img_s']:.1f} | {r['p50_ms']:.0f} | "
-                f"{r['p99_ms']:.0f} | {r['rejected']} | {r['errors']} | {r['img_s'] / best['img_s']:.0%} |"
+                f"{r['p99_ms']:.0f} | {r['rejected']} | {r['errors']} | {r['img_s'] / best['img_s']:.0%} | "
+                f"{r['client_cpu_ms_per_request']:.2f} |"
             )
     peaks = {label: max(r["img_s"] for r in rows) for label, rows in results["servers"].items()}
+    ours = next(iter(peaks))
     lines += ["", "Peak throughput: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in peaks.items()) + "."]
-    base = peaks.get("per-request (batch 1)")
-    if base:
-        lines += [
-            "Ratios to per-request serving: "
-            + ", ".join(f"{k} {v / base:.2f}x" for k, v in peaks.items() if k != "per-request (batch 1)")
-            + "."
-        ]
+    ratios = [f"**{ours} / ceiling = {peaks[ours] / best['img_s']:.2f}**"]
+    ratios += [f"**/ {k} = {peaks[ours] / v:.2f}x**" for k, v in peaks.items() if k != ours]
+    lines += ["", "Ratios at the peaks: " + "; ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +455,9 @@ def main() -> None:
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ray-serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--max-batch", type=int, default=8, help="the server's CPU default")
+    p.add_argument("--model-layout", help=argparse.SUPPRESS)
+    p.add_argument("--serve-layout", help=argparse.SUPPRESS)
+    p.add_argument("--max-batch", type=int, default=None, help="default: the server's for the device")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=512)
     p.add_argument("--seconds", type=float, default=6.0, help="per sweep point")
@@ -318,8 +469,20 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "serving.json")
     args = p.parse_args()
 
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    if args.model_layout:
+        streams, threads = (int(x) for x in args.model_layout.split(","))
+        print(json.dumps(bench_model_layout(sizes, args.seconds, streams, threads)))
+        return
+    if args.max_batch is None:
+        import torch
+
+        from serving.runtime import DEFAULT_MAX_BATCH
+
+        args.max_batch = DEFAULT_MAX_BATCH["cuda" if torch.cuda.is_available() else "cpu"]
     if args.serve:
-        serve_forever(args.port, args.max_batch, args.max_wait_ms, args.max_queue)
+        layout = tuple(int(x) for x in args.serve_layout.split(",")) if args.serve_layout else None
+        serve_forever(args.port, args.max_batch, args.max_wait_ms, args.max_queue, layout)  # type: ignore[arg-type]
         return
     if args.ray_serve:
         ray_serve_forever(args.port, args.max_batch, args.max_wait_ms)
@@ -334,22 +497,29 @@ def main() -> None:
         "servers": {},
     }
     print("model alone:", flush=True)
-    results["model"] = bench_model(
-        [int(x) for x in args.batch_sizes.split(",")], min(args.seconds, 4.0), jpegs
-    )
+    results["model"] = bench_model(sizes, min(args.seconds, 4.0))
 
     common = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(args.max_queue)]
     print("lightbox server (dynamic batching):", flush=True)
     with Server(["--serve", "--max-batch", str(args.max_batch), *common]) as srv:
-        label = f"lightbox (batch<={args.max_batch}, wait {args.max_wait_ms:g} ms)"
+        label = f"lightbox (batch<={args.max_batch}, wait {args.max_wait_ms:g} ms, default layout)"
         results["servers"][label] = sweep(
             srv.url + "/predict", jpegs, levels, args.seconds, args.max_requests, "batched"
         )
     print("same server, per request (max batch 1):", flush=True)
     baseline = [int(x) for x in args.baseline_concurrency.split(",")]
-    with Server(["--serve", "--max-batch", "1", *common]) as srv:
-        results["servers"]["per-request (batch 1)"] = sweep(
+    with Server(["--serve", "--max-batch", "1", *common], name="per-request") as srv:
+        results["servers"][PER_REQUEST] = sweep(
             srv.url + "/predict", jpegs, baseline, args.seconds, args.max_requests, "per-request"
+        )
+    # What a server without a batcher does by default: one forward pass at a time, torch on every core.
+    from serving.runtime import usable_cores
+
+    print("same server, per request, one at a time:", flush=True)
+    serial = ["--serve-layout", f"1,{usable_cores()}"]
+    with Server(["--serve", "--max-batch", "1", *serial, *common], name="serial") as srv:
+        results["servers"][PER_REQUEST_SERIAL] = sweep(
+            srv.url + "/predict", jpegs, baseline, args.seconds, args.max_requests, "serial"
         )
     if args.ray:
         print("Ray Serve (@serve.batch):", flush=True)

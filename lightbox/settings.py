@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     serve_max_wait_ms: float = Field(default=5.0, ge=0.0)
     serve_max_queue: int = Field(default=256, ge=1)
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
-    serve_max_concurrent_batches: int = Field(default=1, ge=1, description=">1 overlaps batches (GPU)")
+    # None for both: sized for the device (serving.runtime.compute_layout). On CPU, batches running side
+    # by side on one thread each beat one batch on every core (measured: docs/benchmarks.md).
+    serve_max_concurrent_batches: int | None = Field(default=None, ge=1, description="None: by device")
+    serve_torch_threads: int | None = Field(default=None, ge=1, description="None: cores / batches (CPU)")
     serve_max_images_per_request: int = Field(default=64, ge=1)
     serve_decode_workers: int | None = Field(default=None, ge=1, description="None: one per CPU core")
     serve_tag_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="default ?threshold=")

@@ -44,14 +44,61 @@ class Prediction:
         return [{"name": n, "confidence": round(c, 6)} for n, c in keep]
 
 
-# Default batch caps by device. On the 2-core CPU a batch past ~8 images costs more per image than
-# smaller ones (activations outgrow the caches: docs/benchmarks.md); a GPU needs large batches to fill.
-DEFAULT_MAX_BATCH = {"cpu": 8, "cuda": 64}
+# Default batch caps by device. On CPU, with one batch per core, 4 images cost per image what 1 does
+# and 8 cost 1.7x as much (two streams' activations outgrow the caches: docs/benchmarks.md); a GPU
+# needs large batches to fill.
+DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 64}
 
 
 def max_batch_size(settings: Settings, device: str) -> int:
     """The configured cap, else the measured default for the device type ("cpu", "cuda")."""
     return settings.serve_max_batch_size or DEFAULT_MAX_BATCH.get(device, DEFAULT_MAX_BATCH["cpu"])
+
+
+# At most this many CPU batches side by side by default: past it, a batch's own threads pay better
+# than more copies of its activations in the caches.
+MAX_CPU_BATCH_STREAMS = 4
+
+
+@dataclass(frozen=True)
+class ComputeLayout:
+    """How inference uses the device: batches computed side by side, and torch threads for each."""
+
+    concurrent_batches: int
+    torch_threads: int | None  # None: leave torch's own setting alone (GPU: the host threads only launch)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask: what a container or taskset grants)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def compute_layout(settings: Settings, device: str, cores: int | None = None) -> ComputeLayout:
+    """Settings first, else the measured default for the device type ("cpu", "cuda").
+
+    CPU: one batch per core, each on one torch thread, up to MAX_CPU_BATCH_STREAMS batches; the cores
+    left over go to each batch's threads. On the 2-core benchmark machine two single-thread batches ran
+    2.0x one thread's images/s, one batch on two threads only 1.4x (docs/benchmarks.md): this network's
+    many small ops scale poorly inside one forward pass and well across passes. CUDA: one batch at a
+    time (the GPU path is unmeasured; see docs/benchmarks.md).
+    """
+    cores = max(1, cores or usable_cores())
+    if device != "cpu":
+        return ComputeLayout(settings.serve_max_concurrent_batches or 1, settings.serve_torch_threads)
+    batches = settings.serve_max_concurrent_batches or min(cores, MAX_CPU_BATCH_STREAMS)
+    threads = settings.serve_torch_threads or max(1, cores // batches)
+    return ComputeLayout(batches, threads)
+
+
+def apply_torch_threads(layout: ComputeLayout) -> None:
+    """Set torch's intra-op threads for this process (process-wide: call once, in the server's process)."""
+    if layout.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(layout.torch_threads)
 
 
 class InferenceRuntime:
@@ -61,16 +108,17 @@ class InferenceRuntime:
         self.metrics = ServingMetrics(self.registry)
         self._predictor = predictor
         self.metrics.set_model(predictor.name, predictor.version)
+        self.layout = compute_layout(settings, predictor.device.type)
         self.config = BatchConfig(
             max_batch_size=max_batch_size(settings, predictor.device.type),
             max_wait_ms=settings.serve_max_wait_ms,
             max_queue=settings.serve_max_queue,
-            max_concurrent_batches=settings.serve_max_concurrent_batches,
+            max_concurrent_batches=self.layout.concurrent_batches,
         )
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
-        self._decode_workers = settings.serve_decode_workers or os.cpu_count() or 1
+        self._decode_workers = settings.serve_decode_workers or usable_cores()
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property

@@ -9,7 +9,7 @@ import uvicorn
 from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import RegistryLoader
-from serving.runtime import max_batch_size
+from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,17 @@ def run(settings: Settings, alias: str | None = None) -> None:
     """
     loader = RegistryLoader(settings, alias or settings.champion_alias)
     predictor = loader.load()
+    layout = compute_layout(settings, predictor.device.type)
+    apply_torch_threads(layout)  # before the first forward pass: torch sizes its pools on first use
     predictor.warmup((1, max_batch_size(settings, predictor.device.type)))
-    log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
+    log.info(
+        "serving %r on http://%s:%d (%d batches side by side, torch threads %s)",
+        predictor,
+        settings.serve_host,
+        settings.serve_port,
+        layout.concurrent_batches,
+        layout.torch_threads or "unchanged",
+    )
     app = create_app(settings, predictor, loader=loader)
     uvicorn.run(
         app,

@@ -95,7 +95,9 @@ def image_stats(x: torch.Tensor) -> torch.Tensor:
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     flat = luma.flatten(1)
     # Order statistics by kthvalue (selection, not a sort): 2x faster than torch.quantile here.
-    n = flat.shape[1]
+    # int(): a plain number even while torch.jit.trace records (serving traces the model; the input
+    # size is fixed, so the ranks are constants of the graph).
+    n = int(flat.shape[1])
     q = (
         torch.stack([flat.kthvalue(round(p * (n - 1)) + 1, dim=1).values for p in (0.02, 0.5, 0.98)], 1)
         / 255.0

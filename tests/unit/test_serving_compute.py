@@ -1,0 +1,130 @@
+"""How the server computes: the CPU/GPU layout it picks, and the traced graph it runs on CPU."""
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from lightbox.imaging import to_model_input
+from lightbox.settings import TAG_VOCABULARY, Settings
+from serving.predictor import Predictor
+from serving.runtime import MAX_CPU_BATCH_STREAMS, ComputeLayout, compute_layout
+from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
+
+
+@pytest.mark.parametrize(
+    ("cores", "expected"),
+    [
+        (1, ComputeLayout(1, 1)),
+        (2, ComputeLayout(2, 1)),
+        (3, ComputeLayout(3, 1)),
+        (8, ComputeLayout(MAX_CPU_BATCH_STREAMS, 8 // MAX_CPU_BATCH_STREAMS)),
+    ],
+)
+def test_cpu_runs_one_single_thread_batch_per_core_up_to_the_cap(
+    tmp_path: Path, cores: int, expected: ComputeLayout
+) -> None:
+    assert compute_layout(Settings(project_dir=tmp_path), "cpu", cores=cores) == expected
+
+
+def test_settings_override_the_cpu_layout(tmp_path: Path) -> None:
+    one_batch = Settings(project_dir=tmp_path, serve_max_concurrent_batches=1)
+    assert compute_layout(one_batch, "cpu", cores=8) == ComputeLayout(1, 8)  # the cores go to its threads
+    pinned = Settings(project_dir=tmp_path, serve_max_concurrent_batches=3, serve_torch_threads=2)
+    assert compute_layout(pinned, "cpu", cores=8) == ComputeLayout(3, 2)
+
+
+def test_gpu_runs_one_batch_and_leaves_torch_threads_alone(tmp_path: Path) -> None:
+    assert compute_layout(Settings(project_dir=tmp_path), "cuda", cores=16) == ComputeLayout(1, None)
+    overlap = Settings(project_dir=tmp_path, serve_max_concurrent_batches=2, serve_torch_threads=4)
+    assert compute_layout(overlap, "cuda", cores=16) == ComputeLayout(2, 4)
+
+
+def test_layout_settings_reject_zero(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="serve_torch_threads"):
+        Settings(project_dir=tmp_path, serve_torch_threads=0)
+
+
+@pytest.fixture(scope="module")
+def model() -> LightboxModel:
+    torch.manual_seed(0)
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    return LightboxModel(config, Heads(config), FeatureExtractor()).eval()
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """Eight real, different pictures (plus flips): what the server would feed the model."""
+    imgs = [data.chelsea(), data.coffee(), data.rocket(), data.astronaut()]
+    batch = [to_model_input(Image.fromarray(a)) for a in imgs]
+    batch += [b[:, :, ::-1] for b in batch]
+    return np.ascontiguousarray(np.stack(batch))
+
+
+def _eager(model: LightboxModel, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return Predictor(model, "m", "1", "cpu", trace=False).predict(batch)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_traced_graph_answers_as_the_eager_model(model: LightboxModel, photos: np.ndarray, n: int) -> None:
+    traced = Predictor(model, "m", "1", "cpu")
+    assert traced.traced
+    scores, tags = traced.predict(photos[:n])
+    ref_scores, ref_tags = _eager(model, photos[:n])
+    assert scores.shape == (n,) and tags.shape == (n, len(TAG_VOCABULARY))
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    np.testing.assert_allclose(tags, ref_tags, atol=1e-4)
+    if n > 1:  # the batch dimension stayed free: different pictures, different answers
+        assert len(set(np.round(scores, 6))) > 1
+
+
+def test_a_model_that_fails_to_trace_is_served_eagerly(
+    model: LightboxModel,
+    photos: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
+        p = Predictor(model, "m", "1", "cpu")
+    assert not p.traced
+    assert "tracing failed" in caplog.text and "unsupported op" in caplog.text
+    scores, _ = p.predict(photos[:2])
+    np.testing.assert_allclose(scores, _eager(model, photos[:2])[0], atol=1e-6)
+
+
+def test_a_graph_that_disagrees_with_the_model_is_refused(
+    model: LightboxModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_freeze = torch.jit.freeze
+
+    def skewed(module: torch.jit.ScriptModule) -> Callable[[torch.Tensor], torch.Tensor]:
+        frozen = real_freeze(module)
+        return lambda x: frozen(x) + 0.01  # a graph whose answers are off by 0.01
+
+    monkeypatch.setattr(torch.jit, "freeze", skewed)
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: m)
+    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
+        p = Predictor(model, "m", "1", "cpu")
+    assert not p.traced
+    assert "differs" in caplog.text
+
+
+def test_concurrent_batches_get_their_own_answers(model: LightboxModel, photos: np.ndarray) -> None:
+    """The server runs batches side by side on one Predictor: no batch may see another's inputs."""
+    p = Predictor(model, "m", "1", "cpu")
+    batches = [photos[i : i + 2] for i in range(0, 8, 2)] * 3
+    expected = [p.predict(b)[0] for b in batches]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: p.predict(b)[0], batches))
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, atol=1e-6)
