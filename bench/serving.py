@@ -68,12 +68,12 @@ def build_predictor(name: str = "lightbox", version: str = "bench"):
 
 def bench_model_layout(batch_sizes: list[int], seconds: float, streams: int, threads: int) -> dict:
     """Subprocess body: ``streams`` threads each calling Predictor.predict on its own batch, torch set to
-    ``threads`` intra-op threads: the in-process images/s of one compute layout per batch size."""
-    import concurrent.futures
-
+    ``threads`` intra-op threads: the in-process images/s of one compute layout per batch size (the
+    server's start-up calibration measures the same way, for less time)."""
     import torch
 
     from lightbox.imaging import preprocess_bytes
+    from serving.calibration import measure_batch_rates
 
     torch.set_num_threads(threads)
     predictor = build_predictor()
@@ -81,32 +81,14 @@ def bench_model_layout(batch_sizes: list[int], seconds: float, streams: int, thr
     t0 = time.perf_counter()
     decoded = [preprocess_bytes(b) for b in jpegs]
     decode_ms = (time.perf_counter() - t0) / len(jpegs) * 1000
-    pool = concurrent.futures.ThreadPoolExecutor(streams)
-    rows = []
-    for n in batch_sizes:
-        batch = np.stack([decoded[i % len(decoded)] for i in range(n)])
-        list(pool.map(predictor.predict, [batch] * streams))  # warm-up, each thread once
-        deadline = time.perf_counter() + seconds
-
-        def loop(_: int, batch: np.ndarray = batch, deadline: float = deadline) -> int:
-            done = 0
-            while time.perf_counter() < deadline:
-                predictor.predict(batch)
-                done += 1
-            return done
-
-        start = time.perf_counter()
-        count = sum(pool.map(loop, range(streams)))
-        elapsed = time.perf_counter() - start
-        rows.append(
-            {
-                "batch": n,
-                "streams": streams,
-                "threads": threads,
-                "img_s": count * n / elapsed,
-                "batch_ms": elapsed * streams / count * 1000,
-            }
-        )
+    rates = measure_batch_rates(
+        predictor.predict,
+        batch_sizes,
+        streams=streams,
+        seconds=seconds,
+        batch_for=lambda n: np.stack([decoded[i % len(decoded)] for i in range(n)]),
+    )
+    rows = [{"streams": streams, "threads": threads, **asdict(r)} for r in rates]
     return {"decode_ms_per_image": decode_ms, "rows": rows, "device": str(predictor.device)}
 
 
@@ -160,15 +142,20 @@ def bench_model(batch_sizes: list[int], seconds: float) -> dict:
 
 
 def serve_forever(
-    port: int, max_batch: int, max_wait_ms: float, max_queue: int, layout: tuple[int, int] | None = None
+    port: int,
+    max_batch: int | None,
+    max_wait_ms: float,
+    max_queue: int,
+    layout: tuple[int, int] | None = None,
 ) -> None:
-    """Subprocess body: the app on 127.0.0.1:port; ``layout`` (batches side by side, torch threads)
-    overrides the server's default compute layout."""
+    """Subprocess body: the app on 127.0.0.1:port, started as `lightbox serve` starts it (compute
+    layout, batch cap calibrated when ``max_batch`` is None, warm-up); ``layout`` (batches side by side,
+    torch threads) overrides the default compute layout."""
     import uvicorn
 
     from lightbox.settings import Settings
     from serving.app import create_app
-    from serving.runtime import apply_torch_threads, compute_layout
+    from serving.server import sized_for
 
     settings = Settings(
         serve_max_batch_size=max_batch,
@@ -179,9 +166,7 @@ def serve_forever(
         serve_torch_threads=layout[1] if layout else None,
     )
     predictor = build_predictor()
-    # As serving.server.run does, before the first forward pass.
-    apply_torch_threads(compute_layout(settings, predictor.device.type))
-    predictor.warmup((1, max_batch))
+    settings = sized_for(settings, predictor)
     uvicorn.run(
         create_app(settings, predictor), host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
@@ -218,6 +203,15 @@ class Server:
                 pass
             time.sleep(0.5)
         raise TimeoutError("server did not become healthy")
+
+    def gauge(self, name: str) -> float:
+        """One unlabelled gauge from the server's /metrics."""
+        import httpx
+
+        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -457,7 +451,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-layout", help=argparse.SUPPRESS)
     p.add_argument("--serve-layout", help=argparse.SUPPRESS)
-    p.add_argument("--max-batch", type=int, default=None, help="default: the server's for the device")
+    p.add_argument("--max-batch", type=int, default=None, help="default: calibrated, as `lightbox serve`")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=512)
     p.add_argument("--seconds", type=float, default=6.0, help="per sweep point")
@@ -474,12 +468,6 @@ def main() -> None:
         streams, threads = (int(x) for x in args.model_layout.split(","))
         print(json.dumps(bench_model_layout(sizes, args.seconds, streams, threads)))
         return
-    if args.max_batch is None:
-        import torch
-
-        from serving.runtime import DEFAULT_MAX_BATCH
-
-        args.max_batch = DEFAULT_MAX_BATCH["cuda" if torch.cuda.is_available() else "cpu"]
     if args.serve:
         layout = tuple(int(x) for x in args.serve_layout.split(",")) if args.serve_layout else None
         serve_forever(args.port, args.max_batch, args.max_wait_ms, args.max_queue, layout)  # type: ignore[arg-type]
@@ -501,8 +489,14 @@ def main() -> None:
 
     common = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(args.max_queue)]
     print("lightbox server (dynamic batching):", flush=True)
-    with Server(["--serve", "--max-batch", str(args.max_batch), *common]) as srv:
-        label = f"lightbox (batch<={args.max_batch}, wait {args.max_wait_ms:g} ms, default layout)"
+    cap = ["--max-batch", str(args.max_batch)] if args.max_batch else []
+    with Server(["--serve", *cap, *common]) as srv:
+        # The cap the server runs with: the one given, else what its start-up calibration chose.
+        args.max_batch = int(srv.gauge("lightbox_batch_max_size"))
+        how = "calibrated " if not cap else ""
+        label = f"lightbox ({how}batch<={args.max_batch}, wait {args.max_wait_ms:g} ms, default layout)"
+        print(f"  {label}", flush=True)
+        results["max_batch"] = args.max_batch
         results["servers"][label] = sweep(
             srv.url + "/predict", jpegs, levels, args.seconds, args.max_requests, "batched"
         )

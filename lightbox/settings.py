@@ -109,8 +109,11 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
-    # None: sized for the device the model lands on (see serving.runtime.max_batch_size).
+    # None: `lightbox serve` measures the device at start and takes the smallest batch with near-peak
+    # images/s (serving.calibration); with serve_calibrate off, the device's table default
+    # (serving.runtime.DEFAULT_MAX_BATCH).
     serve_max_batch_size: int | None = Field(default=None, ge=1)
+    serve_calibrate: bool = Field(default=True, description="measure the batch cap at start (a few s)")
     serve_max_wait_ms: float = Field(default=5.0, ge=0.0)
     serve_max_queue: int = Field(default=256, ge=1)
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)

@@ -34,6 +34,11 @@ class ServingMetrics:
             ["name", "version"],
             registry=registry,
         )
+        self.max_batch = Gauge(
+            "lightbox_batch_max_size",
+            "Largest batch the batcher forms",
+            registry=registry,
+        )
         self.swaps = Counter("lightbox_model_swaps", "Hot swaps to a new model version", registry=registry)
         self.reload_failures = Counter(
             "lightbox_model_reload_failures", "Failed attempts to load a new model version", registry=registry

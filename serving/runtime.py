@@ -115,6 +115,7 @@ class InferenceRuntime:
             max_queue=settings.serve_max_queue,
             max_concurrent_batches=self.layout.concurrent_batches,
         )
+        self.metrics.max_batch.set(self.config.max_batch_size)
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )

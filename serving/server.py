@@ -8,7 +8,8 @@ import uvicorn
 
 from lightbox.settings import Settings
 from serving.app import create_app
-from serving.predictor import RegistryLoader
+from serving.calibration import calibrate
+from serving.predictor import Predictor, RegistryLoader
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
 
 log = logging.getLogger(__name__)
@@ -22,17 +23,8 @@ def run(settings: Settings, alias: str | None = None) -> None:
     """
     loader = RegistryLoader(settings, alias or settings.champion_alias)
     predictor = loader.load()
-    layout = compute_layout(settings, predictor.device.type)
-    apply_torch_threads(layout)  # before the first forward pass: torch sizes its pools on first use
-    predictor.warmup((1, max_batch_size(settings, predictor.device.type)))
-    log.info(
-        "serving %r on http://%s:%d (%d batches side by side, torch threads %s)",
-        predictor,
-        settings.serve_host,
-        settings.serve_port,
-        layout.concurrent_batches,
-        layout.torch_threads or "unchanged",
-    )
+    settings = sized_for(settings, predictor)
+    log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
     app = create_app(settings, predictor, loader=loader)
     uvicorn.run(
         app,
@@ -43,3 +35,24 @@ def run(settings: Settings, alias: str | None = None) -> None:
         access_log=False,  # per-request lines cost more than the batching saves; /metrics counts them
         timeout_graceful_shutdown=10,
     )
+
+
+def sized_for(settings: Settings, predictor: Predictor) -> Settings:
+    """Set torch's threads for the device's compute layout, warm the model up, and fix the batch cap:
+    the configured one, else measured on this device (serving.calibration), else the table default.
+    Returns the settings the app runs with (the cap filled in)."""
+    device = predictor.device.type
+    layout = compute_layout(settings, device)
+    apply_torch_threads(layout)  # before the first forward pass: torch sizes its pools on first use
+    log.info(
+        "compute layout: %d batches side by side, torch threads %s",
+        layout.concurrent_batches,
+        layout.torch_threads or "unchanged",
+    )
+    if settings.serve_max_batch_size is None and settings.serve_calibrate:
+        measured = calibrate(predictor.predict, device, layout.concurrent_batches)
+        log.info("calibrated on %s: %s", device, measured.summary())
+        settings = settings.model_copy(update={"serve_max_batch_size": measured.chosen})
+    cap = max_batch_size(settings, device)
+    predictor.warmup((1, cap))
+    return settings.model_copy(update={"serve_max_batch_size": cap})
