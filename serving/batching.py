@@ -2,10 +2,11 @@
 
 A batch is cut when it reaches ``max_batch_size`` or when its *oldest* request has waited
 ``max_wait_ms``, whichever comes first. The batch function runs in a thread executor, so the event loop
-keeps accepting and decoding requests while the model computes. Every caller of a batch gets its own
-output, or the batch's exception; a failed batch never stops the batcher. Past ``max_queue`` waiting
-items, ``submit`` refuses at once with ``QueueFull`` (the server answers 429) rather than letting
-latency grow without bound.
+keeps accepting and decoding requests while the model computes; a compute thread that finishes a batch
+goes straight on with the next one that is due, without waiting for the event loop. Every caller of a
+batch gets its own output, or the batch's exception; a failed batch never stops the batcher. Past
+``max_queue`` waiting items, ``submit`` refuses at once with ``QueueFull`` (the server answers 429)
+rather than letting latency grow without bound.
 
 Knows nothing about HTTP or models: it is tested on plain asyncio (tests/unit/test_batching.py).
 """
@@ -16,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,17 @@ class _Pending(Generic[In, Out]):
     enqueued: float
 
 
+def _deliver(batch: list[_Pending[In, Out]], outputs: list[Out], error: Exception | None) -> None:
+    """On the event loop: each caller of a batch gets its output, or the batch's exception."""
+    for i, p in enumerate(batch):
+        if p.future.done():  # the caller went away meanwhile
+            continue
+        if error is not None:
+            p.future.set_exception(error)
+        else:
+            p.future.set_result(outputs[i])
+
+
 class Batcher(Generic[In, Out]):
     """Dynamic batching of ``submit(item)`` calls into ``batch_fn(list_of_items) -> outputs``.
 
@@ -130,6 +143,9 @@ class Batcher(Generic[In, Out]):
             max_workers=self.config.max_concurrent_batches, thread_name_prefix="batcher"
         )
         self._queue: collections.deque[_Pending[In, Out]] = collections.deque()
+        # Guards taking items off the queue: the event loop and the compute threads both do. Only the
+        # loop appends (one deque.extend: atomic), so the admission check needs no lock.
+        self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -198,14 +214,17 @@ class Batcher(Generic[In, Out]):
     async def _wait_for_batch(self, max_wait: float) -> None:
         assert self._wakeup is not None
         while True:
-            self._drop_cancelled_head()
-            if not self._queue:
+            with self._lock:  # a compute thread may take the head between two reads
+                self._drop_cancelled_head()
+                depth = len(self._queue)
+                oldest = self._queue[0].enqueued if depth else 0.0
+            if not depth:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(self._queue) >= self.config.max_batch_size:
+            if depth >= self.config.max_batch_size:
                 return
-            remaining = self._queue[0].enqueued + max_wait - time.monotonic()
+            remaining = oldest + max_wait - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -215,47 +234,76 @@ class Batcher(Generic[In, Out]):
                 return
 
     def _drop_cancelled_head(self) -> None:
+        """Drop callers that went away from the front of the queue (call with ``_lock`` held)."""
         while self._queue and self._queue[0].future.done():
             self._queue.popleft()
         self.metrics.queue_depth.set(len(self._queue))
 
     def _take_batch(self) -> list[_Pending[In, Out]]:
         batch: list[_Pending[In, Out]] = []
-        while self._queue and len(batch) < self.config.max_batch_size:
-            p = self._queue.popleft()
-            if not p.future.done():  # skip callers that were cancelled while waiting
-                batch.append(p)
-        self.metrics.queue_depth.set(len(self._queue))
+        with self._lock:
+            while self._queue and len(batch) < self.config.max_batch_size:
+                p = self._queue.popleft()
+                if not p.future.done():  # skip callers that were cancelled while waiting
+                    batch.append(p)
+            self.metrics.queue_depth.set(len(self._queue))
         return batch
+
+    def _take_due_batch(self) -> list[_Pending[In, Out]]:
+        """The next batch if one is due now (full, or its oldest item has waited max_wait), else []."""
+        if self._closed:
+            return []
+        with self._lock:
+            self._drop_cancelled_head()
+            if not self._queue:
+                return []
+            waited = time.monotonic() - self._queue[0].enqueued
+            if len(self._queue) < self.config.max_batch_size and waited * 1000 < self.config.max_wait_ms:
+                return []
+        return self._take_batch()
 
     async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
         assert self._slots is not None
         loop = asyncio.get_running_loop()
+        self.metrics.in_flight.inc()
+        try:
+            await loop.run_in_executor(self._executor, self._work, batch, loop)
+        finally:
+            self.metrics.in_flight.dec()
+            self._slots.release()
+
+    def _work(self, batch: list[_Pending[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
+        """Compute thread: run ``batch``, then every batch already due, before handing the slot back.
+
+        Why: otherwise each batch waits for a round trip through the event loop, and the model idles
+        whenever the loop is slow to get there (a long request body, garbage collection, a loop thread
+        waiting for a core). On the 2-core benchmark, where every core is busy anyway, throughput did
+        not change (six alternating runs each way, 70.7 img/s mean for both).
+        """
+        while batch:
+            self._compute(batch, loop)
+            batch = self._take_due_batch()
+
+    def _compute(self, batch: list[_Pending[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
         start = time.monotonic()
         for p in batch:
             self.metrics.queue_wait.observe(start - p.enqueued)
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.in_flight.inc()
+        outputs: list[Out] = []
+        error: Exception | None = None
         try:
-            items = [p.item for p in batch]
-            outputs = await loop.run_in_executor(self._executor, self.batch_fn, items)
+            outputs = list(self.batch_fn([p.item for p in batch]))
             if len(outputs) != len(batch):
                 raise BatchSizeMismatch(
                     f"batch function returned {len(outputs)} outputs for {len(batch)} inputs"
                 )
         except Exception as exc:  # delivered to every caller of this batch; the batcher goes on
             self.metrics.failed_batches.inc()
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-        else:
-            for p, out in zip(batch, outputs, strict=True):
-                if not p.future.done():
-                    p.future.set_result(out)
-        finally:
-            self.metrics.batch_latency.observe(time.monotonic() - start)
-            self.metrics.in_flight.dec()
-            self._slots.release()
+            error = exc
+        self.metrics.batch_latency.observe(time.monotonic() - start)
+        # Futures belong to the loop: resolve them there. A closed loop has no one left to answer.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver, batch, outputs, error)
 
     async def close(self) -> None:
         """Stop cutting batches, let running batches finish, fail whatever still waits."""

@@ -339,3 +339,49 @@ def test_same_batcher_serves_successive_event_loops() -> None:
 
     assert asyncio.run(once(1)) == 2
     assert asyncio.run(once(2)) == 4  # the first loop is gone; the batcher restarts in the new one
+
+
+def test_compute_thread_goes_on_with_due_batches_while_the_loop_is_busy() -> None:
+    """A backlog keeps the model busy even when the event loop cannot run (e.g. waiting for a core)."""
+    fn = Recorder(delay_s=0.05)
+    started: list[float] = []
+
+    def timed(items: list[int]) -> list[int]:
+        started.append(time.monotonic())
+        return fn(items)
+
+    async def main() -> tuple[list[int], float, float]:
+        b = Batcher(timed, BatchConfig(max_batch_size=2, max_wait_ms=0))
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(8)]
+        await asyncio.sleep(0.01)  # queued, first batch running
+        block_start = time.monotonic()
+        time.sleep(0.3)  # the loop is stuck: no hand-off through it can happen
+        block_end = time.monotonic()
+        out = await asyncio.gather(*tasks)
+        await b.close()
+        return out, block_start, block_end
+
+    out, block_start, block_end = asyncio.run(main())
+    assert out == [2 * i for i in range(8)]
+    assert fn.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    # All four 50 ms batches started while the loop was blocked, back to back.
+    assert all(block_start - 0.05 <= t <= block_end for t in started)
+
+
+def test_chained_batches_deliver_errors_to_their_own_callers() -> None:
+    def fail_odd_batches(items: list[int]) -> list[int]:
+        time.sleep(0.01)
+        if items[0] % 4 == 2:
+            raise ValueError(f"bad batch {items}")
+        return [-i for i in items]
+
+    async def main() -> list[object]:
+        b = Batcher(fail_odd_batches, BatchConfig(max_batch_size=2, max_wait_ms=0))
+        out = await asyncio.gather(*(b.submit(i) for i in range(8)), return_exceptions=True)
+        await b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out[0:2] == [0, -1] and out[4:6] == [-4, -5]
+    for i in (2, 3, 6, 7):
+        assert isinstance(out[i], ValueError) and f"[{i - i % 2}, {i - i % 2 + 1}]" in str(out[i])
