@@ -409,8 +409,8 @@ PER_REQUEST_SERIAL = "per-request, one at a time (batch 1, torch on every core)"
 def markdown(results: dict) -> str:
     m = results["model"]
     best = max(m["rows"], key=lambda r: r["img_s"])
-    after = results.get("ceiling_after", best["img_s"])
-    ceiling = (best["img_s"] + after) / 2
+    probes = results.get("ceiling_probes", [best["img_s"]])
+    ceilings = results.get("ceilings", {})
     lines = [
         f"Machine: {results['machine']}. Device: {m['device']}. Images: 640x480 JPEG. "
         f"{results['seconds']:.0f} s per point (or {results['max_requests']} requests).",
@@ -427,8 +427,9 @@ def markdown(results: dict) -> str:
     ]
     lines += [
         "",
-        f"Ceiling: {ceiling:.1f} img/s ({best['streams']} x {best['threads']} thr, batch {best['batch']};"
-        f" {best['img_s']:.1f} before the servers, {after:.1f} after)."
+        f"Ceiling: {best['streams']} x {best['threads']} thr, batch {best['batch']}; measured before the"
+        f" servers and again after each one: {', '.join(f'{p:.1f}' for p in probes)} img/s (each server"
+        " is compared with the mean of the two probes around it)."
         f" Decode + resize of one 640x480 JPEG (one thread): {m['decode_ms_per_image']:.1f} ms.",
         "",
         "**Over HTTP** (`POST /predict`, raw JPEG body; the load generator is one asyncio process with"
@@ -438,6 +439,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rows in results["servers"].items():
+        ceiling = ceilings.get(label, best["img_s"])
         for r in rows:
             lines.append(
                 f"| {label} | {r['concurrency']} | {r['img_s']:.1f} | {r['p50_ms']:.0f} | "
@@ -447,8 +449,8 @@ def markdown(results: dict) -> str:
     peaks = {label: max(r["img_s"] for r in rows) for label, rows in results["servers"].items()}
     ours = next(iter(peaks))
     lines += ["", "Peak throughput: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in peaks.items()) + "."]
-    ratios = [f"**{ours} / ceiling = {peaks[ours] / ceiling:.2f}**"]
-    ratios += [f"**/ {k} = {peaks[ours] / v:.2f}x**" for k, v in peaks.items() if k != ours]
+    ratios = [f"**{ours} / ceiling = {peaks[ours] / ceilings.get(ours, best['img_s']):.2f}**"]
+    ratios += [f"**/ {k} = {peaks[ours] / v:.2f}x**" for k, v in peaks.items() if k != ours and v > 0]
     lines += ["", "Ratios at the peaks: " + "; ".join(ratios) + "."]
     # The same comparison at each concurrency both ran: throughput ratio, and whose p99 is lower.
     ours_rows = {r["concurrency"]: r for r in results["servers"][ours]}
@@ -517,6 +519,16 @@ def main() -> None:
     }
     print("model alone:", flush=True)
     results["model"] = bench_model(sizes, min(args.seconds, 4.0))
+    best = max(results["model"]["rows"], key=lambda r: r["img_s"])
+    # A shared machine drifts over minutes: the ceiling is measured again after each server (its
+    # layout and batch only), and each server is compared with the mean of the probes on either side.
+    probes = [best["img_s"]]
+    results["ceilings"] = {}
+
+    def probe_ceiling(label: str) -> None:
+        again = bench_model([best["batch"]], min(args.seconds, 4.0), [(best["streams"], best["threads"])])
+        probes.append(again["rows"][0]["img_s"])
+        results["ceilings"][label] = (probes[-2] + probes[-1]) / 2
 
     common = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(args.max_queue)]
     print("lightbox server (dynamic batching):", flush=True)
@@ -531,12 +543,14 @@ def main() -> None:
         results["servers"][label] = sweep(
             srv.url + "/predict", jpegs, levels, args.seconds, args.max_requests, "batched"
         )
+    probe_ceiling(label)
     print("same server, per request (max batch 1):", flush=True)
     baseline = [int(x) for x in (args.baseline_concurrency or args.concurrency).split(",")]
     with Server(["--serve", "--max-batch", "1", *common], name="per-request") as srv:
         results["servers"][PER_REQUEST] = sweep(
             srv.url + "/predict", jpegs, baseline, args.seconds, args.max_requests, "per-request"
         )
+    probe_ceiling(PER_REQUEST)
     # What a server without a batcher does by default: one forward pass at a time, torch on every core.
     from serving.runtime import usable_cores
 
@@ -546,6 +560,7 @@ def main() -> None:
         results["servers"][PER_REQUEST_SERIAL] = sweep(
             srv.url + "/predict", jpegs, baseline, args.seconds, args.max_requests, "serial"
         )
+    probe_ceiling(PER_REQUEST_SERIAL)
     if args.ray:
         print("Ray Serve (@serve.batch):", flush=True)
         with Server(
@@ -555,13 +570,8 @@ def main() -> None:
             results["servers"][label] = sweep(
                 srv.url + "/predict", jpegs, levels, args.seconds, args.max_requests, "ray"
             )
-
-    # The ceiling once more at the end: a shared machine drifts over minutes, and the ratios are only
-    # as good as the ceiling beside them (the report shows both and divides by the mean).
-    best = max(results["model"]["rows"], key=lambda r: r["img_s"])
-    print("model alone again (the ceiling's layout and batch):", flush=True)
-    again = bench_model([best["batch"]], min(args.seconds, 4.0), [(best["streams"], best["threads"])])
-    results["ceiling_after"] = again["rows"][0]["img_s"]
+        probe_ceiling(label)
+    results["ceiling_probes"] = probes
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

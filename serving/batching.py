@@ -50,7 +50,8 @@ class BatchConfig:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
-    # >1 overlaps batches (useful on a GPU, where one batch's host work hides another's compute).
+    # >1 computes batches side by side (CPU: one single-thread batch per core; a GPU: one batch's host
+    # work hides another's compute).
     max_concurrent_batches: int = 1
 
     def __post_init__(self) -> None:
@@ -108,15 +109,15 @@ class _Pending(Generic[In, Out]):
     enqueued: float
 
 
-def _deliver(batch: list[_Pending[In, Out]], outputs: list[Out], error: Exception | None) -> None:
-    """On the event loop: each caller of a batch gets its output, or the batch's exception."""
-    for i, p in enumerate(batch):
+def _deliver(items: list[tuple[_Pending[In, Out], Out | None]], error: Exception | None) -> None:
+    """On the callers' event loop: each caller of a batch gets its output, or the batch's exception."""
+    for p, out in items:
         if p.future.done():  # the caller went away meanwhile
             continue
         if error is not None:
             p.future.set_exception(error)
         else:
-            p.future.set_result(outputs[i])
+            p.future.set_result(out)  # type: ignore[arg-type]
 
 
 class Batcher(Generic[In, Out]):
@@ -146,6 +147,7 @@ class Batcher(Generic[In, Out]):
         # Guards taking items off the queue: the event loop and the compute threads both do. Only the
         # loop appends (one deque.extend: atomic), so the admission check needs no lock.
         self._lock = threading.Lock()
+        self.metrics.queue_depth.set_function(lambda: len(self._queue))  # read at scrape: never stale
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -173,7 +175,6 @@ class Batcher(Generic[In, Out]):
         now = time.monotonic()
         pending = [_Pending(item, loop.create_future(), now) for item in items]
         self._queue.extend(pending)
-        self.metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
@@ -193,25 +194,24 @@ class Batcher(Generic[In, Out]):
 
     async def _run(self) -> None:
         assert self._wakeup is not None and self._slots is not None
-        max_wait = self.config.max_wait_ms / 1000.0
         while True:
             # Take a compute slot first: while all slots are busy the queue keeps filling, so the
             # next batch is cut as large as the backlog allows the moment the model frees up.
             await self._slots.acquire()
             try:
-                await self._wait_for_batch(max_wait)
+                await self._wait_for_batch()
             except BaseException:
                 self._slots.release()
                 raise
-            batch = self._take_batch()
-            if not batch:
+            batch = self._take_due_batch()
+            if not batch:  # a compute thread took what was due meanwhile
                 self._slots.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _wait_for_batch(self, max_wait: float) -> None:
+    async def _wait_for_batch(self) -> None:
         assert self._wakeup is not None
         while True:
             with self._lock:  # a compute thread may take the head between two reads
@@ -224,35 +224,29 @@ class Batcher(Generic[In, Out]):
                 continue
             if depth >= self.config.max_batch_size:
                 return
-            remaining = oldest + max_wait - time.monotonic()
-            if remaining <= 0:
+            # The same test as _take_due_batch's, so that "due" here is due there.
+            waited_ms = (time.monotonic() - oldest) * 1000
+            if waited_ms >= self.config.max_wait_ms:
                 return
+            remaining = (self.config.max_wait_ms - waited_ms) / 1000
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # either way, look at the queue again
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-            except TimeoutError:
-                return
 
     def _drop_cancelled_head(self) -> None:
         """Drop callers that went away from the front of the queue (call with ``_lock`` held)."""
         while self._queue and self._queue[0].future.done():
             self._queue.popleft()
-        self.metrics.queue_depth.set(len(self._queue))
-
-    def _take_batch(self) -> list[_Pending[In, Out]]:
-        batch: list[_Pending[In, Out]] = []
-        with self._lock:
-            while self._queue and len(batch) < self.config.max_batch_size:
-                p = self._queue.popleft()
-                if not p.future.done():  # skip callers that were cancelled while waiting
-                    batch.append(p)
-            self.metrics.queue_depth.set(len(self._queue))
-        return batch
 
     def _take_due_batch(self) -> list[_Pending[In, Out]]:
-        """The next batch if one is due now (full, or its oldest item has waited max_wait), else []."""
+        """The next batch if one is due now (full, or its oldest item has waited max_wait), else [].
+
+        Check and take under one lock: the event loop and the compute threads both call this, and a
+        batch cut between another taker's check and take would leave early, smaller than it should.
+        """
         if self._closed:
             return []
+        batch: list[_Pending[In, Out]] = []
         with self._lock:
             self._drop_cancelled_head()
             if not self._queue:
@@ -260,19 +254,23 @@ class Batcher(Generic[In, Out]):
             waited = time.monotonic() - self._queue[0].enqueued
             if len(self._queue) < self.config.max_batch_size and waited * 1000 < self.config.max_wait_ms:
                 return []
-        return self._take_batch()
+            while self._queue and len(batch) < self.config.max_batch_size:
+                p = self._queue.popleft()
+                if not p.future.done():  # skip callers that were cancelled while waiting
+                    batch.append(p)
+        return batch
 
     async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         self.metrics.in_flight.inc()
         try:
-            await loop.run_in_executor(self._executor, self._work, batch, loop)
+            await loop.run_in_executor(self._executor, self._work, batch)
         finally:
             self.metrics.in_flight.dec()
             self._slots.release()
 
-    def _work(self, batch: list[_Pending[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
+    def _work(self, batch: list[_Pending[In, Out]]) -> None:
         """Compute thread: run ``batch``, then every batch already due, before handing the slot back.
 
         Why: otherwise each batch waits for a round trip through the event loop, and the model idles
@@ -281,10 +279,10 @@ class Batcher(Generic[In, Out]):
         not change (six alternating runs each way, 70.7 img/s mean for both).
         """
         while batch:
-            self._compute(batch, loop)
+            self._compute(batch)
             batch = self._take_due_batch()
 
-    def _compute(self, batch: list[_Pending[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
+    def _compute(self, batch: list[_Pending[In, Out]]) -> None:
         start = time.monotonic()
         for p in batch:
             self.metrics.queue_wait.observe(start - p.enqueued)
@@ -297,13 +295,20 @@ class Batcher(Generic[In, Out]):
                 raise BatchSizeMismatch(
                     f"batch function returned {len(outputs)} outputs for {len(batch)} inputs"
                 )
-        except Exception as exc:  # delivered to every caller of this batch; the batcher goes on
+        except BaseException as exc:  # delivered to every caller of this batch; the batcher goes on
             self.metrics.failed_batches.inc()
-            error = exc
+            # A future cannot hold StopIteration, and SystemExit & co. must not vanish into a caller.
+            error = exc if type(exc) is not StopIteration and isinstance(exc, Exception) else None
+            error = error or RuntimeError(f"batch function raised {type(exc).__name__}: {exc}")
         self.metrics.batch_latency.observe(time.monotonic() - start)
-        # Futures belong to the loop: resolve them there. A closed loop has no one left to answer.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_deliver, batch, outputs, error)
+        # Futures belong to their event loop: resolve each there (a chained batch may hold callers of a
+        # newer loop than the one that started this thread). A closed loop has no one left to answer.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[In, Out], Out | None]]] = {}
+        for i, p in enumerate(batch):
+            by_loop.setdefault(p.future.get_loop(), []).append((p, outputs[i] if error is None else None))
+        for target, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):
+                target.call_soon_threadsafe(_deliver, items, error)
 
     async def close(self) -> None:
         """Stop cutting batches, let running batches finish, fail whatever still waits."""
@@ -315,11 +320,11 @@ class Batcher(Generic[In, Out]):
             self._task = None
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        while self._queue:
-            p = self._queue.popleft()
+        with self._lock:  # a compute thread of a cancelled batch task may still be taking
+            left, self._queue = list(self._queue), collections.deque()
+        for p in left:
             if not p.future.done():
                 p.future.set_exception(BatcherClosed("batcher closed while the item waited"))
-        self.metrics.queue_depth.set(0)
         if self._own_executor:
             self._executor.shutdown(wait=False)
 

@@ -2,9 +2,10 @@
 
 Why measure instead of a fixed table: the best batch depends on the device and on how many batches run
 side by side. On the 2-core CPU of docs/benchmarks.md, with one single-thread batch per core, batch 1
-ran 91 img/s, batch 4 63 and batch 8 43 (two streams' activations outgrow the caches); a GPU needs
-dozens of images per pass before it is busy. Past the knee a bigger batch only adds latency, so the
-rule takes the smallest batch within ``GOOD_ENOUGH`` of the best rate.
+ran 85-91 img/s and batch 8 43-54 (two streams' activations outgrow the caches), while batches 2 and
+4 varied from run to run between those; a GPU needs dozens of images per pass before it is busy.
+Past the knee a bigger batch only adds latency, so the rule takes the smallest batch within
+``GOOD_ENOUGH`` of the best rate.
 """
 
 from __future__ import annotations
@@ -92,13 +93,26 @@ def measure_batch_rates(
                 elapsed = time.perf_counter() - start
             except MemoryError:
                 break
-            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-                if "out of memory" not in str(exc).lower():
+            except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError
+                if not _out_of_memory(exc):
                     raise
                 _release_cuda_cache()
                 break
             rates.append(BatchRate(n, count * n / elapsed, elapsed * streams / count * 1000))
     return rates
+
+
+# What torch's allocators say when a batch does not fit (CUDA caching allocator, cuBLAS, CPU).
+_OOM_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "can't allocate memory")
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
 
 
 def _release_cuda_cache() -> None:

@@ -104,6 +104,11 @@ class Predictor:
         return f"Predictor({self.name!r}, version={self.version!r}, device={self.device})"
 
 
+# The stats' order-statistic ranks are constants of the fixed input size: what tracing warns of. A
+# process-wide filter, not catch_warnings(): that one swaps the global filter list and is not
+# thread-safe (a hot swap traces in a worker thread while others serve).
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+
 # Largest difference from the eager model a traced graph may show on the probe batch before it is
 # refused. Measured: 2.4e-7 (folding batch norm into the convolutions reorders float sums).
 _TRACE_TOLERANCE = 1e-4
@@ -121,9 +126,7 @@ def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=torch.uint8, generator=g)
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            # The stats' order-statistic ranks are constants of the fixed input size: what tracing warns of.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.inference_mode():
             traced = torch.jit.trace(model, probe[:1], check_trace=False)
         graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         with torch.inference_mode():

@@ -12,6 +12,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -44,9 +45,9 @@ class Prediction:
         return [{"name": n, "confidence": round(c, 6)} for n, c in keep]
 
 
-# Default batch caps by device. On CPU, with one batch per core, 4 images cost per image what 1 does
-# and 8 cost 1.7x as much (two streams' activations outgrow the caches: docs/benchmarks.md); a GPU
-# needs large batches to fill.
+# Batch caps by device when start-up calibration is off (serve_calibrate=false) or never ran (an app
+# built in process). CPU: measured batches past 4 cost clearly more per image with one batch per core
+# (two streams' activations outgrow the caches: docs/benchmarks.md); a GPU needs large batches.
 DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 64}
 
 
@@ -68,12 +69,30 @@ class ComputeLayout:
     torch_threads: int | None  # None: leave torch's own setting alone (GPU: the host threads only launch)
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask: what a container or taskset grants)."""
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: the affinity mask (taskset, cpusets), capped by a cgroup CPU quota
+    (Kubernetes CPU limits, `docker --cpus`), which the mask does not show."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs granted by the cgroup quota (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None: no limit."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def compute_layout(settings: Settings, device: str, cores: int | None = None) -> ComputeLayout:
@@ -102,6 +121,13 @@ def apply_torch_threads(layout: ComputeLayout) -> None:
 
 
 class InferenceRuntime:
+    """Decoding pool, batcher and the current model of one app.
+
+    It sizes its batches side by side from ``compute_layout`` but leaves torch's thread count alone (a
+    process-wide setting): ``serving.server.sized_for`` sets it, as `lightbox serve` does; an app built
+    some other way should call it (or ``apply_torch_threads``) first.
+    """
+
     def __init__(self, settings: Settings, predictor: Predictor, registry: CollectorRegistry | None = None):
         self.settings = settings
         self.registry = registry or CollectorRegistry()

@@ -52,3 +52,15 @@ def test_cuda_fills_larger_batches() -> None:
     scores, tags = gpu.predict(_batch(n))
     assert scores.shape == (n,) and tags.shape == (n, len(TAG_VOCABULARY))
     assert np.isfinite(scores).all() and ((tags >= 0) & (tags <= 1)).all()
+
+
+def test_calibration_on_cuda_picks_a_batch_that_fits_the_device() -> None:
+    from serving.calibration import BATCH_CANDIDATES, calibrate
+
+    gpu = Predictor.from_model(_model(), "lightbox", "1", device="cuda")
+    measured = calibrate(gpu.predict, "cuda", streams=1, seconds=0.2)
+    assert measured.chosen in BATCH_CANDIDATES["cuda"]
+    assert [r.batch for r in measured.rates] == list(BATCH_CANDIDATES["cuda"][: len(measured.rates)])
+    # A GPU is far from full at batch 1: per image, the chosen batch must beat it clearly.
+    by_batch = {r.batch: r.img_s for r in measured.rates}
+    assert by_batch[measured.chosen] > 2 * by_batch[1]

@@ -385,3 +385,56 @@ def test_chained_batches_deliver_errors_to_their_own_callers() -> None:
     assert out[0:2] == [0, -1] and out[4:6] == [-4, -5]
     for i in (2, 3, 6, 7):
         assert isinstance(out[i], ValueError) and f"[{i - i % 2}, {i - i % 2 + 1}]" in str(out[i])
+
+
+def test_any_exception_of_the_batch_function_reaches_its_callers() -> None:
+    def stop(items: list[int]) -> list[int]:
+        if items == [1]:
+            raise StopIteration  # a future cannot hold this one: it must arrive wrapped
+        return items
+
+    async def main() -> tuple[BaseException, int]:
+        b = Batcher(stop, BatchConfig(max_batch_size=1, max_wait_ms=0))
+        with pytest.raises(RuntimeError, match="StopIteration") as failed:
+            await asyncio.wait_for(b.submit(1), 2)
+        after = await asyncio.wait_for(b.submit(2), 2)
+        await b.close()
+        return failed.value, after
+
+    _, after = asyncio.run(main())
+    assert after == 2  # and the batcher goes on
+
+
+def test_callers_of_a_new_event_loop_are_answered_while_an_old_loops_batch_finishes() -> None:
+    """The batcher serves successive loops; a compute thread started by the first must not answer
+    the second loop's callers on the first (closed) loop."""
+    fn = Recorder(delay_s=0.2)
+    b = Batcher(fn, BatchConfig(max_batch_size=1, max_wait_ms=0))
+
+    async def first() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.submit(1), 0.05)  # the caller leaves; its batch still computes
+
+    async def second() -> int:
+        out = await asyncio.wait_for(b.submit(2), 3)
+        await b.close()
+        return out
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == 4
+    assert [1] in fn.batches and [2] in fn.batches
+
+
+def test_close_while_a_backlog_is_computed_answers_everyone() -> None:
+    async def main() -> list[object]:
+        b = Batcher(Recorder(delay_s=0.05), BatchConfig(max_batch_size=1, max_wait_ms=0))
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(6)]
+        await asyncio.sleep(0.07)
+        await b.close()
+        return list(await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 3))
+
+    out = asyncio.run(main())
+    done = [o for o in out if not isinstance(o, BaseException)]
+    closed = [o for o in out if isinstance(o, BatcherClosed)]
+    assert done and closed and len(done) + len(closed) == 6  # each got an answer or BatcherClosed
+    assert done == [2 * i for i in range(len(done))]  # in order, none lost

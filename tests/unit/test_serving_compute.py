@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from skimage import data
 from lightbox.imaging import to_model_input
 from lightbox.settings import TAG_VOCABULARY, Settings
 from serving.predictor import Predictor
-from serving.runtime import MAX_CPU_BATCH_STREAMS, ComputeLayout, compute_layout
+from serving.runtime import (
+    MAX_CPU_BATCH_STREAMS,
+    ComputeLayout,
+    cgroup_cpu_quota,
+    compute_layout,
+    usable_cores,
+)
 from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
 
 
@@ -128,3 +135,27 @@ def test_concurrent_batches_get_their_own_answers(model: LightboxModel, photos: 
         got = list(pool.map(lambda b: p.predict(b)[0], batches))
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # docker --cpus 1.5
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], expected: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_a_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == len(os.sched_getaffinity(0))
