@@ -45,7 +45,7 @@ format: venv ## ruff format + autofix
 serve: venv ## serve models:/lightbox@champion on 127.0.0.1:8080
 	$(BIN)/lightbox serve
 
-bench: venv ## serving benchmark: prints the tables of docs/benchmarks.md (about 3 min)
+bench: venv ## serving benchmark: prints the tables of docs/benchmarks.md (about 4 min; `bench/serving.py --ray` adds Ray Serve)
 	$(BIN)/python bench/serving.py
 
 clean: ## remove the embedded state (.lightbox/) and the generated data/

@@ -2,7 +2,7 @@
 served per request without batching (and optionally under Ray Serve). Writes a markdown table
 (docs/benchmarks.md takes it verbatim).
 
-    .venv/bin/python bench/serving.py                 # defaults sized for a 2-core box (~3 minutes)
+    .venv/bin/python bench/serving.py                 # defaults sized for a 2-core box (~4 minutes)
     .venv/bin/python bench/serving.py --seconds 10 --concurrency 1,4,16,64,128 --ray
 
 The server runs in a subprocess (uvicorn, one worker, loopback) so that the load generator (a raw asyncio
