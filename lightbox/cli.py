@@ -187,8 +187,12 @@ def serve(
     alias: Annotated[str | None, typer.Option(help="registry alias to serve")] = None,
 ) -> None:
     """Serve models:/<name>@<alias> over HTTP (POST /predict)."""
+    import logging
+
     from serving import server
 
+    # The server's own lines (compute layout, calibrated batch cap, hot swaps) next to uvicorn's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server.run(load_settings(), alias=alias)
 
 
