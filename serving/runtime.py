@@ -56,8 +56,10 @@ def max_batch_size(settings: Settings, device: str) -> int:
     return settings.serve_max_batch_size or DEFAULT_MAX_BATCH.get(device, DEFAULT_MAX_BATCH["cpu"])
 
 
-# At most this many CPU batches side by side by default: past it, a batch's own threads pay better
-# than more copies of its activations in the caches.
+# At most this many CPU batches side by side by default; the cores beyond go to each batch's threads.
+# A cautious guess, measured only on 2 cores: each batch keeps its own activations in the shared
+# caches, and with two of them batch 8 already cost 1.6x per image. On a big machine, measure with
+# bench/serving.py and set LIGHTBOX_SERVE_MAX_CONCURRENT_BATCHES.
 MAX_CPU_BATCH_STREAMS = 4
 
 
