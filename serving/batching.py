@@ -185,7 +185,9 @@ class Batcher(Generic[In, Out]):
                     p.future.cancel()
 
     def _ensure_started(self) -> None:
-        if self._task is not None and not self._task.done():
+        running = asyncio.get_running_loop()
+        # A task of a loop that ended without close() may never finish: start afresh on this loop.
+        if self._task is not None and not self._task.done() and self._task.get_loop() is running:
             return
         # asyncio primitives bind to the loop that first uses them: make fresh ones per loop.
         self._wakeup = asyncio.Event()

@@ -2,8 +2,9 @@
 
 Why measure instead of a fixed table: the best batch depends on the device and on how many batches run
 side by side. On the 2-core CPU of docs/benchmarks.md, with one single-thread batch per core, batch 1
-ran 85-91 img/s and batch 8 43-54 (two streams' activations outgrow the caches), while batches 2 and
-4 varied from run to run between those; a GPU needs dozens of images per pass before it is busy.
+ran 75.2 img/s, batch 2 65.2, batch 4 54.6 and batch 8 46.4 (two streams' activations outgrow the
+caches; other runs ranked 1 and 2 the other way round); a GPU needs dozens of images per pass
+before it is busy.
 Past the knee a bigger batch only adds latency, so the rule takes the smallest batch within
 ``GOOD_ENOUGH`` of the best rate.
 """

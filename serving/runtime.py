@@ -46,9 +46,10 @@ class Prediction:
 
 
 # Batch caps by device when start-up calibration is off (serve_calibrate=false) or never ran (an app
-# built in process). CPU: measured batches past 4 cost clearly more per image with one batch per core
-# (two streams' activations outgrow the caches: docs/benchmarks.md); a GPU needs large batches.
-DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 64}
+# built in process). CPU: with one batch per core on the 2-core benchmark machine, batch 2 cost 1.15x
+# batch 1 per image and batch 4 1.38x (two streams' activations outgrow the caches:
+# docs/benchmarks.md); 2 keeps a little batching for CPUs where it pays. A GPU needs large batches.
+DEFAULT_MAX_BATCH = {"cpu": 2, "cuda": 64}
 
 
 def max_batch_size(settings: Settings, device: str) -> int:
@@ -73,7 +74,9 @@ class ComputeLayout:
 
 def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores this process may use: the affinity mask (taskset, cpusets), capped by a cgroup CPU quota
-    (Kubernetes CPU limits, `docker --cpus`), which the mask does not show."""
+    (Kubernetes CPU limits, `docker --cpus`), which the mask does not show. Reads the quota at the root
+    of the cgroup mount, which is the container's own in a container with its own cgroup namespace
+    (the default on cgroup v2); a quota set on a nested cgroup (systemd CPUQuota=) is not seen."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -101,9 +104,10 @@ def compute_layout(settings: Settings, device: str, cores: int | None = None) ->
     """Settings first, else the measured default for the device type ("cpu", "cuda").
 
     CPU: one batch per core, each on one torch thread, up to MAX_CPU_BATCH_STREAMS batches; the cores
-    left over go to each batch's threads. On the 2-core benchmark machine two single-thread batches ran
-    2.0x one thread's images/s, one batch on two threads only 1.4x (docs/benchmarks.md): this network's
-    many small ops scale poorly inside one forward pass and well across passes. CUDA: one batch at a
+    left over go to each batch's threads. On the 2-core benchmark machine, at batch 1, two
+    single-thread batches side by side ran 3x the images/s of one batch on both cores (75.2 vs 24.9,
+    docs/benchmarks.md): this network's many small ops scale poorly inside one forward pass and well
+    across passes. CUDA: one batch at a
     time (the GPU path is unmeasured; see docs/benchmarks.md).
     """
     cores = max(1, cores or usable_cores())

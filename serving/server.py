@@ -40,7 +40,7 @@ def run(settings: Settings, alias: str | None = None) -> None:
 def sized_for(settings: Settings, predictor: Predictor) -> Settings:
     """Set torch's threads for the device's compute layout, warm the model up, and fix the batch cap:
     the configured one; else measured on this device (serving.calibration); with serve_calibrate off,
-    or if no candidate could be measured, the table default (serving.runtime.DEFAULT_MAX_BATCH).
+    the table default (serving.runtime.DEFAULT_MAX_BATCH).
     Returns the settings the app runs with (the cap filled in)."""
     device = predictor.device.type
     layout = compute_layout(settings, device)
@@ -52,13 +52,11 @@ def sized_for(settings: Settings, predictor: Predictor) -> Settings:
         layout.torch_threads or "unchanged",
     )
     if settings.serve_max_batch_size is None and settings.serve_calibrate:
-        try:
-            measured = calibrate(predictor.predict, device, layout.concurrent_batches)
-        except RuntimeError as exc:  # nothing fit: serve with the table default rather than not at all
-            log.warning("batch calibration failed (%s); using the default cap", exc)
-        else:
-            log.info("calibrated on %s: %s", device, measured.summary())
-            settings = settings.model_copy(update={"serve_max_batch_size": measured.chosen})
+        # Raises when not even batch 1 fits the device: then no cap could serve, so the server stops
+        # at start with that message rather than failing requests later.
+        measured = calibrate(predictor.predict, device, layout.concurrent_batches)
+        log.info("calibrated on %s: %s", device, measured.summary())
+        settings = settings.model_copy(update={"serve_max_batch_size": measured.chosen})
     cap = max_batch_size(settings, device)
     predictor.warmup((1, cap))
     return settings.model_copy(update={"serve_max_batch_size": cap})

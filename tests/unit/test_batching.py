@@ -415,14 +415,16 @@ def test_callers_of_a_new_event_loop_are_answered_while_an_old_loops_batch_finis
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(b.submit(1), 0.05)  # the caller leaves; its batch still computes
 
-    async def second() -> int:
-        out = await asyncio.wait_for(b.submit(2), 3)
+    async def second() -> list[int]:
+        # Two items: this loop's own task takes [2] (it queues behind the old thread in the one-worker
+        # executor); the old thread, done with [1], takes [3] and must answer it on this loop.
+        out = await asyncio.wait_for(asyncio.gather(b.submit(2), b.submit(3)), 3)
         await b.close()
-        return out
+        return list(out)
 
     asyncio.run(first())
-    assert asyncio.run(second()) == 4
-    assert [1] in fn.batches and [2] in fn.batches
+    assert asyncio.run(second()) == [4, 6]
+    assert [1] in fn.batches and [2] in fn.batches and [3] in fn.batches
 
 
 def test_close_while_a_backlog_is_computed_answers_everyone() -> None:

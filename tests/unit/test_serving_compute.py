@@ -154,8 +154,9 @@ def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], expected: float
     assert cgroup_cpu_quota(tmp_path) == expected
 
 
-def test_a_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
-    assert usable_cores(tmp_path) == 1
+def test_a_cpu_quota_caps_the_usable_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # a 4-core mask
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: two cores' worth of threads
+    assert usable_cores(tmp_path) == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert usable_cores(tmp_path) == len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == 4
