@@ -107,8 +107,7 @@ def compute_layout(settings: Settings, device: str, cores: int | None = None) ->
     left over go to each batch's threads. On the 2-core benchmark machine, at batch 1, two
     single-thread batches side by side ran 3x the images/s of one batch on both cores (75.2 vs 24.9,
     docs/benchmarks.md): this network's many small ops scale poorly inside one forward pass and well
-    across passes. CUDA: one batch at a
-    time (the GPU path is unmeasured; see docs/benchmarks.md).
+    across passes. CUDA: one batch at a time (the GPU path is unmeasured; see docs/benchmarks.md).
     """
     cores = max(1, cores or usable_cores())
     if device != "cpu":
