@@ -224,16 +224,19 @@ class Batcher(Generic[In, Out]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if depth >= self.config.max_batch_size:
+            remaining = self._seconds_until_due(depth, oldest)
+            if remaining <= 0:
                 return
-            # The same test as _take_due_batch's, so that "due" here is due there.
-            waited_ms = (time.monotonic() - oldest) * 1000
-            if waited_ms >= self.config.max_wait_ms:
-                return
-            remaining = (self.config.max_wait_ms - waited_ms) / 1000
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):  # either way, look at the queue again
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+
+    def _seconds_until_due(self, depth: int, oldest: float) -> float:
+        """How long until a batch of ``depth`` waiting items, the oldest enqueued at ``oldest``, is due
+        (<= 0: due now). The one test both takers use, so that "due" for the loop is due for a thread."""
+        if depth >= self.config.max_batch_size:
+            return 0.0
+        return oldest + self.config.max_wait_ms / 1000 - time.monotonic()
 
     def _drop_cancelled_head(self) -> None:
         """Drop callers that went away from the front of the queue (call with ``_lock`` held)."""
@@ -251,10 +254,7 @@ class Batcher(Generic[In, Out]):
         batch: list[_Pending[In, Out]] = []
         with self._lock:
             self._drop_cancelled_head()
-            if not self._queue:
-                return []
-            waited = time.monotonic() - self._queue[0].enqueued
-            if len(self._queue) < self.config.max_batch_size and waited * 1000 < self.config.max_wait_ms:
+            if not self._queue or self._seconds_until_due(len(self._queue), self._queue[0].enqueued) > 0:
                 return []
             while self._queue and len(batch) < self.config.max_batch_size:
                 p = self._queue.popleft()
