@@ -1,19 +1,25 @@
 """Feature definitions: declarations only, safe to import (no I/O).
 
-The offline parquet is written by pipelines/features.py with the same FeatureExtractor that the served
-model runs. One FeatureService per feature version; the training run records which one it used.
+Built from the one feature schema (lightbox.feature_schema), which the feature job writes and training
+reads. The offline parquet is written by pipelines/features.py with the same FeatureExtractor that the
+served model runs. One FeatureService per feature version; the training run records which one it used.
 """
 
 import os
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource
-from feast.types import Array, Float32
+from feast.types import Array, Float32, String
 from feast.value_type import ValueType
 
-OFFLINE_DIR = os.environ.get("LIGHTBOX_FEAST_OFFLINE_PATH", ".lightbox/feast/offline")
+from lightbox.feature_schema import FEATURE_SERVICE, FEATURE_VERSION, FEATURE_VIEW, FIELDS
 
-image = Entity(name="image", join_keys=["image_id"], value_type=ValueType.STRING, description="one image")
+OFFLINE_DIR = os.environ.get("LIGHTBOX_FEAST_OFFLINE_PATH", ".lightbox/feast/offline")
+_TYPES = {"vector": Array(Float32), "float": Float32, "string": String}
+
+image = Entity(
+    name="image", join_keys=["image_id"], value_type=ValueType.STRING, description="one image (content hash)"
+)
 
 image_features_source = FileSource(
     name="image_features_source",
@@ -22,31 +28,15 @@ image_features_source = FileSource(
 )
 
 image_features = FeatureView(
-    name="image_features",
+    name=FEATURE_VIEW,
     entities=[image],
     ttl=timedelta(days=3650),
-    schema=[
-        Field(name="embedding", dtype=Array(Float32), description="EfficientNet-Lite0 pooled embedding"),
-        Field(name="quality", dtype=Array(Float32), description="mean/std of intermediate feature maps"),
-        Field(name="brightness", dtype=Float32),
-        Field(name="contrast", dtype=Float32),
-        Field(name="luma_p02", dtype=Float32),
-        Field(name="luma_p50", dtype=Float32),
-        Field(name="luma_p98", dtype=Float32),
-        Field(name="clipped_high", dtype=Float32),
-        Field(name="clipped_low", dtype=Float32),
-        Field(name="sharpness", dtype=Float32),
-        Field(name="noise", dtype=Float32),
-        Field(name="detail_ratio", dtype=Float32),
-        Field(name="local_contrast", dtype=Float32),
-        Field(name="local_contrast_median", dtype=Float32),
-        Field(name="colourfulness", dtype=Float32),
-    ],
+    schema=[Field(name=name, dtype=_TYPES[kind], description=text) for name, kind, text in FIELDS],
     source=image_features_source,
     online=True,
-    tags={"extractor": "efficientnet-lite0+quality+stats13/v1"},
+    tags={"extractor": FEATURE_VERSION},
 )
 
-image_quality_v1 = FeatureService(name="image_quality_v1", features=[image_features])
+image_quality_v1 = FeatureService(name=FEATURE_SERVICE, features=[image_features])
 
 DEFINITIONS = [image, image_features_source, image_features, image_quality_v1]

@@ -13,9 +13,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lightbox.distortions import param
-from lightbox.settings import CONTENT_TAGS
 
 Distortion = tuple[str, int]  # (kind, level)
+
+# The synthetic set's own vocabulary: one source among others, so it lives here, not in settings.
+# Defect tags first: the synthetic golden grid's behavioural checks key on them.
+DEFECT_TAGS: tuple[str, ...] = (
+    "blurry",
+    "noisy",
+    "jpeg_artifacts",
+    "overexposed",
+    "underexposed",
+    "low_contrast",
+)
+CONTENT_TAGS: tuple[str, ...] = ("animal", "person", "food", "space", "object", "texture", "synthetic")
+TAG_VOCABULARY: tuple[str, ...] = DEFECT_TAGS + CONTENT_TAGS
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Perceived quality left by each distortion at levels 1..5 (1.0 = untouched). Strictly falling, so the

@@ -1,25 +1,17 @@
-"""Stage 1: build the labelled image-quality dataset into ``settings.data_dir``.
+"""The synthetic source: render the deterministic demo dataset as an imagefolder, then import it.
 
 Sources (bundled photos, then rendered scenes) each give one pristine image plus seeded distorted
-variants; the score and tags follow from the distortions (see lightbox.dataset). Output::
-
-    <data_dir>/images/<image_id>.png|.jpg
-    <data_dir>/manifest.csv   (MANIFEST_COLUMNS, one row per image, sorted by image_id)
-
-The output is byte-for-byte deterministic for the same parameters, so the DVC md5 of the folder is
-reproducible, and it is built in a temporary folder beside data_dir and swapped in, so a crash never
-leaves half a dataset.
+variants; the score and tags follow from the distortions (see lightbox.dataset). The renderer writes a
+Hugging Face imagefolder (``metadata.csv``: file_name, score, tags, split, group, distortions) into a
+temporary folder, and ``pipelines.importer`` brings it into data/ exactly as it brings a user's photos:
+one path into data/. Same parameters, same bytes, so the DVC md5 is reproducible.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import os
-import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,38 +21,18 @@ from tqdm import tqdm
 
 from lightbox import distortions
 from lightbox.dataset import Distortion, assign_splits, photo_sources, procedural_scene, score_for, tags_for
+from lightbox.manifest import IMAGES_SUBDIR, TAG_SEPARATOR, write_csv
 from lightbox.settings import Settings
+from pipelines import importer
 
-MANIFEST_NAME = "manifest.csv"
-IMAGES_SUBDIR = "images"
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "path",
-    "source_id",
-    "split",
-    "score",
-    "tags",
-    "distortions",
-    "max_level",
-    "width",
-    "height",
-)
-TAG_SEPARATOR = "|"
+METADATA_COLUMNS: tuple[str, ...] = ("file_name", "score", "tags", "split", "group", "distortions")
 COMBINED_PROBABILITY = 0.2  # share of variants that get two different distortions
 CLEAN_VARIANTS = 2  # per source, besides the pristine original: see clean_variants()
 # Pairs that cancel out rather than compound: never combined.
 _EXCLUDED_PAIRS = {frozenset({"overexposed", "underexposed"})}
 # Fast zlib level: the default 260 images encode in well under a second; sizes matter less than speed.
 _PNG_COMPRESS_LEVEL = 1
-
-
-@dataclass(frozen=True)
-class DataBuildResult:
-    data_dir: Path
-    manifest_path: Path
-    n_images: int
-    n_sources: int
-    splits: Mapping[str, int]  # images per split
+SOURCE_FORMAT = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -72,37 +44,33 @@ class Source:
 
 def run(
     settings: Settings, *, n_sources: int | None = None, variants: int | None = None, seed: int | None = None
-) -> DataBuildResult:
-    """Build the dataset into settings.data_dir, replacing what was there. Same parameters, same bytes."""
+) -> importer.ImportResult:
+    """Render the synthetic set and import it into settings.data_dir. Same parameters, same bytes."""
     n_sources = settings.dataset_sources if n_sources is None else n_sources
     variants = settings.dataset_variants if variants is None else variants
     seed = settings.dataset_seed if seed is None else seed
+    with tempfile.TemporaryDirectory(prefix="lightbox-synthetic-") as tmp:
+        render_imagefolder(Path(tmp), n_sources=n_sources, variants=variants, seed=seed, max_side=settings.image_max_side)
+        options = importer.ImportOptions(
+            format="imagefolder",
+            score_range="0,1",
+            source_format=SOURCE_FORMAT,
+            source_label=f"lightbox data build --sources {n_sources} --variants {variants} --seed {seed}",
+        )
+        return importer.run(settings, tmp, options)
+
+
+def render_imagefolder(root: Path, *, n_sources: int, variants: int, seed: int, max_side: int) -> int:
+    """Write the synthetic set as an imagefolder under ``root``; returns the number of images."""
     if n_sources < 1:
         raise ValueError(f"n_sources must be >= 1, got {n_sources}")
     if variants < 0:
         raise ValueError(f"variants must be >= 0, got {variants}")
-
-    sources = load_sources(n_sources, seed, settings.image_max_side)
+    sources = load_sources(n_sources, seed, max_side)
     splits = assign_splits([s.source_id for s in sources], seed)
-    data_dir = settings.data_dir
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.building-", dir=data_dir.parent))
-    try:
-        rows = _write_images(tmp, sources, splits, variants, seed)
-        write_manifest(tmp / MANIFEST_NAME, MANIFEST_COLUMNS, rows)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the swapped-in folder should look like any other
-        swap_in(tmp, data_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    counts = Counter(row["split"] for row in rows)
-    return DataBuildResult(
-        data_dir=data_dir,
-        manifest_path=data_dir / MANIFEST_NAME,
-        n_images=len(rows),
-        n_sources=len(sources),
-        splits={name: counts.get(name, 0) for name in ("train", "validation", "test")},
-    )
+    rows = _write_images(root, sources, splits, variants, seed)
+    write_csv(root / "metadata.csv", METADATA_COLUMNS, rows)
+    return len(rows)
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -187,79 +155,36 @@ def _write_images(
     (root / IMAGES_SUBDIR).mkdir()
     rows = []
     per_source = variants + 1 + CLEAN_VARIANTS
-    with tqdm(total=len(sources) * per_source, desc="build dataset", unit="img") as bar:
+    with tqdm(total=len(sources) * per_source, desc="render synthetic set", unit="img") as bar:
         for index, source in enumerate(sources):
             rng = np.random.default_rng(_child_seed(seed, 1, index))
             split = splits[source.source_id]
             for j in range(variants + 1):
                 plan = [] if j == 0 else plan_distortions(rng)
-                image_id = f"{source.source_id}-{j:02d}"
                 data, ext = render(source.image, plan, rng)
-                rel = f"{IMAGES_SUBDIR}/{image_id}{ext}"
-                (root / rel).write_bytes(data)
-                rows.append(_row(image_id, rel, source, split, plan))
+                rows.append(_write(root, f"{source.source_id}-{j:02d}{ext}", data, source, split, plan))
                 bar.update()
-            for k, (data, ext, size) in enumerate(clean_variants(source.image), start=variants + 1):
-                image_id = f"{source.source_id}-{k:02d}"
-                rel = f"{IMAGES_SUBDIR}/{image_id}{ext}"
-                (root / rel).write_bytes(data)
-                rows.append(_row(image_id, rel, source, split, [], size))
+            for k, (data, ext, _) in enumerate(clean_variants(source.image), start=variants + 1):
+                rows.append(_write(root, f"{source.source_id}-{k:02d}{ext}", data, source, split, []))
                 bar.update()
-    return sorted(rows, key=lambda r: r["image_id"])
+    return sorted(rows, key=lambda r: r["file_name"])
 
 
-def _row(
-    image_id: str,
-    rel: str,
-    source: Source,
-    split: str,
-    plan: Sequence[Distortion],
-    size: tuple[int, int] | None = None,
+def _write(
+    root: Path, name: str, data: bytes, source: Source, split: str, plan: Sequence[Distortion]
 ) -> dict[str, str]:
-    w, h = size or source.image.size  # distortions keep the size
+    rel = f"{IMAGES_SUBDIR}/{name}"
+    (root / rel).write_bytes(data)
     return {
-        "image_id": image_id,
-        "path": rel,
-        "source_id": source.source_id,
-        "split": split,
+        "file_name": rel,
         "score": f"{score_for(plan):.4f}",  # fixed formatting: float repr must not vary the bytes
         "tags": TAG_SEPARATOR.join(tags_for(plan, source.content_tags)),
+        "split": split,
+        "group": source.source_id,
         "distortions": "+".join(f"{k}:{lvl}" for k, lvl in plan) or "none",
-        "max_level": str(max((lvl for _, lvl in plan), default=0)),
-        "width": str(w),
-        "height": str(h),
     }
 
 
-# --- manifest I/O (shared with validate_data) --------------------------------------------------------
-
-
-def write_manifest(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> None:
-    """Write the CSV atomically (temp file + rename in the same folder) with a fixed dialect."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """(header, rows as strings): the raw view, so a rewrite keeps untouched rows byte-identical."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
-
-
 def swap_in(tmp: Path, target: Path) -> None:
-    # Two renames (POSIX has no portable directory swap): between them the target is briefly absent,
-    # but a crash there leaves the complete old copy at `.<name>.old-<pid>`, never a partial dataset.
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    """Kept here for the golden renderer: see pipelines.importer.swap_in."""
+    importer.swap_in(tmp, target)

@@ -1,10 +1,14 @@
 """Stage: compute image features with the model's own FeatureExtractor, store them in Feast.
 
-Decoding and preprocessing go through lightbox.imaging, the same path the server uses.
+A feature cache keyed by content hash: an image id *is* the hash of its bytes, so a row of the offline
+table whose ``feature_version`` is today's extractor never needs computing again. ``--append`` of a new
+batch therefore extracts only the new images. Decoding and preprocessing go through lightbox.imaging,
+the same path the server uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,17 +19,26 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from lightbox import manifest
 from lightbox.adapters import feast_store
+from lightbox.feature_schema import EMBEDDING_DIM, FEATURE_DIM, FEATURE_VERSION, QUALITY_DIM, STAT_NAMES
 from lightbox.imaging import decode_image, to_model_input
 from lightbox.settings import Settings
-from training.model import EMBEDDING_DIM, FEATURE_DIM, QUALITY_DIM, STAT_NAMES, FeatureExtractor
+from training.model import FeatureExtractor
+
+
+class FeaturesOutOfDate(RuntimeError):
+    """Features missing, or made by another extractor, for images of the dataset being trained on."""
 
 
 @dataclass(frozen=True)
 class FeaturesResult:
-    n_images: int
+    n_images: int  # images of the dataset
+    n_computed: int  # extracted by this run
+    n_cached: int  # found in the feature cache (same content hash, same feature version)
     offline_path: str
     feature_service: str
+    feature_version: str
     event_timestamp: str
 
 
@@ -36,7 +49,9 @@ def _load(path: Path, max_pixels: int) -> np.ndarray:
 def extract(
     settings: Settings, paths: list[Path], batch_size: int = 32, extractor: FeatureExtractor | None = None
 ) -> np.ndarray:
-    """Features [N, 1284] for image files; decoding runs in threads beside the forward pass."""
+    """Features [N, FEATURE_DIM] for image files; decoding runs in threads beside the forward pass."""
+    if not paths:
+        return np.zeros((0, FEATURE_DIM), np.float32)
     extractor = (extractor or FeatureExtractor()).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     extractor.to(device)
@@ -49,28 +64,84 @@ def extract(
                 x = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
                 out.append(extractor(x).float().cpu().numpy())
                 bar.update(len(arrays))
-    return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
+    return np.concatenate(out)
 
 
-def run(settings: Settings) -> FeaturesResult:
-    manifest = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
-    feats = extract(settings, [settings.data_dir / p for p in manifest["path"]])
-    now = datetime.now(UTC).replace(microsecond=0)
+def feature_frame(image_ids: Sequence[str], feats: np.ndarray, when: datetime) -> pd.DataFrame:
+    """Offline rows in the feature schema's columns."""
     df = pd.DataFrame(
         {
-            "image_id": manifest["image_id"].astype(str),
-            "event_timestamp": pd.Timestamp(now),
+            "image_id": list(image_ids),
+            "event_timestamp": pd.Timestamp(when),
             "embedding": list(feats[:, :EMBEDDING_DIM].astype(np.float32)),
             "quality": list(feats[:, EMBEDDING_DIM : EMBEDDING_DIM + QUALITY_DIM].astype(np.float32)),
         }
     )
     for i, name in enumerate(STAT_NAMES):
         df[name] = feats[:, EMBEDDING_DIM + QUALITY_DIM + i].astype(np.float32)
-    path = feast_store.write_offline(settings, df)
-    feast_store.apply_and_materialize(settings)
+    df["feature_version"] = FEATURE_VERSION
+    return df
+
+
+def run(settings: Settings) -> FeaturesResult:
+    rows = manifest.read_manifest(settings.data_dir)
+    cached = feast_store.read_offline(settings)
+    if cached is not None and "feature_version" in cached:
+        # Only today's extractor's rows are kept: features of another version are recomputed.
+        cached = cached[cached["feature_version"] == FEATURE_VERSION].drop_duplicates("image_id", keep="last")
+    else:
+        cached = None
+    have = set() if cached is None else set(cached["image_id"])
+    todo = [r for r in rows if r["image_id"] not in have]
+    now = datetime.now(UTC).replace(microsecond=0)
+    feats = extract(settings, [settings.data_dir / r["path"] for r in todo])
+    new = feature_frame([r["image_id"] for r in todo], feats, now)
+    table = new if cached is None else pd.concat([cached, new], ignore_index=True)
+    path = feast_store.write_offline(settings, table)
+    if todo or cached is None or not feast_store.is_applied(settings):
+        feast_store.apply_and_materialize(settings)
     return FeaturesResult(
-        n_images=len(df),
+        n_images=len(rows),
+        n_computed=len(todo),
+        n_cached=len(rows) - len(todo),
         offline_path=str(path),
         feature_service=settings.feature_service,
+        feature_version=FEATURE_VERSION,
         event_timestamp=now.isoformat(),
     )
+
+
+def load_for_training(settings: Settings, image_ids: Sequence[str]) -> pd.DataFrame:
+    """Features of exactly these images through the Feast feature service (point-in-time join),
+    one row per id in order. Raises FeaturesOutOfDate when any is missing or of another extractor:
+    training on stale features would label a run with a dataset version it did not see."""
+    entity_df = pd.DataFrame({"image_id": list(image_ids)}).assign(
+        event_timestamp=pd.Timestamp(datetime.now(UTC))
+    )
+    feats = feast_store.historical(settings, entity_df).drop(columns=["event_timestamp"])
+    feats = feats.drop_duplicates("image_id").set_index("image_id").reindex(list(image_ids))
+    missing = feats["embedding"].isna()
+    version = feats.get("feature_version", pd.Series(index=feats.index, dtype=object))
+    stale = ~missing & (version != FEATURE_VERSION)
+    if missing.any() or stale.any():
+        parts = []
+        if missing.any():
+            parts.append(f"{int(missing.sum())} have no features (e.g. {feats.index[missing][0]})")
+        if stale.any():
+            parts.append(f"{int(stale.sum())} have features of another extractor than {FEATURE_VERSION}")
+        raise FeaturesOutOfDate(
+            f"of {len(feats)} images in the dataset, {' and '.join(parts)}: run `lightbox features` "
+            "(or the lightbox_data DAG) for this dataset version first"
+        )
+    return feats.reset_index()
+
+
+def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """[N, FEATURE_DIM] float32 from a frame with the feature schema's columns."""
+    return np.hstack(
+        [
+            np.stack(frame["embedding"].to_numpy()),
+            np.stack(frame["quality"].to_numpy()),
+            frame[list(STAT_NAMES)].to_numpy(),
+        ]
+    ).astype(np.float32)

@@ -62,6 +62,21 @@ def write_offline(settings: Settings, df: pd.DataFrame) -> Path:
     return path
 
 
+def read_offline(settings: Settings) -> pd.DataFrame | None:
+    """The offline feature table (the feature cache), or None before the first feature run."""
+    path = settings.feast_offline_path / OFFLINE_FILE
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def is_applied(settings: Settings) -> bool:
+    """Whether the feature service is in the registry (a fresh registry needs apply + materialize)."""
+    try:
+        open_store(settings).get_feature_service(settings.feature_service)
+    except Exception:  # Feast raises its own NotFound types per registry backend
+        return False
+    return True
+
+
 def apply_and_materialize(settings: Settings, end: datetime | None = None) -> FeatureStore:
     store = open_store(settings)
     store.apply(_definitions(settings))

@@ -58,3 +58,14 @@ def exists(url: str, endpoint_url: str | None) -> bool:
             return False
         raise
     return True
+
+
+def list_keys(url: str, endpoint_url: str | None) -> list[str]:
+    """Every key under an ``s3://bucket/prefix`` URL, relative to the prefix, sorted."""
+    bucket, prefix = split_url(url)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    paginator = client(endpoint_url).get_paginator("list_objects_v2")
+    keys = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        keys += [obj["Key"][len(prefix) :] for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+    return sorted(keys)

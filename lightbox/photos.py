@@ -1,0 +1,79 @@
+"""What the importer learns from a photo's bytes: its content id, its format, its upright size and a
+perceptual hash. Decoding goes through lightbox.imaging (the same upright RGB pixels the model sees).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from lightbox.imaging import ImageDecodeError, decode_image
+
+# Pillow format -> the extension the copy in data/images gets (MPO: a multi-picture JPEG from a camera).
+EXTENSIONS: dict[str, str] = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+}
+MAX_IMAGE_SIDE = 16_384  # past this a "photo" is a scan or a bomb; the pixel limit catches the rest
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    image_id: str  # sha256 of the bytes, 16 hex digits
+    ext: str
+    width: int  # upright (after EXIF orientation)
+    height: int
+    phash: str  # 64-bit DCT perceptual hash, 16 hex digits
+
+
+def content_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
+    """Check and describe one photo; ImageDecodeError (with the reason) for anything unusable."""
+    import imagehash  # imported here: only the import stage needs it
+
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            fmt, (w, h) = header.format or "", header.size
+            orientation = (
+                header.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
+            )
+    except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
+        raise ImageDecodeError(f"not an image ({type(exc).__name__})") from None
+    ext = EXTENSIONS.get(fmt)
+    if ext is None:
+        raise ImageDecodeError(f"format {fmt or 'unknown'} is not accepted (JPEG, PNG, WebP, TIFF, BMP, GIF)")
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
+    img = decode_image(data, max_pixels=max_pixels, min_side=min_side)  # the full decode: truncation shows
+    if orientation in _ROTATED:
+        w, h = h, w
+    return PhotoInfo(content_id(data), ext, w, h, str(imagehash.phash(img)))
+
+
+def near_duplicate_pairs(hashes: list[str], max_distance: int) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for every i < j whose 64-bit hashes differ in at most ``max_distance`` bits.
+
+    One vectorised row at a time: memory stays O(N) and 10,000 photos take about a second.
+    """
+    values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    pairs = []
+    for i in range(len(values) - 1):
+        d = np.bitwise_count(np.bitwise_xor(values[i + 1 :], values[i]))
+        for j in np.flatnonzero(d <= max_distance):
+            pairs.append((i, i + 1 + int(j), int(d[j])))
+    return pairs

@@ -1,0 +1,78 @@
+"""An import source as a read-only tree of files: a local folder (or one file) or an s3:// prefix.
+
+The importer only lists and reads: a user's own files are never written, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightbox.adapters import s3
+
+
+class SourceNotFound(FileNotFoundError):
+    """The source (or a file it names) does not exist."""
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    root: str  # a local folder path or an s3://bucket/prefix URL
+    endpoint_url: str | None = None
+    single_file: str | None = None  # the source was one file (an export): its name under root
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    def files(self) -> list[str]:
+        """Every file under the root, '/'-separated and relative to it (only the file, for a file source)."""
+        if self.single_file is not None:
+            return [self.single_file]
+        if self.is_s3:
+            return s3.list_keys(self.root, self.endpoint_url)
+        root = Path(self.root)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(root).as_posix()
+            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
+        return sorted(out)
+
+    def read(self, ref: str) -> bytes:
+        """Bytes of ``ref``: relative to the root, an absolute local path, or an s3:// URL."""
+        if ref.startswith("s3://"):
+            try:
+                return s3.read(ref, self.endpoint_url)
+            except s3.ObjectNotFound:
+                raise SourceNotFound(f"no object at {ref}") from None
+        if self.is_s3 and not posixpath.isabs(ref):
+            return self.read(self.root.rstrip("/") + "/" + ref)
+        path = Path(ref) if os.path.isabs(ref) else Path(self.root) / ref
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise SourceNotFound(f"{path} does not exist") from None
+
+    def locate(self, ref: str) -> str:
+        """Where ``ref`` is, for messages and Label Studio's roots."""
+        if ref.startswith("s3://") or os.path.isabs(ref):
+            return ref
+        return self.root.rstrip("/") + "/" + ref
+
+
+def open_tree(source: str, endpoint_url: str | None) -> SourceTree:
+    """A folder, a single export file, or an s3:// prefix (a key ending in .json/.csv/.jsonl is a file)."""
+    if source.startswith("s3://"):
+        base, name = posixpath.split(source.rstrip("/"))
+        if name.endswith((".json", ".jsonl", ".csv")):
+            return SourceTree(base, endpoint_url, single_file=name)
+        return SourceTree(source.rstrip("/"), endpoint_url)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return SourceTree(str(path.resolve().parent), single_file=path.name)
+    if not path.is_dir():
+        raise SourceNotFound(f"{source} is neither a folder nor a file: give the folder of your photos")
+    return SourceTree(str(path.resolve()))

@@ -1,0 +1,712 @@
+"""Stage 1: import a labelled image collection into ``settings.data_dir`` (the one path into data/).
+
+Reads SOURCE (a folder, an export file or an s3:// prefix; never written), parses its format
+(lightbox.label_formats), checks every photo (lightbox.photos), then writes a complete new dataset
+folder beside data/ and swaps it in::
+
+    data/images/<sha256[:16]>.<ext>   byte-for-byte copies of the accepted photos
+    data/manifest.csv                 lightbox.manifest.COLUMNS
+    data/labels.json                  the LabelSpec: tag vocabulary with counts, score name and range
+
+Bad photos and rows are listed with their reason in ``<reports_dir>/import.{json,md}`` and copied (not
+moved) to ``<quarantine_dir>/<stamp>/``; the import fails only past ``max_quarantine_fraction``, and
+then nothing in data/ changes. Image ids are content hashes, so importing the same folder again writes
+the same bytes (no new DVC version) and the same photo under two names is one image. Near duplicates
+(perceptual hash) share a group, and a group never straddles train/validation/test.
+
+On the first import of a user's dataset a slice of groups (``golden_fraction``) is set aside into
+``settings.golden_dir``: the frozen golden set the gates judge on, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lightbox import label_formats as formats
+from lightbox import manifest
+from lightbox.imaging import ImageDecodeError
+from lightbox.label_formats import Columns, Parsed, Problem, Record
+from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec
+from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
+from lightbox.settings import Settings
+from lightbox.source_tree import SourceNotFound, SourceTree, open_tree
+
+log = logging.getLogger(__name__)
+REPORT_NAME = "import"
+
+
+class ImportFailed(RuntimeError):
+    """The import was refused; data/ is unchanged. The message says why and where the report is."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    format: str | None = None  # None: detected
+    score_column: str | None = None
+    tags_column: str | None = None
+    split_column: str | None = None
+    group_column: str | None = None
+    score_range: str | None = None  # "LOW,HIGH"; None: the observed min and max
+    local_files_root: str | None = None
+    media_root: str | None = None
+    append: bool = False
+    golden: str | None = None  # a user-supplied golden source (any format); None: set a slice aside
+    source_format: str | None = None  # recorded in the label spec instead of the parsed format
+    source_label: str | None = None  # recorded as the source instead of SOURCE (a temporary folder)
+
+
+@dataclass
+class ImportResult:
+    data_dir: str
+    source: str
+    format: str
+    n_images: int
+    n_new: int  # images not in the dataset before this import
+    n_quarantined: int
+    changed: bool  # False when the import wrote nothing (same data as before)
+    splits: dict[str, int]
+    n_golden: int  # images in the golden set (set aside now, or before)
+    tags: list[str]  # the training vocabulary
+    excluded_tags: list[str]
+    score_name: str | None
+    score_range: list[float] | None
+    score_range_source: str
+    exact_duplicates: int
+    near_duplicate_groups: int
+    report: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Photo:
+    """One accepted image: its merged labels and what its bytes told us."""
+
+    info: PhotoInfo
+    data: bytes
+    origins: list[str]
+    scores: list[float]  # one per labelled record of this content (the same photo under two names)
+    tags: tuple[str, ...]
+    split: str | None
+    group: str | None
+    extra: dict[str, str]
+
+    @property
+    def score(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+
+# --- the stage ------------------------------------------------------------------------------------------
+
+
+def run(settings: Settings, source: str, options: ImportOptions | None = None) -> ImportResult:
+    options = options or ImportOptions()
+    remove_stale_builds(settings.data_dir)
+    remove_stale_builds(settings.golden_dir)
+    given_range = manifest.parse_score_range(options.score_range)
+    tree = open_tree(source, settings.s3_endpoint_url)
+    parsed = parse_source(tree, options)
+    photos, problems, n_exact = load_photos(tree, parsed, settings)
+
+    existing = _existing(settings)
+    if existing is not None and not options.append:
+        # Importing the same source again keeps each image's split and group (a no-op when nothing
+        # changed); another source replaces the dataset.
+        same_source = existing[1].source == (options.source_label or source)
+        existing = ([r for r in existing[0] if r["image_id"] in photos], existing[1]) if same_source else None
+    golden_ids = _golden_ids(settings)
+    notes = list(parsed.notes)
+    if golden_ids:
+        kept = {k: p for k, p in photos.items() if k not in golden_ids}
+        if len(kept) < len(photos):
+            notes.append(f"{len(photos) - len(kept)} photos are in the golden set and are not trained on")
+        photos = kept
+
+    old_rows = existing[0] if existing else []
+    old_spec = existing[1] if existing else None
+    score_range, range_source = _score_range(photos, old_rows, given_range, old_spec)
+    if score_range is not None:
+        problems += _out_of_range(photos, score_range)
+    if parsed.score_name is None and not parsed.has_tags and not old_rows:
+        raise ImportFailed(
+            f"{source}: found no score and no tags column: name them with --score-column / --tags-column"
+        )
+
+    n_total = len(photos) + len(problems)
+    report = write_report(settings, source, parsed.format, problems, notes)
+    bad_fraction = len(problems) / max(n_total, 1)
+    if not photos or bad_fraction > settings.max_quarantine_fraction:
+        copy_to_quarantine(settings, tree, problems)
+        raise ImportFailed(
+            f"import refused: {len(problems)} of {n_total} images or rows are unusable ({bad_fraction:.1%}, "
+            f"limit {settings.max_quarantine_fraction:.1%}); data/ is unchanged. Reasons: {report}"
+        )
+
+    groups, n_near = assign_groups(photos, old_rows, settings.near_duplicate_distance)
+    rows, split_policy = build_rows(photos, groups, old_rows, settings, parsed)
+    golden_rows: list[dict[str, str]] = []
+    first_import = not old_rows and not golden_ids and options.golden is None
+    synthetic = (options.source_format or parsed.format) == "synthetic"
+    if first_import and not synthetic and settings.golden_fraction > 0:
+        rows, golden_rows = set_aside_golden(rows, settings)
+    if split_policy == "group":  # given splits are the user's: a tag missing from train is reported
+        rows = ensure_tags_in_train(rows, settings.min_tag_count)
+
+    spec = LabelSpec(
+        tag_counts=manifest.count_tags(rows),
+        min_tag_count=settings.min_tag_count,
+        score_name=(parsed.score_name or (old_spec.score_name if old_spec else None))
+        if score_range
+        else None,
+        score_range=score_range,
+        score_range_source=range_source,
+        split_policy=split_policy,
+        source_format=options.source_format or parsed.format,
+        source=old_spec.source if old_spec and options.append else (options.source_label or source),
+        seed=settings.split_seed,
+    )
+    copy_to_quarantine(settings, tree, problems)
+    changed = write_dataset(settings.data_dir, rows, spec, photos, settings.data_dir)
+    if golden_rows:
+        golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(golden_rows)})
+        write_dataset(settings.golden_dir, golden_rows, golden_spec, photos, None)
+    if options.golden is not None:
+        import_golden(settings, options.golden, options, spec)
+
+    old_ids = {r["image_id"] for r in old_rows}
+    counts = Counter(r["split"] for r in rows)
+    return ImportResult(
+        data_dir=str(settings.data_dir),
+        source=options.source_label or source,
+        format=parsed.format,
+        n_images=len(rows),
+        n_new=sum(1 for r in rows if r["image_id"] not in old_ids),
+        n_quarantined=len(problems),
+        changed=changed,
+        splits={s: counts.get(s, 0) for s in SPLITS},
+        n_golden=len(golden_rows) or len(golden_ids),
+        tags=list(spec.tags),
+        excluded_tags=list(spec.excluded_tags),
+        score_name=spec.score_name,
+        score_range=list(score_range) if score_range else None,
+        score_range_source=range_source,
+        exact_duplicates=n_exact,
+        near_duplicate_groups=n_near,
+        report=str(report),
+        notes=notes + _spec_notes(spec),
+    )
+
+
+def _spec_notes(spec: LabelSpec) -> list[str]:
+    notes = []
+    if spec.excluded_tags:
+        notes.append(
+            f"tags on fewer than {spec.min_tag_count} images are left out of training: "
+            + ", ".join(f"{t} ({spec.tag_counts[t]})" for t in spec.excluded_tags)
+        )
+    if spec.score_range and spec.score_range_source == "observed":
+        low, high = spec.score_range
+        notes.append(f"score range {low:g}..{high:g} is the observed min and max (set it with --score-range)")
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+# --- reading the source ---------------------------------------------------------------------------------
+
+
+def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
+    files = tree.files()
+    fmt = options.format or formats.detect(files, source_is_file=tree.single_file is not None)
+    if fmt not in formats.FORMATS:
+        raise formats.FormatError(f"unknown format {fmt!r}: one of {', '.join(formats.FORMATS)}")
+    columns = Columns(options.score_column, options.tags_column, options.split_column, options.group_column)
+    if fmt == "imagefolder":
+        return formats.parse_imagefolder(files, tree.read, columns)
+    if fmt == "classfolders":
+        return formats.parse_classfolders(files)
+    exports = (
+        [tree.single_file] if tree.single_file else [f for f in files if "/" not in f and f.endswith(".json")]
+    )
+    if len(exports) != 1:
+        raise formats.FormatError(
+            f"expected one Label Studio .json export at the source's top level, found {len(exports)}: "
+            "give the export file itself as SOURCE"
+        )
+    roots = formats.Roots(
+        export_dir=tree.root,
+        local_files_root=options.local_files_root,
+        media_root=options.media_root,
+    )
+    return formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns)
+
+
+def _inspect(
+    tree: SourceTree, record: Record, settings: Settings
+) -> tuple[Record, PhotoInfo | None, bytes, str]:
+    try:
+        data = tree.read(record.ref)
+    except SourceNotFound:
+        return record, None, b"", "file is missing"
+    except OSError as exc:
+        return record, None, b"", f"cannot read: {exc.strerror or exc}"
+    try:
+        return (
+            record,
+            inspect(data, max_pixels=settings.max_pixels, min_side=settings.min_image_side),
+            data,
+            "",
+        )
+    except ImageDecodeError as exc:
+        return record, None, data, str(exc)
+
+
+def load_photos(
+    tree: SourceTree, parsed: Parsed, settings: Settings
+) -> tuple[dict[str, Photo], list[Problem], int]:
+    """Read and check every record's photo in threads; merge records of the same content.
+
+    Returns (photos by image id, problems, exact duplicates merged). Bytes are kept for the copy;
+    decoded pixels are not (a camera photo decodes at reduced size for the hash).
+    """
+    problems = list(parsed.problems)
+    photos: dict[str, Photo] = {}
+    n_exact = 0
+    workers = settings.import_workers or max(1, len(os.sched_getaffinity(0)))
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(parsed.records), desc="import", unit="img") as bar,
+    ):
+        for record, info, data, reason in pool.map(lambda r: _inspect(tree, r, settings), parsed.records):
+            bar.update()
+            if info is None:
+                problems.append(Problem(record.origin, reason))
+                continue
+            seen = photos.get(info.image_id)
+            if seen is None:
+                scores = [] if record.score is None else [record.score]
+                photos[info.image_id] = Photo(
+                    info, data, [record.origin], scores, record.tags, record.split, record.group, record.extra
+                )
+                continue
+            n_exact += 1
+            _merge(seen, record)
+    return photos, problems, n_exact
+
+
+def _merge(photo: Photo, record: Record) -> None:
+    """The same photo under another name: tags are the union (classfolders: one folder per tag), the
+    score the mean of the labelled ones, the first given split and group win."""
+    photo.origins.append(record.origin)
+    photo.tags = tuple(sorted(set(photo.tags) | set(record.tags)))
+    if record.score is not None:
+        photo.scores.append(record.score)
+    photo.split = photo.split or record.split
+    photo.group = photo.group or record.group
+
+
+def _score_range(
+    photos: Mapping[str, Photo],
+    old_rows: Sequence[Mapping[str, str]],
+    given: tuple[float, float] | None,
+    old_spec: LabelSpec | None,
+) -> tuple[tuple[float, float] | None, str]:
+    if given is not None:
+        return given, "given"
+    if old_spec is not None and old_spec.score_range is not None and old_spec.score_range_source == "given":
+        return old_spec.score_range, "given"  # an append keeps the scale the dataset declared
+    scores = [p.score for p in photos.values() if p.score is not None]
+    scores += [s for s in (manifest.parse_score(r["score"]) for r in old_rows) if s == s]
+    if not scores:
+        return None, "observed"
+    low, high = min(scores), max(scores)
+    if low == high:
+        return (low, low + 1.0), "observed"  # one distinct score: a degenerate range would divide by 0
+    return (low, high), "observed"
+
+
+def _out_of_range(photos: dict[str, Photo], score_range: tuple[float, float]) -> list[Problem]:
+    low, high = score_range
+    bad = [k for k, p in photos.items() if p.score is not None and not low <= p.score <= high]
+    problems = [
+        Problem(photos[k].origins[0], f"score {photos[k].score:g} is outside the range {low:g}..{high:g}")
+        for k in bad
+    ]
+    for k in bad:
+        del photos[k]
+    return problems
+
+
+# --- groups and splits ----------------------------------------------------------------------------------
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def assign_groups(
+    photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]], max_distance: int
+) -> tuple[dict[str, str], int]:
+    """image id -> group. Photos with the same given group, and near duplicates (phash distance <=
+    max_distance), are one group; an old row's group is kept and pulls its new near duplicates in.
+    Returns (groups, number of groups joined by near duplicates)."""
+    ids = [r["image_id"] for r in old_rows] + sorted(photos)
+    hashes = [r["phash"] for r in old_rows] + [photos[i].info.phash for i in sorted(photos)]
+    given = [r["group"] for r in old_rows] + [photos[i].group or "" for i in sorted(photos)]
+    uf = _UnionFind(len(ids))
+    first_by_group: dict[str, int] = {}
+    for i, g in enumerate(given):
+        if g:
+            uf.union(first_by_group.setdefault(g, i), i)
+    n_near = 0
+    for i, j, _ in near_duplicate_pairs(hashes, max_distance):
+        if uf.find(i) != uf.find(j):
+            n_near += 1
+        uf.union(i, j)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(ids)):
+        members[uf.find(i)].append(i)
+    groups: dict[str, str] = {}
+    for idx in members.values():
+        # A component keeps an old row's group name, else a given name, else its smallest image id.
+        name = next((given[i] for i in idx if i < len(old_rows)), None) or next(
+            (given[i] for i in sorted(idx, key=lambda k: ids[k]) if given[i]), None
+        )
+        name = name or min(ids[i] for i in idx)
+        for i in idx:
+            groups[ids[i]] = name
+    return groups, n_near
+
+
+def split_of_group(group: str, seed: int, fractions: tuple[float, float, float]) -> str:
+    """A stable split for a new group: the same group always lands in the same split, whatever else
+    the batch holds (an append never reshuffles)."""
+    u = (zlib.crc32(f"{seed}:{group}".encode()) & 0xFFFFFFFF) / 2**32
+    cum = np.cumsum(fractions)
+    return SPLITS[int(np.searchsorted(cum, u, side="right").clip(0, 2))]
+
+
+def assign_splits_by_group(
+    groups: Sequence[str], seed: int, fractions: tuple[float, float, float]
+) -> dict[str, str]:
+    """Seeded permutation of the distinct groups, cut by fractions (at least one group in each split
+    when there are three or more). Deterministic for the same groups in any order."""
+    from lightbox.dataset import assign_splits
+
+    return assign_splits(sorted(set(groups)), seed, fractions)
+
+
+def build_rows(
+    photos: Mapping[str, Photo],
+    groups: Mapping[str, str],
+    old_rows: Sequence[Mapping[str, str]],
+    settings: Settings,
+    parsed: Parsed,
+) -> tuple[list[dict[str, str]], str]:
+    """Manifest rows: old rows keep their split (and take new labels when relabelled), new photos get
+    the source's split, else their group's split, else one assigned by group."""
+    val, test = settings.split_validation_fraction, settings.split_test_fraction
+    fractions = (1.0 - val - test, val, test)
+    given = any(p.split for p in photos.values())
+    old = {r["image_id"]: dict(r) for r in old_rows}
+    split_of: dict[str, str] = {}
+    for r in old_rows:
+        split_of.setdefault(groups[r["image_id"]], r["split"])
+    new_groups = sorted({groups[k] for k in photos if k not in old} - set(split_of))
+    if given:
+        policy = "given"
+        for k, p in photos.items():
+            if p.split and k not in old:
+                split_of.setdefault(groups[k], p.split)
+    else:
+        policy = "group"
+    pending = [g for g in new_groups if g not in split_of]
+    if pending:
+        if old_rows:
+            split_of |= {g: split_of_group(g, settings.split_seed, fractions) for g in pending}
+        else:
+            split_of |= assign_splits_by_group(pending, settings.split_seed, fractions)
+    rows: list[dict[str, str]] = []
+    for image_id, r in old.items():
+        p = photos.get(image_id)
+        if p is not None:  # in this batch too: its labels are the newest word (a relabel)
+            r |= _labels(p, r["split"])
+        rows.append(r)
+    for image_id, p in photos.items():
+        if image_id in old:
+            continue
+        split = p.split if (given and p.split) else split_of[groups[image_id]]
+        rows.append(_row(p, split, groups[image_id]))
+    return sorted(rows, key=lambda r: r["image_id"]), policy
+
+
+def _labels(p: Photo, split: str) -> dict[str, str]:
+    return {
+        "score": manifest.format_score(p.score),
+        "tags": manifest.tags_to_cell(p.tags),
+        "split": split,
+    }
+
+
+def _row(p: Photo, split: str, group: str) -> dict[str, str]:
+    return {
+        "image_id": p.info.image_id,
+        "path": f"{IMAGES_SUBDIR}/{p.info.image_id}{p.info.ext}",
+        "group": group,
+        "width": str(p.info.width),
+        "height": str(p.info.height),
+        "phash": p.info.phash,
+        "original": p.origins[0],
+        **_labels(p, split),
+        **p.extra,
+    }
+
+
+def set_aside_golden(
+    rows: list[dict[str, str]], settings: Settings
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Move a seeded share of whole groups to the golden split. Given splits keep train intact: the
+    golden groups come from test, else validation. A group is skipped when it would take the last
+    training examples of a tag."""
+    by_group: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    pool_splits = ("test",) if any(r["split"] == "test" for r in rows) else ("validation", "test", "train")
+    candidates = sorted(g for g, rs in by_group.items() if all(r["split"] in pool_splits for r in rs))
+    if not candidates:
+        candidates = sorted(by_group)
+    order = [
+        candidates[i] for i in np.random.default_rng(settings.split_seed + 1).permutation(len(candidates))
+    ]
+    target = max(1, round(settings.golden_fraction * len(rows)))
+    remaining = Counter(t for r in rows for t in manifest.cell_to_tags(r["tags"]))
+    taken: set[str] = set()
+    n = 0
+    for g in order:
+        if n >= target or len(by_group) - len(taken) <= 3:
+            break
+        tags = Counter(t for r in by_group[g] for t in manifest.cell_to_tags(r["tags"]))
+        if any(
+            remaining[t] - c < settings.min_tag_count and remaining[t] >= settings.min_tag_count
+            for t, c in tags.items()
+        ):
+            continue
+        taken.add(g)
+        remaining -= tags
+        n += len(by_group[g])
+    golden = [r | {"split": GOLDEN_SPLIT} for r in rows if r["group"] in taken]
+    return [r for r in rows if r["group"] not in taken], golden
+
+
+def ensure_tags_in_train(rows: list[dict[str, str]], min_count: int) -> list[dict[str, str]]:
+    """Every tag that will be trained on (>= min_count images) gets examples in train: for a tag with
+    none, the smallest group holding it moves to train (groups stay whole)."""
+    counts = Counter(t for r in rows for t in manifest.cell_to_tags(r["tags"]))
+    in_train = {t for r in rows if r["split"] == "train" for t in manifest.cell_to_tags(r["tags"])}
+    missing = sorted(t for t, n in counts.items() if n >= min_count and t not in in_train)
+    if not missing:
+        return rows
+    by_group: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    moved: set[str] = set()
+    for tag in missing:
+        holders = sorted(
+            (g for g, rs in by_group.items() if any(tag in manifest.cell_to_tags(r["tags"]) for r in rs)),
+            key=lambda g: (len(by_group[g]), g),
+        )
+        if holders and not moved.intersection(holders):
+            moved.add(holders[0])
+    return [r | {"split": "train"} if r["group"] in moved else r for r in rows]
+
+
+# --- writing --------------------------------------------------------------------------------------------
+
+
+def remove_stale_builds(target: Path) -> None:
+    """Half-built folders a killed import left beside ``target`` (their process is gone)."""
+    if not target.parent.is_dir():
+        return
+    for stale in target.parent.glob(f".{target.name}.building-*"):
+        pid = stale.name.split(".building-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a folder of ours from an earlier call of this process was abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_dataset(
+    target: Path,
+    rows: Sequence[Mapping[str, str]],
+    spec: LabelSpec,
+    photos: Mapping[str, Photo],
+    previous: Path | None,
+) -> bool:
+    """Build the folder beside ``target`` and swap it in; False (nothing written) when the manifest and
+    the label spec are byte-identical to what is there (images are content-addressed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The pid in the name lets the next run tell an abandoned build from a running one.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{os.getpid()}-", dir=target.parent))
+    try:
+        (tmp / IMAGES_SUBDIR).mkdir()
+        manifest.write_manifest(tmp, list(rows))
+        manifest.write_label_spec(tmp, spec)
+        if _same(tmp, target, rows):
+            shutil.rmtree(tmp)
+            return False
+        for r in tqdm(rows, desc=f"write {target.name}", unit="img", disable=len(rows) < 500):
+            dest = tmp / r["path"]
+            p = photos.get(r["image_id"])
+            if p is not None:
+                dest.write_bytes(p.data)
+            elif previous is not None and (previous / r["path"]).is_file():
+                _link_or_copy(previous / r["path"], dest)
+            else:
+                raise ImportFailed(
+                    f"{r['image_id']} is in the dataset but its file {previous}/{r['path']} is gone"
+                )
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the swapped-in folder should look like any other
+        swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def _same(new: Path, old: Path, rows: Sequence[Mapping[str, str]]) -> bool:
+    for name in (manifest.MANIFEST_NAME, manifest.LABELS_NAME):
+        if not (old / name).is_file() or (old / name).read_bytes() != (new / name).read_bytes():
+            return False
+    return all((old / r["path"]).is_file() for r in rows)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    # A hard link makes an append cost O(new images); the old folder is removed after the swap.
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    # Two renames (POSIX has no portable directory swap): between them the target is briefly absent,
+    # but a crash there leaves the complete old copy at `.<name>.old-<pid>`, never a partial dataset.
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _existing(settings: Settings) -> tuple[list[dict[str, str]], LabelSpec] | None:
+    if not (settings.data_dir / manifest.MANIFEST_NAME).is_file():
+        return None
+    return manifest.read_manifest(settings.data_dir), manifest.read_label_spec(settings.data_dir)
+
+
+def _golden_ids(settings: Settings) -> set[str]:
+    if not (settings.golden_dir / manifest.MANIFEST_NAME).is_file():
+        return set()
+    return {r["image_id"] for r in manifest.read_manifest(settings.golden_dir)}
+
+
+def import_golden(settings: Settings, source: str, options: ImportOptions, spec: LabelSpec) -> int:
+    """A user-supplied golden set (any import format), on the dataset's label spec."""
+    tree = open_tree(source, settings.s3_endpoint_url)
+    parsed = parse_source(tree, ImportOptions(**{**asdict(options), "format": None, "golden": None}))
+    photos, problems, _ = load_photos(tree, parsed, settings)
+    if problems:
+        log.warning("golden set %s: %d unusable rows or images left out", source, len(problems))
+    if spec.score_range is not None:
+        problems += _out_of_range(photos, spec.score_range)
+    rows = [_row(p, GOLDEN_SPLIT, p.group or k) for k, p in sorted(photos.items())]
+    golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(rows)})
+    write_dataset(settings.golden_dir, rows, golden_spec, photos, None)
+    return len(rows)
+
+
+# --- report and quarantine ------------------------------------------------------------------------------
+
+
+def write_report(
+    settings: Settings, source: str, fmt: str, problems: Sequence[Problem], notes: Sequence[str]
+) -> Path:
+    """``<reports_dir>/import.json`` and ``.md``: every unusable image or row by name, with the reason."""
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "source": source,
+        "format": fmt,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "problems": [{"origin": p.origin, "reason": p.reason} for p in problems],
+        "notes": list(notes),
+    }
+    (settings.reports_dir / f"{REPORT_NAME}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    lines = [f"# Import report: {source} ({fmt})", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", f"## Quarantined ({len(problems)})", ""]
+    lines += ["| image or row | reason |", "|---|---|"] if problems else ["None."]
+    lines += [f"| {p.origin.replace('|', '/')} | {p.reason.replace('|', '/')} |" for p in problems]
+    path = settings.reports_dir / f"{REPORT_NAME}.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def read_report(settings: Settings) -> dict | None:
+    path = settings.reports_dir / f"{REPORT_NAME}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def copy_to_quarantine(settings: Settings, tree: SourceTree, problems: Sequence[Problem]) -> Path | None:
+    """Copies of the unusable files that exist (the user's originals stay where they are) and a CSV of
+    every problem, in a fresh timestamped folder."""
+    if not problems:
+        return None
+    target = settings.quarantine_dir / datetime.now(UTC).strftime("import-%Y%m%dT%H%M%S%fZ")
+    target.mkdir(parents=True, exist_ok=False)
+    rows = []
+    for i, p in enumerate(problems):
+        rows.append({"origin": p.origin, "reason": p.reason})
+        ref = p.origin.split(" (", 1)[-1].rstrip(")") if " (" in p.origin else p.origin
+        try:
+            data = tree.read(ref)
+        except (OSError, ValueError):
+            continue
+        (target / f"{i:05d}-{Path(ref).name}").write_bytes(data)
+    manifest.write_csv(target / "quarantined.csv", ("origin", "reason"), rows)
+    return target
