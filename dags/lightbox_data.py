@@ -1,15 +1,22 @@
-"""lightbox_data: build labeled images -> validate -> version with DVC -> features into Feast.
+"""lightbox_data: import labelled images -> validate -> version with DVC -> features into Feast.
 
-Wiring only: every task body is a pipelines.* function. Its last task updates the features Asset,
+Wiring only: every task body is a pipelines.* function. Trigger it with ``source`` (a folder, an export
+file or s3://bucket/prefix) to import your photos; without one it renders the synthetic demo set. Every
+param defaults to None so that the LIGHTBOX_* settings apply. Its last task updates the features Asset,
 which schedules lightbox_train.
 """
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-FEATURES = Asset("lightbox://features/image_quality_v1")
+from lightbox.adapters.airflow_assets import FEATURES
+
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
+
+
+def _text(description: str) -> Param:
+    return Param(None, type=["null", "string"], description=description)
 
 
 @dag(
@@ -19,31 +26,47 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
     tags=["lightbox"],
     default_args=RETRIES,
     params={
-        "n_sources": Param(40, type="integer", minimum=3, description="source images"),
-        "variants": Param(12, type="integer", minimum=1, description="distorted variants per source"),
+        "source": _text(
+            "your labelled photos: a folder, an export file or s3://bucket/prefix; empty: demo set"
+        ),
+        "format": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "imagefolder", "labelstudio", "classfolders"],
+            description="empty: detected",
+        ),
+        "score_column": _text("score column or Label Studio control (default: score)"),
+        "tags_column": _text("tags column or Label Studio control (default: tags)"),
+        "split_column": _text("split column (default: split)"),
+        "group_column": _text("group column (default: group)"),
+        "score_range": _text("LOW,HIGH, e.g. 1,10 (default: the observed min and max)"),
+        "local_files_root": _text("Label Studio LOCAL_FILES_DOCUMENT_ROOT"),
+        "media_root": _text("Label Studio media folder (for /data/upload/ paths)"),
+        "append": Param(False, type="boolean", description="add to the dataset instead of replacing it"),
+        "golden": _text("your own golden set (any format); empty: a slice is set aside at the first import"),
+        "n_sources": Param(None, type=["null", "integer"], minimum=3, description="demo set: source images"),
+        "variants": Param(None, type=["null", "integer"], minimum=1, description="demo set: variants each"),
     },
 )
 def lightbox_data():
     @task
-    def build(**context) -> dict:
+    def ingest(**context) -> dict:
         from dataclasses import asdict
 
         from lightbox.settings import load_settings
-        from pipelines import data
+        from pipelines import ingest as stage
 
-        p = context["params"]
-        result = data.run(load_settings(), n_sources=p["n_sources"], variants=p["variants"])
-        return {k: str(v) for k, v in asdict(result).items()}
+        return asdict(stage.run(load_settings(), context["params"]))
 
     @task
-    def validate(_built: dict) -> dict:
+    def validate(_ingested: dict) -> dict:
         from lightbox.settings import load_settings
         from pipelines import validate_data
 
         result = validate_data.run(load_settings())
         return {
             "n_images": result.n_images,
-            "quarantined": len(result.quarantined),
+            "quarantined": len(result.quarantined) + len(result.import_problems),
             "report": str(result.report_md),
         }
 
@@ -63,7 +86,7 @@ def lightbox_data():
 
         return asdict(features_stage.run(load_settings()))
 
-    features(version(validate(build())))
+    features(version(validate(ingest())))
 
 
 lightbox_data()

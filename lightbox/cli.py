@@ -27,13 +27,79 @@ def _print(result: object) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """A known error: one red line with what to do, no traceback."""
+    typer.secho(message, fg="red", err=True)
+    return typer.Exit(code)
+
+
+def _import_errors() -> tuple[type[BaseException], ...]:
+    from lightbox.label_formats import FormatError
+    from lightbox.manifest import ManifestError
+    from lightbox.source_tree import SourceNotFound
+    from pipelines.importer import ImportFailed
+
+    return (FormatError, ImportFailed, ManifestError, SourceNotFound, ValueError)
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[str, typer.Argument(help="a folder, an export file, or s3://bucket/prefix")],
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="imagefolder | labelstudio | classfolders (default: detected)"),
+    ] = None,
+    score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,
+    tags_column: Annotated[str | None, typer.Option(help="tags column / Label Studio control")] = None,
+    split_column: Annotated[str | None, typer.Option(help="split column (train/validation/test)")] = None,
+    group_column: Annotated[str | None, typer.Option(help="group column (kept within one split)")] = None,
+    score_range: Annotated[str | None, typer.Option(help="LOW,HIGH (default: observed min,max)")] = None,
+    local_files_root: Annotated[
+        str | None, typer.Option(help="Label Studio LOCAL_FILES_DOCUMENT_ROOT (default: the export's folder)")
+    ] = None,
+    media_root: Annotated[
+        str | None,
+        typer.Option(help="Label Studio media folder for /data/upload/ (default: the export's folder)"),
+    ] = None,
+    append: Annotated[
+        bool, typer.Option("--append", help="add to the dataset; old images keep their splits")
+    ] = False,
+    golden: Annotated[
+        str | None, typer.Option(help="your own golden set (any format) instead of a slice")
+    ] = None,
+) -> None:
+    """Bring labelled photos into data/ (your files are only read), then validate, version, featurize
+    with `lightbox data validate`, `lightbox data version`, `lightbox features` (or the lightbox_data DAG)."""
+    from pipelines import importer
+
+    options = importer.ImportOptions(
+        format=format,
+        score_column=score_column,
+        tags_column=tags_column,
+        split_column=split_column,
+        group_column=group_column,
+        score_range=score_range,
+        local_files_root=local_files_root,
+        media_root=media_root,
+        append=append,
+        golden=golden,
+    )
+    try:
+        result = importer.run(load_settings(), source, options)
+    except _import_errors() as exc:
+        raise _fail(f"import failed: {exc}") from None
+    _print(result)
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg="yellow", err=True)
+
+
 @data_app.command("build")
 def data_build(
     sources: Annotated[int | None, typer.Option(help="number of source images")] = None,
     variants: Annotated[int | None, typer.Option(help="distorted variants per source")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
-    """Render the deterministic labeled dataset into data/."""
+    """Render the synthetic demo set and import it into data/ (one source among others)."""
     from pipelines import data
 
     _print(data.run(load_settings(), n_sources=sources, variants=variants, seed=seed))
@@ -45,39 +111,91 @@ def data_validate() -> None:
     from pipelines import validate_data
 
     try:
-        _print(validate_data.run(load_settings()))
+        result = validate_data.run(load_settings())
     except validate_data.DataValidationError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+        _print_quarantine(exc.result)
+        raise _fail(str(exc)) from None
+    _print_quarantine(result)
+    typer.echo(f"data validation passed: {result.n_images} images (report: {result.report_md})")
+
+
+def _print_quarantine(result) -> None:  # noqa: ANN001 - a DataValidationResult
+    for image_id, reason in result.quarantined:
+        typer.secho(f"quarantined {image_id}: {reason}", fg="yellow", err=True)
+    for origin, reason in result.import_problems:
+        typer.secho(f"quarantined at import {origin}: {reason}", fg="yellow", err=True)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 @data_app.command("version")
 def data_version() -> None:
     """dvc add + push data/, commit data.dvc; prints the dataset version."""
+    from lightbox.manifest import ManifestError
     from pipelines import version_data
 
-    _print(version_data.run(load_settings()))
+    try:
+        _print(version_data.run(load_settings()))
+    except ManifestError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _manifest_at(rev: str) -> list[dict[str, str]]:
+    from lightbox import manifest
+    from lightbox.adapters import dvc_repo
+
+    return manifest.rows_from_bytes(dvc_repo.read_file_at(load_settings(), manifest.MANIFEST_NAME, rev))
 
 
 @data_app.command("show")
 def data_show(rev: Annotated[str, typer.Option(help="git revision of data.dvc")] = "HEAD") -> None:
     """Print the manifest summary of the dataset as it was at a git revision (read through DVC)."""
-    import io
+    from collections import Counter
 
-    import pandas as pd
+    rows = _manifest_at(rev)
+    splits = dict(Counter(r["split"] for r in rows))
+    typer.echo(f"{len(rows)} images at {rev}; splits: {splits}")
 
-    from lightbox.adapters import dvc_repo
 
-    df = pd.read_csv(io.BytesIO(dvc_repo.read_file_at(load_settings(), "manifest.csv", rev)))
-    typer.echo(f"{len(df)} images at {rev}; splits: {df['split'].value_counts().to_dict()}")
+@data_app.command("diff")
+def data_diff(
+    rev_a: Annotated[str, typer.Argument(help="git revision (of data.dvc) before")],
+    rev_b: Annotated[str, typer.Argument(help="git revision after")] = "HEAD",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Images added, removed, relabelled and moved between two dataset versions."""
+    from dataclasses import asdict
+
+    from lightbox import manifest
+
+    d = manifest.diff(_manifest_at(rev_a), _manifest_at(rev_b))
+    if as_json:
+        _print(asdict(d))
+        return
+    typer.echo(
+        f"{rev_a} -> {rev_b}: {len(d.added)} added, {len(d.removed)} removed, "
+        f"{len(d.relabelled)} relabelled, {len(d.moved)} moved between splits"
+    )
+    for image_id in d.added:
+        typer.echo(f"+ {image_id}")
+    for image_id in d.removed:
+        typer.echo(f"- {image_id}")
+    for image_id, before, after in d.relabelled:
+        typer.echo(f"~ {image_id}: {before} -> {after}")
+    for image_id, before, after in d.moved:
+        typer.echo(f"> {image_id}: {before} -> {after}")
 
 
 @app.command()
 def features() -> None:
-    """Compute image features and materialize them in Feast."""
+    """Compute image features (only for images without cached ones) and materialize them in Feast."""
+    from lightbox.manifest import ManifestError
     from pipelines import features as stage
 
-    _print(stage.run(load_settings()))
+    try:
+        _print(stage.run(load_settings()))
+    except ManifestError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

@@ -68,11 +68,13 @@ def pick_images(settings: Settings) -> tuple[Path, Path]:
     """A pristine image and the most blurred variant of the same source."""
     import pandas as pd
 
-    m = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
+    from lightbox import manifest
+
+    m = pd.DataFrame(manifest.read_manifest(settings.data_dir))
     pure = m[m["distortions"].str.fullmatch(r"blur:\d")]
     candidates = pure if len(pure) else m[m["distortions"].str.startswith("blur:")]
-    blurred = candidates.sort_values("score").iloc[0]
-    same = m[(m["source_id"] == blurred["source_id"]) & (m["distortions"] == "none")]
+    blurred = candidates.assign(s=candidates["score"].astype(float)).sort_values("s").iloc[0]
+    same = m[(m["group"] == blurred["group"]) & (m["distortions"] == "none")]
     pristine = same.iloc[0] if len(same) else m[m["distortions"] == "none"].iloc[0]
     return settings.data_dir / pristine["path"], settings.data_dir / blurred["path"]
 

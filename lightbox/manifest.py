@@ -13,6 +13,7 @@ A missing score is an empty cell; an image with no tags has an empty ``tags`` ce
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -269,3 +270,37 @@ def count_tags(rows: Iterable[Mapping[str, str]]) -> dict[str, int]:
         for t in set(cell_to_tags(row.get("tags"))):
             counts[t] = counts.get(t, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# --- versions -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestDiff:
+    added: list[str]
+    removed: list[str]
+    relabelled: list[tuple[str, str, str]]  # (image_id, before, after) as "score=..; tags=.."
+    moved: list[tuple[str, str, str]]  # (image_id, split before, split after)
+
+
+def diff(before: Sequence[Mapping[str, str]], after: Sequence[Mapping[str, str]]) -> ManifestDiff:
+    """What changed between two versions of a manifest, by image id (a content hash)."""
+    a = {r["image_id"]: r for r in before}
+    b = {r["image_id"]: r for r in after}
+
+    def labels(r: Mapping[str, str]) -> str:
+        return f"score={r.get('score', '')}; tags={r.get('tags', '')}"
+
+    common = sorted(a.keys() & b.keys())
+    return ManifestDiff(
+        added=sorted(b.keys() - a.keys()),
+        removed=sorted(a.keys() - b.keys()),
+        relabelled=[(i, labels(a[i]), labels(b[i])) for i in common if labels(a[i]) != labels(b[i])],
+        moved=[(i, a[i]["split"], b[i]["split"]) for i in common if a[i]["split"] != b[i]["split"]],
+    )
+
+
+def rows_from_bytes(data: bytes) -> list[dict[str, str]]:
+    """Manifest rows from a file's bytes (a version read back through DVC)."""
+    text = data.decode("utf-8")
+    return list(csv.DictReader(io.StringIO(text)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +20,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from lightbox import distortions
-from lightbox.dataset import Distortion, assign_splits, photo_sources, procedural_scene, score_for, tags_for
+from lightbox.dataset import Distortion, photo_sources, procedural_scene, score_for, tags_for
 from lightbox.manifest import IMAGES_SUBDIR, TAG_SEPARATOR, write_csv
 from lightbox.settings import Settings
 from pipelines import importer
 
-METADATA_COLUMNS: tuple[str, ...] = ("file_name", "score", "tags", "split", "group", "distortions")
+# No split column: the importer assigns splits by group (the source image), as for a user's photos, and
+# moves a group to train when a tag would otherwise have no training example.
+METADATA_COLUMNS: tuple[str, ...] = ("file_name", "score", "tags", "group", "distortions")
 COMBINED_PROBABILITY = 0.2  # share of variants that get two different distortions
 CLEAN_VARIANTS = 2  # per source, besides the pristine original: see clean_variants()
 # Pairs that cancel out rather than compound: never combined.
@@ -50,7 +52,9 @@ def run(
     variants = settings.dataset_variants if variants is None else variants
     seed = settings.dataset_seed if seed is None else seed
     with tempfile.TemporaryDirectory(prefix="lightbox-synthetic-") as tmp:
-        render_imagefolder(Path(tmp), n_sources=n_sources, variants=variants, seed=seed, max_side=settings.image_max_side)
+        render_imagefolder(
+            Path(tmp), n_sources=n_sources, variants=variants, seed=seed, max_side=settings.image_max_side
+        )
         options = importer.ImportOptions(
             format="imagefolder",
             score_range="0,1",
@@ -67,8 +71,7 @@ def render_imagefolder(root: Path, *, n_sources: int, variants: int, seed: int, 
     if variants < 0:
         raise ValueError(f"variants must be >= 0, got {variants}")
     sources = load_sources(n_sources, seed, max_side)
-    splits = assign_splits([s.source_id for s in sources], seed)
-    rows = _write_images(root, sources, splits, variants, seed)
+    rows = _write_images(root, sources, variants, seed)
     write_csv(root / "metadata.csv", METADATA_COLUMNS, rows)
     return len(rows)
 
@@ -149,37 +152,31 @@ def clean_variants(img: Image.Image) -> list[tuple[bytes, str, tuple[int, int]]]
     return [(buf.getvalue(), ".jpg", img.size), (encode_png(small), ".png", small.size)]
 
 
-def _write_images(
-    root: Path, sources: Sequence[Source], splits: Mapping[str, str], variants: int, seed: int
-) -> list[dict[str, str]]:
+def _write_images(root: Path, sources: Sequence[Source], variants: int, seed: int) -> list[dict[str, str]]:
     (root / IMAGES_SUBDIR).mkdir()
     rows = []
     per_source = variants + 1 + CLEAN_VARIANTS
     with tqdm(total=len(sources) * per_source, desc="render synthetic set", unit="img") as bar:
         for index, source in enumerate(sources):
             rng = np.random.default_rng(_child_seed(seed, 1, index))
-            split = splits[source.source_id]
             for j in range(variants + 1):
                 plan = [] if j == 0 else plan_distortions(rng)
                 data, ext = render(source.image, plan, rng)
-                rows.append(_write(root, f"{source.source_id}-{j:02d}{ext}", data, source, split, plan))
+                rows.append(_write(root, f"{source.source_id}-{j:02d}{ext}", data, source, plan))
                 bar.update()
             for k, (data, ext, _) in enumerate(clean_variants(source.image), start=variants + 1):
-                rows.append(_write(root, f"{source.source_id}-{k:02d}{ext}", data, source, split, []))
+                rows.append(_write(root, f"{source.source_id}-{k:02d}{ext}", data, source, []))
                 bar.update()
     return sorted(rows, key=lambda r: r["file_name"])
 
 
-def _write(
-    root: Path, name: str, data: bytes, source: Source, split: str, plan: Sequence[Distortion]
-) -> dict[str, str]:
+def _write(root: Path, name: str, data: bytes, source: Source, plan: Sequence[Distortion]) -> dict[str, str]:
     rel = f"{IMAGES_SUBDIR}/{name}"
     (root / rel).write_bytes(data)
     return {
         "file_name": rel,
         "score": f"{score_for(plan):.4f}",  # fixed formatting: float repr must not vary the bytes
         "tags": TAG_SEPARATOR.join(tags_for(plan, source.content_tags)),
-        "split": split,
         "group": source.source_id,
         "distortions": "+".join(f"{k}:{lvl}" for k, lvl in plan) or "none",
     }

@@ -10,7 +10,9 @@ from PIL import Image
 
 from lightbox import dataset
 from lightbox.distortions import KINDS, LEVELS
-from lightbox.settings import CONTENT_TAGS, DEFECT_TAGS, TAG_VOCABULARY, Settings
+from lightbox import manifest
+from lightbox.dataset import CONTENT_TAGS, DEFECT_TAGS, TAG_VOCABULARY
+from lightbox.settings import Settings
 from pipelines import data
 
 pytestmark = pytest.mark.unit
@@ -143,7 +145,7 @@ def test_build_is_byte_for_byte_reproducible(settings: Settings) -> None:
     before = _snapshot(settings.data_dir)
     data.run(settings)
     assert _snapshot(settings.data_dir) == before
-    assert first.n_images == 5 * (3 + 1 + data.CLEAN_VARIANTS) and first.n_sources == 5
+    assert first.n_images == 5 * (3 + 1 + data.CLEAN_VARIANTS) and first.format == "imagefolder"
     # Rebuilding replaced the folder in place: no temp or old copies are left beside it.
     assert sorted(p.name for p in settings.data_dir.parent.iterdir() if p.name.startswith(".data")) == []
 
@@ -158,17 +160,20 @@ def test_other_seed_gives_other_data(settings: Settings) -> None:
 def test_manifest_format_and_consistency(settings: Settings) -> None:
     result = data.run(settings, n_sources=12, variants=2)
     header = (settings.data_dir / "manifest.csv").read_text().splitlines()[0]
-    assert header == ",".join(data.MANIFEST_COLUMNS)
+    assert header == ",".join((*manifest.COLUMNS, "distortions"))
     rows = _manifest(settings)
     assert [r["image_id"] for r in rows] == sorted(r["image_id"] for r in rows)
     assert len(rows) == result.n_images == 12 * (2 + 1 + data.CLEAN_VARIANTS) and sum(
         result.splits.values()
     ) == len(rows)
-    assert any(r["source_id"].startswith("scene-") for r in rows)  # more sources than bundled photos
+    assert any(r["group"].startswith("scene-") for r in rows)  # more sources than bundled photos
+    spec = manifest.read_label_spec(settings.data_dir)
+    assert spec.source_format == "synthetic" and spec.score_range == (0.0, 1.0)
     split_of: dict[str, set[str]] = {}
     for r in rows:
-        split_of.setdefault(r["source_id"], set()).add(r["split"])
+        split_of.setdefault(r["group"], set()).add(r["split"])
         path = settings.data_dir / r["path"]
+        assert r["image_id"] == hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # content-addressed
         with Image.open(path) as img:
             # <= 64: the clean 0.75x rendition is smaller than its source
             assert img.size == (int(r["width"]), int(r["height"])) and max(img.size) <= 64
@@ -177,11 +182,13 @@ def test_manifest_format_and_consistency(settings: Settings) -> None:
             assert r["path"].endswith(".jpg")  # the JPEG artefacts are the file's own bytes
         assert set(r["tags"].split("|")) <= set(TAG_VOCABULARY)
         if r["distortions"] == "none":
-            assert r["score"] == "1.0000" and r["max_level"] == "0"
+            assert float(r["score"]) == 1.0
         else:
-            levels = [int(part.split(":")[1]) for part in r["distortions"].split("+")]
-            assert int(r["max_level"]) == max(levels) and 0.0 <= float(r["score"]) < 1.0
-    assert all(len(s) == 1 for s in split_of.values())
+            assert 0.0 <= float(r["score"]) < 1.0
+    assert all(len(s) == 1 for s in split_of.values())  # a source's variants never straddle splits
+    # Every tag trained on has examples in train (the importer moves whole groups there if needed).
+    in_train = {t for r in rows if r["split"] == "train" for t in r["tags"].split("|") if t}
+    assert set(spec.tags) <= in_train
 
 
 def test_a_crash_mid_build_keeps_the_previous_dataset(
@@ -193,7 +200,7 @@ def test_a_crash_mid_build_keeps_the_previous_dataset(
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(data, "write_manifest", boom)
+    monkeypatch.setattr(manifest, "write_manifest", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         data.run(settings, seed=99)
     assert _snapshot(settings.data_dir) == before

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lightbox import manifest
 from lightbox.settings import Settings
 from pipelines import data, validate_data
 from pipelines.validate_data import DataValidationError
@@ -32,26 +33,26 @@ def built(tmp_path: Path) -> Settings:
 
 
 def _read(settings: Settings) -> tuple[list[str], Rows]:
-    return data.read_manifest(settings.data_dir / data.MANIFEST_NAME)
+    return manifest.read_csv(settings.data_dir / manifest.MANIFEST_NAME)
 
 
 def _edit(settings: Settings, change: Callable[[Rows], None]) -> None:
     header, rows = _read(settings)
     change(rows)
-    with (settings.data_dir / data.MANIFEST_NAME).open("w", newline="") as f:
+    with (settings.data_dir / manifest.MANIFEST_NAME).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 
 
 def test_a_fresh_build_passes_and_writes_both_reports(built: Settings) -> None:
-    manifest_before = (built.data_dir / data.MANIFEST_NAME).read_bytes()
+    manifest_before = (built.data_dir / manifest.MANIFEST_NAME).read_bytes()
     result = validate_data.run(built)
     assert result.passed and result.n_images == IMAGES and result.quarantined == []
     assert all(c.success for c in result.checks) and len(result.checks) >= 10
     assert "PASSED" in result.report_md.read_text()
     assert "<table>" in result.report_html.read_text()
-    assert (built.data_dir / data.MANIFEST_NAME).read_bytes() == manifest_before  # untouched when clean
+    assert (built.data_dir / manifest.MANIFEST_NAME).read_bytes() == manifest_before  # untouched when clean
 
 
 def test_corrupt_images_are_quarantined_not_deleted(tmp_path: Path) -> None:
@@ -102,23 +103,18 @@ def _duplicate_id(rows: Rows) -> None:
     rows[1]["image_id"] = rows[0]["image_id"]
 
 
-def _leaky_source(rows: Rows) -> None:
+def _leaky_group(rows: Rows) -> None:
     other = next(s for s in ("train", "validation", "test") if s != rows[0]["split"])
     rows[0]["split"] = other
-
-
-def _missing_score(rows: Rows) -> None:
-    rows[0]["score"] = ""
 
 
 @pytest.mark.parametrize(
     ("change", "message", "example"),
     [
-        (_bad_score, "score is between 0 and 1", "1.7"),
-        (_unknown_tag, "every tag is in TAG_VOCABULARY", "sunset"),
-        (_duplicate_id, "image_id is unique", "-00"),
-        (_leaky_source, "no source_id is in two splits", "astronaut"),
-        (_missing_score, "score is present in every row", "1 unexpected"),
+        (_bad_score, "score is within the declared range 0..1", "1.7 ("),
+        (_unknown_tag, "every tag is in the label spec's vocabulary", "sunset ("),
+        (_duplicate_id, "image_id is unique", "unexpected"),
+        (_leaky_group, "is in two splits", "unexpected"),
     ],
 )
 def test_bad_manifest_raises_a_readable_error_after_the_report(
@@ -137,6 +133,34 @@ def test_bad_manifest_raises_a_readable_error_after_the_report(
 
 def test_missing_manifest_fails_with_a_report(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    with pytest.raises(DataValidationError, match="manifest not found"):
+    with pytest.raises(DataValidationError, match="manifest not found.*lightbox data import"):
         validate_data.run(settings)
     assert (settings.reports_dir / "data_validation.html").is_file()
+
+
+def test_a_size_that_disagrees_with_the_image_and_an_unreferenced_file_are_quarantined(
+    built: Settings,
+) -> None:
+    _, rows = _read(built)
+    wrong = rows[0]["image_id"]
+    _edit(built, lambda rs: rs[0].update(width="1", height="1"))
+    stray = built.data_dir / "images" / "stray.jpg"
+    stray.write_bytes(b"not an image, and in no manifest row")
+    result = validate_data.run(built.model_copy(update={"max_quarantine_fraction": 0.2}))
+    reasons = dict(result.quarantined)
+    assert reasons[wrong].startswith("manifest says 1x1 but the image is")
+    assert reasons["images/stray.jpg"] == "not in the manifest"
+    assert not stray.exists() and result.quarantine_path is not None
+    assert (result.quarantine_path / "images" / "stray.jpg").is_file()  # moved, not deleted
+
+
+def test_a_foreign_csv_is_reported_and_left_untouched(tmp_path: Path) -> None:
+    """A user's own 3-column CSV dropped in as data/manifest.csv is not ours to cut down or move."""
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir()
+    text = "file,rating,label\n" + "".join(f"img{i}.jpg,{i},cat\n" for i in range(12))
+    (settings.data_dir / "manifest.csv").write_text(text)
+    with pytest.raises(DataValidationError, match="not a lightbox manifest.*lightbox data import"):
+        validate_data.run(settings)
+    assert (settings.data_dir / "manifest.csv").read_text() == text
+    assert not settings.quarantine_dir.exists()
