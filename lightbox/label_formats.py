@@ -342,7 +342,8 @@ def resolve_ls_ref(ref: str, roots: Roots) -> str:
         return ref
     if parts.scheme in ("http", "https") and not parts.path.startswith("/data/"):
         raise ValueError(
-            f"{ref[:80]} is a web URL: lightbox reads local files and s3:// only (export with local or S3 storage)"
+            f"{ref[:80]} is a web URL: lightbox reads local files and s3:// only "
+            "(export with local or S3 storage)"
         )
     path = parts.path
     if path.startswith("/data/local-files"):

@@ -47,18 +47,25 @@ def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            fmt, (w, h) = header.format or "", header.size
-            orientation = (
-                header.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
-            )
+        header = Image.open(io.BytesIO(data))
     except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
         raise ImageDecodeError(f"not an image ({type(exc).__name__})") from None
-    ext = EXTENSIONS.get(fmt)
-    if ext is None:
-        raise ImageDecodeError(f"format {fmt or 'unknown'} is not accepted (JPEG, PNG, WebP, TIFF, BMP, GIF)")
-    if max(w, h) > MAX_IMAGE_SIDE:
-        raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
+    with header:
+        fmt, (w, h) = header.format or "", header.size
+        ext = EXTENSIONS.get(fmt)
+        if ext is None:
+            raise ImageDecodeError(
+                f"format {fmt or 'unknown'} is not accepted (JPEG, PNG, WebP, TIFF, BMP, GIF)"
+            )
+        # Both limits before anything else reads the file: a PNG's EXIF can sit behind its pixel data.
+        if max(w, h) > MAX_IMAGE_SIDE:
+            raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
+        if w * h > max_pixels:
+            raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+        try:
+            orientation = header.getexif().get(0x0112, 1)
+        except Exception as exc:  # a damaged EXIF block or file: the full decode below says which
+            raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
     img = decode_image(data, max_pixels=max_pixels, min_side=min_side)  # the full decode: truncation shows
     if orientation in _ROTATED:
         w, h = h, w

@@ -534,7 +534,8 @@ def render_html(result: DataValidationResult, manifest_path: Path) -> str:
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}tr.fail{background:#fdd}tr.warn{background:#ffd}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "tr.fail{background:#fdd}tr.warn{background:#ffd}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation</title>"

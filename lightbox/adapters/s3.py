@@ -67,5 +67,6 @@ def list_keys(url: str, endpoint_url: str | None) -> list[str]:
     paginator = client(endpoint_url).get_paginator("list_objects_v2")
     keys = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        keys += [obj["Key"][len(prefix) :] for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+        contents = page.get("Contents", [])
+        keys += [obj["Key"][len(prefix) :] for obj in contents if not obj["Key"].endswith("/")]
     return sorted(keys)

@@ -1,0 +1,325 @@
+"""The import stage on real files: every format into data/, photos as they really come, the bad-input
+corpus, re-import and --append, and the user's files left exactly as they were."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lightbox import manifest
+from lightbox.settings import Settings
+from pipelines import importer
+from pipelines.importer import ImportFailed, ImportOptions
+
+pytestmark = pytest.mark.unit
+
+
+def photo(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """A smooth random 'photograph': low-frequency content, so perceptual hashes mean something."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8))
+    return small.resize(size, Image.Resampling.BICUBIC)
+
+
+def jpeg(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(project_dir=tmp_path / "project", **overrides)  # type: ignore[arg-type]
+
+
+VOCAB = ("heron", "kestrel", "wren")
+
+
+def imagefolder(root: Path, n: int, *, start: int = 0, rating: bool = True) -> Path:
+    """n photos with a made-up vocabulary and a 1-10 rating, as metadata.csv with '|' tags."""
+    (root / "pics").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(start, start + n):
+        name = f"pics/IMG_{i:04d}.jpg"
+        (root / name).write_bytes(jpeg(photo(i)))
+        tags = [VOCAB[i % 3]] + ([VOCAB[(i + 1) % 3]] if i % 4 == 0 else [])
+        rows.append(
+            {"file_name": name, "rating": str(1 + i % 10) if rating else "", "labels": "|".join(tags)}
+        )
+    with (root / "metadata.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file_name", "rating", "labels"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+OPTS = ImportOptions(score_column="rating", tags_column="labels", score_range="1,10")
+
+
+def test_imagefolder_import_declares_the_labels_and_sets_a_golden_slice_aside(tmp_path: Path) -> None:
+    source = imagefolder(tmp_path / "src", 40)
+    before = snapshot(source)
+    s = settings_for(tmp_path)
+    result = importer.run(s, str(source), OPTS)
+
+    assert snapshot(source) == before  # the user's files: read, never changed
+    spec = manifest.read_label_spec(s.data_dir)
+    assert spec.tags == VOCAB and spec.score_range == (1.0, 10.0) and spec.score_range_source == "given"
+    assert (
+        spec.score_name == "rating" and spec.source_format == "imagefolder" and spec.split_policy == "group"
+    )
+    rows = manifest.read_manifest(s.data_dir)
+    golden = manifest.read_manifest(s.golden_dir)
+    assert result.n_images == len(rows) and result.n_golden == len(golden) > 0
+    assert len(rows) + len(golden) == 40
+    assert {r["split"] for r in golden} == {"golden"} and not {r["image_id"] for r in rows} & {
+        r["image_id"] for r in golden
+    }
+    assert manifest.read_label_spec(s.golden_dir).score_range == (1.0, 10.0)
+    for r in rows:
+        data = (s.data_dir / r["path"]).read_bytes()
+        assert r["image_id"] == hashlib.sha256(data).hexdigest()[:16]
+        original = (source / r["original"]).read_bytes()
+        assert data == original  # a byte-for-byte copy
+        assert 1.0 <= float(r["score"]) <= 10.0
+    assert {r["split"] for r in rows} == {"train", "validation", "test"}
+    in_train = {t for r in rows if r["split"] == "train" for t in manifest.cell_to_tags(r["tags"])}
+    assert set(VOCAB) <= in_train
+
+
+def test_reimporting_the_same_folder_changes_nothing(tmp_path: Path) -> None:
+    source = imagefolder(tmp_path / "src", 30)
+    s = settings_for(tmp_path)
+    importer.run(s, str(source), OPTS)
+    first = snapshot(s.data_dir), snapshot(s.golden_dir)
+    again = importer.run(s, str(source), OPTS)
+    assert not again.changed and (snapshot(s.data_dir), snapshot(s.golden_dir)) == first
+
+
+def test_append_keeps_old_splits_and_adds_only_the_new_images(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    importer.run(s, str(imagefolder(tmp_path / "a", 30)), OPTS)
+    old = {r["image_id"]: r["split"] for r in manifest.read_manifest(s.data_dir)}
+    batch = imagefolder(tmp_path / "b", 8, start=100)
+    result = importer.run(s, str(batch), ImportOptions(**{**OPTS.__dict__, "append": True}))
+    rows = {r["image_id"]: r for r in manifest.read_manifest(s.data_dir)}
+    assert result.n_new == 8 and len(rows) == 38
+    assert all(rows[i]["split"] == split for i, split in old.items())
+    assert manifest.read_label_spec(s.data_dir).source == str(tmp_path / "a")  # the dataset's origin
+
+
+def test_photos_as_they_really_come(tmp_path: Path) -> None:
+    """EXIF orientation, CMYK, 16-bit, palette, alpha, animation and every accepted format import."""
+    src = tmp_path / "src"
+    (src / "pics").mkdir(parents=True)
+    files: dict[str, bytes] = {}
+    portrait = photo(1, (120, 80))
+    exif = portrait.getexif()
+    exif[0x0112] = 6  # stored sideways, shown upright
+    files["rotated.jpg"] = jpeg(portrait, exif=exif)
+    for name, img, fmt in [
+        ("cmyk.tif", photo(2).convert("CMYK"), "TIFF"),
+        ("grey16.png", Image.fromarray(np.asarray(photo(3).convert("L"), np.uint16) * 257), "PNG"),
+        ("palette.gif", photo(4).convert("P"), "GIF"),
+        ("alpha.png", photo(5).convert("RGBA"), "PNG"),
+        ("pic.webp", photo(6), "WEBP"),
+        ("pic.bmp", photo(7), "BMP"),
+    ]:
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        files[name] = buf.getvalue()
+    buf = io.BytesIO()
+    photo(8).save(buf, "GIF", save_all=True, append_images=[photo(9)], duration=100, loop=0)
+    files["animated.gif"] = buf.getvalue()
+    rows = []
+    for name, data in files.items():
+        (src / "pics" / name).write_bytes(data)
+        rows.append(f"pics/{name},0.5,x")
+    (src / "metadata.csv").write_text("file_name,score,tags\n" + "\n".join(rows) + "\n")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_image_side=8)
+    result = importer.run(s, str(src))
+    assert result.n_quarantined == 0 and result.n_images == len(files)
+    by_name = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
+    assert (by_name["rotated.jpg"]["width"], by_name["rotated.jpg"]["height"]) == ("80", "120")
+    assert by_name["cmyk.tif"]["path"].endswith(".tif") and by_name["pic.webp"]["path"].endswith(".webp")
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A valid PNG header claiming w x h pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _bad_corpus(src: Path) -> dict[str, str]:
+    """Good photos plus one of each defect; returns file name -> the reason the report must give."""
+    (src / "pics").mkdir(parents=True)
+    lines = ["file_name,score,tags,camera"]
+    for i in range(30):
+        (src / "pics" / f"ok{i}.jpg").write_bytes(jpeg(photo(100 + i)))
+        lines.append(f"pics/ok{i}.jpg,{i % 5 + 1},{VOCAB[i % 3]},x100")
+    bad = {
+        "truncated.jpg": (jpeg(photo(1, (400, 300)))[:700], "corrupt or truncated"),
+        "empty.jpg": (b"", "empty file"),
+        "notes.jpg": (b"this is a text file", "not an image"),
+        "tiny.png": (None, "under the minimum side"),
+        "bomb.png": (_bomb_png(20_000, 15_000), "over"),
+        "outside.jpg": (jpeg(photo(2)), "outside the range 1..5"),
+    }
+    buf = io.BytesIO()
+    photo(3, (8, 8)).save(buf, "PNG")
+    bad["tiny.png"] = (buf.getvalue(), bad["tiny.png"][1])
+    for name, (data, _) in bad.items():
+        (src / "pics" / name).write_bytes(data)
+        lines.append(f"pics/{name},{9 if name == 'outside.jpg' else 3},wren,x100")
+    lines.append("pics/missing.jpg,3,wren,x100")
+    lines.append("pics/ok0.jpg,4,wren,x100")  # the same file name twice
+    (src / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return {f"pics/{k}": v[1] for k, v in bad.items()} | {
+        "pics/missing.jpg": "file is missing",
+        "pics/ok0.jpg": "duplicate file name",
+    }
+
+
+def test_bad_input_is_reported_by_name_and_quarantined_and_the_good_images_import(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    expected = _bad_corpus(src)
+    before = snapshot(src)
+    s = settings_for(tmp_path, max_quarantine_fraction=0.3, golden_fraction=0.0)
+    result = importer.run(s, str(src), ImportOptions(score_range="1,5"))
+    assert snapshot(src) == before
+    assert result.n_images == 30 and result.n_quarantined == len(expected)
+    report = json.loads((s.reports_dir / "import.json").read_text())
+    reasons = {p["origin"]: p["reason"] for p in report["problems"]}
+    for origin, reason in expected.items():
+        assert reason in reasons[origin], (origin, reasons[origin])
+    assert "columns not used (unknown): camera" in report["notes"]
+    quarantined = next(s.quarantine_dir.iterdir())
+    copies = {p.name for p in quarantined.iterdir()}
+    assert any(n.endswith("truncated.jpg") for n in copies) and "quarantined.csv" in copies
+    assert "pics/notes.jpg" in (s.reports_dir / "import.md").read_text()
+
+
+def test_too_many_bad_images_refuse_the_import_and_leave_data_unchanged(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    importer.run(s, str(imagefolder(tmp_path / "good", 20)), OPTS)
+    before = snapshot(s.data_dir)
+    src = tmp_path / "bad"
+    _bad_corpus(src)
+    with pytest.raises(ImportFailed, match=r"data/ is unchanged.*import\.md"):
+        importer.run(s, str(src), ImportOptions(score_range="1,5"))
+    assert snapshot(s.data_dir) == before
+    assert not [p for p in s.project_dir.iterdir() if p.name.startswith(".data.building-")]
+
+
+def test_near_and_exact_duplicates_share_a_group_and_a_split(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    lines = ["file_name,score"]
+    for i in range(24):
+        (src / "a" / f"{i}.jpg").write_bytes(jpeg(photo(200 + i, (160, 120))))
+        lines.append(f"a/{i}.jpg,{i}")
+    # The same photo resized and re-encoded (a near duplicate), and byte-identical under a second name.
+    base = photo(200, (160, 120))
+    (src / "a" / "resized.png").write_bytes(_png(base.resize((120, 90))))
+    (src / "a" / "copy.jpg").write_bytes((src / "a" / "0.jpg").read_bytes())
+    lines += ["a/resized.png,1", "a/copy.jpg,2"]
+    (src / "metadata.csv").write_text("\n".join(lines) + "\n")
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(src))
+    rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
+    assert result.exact_duplicates == 1 and "a/copy.jpg" not in rows and len(rows) == 25
+    assert float(rows["a/0.jpg"]["score"]) == 1.0  # the mean of the two labels of one photo
+    assert rows["a/resized.png"]["group"] == rows["a/0.jpg"]["group"]
+    assert rows["a/resized.png"]["split"] == rows["a/0.jpg"]["split"]
+    assert result.near_duplicate_groups >= 1
+    assert manifest.read_label_spec(s.data_dir).score_range == (1.0, 23.0)  # observed (0 and 2 merged to 1)
+    assert any("observed min and max" in n for n in result.notes)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_classfolders_same_picture_in_two_folders_gets_both_tags(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(12):
+        tag = ("sunset", "beach")[i % 2]
+        (src / tag).mkdir(parents=True, exist_ok=True)
+        (src / tag / f"{i}.jpg").write_bytes(jpeg(photo(300 + i)))
+    (src / "sunset" / "both.jpg").write_bytes((src / "beach" / "1.jpg").read_bytes())
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(src))
+    assert result.format == "classfolders" and result.score_name is None and result.score_range is None
+    tags = [r["tags"] for r in manifest.read_manifest(s.data_dir)]
+    assert "beach|sunset" in tags and len(tags) == 12
+
+
+def test_labelstudio_export_with_local_files(tmp_path: Path) -> None:
+    photos_root = tmp_path / "ls-files"
+    (photos_root / "shoot").mkdir(parents=True)
+    tasks = []
+    for i in range(16):
+        (photos_root / "shoot" / f"{i}.jpg").write_bytes(jpeg(photo(400 + i)))
+        result = [
+            {"from_name": "stars", "to_name": "img", "type": "rating", "value": {"rating": 1 + i % 5}},
+            {"from_name": "what", "to_name": "img", "type": "choices", "value": {"choices": [VOCAB[i % 3]]}},
+        ]
+        tasks.append(
+            {
+                "id": i,
+                "data": {"img": f"/data/local-files/?d=shoot/{i}.jpg"},
+                "annotations": [{"result": result}],
+            }
+        )
+    export = tmp_path / "exports" / "project-3.json"
+    export.parent.mkdir()
+    export.write_text(json.dumps(tasks))
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=3)
+    result = importer.run(s, str(export), ImportOptions(local_files_root=str(photos_root), score_range="1,5"))
+    assert result.format == "labelstudio" and result.n_images == 16 and result.score_name == "stars"
+    assert result.tags == list(VOCAB)
+
+
+def test_a_killed_import_leaves_nothing_the_next_run_trips_over(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    s.project_dir.mkdir(parents=True)
+    stale = s.project_dir / ".data.building-999999999-abc"
+    (stale / "images").mkdir(parents=True)
+    importer.run(s, str(imagefolder(tmp_path / "src", 20)), OPTS)
+    assert not stale.exists()
+
+
+def test_no_labels_at_all_is_one_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(jpeg(photo(1)))
+    (src / "metadata.csv").write_text("file_name\na.jpg\n")
+    with pytest.raises(ImportFailed, match="no score and no tags column"):
+        importer.run(settings_for(tmp_path), str(src))
