@@ -3,7 +3,6 @@ corpus, re-import and --append, and the user's files left exactly as they were."
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photo_samples import VOCAB, imagefolder, jpeg, photo
 from PIL import Image
 
 from lightbox import manifest
@@ -21,19 +21,6 @@ from pipelines import importer
 from pipelines.importer import ImportFailed, ImportOptions
 
 pytestmark = pytest.mark.unit
-
-
-def photo(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
-    """A smooth random 'photograph': low-frequency content, so perceptual hashes mean something."""
-    rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8))
-    return small.resize(size, Image.Resampling.BICUBIC)
-
-
-def jpeg(img: Image.Image, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90, **kw)
-    return buf.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -46,27 +33,6 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(project_dir=tmp_path / "project", **overrides)  # type: ignore[arg-type]
-
-
-VOCAB = ("heron", "kestrel", "wren")
-
-
-def imagefolder(root: Path, n: int, *, start: int = 0, rating: bool = True) -> Path:
-    """n photos with a made-up vocabulary and a 1-10 rating, as metadata.csv with '|' tags."""
-    (root / "pics").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(start, start + n):
-        name = f"pics/IMG_{i:04d}.jpg"
-        (root / name).write_bytes(jpeg(photo(i)))
-        tags = [VOCAB[i % 3]] + ([VOCAB[(i + 1) % 3]] if i % 4 == 0 else [])
-        rows.append(
-            {"file_name": name, "rating": str(1 + i % 10) if rating else "", "labels": "|".join(tags)}
-        )
-    with (root / "metadata.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file_name", "rating", "labels"])
-        w.writeheader()
-        w.writerows(rows)
-    return root
 
 
 OPTS = ImportOptions(score_column="rating", tags_column="labels", score_range="1,10")
