@@ -43,3 +43,26 @@ def imagefolder(root: Path, n: int, *, start: int = 0, size: tuple[int, int] = (
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def learnable_collection(root: Path, n: int, *, start: int = 0, size: tuple[int, int] = (128, 96)) -> Path:
+    """n photos whose labels a model can learn from pixels, as a user's rated and tagged shoot would be:
+    the 1-10 rating follows exposure, and each tag comes with its own colour cast. Written as
+    metadata.csv with `rating` and `labels` columns."""
+    (root / "pics").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(start, start + n):
+        rating = 1 + (i * 7) % 10
+        tag = VOCAB[i % 3]
+        arr = np.asarray(photo(i, size), np.float32) * 0.5
+        arr[..., i % 3] += 60.0  # the tag's colour cast
+        arr = arr * (0.25 + 0.12 * rating)  # darker photos are rated lower
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        name = f"pics/DSC{i:05d}.jpg"
+        (root / name).write_bytes(jpeg(img))
+        rows.append({"file_name": name, "rating": str(rating), "labels": tag})
+    with (root / "metadata.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file_name", "rating", "labels"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
