@@ -1,16 +1,25 @@
 """lightbox_promote: golden set -> gates on a version -> (optional human approval) -> champion alias.
 
 Triggered by hand or by CI with params; `require_approval` inserts an Airflow 3 human-in-the-loop
-ApprovalOperator before the alias moves (a reject skips the promotion).
+ApprovalOperator before the alias moves (a reject skips the promotion). Params left None take the
+settings' values (LIGHTBOX_* environment, then the defaults).
 """
 
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-CHAMPION = Asset("lightbox://models/champion")
+from lightbox.adapters.airflow_assets import CHAMPION
+
 RETRIES = {"retries": 1, "retry_delay": timedelta(seconds=10)}
+
+
+def _settings(params: dict):
+    """The settings for this run: ``model_name`` overrides the registered model's name when given."""
+    from lightbox.settings import load_settings
+
+    return load_settings(model_name=params["model_name"]) if params.get("model_name") else load_settings()
 
 
 @dag(
@@ -20,36 +29,38 @@ RETRIES = {"retries": 1, "retry_delay": timedelta(seconds=10)}
     tags=["lightbox"],
     default_args=RETRIES,
     params={
-        "version": Param("", type="string", description="model version; empty: the @challenger"),
-        "alias": Param("champion", type="string", description="alias to move"),
+        "version": Param(None, type=["null", "string"], description="model version; None: the @challenger"),
+        "alias": Param(None, type=["null", "string"], description="alias to move; None: champion_alias"),
+        "model_name": Param(None, type=["null", "string"], description="registered model; model_name"),
         "require_approval": Param(False, type="boolean", description="ask a human before promoting"),
-        "reason": Param("", type="string", description="why (recorded on the version)"),
+        "reason": Param(None, type=["null", "string"], description="why (recorded on the version)"),
     },
 )
 def lightbox_promote():
     @task
     def golden() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from lightbox.settings import load_settings
         from pipelines import golden as golden_stage
 
-        return golden_stage.run(load_settings()).version.to_dict()
+        # Set aside at import (or rendered for the synthetic demo), then frozen: this confirms its version.
+        try:
+            return golden_stage.run(load_settings()).version.to_dict()
+        except golden_stage.GoldenSetMissing as exc:  # only a new import makes one: retrying cannot
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def gates(_golden: dict, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from lightbox.adapters import mlflow_registry
-        from lightbox.settings import load_settings
-        from pipelines import validate_model
+        from pipelines import promote as promote_stage
 
-        settings = load_settings()
-        version = context["params"]["version"] or str(
-            mlflow_registry.version_by_alias(settings, settings.challenger_alias).version
-        )
-        report = validate_model.run(settings, version)
-        if not report.passed:
-            raise AirflowFailException("gates failed:\n  " + "\n  ".join(report.verdict.reasons))
-        return {"version": version, "report": report.report_uri, "summary": report.verdict.summary()}
+        p = context["params"]
+        try:
+            return promote_stage.gate(_settings(p), p["version"], alias=p["alias"]).to_dict()
+        except promote_stage.GateFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     @task.branch
     def needs_approval(_gated: dict, **context) -> str:
@@ -57,9 +68,10 @@ def lightbox_promote():
 
     approve = ApprovalOperator(
         task_id="approve",
-        subject="Promote {{ ti.xcom_pull(task_ids='gates')['version'] }} to @{{ params.alias }}?",
+        subject="Promote {{ ti.xcom_pull(task_ids='gates')['model_name'] }} "
+        "v{{ ti.xcom_pull(task_ids='gates')['version'] }} to @{{ ti.xcom_pull(task_ids='gates')['alias'] }}?",
         body="Gates passed.\n\n{{ ti.xcom_pull(task_ids='gates')['summary'] }}\n\n"
-        "Report: {{ ti.xcom_pull(task_ids='gates')['report'] }}",
+        "Report: {{ ti.xcom_pull(task_ids='gates')['report_uri'] }}",
         response_timeout=timedelta(days=2),
     )
 
@@ -70,15 +82,14 @@ def lightbox_promote():
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from lightbox.settings import load_settings
         from pipelines import promote as promote_stage
 
         p = context["params"]
         try:
             result = promote_stage.run(
-                load_settings(),
+                _settings(p),
                 gated["version"],
-                alias=p["alias"],
+                alias=gated["alias"],
                 actor="airflow:lightbox_promote",
                 reason=p["reason"] or ("approved" if p["require_approval"] else "gates passed"),
             )

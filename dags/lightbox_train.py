@@ -1,15 +1,23 @@
 """lightbox_train: Ray Tune on Feast features -> MLflow model (@challenger) -> gates -> champion alias.
 
-Scheduled by the features Asset that lightbox_data updates; can also be triggered with params.
+Scheduled by the features Asset that lightbox_data updates; can also be triggered with params. Every
+param defaults to None, meaning "the settings' value" (LIGHTBOX_* environment, then the defaults).
 """
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-FEATURES = Asset("lightbox://features/image_quality_v1")
-CHAMPION = Asset("lightbox://models/champion")
+from lightbox.adapters.airflow_assets import CHAMPION, FEATURES
+
 RETRIES = {"retries": 1, "retry_delay": timedelta(seconds=10)}
+
+
+def _settings(params: dict):
+    """The settings for this run: ``model_name`` overrides the registered model's name when given."""
+    from lightbox.settings import load_settings
+
+    return load_settings(model_name=params["model_name"]) if params.get("model_name") else load_settings()
 
 
 @dag(
@@ -19,39 +27,48 @@ RETRIES = {"retries": 1, "retry_delay": timedelta(seconds=10)}
     tags=["lightbox"],
     default_args=RETRIES,
     params={
-        "trials": Param(4, type="integer", minimum=1, description="Ray Tune trials (ASHA)"),
-        "epochs": Param(60, type="integer", minimum=1, description="max epochs per trial"),
+        "trials": Param(
+            None, type=["null", "integer"], minimum=1, description="Ray Tune trials; tune_trials"
+        ),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="max epochs; tune_epochs"),
+        "model_name": Param(None, type=["null", "string"], description="registered model; model_name"),
     },
 )
 def lightbox_train():
     @task
     def train(**context) -> dict:
-        from lightbox.settings import load_settings
         from pipelines import train as train_stage
 
         p = context["params"]
-        return train_stage.run(load_settings(), trials=p["trials"], epochs=p["epochs"]).to_dict()
+        return train_stage.run(_settings(p), trials=p["trials"], epochs=p["epochs"]).to_dict()
 
     @task
     def golden() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from lightbox.settings import load_settings
         from pipelines import golden as golden_stage
 
-        # Built once, then frozen: later runs only confirm its DVC version.
-        return golden_stage.run(load_settings()).version.to_dict()
+        # Set aside at import (or rendered for the synthetic demo), then frozen: this confirms its version.
+        try:
+            return golden_stage.run(load_settings()).version.to_dict()
+        except golden_stage.GoldenSetMissing as exc:  # only a new import makes one: retrying cannot
+            raise AirflowFailException(str(exc)) from exc
 
     @task(outlets=[CHAMPION])
-    def promote(trained: dict, _golden: dict) -> dict:
+    def promote(trained: dict, _golden: dict, **context) -> dict:
         from dataclasses import asdict
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from lightbox.settings import load_settings
         from pipelines import promote as promote_stage
 
         try:
             result = promote_stage.run(
-                load_settings(), trained["model_version"], actor="airflow:lightbox_train", reason="trained"
+                _settings(context["params"]),
+                trained["model_version"],
+                actor="airflow:lightbox_train",
+                reason="trained",
             )
         except promote_stage.GateFailed as exc:
             # A failed gate is a verdict, not a flake: fail without retrying, and say why.

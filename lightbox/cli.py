@@ -223,9 +223,13 @@ def _model_settings(model: str | None):
 @app.command()
 def golden(rebuild: Annotated[bool, typer.Option(help="re-render even if it exists")] = False) -> None:
     """Build (once) and version the frozen golden set the gates judge on."""
+    from lightbox.manifest import ManifestError
     from pipelines import golden as stage
 
-    _print(stage.run(load_settings(), rebuild=rebuild))
+    try:
+        _print(stage.run(load_settings(), rebuild=rebuild))
+    except (stage.GoldenSetMissing, ManifestError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -235,9 +239,14 @@ def gates(
     record: Annotated[bool, typer.Option(help="attach verdict + report to the version")] = True,
 ) -> None:
     """Run the gates on a version and attach the evidence; exits 1 if they fail."""
+    from lightbox.manifest import ManifestError
+    from pipelines import golden as golden_stage
     from pipelines import validate_model
 
-    report = validate_model.run(_model_settings(model), version, record=record)
+    try:
+        report = validate_model.run(_model_settings(model), version, record=record)
+    except (golden_stage.GoldenSetMissing, ManifestError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
     _print(report.to_dict())
     if not report.passed:
         typer.secho("gates FAILED:\n  " + "\n  ".join(report.verdict.reasons), fg="red", err=True)

@@ -1,8 +1,10 @@
 """Behavioural model tests on golden-set predictions: invariance, direction, minimum functionality.
 
 Pure pandas/numpy on a predictions table, so each rule is unit-tested without a model. The table has
-one row per golden image: ``source_id``, ``kind`` ("none" when pristine), ``level`` (0 when pristine),
-``score`` (predicted) and one ``p:<tag>`` column per tag probability.
+one row per golden image: ``group`` (the source scene), ``kind`` ("none" when pristine), ``level`` (0
+when pristine), ``score`` (predicted, normalised to [0, 1] by the model's score range) and one
+``p:<tag>`` column per tag probability. The direction and minimum-functionality rules need the
+synthetic golden set's distortion grid; invariance and "blur lowers the score" fit any golden set.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def direction(
     """Share of (source, kind) ladders pristine -> level 1..5 whose score never rises by more than
     ``slack`` between steps and falls by at least ``min_drop`` overall (a flat model fails)."""
     failures, passed, cases = [], 0, 0
-    for source_id, group in preds.groupby("source_id", sort=True):
+    for source_id, group in preds.groupby("group", sort=True):  # a group is one source scene
         pristine = group[group["kind"] == PRISTINE]["score"]
         if len(pristine) != 1:
             raise ValueError(f"{source_id}: expected one pristine image, found {len(pristine)}")
@@ -87,6 +89,22 @@ def direction(
     return BehaviourResult("direction_pass_rate", passed / cases if cases else 0.0, cases, failures)
 
 
+def lowers_score(
+    base: np.ndarray, moved: np.ndarray, ids: Sequence[str], min_drop: float, name: str = "blur"
+) -> BehaviourResult:
+    """Share of images whose score falls by at least ``min_drop`` under a damaging transform (a strong
+    blur): the one direction rule any scored golden set supports, with no distortion grid."""
+    base = np.asarray(base, dtype=np.float64)
+    moved = np.asarray(moved, dtype=np.float64)
+    if moved.shape != base.shape:
+        raise ValueError(f"{name}: {moved.shape[0]} scores for {base.shape[0]} images")
+    drop = base - moved
+    failures = [f"{ids[int(i)]}: {name} drops only {drop[i]:.3f}" for i in np.flatnonzero(drop < min_drop)]
+    cases = len(base)
+    value = (cases - len(failures)) / cases if cases else 0.0
+    return BehaviourResult(f"{name}_lowers_score_pass_rate", value, cases, failures)
+
+
 def minimum_functionality(preds: pd.DataFrame, threshold: float) -> BehaviourResult:
     """Pristine images carry no defect tag; each kind's strongest level carries its own tag."""
     failures, passed, cases = [], 0, 0
@@ -99,17 +117,17 @@ def minimum_functionality(preds: pd.DataFrame, threshold: float) -> BehaviourRes
         cases += 1
         fired = [col[2:] for col in defect_cols.values() if row[col] >= threshold]
         if fired:
-            failures.append(f"{row['source_id']} pristine: tagged {fired}")
+            failures.append(f"{row['group']} pristine: tagged {fired}")
         else:
             passed += 1
-    strongest = preds[preds["kind"] != PRISTINE]
+    strongest = preds[preds["kind"].isin(list(defect_cols))]
     strongest = strongest[strongest["level"] == strongest.groupby("kind")["level"].transform("max")]
     for row in strongest.to_dict("records"):
         cases += 1
         col = defect_cols[row["kind"]]
         prob = float(row[col])
         if prob < threshold:
-            where = f"{row['source_id']} {row['kind']}:{row['level']}"
+            where = f"{row['group']} {row['kind']}:{row['level']}"
             failures.append(f"{where}: {col[2:]} at {prob:.2f} < {threshold}")
         else:
             passed += 1

@@ -1,27 +1,105 @@
 """Model quality gates: pure comparisons of recorded evidence against thresholds from settings.
 
-Evidence is a flat ``{name: number}`` map (``golden.score_srocc``, ``golden.ap.blurry``,
+Evidence is a flat ``{name: number}`` map (``golden.score_srocc``, ``golden.ap.<tag>``,
 ``behaviour.direction_pass_rate``, ``serving.batch_latency_ms``, ...) measured by
-pipelines.validate_model; this module only decides. A check whose number is missing fails, and a
-verdict with no checks fails: the gate never passes on missing evidence.
+pipelines.validate_model; this module only decides. Score numbers are on the normalised scale (a
+fraction of the model's score range), so one threshold fits a 0..1 score and a 1..10 rating alike.
+
+Which checks apply follows from what the model answers (its ``ModelLabels``: a tags-only model has
+no score checks, a score-only model no tag checks) and from what the golden set supports; every check
+left out is named in a note with the reason. A check whose number is missing fails, and a verdict with
+no checks fails: the gate never passes on missing evidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from lightbox.settings import DEFECT_TAGS, Settings
+from lightbox.settings import Settings
 
 Evidence = Mapping[str, float | None]
 
 # Golden metrics compared with the champion: name -> direction in which bigger is better.
-REGRESSION_METRICS: Mapping[str, bool] = {
-    "golden.score_srocc": True,
-    "golden.score_mae": False,
-    "golden.tags_map": True,
-    "golden.tags_ece": False,
-}
+SCORE_REGRESSION_METRICS: Mapping[str, bool] = {"golden.score_srocc": True, "golden.score_mae": False}
+TAG_REGRESSION_METRICS: Mapping[str, bool] = {"golden.tags_map": True, "golden.tags_ece": False}
+# Evidence that describes the golden set rather than the model (recorded by validate_model).
+GRID_KEY = "golden.distortion_grid"  # 1.0 when the golden set is the synthetic distortion grid
+POSITIVES_PREFIX = "golden.positives."  # golden.positives.<tag>: golden images carrying the tag
+AP_PREFIX = "golden.ap."
+
+
+@dataclass(frozen=True)
+class ModelLabels:
+    """What a model answers: its tag names and its score scale, as logged in its registry metadata."""
+
+    tag_names: tuple[str, ...]
+    score_range: tuple[float, float] | None  # None: no score head worth judging (tags-only model)
+    score_name: str | None = None
+
+    @property
+    def has_score(self) -> bool:
+        return self.score_range is not None
+
+    @property
+    def has_tags(self) -> bool:
+        return bool(self.tag_names)
+
+    def same_labels(self, other: ModelLabels) -> bool:
+        """Whether two models answer the same question: same tags, same score scale."""
+        return self.tag_names == other.tag_names and self.score_range == other.score_range
+
+    def describe(self) -> str:
+        tags = f"tags [{', '.join(self.tag_names)}]" if self.tag_names else "no tags"
+        if self.score_range is None:
+            return f"{tags}, no score"
+        low, high = self.score_range
+        return f"{tags}, score {self.score_name or 'score'} on {low:g}..{high:g}"
+
+    def to_dict(self) -> dict:
+        return {
+            "tag_names": list(self.tag_names),
+            "score_range": list(self.score_range) if self.score_range else None,
+            "score_name": self.score_name,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping) -> ModelLabels:
+        """From a model version's MLflow metadata (``tag_names``, ``has_score``, ``score_range``,
+        ``score_name``). ValueError when the metadata predates label specs or contradicts itself."""
+        missing = [k for k in ("tag_names", "has_score") if k not in metadata]
+        if missing:
+            raise ValueError(
+                f"the model's metadata has no {', '.join(missing)}: it was logged before datasets "
+                "declared their labels; retrain it"
+            )
+        tags = metadata["tag_names"]
+        names = tuple(tags.split(",") if isinstance(tags, str) else tags)
+        names = tuple(n for n in names if n)  # "" is how a comma-joined empty list reads back
+        rng = metadata.get("score_range")
+        if _truthy(metadata["has_score"]) != (rng is not None):
+            raise ValueError(
+                f"the model's metadata says has_score={metadata['has_score']} with score_range {rng}"
+            )
+        score_range = None if rng is None else (float(rng[0]), float(rng[1]))
+        if score_range is not None and not score_range[0] < score_range[1]:
+            raise ValueError(f"the model's score range {list(score_range)} is empty")
+        return cls(names, score_range, metadata.get("score_name"))
+
+
+def _truthy(value: object) -> bool:
+    # MLflow metadata round-trips through YAML; a hand-logged model may carry "true"/"false" strings.
+    return value.strip().lower() == "true" if isinstance(value, str) else bool(value)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The champion the candidate is compared with: its version, its labels (None: not recorded) and
+    its golden numbers (None: not measured, e.g. because its labels differ)."""
+
+    version: str
+    labels: ModelLabels | None
+    evidence: Evidence | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +127,7 @@ class GateCheck:
 @dataclass(frozen=True)
 class GateVerdict:
     checks: list[GateCheck] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # context that is not a check (e.g. no champion yet)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why, what was compared
 
     @property
     def passed(self) -> bool:
@@ -73,65 +151,151 @@ class GateVerdict:
         }
 
 
-def evaluate_gates(metrics: Mapping[str, float], settings: Settings) -> GateVerdict:
+Checks = tuple[list[GateCheck], list[str]]  # (checks, notes)
+
+
+def evaluate_gates(metrics: Mapping[str, float], labels: ModelLabels, settings: Settings) -> GateVerdict:
     """Floors on the training run's own test-split metrics."""
-    return GateVerdict(checks=test_split_checks(metrics, settings))
+    checks, notes = test_split_checks(metrics, labels, settings)
+    return GateVerdict(checks=checks, notes=notes)
 
 
-def test_split_checks(metrics: Mapping[str, float], settings: Settings) -> list[GateCheck]:
-    return [
-        GateCheck("test_score_srocc", metrics.get("test_score_srocc"), settings.gate_min_srocc, ">="),
-        GateCheck("test_score_mae", metrics.get("test_score_mae"), settings.gate_max_mae, "<="),
-        GateCheck("test_tags_map", metrics.get("test_tags_map"), settings.gate_min_map, ">="),
-    ]
+def test_split_checks(metrics: Mapping[str, float], labels: ModelLabels, settings: Settings) -> Checks:
+    """test_score_mae is read as a fraction of the score range (training measures on the normalised
+    scale the score head learns)."""
+    checks: list[GateCheck] = []
+    if labels.has_score:
+        checks += [
+            GateCheck("test_score_srocc", metrics.get("test_score_srocc"), settings.gate_min_srocc, ">="),
+            GateCheck("test_score_mae", metrics.get("test_score_mae"), settings.gate_max_mae, "<="),
+        ]
+    if labels.has_tags:
+        checks.append(GateCheck("test_tags_map", metrics.get("test_tags_map"), settings.gate_min_map, ">="))
+    return checks, []
 
 
-def golden_checks(ev: Evidence, settings: Settings) -> list[GateCheck]:
-    """Floors on the golden set, including one per-tag AP floor for every tag with positives there."""
-    checks = [
-        GateCheck("golden.score_srocc", ev.get("golden.score_srocc"), settings.gate_golden_min_srocc, ">="),
-        GateCheck("golden.score_mae", ev.get("golden.score_mae"), settings.gate_golden_max_mae, "<="),
-        GateCheck("golden.tags_map", ev.get("golden.tags_map"), settings.gate_golden_min_map, ">="),
-        GateCheck("golden.tags_ece", ev.get("golden.tags_ece"), settings.gate_golden_max_ece, "<="),
-    ]
-    # Every defect tag has positives in the golden grid by construction, so its AP must be present.
-    ap_names = sorted({f"golden.ap.{t}" for t in DEFECT_TAGS} | {k for k in ev if k.startswith("golden.ap.")})
-    checks += [GateCheck(n, ev.get(n), settings.gate_golden_min_tag_ap, ">=") for n in ap_names]
-    return checks
+def golden_checks(ev: Evidence, labels: ModelLabels, settings: Settings) -> Checks:
+    """Floors on the golden set, with an AP floor for every tag that has enough golden examples."""
+    checks: list[GateCheck] = []
+    notes: list[str] = []
+    if labels.has_score:
+        checks += [
+            GateCheck(
+                "golden.score_srocc", ev.get("golden.score_srocc"), settings.gate_golden_min_srocc, ">="
+            ),
+            GateCheck("golden.score_mae", ev.get("golden.score_mae"), settings.gate_golden_max_mae, "<="),
+        ]
+    if labels.has_tags:
+        checks += [
+            GateCheck("golden.tags_map", ev.get("golden.tags_map"), settings.gate_golden_min_map, ">="),
+            GateCheck("golden.tags_ece", ev.get("golden.tags_ece"), settings.gate_golden_max_ece, "<="),
+        ]
+        ap_checks, ap_notes = tag_ap_checks(ev, labels.tag_names, settings)
+        checks += ap_checks
+        notes += ap_notes
+    return checks, notes
 
 
-def behaviour_checks(ev: Evidence, details: Mapping[str, str], settings: Settings) -> list[GateCheck]:
-    return [
-        GateCheck(
-            "behaviour.invariance_max_delta",
-            ev.get("behaviour.invariance_max_delta"),
-            settings.gate_invariance_epsilon,
-            "<=",
-            details.get("behaviour.invariance_max_delta", ""),
-        ),
-        GateCheck(
-            "behaviour.direction_pass_rate",
-            ev.get("behaviour.direction_pass_rate"),
-            settings.gate_direction_min_pass_rate,
-            ">=",
-            details.get("behaviour.direction_pass_rate", ""),
-        ),
-        GateCheck(
-            "behaviour.min_functionality_pass_rate",
-            ev.get("behaviour.min_functionality_pass_rate"),
-            settings.gate_min_functionality_pass_rate,
-            ">=",
-            details.get("behaviour.min_functionality_pass_rate", ""),
-        ),
-    ]
+def tag_ap_checks(ev: Evidence, tag_names: Sequence[str], settings: Settings) -> Checks:
+    """One AP floor per tag with at least gate_min_golden_tag_examples golden positives.
+
+    The positives are counted on the golden set (evidence ``golden.positives.<tag>``), so a tag that
+    has enough examples must have its AP: a missing AP there fails. Too few examples make AP noise;
+    those tags are listed in a note, never judged.
+    """
+    need = settings.gate_min_golden_tag_examples
+    checks, few = [], []
+    for tag in tag_names:
+        positives = ev.get(f"{POSITIVES_PREFIX}{tag}")
+        if positives is None:
+            continue  # the golden set was not measured: golden.tags_map fails as missing already
+        if positives >= need:
+            checks.append(
+                GateCheck(
+                    f"{AP_PREFIX}{tag}",
+                    ev.get(f"{AP_PREFIX}{tag}"),
+                    settings.gate_golden_min_tag_ap,
+                    ">=",
+                    f"{int(positives)} golden positives",
+                )
+            )
+        else:
+            few.append(f"{tag} ({int(positives)})")
+    notes = []
+    if few:
+        notes.append(
+            f"no per-tag AP floor for tags with fewer than {need} golden examples "
+            f"(gate_min_golden_tag_examples): {', '.join(few)}"
+        )
+    return checks, notes
+
+
+def _check(name: str, ev: Evidence, details: Mapping[str, str], threshold: float, op: str) -> GateCheck:
+    return GateCheck(name, ev.get(name), threshold, op, details.get(name, ""))
+
+
+def behaviour_checks(
+    ev: Evidence, details: Mapping[str, str], labels: ModelLabels, settings: Settings
+) -> Checks:
+    """The behavioural checks settings.gate_behaviour asks for and the golden set supports.
+
+    "auto": resize/JPEG invariance on any golden set (score models), the direction and
+    minimum-functionality checks on the synthetic distortion grid; "on" adds "blur lowers the score"
+    on a golden set without the grid (on the grid the direction check already covers blur);
+    "off": none.
+    """
+    mode = settings.gate_behaviour
+    if mode == "off":
+        return [], ["behavioural checks off (gate_behaviour=off)"]
+    grid = ev.get(GRID_KEY) == 1.0
+    checks: list[GateCheck] = []
+    notes: list[str] = []
+    if labels.has_score:
+        checks.append(
+            _check("behaviour.invariance_max_delta", ev, details, settings.gate_invariance_epsilon, "<=")
+        )
+        if grid:
+            checks.append(
+                _check(
+                    "behaviour.direction_pass_rate", ev, details, settings.gate_direction_min_pass_rate, ">="
+                )
+            )
+        elif mode == "on":
+            checks.append(
+                _check(
+                    "behaviour.blur_lowers_score_pass_rate",
+                    ev,
+                    details,
+                    settings.gate_direction_min_pass_rate,
+                    ">=",
+                )
+            )
+        else:
+            notes.append(
+                "no direction check: the golden set has no distortion grid "
+                "(gate_behaviour=on adds 'blur lowers the score' on any scored golden set)"
+            )
+    else:
+        notes.append("tags-only model: no score behaviour checks (invariance, direction, blur)")
+    if grid and labels.has_tags:
+        checks.append(
+            _check(
+                "behaviour.min_functionality_pass_rate",
+                ev,
+                details,
+                settings.gate_min_functionality_pass_rate,
+                ">=",
+            )
+        )
+    elif labels.has_tags:
+        notes.append("no minimum-functionality check: it needs the synthetic set's distortion grid")
+    return checks, notes
 
 
 def serving_checks(ev: Evidence, details: Mapping[str, str], settings: Settings) -> list[GateCheck]:
     return [
-        GateCheck("serving.loads", ev.get("serving.loads"), 1.0, ">=", details.get("serving.loads", "")),
-        GateCheck(
-            "serving.signature", ev.get("serving.signature"), 1.0, ">=", details.get("serving.signature", "")
-        ),
+        _check("serving.loads", ev, details, 1.0, ">="),
+        _check("serving.signature", ev, details, 1.0, ">="),
         GateCheck(
             "serving.batch_latency_ms",
             ev.get("serving.batch_latency_ms"),
@@ -143,19 +307,30 @@ def serving_checks(ev: Evidence, details: Mapping[str, str], settings: Settings)
 
 
 def regression_checks(
-    ev: Evidence, champion: Evidence | None, champion_version: str | None, settings: Settings
-) -> tuple[list[GateCheck], list[str]]:
+    ev: Evidence, labels: ModelLabels, baseline: Baseline | None, settings: Settings
+) -> Checks:
     """No regression beyond the tolerance against the champion's numbers on the same golden set.
 
-    No champion at all is the first promotion: nothing to compare, said in a note. A champion whose
-    numbers are missing is missing evidence: the checks fail.
+    No champion at all is the first promotion, and a champion trained on other labels (other tags or
+    another score scale) answers another question: either way there is nothing to compare, said in a
+    note, and the candidate is judged on the floors alone. A comparable champion whose numbers are
+    missing is missing evidence: the checks fail.
     """
-    if champion_version is None:
+    if baseline is None:
         return [], ["no champion yet: regression checks skipped (first promotion)"]
+    if baseline.labels is None or not baseline.labels.same_labels(labels):
+        theirs = "labels not recorded" if baseline.labels is None else baseline.labels.describe()
+        return [], [
+            f"champion v{baseline.version} was trained on other labels ({theirs}; this model: "
+            f"{labels.describe()}): no regression baseline, the first model of these labels is judged "
+            "on the floors alone"
+        ]
+    metrics = {**(SCORE_REGRESSION_METRICS if labels.has_score else {})}
+    metrics |= TAG_REGRESSION_METRICS if labels.has_tags else {}
     tol = settings.gate_regression_tolerance
     checks = []
-    for name, higher_is_better in REGRESSION_METRICS.items():
-        ref = None if champion is None else champion.get(name)
+    for name, higher_is_better in metrics.items():
+        ref = None if baseline.evidence is None else baseline.evidence.get(name)
         threshold = None if ref is None else (ref - tol if higher_is_better else ref + tol)
         checks.append(
             GateCheck(
@@ -163,28 +338,56 @@ def regression_checks(
                 ev.get(name),
                 threshold,
                 ">=" if higher_is_better else "<=",
-                f"champion v{champion_version} = {'missing' if ref is None else f'{ref:.4f}'}, "
+                f"champion v{baseline.version} = {'missing' if ref is None else f'{ref:.4f}'}, "
                 f"tolerance {tol}",
             )
         )
-    return checks, [f"compared with champion v{champion_version}"]
+    return checks, [f"compared with champion v{baseline.version}"]
+
+
+def what_is_judged(labels: ModelLabels) -> list[str]:
+    """Notes for the checks a model's own labels rule out."""
+    if not labels.has_score and not labels.has_tags:
+        return ["the model declares neither a score nor tags: nothing to judge it on"]
+    if not labels.has_score:
+        return ["tags-only model (no score labels): score checks skipped"]
+    if not labels.has_tags:
+        return ["score-only model (no tags): tag checks skipped"]
+    return []
 
 
 def decide(
     ev: Evidence,
     details: Mapping[str, str],
     run_metrics: Mapping[str, float],
-    champion: Evidence | None,
-    champion_version: str | None,
+    labels: ModelLabels | None,
+    baseline: Baseline | None,
     settings: Settings,
+    notes: Sequence[str] = (),
 ) -> GateVerdict:
-    """The full verdict: serving fitness, test-split floors, golden floors, behaviour, no regression."""
-    reg, notes = regression_checks(ev, champion, champion_version, settings)
-    checks = (
-        serving_checks(ev, details, settings)
-        + test_split_checks(run_metrics, settings)
-        + golden_checks(ev, settings)
-        + behaviour_checks(ev, details, settings)
-        + reg
-    )
-    return GateVerdict(checks=checks, notes=notes)
+    """The full verdict: serving fitness, test-split floors, golden floors, behaviour, no regression.
+
+    ``labels`` None (metadata without a label spec, or a model that does not load): only the serving
+    checks and a failing ``model.labels`` check, since which checks apply cannot be known.
+    """
+    checks = serving_checks(ev, details, settings)
+    all_notes = list(notes)
+    if labels is None:
+        why = details.get("model.labels") or "the model's labels could not be read"
+        checks.append(GateCheck("model.labels", None, 1.0, ">=", why))
+        return GateVerdict(checks=checks, notes=all_notes)
+    all_notes += what_is_judged(labels)
+    if not labels.has_score and not labels.has_tags:
+        # Serving fitness alone would pass a model that answers nothing.
+        nothing = "the model declares neither a score nor tags"
+        checks.append(GateCheck("model.labels", 0.0, 1.0, ">=", nothing))
+        return GateVerdict(checks=checks, notes=all_notes)
+    for part_checks, part_notes in (
+        test_split_checks(run_metrics, labels, settings),
+        golden_checks(ev, labels, settings),
+        behaviour_checks(ev, details, labels, settings),
+        regression_checks(ev, labels, baseline, settings),
+    ):
+        checks += part_checks
+        all_notes += part_notes
+    return GateVerdict(checks=checks, notes=all_notes)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from lightbox.adapters import mlflow_registry
 from lightbox.settings import Settings
+from pipelines.gates import ModelLabels
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -31,6 +32,7 @@ class Lineage:
     code_revision: str
     gate_passed: str
     promoted_by: str
+    labels: str = ""  # what the model answers: its tags and score scale (ModelLabels.describe)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,7 @@ def format_lineage(lin: Lineage) -> str:
         [
             f"model     models:/{lin.model_name}/{lin.version}{aliases}  gates passed: {lin.gate_passed}"
             + (f", promoted by {lin.promoted_by}" if lin.promoted_by else ""),
+            f"  answers   {lin.labels or 'labels not recorded'}",
             f"  <- run      {lin.run_id} ({lin.run_name}, experiment {lin.experiment_id})",
             f"  <- dataset  {lin.dataset_name or '-'} digest {lin.dataset_digest or '-'}: "
             f"data.dvc md5 {lin.data_md5} at git {lin.data_git_rev or '-'}",
@@ -58,6 +61,14 @@ def format_lineage(lin: Lineage) -> str:
             f"  <- code     git {lin.code_revision}",
         ]
     )
+
+
+def describe_labels(metadata: dict) -> str:
+    """The model's labels in words, or why they are unknown (a model logged before label specs)."""
+    try:
+        return ModelLabels.from_metadata(metadata).describe()
+    except ValueError as exc:
+        return f"labels not recorded ({exc})"
 
 
 def run(settings: Settings, uri: str) -> Lineage:
@@ -89,4 +100,7 @@ def run(settings: Settings, uri: str) -> Lineage:
         code_revision=tags.get("code.revision", "unknown"),
         gate_passed=(mv.tags or {}).get("gate.passed", "not run"),
         promoted_by=(mv.tags or {}).get("promotion.by", ""),
+        labels=describe_labels(
+            mlflow_registry.model_info(settings, f"models:/{name}/{mv.version}").metadata or {}
+        ),
     )

@@ -9,11 +9,15 @@ versions involved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from lightbox.adapters import mlflow_registry
 from lightbox.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.validate_model import GateReport
 
 
 class GateFailed(RuntimeError):
@@ -38,6 +42,20 @@ class PromotionResult:
 
 
 @dataclass(frozen=True)
+class GateResult:
+    """A version that passed its gates (a failing one raises GateFailed instead)."""
+
+    model_name: str
+    version: str
+    alias: str  # the alias a promotion would move
+    summary: str
+    report_uri: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class RollbackResult:
     model_name: str
     alias: str
@@ -54,6 +72,34 @@ def previous_alias_for(alias: str, settings: Settings) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def resolve_version(settings: Settings, version: str | None) -> str:
+    """The version to act on: the one given, else the newest candidate (the one at @challenger)."""
+    if version:
+        return str(version)
+    return str(mlflow_registry.version_by_alias(settings, settings.challenger_alias).version)
+
+
+def _failure(settings: Settings, version: str, alias: str, report: GateReport) -> GateFailed:
+    return GateFailed(
+        f"{settings.model_name} v{version} failed its gates, not promoted to @{alias}:\n  "
+        + "\n  ".join(report.verdict.reasons)
+        + (f"\nreport: {report.report_uri}/report.html" if report.report_uri else "")
+    )
+
+
+def gate(settings: Settings, version: str | None = None, *, alias: str | None = None) -> GateResult:
+    """Run (and record) the gates on ``version`` (default: the @challenger) before a promotion;
+    raises GateFailed with every reason when they fail. What the promotion DAG's gate step runs."""
+    from pipelines import validate_model
+
+    alias = alias or settings.champion_alias
+    version = resolve_version(settings, version)
+    report = validate_model.run(settings, version)
+    if not report.passed:
+        raise _failure(settings, version, alias, report)
+    return GateResult(settings.model_name, version, alias, report.verdict.summary(), report.report_uri)
 
 
 def run(
@@ -82,11 +128,7 @@ def run(
     # (today's thresholds, today's champion), and recorded unless this is a dry run.
     report = validate_model.run(settings, version, record=not dry_run, reuse=reuse_evidence)
     if not report.passed:
-        raise GateFailed(
-            f"{settings.model_name} v{version} failed its gates, not promoted to @{alias}:\n  "
-            + "\n  ".join(report.verdict.reasons)
-            + (f"\nreport: {report.report_uri}/report.html" if report.report_uri else "")
-        )
+        raise _failure(settings, version, alias, report)
     summary = report.verdict.summary()
     if dry_run:
         return PromotionResult(

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+
+from lightbox.manifest import tags_matrix
 
 if TYPE_CHECKING:
     from pipelines.validate_model import GateReport
@@ -21,15 +24,33 @@ def _fmt(v: float | None) -> str:
     return "missing" if v is None else f"{v:.4f}"
 
 
+def _label_lines(report: GateReport) -> list[str]:
+    """What the model answers: the checks that apply follow from it."""
+    labels = report.labels
+    if labels is None:
+        return ["- labels: not recorded in the model's metadata"]
+    tags = ", ".join(labels.tag_names) if labels.tag_names else "none (score-only model)"
+    if labels.score_range is None:
+        score = "none (tags-only model)"
+    else:
+        low, high = labels.score_range
+        score = f"{labels.score_name or 'score'} on {low:g}..{high:g} (MAE and score moves: fractions of it)"
+    return [f"- tags ({len(labels.tag_names)}): {tags}", f"- score: {score}"]
+
+
 def _header(report: GateReport) -> list[str]:
     verdict = "PASSED" if report.passed else "FAILED"
     return [
         f"# Gates for {report.model_name} v{report.version}: {verdict}",
         "",
         f"- checked at: {report.checked_at}",
+        *_label_lines(report),
         f"- golden set: `{report.golden_md5 or 'not versioned'}`",
         f"- compared with champion: {('v' + report.champion_version) if report.champion_version else 'none'}",
-        *[f"- note: {n}" for n in report.verdict.notes],
+        "",
+        "## Notes",
+        "",
+        *([f"- {n}" for n in report.verdict.notes] or ["- none"]),
         "",
     ]
 
@@ -59,39 +80,62 @@ def render_markdown(report: GateReport, champion: Mapping[str, float | None] | N
     return "\n".join(lines) + "\n"
 
 
-def figures(report: GateReport) -> dict[str, bytes]:
-    """PNG plots of the golden predictions (empty when nothing was predicted)."""
+def _ladders(preds: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
+    """Normalised predicted score by level, per distortion kind and source group (the synthetic grid)."""
+    ladder: dict[str, dict[str, list[float]]] = {}
+    for group, rows in preds.groupby("group"):
+        base = float(rows[rows["kind"] == "none"]["score_unit"].iloc[0])
+        for kind, g in rows[rows["kind"] != "none"].groupby("kind"):
+            ladder.setdefault(str(kind), {})[str(group)] = [base, *g.sort_values("level")["score_unit"]]
+    return ladder
+
+
+def _score_figures(report: GateReport, preds: pd.DataFrame) -> dict[str, bytes]:
+    from training import plots
+
+    scored = preds[np.isfinite(preds["true_unit"].to_numpy(np.float64))]
+    out = {}
+    if not scored.empty:
+        out["score_pred_vs_true"] = plots.png_bytes(
+            plots.score_scatter(scored["score_unit"].to_numpy(), scored["true_unit"].to_numpy(), "golden set")
+        )
+    if "kind" in preds.columns:
+        out["score_by_level"] = plots.png_bytes(plots.ladders(_ladders(preds)))
+        by_kind: dict[str, float] = {}
+        for k, v in report.evidence.items():
+            if k.startswith("golden.srocc."):
+                if v is None:
+                    raise ValueError(f"{k} has no value although the report holds golden-set predictions")
+                by_kind[k.removeprefix("golden.srocc.")] = v
+        out["srocc_per_distortion"] = plots.png_bytes(plots.srocc_by_kind(by_kind))
+    return out
+
+
+def _tag_figures(preds: pd.DataFrame) -> dict[str, bytes]:
     from training import plots
     from training.metrics import expected_calibration_error
 
-    preds = report.preds
-    if preds is None or preds.empty:
-        return {}
     names = [c[2:] for c in preds.columns if c.startswith("p:")]
+    if not names:
+        return {}
     probs = preds[[f"p:{n}" for n in names]].to_numpy(np.float64)
-    labels = np.array([[n in str(t).split("|") for n in names] for t in preds["tags"]], dtype=np.float64)
-    ladder: dict[str, dict[str, list[float]]] = {}
-    for source_id, group in preds.groupby("source_id"):
-        base = float(group[group["kind"] == "none"]["score"].iloc[0])
-        for kind, g in group[group["kind"] != "none"].groupby("kind"):
-            ladder.setdefault(str(kind), {})[str(source_id)] = [base, *g.sort_values("level")["score"]]
-    by_kind: dict[str, float] = {}
-    for k, v in report.evidence.items():
-        if k.startswith("golden.srocc."):
-            if v is None:
-                raise ValueError(f"{k} has no value although the report holds golden-set predictions")
-            by_kind[k.removeprefix("golden.srocc.")] = v
+    labels = tags_matrix(preds["tags"], names).astype(np.float64)
     return {
-        "score_pred_vs_true": plots.png_bytes(
-            plots.score_scatter(preds["score"].to_numpy(), preds["true_score"].to_numpy(), "golden set")
-        ),
-        "score_by_level": plots.png_bytes(plots.ladders(ladder)),
-        "srocc_per_distortion": plots.png_bytes(plots.srocc_by_kind(by_kind)),
         "tags_pr_curves": plots.png_bytes(plots.pr_curves(probs, labels, names, "golden set: PR curves")),
         "tags_calibration": plots.png_bytes(
             plots.calibration(probs, labels, expected_calibration_error(probs, labels))
         ),
     }
+
+
+def figures(report: GateReport) -> dict[str, bytes]:
+    """PNG plots of the golden predictions (empty when nothing was predicted). Scores are plotted
+    normalised (0..1 of the model's range); the per-level plots only for the synthetic grid."""
+    preds = report.preds
+    if preds is None or preds.empty:
+        return {}
+    out = _score_figures(report, preds) if "score_unit" in preds.columns else {}
+    return out | _tag_figures(preds)
 
 
 def render_html(report: GateReport, champion: Mapping[str, float | None] | None = None) -> str:

@@ -2,15 +2,21 @@
 
 Measures (through the serving path: registry URI -> serving Predictor, images through
 lightbox.imaging) the golden-set metrics, the behavioural tests and serving fitness; compares with
-the champion on the same golden set; decides with pipelines.gates; then records the verdict, every
-number and a report on the model version (tags) and its run (metrics + ``gates/v<N>/`` artifacts).
+the champion on the same golden set when the champion answers the same labels; decides with
+pipelines.gates; then records the verdict, every number and a report on the model version (tags) and
+its run (metrics + ``gates/v<N>/`` artifacts).
+
+Scores are judged on the normalised scale: predictions and golden labels are divided by the model's
+score range, so ``golden.score_mae`` and the behavioural score moves are fractions of that range.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,18 +25,40 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import pandas as pd
 
+from lightbox import distortions
 from lightbox.adapters import dvc_repo, mlflow_registry
 from lightbox.imaging import MODEL_INPUT_SIZE, decode_image, to_model_input
+from lightbox.manifest import (
+    LABELS_NAME,
+    MANIFEST_NAME,
+    LabelSpec,
+    parse_score,
+    read_label_spec,
+    read_manifest,
+    tags_matrix,
+)
 from lightbox.settings import Settings
 from pipelines import behaviour
-from pipelines.data import MANIFEST_NAME, resize_longest
-from pipelines.gates import GateVerdict, decide
+from pipelines.data import resize_longest
+from pipelines.gates import AP_PREFIX, GRID_KEY, POSITIVES_PREFIX, Baseline, GateVerdict, ModelLabels, decide
 from pipelines.report import render_html, render_markdown
-from training.metrics import evaluate, expected_calibration_error, per_tag_ap, srocc_by_kind
+from training.metrics import (
+    average_precision,
+    expected_calibration_error,
+    mae,
+    mean_average_precision,
+    micro_f1,
+    plcc,
+    srocc,
+    srocc_by_kind,
+)
 
-EVIDENCE_SCHEMA = "1"  # bump when what is measured changes: recorded evidence of another schema is stale
+EVIDENCE_SCHEMA = "2"  # bump when what is measured changes: recorded evidence of another schema is stale
 INVARIANCE_RESIZE = 0.75  # longest side scale for the resize invariance
 INVARIANCE_JPEG_QUALITY = 95
+BLUR_LEVEL = 5  # lightbox.distortions level of the "blur lowers the score" check: unmistakable damage
+
+Evidence = dict[str, float | None]
 
 
 @dataclass
@@ -38,11 +66,12 @@ class GateReport:
     model_name: str
     version: str
     verdict: GateVerdict
-    evidence: dict[str, float | None]
+    evidence: Evidence
     details: dict[str, str]
     golden_md5: str | None
     champion_version: str | None
     checked_at: str
+    labels: ModelLabels | None = None  # what the model answers (None: not recorded in its metadata)
     report_uri: str | None = None
     reused: bool = False  # True when read back from the version's tags, not measured now
     preds: pd.DataFrame | None = field(default=None, repr=False)
@@ -56,6 +85,7 @@ class GateReport:
             "model_name": self.model_name,
             "version": self.version,
             "passed": self.passed,
+            "labels": None if self.labels is None else self.labels.to_dict(),
             "golden_md5": self.golden_md5,
             "champion_version": self.champion_version,
             "checked_at": self.checked_at,
@@ -66,25 +96,63 @@ class GateReport:
         }
 
 
+@dataclass
+class Measurement:
+    evidence: Evidence
+    details: dict[str, str]
+    preds: pd.DataFrame | None  # one row per golden image (None when the golden set was not reached)
+    labels: ModelLabels | None  # None: the model did not load, or its metadata has no label spec
+
+
+# --- the golden set --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    rows: list[dict[str, str]]
+    spec: LabelSpec
+    inputs: np.ndarray  # uint8 [N,3,224,224], through the serving decode
+    raw: list[bytes]  # the encoded files, for the transforms of the behavioural checks
+
+    @property
+    def grid(self) -> bool:
+        """The synthetic set's distortion grid (a ``distortions`` column): direction checks apply."""
+        return "distortions" in self.rows[0]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["image_id"] for r in self.rows]
+
+    def true_scores(self) -> np.ndarray:
+        """On the dataset's scale; NaN where the image has no score label."""
+        return np.array([parse_score(r["score"]) for r in self.rows], np.float64)
+
+
+def load_golden(settings: Settings) -> GoldenSet:
+    folder = settings.golden_dir
+    if not (folder / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"no golden set at {folder}: run `lightbox golden` first")
+    rows = read_manifest(folder)
+    if not rows:
+        raise ValueError(f"the golden set at {folder} is empty: nothing to judge a model on")
+    raw = [(folder / r["path"]).read_bytes() for r in rows]
+    inputs = np.stack([to_model_input(decode_image(b, max_pixels=settings.max_pixels)) for b in raw])
+    return GoldenSet(rows, read_label_spec(folder), inputs, raw)
+
+
 # --- measuring -------------------------------------------------------------------------------------
 
 
-def load_golden(settings: Settings) -> tuple[pd.DataFrame, np.ndarray, list[bytes]]:
-    """(manifest with kind/level columns, model inputs uint8 [N,3,224,224], encoded bytes)."""
-    path = settings.golden_dir / MANIFEST_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no golden set at {settings.golden_dir}: run `lightbox golden` first")
-    frame = pd.read_csv(path, dtype={"image_id": str, "tags": str}, keep_default_na=False)
-    parsed = [behaviour.parse_distortions(d) for d in frame["distortions"]]
-    frame["kind"] = [k for k, _ in parsed]
-    frame["level"] = [lvl for _, lvl in parsed]
-    raw = [(settings.golden_dir / p).read_bytes() for p in frame["path"]]
-    inputs = np.stack([to_model_input(decode_image(b, max_pixels=settings.max_pixels)) for b in raw])
-    return frame, inputs, raw
+def normalise(scores: np.ndarray, labels: ModelLabels) -> np.ndarray:
+    """Dataset scale -> fractions of the model's score range (what every score threshold reads)."""
+    if labels.score_range is None:
+        raise ValueError("a tags-only model has no score scale")
+    low, high = labels.score_range
+    return (np.asarray(scores, np.float64) - low) / (high - low)
 
 
 def _invariance_inputs(raw: list[bytes], max_pixels: int) -> dict[str, np.ndarray]:
-    """The pristine images resized and re-encoded as high-quality JPEG, through the serving decode."""
+    """The images resized and re-encoded as high-quality JPEG, through the serving decode."""
     resized, jpeg = [], []
     for data in raw:
         img = decode_image(data, max_pixels=max_pixels)
@@ -96,24 +164,27 @@ def _invariance_inputs(raw: list[bytes], max_pixels: int) -> dict[str, np.ndarra
     return {"resize": np.stack(resized), f"jpeg_q{INVARIANCE_JPEG_QUALITY}": np.stack(jpeg)}
 
 
+def _blurred_inputs(raw: list[bytes], settings: Settings) -> np.ndarray:
+    """Each image with a strong blur. The blur levels are tuned for a longest side of a few hundred
+    pixels (lightbox.distortions), so a large photo is first brought down to image_max_side: blurred
+    at full size, the 224-pixel model input would barely show it."""
+    rng = np.random.default_rng(0)  # blur draws nothing; apply() takes a generator for every kind
+    out = []
+    for data in raw:
+        img = decode_image(data, max_pixels=settings.max_pixels)
+        img = resize_longest(img, min(max(img.size), settings.image_max_side))
+        out.append(to_model_input(distortions.apply(img, "blur", BLUR_LEVEL, rng)))
+    return np.stack(out)
+
+
 def _predict(predictor, inputs: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     parts = [predictor.predict(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
     return np.concatenate([s for s, _ in parts]), np.concatenate([t for _, t in parts])
 
 
-def _tag_matrix(tags: pd.Series, names: tuple[str, ...]) -> np.ndarray:
-    index = {t: i for i, t in enumerate(names)}
-    out = np.zeros((len(tags), len(names)), np.float32)
-    for row, text in enumerate(tags):
-        for t in filter(None, str(text).split("|")):
-            if t in index:
-                out[row, index[t]] = 1.0
-    return out
-
-
-def _signature_fitness(settings: Settings, uri: str, tag_names: tuple[str, ...]) -> tuple[bool, str]:
-    """The logged signature against the serving contract: uint8 [-1,3,224,224] -> float32 [-1,1+K]."""
-    info = mlflow_registry.model_info(settings, uri)
+def _signature_fitness(info, tag_names: tuple[str, ...]) -> tuple[bool, str]:
+    """The logged signature against the serving contract: uint8 [-1,3,224,224] -> float32 [-1,1+K],
+    K = the number of tags (0 for a score-only model)."""
     sig = info.signature
     if sig is None or sig.inputs is None or sig.outputs is None:
         return False, "no signature logged"
@@ -131,68 +202,129 @@ def _signature_fitness(settings: Settings, uri: str, tag_names: tuple[str, ...])
     return not problems, "; ".join(problems)
 
 
-def measure(
-    settings: Settings, version: str
-) -> tuple[dict[str, float | None], dict[str, str], pd.DataFrame | None]:
-    """Every number the gates read, for one version. A step that cannot run leaves its numbers out
-    (so their checks fail as missing) and says why in ``details``."""
-    from serving.predictor import RegistryLoader
-
-    ev: dict[str, float | None] = {}
-    details: dict[str, str] = {}
-    uri = f"models:/{settings.model_name}/{version}"
-    try:
-        predictor = RegistryLoader(settings, settings.champion_alias).load(str(version))
-    except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
-        ev["serving.loads"] = 0.0
-        details["serving.loads"] = f"{uri} does not load: {type(exc).__name__}: {exc}"[:500]
-        return ev, details, None
-    ev["serving.loads"] = 1.0
-    ok, why = _signature_fitness(settings, uri, predictor.tag_names)
-    ev["serving.signature"] = 1.0 if ok else 0.0
-    details["serving.signature"] = why
-
-    frame, inputs, raw = load_golden(settings)
-    names = predictor.tag_names
-    scores, probs = _predict(predictor, inputs)
-    labels = _tag_matrix(frame["tags"], names)
-    true = frame["score"].to_numpy(np.float32)
-    m = evaluate(scores, true, probs, labels)
-    ev |= {f"golden.{k}": v for k, v in m.items()}
-    ev["golden.tags_ece"] = expected_calibration_error(probs, labels)
-    for tag, ap in per_tag_ap(probs, labels, names).items():
-        if not np.isnan(ap):  # a tag with no positives in the golden set has no AP to judge
-            ev[f"golden.ap.{tag}"] = ap
-    for kind, v in srocc_by_kind(scores, true, frame["distortions"].tolist()).items():
-        ev[f"golden.srocc.{kind}"] = v
-
-    preds = frame[["image_id", "source_id", "distortions", "kind", "level", "score", "tags"]].rename(
-        columns={"score": "true_score"}
-    )
-    preds = preds.assign(score=scores, **{f"p:{t}": probs[:, i] for i, t in enumerate(names)})
-
-    pristine = (frame["kind"] == behaviour.PRISTINE).to_numpy()
-    moved = {
-        name: _predict(predictor, x)[0]
-        for name, x in _invariance_inputs(
-            [r for r, p in zip(raw, pristine, strict=True) if p], settings.max_pixels
-        ).items()
+def score_evidence(
+    unit: np.ndarray, golden: GoldenSet, labels: ModelLabels
+) -> tuple[Evidence, dict[str, str]]:
+    """Score metrics on the golden images that carry a score label, both sides normalised."""
+    true = normalise(golden.true_scores(), labels)
+    scored = np.isfinite(true)
+    ev: Evidence = {"golden.scored_images": float(scored.sum())}
+    if scored.sum() < 2:
+        why = f"{int(scored.sum())} golden image(s) carry a score label: no score metric can be measured"
+        return ev, {"golden.score_srocc": why, "golden.score_mae": why}
+    pred, true = unit[scored], true[scored]
+    ev |= {
+        "golden.score_srocc": srocc(pred, true),
+        "golden.score_plcc": plcc(pred, true),
+        "golden.score_mae": mae(pred, true),
     }
-    results = [
-        behaviour.invariance(
-            scores[pristine], moved, frame["image_id"][pristine].tolist(), settings.gate_invariance_epsilon
-        ),
-        behaviour.direction(preds, settings.gate_direction_slack, settings.gate_direction_min_drop),
-        behaviour.minimum_functionality(preds, settings.serve_tag_threshold),
-    ]
-    for r in results:
-        ev[f"behaviour.{r.name}"] = r.value
-        shown = r.failures[:8] + ([f"... and {len(r.failures) - 8} more"] if len(r.failures) > 8 else [])
-        details[f"behaviour.{r.name}"] = f"{len(r.failures)}/{r.cases} failing" + (
-            ": " + "; ".join(shown) if shown else ""
-        )
+    if golden.grid:
+        cells = [r["distortions"] for r, s in zip(golden.rows, scored, strict=True) if s]
+        ev |= {f"golden.srocc.{kind}": v for kind, v in srocc_by_kind(pred, true, cells).items()}
+    return ev, {}
 
-    n = settings.gate_latency_batch_size
+
+def tag_evidence(
+    probs: np.ndarray, golden: GoldenSet, names: tuple[str, ...], min_examples: int
+) -> tuple[Evidence, dict[str, str]]:
+    """Tag metrics against the golden tags (tags outside the model's vocabulary are ignored).
+
+    Every tag's golden positives are recorded (the gates decide from them which AP floors apply);
+    a tag's AP only when it has at least ``min_examples`` positives, as fewer make AP noise.
+    """
+    truth = tags_matrix([r["tags"] for r in golden.rows], names)
+    positives = truth.sum(axis=0)
+    ev: Evidence = {f"{POSITIVES_PREFIX}{t}": float(n) for t, n in zip(names, positives, strict=True)}
+    ev["golden.tags_ece"] = expected_calibration_error(probs, truth)
+    details: dict[str, str] = {}
+    if positives.sum() == 0:
+        details["golden.tags_map"] = "no golden image carries any of the model's tags"
+    else:
+        ev["golden.tags_map"] = mean_average_precision(probs, truth)
+        ev["golden.tags_micro_f1"] = micro_f1(probs, truth)
+    for i, tag in enumerate(names):
+        if positives[i] >= min_examples:
+            ev[f"{AP_PREFIX}{tag}"] = average_precision(probs[:, i], truth[:, i])
+    return ev, details
+
+
+def predictions_table(
+    golden: GoldenSet, scores: np.ndarray, probs: np.ndarray, names: tuple[str, ...], labels: ModelLabels
+) -> pd.DataFrame:
+    """One row per golden image: what the report plots and golden_predictions.csv shows. Scores on the
+    dataset's scale (``true_score``, ``score``) and normalised (``true_unit``, ``score_unit``)."""
+    frame = pd.DataFrame(
+        {
+            "image_id": golden.ids,
+            "group": [r["group"] for r in golden.rows],
+            "original": [r["original"] for r in golden.rows],
+            "tags": [r["tags"] for r in golden.rows],
+            "true_score": golden.true_scores(),
+        }
+    )
+    if golden.grid:
+        parsed = [behaviour.parse_distortions(r["distortions"]) for r in golden.rows]
+        frame = frame.assign(
+            distortions=[r["distortions"] for r in golden.rows],
+            kind=[k for k, _ in parsed],
+            level=[lvl for _, lvl in parsed],
+        )
+    if labels.has_score:
+        frame = frame.assign(
+            score=scores,
+            true_unit=normalise(frame["true_score"].to_numpy(), labels),
+            score_unit=normalise(scores, labels),
+        )
+    return frame.assign(**{f"p:{t}": probs[:, i] for i, t in enumerate(names)})
+
+
+def behaviour_results(
+    predictor, golden: GoldenSet, preds: pd.DataFrame, labels: ModelLabels, settings: Settings
+) -> tuple[list[behaviour.BehaviourResult], dict[str, str]]:
+    """The behavioural checks settings.gate_behaviour asks for and the golden set supports (the same
+    rules pipelines.gates.behaviour_checks requires)."""
+    mode = settings.gate_behaviour
+    results: list[behaviour.BehaviourResult] = []
+    details: dict[str, str] = {}
+    if mode == "off":
+        return results, details
+    if labels.has_score:
+        unit = preds["score_unit"].to_numpy()
+        # On the grid, invariance is asked of the pristine images only: a distorted one may move.
+        keep = (preds["kind"] == behaviour.PRISTINE).to_numpy() if golden.grid else np.ones(len(preds), bool)
+        raw = [r for r, k in zip(golden.raw, keep, strict=True) if k]
+        moved = {
+            name: normalise(_predict(predictor, x)[0], labels)
+            for name, x in _invariance_inputs(raw, settings.max_pixels).items()
+        }
+        ids = [i for i, k in zip(golden.ids, keep, strict=True) if k]
+        results.append(behaviour.invariance(unit[keep], moved, ids, settings.gate_invariance_epsilon))
+        if golden.grid:
+            graded = preds.assign(score=preds["score_unit"])
+            results.append(
+                behaviour.direction(graded, settings.gate_direction_slack, settings.gate_direction_min_drop)
+            )
+        elif mode == "on":
+            blurred = normalise(_predict(predictor, _blurred_inputs(golden.raw, settings))[0], labels)
+            results.append(
+                behaviour.lowers_score(unit, blurred, golden.ids, settings.gate_direction_min_drop)
+            )
+    if golden.grid and labels.has_tags:
+        try:
+            results.append(behaviour.minimum_functionality(preds, settings.serve_tag_threshold))
+        except ValueError as exc:  # the model lacks a defect tag: the check's number stays missing
+            details["behaviour.min_functionality_pass_rate"] = str(exc)
+    return results, details
+
+
+def _describe(result: behaviour.BehaviourResult) -> str:
+    shown = result.failures[:8] + (
+        [f"... and {len(result.failures) - 8} more"] if len(result.failures) > 8 else []
+    )
+    return f"{len(result.failures)}/{result.cases} failing" + (": " + "; ".join(shown) if shown else "")
+
+
+def _latency_ms(predictor, inputs: np.ndarray, n: int) -> float:
     batch = np.resize(inputs, (n, *inputs.shape[1:]))  # repeats golden images when n > len(golden)
     predictor.warmup((n,))
     times = []
@@ -200,31 +332,119 @@ def measure(
         t0 = time.perf_counter()
         predictor.predict(batch)
         times.append((time.perf_counter() - t0) * 1000)
-    ev["serving.batch_latency_ms"] = float(np.median(times))
-    return ev, details, preds
+    return float(np.median(times))
+
+
+def read_labels(metadata: dict) -> tuple[ModelLabels | None, str]:
+    """(labels, "") from a model's metadata, or (None, why) when it records no label spec."""
+    try:
+        return ModelLabels.from_metadata(metadata), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def version_labels(settings: Settings, version: str) -> tuple[ModelLabels | None, str]:
+    info = mlflow_registry.model_info(settings, f"models:/{settings.model_name}/{version}")
+    return read_labels(info.metadata or {})
+
+
+def measure(settings: Settings, version: str) -> Measurement:
+    """Every number the gates read, for one version. A step that cannot run leaves its numbers out
+    (so their checks fail as missing) and says why in ``details``."""
+    from serving.predictor import RegistryLoader
+
+    ev: Evidence = {}
+    details: dict[str, str] = {}
+    uri = f"models:/{settings.model_name}/{version}"
+    try:
+        predictor = RegistryLoader(settings, settings.champion_alias).load(str(version))
+    except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
+        ev["serving.loads"] = 0.0
+        details["serving.loads"] = f"{uri} does not load: {type(exc).__name__}: {exc}"[:500]
+        return Measurement(ev, details, None, None)
+    ev["serving.loads"] = 1.0
+    info = mlflow_registry.model_info(settings, uri)
+    ok, why = _signature_fitness(info, predictor.tag_names)
+    ev["serving.signature"] = 1.0 if ok else 0.0
+    details["serving.signature"] = why
+    labels, why = read_labels(info.metadata or {})
+    if labels is None:  # which checks apply, and on what scale, is unknown: measure nothing more
+        details["model.labels"] = why
+        return Measurement(ev, details, None, None)
+
+    golden = load_golden(settings)
+    names = predictor.tag_names
+    scores, probs = _predict(predictor, golden.inputs)
+    ev[GRID_KEY] = 1.0 if golden.grid else 0.0
+    ev["golden.images"] = float(len(golden.rows))
+    preds = predictions_table(golden, scores, probs, names, labels)
+    if labels.has_score:
+        part, why_not = score_evidence(preds["score_unit"].to_numpy(), golden, labels)
+        ev, details = ev | part, details | why_not
+    if labels.has_tags:
+        part, why_not = tag_evidence(probs, golden, names, settings.gate_min_golden_tag_examples)
+        ev, details = ev | part, details | why_not
+    results, why_not = behaviour_results(predictor, golden, preds, labels, settings)
+    details |= why_not
+    for r in results:
+        ev[f"behaviour.{r.name}"] = r.value
+        details[f"behaviour.{r.name}"] = _describe(r)
+    ev["serving.batch_latency_ms"] = _latency_ms(predictor, golden.inputs, settings.gate_latency_batch_size)
+    return Measurement(ev, details, preds, labels)
+
+
+def golden_label_notes(settings: Settings, labels: ModelLabels | None) -> list[str]:
+    """A note when the golden set declares another score scale than the model's (e.g. a dataset
+    re-imported with another --score-range since its golden set was set aside): the golden scores are
+    then read on the model's scale. Tags need no note: the golden spec counts its own images, and a
+    model tag without golden examples is listed by the per-tag AP note."""
+    ours = None if labels is None else labels.score_range
+    if ours is None or not (settings.golden_dir / LABELS_NAME).is_file():
+        return []
+    spec = read_label_spec(settings.golden_dir)
+    if spec.score_range == ours:
+        return []
+    theirs = "no score" if spec.score_range is None else f"{spec.score_range[0]:g}..{spec.score_range[1]:g}"
+    return [
+        f"the golden set's scores are on {theirs}, this model's on {ours[0]:g}..{ours[1]:g}: golden scores "
+        "are normalised by the model's range"
+    ]
 
 
 # --- recording -------------------------------------------------------------------------------------
 
 
-def _recorded(settings: Settings, mv) -> dict[str, float | None] | None:
+def _measured_with(settings: Settings) -> str:
+    """The settings that change what measure() records: evidence measured under others is not reused."""
+    return f"behaviour={settings.gate_behaviour};min_tag_examples={settings.gate_min_golden_tag_examples}"
+
+
+def _recorded(settings: Settings, mv) -> Evidence | None:
     """A version's recorded golden evidence, if measured on this golden set under this schema."""
     tags = mv.tags or {}
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
     if tags.get("gate.schema") != EVIDENCE_SCHEMA or tags.get("gate.golden_md5") != golden_md5:
         return None
-    if "gate.evidence" not in tags:
+    if tags.get("gate.measured_with") != _measured_with(settings) or "gate.evidence" not in tags:
         return None
     return json.loads(tags["gate.evidence"])
 
 
-def champion_evidence(settings: Settings, champion_version: str) -> dict[str, float | None]:
+def champion_evidence(settings: Settings, champion_version: str) -> Evidence:
     """The champion's numbers on today's golden set: read back when recorded, else measured now."""
     recorded = _recorded(settings, mlflow_registry.get_version(settings, champion_version))
     if recorded is not None:
         return recorded
-    ev, _, _ = measure(settings, champion_version)
-    return ev
+    return measure(settings, champion_version).evidence
+
+
+def baseline(settings: Settings, champion_version: str, labels: ModelLabels | None) -> Baseline:
+    """The champion as a regression baseline; its numbers only when it answers the same labels (a
+    champion of other labels is no baseline, so it is not measured either)."""
+    theirs, _ = version_labels(settings, champion_version)
+    if labels is None or theirs is None or not theirs.same_labels(labels):
+        return Baseline(champion_version, theirs)
+    return Baseline(champion_version, theirs, champion_evidence(settings, champion_version))
 
 
 def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = False) -> GateReport:
@@ -240,19 +460,21 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
 
     recorded = _recorded(settings, mv) if reuse else None
-    details: dict[str, str]
     if recorded is not None:
-        ev, details, preds = recorded, {}, None
+        labels, why = version_labels(settings, version)
+        m = Measurement(recorded, {"model.labels": why} if why else {}, None, labels)
     else:
-        ev, details, preds = measure(settings, version)
+        m = measure(settings, version)
+    ev, details = m.evidence, m.details
     if golden_md5 is None:
         # Golden files without a DVC version are not the frozen set: refuse to judge on them.
         ev = {k: v for k, v in ev.items() if not k.startswith(("golden.", "behaviour."))}
         details["golden"] = f"{settings.golden_subdir}.dvc is missing: the golden set is not versioned"
     champion = mlflow_registry.version_or_none(settings, settings.champion_alias)
     champion_version = None if champion is None or str(champion.version) == version else str(champion.version)
-    champion_ev = None if champion_version is None else champion_evidence(settings, champion_version)
-    verdict = decide(ev, details, run_metrics, champion_ev, champion_version, settings)
+    base = None if champion_version is None else baseline(settings, champion_version, m.labels)
+    notes = golden_label_notes(settings, m.labels)
+    verdict = decide(ev, details, run_metrics, m.labels, base, settings, notes)
     report = GateReport(
         model_name=settings.model_name,
         version=version,
@@ -262,16 +484,25 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
         golden_md5=golden_md5,
         champion_version=champion_version,
         checked_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
+        labels=m.labels,
         report_uri=(mv.tags or {}).get("gate.report", "").removesuffix("/report.html") or None,
         reused=recorded is not None,
-        preds=preds,
+        preds=m.preds,
     )
     if record:
-        _record(settings, mv.run_id, report, champion_ev)
+        _record(settings, mv.run_id, report, None if base is None else base.evidence)
     return report
 
 
-def _record(settings: Settings, run_id: str, report: GateReport, champion_ev) -> None:
+def metric_name(key: str) -> str:
+    """An evidence key as an MLflow metric name: ``golden.ap.<tag>`` carries the user's tag, and MLflow
+    takes letters, digits, ``_ - .`` and spaces only (a slash would read as a path)."""
+    return re.sub(r"[^\w\-. ]", "_", key.replace(".", "_"))
+
+
+def _record(
+    settings: Settings, run_id: str, report: GateReport, champion_ev: Mapping[str, float | None] | None
+) -> None:
     failed = [c.name for c in report.verdict.checks if not c.passed]
     decision = {
         "gate.passed": str(report.passed).lower(),
@@ -292,7 +523,7 @@ def _record(settings: Settings, run_id: str, report: GateReport, champion_ev) ->
         if report.preds is not None:
             report.preds.to_csv(out / "golden_predictions.csv", index=False)
         report.report_uri = mlflow_registry.log_run_artifacts(settings, run_id, out, artifact_path)
-    numeric = {k.replace(".", "_"): v for k, v in report.evidence.items() if v is not None and np.isfinite(v)}
+    numeric = {metric_name(k): v for k, v in report.evidence.items() if v is not None and np.isfinite(v)}
     mlflow_registry.log_run_metrics(settings, run_id, numeric)
     mlflow_registry.set_version_tags(
         settings,
@@ -302,6 +533,7 @@ def _record(settings: Settings, run_id: str, report: GateReport, champion_ev) ->
             "gate.evidence": json.dumps(report.evidence),
             "gate.golden_md5": report.golden_md5 or "",
             "gate.schema": EVIDENCE_SCHEMA,
+            "gate.measured_with": _measured_with(settings),
             "gate.report": f"{report.report_uri}/report.html",
         },
     )

@@ -15,6 +15,7 @@ import socket
 import httpx
 import pandas as pd
 
+from lightbox import manifest
 from lightbox.adapters import airflow_runner, dvc_repo, feast_store, mlflow_registry
 from lightbox.demo import pick_images, start_server
 from lightbox.settings import CODE_ROOT, Settings
@@ -48,9 +49,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_lifecycle(settings: Settings) -> Settings:
-    """Both DAGs through Airflow (`airflow dags test`) on a small dataset."""
-    airflow_runner.dags_test(settings, "lightbox_data", {"n_sources": 14, "variants": 6})
+def run_lifecycle(settings: Settings, data_conf: dict | None = None) -> Settings:
+    """Both DAGs through Airflow (`airflow dags test`) on a small dataset: the synthetic demo set, or
+    the user's photos that ``data_conf`` names (the lightbox_data params)."""
+    airflow_runner.dags_test(settings, "lightbox_data", data_conf or {"n_sources": 14, "variants": 6})
     airflow_runner.dags_test(settings, "lightbox_train", {"trials": 4, "epochs": 20})
     return settings
 
@@ -64,10 +66,10 @@ class LifecycleChecks:
         assert dvc_repo.remote_holds(project, version)
         old = dvc_repo.read_file_at(project, "manifest.csv", version.git_rev)
         assert old == (project.data_dir / "manifest.csv").read_bytes()
-        assert len(pd.read_csv(io.BytesIO(old))) == version.files - 1  # every image + the manifest
+        assert len(pd.read_csv(io.BytesIO(old))) == version.files - 2  # every image + manifest + labels
 
     def test_feast_serves_the_features_online(self, project: Settings) -> None:
-        ids = pd.read_csv(project.data_dir / "manifest.csv", dtype={"image_id": str})["image_id"][:3].tolist()
+        ids = [r["image_id"] for r in manifest.read_manifest(project.data_dir)][:3]
         online = feast_store.online(project, ids)
         assert online["image_id"] == ids
         assert all(e is not None and len(e) == 1280 for e in online["embedding"])
@@ -96,29 +98,45 @@ class LifecycleChecks:
         assert champion.tags["gate.passed"] == "true"
         assert champion.tags["gate.golden_md5"] == dvc_repo.tracked_md5(project, project.golden_subdir)
         assert champion.tags["promotion.by"] == "airflow:lightbox_train"
-        assert {
-            "plots/srocc_per_distortion.png",
-            "plots/tags_pr_curves.png",
-            "plots/tags_calibration.png",
-        } <= {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
+        plots = {"plots/tags_pr_curves.png", "plots/tags_calibration.png", "plots/score_pred_vs_true.png"}
+        if manifest.read_label_spec(project.data_dir).source_format == "synthetic":
+            plots.add("plots/srocc_per_distortion.png")
+        assert plots <= {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
         assert parent.inputs.dataset_inputs[0].dataset.digest == version.short
 
-    def test_server_answers_and_scores_blur_lower(self, project: Settings) -> None:
+    def test_server_answers_with_the_datasets_tags_on_its_scale(self, project: Settings) -> None:
+        spec = manifest.read_label_spec(project.data_dir)
+        synthetic = spec.source_format == "synthetic"
         server = start_server(project, project.state / "logs" / "serve-test.log")
         try:
             base = f"http://{project.serve_host}:{project.serve_port}"
-            pristine, blurred = pick_images(project)
+            rows = manifest.read_manifest(project.data_dir)
+            paths = (
+                pick_images(project) if synthetic else tuple(project.data_dir / r["path"] for r in rows[:2])
+            )
             answers = []
-            for path in (pristine, blurred):
+            for path in paths:
                 r = httpx.post(f"{base}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
                 assert r.status_code == 200, r.text
                 answers.append(r.json())
             champion = mlflow_registry.version_by_alias(project, project.champion_alias)
+            assert spec.score_range is not None
+            low, high = spec.score_range
             for a in answers:
-                assert 0.0 <= a["score"] <= 1.0
+                assert low <= a["score"] <= high
                 assert a["model"] == {"name": project.model_name, "version": str(champion.version)}
                 assert all({"name", "confidence"} <= set(t) for t in a["tags"])
-            assert answers[1]["score"] < answers[0]["score"]
+            everything = httpx.post(
+                f"{base}/predict?threshold=0",
+                files={"file": (paths[0].name, paths[0].read_bytes())},
+                timeout=60,
+            ).json()
+            assert sorted(t["name"] for t in everything["tags"]) == sorted(spec.tags)
+            meta = httpx.get(f"{base}/v2/models/{project.model_name}", timeout=30).json()
+            assert meta["parameters"]["tag_names"] == list(spec.tags)
+            assert list(meta["parameters"]["score_range"]) == [low, high]
+            if synthetic:
+                assert answers[1]["score"] < answers[0]["score"]  # the blurred variant scores lower
             bad = httpx.post(
                 f"{base}/predict", content=b"not an image", headers={"content-type": "image/jpeg"}
             )

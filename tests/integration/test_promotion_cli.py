@@ -8,6 +8,7 @@ subprocess with LIGHTBOX_* pointing at the server, as CI would run it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
+from lightbox.manifest import LabelSpec
 from lightbox.settings import Settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,6 +43,7 @@ class Env:
     good: str  # version whose gates pass
     bad: str  # version whose gates fail
     good2: str  # same weights as `good`, registered later
+    score_only: str  # a model of other labels (no tags): no regression baseline in `good`
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -108,7 +111,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         log.close()
 
 
-def _register(settings: Settings, model, metrics: dict[str, float], example: np.ndarray) -> str:
+def _register(
+    settings: Settings, model, metrics: dict[str, float], example: np.ndarray, label_spec: dict
+) -> str:
     """Log and register like pipelines.train does: signature, metadata, tags, @challenger."""
     import torch
 
@@ -125,19 +130,34 @@ def _register(settings: Settings, model, metrics: dict[str, float], example: np.
     }
     with mlflow.start_run(tags=tags) as run, torch.inference_mode():
         mlflow.log_metrics(metrics)
-        version = mlflow_registry.log_lightbox_model(model, example, settings.model_name)
+        version = mlflow_registry.log_lightbox_model(
+            model, example, settings.model_name, label_spec=label_spec
+        )
     mlflow_registry.set_version_tags(settings, version, tags | {"run_id": run.info.run_id})
     mlflow_registry.set_alias(settings, version, settings.challenger_alias)
     return version
+
+
+def _synthetic_spec() -> LabelSpec:
+    """The demo dataset's label spec: golden.run renders the synthetic grid only for it."""
+    from lightbox.dataset import TAG_VOCABULARY
+
+    return LabelSpec(
+        tag_counts=dict.fromkeys(TAG_VOCABULARY, 50),
+        score_name="quality",
+        score_range=(0.0, 1.0),
+        score_range_source="given",
+        source_format="synthetic",
+    )
 
 
 @pytest.fixture(scope="module")
 def env(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Env:
     import torch
 
-    from lightbox.settings import TAG_VOCABULARY
+    from lightbox.manifest import tags_matrix, write_label_spec
     from pipelines import golden
-    from pipelines.validate_model import _tag_matrix, load_golden
+    from pipelines.validate_model import load_golden
     from training.fit import Split, fit_heads, predict
     from training.metrics import evaluate
     from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
@@ -151,37 +171,51 @@ def env(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Env:
         # trained on the full set; the invariance rule itself is unit-tested at its default.
         gate_invariance_epsilon=0.1,
     )
+    spec = _synthetic_spec()
+    settings.data_dir.mkdir(parents=True)
+    write_label_spec(settings.data_dir, spec)
     golden.run(settings)
-    frame, inputs, _ = load_golden(settings)
+    gold = load_golden(settings)
     extractor = FeatureExtractor().eval()
     with torch.inference_mode():
-        x = extractor(torch.from_numpy(inputs)).numpy()
+        x = extractor(torch.from_numpy(gold.inputs)).numpy()
     split = Split(
-        x=x, score=frame["score"].to_numpy(np.float32), tags=_tag_matrix(frame["tags"], TAG_VOCABULARY)
+        x=x,
+        score=spec.normalise(gold.true_scores()),
+        tags=tags_matrix([r["tags"] for r in gold.rows], spec.tags),
     )
 
     # Fitted on the golden set itself: the point here is the promotion machinery, not generalisation.
-    config = ModelConfig(tag_names=TAG_VOCABULARY, epochs=150, lr=3e-3, dropout=0.0, seed=0)
+    config = ModelConfig(tag_names=spec.tags, epochs=150, lr=3e-3, dropout=0.0, seed=0)
     good_heads = fit_heads(config, split)
     bad_heads = Heads(config).eval()  # untrained: random scores and tags
     bad_heads.set_normalisation(torch.from_numpy(x))
+    # Other labels: the same score, no tags (a score-only dataset).
+    score_config = dataclasses.replace(config, tag_names=())
+    score_split = dataclasses.replace(split, tags=split.tags[:, :0])
+    score_heads = fit_heads(score_config, score_split)
 
-    def metrics(heads) -> dict[str, float]:
-        s, t = predict(heads, split.x)
-        return {f"test_{k}": v for k, v in evaluate(s, split.score, t, split.tags).items()}
+    def metrics(heads, s: Split) -> dict[str, float]:
+        scores, t = predict(heads, s.x)
+        return {f"test_{k}": v for k, v in evaluate(scores, s.score, t, s.tags).items()}
 
     good_model = LightboxModel(config, good_heads, extractor).eval()
     bad_model = LightboxModel(config, bad_heads, extractor).eval()
-    example = inputs[:1]
-    good = _register(settings, good_model, metrics(good_heads), example)
-    bad = _register(settings, bad_model, metrics(bad_heads), example)
-    good2 = _register(settings, good_model, metrics(good_heads), example)
+    score_model = LightboxModel(score_config, score_heads, extractor).eval()
+    example = gold.inputs[:1]
+    labels = spec.to_dict()
+    good = _register(settings, good_model, metrics(good_heads, split), example, labels)
+    bad = _register(settings, bad_model, metrics(bad_heads, split), example, labels)
+    good2 = _register(settings, good_model, metrics(good_heads, split), example, labels)
+    score_labels = dataclasses.replace(spec, tag_counts={}).to_dict()
+    score_only = _register(settings, score_model, metrics(score_heads, score_split), example, score_labels)
     return Env(
         settings,
         dict(os.environ) | settings_env(settings) | {"LIGHTBOX_ACTOR": "ci-bot"},
         good,
         bad,
         good2,
+        score_only,
     )
 
 
@@ -198,6 +232,9 @@ def test_promote_pass_fail_dry_run_rollback_and_lineage(env: Env) -> None:
     evidence = json.loads(tags["gate.evidence"])
     assert evidence["serving.loads"] == 1.0 and evidence["serving.signature"] == 1.0
     assert evidence["golden.score_srocc"] > 0.5
+    assert evidence["golden.distortion_grid"] == 1.0 and evidence["golden.positives.blurry"] == 4.0
+    assert "PASS golden.ap.blurry" in tags["gate.summary"]
+    assert "NOTE no per-tag AP floor for tags with fewer than 3 golden examples" in tags["gate.summary"]
     assert tags["gate.report"].endswith("/report.html")
 
     from lightbox.adapters import mlflow_registry
@@ -238,6 +275,16 @@ def test_promote_pass_fail_dry_run_rollback_and_lineage(env: Env) -> None:
     assert env.tags(env.good2)["rollback.by"] == "ci-bot"
     r = env.cli("rollback", "--model", "lightbox-ci")
     assert r.returncode == 1 and "nothing to roll back to" in r.stderr
+
+    # other labels: a score-only model has no regression baseline in a champion with tags; it is
+    # judged on the floors alone, with a note saying why, and no tag check applies to it
+    r = env.cli("promote", "--model", "lightbox-ci", "--version", env.score_only)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert env.alias("champion") == env.score_only
+    summary = env.tags(env.score_only)["gate.summary"]
+    assert f"champion v{env.good} was trained on other labels" in summary and "no regression" in summary
+    assert "regression." not in summary and "golden.tags_map" not in summary
+    assert "PASS golden.score_mae" in summary and "score-only model" in summary
 
     # lineage: version -> run -> dataset version -> feature service -> code revision
     r = env.cli("lineage", f"models:/lightbox-ci/{env.good}")

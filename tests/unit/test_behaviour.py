@@ -4,7 +4,7 @@ import pytest
 
 from lightbox.dataset import DEFECT_TAG
 from lightbox.distortions import KINDS
-from pipelines.behaviour import direction, invariance, minimum_functionality, parse_distortions
+from pipelines.behaviour import direction, invariance, lowers_score, minimum_functionality, parse_distortions
 
 
 def _grid(score_at, tag_prob_at, sources=("s0", "s1")) -> pd.DataFrame:
@@ -12,7 +12,7 @@ def _grid(score_at, tag_prob_at, sources=("s0", "s1")) -> pd.DataFrame:
     rows = []
     for s in sources:
         for kind, level in [("none", 0)] + [(k, lvl) for k in KINDS for lvl in range(1, 6)]:
-            row = {"source_id": s, "kind": kind, "level": level, "score": score_at(s, kind, level)}
+            row = {"group": s, "kind": kind, "level": level, "score": score_at(s, kind, level)}
             for k, tag in DEFECT_TAG.items():
                 row[f"p:{tag}"] = tag_prob_at(s, kind, level, k)
             rows.append(row)
@@ -74,3 +74,14 @@ def test_minimum_functionality() -> None:
     r = minimum_functionality(_grid(_good_score, blind_to_blur), threshold=0.5)
     assert r.value == pytest.approx(12 / 14)
     assert r.failures[0] == "s0 blur:5: blurry at 0.10 < 0.5"
+
+
+def test_lowers_score_counts_the_images_whose_score_falls_enough() -> None:
+    base = np.array([0.8, 0.6, 0.5])
+    blurred = np.array([0.5, 0.58, 0.6])  # falls 0.3, falls 0.02, rises 0.1
+    r = lowers_score(base, blurred, ["a", "b", "c"], min_drop=0.05)
+    assert r.name == "blur_lowers_score_pass_rate"
+    assert r.value == pytest.approx(1 / 3) and r.cases == 3
+    assert r.failures == ["b: blur drops only 0.020", "c: blur drops only -0.100"]
+    with pytest.raises(ValueError, match="2 scores for 3 images"):
+        lowers_score(base, blurred[:2], ["a", "b", "c"], min_drop=0.05)

@@ -65,7 +65,28 @@ def test_datasets_link_the_dags(dagbag) -> None:
 
 def test_params_are_exposed(dagbag) -> None:
     assert {"n_sources", "variants"} <= set(dagbag.dags["lightbox_data"].params.keys())
-    assert {"trials", "epochs"} <= set(dagbag.dags["lightbox_train"].params.keys())
+    assert {"trials", "epochs", "model_name"} <= set(dagbag.dags["lightbox_train"].params.keys())
+    assert "model_name" in dagbag.dags["lightbox_promote"].params
+
+
+@pytest.mark.parametrize("dag_id", ["lightbox_train", "lightbox_promote"])
+def test_params_default_to_none_so_settings_apply(dagbag, dag_id: str) -> None:
+    # A concrete default would override LIGHTBOX_TUNE_TRIALS and friends on every run.
+    params = dagbag.dags[dag_id].params
+    settable = {k: params[k] for k in params if k != "require_approval"}
+    assert settable and all(v is None for v in settable.values()), settable
+    # The defaults validate against the param schemas (a bare type="integer" would refuse None).
+    params.validate()
+
+
+def test_assets_are_defined_once(dagbag) -> None:
+    from lightbox.adapters import airflow_assets
+
+    outlets = {o for dag in dagbag.dags.values() for t in dag.tasks for o in t.outlets}
+    assert {o.uri for o in outlets} <= {airflow_assets.FEATURES.uri, airflow_assets.CHAMPION.uri}
+    assert airflow_assets.FEATURES in dagbag.dags["lightbox_data"].get_task("features").outlets
+    for path in (CODE_ROOT / "dags").glob("*.py"):
+        assert "Asset(" not in path.read_text(), f"{path.name} defines its own Asset"
 
 
 def test_promotion_dag_gates_before_an_optional_approval(dagbag) -> None:

@@ -61,3 +61,148 @@ def test_plots_render_to_png() -> None:
     ]
     for fig in figs:
         assert plots.png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- pipelines.validate_model: what is measured on a golden set ------------------------------------
+
+
+def _golden_folder(tmp_path, cells: list[tuple[str, str]], **kw: object):
+    """A golden folder as the importer writes it: noisy 64x48 photos with (score, tags) cells on a
+    1..10 rating, no distortion grid."""
+    from PIL import Image
+
+    from lightbox.manifest import GOLDEN_SPLIT, LabelSpec, write_label_spec, write_manifest
+    from lightbox.settings import Settings
+
+    s = Settings(project_dir=tmp_path, **kw)
+    (s.golden_dir / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (score, tags) in enumerate(cells):
+        image_id = f"{i:016x}"
+        pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(s.golden_dir / "images" / f"{image_id}.png")
+        rows.append(
+            {
+                "image_id": image_id, "path": f"images/{image_id}.png", "split": GOLDEN_SPLIT,
+                "group": f"g{i}", "score": score, "tags": tags, "width": "64", "height": "48",
+                "phash": "0" * 16, "original": f"{i}.png",
+            }
+        )  # fmt: skip
+    write_manifest(s.golden_dir, rows)
+    write_label_spec(s.golden_dir, LabelSpec(score_range=(1.0, 10.0), source_format="imagefolder"))
+    return s
+
+
+def test_golden_score_metrics_are_normalised_by_the_models_range(tmp_path) -> None:
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import load_golden, normalise, score_evidence
+
+    s = _golden_folder(tmp_path, [("2", ""), ("5", ""), ("8", ""), ("", "")])
+    golden = load_golden(s)
+    labels = ModelLabels((), (1.0, 10.0))
+    predicted = np.array([2.9, 5.9, 8.9, 1.0])  # 0.9 rating points off: 0.1 of the 1..10 range
+    ev, why = score_evidence(normalise(predicted, labels), golden, labels)
+    assert why == {}
+    assert ev["golden.score_mae"] == pytest.approx(0.1)  # the unlabelled image is left out
+    assert ev["golden.score_srocc"] == pytest.approx(1.0) and ev["golden.scored_images"] == 3.0
+    # Too few labelled images: no number, and the reason.
+    ev, why = score_evidence(
+        normalise(predicted, labels),
+        load_golden(_golden_folder(tmp_path / "b", [("2", "")] + [("", "")] * 3)),
+        labels,
+    )
+    assert "golden.score_mae" not in ev and "1 golden image(s) carry a score label" in why["golden.score_mae"]
+
+
+def test_golden_tag_ap_only_for_tags_with_enough_examples(tmp_path) -> None:
+    from pipelines.validate_model import load_golden, tag_evidence
+
+    cells = [("", "dog"), ("", "dog|cat"), ("", "dog|stranger"), ("", "")]
+    golden = load_golden(_golden_folder(tmp_path, cells))
+    names = ("cat", "dog", "sunset")
+    probs = np.array([[0.1, 0.9, 0.1], [0.2, 0.8, 0.1], [0.1, 0.3, 0.1], [0.1, 0.4, 0.1]])
+    ev, why = tag_evidence(probs, golden, names, min_examples=3)
+    assert {k: v for k, v in ev.items() if "positives" in k} == {
+        "golden.positives.cat": 1.0,
+        "golden.positives.dog": 3.0,
+        "golden.positives.sunset": 0.0,
+    }
+    assert [k for k in ev if k.startswith("golden.ap.")] == ["golden.ap.dog"]
+    assert ev["golden.ap.dog"] == pytest.approx((1 + 1 + 3 / 4) / 3) and why == {}  # a miss at rank 3
+    assert "golden.tags_map" in ev and "golden.tags_ece" in ev
+    ev, why = tag_evidence(probs[:, 2:], golden, ("sunset",), min_examples=3)
+    assert "golden.tags_map" not in ev and "any of the model's tags" in why["golden.tags_map"]
+
+
+class _SharpnessModel:
+    """Scores an image by its pixel-to-pixel detail on a 1..10 scale: a blur lowers it."""
+
+    tag_names = ("dog",)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grey = batch.astype(np.float32).mean(axis=1)
+        detail = np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2)) / 255.0
+        return (1 + 9 * np.clip(detail * 4, 0, 1)).astype(np.float32), np.full(
+            (len(batch), 1), 0.5, np.float32
+        )
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("auto", ["invariance_max_delta"]),
+        ("on", ["invariance_max_delta", "blur_lowers_score_pass_rate"]),
+        ("off", []),
+    ],
+)
+def test_behaviour_on_a_golden_set_without_a_grid_follows_the_mode(
+    tmp_path, mode: str, expected: list[str]
+) -> None:
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import _predict, behaviour_results, load_golden, predictions_table
+
+    s = _golden_folder(tmp_path, [("5", "dog")] * 4, gate_behaviour=mode)
+    golden = load_golden(s)
+    model = _SharpnessModel()
+    labels = ModelLabels(model.tag_names, (1.0, 10.0))
+    scores, probs = _predict(model, golden.inputs)
+    preds = predictions_table(golden, scores, probs, model.tag_names, labels)
+    results, why = behaviour_results(model, golden, preds, labels, s)
+    assert [r.name for r in results] == expected and why == {}
+    by_name = {r.name: r for r in results}
+    if "blur_lowers_score_pass_rate" in by_name:
+        blur = by_name["blur_lowers_score_pass_rate"]
+        assert blur.cases == 4 and blur.value == 1.0, blur.failures
+    # A tags-only model has no score behaviour to check.
+    tags_only = ModelLabels(model.tag_names, None)
+    preds = predictions_table(golden, scores, probs, model.tag_names, tags_only)
+    assert behaviour_results(model, golden, preds, tags_only, s) == ([], {})
+
+
+def test_the_report_shows_the_label_spec_and_the_notes(tmp_path) -> None:
+    from pipelines.gates import GateCheck, GateVerdict, ModelLabels
+    from pipelines.report import figures, render_markdown
+    from pipelines.validate_model import GateReport, _predict, load_golden, predictions_table
+
+    golden = load_golden(_golden_folder(tmp_path, [("2", "dog"), ("7", ""), ("", "dog")]))
+    model = _SharpnessModel()
+    labels = ModelLabels(model.tag_names, (1.0, 10.0), "rating")
+    scores, probs = _predict(model, golden.inputs)
+    note = "champion v3 was trained on other labels (tags [cat], no score): no regression baseline"
+    report = GateReport(
+        "m", "4", GateVerdict([GateCheck("golden.score_mae", 0.1, 0.25, "<=")], [note]), {}, {}, "x.dir", "3",
+        "2026-01-01", labels=labels, preds=predictions_table(golden, scores, probs, model.tag_names, labels),
+    )  # fmt: skip
+    md = render_markdown(report)
+    assert "- tags (1): dog" in md and "- score: rating on 1..10" in md
+    assert f"- {note}" in md
+    # No distortion grid: no per-level plots; the scatter leaves the unlabelled image out.
+    assert set(figures(report)) == {"score_pred_vs_true", "tags_pr_curves", "tags_calibration"}
+    tags_only = GateReport(
+        "m", "5", GateVerdict(), {}, {}, None, None, "t", labels=ModelLabels(("dog",), None)
+    )
+    assert "- score: none (tags-only model)" in render_markdown(tags_only)
+    assert "- labels: not recorded" in render_markdown(
+        GateReport("m", "6", GateVerdict(), {}, {}, None, None, "t")
+    )
