@@ -61,7 +61,7 @@ def make_jpegs(n: int = 16, size: tuple[int, int] = (640, 480)) -> list[bytes]:
 def build_predictor(name: str = "lightbox", version: str = "bench"):
     import torch
 
-    from lightbox.settings import TAG_VOCABULARY
+    from lightbox.dataset import TAG_VOCABULARY
     from serving.predictor import Predictor
     from training.model import Heads, LightboxModel, ModelConfig
 

@@ -1,23 +1,31 @@
 """Stage: tune the heads with Ray Tune on Feast features, fit the best, log and register the model.
 
-Every trial becomes a nested MLflow run under one tuning run; the final model (feature extractor +
-heads) is logged with its signature, input example, test metrics and the dataset version.
+The dataset declares its labels (``lightbox.manifest``): the heads are sized from its label spec (its
+tags, its score scale, or no score at all). Every trial becomes a nested MLflow run under one tuning
+run; the final model (feature extractor + heads) is logged with its signature, input example, test
+metrics, the label spec (``labels.json`` and model metadata) and the dataset version.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-from lightbox.adapters import dvc_repo, feast_store, mlflow_registry
-from lightbox.settings import CODE_ROOT, TAG_VOCABULARY, Settings
-from training.fit import Split, fit_heads, predict, validation_metrics
-from training.metrics import evaluate
-from training.model import STAT_NAMES, LightboxModel, ModelConfig
+from lightbox import manifest
+from lightbox.adapters import dvc_repo, mlflow_registry
+from lightbox.manifest import LabelSpec
+from lightbox.settings import CODE_ROOT, Settings
+from pipelines.features import feature_matrix, load_for_training
+from training.fit import Split, fit_heads, predict, tag_pos_weight, validation_metrics
+from training.metrics import ap_by_tag, evaluate, metric_names
+from training.model import FEATURE_DIM, LightboxModel, ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,40 +41,90 @@ class TrainResult:
         return asdict(self)
 
 
-def tags_matrix(tag_lists: pd.Series, vocabulary: tuple[str, ...] = TAG_VOCABULARY) -> np.ndarray:
-    index = {t: i for i, t in enumerate(vocabulary)}
-    out = np.zeros((len(tag_lists), len(vocabulary)), np.float32)
-    for row, tags in enumerate(tag_lists):
-        for t in str(tags).split("|") if isinstance(tags, str) and tags else []:
-            out[row, index[t]] = 1.0
-    return out
+@dataclass(frozen=True)
+class TrainingData:
+    """The dataset as training sees it: manifest rows, their label spec and a Split per split name."""
+
+    rows: list[dict[str, str]]
+    spec: LabelSpec
+    splits: dict[str, Split]
+    split_rows: dict[str, list[dict[str, str]]]
 
 
-def load_training_frame(settings: Settings) -> pd.DataFrame:
-    """Labels from the manifest joined point-in-time with the Feast feature service."""
-    manifest = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
-    entity_df = manifest[["image_id"]].assign(event_timestamp=pd.Timestamp(datetime.now(UTC)))
-    feats = feast_store.historical(settings, entity_df)
-    frame = manifest.merge(feats.drop(columns=["event_timestamp"]), on="image_id", how="left")
-    missing = frame["embedding"].isna().sum()
-    if missing:
-        raise ValueError(f"{missing} images have no features in Feast: run `lightbox features` first")
-    return frame
-
-
-def to_split(frame: pd.DataFrame) -> Split:
-    x = np.hstack(
-        [
-            np.stack(frame["embedding"].to_numpy()),
-            np.stack(frame["quality"].to_numpy()),
-            frame[list(STAT_NAMES)].to_numpy(),
-        ]
+def base_config(spec: LabelSpec, *, epochs: int, seed: int) -> ModelConfig:
+    """The heads the label spec asks for: its training vocabulary, its score scale (if it has one)."""
+    low, high = spec.score_range if spec.score_range is not None else (0.0, 1.0)
+    return ModelConfig(
+        tag_names=spec.tags,
+        has_score=spec.has_score,
+        score_low=low,
+        score_high=high,
+        score_name=spec.score_name or "score",
+        epochs=epochs,
+        seed=seed,
     )
+
+
+def to_split(rows: Sequence[Mapping[str, str]], features: pd.DataFrame, spec: LabelSpec) -> Split:
+    """Labels from manifest rows (scores normalised to [0, 1], NaN where unlabelled) beside features of
+    the same images, in the same order."""
+    scores = np.array([manifest.parse_score(r["score"]) for r in rows], np.float32)
     return Split(
-        x=x.astype(np.float32),
-        score=frame["score"].to_numpy(np.float32),
-        tags=tags_matrix(frame["tags"].fillna("")),
+        # An empty split is refused by check_trainable with its name; feature_matrix cannot stack nothing.
+        x=feature_matrix(features) if len(rows) else np.zeros((0, FEATURE_DIM), np.float32),
+        score=spec.normalise(scores) if spec.has_score else np.full(len(rows), np.nan, np.float32),
+        tags=manifest.tags_matrix([r["tags"] for r in rows], spec.tags),
     )
+
+
+def check_trainable(spec: LabelSpec, splits: Mapping[str, Split]) -> None:
+    """Refuse a dataset that cannot give a meaningful model, saying what to change."""
+    if not spec.has_score and not spec.has_tags:
+        raise ValueError(
+            "the dataset has no score labels and no tag with enough images "
+            f"(min_tag_count {spec.min_tag_count}): nothing to train"
+        )
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(
+                f"the {name} split is empty: import more images or change the split fractions "
+                "(split_validation_fraction, split_test_fraction)"
+            )
+    train = splits["train"]
+    absent = [t for t, n in zip(spec.tags, train.tags.sum(axis=0), strict=True) if n == 0]
+    if absent:
+        raise ValueError(
+            f"tags with no positive image in the train split: {', '.join(absent)}. Label more images with "
+            "them, or raise min_tag_count so they are left out, and re-import"
+        )
+    if spec.has_score and not np.isfinite(train.score).any():
+        raise ValueError("the dataset declares a score, but no train image has one: label some, re-import")
+
+
+def load_training_data(settings: Settings) -> TrainingData:
+    """The manifest and label spec of ``settings.data_dir`` joined with the features of exactly its
+    images (``FeaturesOutOfDate`` when any is missing or stale)."""
+    rows = manifest.read_manifest(settings.data_dir)
+    spec = manifest.read_label_spec(settings.data_dir)
+    if spec.excluded_tags:
+        log.warning(
+            "tags on fewer than %d images are left out of training: %s",
+            spec.min_tag_count,
+            ", ".join(spec.excluded_tags),
+        )
+    features = load_for_training(settings, [r["image_id"] for r in rows])
+    split_of = np.array([r["split"] for r in rows])
+    unknown = sorted(set(split_of) - set(manifest.SPLITS))
+    if unknown:
+        raise ValueError(f"manifest rows in unknown splits {unknown}: re-import the data")
+    split_rows: dict[str, list[dict[str, str]]] = {}
+    splits: dict[str, Split] = {}
+    for name in manifest.SPLITS:
+        keep = np.flatnonzero(split_of == name)
+        split_rows[name] = [rows[i] for i in keep]
+        splits[name] = to_split(split_rows[name], features.iloc[keep], spec)
+    check_trainable(spec, splits)
+    return TrainingData(rows=rows, spec=spec, splits=splits, split_rows=split_rows)
 
 
 def _start_ray(settings: Settings) -> bool:
@@ -88,43 +146,85 @@ def _start_ray(settings: Settings) -> bool:
     return True
 
 
-def _log_plots(test_frame: pd.DataFrame, s_pred: np.ndarray, t_pred: np.ndarray, split: Split) -> dict:
-    """Evaluation plots as artifacts; returns the per-distortion SROCC metrics they show."""
+def test_metrics(
+    config: ModelConfig, test: Split, s_pred: np.ndarray, t_pred: np.ndarray
+) -> dict[str, float]:
+    """The run's test metrics. Scores are compared normalised, so ``test_score_mae`` is a fraction of
+    the score range (what the gates compare, whatever the scale); ``test_score_mae_raw`` is the same on
+    the dataset's scale. ``test_ap_<tag>`` for every tag with positives in the test split."""
+    m = evaluate(s_pred if config.has_score else None, test.score, t_pred, test.tags)
+    out = {f"test_{k}": v for k, v in m.items()}
+    if "score_mae" in m:
+        out["test_score_mae_raw"] = m["score_mae"] * (config.score_high - config.score_low)
+    aps = ap_by_tag(t_pred, test.tags, config.tag_names)
+    keys = metric_names("test_ap_", config.tag_names)
+    return out | {keys[tag]: ap for tag, ap in aps.items()}
+
+
+def _log_plots(
+    config: ModelConfig,
+    rows: Sequence[Mapping[str, str]],
+    s_pred: np.ndarray,
+    t_pred: np.ndarray,
+    split: Split,
+) -> dict[str, float]:
+    """Evaluation plots of the test split as artifacts; returns the metrics only they compute
+    (per-distortion SROCC on the synthetic set, tag calibration)."""
     import mlflow
     from training import plots
     from training.metrics import expected_calibration_error, srocc_by_kind
 
-    by_kind = srocc_by_kind(s_pred, split.score, test_frame["distortions"].astype(str).tolist())
-    ece = expected_calibration_error(t_pred, split.tags)
-    figures = {
-        "plots/score_pred_vs_true.png": plots.score_scatter(s_pred, split.score),
-        "plots/srocc_per_distortion.png": plots.srocc_by_kind(by_kind),
-        "plots/tags_pr_curves.png": plots.pr_curves(t_pred, split.tags, TAG_VOCABULARY),
-        "plots/tags_calibration.png": plots.calibration(t_pred, split.tags, ece),
-    }
+    figures = {}
+    extra: dict[str, float] = {}
+    if config.has_score:
+        low, high = config.score_low, config.score_high
+        figures["plots/score_pred_vs_true.png"] = plots.score_scatter(
+            low + (high - low) * s_pred,
+            low + (high - low) * split.score,
+            score_range=(low, high),
+            score_name=config.score_name,
+        )
+        # Ground-truth distortions exist only in the synthetic set (its optional manifest column).
+        if rows and "distortions" in rows[0]:
+            labelled = np.isfinite(split.score)
+            kinds = [str(r["distortions"]) for r, keep in zip(rows, labelled, strict=True) if keep]
+            by_kind = srocc_by_kind(s_pred[labelled], split.score[labelled], kinds)
+            figures["plots/srocc_per_distortion.png"] = plots.srocc_by_kind(by_kind)
+            extra |= {f"test_score_srocc_{k}": v for k, v in by_kind.items()}
+    if config.num_tags:
+        ece = expected_calibration_error(t_pred, split.tags)
+        figures["plots/tags_pr_curves.png"] = plots.pr_curves(t_pred, split.tags, config.tag_names)
+        figures["plots/tags_calibration.png"] = plots.calibration(t_pred, split.tags, ece)
+        figures["plots/tags_ap_per_tag.png"] = plots.ap_per_tag(
+            ap_by_tag(t_pred, split.tags, config.tag_names)
+        )
+        extra["test_tags_ece"] = ece
     for path, fig in figures.items():
         mlflow.log_figure(fig, path)
         plots.plt.close(fig)
-    return {f"test_score_srocc_{k}": v for k, v in by_kind.items()} | {"test_tags_ece": ece}
+    return extra
 
 
-def run(settings: Settings, *, trials: int | None = None, epochs: int | None = None) -> TrainResult:
+def run(
+    settings: Settings, *, trials: int | None = None, epochs: int | None = None, model_name: str | None = None
+) -> TrainResult:
+    """Tune, fit, log and register under ``model_name`` (default ``settings.model_name``): a team keeps
+    one registered model per dataset."""
     import torch
     from mlflow.data.pandas_dataset import from_pandas
 
     import mlflow
     from training.tune import run_search
 
+    if model_name is not None:
+        settings = settings.model_copy(update={"model_name": model_name})
     trials = trials or settings.tune_trials
     epochs = epochs or settings.tune_epochs
     version = dvc_repo.load_version(settings)
-    frame = load_training_frame(settings)
-    splits = {name: to_split(frame[frame["split"] == name]) for name in ("train", "validation", "test")}
-    for name, s in splits.items():
-        if len(s) == 0:
-            raise ValueError(f"the {name} split is empty: build a dataset with more sources")
+    data = load_training_data(settings)
+    spec, splits = data.spec, data.splits
     use_gpu = torch.cuda.is_available() if settings.use_gpu is None else settings.use_gpu
-    base = ModelConfig(tag_names=TAG_VOCABULARY, epochs=epochs, seed=settings.tune_seed)
+    base = base_config(spec, epochs=epochs, seed=settings.tune_seed)
 
     started = _start_ray(settings)
     try:
@@ -155,8 +255,9 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         "code.revision": dvc_repo.head_revision(CODE_ROOT),
     }
     with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags) as parent:
+        frame = pd.DataFrame(data.rows, columns=["image_id", "path", "split", "group", "score", "tags"])
         dataset = from_pandas(
-            frame[["image_id", "path", "source_id", "split", "score", "tags"]],
+            frame,
             source=mlflow_registry.dvc_dataset_source(
                 version.uri(), version.md5, version.git_rev, version.remote
             ),
@@ -164,6 +265,8 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
             digest=version.short,
         )
         mlflow.log_input(dataset, context="training")
+        # The labels the model answers in: read back by the gates and the promotion to compare models.
+        mlflow.log_dict(spec.to_dict(), "labels.json")
         for i, trial in enumerate(results):
             trial_tags = tags | {"lightbox.stage": "trial"}
             with mlflow.start_run(run_name=f"trial-{i}-{trial.trial_id}", nested=True, tags=trial_tags):
@@ -180,17 +283,18 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
 
         device = "cuda" if use_gpu else "cpu"
         heads = fit_heads(best, splits["train"], device=device).cpu()
-        val = validation_metrics(heads, splits["validation"], best)
+        weights = tag_pos_weight(splits["train"].tags)
+        val = validation_metrics(heads, splits["validation"], best, pos_weight=weights)
         test = splits["test"]
         s_pred, t_pred = predict(heads, test.x)
-        metrics = {f"test_{k}": v for k, v in evaluate(s_pred, test.score, t_pred, test.tags).items()}
+        metrics = test_metrics(best, test, s_pred, t_pred)
         metrics |= {f"val_{k}": v for k, v in val.items()}
-        metrics |= _log_plots(frame[frame["split"] == "test"], s_pred, t_pred, test)
+        metrics |= _log_plots(best, data.split_rows["test"], s_pred, t_pred, test)
         mlflow.log_metrics(metrics)
 
         model = LightboxModel(best, heads).eval()
         model_version = mlflow_registry.log_lightbox_model(
-            model, _input_example(settings, frame), settings.model_name
+            model, _input_example(settings, data.rows), settings.model_name, label_spec=spec.to_dict()
         )
         client = mlflow_registry.client(settings)
         for k, v in tags.items():
@@ -207,8 +311,8 @@ def run(settings: Settings, *, trials: int | None = None, epochs: int | None = N
         )
 
 
-def _input_example(settings: Settings, frame: pd.DataFrame) -> np.ndarray:
+def _input_example(settings: Settings, rows: Sequence[Mapping[str, str]]) -> np.ndarray:
     from lightbox.imaging import decode_image, to_model_input
 
-    path = settings.data_dir / frame["path"].iloc[0]
-    return to_model_input(decode_image(path.read_bytes()))[None]
+    path = settings.data_dir / rows[0]["path"]
+    return to_model_input(decode_image(path.read_bytes(), max_pixels=settings.max_pixels))[None]

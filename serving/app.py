@@ -35,11 +35,20 @@ log = logging.getLogger(__name__)
 
 
 def prediction_json(p: Prediction, threshold: float) -> dict[str, Any]:
-    return {"score": round(p.score, 6), "tags": p.tags(threshold)}
+    """``score`` on the model's scale (``model.score_range``), null for a tags-only model."""
+    score = round(p.score, 6) if p.predictor.has_score else None
+    return {"score": score, "tags": p.tags(threshold)}
 
 
-def model_json(p: Predictor) -> dict[str, str]:
-    return {"name": p.name, "version": p.version}
+def model_json(p: Predictor) -> dict[str, Any]:
+    """Which model answered, and the scale its scores are on (so a client can read 7.2 as "of 10")."""
+    rng = p.score_range
+    return {
+        "name": p.name,
+        "version": p.version,
+        "score_name": p.score_name,
+        "score_range": list(rng) if rng is not None else None,
+    }
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""The served model: a LightboxModel plus its registry identity, and the one place serving talks to MLflow.
+"""The served model: a LightboxModel plus its registry identity, and the loader that follows an alias
+(what is logged and how it is rebuilt is ``lightbox.adapters.mlflow_registry``'s).
 
 ``Predictor.predict`` is the batch function's body: uint8 images in, numpy scores and tag probabilities
 out, under ``torch.inference_mode``. On CUDA it uses pinned host memory with non-blocking copies,
@@ -7,18 +8,18 @@ channels-last layout and bf16 (fp16 where bf16 is unsupported) autocast; on CPU 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lightbox.imaging import MODEL_INPUT_SIZE
-from training.model import Heads, LightboxModel, ModelConfig, split_output
+from training.model import LightboxModel, ModelConfig, split_output
 
 if TYPE_CHECKING:
     from lightbox.settings import Settings
@@ -48,6 +49,7 @@ class Predictor:
         self.name = name
         self.version = str(version)
         self.tag_names: tuple[str, ...] = tuple(model.tag_names)
+        self.config: ModelConfig = model.config
         self._cuda = self.device.type == "cuda"
         model = model.eval().to(self.device)
         # What predict() calls: on CPU a frozen TorchScript graph of the same model (see _graph).
@@ -73,8 +75,23 @@ class Predictor:
     def num_tags(self) -> int:
         return len(self.tag_names)
 
+    @property
+    def has_score(self) -> bool:
+        """False for a tags-only model: its scores are NaN, and the APIs answer no score."""
+        return self.config.has_score
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """(low, high): the scale of the scores ``predict`` returns; None for a tags-only model."""
+        return self.config.score_range
+
+    @property
+    def score_name(self) -> str | None:
+        return self.config.score_name if self.config.has_score else None
+
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [N,3,224,224] -> (scores float32 [N], tag probabilities float32 [N,K])."""
+        """uint8 [N,3,224,224] -> (scores float32 [N] on the model's score scale, NaN for a tags-only
+        model; tag probabilities float32 [N,K])."""
         expected = (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != expected:
             raise ValueError(
@@ -130,7 +147,7 @@ def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
             traced = torch.jit.trace(model, probe[:1], check_trace=False)
         graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         with torch.inference_mode():
-            diff = (graph(probe) - model(probe)).abs().max().item()
+            diff = _max_difference(graph(probe), model(probe))
     except Exception as exc:  # any failure to trace leaves the (slower, equal) eager model serving
         log.warning("serving the eager model: tracing failed (%s: %s)", type(exc).__name__, exc)
         return None
@@ -140,9 +157,18 @@ def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
     return graph
 
 
+def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b|, NaN where both are NaN counting as equal (a tags-only model's score column);
+    infinite when NaNs sit in different places."""
+    if a.shape != b.shape or not torch.equal(a.isnan(), b.isnan()):
+        return math.inf
+    return (a - b).nan_to_num(0.0).abs().max().item() if a.numel() else 0.0
+
+
 @dataclass(frozen=True)
 class RegistryLoader:
-    """Resolves a registry alias to a version and loads that version: what the server's hot swap follows."""
+    """Resolves a registry alias to a version and loads that version: what the server's hot swap follows.
+    The MLflow side (what is logged, how it is rebuilt) is ``lightbox.adapters.mlflow_registry``'s."""
 
     settings: Settings
     alias: str
@@ -158,71 +184,12 @@ class RegistryLoader:
 
     def load(self, version: str | None = None) -> Predictor:
         """Load ``version`` (default: the alias's current one) into a Predictor."""
-        import mlflow.pytorch
-
-        import mlflow
         from lightbox.adapters import mlflow_registry
 
         version = version or self.resolve()
-        name = self.settings.model_name
-        # Load by version, not by alias: the alias may move between resolving and loading, and the
-        # version we report must be the one whose weights we hold.
-        uri = f"models:/{name}/{version}"
-        # Explicit URIs: the server reads the registry named in settings, whatever the environment says.
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        mlflow.set_registry_uri(self.settings.tracking_uri)
-        metadata = mlflow_registry.model_info(self.settings, uri).metadata or {}
-        loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
-        model = as_lightbox_model(loaded, metadata, uri)
-        log.info("loaded %s (alias %s)", uri, self.alias)
-        return Predictor(model, name, version)
-
-
-def config_from_metadata(metadata: dict[str, Any], uri: str) -> ModelConfig:
-    """The ModelConfig logged with the model (``model_config`` holds ``ModelConfig.to_params()`` strings)."""
-    raw = metadata.get("model_config")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{uri}: no model_config in the model's metadata; cannot rebuild it")
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    kw: dict[str, Any] = {}
-    for key, value in raw.items():
-        f = fields.get(key)
-        if f is None or key in ("tag_names", "extra"):
-            continue
-        default = f.default
-        if isinstance(value, str) and not isinstance(default, str):
-            if default is dataclasses.MISSING:
-                raise ValueError(f"{uri}: ModelConfig.{key} has no default whose type converts {value!r}")
-            kw[key] = type(default)(value)
-        else:
-            kw[key] = value
-    tags = metadata.get("tag_names", raw.get("tag_names"))
-    if tags is None:
-        raise ValueError(f"{uri}: no tag_names in the model's metadata; cannot rebuild it")
-    kw["tag_names"] = tuple(tags.split(",") if isinstance(tags, str) else tags)
-    return ModelConfig(**kw)
-
-
-def as_lightbox_model(loaded: torch.nn.Module, metadata: dict[str, Any], uri: str) -> LightboxModel:
-    """The loaded artifact as an eager LightboxModel whose tag names match the logged metadata.
-
-    MLflow's default "pt2" format loads as a torch.export graph: it has no ``tag_names``, and its batch
-    dimension is fixed when the logging example had one image (torch.export specialises size 1), which
-    would defeat batching. So the eager model is rebuilt from the config logged beside it, and the
-    graph's weights (same parameter names) are loaded into it, strictly.
-    """
-    if isinstance(loaded, LightboxModel):
-        model = loaded
-    else:
-        config = config_from_metadata(metadata, uri)
-        model = LightboxModel(config, Heads(config))
-        model.load_state_dict(loaded.state_dict(), strict=True)
-    logged = metadata.get("tag_names")
-    if logged is not None and tuple(logged) != tuple(model.tag_names):
-        raise ValueError(
-            f"{uri}: metadata tag_names {logged} differ from the model's {list(model.tag_names)}"
-        )
-    return model.eval()
+        model = mlflow_registry.load_model(self.settings, version)
+        log.info("loaded %s (alias %s)", mlflow_registry.model_uri(self.settings, version), self.alias)
+        return Predictor(model, self.settings.model_name, version)
 
 
 def load_predictor(settings: Settings, alias: str | None = None) -> Predictor:

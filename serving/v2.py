@@ -1,7 +1,9 @@
 """Open Inference Protocol (KServe V2 / Triton) REST front end over the same runtime as ``/predict``.
 
-One input, ``IMAGE`` (BYTES, shape [N]): encoded images. Two outputs, ``SCORE`` (FP32 [N]) and
-``TAG_PROBS`` (FP32 [N, K]); the K tag names are in the model metadata (``parameters.tag_names``).
+One input, ``IMAGE`` (BYTES, shape [N]): encoded images. Two outputs, ``SCORE`` (FP32 [N], on the
+model's scale: ``parameters.score_range``, named ``parameters.score_name``) and ``TAG_PROBS``
+(FP32 [N, K]); the K tag names are in the model metadata (``parameters.tag_names``). A tags-only model
+has no ``SCORE`` output (its metadata lists none, and asking for it is a 400).
 Tensors travel as JSON or with the binary-data extension: a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes (BYTES elements each prefixed
 by a little-endian uint32 length). JSON cannot carry raw bytes, so in JSON an IMAGE element is the
@@ -20,6 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from serving.predictor import Predictor
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, read_body
 
@@ -147,22 +150,28 @@ def _decode_json_bytes(elements: list[Any], count: int) -> list[bytes]:
     return out
 
 
-def requested_outputs(header: dict[str, Any]) -> list[tuple[str, bool]]:
-    """[(output name, as binary?)] in the order the client asked for (all, if it named none)."""
+def model_outputs(predictor: Predictor) -> tuple[str, ...]:
+    """The outputs this model has: no SCORE for a tags-only model (it would be NaN, which JSON lacks)."""
+    return OUTPUTS if predictor.has_score else tuple(o for o in OUTPUTS if o != "SCORE")
+
+
+def requested_outputs(header: dict[str, Any], available: tuple[str, ...] = OUTPUTS) -> list[tuple[str, bool]]:
+    """[(output name, as binary?)] in the order the client asked for (all ``available``, if it named
+    none)."""
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise ApiError(400, "request parameters must be a JSON object")
     default_binary = bool(params.get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in available]
     if not isinstance(asked, list):
         raise ApiError(400, "'outputs' must be a list")
     out = []
     for spec in asked:
         name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in OUTPUTS:
-            raise ApiError(400, f"unknown output {name!r}: outputs are {list(OUTPUTS)}")
+        if name not in available:
+            raise ApiError(400, f"unknown output {name!r}: this model's outputs are {list(available)}")
         p = spec.get("parameters") or {}
         if not isinstance(p, dict):
             raise ApiError(400, "output parameters must be a JSON object")
@@ -176,16 +185,23 @@ def infer_response(
     preds: list[Prediction], header: dict[str, Any], outputs: list[tuple[str, bool]]
 ) -> Response:
     predictor = preds[0].predictor
+    available = model_outputs(predictor)
+    missing = [name for name, _ in outputs if name not in available]
+    if missing:
+        # The model was swapped for one without these outputs while the request waited for its batch.
+        raise ApiError(
+            409, f"model version {predictor.version} has no output {missing[0]}; outputs: {list(available)}"
+        )
     tensors = {
-        "SCORE": np.asarray([p.score for p in preds], dtype=np.float32),
-        "TAG_PROBS": np.stack([p.tag_probs for p in preds]).astype(np.float32, copy=False),
+        "SCORE": lambda: np.asarray([p.score for p in preds], dtype=np.float32),
+        "TAG_PROBS": lambda: np.stack([p.tag_probs for p in preds]).astype(np.float32, copy=False),
     }
     body: dict[str, Any] = {"model_name": predictor.name, "model_version": predictor.version, "outputs": []}
     if isinstance(header.get("id"), str):
         body["id"] = header["id"]
     chunks: list[bytes] = []
     for name, binary in outputs:
-        arr = tensors[name]
+        arr = tensors[name]()
         out: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(arr.shape)}
         if binary:
             raw = arr.astype("<f4", copy=False).tobytes()
@@ -218,16 +234,19 @@ def v2_router(runtime: InferenceRuntime) -> APIRouter:
 
     def metadata() -> dict[str, Any]:
         p = runtime.predictor
+        shapes = {"SCORE": [-1], "TAG_PROBS": [-1, p.num_tags]}
+        rng = p.score_range
         return {
             "name": p.name,
             "versions": [p.version],
             "platform": "pytorch",
             "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [
-                {"name": "SCORE", "datatype": "FP32", "shape": [-1]},
-                {"name": "TAG_PROBS", "datatype": "FP32", "shape": [-1, p.num_tags]},
-            ],
-            "parameters": {"tag_names": list(p.tag_names)},
+            "outputs": [{"name": o, "datatype": "FP32", "shape": shapes[o]} for o in model_outputs(p)],
+            "parameters": {
+                "tag_names": list(p.tag_names),
+                "score_range": list(rng) if rng is not None else None,
+                "score_name": p.score_name,
+            },
         }
 
     @router.get("")
@@ -272,7 +291,8 @@ def v2_router(runtime: InferenceRuntime) -> APIRouter:
             raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send uncompressed requests")
         body = await read_body(request, runtime.settings.serve_max_body_bytes)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        outputs = requested_outputs(header)
+        # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
+        outputs = requested_outputs(header, model_outputs(runtime.predictor))
         images = await runtime.decode(images_from_request(header, binary))
         preds = await runtime.infer(images, protocol="v2")
         return infer_response(preds, header, outputs)

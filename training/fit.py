@@ -1,8 +1,14 @@
 """Training loop for the heads on precomputed features. Pure torch; used by every Tune trial and
-by the final fit, so the two cannot differ."""
+by the final fit, so the two cannot differ.
+
+Scores are learnt on [0, 1] (the label spec's ``normalise``); the model maps them back onto the
+dataset's scale. An unlabelled image (NaN score) still teaches the tag head; a tags-only config has no
+score loss, a score-only config (no tags) no tag loss.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,33 +19,81 @@ from torch import nn
 from training.metrics import evaluate
 from training.model import Heads, ModelConfig
 
+# Largest positive weight a rare tag gets: sqrt(neg/pos) reaches it at 1 positive in ~100 images.
+# Uncapped, a tag with 5 positives in 5000 images would weigh ~32x and wreck its calibration.
+MAX_POS_WEIGHT = 10.0
+
 
 @dataclass(frozen=True)
 class Split:
     """Features and labels of one split."""
 
     x: np.ndarray  # [N, FEATURE_DIM] float32
-    score: np.ndarray  # [N] float32 in [0, 1]
-    tags: np.ndarray  # [N, K] float32 0/1
+    score: np.ndarray  # [N] float32, normalised to [0, 1]; NaN where the image has no score label
+    tags: np.ndarray  # [N, K] float32 0/1 (K may be 0)
 
     def __len__(self) -> int:
         return len(self.x)
 
 
-def loss_fn(out: torch.Tensor, score: torch.Tensor, tags: torch.Tensor, tag_weight: float) -> torch.Tensor:
+def tag_pos_weight(tags: np.ndarray) -> np.ndarray:
+    """[K] positive weights for the tag loss from the training labels: sqrt(neg/pos), in [1, MAX].
+
+    Why: with a user's vocabulary, most tags are on few images; unweighted BCE learns "never" for them.
+    The square root (not neg/pos) and the cap keep probabilities near calibrated for the ECE gate. Only
+    rare tags are lifted (floor 1): a common tag needs no help. A tag with no positive gets the cap (it
+    has nothing to weigh; training refuses such a tag before it gets here).
+    """
+    tags = np.asarray(tags, np.float32)
+    pos = tags.sum(axis=0)
+    neg = len(tags) - pos
+    with np.errstate(divide="ignore"):
+        ratio = np.where(pos > 0, neg / np.maximum(pos, 1.0), np.inf)
+    return np.clip(np.sqrt(ratio), 1.0, MAX_POS_WEIGHT).astype(np.float32)
+
+
+def loss_fn(
+    out: torch.Tensor,
+    score: torch.Tensor,
+    tags: torch.Tensor,
+    config: ModelConfig,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Masked score BCE (labelled rows only) + ``tag_loss_weight`` x tag BCE (``pos_weight`` per tag)."""
     bce = nn.functional.binary_cross_entropy_with_logits
-    # The score is a soft target in [0, 1]: BCE on the logit keeps the sigmoid output calibrated to it.
-    return bce(out[:, 0], score) + tag_weight * bce(out[:, 1:], tags)
+    total = out.new_zeros(())
+    if config.has_score:
+        # The score is a soft target in [0, 1]: BCE on the logit keeps the sigmoid output calibrated to
+        # it. Masked by multiplication, not indexing: no host sync, and a batch with no labelled row
+        # adds exactly 0.
+        labelled = ~torch.isnan(score)
+        per_row = bce(out[:, 0], torch.where(labelled, score, 0.0), reduction="none")
+        total = total + (per_row * labelled).sum() / labelled.sum().clamp_min(1)
+    if config.num_tags:
+        total = total + config.tag_loss_weight * bce(out[:, 1:], tags, pos_weight=pos_weight)
+    return total
 
 
 def predict(heads: Heads, x: np.ndarray, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(scores on [0, 1] (NaN without a score head), tag probabilities [N, K]) of the heads alone."""
     heads.eval()
     with torch.inference_mode():
         p = torch.sigmoid(heads(torch.from_numpy(x).to(device))).cpu().numpy()
     return p[:, 0], p[:, 1:]
 
 
-def validation_metrics(heads: Heads, split: Split, config: ModelConfig, device="cpu") -> dict[str, float]:
+def validation_metrics(
+    heads: Heads,
+    split: Split,
+    config: ModelConfig,
+    device: torch.device | str = "cpu",
+    pos_weight: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The loss the trials are ranked by and the metric set.
+
+    The loss weighs the tags like training does per tag (``pos_weight``) but with ``tag_loss_weight``
+    1: that weight is searched, and a trial must not look better for shrinking its own yardstick.
+    """
     s, t = predict(heads, split.x, device)
     with torch.inference_mode():
         out = heads(torch.from_numpy(split.x).to(device))
@@ -47,9 +101,11 @@ def validation_metrics(heads: Heads, split: Split, config: ModelConfig, device="
             out,
             torch.from_numpy(split.score).to(device),
             torch.from_numpy(split.tags).to(device),
-            config.tag_loss_weight,
+            dataclasses.replace(config, tag_loss_weight=1.0),
+            None if pos_weight is None else torch.from_numpy(pos_weight).to(device),
         )
-    return {"loss": float(loss)} | evaluate(s, split.score, t, split.tags)
+    score_pred = s if config.has_score else None
+    return {"loss": float(loss)} | evaluate(score_pred, split.score, t, split.tags)
 
 
 def fit_heads(
@@ -61,11 +117,17 @@ def fit_heads(
     device: torch.device | str = "cpu",
 ) -> Heads:
     """Train the heads; ``report(epoch, val_metrics)`` is called after each epoch (Tune hooks in here)."""
+    if train.tags.shape[1] != config.num_tags:
+        raise ValueError(
+            f"the split has {train.tags.shape[1]} tag columns, the config {config.num_tags} tags"
+        )
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     heads = Heads(config).to(device)
     heads.set_normalisation(torch.from_numpy(train.x).to(device))
     opt = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    weights = tag_pos_weight(train.tags)
+    pos_weight = torch.from_numpy(weights).to(device)
     x = torch.from_numpy(train.x).to(device)
     ys = torch.from_numpy(train.score).to(device)
     yt = torch.from_numpy(train.tags).to(device)
@@ -74,8 +136,8 @@ def fit_heads(
         for idx in np.array_split(rng.permutation(len(train)), max(1, len(train) // config.batch_size)):
             i = torch.from_numpy(idx).to(device)
             opt.zero_grad()
-            loss_fn(heads(x[i]), ys[i], yt[i], config.tag_loss_weight).backward()
+            loss_fn(heads(x[i]), ys[i], yt[i], config, pos_weight).backward()
             opt.step()
         if report is not None and val is not None:
-            report(epoch, validation_metrics(heads, val, config, device))
+            report(epoch, validation_metrics(heads, val, config, device, weights))
     return heads.eval()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import stats
 
@@ -61,17 +64,68 @@ def micro_f1(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> f
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def score_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """SROCC, PLCC and MAE over the images with a score label (NaN in ``true`` = unlabelled).
+
+    Empty when nothing is labelled or ``pred`` is all NaN (a tags-only model): skipped, not NaN, so a
+    gate reports the check as not applicable instead of comparing NaN. Give normalised scores ([0, 1])
+    and the MAE is a fraction of the score range, comparable across datasets.
+    """
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    labelled = np.isfinite(true)
+    if not labelled.any() or np.isnan(pred).all():
+        return {}
+    p, t = pred[labelled], true[labelled]
+    return {"score_srocc": srocc(p, t), "score_plcc": plcc(p, t), "score_mae": mae(p, t)}
+
+
+def tag_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """mAP and micro-F1; empty for a model without tags (K = 0)."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] == 0:
+        return {}
+    return {"tags_map": mean_average_precision(probs, labels), "tags_micro_f1": micro_f1(probs, labels)}
+
+
 def evaluate(
-    score_pred: np.ndarray, score_true: np.ndarray, tag_probs: np.ndarray, tag_true: np.ndarray
+    score_pred: np.ndarray | None,
+    score_true: np.ndarray | None,
+    tag_probs: np.ndarray,
+    tag_true: np.ndarray,
 ) -> dict[str, float]:
-    """The metric set every run reports, with names consistent across runs and trials."""
-    return {
-        "score_srocc": srocc(score_pred, score_true),
-        "score_plcc": plcc(score_pred, score_true),
-        "score_mae": mae(score_pred, score_true),
-        "tags_map": mean_average_precision(tag_probs, tag_true),
-        "tags_micro_f1": micro_f1(tag_probs, tag_true),
-    }
+    """The metric set every run reports, with names consistent across runs and trials. Keys of a
+    head the model or the labels lack are left out (``score_pred`` None: no score head)."""
+    out: dict[str, float] = {}
+    if score_pred is not None and score_true is not None:
+        out |= score_metrics(score_pred, score_true)
+    return out | tag_metrics(tag_probs, tag_true)
+
+
+def ap_by_tag(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """AP per tag, only for tags with at least one positive (the others have no AP to judge)."""
+    return {n: ap for n, ap in per_tag_ap(probs, labels, tuple(names)).items() if not np.isnan(ap)}
+
+
+_METRIC_UNSAFE = re.compile(r"[^\w.\- ]")
+
+
+def metric_names(prefix: str, names: Sequence[str]) -> dict[str, str]:
+    """name -> an MLflow-safe metric key ``prefix + name``, unique per name.
+
+    MLflow refuses keys outside ``[/\\w.\\- :]`` and a tag is the user's word ("b&w", "50/50"):
+    other characters become "_"; a key already taken gets a "-2", "-3" suffix.
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        key = prefix + _METRIC_UNSAFE.sub("_", name)
+        candidate, n = key, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{key}-{n}"
+        taken.add(candidate)
+        out[name] = candidate
+    return out
 
 
 def calibration_bins(

@@ -9,41 +9,68 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-EMBEDDING_DIM = 1280  # pooled last feature map: what the image shows (content tags)
+# The feature layout is the feature schema's (one owner); the quality blocks are this extractor's.
+from lightbox.feature_schema import (
+    EMBEDDING_DIM,
+    FEATURE_DIM,
+    FEATURE_VERSION,
+    QUALITY_DIM,
+    SCORE_FEATURE_GROUPS,
+    STAT_NAMES,
+)
+from lightbox.manifest import TAG_SEPARATOR
+
+# The schema's sizes are re-exported: callers that build heads or features import them from here.
+__all__ = [
+    "EMBEDDING_DIM",
+    "FEATURE_DIM",
+    "QUALITY_DIM",
+    "STAT_NAMES",
+    "FeatureExtractor",
+    "Heads",
+    "LightboxModel",
+    "ModelConfig",
+    "image_stats",
+    "load_backbone",
+    "score_input_start",
+    "split_output",
+]
+
 # Mean and spread of intermediate feature maps: low-level texture statistics that move with blur, noise
 # and compression. Measured on the demo set: ridge SROCC ~0.7 from these blocks vs ~0.2 from the final
 # embedding, which is trained to ignore exactly those degradations.
 QUALITY_BLOCKS: tuple[int, ...] = (1, 5, 8)
-QUALITY_DIM = 2 * (24 + 80 + 112)
-STAT_NAMES: tuple[str, ...] = (
-    "brightness",
-    "contrast",
-    "luma_p02",
-    "luma_p50",
-    "luma_p98",
-    "clipped_high",
-    "clipped_low",
-    "sharpness",
-    "noise",
-    "detail_ratio",
-    "local_contrast",
-    "local_contrast_median",
-    "colourfulness",
-)
-FEATURE_DIM = EMBEDDING_DIM + QUALITY_DIM + len(STAT_NAMES)
+
+
+# Tag names travel joined in one MLflow param: the manifest's tag separator cannot occur in a tag name
+# (a comma can: tags are the user's words).
+_TAG_JOIN = TAG_SEPARATOR
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the heads. Logged as MLflow params and saved with the model."""
+    """Everything needed to rebuild the heads. Logged as MLflow params and saved with the model.
+
+    The label fields come from the dataset's label spec: ``tag_names`` is its training vocabulary (may be
+    empty: a score-only model), ``has_score`` False makes a tags-only model, and the score head learns
+    [0, 1] which the model maps onto ``[score_low, score_high]``, the dataset's own scale.
+    """
 
     tag_names: tuple[str, ...]
+    has_score: bool = True
+    score_low: float = 0.0
+    score_high: float = 1.0
+    score_name: str = "score"
+    score_features: str = "quality"  # one of SCORE_FEATURE_GROUPS: what the score head reads
     hidden: int = 256
     dropout: float = 0.1
     lr: float = 1e-3
@@ -52,21 +79,92 @@ class ModelConfig:
     batch_size: int = 32
     tag_loss_weight: float = 1.0
     seed: int = 0
-    feature_version: str = "efficientnet-lite0+quality+stats13/v1"
+    feature_version: str = FEATURE_VERSION
     extra: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Normalised types, so a config built from ints or a list compares and logs like its round trip.
+        object.__setattr__(self, "tag_names", tuple(self.tag_names))
+        object.__setattr__(self, "score_low", float(self.score_low))
+        object.__setattr__(self, "score_high", float(self.score_high))
+        if not self.has_score and not self.tag_names:
+            raise ValueError("a model needs a score or at least one tag to learn")
+        if self.score_features not in SCORE_FEATURE_GROUPS:
+            raise ValueError(
+                f"score_features must be one of {SCORE_FEATURE_GROUPS}, got {self.score_features!r}"
+            )
+        if not (math.isfinite(self.score_low) and math.isfinite(self.score_high)) or not (
+            self.score_low < self.score_high
+        ):
+            raise ValueError(f"score range needs finite low < high, got {self.score_low}, {self.score_high}")
+        bad = [t for t in self.tag_names if not t or _TAG_JOIN in t]
+        if bad:
+            raise ValueError(f"tag names must be non-empty and free of {_TAG_JOIN!r}: {bad}")
+
+    @property
+    def num_tags(self) -> int:
+        return len(self.tag_names)
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """(low, high) on the dataset's scale; None for a tags-only model."""
+        return (self.score_low, self.score_high) if self.has_score else None
+
     def to_params(self) -> dict[str, str]:
+        """Flat strings (MLflow params, model metadata); ``from_params`` reads them back."""
         d = dataclasses.asdict(self)
-        d["tag_names"] = ",".join(self.tag_names)
+        d["tag_names"] = _TAG_JOIN.join(self.tag_names)
         d.pop("extra")
         return {k: str(v) for k, v in d.items()} | dict(self.extra)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["tag_names"] = tuple(kw["tag_names"])
+    def from_params(cls, params: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of ``to_params``; also accepts typed values. Unknown keys are ignored."""
+        return cls.from_dict(params)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """From typed values (``dataclasses.asdict``, a Tune config) or ``to_params`` strings."""
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            value = d[f.name]
+            kw[f.name] = value if f.name == "extra" else _coerce(f.name, value, _field_type(f))
+        if "tag_names" not in kw:
+            raise ValueError("a model config needs tag_names (may be empty)")
         return cls(**kw)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    # Annotations are strings here (postponed evaluation): the default's type says what to convert to.
+    if f.name == "tag_names":
+        return tuple
+    return type(f.default)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is tuple:
+        if isinstance(value, str):
+            return tuple(t for t in value.split(_TAG_JOIN) if t)
+        return tuple(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:  # bool("False") is True: refuse rather than guess
+            raise ValueError(f"ModelConfig.{name}: {value!r} is not a boolean")
+        return text in _TRUE
+    if isinstance(value, str):
+        return kind(value)
+    # numbers.*, not int/float: Tune and numpy hand over numpy scalars (np.int64 is no int).
+    if kind is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if kind is float and isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, kind):
+        return value
+    raise ValueError(f"ModelConfig.{name}: {value!r} is not a {kind.__name__}")
 
 
 def load_backbone() -> nn.Module:
@@ -186,11 +284,15 @@ def _mlp(in_dim: int, hidden: int, dropout: float, out: int) -> nn.Sequential:
 
 
 class Heads(nn.Module):
-    """features -> [score logit | tag logits]. Standardises its input with stored training statistics.
+    """features -> [score logit | K tag logits]. Standardises its input with stored training statistics.
 
-    The score head sees only the quality features and stats: content is what a quality score must
-    not depend on, and with few source images it would learn the sources instead. The tag head sees
-    everything (content tags need the embedding, defect tags the quality features).
+    With ``score_features="quality"`` the score head sees only the quality features and stats: content
+    is what a technical quality score must not depend on, and with few source images it would learn the
+    sources instead. ``"all"`` gives it the embedding too (an aesthetic rating depends on content). The
+    tag head sees everything (content tags need the embedding, defect tags the quality features).
+
+    A tags-only config builds no score head and answers NaN in column 0 (never a made-up score); a
+    score-only config (K = 0) builds no tag head.
     """
 
     mu: torch.Tensor  # buffers, registered in __init__
@@ -200,8 +302,13 @@ class Heads(nn.Module):
         super().__init__()
         self.register_buffer("mu", torch.zeros(in_dim))
         self.register_buffer("sigma", torch.ones(in_dim))
-        self.score = _mlp(in_dim - EMBEDDING_DIM, config.hidden, config.dropout, 1)
-        self.tags = _mlp(in_dim, config.hidden, config.dropout, len(config.tag_names))
+        self.score_from = score_input_start(config)
+        self.score: nn.Sequential | None = (
+            _mlp(in_dim - self.score_from, config.hidden, config.dropout, 1) if config.has_score else None
+        )
+        self.tags: nn.Sequential | None = (
+            _mlp(in_dim, config.hidden, config.dropout, config.num_tags) if config.num_tags else None
+        )
 
     def set_normalisation(self, features: torch.Tensor) -> None:
         self.mu.copy_(features.mean(dim=0))
@@ -209,11 +316,25 @@ class Heads(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = (features - self.mu) / self.sigma
-        return torch.cat([self.score(z[:, EMBEDDING_DIM:]), self.tags(z)], dim=1)
+        # full_like, not a size read: the batch dimension stays free when serving traces the model.
+        score = (
+            self.score(z[:, self.score_from :])
+            if self.score is not None
+            else torch.full_like(z[:, :1], math.nan)
+        )
+        if self.tags is None:
+            return score
+        return torch.cat([score, self.tags(z)], dim=1)
+
+
+def score_input_start(config: ModelConfig) -> int:
+    """First feature column the score head reads: past the embedding for "quality", 0 for "all"."""
+    return EMBEDDING_DIM if config.score_features == "quality" else 0
 
 
 class LightboxModel(nn.Module):
-    """uint8 images [N,3,224,224] -> [N, 1+K]: column 0 the score in [0,1], then K tag probabilities.
+    """uint8 images [N,3,224,224] -> [N, 1+K]: column 0 the score on the dataset's scale
+    (``[score_low, score_high]``; NaN for a tags-only model), then K tag probabilities.
 
     One forward pass serves both heads. A single output tensor keeps the MLflow signature simple.
     """
@@ -229,7 +350,11 @@ class LightboxModel(nn.Module):
         return self.config.tag_names
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.heads(self.extractor(images)))
+        # fp32 from here on, also under bf16 autocast: bf16 resolves a score of 7 on a 1-10 scale only
+        # to ~0.03, and a 0-100 scale to ~0.5.
+        p = torch.sigmoid(self.heads(self.extractor(images)).float())
+        low, high = self.config.score_low, self.config.score_high
+        return torch.cat([low + (high - low) * p[:, :1], p[:, 1:]], dim=1)
 
 
 def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

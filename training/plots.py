@@ -17,12 +17,43 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from training.metrics import average_precision, calibration_bins, precision_recall_points  # noqa: E402
 
+MAX_LEGEND_TAGS = 20
 
-def score_scatter(pred: np.ndarray, true: np.ndarray, title: str = "test split") -> Figure:
+
+def score_scatter(
+    pred: np.ndarray,
+    true: np.ndarray,
+    title: str = "test split",
+    *,
+    score_range: tuple[float, float] = (0.0, 1.0),
+    score_name: str = "score",
+) -> Figure:
+    """Predicted against labelled score on the dataset's scale; unlabelled images (NaN) are left out."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    keep = np.isfinite(pred) & np.isfinite(true)
+    low, high = score_range
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(true, pred, s=12, alpha=0.7)
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
-    ax.set(xlabel="true score", ylabel="predicted score", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.scatter(true[keep], pred[keep], s=12, alpha=0.7)
+    ax.plot([low, high], [low, high], "k--", lw=1)
+    ax.set(
+        xlabel=f"true {score_name}",
+        ylabel=f"predicted {score_name}",
+        title=title,
+        xlim=(low, high),
+        ylim=(low, high),
+    )
+    fig.tight_layout()
+    return fig
+
+
+def ap_per_tag(values: Mapping[str, float], title: str = "AP per tag (test split)") -> Figure:
+    """Horizontal bars, weakest tag at the top: where a user's vocabulary needs more examples."""
+    names = sorted(values, key=lambda n: (values[n], n), reverse=True)
+    # Height grows with the vocabulary (a line per tag), within what a PNG viewer shows sensibly.
+    fig, ax = plt.subplots(figsize=(6, min(40.0, 1.2 + 0.28 * max(1, len(names)))))
+    ax.barh(names, [values[n] for n in names], color="tab:green")
+    ax.set(xlabel="average precision", xlim=(0, 1), title=title)
+    ax.tick_params(axis="y", labelsize=7 if len(names) > 30 else 9)
     fig.tight_layout()
     return fig
 
@@ -48,7 +79,9 @@ def pr_curves(probs: np.ndarray, labels: np.ndarray, names: Sequence[str], title
         ap = average_precision(probs[:, i], labels[:, i])
         ax.step(recall, precision, where="post", lw=1.2, label=f"{name} (AP {ap:.2f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title=title or "tags: PR curves")
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    # A legend of a large vocabulary would cover the curves; the per-tag AP chart names them all.
+    if 0 < len(ax.get_lines()) <= MAX_LEGEND_TAGS:
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -74,7 +107,9 @@ def calibration(
 
 
 def ladders(
-    levels: Mapping[str, Mapping[str, Sequence[float]]], title: str = "score by distortion level"
+    levels: Mapping[str, Mapping[str, Sequence[float]]],
+    title: str = "score by distortion level",
+    score_range: tuple[float, float] = (0.0, 1.0),
 ) -> Figure:
     """Predicted score against level (0 = pristine) per distortion kind, one line per source."""
     kinds = list(levels)
@@ -84,7 +119,7 @@ def ladders(
     for ax, kind in zip(axes.ravel(), kinds, strict=False):
         for source, scores in levels[kind].items():
             ax.plot(range(len(scores)), scores, "o-", ms=3, label=source)
-        ax.set(title=kind, xlabel="level", ylim=(0, 1))
+        ax.set(title=kind, xlabel="level", ylim=score_range)
     for ax in axes.ravel()[len(kinds) :]:
         ax.set_visible(False)
     fig.suptitle(title)

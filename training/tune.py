@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lightbox.feature_schema import SCORE_FEATURE_GROUPS
 from training.fit import Split, fit_heads
 from training.model import ModelConfig
 
@@ -22,17 +23,25 @@ class TrialResult:
     last: dict
 
 
-def search_space(epochs: int) -> dict:
+def search_space(epochs: int, base: ModelConfig) -> dict:
+    """What the trials vary. Only the heads the dataset has: a choice that changes nothing would
+    spend trials on duplicates."""
     from ray import tune
 
-    return {
+    space: dict = {
         "hidden": tune.choice([64, 128, 256]),
         "lr": tune.loguniform(3e-4, 3e-3),
         "dropout": tune.choice([0.0, 0.1, 0.3]),
         "weight_decay": tune.loguniform(1e-5, 1e-2),
-        "tag_loss_weight": tune.choice([0.5, 1.0, 2.0]),
         "epochs": epochs,
     }
+    if base.has_score:
+        # Quality statistics alone suit a technical-quality score; an aesthetic rating also depends
+        # on what the photo shows. The data decides.
+        space["score_features"] = tune.choice(list(SCORE_FEATURE_GROUPS))
+    if base.has_score and base.num_tags:
+        space["tag_loss_weight"] = tune.choice([0.5, 1.0, 2.0])  # a balance only with two losses
+    return space
 
 
 def _trainable(params: dict, train: Split, val: Split, base: dict) -> None:
@@ -71,7 +80,7 @@ def run_search(
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(epochs),
+        param_space=search_space(epochs, base),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,

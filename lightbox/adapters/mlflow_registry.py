@@ -1,15 +1,27 @@
-"""MLflow tracking and registry: the only module that talks to MLflow (apart from serving's loader)."""
+"""MLflow tracking and registry: the only module that talks to MLflow.
+
+Logging a LightboxModel (``log_lightbox_model``) and loading one back (``load_model``) live side by side
+here, so the metadata written is the metadata read.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from mlflow import MlflowClient
+
+    # Imported in the functions that need them: the CLI and the gates import this module, and torch
+    # (pulled in by training.model) costs seconds they do not always need.
+    from training.model import LightboxModel, ModelConfig
 
 
 def _export_env(settings: Settings) -> None:
@@ -165,18 +177,38 @@ PIP_REQUIREMENTS = [
 ]
 
 
+def model_uri(settings: Settings, version: str) -> str:
+    return f"models:/{settings.model_name}/{version}"
+
+
+def lightbox_metadata(model: LightboxModel, label_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a logged model carries beside its weights: enough to rebuild it (``model_config``) and to
+    say what it answers (tags, score scale) without loading it."""
+    config = model.config
+    return {
+        "tag_names": list(model.tag_names),
+        "score_range": list(config.score_range) if config.score_range is not None else None,
+        "score_name": config.score_name if config.has_score else None,
+        "has_score": config.has_score,
+        "label_spec": dict(label_spec) if label_spec is not None else None,
+        "model_config": config.to_params(),
+    }
+
+
 def log_lightbox_model(
-    model,
-    example,
+    model: LightboxModel,
+    example: np.ndarray,
     registered_model_name: str,
     *,
     serialization_format: str | None = None,
     with_input_example: bool = True,
     tag_names: list[str] | None = None,
+    label_spec: Mapping[str, Any] | None = None,
 ) -> str:
-    """Log and register a LightboxModel in the active run, the one way the serving loader reads it:
-    signature from ``example`` (uint8 [N,3,224,224]), tag names and config as metadata. Returns the
-    registered version. ``tag_names`` overrides the recorded names (tests log a mismatch on purpose)."""
+    """Log and register a LightboxModel in the active run, the one way ``load_model`` reads it:
+    signature from ``example`` (uint8 [N,3,224,224]), ``lightbox_metadata`` as metadata (``label_spec``:
+    the dataset's ``LabelSpec.to_dict()``). Returns the registered version. ``tag_names`` overrides the
+    recorded names (tests log a mismatch on purpose)."""
     import torch
     from mlflow.models import infer_signature
 
@@ -184,6 +216,9 @@ def log_lightbox_model(
 
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
+    metadata = lightbox_metadata(model, label_spec)
+    if tag_names is not None:
+        metadata["tag_names"] = list(tag_names)
     info = mlflow.pytorch.log_model(
         model,
         name="model",
@@ -192,9 +227,89 @@ def log_lightbox_model(
         pip_requirements=PIP_REQUIREMENTS,
         registered_model_name=registered_model_name,
         serialization_format=serialization_format,
-        metadata={
-            "tag_names": list(model.tag_names if tag_names is None else tag_names),
-            "model_config": model.config.to_params(),
-        },
+        metadata=metadata,
     )
     return str(info.registered_model_version)
+
+
+# --- loading a registered model ------------------------------------------------------------------------
+
+
+def model_metadata(settings: Settings, version: str) -> dict[str, Any]:
+    """The metadata logged with a version (``lightbox_metadata``), without loading its weights."""
+    return model_info(settings, model_uri(settings, version)).metadata or {}
+
+
+def load_model(settings: Settings, version: str) -> LightboxModel:
+    """Registered ``version`` of ``settings.model_name`` as an eager LightboxModel on the CPU, in eval mode.
+
+    By version, not alias: an alias may move between resolving and loading, and the caller reports the
+    version whose weights it holds. Explicit URIs: the registry named in settings, whatever the
+    environment says.
+    """
+    import mlflow.pytorch
+
+    import mlflow
+
+    uri = model_uri(settings, version)
+    _export_env(settings)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    metadata = model_info(settings, uri).metadata or {}
+    loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
+    return as_lightbox_model(loaded, metadata, uri)
+
+
+def config_from_metadata(metadata: Mapping[str, Any], uri: str) -> ModelConfig:
+    """The ModelConfig logged with the model (``model_config`` holds ``ModelConfig.to_params()`` strings).
+
+    The metadata's own ``tag_names`` list wins over the joined param: it is what the model was logged
+    with, and models logged before the label spec joined their names differently. Fields the model
+    predates (score range, has_score, score features) take their defaults: the [0, 1] score models.
+    """
+    from training.model import ModelConfig
+
+    raw = metadata.get("model_config")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{uri}: no model_config in the model's metadata; cannot rebuild it")
+    tags = metadata.get("tag_names", raw.get("tag_names"))
+    if tags is None:
+        raise ValueError(f"{uri}: no tag_names in the model's metadata; cannot rebuild it")
+    params = dict(raw)
+    if not isinstance(tags, str):
+        params["tag_names"] = tuple(tags)
+    try:
+        return ModelConfig.from_params(params)
+    except ValueError as exc:
+        raise ValueError(f"{uri}: the logged model_config does not rebuild a model: {exc}") from None
+
+
+def as_lightbox_model(loaded: torch.nn.Module, metadata: Mapping[str, Any], uri: str) -> LightboxModel:
+    """The loaded artifact as an eager LightboxModel whose labels match the logged metadata.
+
+    MLflow's default "pt2" format loads as a torch.export graph: it has no ``tag_names``, and its batch
+    dimension is fixed when the logging example had one image (torch.export specialises size 1), which
+    would defeat batching. So the eager model is rebuilt from the config logged beside it, and the
+    graph's weights (same parameter names) are loaded into it, strictly.
+    """
+    from training.model import Heads, LightboxModel
+
+    if isinstance(loaded, LightboxModel):
+        model = loaded
+    else:
+        config = config_from_metadata(metadata, uri)
+        model = LightboxModel(config, Heads(config))
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    logged = metadata.get("tag_names")
+    if logged is not None and tuple(logged) != tuple(model.tag_names):
+        raise ValueError(
+            f"{uri}: metadata tag_names {logged} differ from the model's {list(model.tag_names)}"
+        )
+    if "score_range" in metadata:
+        rng = metadata["score_range"]
+        logged_range = None if rng is None else (float(rng[0]), float(rng[1]))
+        if logged_range != model.config.score_range:
+            raise ValueError(
+                f"{uri}: metadata score_range {rng} differs from the model's {model.config.score_range}"
+            )
+    return model.eval()

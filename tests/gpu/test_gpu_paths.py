@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 from lightbox.imaging import to_model_input
-from lightbox.settings import TAG_VOCABULARY
+from lightbox.dataset import TAG_VOCABULARY
 from serving.predictor import Predictor
 from serving.runtime import DEFAULT_MAX_BATCH
 from training.model import Heads, LightboxModel, ModelConfig

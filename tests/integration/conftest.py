@@ -11,7 +11,8 @@ import pytest
 import torch
 import uvicorn
 
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.dataset import TAG_VOCABULARY
+from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import Predictor
 from training.model import Heads, LightboxModel, ModelConfig

@@ -6,6 +6,7 @@ Integration-marked: it loads the real pretrained backbone (~1 s, once per module
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import struct
 import zlib
@@ -17,8 +18,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import Predictor
 from training.model import Heads, LightboxModel, ModelConfig
@@ -87,7 +89,12 @@ def test_raw_jpeg_gets_score_tags_and_model(client: TestClient, predictor: Predi
     resp = client.post("/predict", content=data, headers={"content-type": "image/jpeg"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["model"] == {"name": "lightbox", "version": "1"}
+    assert body["model"] == {
+        "name": "lightbox",
+        "version": "1",
+        "score_name": "score",
+        "score_range": [0.0, 1.0],
+    }
     scores, probs = predictor.predict(preprocess_bytes(data)[None])
     assert body["score"] == pytest.approx(float(scores[0]), abs=1e-5)
     expected = sorted(
@@ -127,7 +134,12 @@ def test_multipart_file_and_files(client: TestClient) -> None:
     )
     assert many.status_code == 200, many.text
     body = many.json()
-    assert body["model"] == {"name": "lightbox", "version": "1"}
+    assert body["model"] == {
+        "name": "lightbox",
+        "version": "1",
+        "score_name": "score",
+        "score_range": [0.0, 1.0],
+    }
     assert [p["score"] for p in body["predictions"]] == pytest.approx([s["score"] for s in singles], abs=1e-5)
 
 
@@ -175,7 +187,12 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
 def test_healthz_metrics_and_page(client: TestClient) -> None:
     client.post("/predict", content=photo(8))
     health = client.get("/healthz").json()
-    assert health["status"] == "ok" and health["model"] == {"name": "lightbox", "version": "1"}
+    assert health["status"] == "ok" and health["model"] == {
+        "name": "lightbox",
+        "version": "1",
+        "score_name": "score",
+        "score_range": [0.0, 1.0],
+    }
     text = client.get("/metrics").text
     for needle in (
         "lightbox_batcher_queue_depth",
@@ -221,3 +238,73 @@ def test_overload_answers_429_with_retry_after(predictor: Predictor, tmp_path) -
     rejected = next(r for r in responses if r.status_code == 429)
     assert int(rejected.headers["retry-after"]) >= 1
     assert "overloaded" in assert_error(rejected, 429)
+
+
+def _app_for(predictor: Predictor, config: ModelConfig, tmp_path) -> TestClient:
+    """A server for another head layout on the same (already loaded) feature extractor."""
+    torch.manual_seed(0)
+    model = LightboxModel(config, Heads(config), predictor.model.extractor)
+    other = Predictor.from_model(model, "lightbox", "7", device="cpu")
+    return TestClient(create_app(make_settings(tmp_path), other), raise_server_exceptions=False)
+
+
+def _v2_infer(c: TestClient, data: bytes, outputs: list[str] | None = None) -> httpx.Response:
+    body: dict = {
+        "inputs": [
+            {"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
+        ]
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": o} for o in outputs]
+    return c.post("/v2/models/lightbox/infer", json=body)
+
+
+def test_a_1_to_10_model_answers_on_its_scale(predictor: Predictor, tmp_path) -> None:
+    config = ModelConfig(tag_names=("cat", "sky"), score_low=1, score_high=10, score_name="aesthetic")
+    data = photo(3)
+    with _app_for(predictor, config, tmp_path) as c:
+        body = c.post("/predict", content=data).json()
+        assert body["model"]["score_range"] == [1.0, 10.0] and body["model"]["score_name"] == "aesthetic"
+        assert 1.0 <= body["score"] <= 10.0
+        # The same heads on [0, 1] (same seed): the served score is their affine map onto 1-10.
+        unit_config = ModelConfig(tag_names=("cat", "sky"))
+        torch.manual_seed(0)
+        unit = LightboxModel(unit_config, Heads(unit_config), predictor.model.extractor)
+        (u,), _ = Predictor(unit, "u", "1", "cpu", trace=False).predict(preprocess_bytes(data)[None])
+        assert body["score"] == pytest.approx(1 + 9 * float(u), abs=1e-4)
+        meta = c.get("/v2/models/lightbox").json()
+        assert meta["parameters"] == {
+            "tag_names": ["cat", "sky"],
+            "score_range": [1.0, 10.0],
+            "score_name": "aesthetic",
+        }
+        v2 = _v2_infer(c, data).json()
+        (score,) = next(o for o in v2["outputs"] if o["name"] == "SCORE")["data"]
+        assert score == pytest.approx(body["score"], abs=1e-5)
+
+
+def test_a_tags_only_model_answers_no_score(predictor: Predictor, tmp_path) -> None:
+    config = ModelConfig(tag_names=("cat", "sky"), has_score=False)
+    data = photo(4)
+    with _app_for(predictor, config, tmp_path) as c:
+        resp = c.post("/predict?threshold=0", content=data)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["score"] is None and body["model"]["score_range"] is None
+        assert {t["name"] for t in body["tags"]} == {"cat", "sky"}  # threshold 0: every tag
+        meta = c.get("/v2/models/lightbox").json()
+        assert [o["name"] for o in meta["outputs"]] == ["TAG_PROBS"]
+        assert meta["parameters"]["score_range"] is None and meta["parameters"]["score_name"] is None
+        v2 = _v2_infer(c, data)
+        assert v2.status_code == 200, v2.text
+        assert [o["name"] for o in v2.json()["outputs"]] == ["TAG_PROBS"]
+        assert "outputs are ['TAG_PROBS']" in assert_error(_v2_infer(c, data, ["SCORE"]), 400)
+
+
+def test_a_score_only_model_answers_no_tags(predictor: Predictor, tmp_path) -> None:
+    with _app_for(predictor, ModelConfig(tag_names=()), tmp_path) as c:
+        body = c.post("/predict?threshold=0", content=photo(5)).json()
+        assert 0.0 <= body["score"] <= 1.0 and body["tags"] == []
+        v2 = _v2_infer(c, photo(5)).json()
+        probs = next(o for o in v2["outputs"] if o["name"] == "TAG_PROBS")
+        assert probs["shape"] == [1, 0] and probs["data"] == []

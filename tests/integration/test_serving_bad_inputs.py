@@ -22,7 +22,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.dataset import TAG_VOCABULARY
+from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import Predictor
 from training.model import Heads, LightboxModel, ModelConfig

@@ -16,8 +16,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.settings import Settings
 from serving.app import create_app
 from serving.predictor import Predictor
 from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig

@@ -15,8 +15,8 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
-from lightbox.settings import TAG_VOCABULARY
 from serving.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,11 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
         "SCORE": [-1],
         "TAG_PROBS": [-1, len(TAG_VOCABULARY)],
     }
-    assert meta["parameters"]["tag_names"] == list(TAG_VOCABULARY)
+    assert meta["parameters"] == {
+        "tag_names": list(TAG_VOCABULARY),
+        "score_range": [0.0, 1.0],
+        "score_name": "score",
+    }
 
 
 @pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])

@@ -24,7 +24,8 @@ import mlflow
 from lightbox.adapters import mlflow_registry, postgres, queue
 from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.imaging import preprocess_bytes
-from lightbox.settings import TAG_VOCABULARY, Settings, settings_env
+from lightbox.dataset import TAG_VOCABULARY
+from lightbox.settings import Settings, settings_env
 from pipelines import score_uploads
 from serving.predictor import Predictor, load_predictor
 from training.model import Heads, LightboxModel, ModelConfig

@@ -36,3 +36,48 @@ def test_map_skips_tags_without_positives_and_micro_f1() -> None:
         "tags_map",
         "tags_micro_f1",
     }
+
+
+def test_score_metrics_use_only_labelled_images() -> None:
+    true = np.array([0.1, np.nan, 0.3, 0.4, np.nan])
+    pred = np.array([0.1, 0.9, 0.3, 0.4, 0.0])  # way off exactly where there is no label
+    m = metrics.evaluate(pred, true, np.zeros((5, 0)), np.zeros((5, 0)))
+    assert m == {"score_srocc": pytest.approx(1.0), "score_plcc": pytest.approx(1.0), "score_mae": 0.0}
+
+
+def test_a_missing_head_or_missing_labels_leave_their_metrics_out() -> None:
+    probs = np.array([[0.9], [0.1]])
+    labels = np.array([[1], [0]])
+    # A tags-only model: no score metrics, whether it passes None or its NaN scores.
+    assert set(metrics.evaluate(None, np.array([0.2, 0.4]), probs, labels)) == {"tags_map", "tags_micro_f1"}
+    assert set(metrics.evaluate(np.full(2, np.nan), np.array([0.2, 0.4]), probs, labels)) == {
+        "tags_map",
+        "tags_micro_f1",
+    }
+    # No score labels at all: nothing to compare against.
+    assert "score_mae" not in metrics.evaluate(np.array([0.2, 0.4]), np.full(2, np.nan), probs, labels)
+    # A score-only model (K = 0): no tag metrics, and no NaN anywhere.
+    m = metrics.evaluate(np.array([0.2, 0.4]), np.array([0.2, 0.5]), np.zeros((2, 0)), np.zeros((2, 0)))
+    assert set(m) == {"score_srocc", "score_plcc", "score_mae"}
+    assert all(np.isfinite(v) for v in m.values())
+
+
+def test_ap_by_tag_keeps_tags_with_positives() -> None:
+    probs = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.6]])
+    labels = np.array([[1, 0, 0], [0, 0, 1]])
+    assert metrics.ap_by_tag(probs, labels, ("cat", "dog", "sky")) == {"cat": 1.0, "sky": 1.0}
+
+
+def test_metric_names_are_mlflow_safe_and_unique() -> None:
+    keys = metrics.metric_names("test_ap_", ["b&w", "b?w", "sky", "50/50", "été"])
+    assert keys == {
+        "b&w": "test_ap_b_w",
+        "b?w": "test_ap_b_w-2",
+        "sky": "test_ap_sky",
+        "50/50": "test_ap_50_50",
+        "été": "test_ap_été",
+    }
+    from mlflow.utils.validation import _validate_metric_name
+
+    for key in keys.values():
+        _validate_metric_name(key)  # raises on a name MLflow would refuse

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from skimage import data
 
+from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import to_model_input
-from lightbox.settings import TAG_VOCABULARY, Settings
+from lightbox.settings import Settings
 from serving.predictor import Predictor
 from serving.runtime import (
     MAX_CPU_BATCH_STREAMS,
@@ -89,6 +90,40 @@ def test_traced_graph_answers_as_the_eager_model(model: LightboxModel, photos: n
     np.testing.assert_allclose(tags, ref_tags, atol=1e-4)
     if n > 1:  # the batch dimension stayed free: different pictures, different answers
         assert len(set(np.round(scores, 6))) > 1
+
+
+@pytest.fixture(scope="module")
+def extractor(model: LightboxModel) -> FeatureExtractor:
+    return model.extractor  # one backbone for every head layout below
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(tag_names=("a", "b"), score_low=1, score_high=10),
+        ModelConfig(tag_names=("a", "b", "c"), has_score=False),
+        ModelConfig(tag_names=()),
+    ],
+    ids=["scale-1-10", "tags-only", "score-only"],
+)
+def test_every_head_layout_traces_and_answers_as_the_eager_model(
+    config: ModelConfig, extractor: FeatureExtractor, photos: np.ndarray
+) -> None:
+    torch.manual_seed(0)
+    model = LightboxModel(config, Heads(config), extractor).eval()
+    traced = Predictor(model, "m", "1", "cpu")
+    assert traced.traced  # a NaN score column or zero tags must not push serving onto the eager model
+    scores, tags = traced.predict(photos[:3])
+    ref_scores, ref_tags = _eager(model, photos[:3])
+    assert tags.shape == (3, config.num_tags)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    np.testing.assert_allclose(tags, ref_tags, atol=1e-4)
+    assert traced.has_score is config.has_score and traced.score_range == config.score_range
+    if config.has_score:
+        low, high = config.score_low, config.score_high
+        assert ((scores >= low) & (scores <= high)).all()
+    else:
+        assert np.isnan(scores).all() and traced.score_name is None
 
 
 def test_a_model_that_fails_to_trace_is_served_eagerly(
