@@ -62,8 +62,8 @@ def build_predictor(name: str = "lightbox", version: str = "bench"):
     import torch
 
     from lightbox.dataset import TAG_VOCABULARY
-    from serving.predictor import Predictor
     from training.model import Heads, LightboxModel, ModelConfig
+    from training.predictor import Predictor
 
     torch.manual_seed(0)
     config = ModelConfig(tag_names=TAG_VOCABULARY)

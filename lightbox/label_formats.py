@@ -201,7 +201,7 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
 def metadata_files(files: Sequence[str]) -> list[tuple[str, str | None]]:
     """(metadata path, split implied by its folder or None) for the root and the split subfolders."""
     names = set(files)
-    found = [(m, None) for m in METADATA_FILES if m in names][:1]
+    found: list[tuple[str, str | None]] = [(m, None) for m in METADATA_FILES if m in names][:1]
     for folder, split in SPLIT_ALIASES.items():
         for m in METADATA_FILES:
             if f"{folder}/{m}" in names:
@@ -407,7 +407,8 @@ def parse_labelstudio(export: bytes, name: str, roots: Roots, columns: Columns) 
 
 
 def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Parsed:
-    records, problems = [], []
+    records: list[Record] = []
+    problems: list[Problem] = []
     score_name: str | None = None
     has_tags = False
     for i, task in enumerate(tasks):

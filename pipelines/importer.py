@@ -453,9 +453,9 @@ def build_rows(
             split_of |= assign_splits_by_group(pending, settings.split_seed, fractions)
     rows: list[dict[str, str]] = []
     for image_id, r in old.items():
-        p = photos.get(image_id)
-        if p is not None:  # in this batch too: its labels are the newest word (a relabel)
-            r |= _labels(p, r["split"])
+        again = photos.get(image_id)
+        if again is not None:  # in this batch too: its labels are the newest word (a relabel)
+            r |= _labels(again, r["split"])
         rows.append(r)
     for image_id, p in photos.items():
         if image_id in old:

@@ -119,7 +119,7 @@ def to_rows(
             image_id=item.upload.image_id,
             model_name=model_name,
             model_version=model_version,
-            score=float(score),
+            score=None if np.isnan(score) else float(score),  # NaN: a tags-only model
             tag_probs={name: round(float(p), 6) for name, p in zip(tag_names, probs, strict=True)},
             source_uri=item.upload.uri,
         )
@@ -185,7 +185,7 @@ def run(
 ) -> ConsumeStats:
     """Consume until stopped (signal), ``max_messages`` handled, or ``idle_timeout_s`` without any.
 
-    ``predictor`` defaults to the champion (serving.predictor.load_predictor); the same one scores every
+    ``predictor`` defaults to the champion (training.predictor.load_predictor); the same one scores every
     batch of this run, so each row's model_version is the version that computed it.
     """
     from lightbox.adapters import postgres, queue
@@ -193,7 +193,7 @@ def run(
     if not settings.results_dsn:
         raise ValueError("results_dsn is not set: the consumer writes to PostgreSQL (LIGHTBOX_RESULTS_DSN)")
     if predictor is None:
-        from serving.predictor import load_predictor
+        from training.predictor import load_predictor
 
         predictor = load_predictor(settings)
     stats = ConsumeStats(model_version=predictor.version)

@@ -351,7 +351,7 @@ def version_labels(settings: Settings, version: str) -> tuple[ModelLabels | None
 def measure(settings: Settings, version: str) -> Measurement:
     """Every number the gates read, for one version. A step that cannot run leaves its numbers out
     (so their checks fail as missing) and says why in ``details``."""
-    from serving.predictor import RegistryLoader
+    from training.predictor import RegistryLoader
 
     ev: Evidence = {}
     details: dict[str, str] = {}

@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lightbox.settings import Settings
 from serving.batching import BatcherClosed
 from serving.metrics import RequestMetricsMiddleware
-from serving.predictor import Predictor
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import uploaded_images
 from serving.v2 import v2_router
+from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from serving.predictor import Predictor
 from serving.runtime import InferenceRuntime
+from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.settings import Settings
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
 from serving.metrics import ServingMetrics
-from serving.predictor import Predictor
+from training.predictor import Predictor
 
 
 class ApiError(Exception):

@@ -9,8 +9,8 @@ import uvicorn
 from lightbox.settings import Settings
 from serving.app import create_app
 from serving.calibration import calibrate
-from serving.predictor import Predictor, RegistryLoader
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
+from training.predictor import Predictor, RegistryLoader
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from serving.predictor import Predictor
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, read_body
+from training.predictor import Predictor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAME = "IMAGE"

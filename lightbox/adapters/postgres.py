@@ -21,7 +21,7 @@ class ResultRow:
     image_id: str
     model_name: str
     model_version: str
-    score: float
+    score: float | None  # None: a tags-only model answers no score
     tag_probs: dict[str, float]  # every tag's probability: readers pick their own threshold
     source_uri: str
 
@@ -43,7 +43,7 @@ def ensure_results_table(conn: Connection, table: str) -> None:
                     image_id      text        NOT NULL,
                     model_version text        NOT NULL,
                     model_name    text        NOT NULL,
-                    score         real        NOT NULL,
+                    score         real,
                     tag_probs     jsonb       NOT NULL,
                     source_uri    text        NOT NULL,
                     scored_at     timestamptz NOT NULL DEFAULT now(),
@@ -53,6 +53,8 @@ def ensure_results_table(conn: Connection, table: str) -> None:
                 """
             ).format(sql.Identifier(table))
         )
+        # Tables made before tags-only models existed: their score column allowed no NULL.
+        cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN score DROP NOT NULL").format(sql.Identifier(table)))
 
 
 def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> None:

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from skimage import data
 
-from lightbox.imaging import to_model_input
 from lightbox.dataset import TAG_VOCABULARY
-from serving.predictor import Predictor
+from lightbox.imaging import to_model_input
 from serving.runtime import DEFAULT_MAX_BATCH
 from training.model import Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.gpu
 

@@ -22,8 +22,8 @@ from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings
 from serving.app import create_app
-from serving.predictor import Predictor
 from training.model import Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 

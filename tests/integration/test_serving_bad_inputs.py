@@ -25,8 +25,8 @@ from PIL import Image
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.settings import Settings
 from serving.app import create_app
-from serving.predictor import Predictor
 from training.model import Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 

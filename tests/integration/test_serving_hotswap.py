@@ -20,8 +20,8 @@ from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings
 from serving.app import create_app
-from serving.predictor import Predictor
 from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.manifest import LabelSpec
 from lightbox.settings import Settings
-from serving.predictor import ModelNotFound, RegistryLoader, load_predictor
 from training.model import Heads, LightboxModel, ModelConfig
+from training.predictor import ModelNotFound, RegistryLoader, load_predictor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
-from serving.predictor import Predictor
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 

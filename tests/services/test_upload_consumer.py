@@ -23,12 +23,12 @@ from PIL import Image
 import mlflow
 from lightbox.adapters import mlflow_registry, postgres, queue
 from lightbox.adapters.mlflow_registry import log_lightbox_model
-from lightbox.imaging import preprocess_bytes
 from lightbox.dataset import TAG_VOCABULARY
+from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings, settings_env
 from pipelines import score_uploads
-from serving.predictor import Predictor, load_predictor
 from training.model import Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor, load_predictor
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightbox import dataset
-from lightbox.distortions import KINDS, LEVELS
-from lightbox import manifest
+from lightbox import dataset, manifest
 from lightbox.dataset import CONTENT_TAGS, DEFECT_TAGS, TAG_VOCABULARY
+from lightbox.distortions import KINDS, LEVELS
 from lightbox.settings import Settings
 from pipelines import data
 

@@ -15,7 +15,6 @@ from skimage import data
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import to_model_input
 from lightbox.settings import Settings
-from serving.predictor import Predictor
 from serving.runtime import (
     MAX_CPU_BATCH_STREAMS,
     ComputeLayout,
@@ -24,6 +23,7 @@ from serving.runtime import (
     usable_cores,
 )
 from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
+from training.predictor import Predictor
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_a_model_that_fails_to_trace_is_served_eagerly(
         raise RuntimeError("unsupported op")
 
     monkeypatch.setattr(torch.jit, "trace", refuse)
-    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
+    with caplog.at_level(logging.WARNING, logger="training.predictor"):
         p = Predictor(model, "m", "1", "cpu")
     assert not p.traced
     assert "tracing failed" in caplog.text and "unsupported op" in caplog.text
@@ -155,7 +155,7 @@ def test_a_graph_that_disagrees_with_the_model_is_refused(
 
     monkeypatch.setattr(torch.jit, "freeze", skewed)
     monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: m)
-    with caplog.at_level(logging.WARNING, logger="serving.predictor"):
+    with caplog.at_level(logging.WARNING, logger="training.predictor"):
         p = Predictor(model, "m", "1", "cpu")
     assert not p.traced
     assert "differs" in caplog.text

@@ -1,5 +1,9 @@
-"""The served model: a LightboxModel plus its registry identity, and the loader that follows an alias
-(what is logged and how it is rebuilt is ``lightbox.adapters.mlflow_registry``'s).
+"""Inference on a loaded model version: a LightboxModel plus its registry identity, and the loader that
+follows an alias (what is logged and how it is rebuilt is ``lightbox.adapters.mlflow_registry``'s).
+
+The server, the gates, the upload consumer and batch scoring all predict through this one class, so
+what the gates judge is what serving answers; it lives beside the model, not in serving/, so that
+pipelines need not import the server.
 
 ``Predictor.predict`` is the batch function's body: uint8 images in, numpy scores and tag probabilities
 out, under ``torch.inference_mode``. On CUDA it uses pinned host memory with non-blocking copies,
