@@ -201,7 +201,8 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
 def metadata_files(files: Sequence[str]) -> list[tuple[str, str | None]]:
     """(metadata path, split implied by its folder or None) for the root and the split subfolders."""
     names = set(files)
-    found: list[tuple[str, str | None]] = [(m, None) for m in METADATA_FILES if m in names][:1]
+    root = [m for m in METADATA_FILES if m in names][:1]
+    found: list[tuple[str, str | None]] = [(m, None) for m in root]
     for folder, split in SPLIT_ALIASES.items():
         for m in METADATA_FILES:
             if f"{folder}/{m}" in names:
