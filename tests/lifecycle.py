@@ -124,7 +124,11 @@ class LifecycleChecks:
             low, high = spec.score_range
             for a in answers:
                 assert low <= a["score"] <= high
-                assert a["model"] == {"name": project.model_name, "version": str(champion.version)}
+                assert (a["model"]["name"], a["model"]["version"]) == (
+                    project.model_name,
+                    str(champion.version),
+                )
+                assert a["model"]["score_range"] == [low, high]
                 assert all({"name", "confidence"} <= set(t) for t in a["tags"])
             everything = httpx.post(
                 f"{base}/predict?threshold=0",

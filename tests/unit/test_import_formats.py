@@ -208,3 +208,22 @@ def test_classfolders() -> None:
         ("dog/a.jpg", ("dog",)),
     ]
     assert {p.origin for p in parsed.problems} == {"dog/readme.txt", "c.jpg"}
+
+
+def test_manifest_diff_lists_added_removed_relabelled_and_moved() -> None:
+    from lightbox import manifest
+
+    before = [
+        {"image_id": "a", "score": "1", "tags": "x", "split": "train"},
+        {"image_id": "b", "score": "2", "tags": "", "split": "test"},
+        {"image_id": "c", "score": "3", "tags": "y", "split": "train"},
+    ]
+    after = [
+        {"image_id": "a", "score": "1", "tags": "x", "split": "train"},
+        {"image_id": "b", "score": "5", "tags": "", "split": "validation"},
+        {"image_id": "d", "score": "4", "tags": "y", "split": "train"},
+    ]
+    d = manifest.diff(before, after)
+    assert d.added == ["d"] and d.removed == ["c"]
+    assert d.relabelled == [("b", "score=2; tags=", "score=5; tags=")]
+    assert d.moved == [("b", "test", "validation")]
