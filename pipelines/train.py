@@ -21,7 +21,7 @@ from lightbox.adapters import dvc_repo, mlflow_registry
 from lightbox.manifest import LabelSpec
 from lightbox.settings import CODE_ROOT, Settings
 from pipelines.features import feature_matrix, load_for_training
-from training.fit import Split, fit_heads, predict, tag_pos_weight, validation_metrics
+from training.fit import Split, fit_heads, predict, validation_metrics
 from training.metrics import ap_by_tag, evaluate, metric_names
 from training.model import FEATURE_DIM, LightboxModel, ModelConfig
 
@@ -283,8 +283,7 @@ def run(
 
         device = "cuda" if use_gpu else "cpu"
         heads = fit_heads(best, splits["train"], device=device).cpu()
-        weights = tag_pos_weight(splits["train"].tags)
-        val = validation_metrics(heads, splits["validation"], best, pos_weight=weights)
+        val = validation_metrics(heads, splits["validation"], best)
         test = splits["test"]
         s_pred, t_pred = predict(heads, test.x)
         metrics = test_metrics(best, test, s_pred, t_pred)

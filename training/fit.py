@@ -91,8 +91,11 @@ def validation_metrics(
 ) -> dict[str, float]:
     """The loss the trials are ranked by and the metric set.
 
-    The loss weighs the tags like training does per tag (``pos_weight``) but with ``tag_loss_weight``
-    1: that weight is searched, and a trial must not look better for shrinking its own yardstick.
+    The yardstick is the plain loss: score BCE plus the unweighted mean tag BCE. Training's own weights
+    stay out of it: ``tag_loss_weight`` is searched (a trial must not look better for shrinking its own
+    yardstick), and ``pos_weight`` (up to 10x on rare positives) made the tag term outweigh the score
+    term so that trials were ranked on tags alone (a trial with validation SROCC 0 won over one with
+    0.72). ``pos_weight`` is accepted for callers that want the weighted figure; the ranking passes none.
     """
     s, t = predict(heads, split.x, device)
     with torch.inference_mode():
@@ -139,5 +142,5 @@ def fit_heads(
             loss_fn(heads(x[i]), ys[i], yt[i], config, pos_weight).backward()
             opt.step()
         if report is not None and val is not None:
-            report(epoch, validation_metrics(heads, val, config, device, weights))
+            report(epoch, validation_metrics(heads, val, config, device))
     return heads.eval()

@@ -106,13 +106,14 @@ def test_a_dag_run_triggered_through_the_rest_api_completes(
     tasks = api.get(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
     summary = {t["task_id"]: t["state"] for t in tasks}
     assert state == "success", f"{state}: {summary}\n{(logs / 'scheduler.log').read_text()[-3000:]}"
-    assert summary == {"build": "success", "validate": "success", "version": "success", "features": "success"}
+    want = {"ingest": "success", "validate": "success", "version": "success", "features": "success"}
+    assert summary == want
 
     # The tasks ran against this project: data versioned in DVC, features online in Feast.
     version = dvc_repo.load_version(settings)
     assert dvc_repo.remote_holds(settings, version)
     manifest = pd.read_csv(settings.data_dir / "manifest.csv", dtype={"image_id": str})
-    assert len(manifest) == version.files - 1 >= 14 * 7  # 14 sources x (pristine + 6 variants), at least
+    assert len(manifest) == version.files - 2 >= 14 * 7  # images + manifest + labels.json; 14 x (1 + 6)
     online = feast_store.online(settings, manifest["image_id"].tolist())
     assert all(e is not None for e in online["embedding"])
     # XCom carries the version between tasks, through the API too.

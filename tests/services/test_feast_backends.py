@@ -13,8 +13,8 @@ import pytest
 from conftest import PgDatabase, unique
 
 from lightbox.adapters import feast_store
+from lightbox.feature_schema import EMBEDDING_DIM, FEATURE_VERSION, QUALITY_DIM, STAT_NAMES
 from lightbox.settings import Settings
-from training.model import EMBEDDING_DIM, QUALITY_DIM, STAT_NAMES
 
 
 def _features(ids: list[str]) -> pd.DataFrame:
@@ -30,6 +30,7 @@ def _features(ids: list[str]) -> pd.DataFrame:
     )
     for name in STAT_NAMES:
         df[name] = np.linspace(0.1, 0.9, n, dtype=np.float32)
+    df["feature_version"] = FEATURE_VERSION
     return df
 
 
