@@ -4,7 +4,8 @@ Reads SOURCE (a folder, an export file or an s3:// prefix; never written), parse
 (lightbox.label_formats), checks every photo (lightbox.photos), then writes a complete new dataset
 folder beside data/ and swaps it in::
 
-    data/images/<sha256[:16]>.<ext>   byte-for-byte copies of the accepted photos
+    data/images/<sha256[:16]>.<ext>   byte-for-byte copies of the accepted photos (staged beside data/
+                                      as they are checked: no photo stays in memory)
     data/manifest.csv                 lightbox.manifest.COLUMNS
     data/labels.json                  the LabelSpec: tag vocabulary with counts, score name and range
 
@@ -25,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -96,7 +98,6 @@ class Photo:
     """One accepted image: its merged labels and what its bytes told us."""
 
     info: PhotoInfo
-    data: bytes
     origins: list[str]
     scores: list[float]  # one per labelled record of this content (the same photo under two names)
     tags: tuple[str, ...]
@@ -119,7 +120,25 @@ def run(settings: Settings, source: str, options: ImportOptions | None = None) -
     given_range = manifest.parse_score_range(options.score_range)
     tree = open_tree(source, settings.s3_endpoint_url)
     parsed = parse_source(tree, options)
-    photos, problems, n_exact = load_photos(tree, parsed, settings)
+    # Accepted photos are copied here as they are checked, so no photo's bytes stay in memory; the
+    # folder goes when the import ends, whatever way it ends.
+    stage = building_dir(settings.data_dir, "stage")
+    try:
+        return _import(settings, source, options, tree, parsed, given_range, stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _import(
+    settings: Settings,
+    source: str,
+    options: ImportOptions,
+    tree: SourceTree,
+    parsed: Parsed,
+    given_range: tuple[float, float] | None,
+    stage: Path,
+) -> ImportResult:
+    photos, problems, n_exact = load_photos(tree, parsed, settings, stage)
 
     existing = _existing(settings)
     if existing is not None and not options.append:
@@ -179,10 +198,10 @@ def run(settings: Settings, source: str, options: ImportOptions | None = None) -
         seed=settings.split_seed,
     )
     copy_to_quarantine(settings, tree, problems)
-    changed = write_dataset(settings.data_dir, rows, spec, photos, settings.data_dir)
+    changed = write_dataset(settings.data_dir, rows, spec, stage, settings.data_dir)
     if golden_rows:
         golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(golden_rows)})
-        write_dataset(settings.golden_dir, golden_rows, golden_spec, photos, None)
+        write_dataset(settings.golden_dir, golden_rows, golden_spec, stage, None)
     if options.golden is not None:
         import_golden(settings, options.golden, options, spec)
 
@@ -255,32 +274,35 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
 
 
 def _inspect(
-    tree: SourceTree, record: Record, settings: Settings
-) -> tuple[Record, PhotoInfo | None, bytes, str]:
+    tree: SourceTree, record: Record, settings: Settings, stage: Path
+) -> tuple[Record, PhotoInfo | None, str]:
+    """Read, check and stage one record's photo: (record, info or None, the reason it is unusable)."""
     try:
         data = tree.read(record.ref)
     except SourceNotFound:
-        return record, None, b"", "file is missing"
+        return record, None, "file is missing"
     except OSError as exc:
-        return record, None, b"", f"cannot read: {exc.strerror or exc}"
+        return record, None, f"cannot read: {exc.strerror or exc}"
     try:
-        return (
-            record,
-            inspect(data, max_pixels=settings.max_pixels, min_side=settings.min_image_side),
-            data,
-            "",
-        )
+        info = inspect(data, max_pixels=settings.max_pixels, min_side=settings.min_image_side)
     except ImageDecodeError as exc:
-        return record, None, data, str(exc)
+        return record, None, str(exc)
+    staged = stage / f"{info.image_id}{info.ext}"
+    if not staged.exists():  # the same content twice: one copy
+        part = staged.with_name(f".{staged.name}.{threading.get_ident()}")
+        part.write_bytes(data)
+        os.replace(part, staged)
+    return record, info, ""
 
 
 def load_photos(
-    tree: SourceTree, parsed: Parsed, settings: Settings
+    tree: SourceTree, parsed: Parsed, settings: Settings, stage: Path
 ) -> tuple[dict[str, Photo], list[Problem], int]:
-    """Read and check every record's photo in threads; merge records of the same content.
+    """Read, check and stage every record's photo in threads; merge records of the same content.
 
-    Returns (photos by image id, problems, exact duplicates merged). Bytes are kept for the copy;
-    decoded pixels are not (a camera photo decodes at reduced size for the hash).
+    Returns (photos by image id, problems, exact duplicates merged). The accepted bytes are written to
+    ``stage`` as they come; decoded pixels are not kept (a camera photo decodes at reduced size for
+    the hash).
     """
     problems = list(parsed.problems)
     photos: dict[str, Photo] = {}
@@ -290,7 +312,7 @@ def load_photos(
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(parsed.records), desc="import", unit="img") as bar,
     ):
-        for record, info, data, reason in pool.map(lambda r: _inspect(tree, r, settings), parsed.records):
+        for record, info, reason in pool.map(lambda r: _inspect(tree, r, settings, stage), parsed.records):
             bar.update()
             if info is None:
                 problems.append(Problem(record.origin, reason))
@@ -299,7 +321,7 @@ def load_photos(
             if seen is None:
                 scores = [] if record.score is None else [record.score]
                 photos[info.image_id] = Photo(
-                    info, data, [record.origin], scores, record.tags, record.split, record.group, record.extra
+                    info, [record.origin], scores, record.tags, record.split, record.group, record.extra
                 )
                 continue
             n_exact += 1
@@ -571,18 +593,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def building_dir(target: Path, kind: str = "build") -> Path:
+    """A fresh folder beside ``target``; the pid in its name lets the next run tell an abandoned build
+    from a running one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{os.getpid()}-{kind}-", dir=target.parent))
+
+
 def write_dataset(
     target: Path,
     rows: Sequence[Mapping[str, str]],
     spec: LabelSpec,
-    photos: Mapping[str, Photo],
+    staged: Path,
     previous: Path | None,
 ) -> bool:
     """Build the folder beside ``target`` and swap it in; False (nothing written) when the manifest and
-    the label spec are byte-identical to what is there (images are content-addressed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name lets the next run tell an abandoned build from a running one.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{os.getpid()}-", dir=target.parent))
+    the label spec are byte-identical to what is there (images are content-addressed). Each image comes
+    from ``staged`` (this import's photos) or, when the dataset had it, from ``previous``."""
+    tmp = building_dir(target)
     try:
         (tmp / IMAGES_SUBDIR).mkdir()
         manifest.write_manifest(tmp, list(rows))
@@ -591,12 +619,11 @@ def write_dataset(
             shutil.rmtree(tmp)
             return False
         for r in tqdm(rows, desc=f"write {target.name}", unit="img", disable=len(rows) < 500):
-            dest = tmp / r["path"]
-            p = photos.get(r["image_id"])
-            if p is not None:
-                dest.write_bytes(p.data)
+            name = Path(r["path"]).name
+            if (staged / name).is_file():
+                _link_or_copy(staged / name, tmp / r["path"])
             elif previous is not None and (previous / r["path"]).is_file():
-                _link_or_copy(previous / r["path"], dest)
+                _link_or_copy(previous / r["path"], tmp / r["path"])
             else:
                 raise ImportFailed(
                     f"{r['image_id']} is in the dataset but its file {previous}/{r['path']} is gone"
@@ -650,14 +677,18 @@ def import_golden(settings: Settings, source: str, options: ImportOptions, spec:
     """A user-supplied golden set (any import format), on the dataset's label spec."""
     tree = open_tree(source, settings.s3_endpoint_url)
     parsed = parse_source(tree, ImportOptions(**{**asdict(options), "format": None, "golden": None}))
-    photos, problems, _ = load_photos(tree, parsed, settings)
-    if problems:
-        log.warning("golden set %s: %d unusable rows or images left out", source, len(problems))
-    if spec.score_range is not None:
-        problems += _out_of_range(photos, spec.score_range)
-    rows = [_row(p, GOLDEN_SPLIT, p.group or k) for k, p in sorted(photos.items())]
-    golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(rows)})
-    write_dataset(settings.golden_dir, rows, golden_spec, photos, None)
+    stage = building_dir(settings.golden_dir, "stage")
+    try:
+        photos, problems, _ = load_photos(tree, parsed, settings, stage)
+        if spec.score_range is not None:
+            problems += _out_of_range(photos, spec.score_range)
+        if problems:
+            log.warning("golden set %s: %d unusable rows or images left out", source, len(problems))
+        rows = [_row(p, GOLDEN_SPLIT, p.group or k) for k, p in sorted(photos.items())]
+        golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(rows)})
+        write_dataset(settings.golden_dir, rows, golden_spec, stage, None)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return len(rows)
 
 
