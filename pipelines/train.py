@@ -269,20 +269,33 @@ def run(
         mlflow.log_dict(spec.to_dict(), "labels.json")
         for i, trial in enumerate(results):
             trial_tags = tags | {"lightbox.stage": "trial"}
-            with mlflow.start_run(run_name=f"trial-{i}-{trial.trial_id}", nested=True, tags=trial_tags):
-                # Every hyperparameter, not just the searched ones, so trials compare column by column.
-                mlflow.log_params(ModelConfig.from_dict(asdict(base) | trial.config).to_params())
+            # Named as Ray Tune names the trial, so the two UIs can be read side by side.
+            run_name = trial.name or f"trial-{i}-{trial.trial_id}"
+            with mlflow.start_run(run_name=run_name, nested=True, tags=trial_tags):
+                # Every hyperparameter, not just the searched ones, so trials compare column by column;
+                # epochs is what the trial really ran (ASHA stops the weak ones early).
+                ran = int(trial.history["training_iteration"].max()) if len(trial.history) else 0
+                params = ModelConfig.from_dict(asdict(base) | trial.config).to_params()
+                mlflow.log_params(params | {"epochs": str(ran), "epochs_planned": params["epochs"]})
+                mlflow.log_params({"best_epoch": str(trial.best_epoch), "rank": str(i)})
                 mlflow.log_input(dataset, context="training")
                 for _, row in trial.history.iterrows():
                     step = int(row["training_iteration"])
                     mlflow.log_metrics(
-                        {k: float(row[k]) for k in row.index if k.startswith("val_")}, step=step
+                        {k: float(row[k]) for k in row.index if k.startswith(("val_", "train_loss"))},
+                        step=step,
                     )
         best = ModelConfig.from_dict(asdict(base) | results[0].config)
         mlflow.log_params(best.to_params() | {"trials": trials})
 
         device = "cuda" if use_gpu else "cpu"
-        heads = fit_heads(best, splits["train"], device=device).cpu()
+        # The final fit keeps its best epoch on the validation split, as the trials did.
+        curve: list[dict[str, float]] = []
+        heads = fit_heads(best, splits["train"], splits["validation"], device=device, log=curve).cpu()
+        for row in curve:
+            step = int(row["epoch"])
+            mlflow.log_metrics({f"fit_{k}": v for k, v in row.items() if k != "epoch"}, step=step)
+        mlflow.log_param("best_epoch", heads.best_epoch)
         val = validation_metrics(heads, splits["validation"], best)
         test = splits["test"]
         s_pred, t_pred = predict(heads, test.x)

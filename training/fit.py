@@ -8,7 +8,9 @@ score loss, a score-only config (no tags) no tag loss.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,8 +120,17 @@ def fit_heads(
     epochs: int | None = None,
     report: Callable[[int, dict[str, float]], None] | None = None,
     device: torch.device | str = "cpu",
+    log: list[dict[str, float]] | None = None,
 ) -> Heads:
-    """Train the heads; ``report(epoch, val_metrics)`` is called after each epoch (Tune hooks in here)."""
+    """Train the heads and return the best epoch's weights when there is a validation split (the last
+    epoch's otherwise). ``report(epoch, metrics)`` is called after each epoch with the validation
+    metrics (``val_*`` keys are added by the caller) and ``train_loss``; Tune hooks in here. ``log``, when
+    given, receives one ``{"epoch", "train_loss", "val_loss"}`` row per epoch and the kept epoch is
+    ``heads.best_epoch``.
+
+    Why the best epoch: with few images the heads overfit within a few epochs (a trial's validation loss
+    was lowest at epoch 4 and 25% higher at epoch 60), and the last epoch is what used to be registered.
+    """
     if train.tags.shape[1] != config.num_tags:
         raise ValueError(
             f"the split has {train.tags.shape[1]} tag columns, the config {config.num_tags} tags"
@@ -134,13 +145,29 @@ def fit_heads(
     x = torch.from_numpy(train.x).to(device)
     ys = torch.from_numpy(train.score).to(device)
     yt = torch.from_numpy(train.tags).to(device)
+    best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, (epochs or config.epochs) + 1):
         heads.train()
+        total, seen = 0.0, 0
         for idx in np.array_split(rng.permutation(len(train)), max(1, len(train) // config.batch_size)):
             i = torch.from_numpy(idx).to(device)
             opt.zero_grad()
-            loss_fn(heads(x[i]), ys[i], yt[i], config, pos_weight).backward()
+            loss = loss_fn(heads(x[i]), ys[i], yt[i], config, pos_weight)
+            loss.backward()
             opt.step()
-        if report is not None and val is not None:
-            report(epoch, validation_metrics(heads, val, config, device))
+            total, seen = total + float(loss) * len(idx), seen + len(idx)
+        row = {"epoch": float(epoch), "train_loss": total / max(seen, 1)}
+        if val is not None:
+            metrics = validation_metrics(heads, val, config, device)
+            row["val_loss"] = metrics["loss"]
+            if metrics["loss"] < best_loss:  # NaN never wins: a diverged epoch is not kept
+                best_loss, best_epoch = metrics["loss"], epoch
+                best_state = copy.deepcopy(heads.state_dict())
+            if report is not None:
+                report(epoch, metrics | {"train_loss": row["train_loss"]})
+        if log is not None:
+            log.append(row)
+    if best_state is not None:
+        heads.load_state_dict(best_state)
+    heads.best_epoch = best_epoch or (epochs or config.epochs)
     return heads.eval()

@@ -295,6 +295,7 @@ class Heads(nn.Module):
     score-only config (K = 0) builds no tag head.
     """
 
+    best_epoch: int = 0  # the epoch whose weights fit_heads kept (0: not fitted here)
     mu: torch.Tensor  # buffers, registered in __init__
     sigma: torch.Tensor
 

@@ -19,8 +19,11 @@ METRIC, MODE = "val_loss", "min"
 class TrialResult:
     trial_id: str
     config: dict
-    history: pd.DataFrame  # one row per epoch: training_iteration, val_* metrics
+    history: pd.DataFrame  # one row per epoch: training_iteration, train_loss, val_* metrics
     last: dict
+    best_epoch: int = 0  # the epoch with the lowest validation loss
+    best: float = float("inf")  # that loss
+    name: str = ""  # Ray Tune's trial name (its folder), so MLflow runs can carry the same name
 
 
 def search_space(epochs: int, base: ModelConfig) -> dict:
@@ -53,7 +56,8 @@ def _trainable(params: dict, train: Split, val: Split, base: dict) -> None:
     torch.set_num_threads(1)  # trials run side by side; one thread each avoids oversubscription
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        tune.report({f"val_{k}": v for k, v in metrics.items()})
+        train_loss = metrics.pop("train_loss")
+        tune.report({f"val_{k}": v for k, v in metrics.items()} | {"train_loss": train_loss})
 
     fit_heads(config, train, val, report=report, device=device)
 
@@ -99,12 +103,19 @@ def run_search(
         metrics, config = r.metrics, r.config
         if metrics is None or config is None:
             raise RuntimeError(f"trial {i} finished without reporting metrics and a config")
+        history = r.metrics_dataframe
+        scored = len(history) and history[METRIC].notna().any()
+        best = history.loc[history[METRIC].idxmin()] if scored else None
         results.append(
             TrialResult(
                 trial_id=str(metrics.get("trial_id")),
                 config={k: v for k, v in config.items()},
-                history=r.metrics_dataframe,
+                history=history,
                 last=dict(metrics),
+                best_epoch=int(best["training_iteration"]) if best is not None else 0,
+                best=float(best[METRIC]) if best is not None else float("inf"),
+                name=str(getattr(r, "path", "") or "").rsplit("/", 1)[-1],
             )
         )
-    return sorted(results, key=lambda t: t.last[METRIC])
+    # Ranked on each trial's best epoch: that epoch's weights are what a fit keeps (fit_heads).
+    return sorted(results, key=lambda t: t.best)

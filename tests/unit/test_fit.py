@@ -135,3 +135,25 @@ def test_validation_loss_ignores_the_searched_tag_weight() -> None:
     small = validation_metrics(heads, split, _config(tag_loss_weight=0.5))["loss"]
     large = validation_metrics(heads, split, _config(tag_loss_weight=2.0))["loss"]
     assert small == pytest.approx(large)
+
+
+def test_the_best_epoch_is_kept_not_the_last() -> None:
+    """A validation split whose labels are the opposite of training's: its loss is lowest after the
+    first epoch and rises from there, so the kept weights must be epoch 1's."""
+    x, score, tags = _data(96)
+    train = Split(x, score, tags)
+    val = Split(x, 1.0 - score, 1.0 - tags)
+    curve: list[dict[str, float]] = []
+    kept = fit_heads(_config(epochs=12), train, val, log=curve)
+    losses = [row["val_loss"] for row in curve]
+    assert kept.best_epoch == 1 == int(np.argmin(losses)) + 1 and losses[-1] > losses[0]
+    assert [row["epoch"] for row in curve] == list(range(1, 13)) and all("train_loss" in r for r in curve)
+    first = fit_heads(_config(epochs=1), train)  # the same seed: the same first epoch
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, kept.state_dict()[name]), name
+
+
+def test_without_validation_the_last_epoch_is_kept() -> None:
+    x, score, tags = _data(64)
+    heads = fit_heads(_config(epochs=3), Split(x, score, tags))
+    assert heads.best_epoch == 3
