@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from lightbox.manifest import (
 from lightbox.settings import Settings
 from pipelines.data import SOURCE_FORMAT as SYNTHETIC_FORMAT
 from pipelines.data import _child_seed, render, swap_in
+from pipelines.importer import building_dir, remove_stale_builds
 
 GOLDEN_STREAM = 9_001  # SeedSequence path element: training sources use 0, variants 1
 
@@ -114,8 +114,8 @@ def build(settings: Settings, spec: LabelSpec) -> tuple[Path, int]:
     is the dataset's spec (same tags, same score scale) with the golden set's own tag counts, as the
     importer writes a golden slice. Same settings, same bytes."""
     target = settings.golden_dir
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    remove_stale_builds(target)  # what a killed render left; the pid in the name tells it from a live one
+    tmp = building_dir(target)
     try:
         (tmp / IMAGES_SUBDIR).mkdir()
         rows = _render_grid(settings, tmp)

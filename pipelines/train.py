@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from lightbox import manifest
-from lightbox.adapters import dvc_repo, mlflow_registry
+from lightbox.adapters import dvc_repo, mlflow_registry, mlflow_runs
 from lightbox.manifest import LabelSpec
 from lightbox.settings import CODE_ROOT, Settings
+from pipelines import doctor
 from pipelines.features import feature_matrix, load_for_training
 from training.fit import Split, fit_heads, predict, validation_metrics
 from training.metrics import ap_by_tag, evaluate, metric_names
@@ -220,6 +221,8 @@ def run(
         settings = settings.model_copy(update={"model_name": model_name})
     trials = trials or settings.tune_trials
     epochs = epochs or settings.tune_epochs
+    # A killed training left its runs RUNNING, its model PENDING, its version ungated: settle them first.
+    doctor.recover_training(settings)
     version = dvc_repo.load_version(settings)
     data = load_training_data(settings)
     spec, splits = data.spec, data.splits
@@ -254,7 +257,9 @@ def run(
         # The code's own checkout, which is not the data project's repo when project_dir points elsewhere.
         "code.revision": dvc_repo.head_revision(CODE_ROOT),
     }
-    with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags) as parent:
+    # The process on the run, so a later start can tell this run, killed, from one still going.
+    owner = mlflow_runs.owner_tags()
+    with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags | owner) as parent:
         frame = pd.DataFrame(data.rows, columns=["image_id", "path", "split", "group", "score", "tags"])
         dataset = from_pandas(
             frame,
@@ -268,7 +273,7 @@ def run(
         # The labels the model answers in: read back by the gates and the promotion to compare models.
         mlflow.log_dict(spec.to_dict(), "labels.json")
         for i, trial in enumerate(results):
-            trial_tags = tags | {"lightbox.stage": "trial"}
+            trial_tags = tags | owner | {"lightbox.stage": "trial"}
             # Named as Ray Tune names the trial, so the two UIs can be read side by side.
             run_name = trial.name or f"trial-{i}-{trial.trial_id}"
             with mlflow.start_run(run_name=run_name, nested=True, tags=trial_tags):

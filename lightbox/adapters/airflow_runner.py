@@ -6,14 +6,22 @@ The same DAG files run unchanged under a real scheduler; this module only sets t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from lightbox.owner import Owner, gone, process_alive, this_host
 from lightbox.settings import CODE_ROOT, Settings, settings_env
+
+log = logging.getLogger(__name__)
+
+KEEP_LOGS = 10  # per DAG: the last few runs, enough to compare a failure with the run before it
 
 
 class DagRunFailed(RuntimeError):
@@ -105,41 +113,201 @@ def task_event(line: str) -> tuple[str, str] | None:
     return ("start" if m["event"] == "starting" else "end"), m["task"]
 
 
-def _airflow(
-    settings: Settings,
-    *args: str,
-    log: Path | None = None,
-    progress: Callable[[str, str], None] | None = None,
-) -> None:
+def _airflow(settings: Settings, *args: str) -> None:
     exe = Path(sys.executable).parent / "airflow"
     cmd = [str(exe), *args]
-    env = airflow_env(settings)
-    if log is None:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=settings.project_dir)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        cmd, env=airflow_env(settings), capture_output=True, text=True, cwd=settings.project_dir
+    )
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
+
+
+def stream_to_log(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log_file: Path,
+    progress: Callable[[str, str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Run ``cmd`` with its output written to ``log_file`` a line at a time; returns its exit status
+    (negative: the signal that killed it). Task starts and ends go to ``progress``, the child's pid to
+    ``on_start``."""
+    # Line-buffered: each line reaches the file as it arrives, so a kill loses nothing already printed
+    # (a block buffer lost the last seconds, the ones that say what was running).
     with (
-        log.open("w") as fh,
+        log_file.open("w", buffering=1) as fh,
         subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=settings.project_dir,
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd
         ) as proc,
     ):
+        if on_start is not None:
+            on_start(proc.pid)
         assert proc.stdout is not None
-        for line in proc.stdout:  # the full log to the file; task starts and ends to the caller
+        for line in proc.stdout:
             fh.write(line)
             if progress is not None and (event := task_event(line)) is not None:
                 progress(*event)
-    if proc.returncode:
-        text = log.read_text()
-        why = task_errors(text) or ["".join(text.splitlines(keepends=True)[-60:])]
-        raise DagRunFailed(f"{' '.join(args)} failed (full log: {log}):\n" + "\n".join(why))
+    return proc.returncode
+
+
+# --- one log file per run --------------------------------------------------------------------------------
+
+_STAMP = "%Y%m%dT%H%M%S.%fZ"
+_RUN_LOG = re.compile(r"\d{8}T\d{6}\.\d{6}Z\.log")
+
+
+def new_run_log(logs_dir: Path, dag_id: str, now: datetime | None = None) -> Path:
+    """A fresh ``<dag>-<UTC time>.log`` for one run; ``<dag>.log`` is re-pointed at it (a symlink, so
+    ``tail -f`` on it follows the run in progress) and all but the newest KEEP_LOGS of the DAG's are
+    removed."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    path = logs_dir / f"{dag_id}-{(now or datetime.now(UTC)).strftime(_STAMP)}.log"
+    path.touch()
+    link = logs_dir / f".{dag_id}.log.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(path.name)
+    os.replace(link, logs_dir / f"{dag_id}.log")  # atomic; also replaces the plain file older runs wrote
+    runs = sorted(
+        p for p in logs_dir.glob(f"{dag_id}-*.log") if _RUN_LOG.fullmatch(p.name[len(dag_id) + 1 :])
+    )
+    for old in runs[:-KEEP_LOGS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# --- `dags test` runs a killed process left `running` -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DagTestRun:
+    """A DagRun that `airflow dags test` started (its triggered_by is TEST) and that is still running."""
+
+    dag_id: str
+    run_id: str
+    started: datetime
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A `dags test` process this module started, from its marker file (removed when it ends)."""
+
+    marker: Path
+    dag_id: str
+    owner: Owner
+
+
+# Run with Airflow's environment: its ORM needs its configuration, and importing Airflow here would cost
+# every `lightbox` command seconds. The DAG run is failed the way the UI's "mark failed" does (running
+# tasks failed, pending ones skipped) and the reason is its note.
+_TEST_RUNS_SCRIPT = """
+import json, sys
+from airflow.api.common.mark_tasks import set_dag_run_state_to_failed
+from airflow.models.dagbag import DBDagBag
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState
+from airflow.utils.types import DagRunTriggeredByType
+
+reasons = {(d, r): why for d, r, why in json.loads(sys.argv[1])}
+out = []
+with create_session() as session:
+    runs = session.query(DagRun).filter(
+        DagRun.state == DagRunState.RUNNING, DagRun.triggered_by == DagRunTriggeredByType.TEST
+    )
+    for run in runs.all():
+        why = reasons.get((run.dag_id, run.run_id))
+        if why is None:
+            started = run.start_date or run.run_after
+            out.append({"dag_id": run.dag_id, "run_id": run.run_id, "started": started.isoformat()})
+            continue
+        dag = DBDagBag().get_dag_for_run(run, session=session)
+        if dag is None:
+            run.set_state(DagRunState.FAILED)
+        else:
+            set_dag_run_state_to_failed(dag=dag, run_id=run.run_id, commit=True, session=session)
+        run.note = why
+print(json.dumps(out))
+"""
+
+
+def _test_runs(settings: Settings, fail: Sequence[tuple[DagTestRun, str]] = ()) -> list[DagTestRun]:
+    """The running `dags test` runs, after failing those in ``fail`` (with their reasons)."""
+    payload = json.dumps([[r.dag_id, r.run_id, why] for r, why in fail])
+    done = subprocess.run(
+        [sys.executable, "-c", _TEST_RUNS_SCRIPT, payload],
+        env=airflow_env(settings),
+        capture_output=True,
+        text=True,
+        cwd=settings.project_dir,
+    )
+    if done.returncode:
+        raise RuntimeError(
+            f"reading the DAG runs of {settings.airflow_home_path} failed:\n{done.stderr[-4000:]}"
+        )
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    return [DagTestRun(r["dag_id"], r["run_id"], datetime.fromisoformat(r["started"])) for r in rows]
+
+
+def _runners_dir(settings: Settings) -> Path:
+    return settings.airflow_home_path / "dags-test"
+
+
+def _runners(settings: Settings) -> list[Runner]:
+    found = []
+    for marker in sorted(_runners_dir(settings).glob("*.json")):
+        meta = json.loads(marker.read_text())
+        owner = Owner(meta["pid"], meta["host"], datetime.fromisoformat(meta["started"]))
+        found.append(Runner(marker, meta["dag_id"], owner))
+    return found
+
+
+def orphans(
+    runs: Sequence[DagTestRun],
+    runners: Sequence[Runner],
+    *,
+    now: datetime | None = None,
+    alive: Callable[[int], bool] = process_alive,
+) -> list[tuple[DagTestRun, str]]:
+    """The runs nobody will finish, each with why: the `dags test` process that started it (the newest
+    runner of its DAG started before it) is gone; with no runner recorded (a run from before runners
+    were recorded, or a `dags test` started by hand), only when it is older than any stage runs."""
+    found = []
+    for run in runs:
+        mine = [r for r in runners if r.dag_id == run.dag_id and r.owner.started <= run.started]
+        owner = max(mine, key=lambda r: r.owner.started).owner if mine else Owner(None, None, run.started)
+        why = gone(owner, now=now, alive=alive)
+        if why is not None:
+            found.append((run, f"left running by a killed `dags test`: {why}"))
+    return found
+
+
+def orphaned_test_runs(settings: Settings) -> list[tuple[DagTestRun, str]]:
+    """The `dags test` runs left `running` by a process that is gone, each with why. Nothing (and no
+    database created) when the Airflow home was never set up."""
+    if not (settings.airflow_home_path / ".migrated").exists():
+        return []
+    return orphans(_test_runs(settings), _runners(settings))
+
+
+def fail_test_runs(settings: Settings, runs: Sequence[tuple[DagTestRun, str]]) -> None:
+    """Mark these runs failed (their reason as the run's note), and forget runners that are gone."""
+    if runs:
+        _test_runs(settings, runs)
+    for runner in _runners(settings):
+        if runner.owner.host == this_host() and not process_alive(runner.owner.pid or 0):
+            runner.marker.unlink(missing_ok=True)
+
+
+def recover_test_runs(settings: Settings) -> list[tuple[DagTestRun, str]]:
+    """Fail the runs a killed `dags test` left running; returns them with why."""
+    found = orphaned_test_runs(settings)
+    fail_test_runs(settings, found)
+    for run, why in found:
+        log.warning("marked %s %s failed: %s", run.dag_id, run.run_id, why)
+    return found
 
 
 def ensure_db(settings: Settings) -> None:
@@ -157,12 +325,41 @@ def dags_test(
     conf: dict | None = None,
     progress: Callable[[str, str], None] | None = None,
 ) -> Path:
-    """Run one DAG end to end in-process (`airflow dags test`); returns its log file."""
+    """Run one DAG end to end in-process (`airflow dags test`); returns its log file.
 
+    First fails the runs a killed `dags test` left running. The running process is recorded in a marker
+    file (pid, host, start) until it ends, so the next start can tell a dead run from a live one."""
     ensure_db(settings)
-    log = settings.state / "logs" / f"{dag_id}.log"
+    recover_test_runs(settings)
+    log_file = new_run_log(settings.state / "logs", dag_id)
     args = ["dags", "test", dag_id]
     if conf:
         args += ["--conf", json.dumps(conf)]
-    _airflow(settings, *args, log=log, progress=progress)
-    return log
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    # Unbuffered: the child's lines reach the log as they are printed, not when a block fills.
+    env = airflow_env(settings) | {"PYTHONUNBUFFERED": "1"}
+    markers = _runners_dir(settings)
+    markers.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def started(pid: int) -> None:
+        marker = markers / f"{pid}.json"
+        now = datetime.now(UTC).isoformat()
+        marker.write_text(json.dumps({"dag_id": dag_id, "pid": pid, "host": this_host(), "started": now}))
+        written.append(marker)
+
+    # An exception here (Ctrl-C) leaves the marker: the next start judges the run by it.
+    code = stream_to_log(
+        cmd, env=env, cwd=settings.project_dir, log_file=log_file, progress=progress, on_start=started
+    )
+    if code < 0:  # killed by a signal, this process alive: fail its run now rather than at the next start
+        recover_test_runs(settings)
+    for marker in written:
+        marker.unlink(missing_ok=True)
+    if code:
+        text = log_file.read_text()
+        why = task_errors(text) or ["".join(text.splitlines(keepends=True)[-60:])]
+        if code < 0:
+            why.insert(0, f"`airflow dags test` was killed by signal {-code}; its run is marked failed")
+        raise DagRunFailed(f"{' '.join(args)} failed (full log: {log_file}):\n" + "\n".join(why))
+    return log_file

@@ -1,0 +1,211 @@
+"""Stage: what killed runs left behind, and its repair (`lightbox doctor`, `lightbox doctor --repair`).
+
+A SIGKILL (the OOM killer, a cancelled CI job, `kill -9`) runs no cleanup, so each stage repairs what a
+killed predecessor left on its next start: the import removes half-built folders, `dags test` fails the
+runs left `running`, training fails orphaned MLflow runs. This module finds all of it at once:
+
+- build folders (``.data.building-*``, ``.golden.building-*``) whose building process is gone;
+- `airflow dags test` runs left `running` in the Airflow database;
+- MLflow runs left RUNNING by a process that is gone (``lightbox.pid``/``lightbox.host`` tags, recorded
+  at start; without them, only age tells), logged models left PENDING (their upload never finished);
+- registered versions that will never be gated: their training run did not finish, or a newer version
+  was registered after them. Marked (tag ``lightbox.ungated``), not gated here: the gates need the golden
+  set and minutes, and a promotion gates a version anyway.
+
+The judgements (``orphaned_runs``, ``abandoned_models``, ``ungated_versions``, ``stale_builds``) are pure
+over the adapters' records; ``check`` gathers them as Problems, each carrying its repair.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from lightbox.adapters import airflow_runner, mlflow_runs
+from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
+from lightbox.owner import ABANDONED_AFTER, Owner, gone, process_alive
+from lightbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # build folder, Airflow run, MLflow run, logged model, model version
+    what: str
+    why: str
+    fix: str  # what the repair does, in words
+    repair: Callable[[], None] = field(compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.what}: {self.why}\n    repair: {self.fix}"
+
+
+# --- judgements (pure) -----------------------------------------------------------------------------------
+
+
+def stale_builds(target: Path, *, alive: Callable[[int], bool] = process_alive) -> list[tuple[Path, str]]:
+    """Half-built ``.<target>.building-<pid>-*`` folders beside ``target`` whose process is gone."""
+    if not target.parent.is_dir():
+        return []
+    found = []
+    for folder in sorted(target.parent.glob(f".{target.name}.building-*")):
+        pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit():  # named before builders recorded their pid
+            found.append((folder, "half-built by a process that did not record its id"))
+        elif not alive(int(pid)):
+            found.append((folder, f"half-built by process {pid}, which is gone"))
+    return found
+
+
+def orphaned_runs(
+    runs: Sequence[RunRecord], *, now: datetime | None = None, alive: Callable[[int], bool] = process_alive
+) -> dict[str, str]:
+    """run_id -> why, for RUNNING runs whose process is gone (or, with none recorded, that are older than
+    any stage runs)."""
+    found = {}
+    for run in runs:
+        why = gone(run.owner, now=now, alive=alive)
+        if run.status == "RUNNING" and why is not None:
+            found[run.run_id] = f"left RUNNING: {why}"
+    return found
+
+
+def abandoned_models(
+    models: Sequence[LoggedModelRecord],
+    runs: Mapping[str, RunRecord | None],
+    orphans: Mapping[str, str],
+    *,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """model_id -> why, for PENDING logged models nobody will finish uploading: their run is orphaned or
+    has ended (``runs``: their source runs by id; None when deleted)."""
+    found = {}
+    for m in models:
+        run = runs.get(m.run_id) if m.run_id else None
+        if m.run_id is not None and m.run_id in orphans:
+            found[m.model_id] = f"left PENDING with its run {m.run_id}, {orphans[m.run_id]}"
+        elif run is not None and run.status != "RUNNING":
+            found[m.model_id] = f"left PENDING: its run {run.run_id} ended {run.status} before the upload did"
+        elif run is None and (why := gone(Owner(None, None, m.created), now=now)) is not None:
+            found[m.model_id] = f"left PENDING with no run: {why}"
+    return found
+
+
+def ungated_versions(
+    versions: Sequence[VersionRecord], orphans: Mapping[str, str], *, now: datetime | None = None
+) -> dict[str, str]:
+    """version -> why, for versions lightbox trained that have no gate verdict and will get none from the
+    run that made them: the training did not finish, or a newer version was registered since. The
+    newest version of a finished run is left alone while young: its gates may be about to run."""
+    newest = max((int(v.version) for v in versions), default=0)
+    found = {}
+    for v in versions:
+        if v.gated or v.marked or v.run is None or v.run.stage != "train":
+            continue  # judged already, or not made by lightbox's training
+        if v.run.run_id in orphans:
+            why = f"its training run {v.run.run_id} was {orphans[v.run.run_id]}"
+        elif v.run.status in ("FAILED", "KILLED"):
+            why = f"its training run {v.run.run_id} ended {v.run.status}"
+        elif v.run.status == "RUNNING":
+            continue  # still training (a dead owner is judged through ``orphans``)
+        elif int(v.version) < newest:
+            why = f"v{newest} was registered after it and its gates never ran"
+        elif (now or datetime.now(UTC)) - v.created > ABANDONED_AFTER:
+            why = f"registered more than {ABANDONED_AFTER.days} days ago and never gated"
+        else:
+            continue
+        found[v.version] = why
+    return found
+
+
+# --- problems and their repairs ------------------------------------------------------------------------
+
+
+def build_problems(settings: Settings) -> list[Problem]:
+    return [
+        Problem("build folder", str(folder), why, "remove it", partial(shutil.rmtree, folder))
+        for target in (settings.data_dir, settings.golden_dir)
+        for folder, why in stale_builds(target)
+    ]
+
+
+def airflow_problems(settings: Settings) -> list[Problem]:
+    return [
+        Problem(
+            "Airflow run",
+            f"{run.dag_id} {run.run_id}",
+            why,
+            "mark it failed (the reason as its note)",
+            partial(airflow_runner.fail_test_runs, settings, [(run, why)]),
+        )
+        for run, why in airflow_runner.orphaned_test_runs(settings)
+    ]
+
+
+def mlflow_problems(settings: Settings) -> list[Problem]:
+    running = mlflow_runs.running_runs(settings)
+    orphans = orphaned_runs(running)
+    problems = [
+        Problem(
+            "MLflow run",
+            f"{run.run_id} ({run.name})",
+            orphans[run.run_id],
+            "mark it FAILED (the reason as tag lightbox.failed_reason)",
+            partial(mlflow_runs.fail_run, settings, run.run_id, orphans[run.run_id]),
+        )
+        for run in running
+        if run.run_id in orphans
+    ]
+    models = mlflow_runs.pending_models(settings)
+    by_id: dict[str, RunRecord | None] = {r.run_id: r for r in running}
+    for m in models:
+        if m.run_id and m.run_id not in by_id:
+            by_id[m.run_id] = mlflow_runs.get_run(settings, m.run_id)
+    for model_id, why in abandoned_models(models, by_id, orphans).items():
+        problems.append(
+            Problem(
+                "logged model",
+                model_id,
+                why,
+                "mark it FAILED (the reason as tag lightbox.failed_reason)",
+                partial(mlflow_runs.fail_logged_model, settings, model_id, why),
+            )
+        )
+    for version, why in ungated_versions(mlflow_runs.versions(settings), orphans).items():
+        note = f"{why}; judge it with `lightbox gates --version {version}`"
+        problems.append(
+            Problem(
+                "model version",
+                f"{settings.model_name} v{version}",
+                f"never gated: {why}",
+                "tag it lightbox.ungated with why (a promotion still gates it first)",
+                partial(mlflow_runs.mark_ungated, settings, version, note),
+            )
+        )
+    return problems
+
+
+def check(settings: Settings) -> list[Problem]:
+    """Everything killed runs left behind in this project, each with its repair."""
+    return [*build_problems(settings), *airflow_problems(settings), *mlflow_problems(settings)]
+
+
+def repair(problems: Sequence[Problem]) -> None:
+    for p in problems:
+        p.repair()
+
+
+def recover_training(settings: Settings) -> list[Problem]:
+    """What training runs first: fail the MLflow runs and models a killed training left behind, mark the
+    versions it left ungated. Returns what it repaired (also logged)."""
+    problems = mlflow_problems(settings)
+    repair(problems)
+    for p in problems:
+        log.warning("repaired %s %s: %s", p.kind, p.what, p.why)
+    return problems

@@ -1,0 +1,130 @@
+"""What a killed run leaves behind, judged without any framework: which build folders, DAG runs, MLflow
+runs, logged models and versions are abandoned, and which may still belong to a live process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from lightbox.adapters.airflow_runner import DagTestRun, Runner, orphans
+from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
+from lightbox.dataset import TAG_VOCABULARY
+from lightbox.manifest import MANIFEST_NAME, LabelSpec
+from lightbox.owner import Owner, this_host
+from lightbox.settings import Settings
+from pipelines import doctor, golden
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+HOST = this_host()
+DEAD, LIVE = 101, 202
+
+
+def alive(pid: int) -> bool:
+    return pid == LIVE
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+def run(run_id: str, pid: int | None, *, host: str | None = HOST, age_h: float = 1, status: str = "RUNNING"):
+    return RunRecord(run_id, run_id, status, Owner(pid, host, NOW - timedelta(hours=age_h)), "train", None)
+
+
+def test_golden_render_removes_what_a_killed_render_left(tmp_path: Path) -> None:
+    s = Settings(project_dir=tmp_path, golden_sources=1, image_max_side=64)
+    s.golden_dir.parent.mkdir(parents=True, exist_ok=True)
+    killed = s.golden_dir.parent / f".golden.building-{dead_pid()}-x1"
+    unnamed = s.golden_dir.parent / ".golden.building-k2j4"  # how the renderer named them before
+    running = s.golden_dir.parent / f".golden.building-{os.getppid()}-x3"  # a live process's build
+    for folder in (killed, unnamed, running):
+        (folder / "images").mkdir(parents=True)
+    assert [f for f, _ in doctor.stale_builds(s.golden_dir)] == [killed, unnamed]
+
+    spec = LabelSpec(dict.fromkeys(TAG_VOCABULARY, 50), score_name="quality", score_range=(0.0, 1.0))
+    golden.build(s, spec)
+    assert (s.golden_dir / MANIFEST_NAME).is_file()
+    assert not killed.exists() and not unnamed.exists() and running.exists()
+    leftovers = sorted(p.name for p in s.golden_dir.parent.glob(".golden.building-*"))
+    assert leftovers == [running.name]
+
+
+def test_a_run_is_orphaned_when_its_process_is_gone_or_it_is_older_than_any_stage() -> None:
+    runs = [
+        run("dead", DEAD),
+        run("live", LIVE),
+        run("elsewhere", DEAD, host="another-host"),  # cannot be checked from here: only age tells
+        run("unowned", None),
+        run("old-unowned", None, age_h=49),
+        run("ended", DEAD, status="FINISHED"),
+    ]
+    found = doctor.orphaned_runs(runs, now=NOW, alive=alive)
+    assert sorted(found) == ["dead", "old-unowned"]
+    assert found["dead"] == f"left RUNNING: its process {DEAD} on {HOST} is gone"
+
+
+def test_a_pending_model_is_abandoned_when_its_run_is_orphaned_or_ended() -> None:
+    created = NOW - timedelta(hours=1)
+    models = [
+        LoggedModelRecord("m-orphan", "model", "dead", created),
+        LoggedModelRecord("m-ended", "model", "ended", created),
+        LoggedModelRecord("m-live", "model", "live", created),
+        LoggedModelRecord("m-no-run", "model", None, created),
+        LoggedModelRecord("m-old", "model", None, NOW - timedelta(days=3)),
+    ]
+    runs = {
+        "dead": run("dead", DEAD),
+        "ended": run("ended", DEAD, status="FAILED"),
+        "live": run("live", LIVE),
+    }
+    found = doctor.abandoned_models(models, runs, {"dead": "left RUNNING: gone"}, now=NOW)
+    assert sorted(found) == ["m-ended", "m-old", "m-orphan"]
+    assert "ended FAILED before the upload did" in found["m-ended"]
+
+
+def test_a_version_is_ungated_when_its_run_died_or_a_newer_one_was_registered() -> None:
+    def version(v: str, r: RunRecord | None, *, gated: bool = False, age_h: float = 1) -> VersionRecord:
+        return VersionRecord(v, r.run_id if r else None, NOW - timedelta(hours=age_h), gated, False, r)
+
+    versions = [
+        version("1", run("r1", DEAD, status="FINISHED"), gated=True),
+        version("2", None),  # not made by lightbox's training (no run): not ours to judge
+        version("3", run("r3", DEAD, status="FINISHED")),  # superseded by 6, never gated
+        version("4", run("r4", DEAD)),  # its run is orphaned
+        version("5", run("r5", DEAD, status="KILLED")),
+        version("6", run("r6", LIVE, status="FINISHED")),  # the newest: its gates may be about to run
+    ]
+    found = doctor.ungated_versions(versions, {"r4": "left RUNNING: gone"}, now=NOW)
+    assert found == {
+        "3": "v6 was registered after it and its gates never ran",
+        "4": "its training run r4 was left RUNNING: gone",
+        "5": "its training run r5 ended KILLED",
+    }
+    old = [version("5", run("r5", LIVE, status="FINISHED"), age_h=72)]
+    assert list(doctor.ungated_versions(old, {}, now=NOW)) == ["5"]
+
+
+def test_a_dags_test_run_is_orphaned_when_the_process_that_started_it_is_gone() -> None:
+    def test_run(dag: str, minute: int) -> DagTestRun:
+        return DagTestRun(dag, f"manual__{minute}", NOW + timedelta(minutes=minute))
+
+    def runner(dag: str, pid: int, minute: int) -> Runner:
+        return Runner(Path(f"{pid}.json"), dag, Owner(pid, HOST, NOW + timedelta(minutes=minute)))
+
+    runs = [test_run("data", 1), test_run("train", 11), test_run("promote", 21)]
+    # data's runner is dead; train's newest runner before its run is live (an older dead one is not its).
+    runners = [runner("data", DEAD, 0), runner("train", DEAD, 5), runner("train", LIVE, 10)]
+    found = orphans(runs, runners, now=NOW + timedelta(minutes=30), alive=alive)
+    assert [(r.dag_id, why) for r, why in found] == [
+        ("data", f"left running by a killed `dags test`: its process {DEAD} on {HOST} is gone")
+    ]
+    # With no runner recorded (promote: a `dags test` started by hand), only age tells; past the age no
+    # stage runs for, a live pid is taken for a reused one.
+    later = orphans(runs, runners, now=NOW + timedelta(days=3), alive=alive)
+    assert [r.dag_id for r, _ in later] == ["data", "train", "promote"]
