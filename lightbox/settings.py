@@ -8,11 +8,14 @@ environment anywhere else.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The checkout this code runs from: dags/ and features/ are code, found beside the packages.
@@ -20,7 +23,10 @@ CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", extra="forbid", frozen=True)
+    # allow_inf_nan=False: `inf` passes every lower bound, and `nan` makes every later comparison False.
+    model_config = SettingsConfigDict(
+        env_prefix="LIGHTBOX_", extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
     # --- where things live -------------------------------------------------------------------
     project_dir: Path = Field(default_factory=Path.cwd, description="git + DVC repository root")
@@ -30,17 +36,18 @@ class Settings(BaseSettings):
     data_subdir: str = "data"  # tracked by <project_dir>/data.dvc
     dataset_sources: int = Field(default=40, ge=3, description="source images (photos + rendered scenes)")
     dataset_variants: int = Field(default=12, ge=1, description="distorted variants per source image")
-    dataset_seed: int = 7
-    image_max_side: int = Field(default=320, ge=32)
+    # Seeds: numpy refuses negative ones, so they fail here and not halfway through a run.
+    dataset_seed: int = Field(default=7, ge=0)
+    image_max_side: int = Field(default=320, ge=32, le=8192, description="longest side images are stored at")
     max_pixels: int = Field(default=40_000_000, ge=1, description="decompression-bomb guard")
-    min_image_side: int = 16
+    min_image_side: int = Field(default=16, ge=1, description="smaller images are quarantined")
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     # --- import (pipelines/importer.py): the user's labelled photos -> data/ -----------------------
     # Tags on fewer images than this are listed in the label spec and left out of training.
     min_tag_count: int = Field(default=5, ge=1, description="images a tag needs to be trained on")
     split_validation_fraction: float = Field(default=0.15, ge=0.0, le=0.5)
     split_test_fraction: float = Field(default=0.15, ge=0.0, le=0.5)
-    split_seed: int = 7
+    split_seed: int = Field(default=7, ge=0)
     # Perceptual-hash Hamming distance (of 64 bits) under which two photos are near duplicates.
     near_duplicate_distance: int = Field(default=6, ge=0, le=32)
     # A near-duplicate pair across the source's own splits leaks test photos into training.
@@ -70,36 +77,49 @@ class Settings(BaseSettings):
 
     # --- Ray / training ------------------------------------------------------------------------
     ray_address: str | None = None  # None: a local Ray on the loopback address
-    ray_num_cpus: int | None = None
+    ray_num_cpus: int | None = Field(default=None, ge=1, description="None: every core")
     tune_trials: int = Field(default=4, ge=1)
     tune_epochs: int = Field(default=60, ge=1)
-    tune_seed: int = 0
+    tune_seed: int = Field(default=0, ge=0)
     use_gpu: bool | None = None  # None: use one when torch sees it
 
     # --- gates ---------------------------------------------------------------------------------
-    # Test-split floors (the training run's own metrics).
-    gate_min_srocc: float = 0.5
-    gate_max_mae: float = Field(default=0.25, description="score MAE as a fraction of the score range")
-    gate_min_map: float = 0.3
+    # Test-split floors (the training run's own metrics). Every bound is the metric's own range: a floor
+    # below it (SROCC -5) passes any model, a ceiling above it (MAE 2) fails none.
+    gate_min_srocc: float = Field(default=0.5, ge=-1.0, le=1.0, description="score SROCC floor")
+    gate_max_mae: float = Field(
+        default=0.25, gt=0.0, le=1.0, description="score MAE ceiling, a fraction of the score range"
+    )
+    gate_min_map: float = Field(default=0.3, ge=0.0, le=1.0, description="tag mAP floor")
     # The frozen golden set: <project_dir>/<golden_subdir>, tracked by <golden_subdir>.dvc. Its scenes
     # come from a seed stream disjoint from the training sources; never trained or tuned on.
     golden_subdir: str = "golden"
     golden_sources: int = Field(default=3, ge=1, le=6, description="x31 images: pristine + 6 kinds x 5")
-    golden_seed: int = 20_260_401
+    golden_seed: int = Field(default=20_260_401, ge=0)
     # Golden-set floors and ceilings.
-    gate_golden_min_srocc: float = 0.5
-    gate_golden_max_mae: float = Field(default=0.25, description="fraction of the score range")
-    gate_golden_min_map: float = 0.3
-    gate_golden_min_tag_ap: float = Field(default=0.1, description="floor for every tag with positives")
-    gate_golden_max_ece: float = Field(default=0.25, ge=0.0, le=1.0, description="tag calibration")
-    # No regression against the champion on the golden set (absolute slack per metric).
-    gate_regression_tolerance: float = Field(default=0.02, ge=0.0)
-    # Behavioural tests.
-    gate_invariance_epsilon: float = Field(
-        default=0.05, ge=0.0, description="max score move, resize/JPEG q95"
+    gate_golden_min_srocc: float = Field(default=0.5, ge=-1.0, le=1.0, description="golden SROCC floor")
+    gate_golden_max_mae: float = Field(
+        default=0.25, gt=0.0, le=1.0, description="golden MAE ceiling, a fraction of the score range"
     )
-    gate_direction_slack: float = Field(default=0.05, ge=0.0, description="allowed rise between levels")
-    gate_direction_min_drop: float = Field(default=0.05, ge=0.0, description="pristine -> level 5 drop")
+    gate_golden_min_map: float = Field(default=0.3, ge=0.0, le=1.0, description="golden tag mAP floor")
+    gate_golden_min_tag_ap: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="AP floor for every tag with positives"
+    )
+    gate_golden_max_ece: float = Field(default=0.25, ge=0.0, le=1.0, description="tag calibration ceiling")
+    # No regression against the champion on the golden set (absolute slack per metric).
+    gate_regression_tolerance: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="allowed drop from the champion per metric"
+    )
+    # Behavioural tests; score moves are fractions of the score range.
+    gate_invariance_epsilon: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="max score move, resize/JPEG q95"
+    )
+    gate_direction_slack: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="allowed rise between levels"
+    )
+    gate_direction_min_drop: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="pristine -> level 5 drop"
+    )
     # Share of cases that must pass; 0.9 tolerates one odd ladder of 12 (3 sources x 4 kinds).
     gate_direction_min_pass_rate: float = Field(default=0.9, ge=0.0, le=1.0)
     gate_min_functionality_pass_rate: float = Field(default=0.9, ge=0.0, le=1.0)
@@ -110,8 +130,10 @@ class Settings(BaseSettings):
     # scored golden set; "off" runs none.
     gate_behaviour: Literal["auto", "on", "off"] = "auto"
     # Serving fitness: one batch through the serving predictor on this machine.
-    gate_latency_batch_size: int = Field(default=8, ge=1)
-    gate_max_batch_latency_ms: float = Field(default=3000.0, gt=0.0)
+    gate_latency_batch_size: int = Field(default=8, ge=1, le=1024)
+    gate_max_batch_latency_ms: float = Field(
+        default=3000.0, gt=0.0, le=600_000.0, description="serving-fitness latency ceiling"
+    )
 
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
@@ -119,9 +141,10 @@ class Settings(BaseSettings):
     # None: `lightbox serve` measures the device at start and takes the smallest batch with near-peak
     # images/s (serving.calibration); with serve_calibrate off, the device's table default
     # (serving.runtime.DEFAULT_MAX_BATCH).
-    serve_max_batch_size: int | None = Field(default=None, ge=1)
+    serve_max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     serve_calibrate: bool = Field(default=True, description="measure the batch cap at start (a few s)")
-    serve_max_wait_ms: float = Field(default=5.0, ge=0.0)
+    # Every request can wait this long for its batch to fill: past seconds it is a typo, not a tuning.
+    serve_max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0, description="batch fill wait")
     serve_max_queue: int = Field(default=256, ge=1)
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
     # None for both: sized for the device (serving.runtime.compute_layout). On CPU, batches running side
@@ -131,7 +154,9 @@ class Settings(BaseSettings):
     serve_max_images_per_request: int = Field(default=64, ge=1)
     serve_decode_workers: int | None = Field(default=None, ge=1, description="None: one per CPU core")
     serve_tag_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="default ?threshold=")
-    serve_reload_interval_s: float = Field(default=30.0, ge=0.0, description="alias polling; 0: off")
+    serve_reload_interval_s: float = Field(
+        default=30.0, ge=0.0, le=86_400.0, description="alias polling; 0: off"
+    )
     serve_admin_token: str | None = Field(default=None, description="bearer token; None: /admin off")
 
     # --- Airflow -------------------------------------------------------------------------------
@@ -151,13 +176,22 @@ class Settings(BaseSettings):
     queue_delivery_limit: int = Field(default=5, ge=1, description="redeliveries before dead-lettering")
     results_dsn: str | None = Field(default=None, description="PostgreSQL DSN/URL of the results table")
     results_table: str = Field(default="image_scores", pattern=r"^[a-z_][a-z0-9_]*$")
-    consume_batch_size: int = Field(default=16, ge=1, description="also the broker prefetch")
-    consume_max_wait_s: float = Field(default=0.5, ge=0.0, description="max wait to fill a batch")
+    # AMQP's prefetch count is a 16-bit field.
+    consume_batch_size: int = Field(default=16, ge=1, le=65_535, description="also the broker prefetch")
+    consume_max_wait_s: float = Field(default=0.5, ge=0.0, le=3600.0, description="max wait to fill a batch")
 
     @field_validator("project_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _something_left_to_train_on(self) -> Settings:
+        if self.split_validation_fraction + self.split_test_fraction >= 1.0:
+            raise ValueError(
+                "split_validation_fraction + split_test_fraction must be < 1 (nothing left to train on)"
+            )
+        return self
 
     # Derived locations. Properties, not fields, so that overriding project_dir moves them all.
     @property
@@ -254,11 +288,16 @@ def redacted(settings: Settings) -> dict[str, object]:
         if value is not None and any(k in name for k in _SECRET_NAMES):
             out[name] = "***"
         elif isinstance(value, str):
-            masked = _URL_PASSWORD.sub(lambda m: m["scheme"] + "***@", value)
-            out[name] = re.sub(r"password=[^,;&\s]+", "password=***", masked)
+            out[name] = redact_url(value)
         else:
             out[name] = value
     return out
+
+
+def redact_url(value: str) -> str:
+    """A URL or DSN with its password masked, for messages and displays."""
+    masked = _URL_PASSWORD.sub(lambda m: m["scheme"] + "***@", value)
+    return re.sub(r"password=[^,;&\s]+", "password=***", masked)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -273,6 +312,129 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+ENV_PREFIX = "LIGHTBOX_"
+
+# LIGHTBOX_* variables that are set on purpose but are no Settings field; any other one is a typo.
+NOT_SETTINGS: frozenset[str] = frozenset(
+    {
+        # Settings.feast_env exports these for the ${...} placeholders of features/feature_store*.yaml,
+        # into this process's environment (lightbox.adapters.feast_store) and so into its children.
+        "LIGHTBOX_FEAST_REGISTRY_PATH",
+        "LIGHTBOX_FEAST_ONLINE_PATH",
+        "LIGHTBOX_FEAST_OFFLINE_PATH",
+        "LIGHTBOX_FEAST_REGISTRY_TYPE",
+        # `lightbox promote/rollback --by`: who acts (set by CI, .github/workflows/promote.yml).
+        "LIGHTBOX_ACTOR",
+        # The servers the services tests use (tests/services/conftest.py, docs/deploy.md).
+        "LIGHTBOX_TEST_PG_ADMIN",
+        "LIGHTBOX_TEST_REDIS",
+        "LIGHTBOX_TEST_AMQP",
+    }
+)
+
+
+class SettingsError(Exception):
+    """The settings cannot be built: one line per unknown variable or rejected value."""
+
+
+def setting_names() -> list[str]:
+    """Every LIGHTBOX_* variable the settings read."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+# Not "see `lightbox settings`": that command refuses the same variable.
+_NO_MATCH = "the settings are the fields of lightbox/settings.py"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per LIGHTBOX_* variable that is neither a setting nor in NOT_SETTINGS, with the closest
+    known name: pydantic-settings reads only the names it knows, so a typo would be ignored silently."""
+    known = setting_names()
+    # Compared without the prefix: every name shares it, and it would make any two names look alike.
+    candidates = [n.removeprefix(ENV_PREFIX) for n in known + sorted(NOT_SETTINGS)]
+    lines = []
+    for var in sorted(environ):
+        name = var.upper()  # the settings read the environment case-insensitively
+        if not name.startswith(ENV_PREFIX) or name in known or name in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), candidates, n=1, cutoff=0.6)
+        hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else _NO_MATCH
+        lines.append(f"{var}: unknown setting; {hint}")
+    return lines
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings once at an entry point; overrides win over the environment."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Build the settings once at an entry point; overrides win over the environment.
+
+    Raises SettingsError with one line per problem (``LIGHTBOX_GATE_MIN_SROCC=-5: must be >= -1 (score
+    SROCC floor)``): an unknown LIGHTBOX_* variable, or a value of the wrong type or out of its bounds.
+    """
+    problems = unknown_variables(os.environ)
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems += _describe_errors(exc, overrides, os.environ)
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings
+
+
+def _describe_errors(
+    exc: ValidationError, overrides: Mapping[str, object], environ: Mapping[str, str]
+) -> list[str]:
+    env = {k.upper(): (k, v) for k, v in environ.items()}
+    lines: list[str] = []
+    seen: set[str] = set()
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if field in seen:  # a union field reports once per member type: the first says enough
+            continue
+        seen.add(field)
+        info = Settings.model_fields.get(field)
+        why = f" ({info.description})" if info is not None and info.description else ""
+        what = _constraint(err)
+        if not field:  # a check across fields: its message names them
+            lines.append(f"settings: {what}")
+        elif field in overrides or info is None:
+            lines.append(f"{field}={_shown(field, err['input'])!r}: {what}{why}")
+        else:
+            var, raw = env.get(ENV_PREFIX + field.upper(), (ENV_PREFIX + field.upper(), err["input"]))
+            lines.append(f"{var}={_shown(field, raw)}: {what}{why}")
+    return lines
+
+
+def _shown(field: str, value: Any) -> Any:
+    """The rejected value as it may appear in a terminal or a CI log: secrets masked."""
+    if any(k in field for k in _SECRET_NAMES):
+        return "***"
+    return redact_url(value) if isinstance(value, str) else value
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+_KEYS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
+_PLAIN = {
+    "finite_number": "must be a finite number",
+    "float_parsing": "must be a number",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_parsing": "must be true or false",
+    "extra_forbidden": "unknown setting",
+}
+
+
+def _constraint(err: Mapping[str, Any]) -> str:
+    """What the value must be, in a few words."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _BOUNDS:
+        return f"must be {_BOUNDS[kind]} {_number(ctx[_KEYS[kind]])}"
+    if kind in _PLAIN:
+        return _PLAIN[kind]
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}"
+    return str(err["msg"]).removeprefix("Value error, ")

@@ -12,9 +12,12 @@ channels-last layout and bf16 (fp16 where bf16 is unsupported) autocast; on CPU 
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -134,6 +137,17 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 # refused. Measured: 2.4e-7 (folding batch norm into the convolutions reorders float sums).
 _TRACE_TOLERANCE = 1e-4
 
+# Why templates: torch.jit.trace puts every module type and method it makes into TorchScript's one
+# process-wide compilation unit, which is never emptied; freezing a traced module clones it there with
+# the weights as graph constants, and the profiling executor keeps its plans there too: tracing each
+# loaded version kept a copy of its weights alive forever, and memory grew with every hot swap. A module
+# from torch.jit.load gets a compilation unit of its own that goes with the module, so each architecture
+# is traced once and saved (that one trace stays in the global unit, without weights), and every version
+# is a fresh load of that save with its own weights, frozen there.
+_MAX_TEMPLATES = 4  # architectures kept; a server sees one or two (the old version and the new)
+_templates: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+_templates_lock = threading.Lock()
+
 
 def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
     """The model as a frozen TorchScript graph, checked against the eager model; None if it fails.
@@ -147,11 +161,14 @@ def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=torch.uint8, generator=g)
     try:
-        with torch.inference_mode():
-            traced = torch.jit.trace(model, probe[:1], check_trace=False)
-        graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        with torch.inference_mode():
-            diff = _max_difference(graph(probe), model(probe))
+        template, cached = _template(model, probe[:1], retrace=False)
+        graph, diff = _instantiate(template, model, probe)
+        if cached and not diff <= _TRACE_TOLERANCE:
+            # The template's trace baked in a value this model does not share (one _template_key
+            # misses): trace this model itself before giving up on the graph.
+            log.warning("the traced template differs by %.3g for this model; tracing it afresh", diff)
+            template, _ = _template(model, probe[:1], retrace=True)
+            graph, diff = _instantiate(template, model, probe)
     except Exception as exc:  # any failure to trace leaves the (slower, equal) eager model serving
         log.warning("serving the eager model: tracing failed (%s: %s)", type(exc).__name__, exc)
         return None
@@ -159,6 +176,46 @@ def _graph(model: LightboxModel) -> torch.jit.ScriptModule | None:
         log.warning("serving the eager model: the traced graph differs by %.3g on the probe batch", diff)
         return None
     return graph
+
+
+def _template_key(model: LightboxModel) -> tuple[object, ...]:
+    """What a trace bakes in besides the weights' values: the module classes, every tensor's name,
+    shape and dtype, and the config values forward reads as plain numbers (score range, which features
+    the score head reads, a tags-only model's NaN column). Training hyperparameters and tag names are
+    left out, so successive versions of one architecture share a template."""
+    c = model.config
+    tensors = tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items())
+    modules = tuple(type(m).__qualname__ for m in model.modules())
+    return (modules, tensors, c.has_score, c.score_low, c.score_high, c.score_features)
+
+
+def _template(model: LightboxModel, example: torch.Tensor, *, retrace: bool) -> tuple[bytes, bool]:
+    """The saved trace of the model's architecture, and whether it came from the cache."""
+    key = _template_key(model)
+    with _templates_lock:  # loads may run in several threads (hot swap, gates): trace each key once
+        if not retrace and key in _templates:
+            _templates.move_to_end(key)
+            return _templates[key], True
+        with torch.inference_mode():
+            traced = torch.jit.trace(model, example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        _templates[key] = buffer.getvalue()
+        while len(_templates) > _MAX_TEMPLATES:
+            _templates.popitem(last=False)
+        return _templates[key], False
+
+
+def _instantiate(
+    template: bytes, model: LightboxModel, probe: torch.Tensor
+) -> tuple[torch.jit.ScriptModule, float]:
+    """A fresh load of the template with the model's weights, frozen and optimized in its own
+    compilation unit; and its largest difference from the eager model on the probe batch."""
+    module = torch.jit.load(io.BytesIO(template), map_location="cpu")
+    module.load_state_dict(model.state_dict())
+    graph = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+    with torch.inference_mode():
+        return graph, _max_difference(graph(probe), model(probe))
 
 
 def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
