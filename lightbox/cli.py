@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from lightbox.settings import load_settings
+from lightbox import settings as settings_module
+from lightbox.settings import Settings
 
 app = typer.Typer(
     help="lightbox: image scoring and tagging models, from labeled data to an endpoint.",
@@ -31,6 +32,27 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     """A known error: one red line with what to do, no traceback."""
     typer.secho(message, fg="red", err=True)
     return typer.Exit(code)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """lightbox.settings.load_settings for a command: an unknown LIGHTBOX_* variable or a value out of
+    its bounds is one red line each and exit code 2, not a traceback. Every command builds it here."""
+    try:
+        return settings_module.load_settings(**overrides)
+    except settings_module.SettingsError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _tracked(settings: Settings) -> Settings:
+    """The settings of a command that uses MLflow, once its tracking URI is checked: a wrong or
+    unreachable one is one red line within seconds (exit code 2), not a hang or an empty registry."""
+    from lightbox.adapters.tracking_check import TrackingUnavailable, check_tracking_uri
+
+    try:
+        check_tracking_uri(settings)
+    except TrackingUnavailable as exc:
+        raise _fail(str(exc), 2) from None
+    return settings
 
 
 def _import_errors() -> tuple[type[BaseException], ...]:
@@ -206,7 +228,7 @@ def train(
     """Tune, fit, log and register the model."""
     from pipelines import train as stage
 
-    _print(stage.run(load_settings(), trials=trials, epochs=epochs))
+    _print(stage.run(_tracked(load_settings()), trials=trials, epochs=epochs))
 
 
 Model = Annotated[str | None, typer.Option("--model", help="registered model name (default: settings)")]
@@ -217,7 +239,7 @@ Actor = Annotated[
 
 
 def _model_settings(model: str | None):
-    return load_settings(model_name=model) if model else load_settings()
+    return _tracked(load_settings(model_name=model) if model else load_settings())
 
 
 @app.command()
@@ -263,15 +285,17 @@ def promote(
     by: Actor = "unknown",
 ) -> None:
     """Gate the version and move the alias; exits 1 with the reasons if it is refused."""
+    from pipelines import golden as golden_stage
     from pipelines import promote as stage
 
     try:
         result = stage.run(
             _model_settings(model), version, alias=alias, dry_run=dry_run, actor=by, reason=reason
         )
-    except stage.GateFailed as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    # Refused (gates, unloadable target, lost compare-and-set, lock held) or no frozen golden set to
+    # judge on: nothing moved, and the message says what to do.
+    except (stage.PromotionRefused, golden_stage.GoldenSetMissing) as exc:
+        raise _fail(str(exc)) from None
     _print(result)
 
 
@@ -283,14 +307,13 @@ def rollback(
     reason: Annotated[str, typer.Option(help="why (recorded on both versions)")] = "",
     by: Actor = "unknown",
 ) -> None:
-    """Restore the previous champion (alias `previous`)."""
+    """Restore the previous champion (alias `previous`) once it is checked to load; exits 1 otherwise."""
     from pipelines import promote as stage
 
     try:
         _print(stage.rollback(_model_settings(model), alias=alias, dry_run=dry_run, actor=by, reason=reason))
-    except stage.RollbackImpossible as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    except stage.PromotionRefused as exc:  # nothing to restore, it does not load, or the aliases moved
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -302,7 +325,7 @@ def lineage(
     from pipelines import lineage as stage
 
     try:
-        lin = stage.run(load_settings(), uri)
+        lin = stage.run(_tracked(load_settings()), uri)
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
@@ -320,7 +343,7 @@ def serve(
 
     # The server's own lines (compute layout, calibrated batch cap, hot swaps) next to uvicorn's.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server.run(load_settings(), alias=alias)
+    server.run(_tracked(load_settings()), alias=alias)
 
 
 @dags_app.command("test")
@@ -378,7 +401,8 @@ def consume(
     from pipelines import score_uploads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _print(score_uploads.run(load_settings(), max_messages=max_messages, idle_timeout_s=idle_timeout))
+    settings = _tracked(load_settings())
+    _print(score_uploads.run(settings, max_messages=max_messages, idle_timeout_s=idle_timeout))
 
 
 @app.command()
@@ -392,6 +416,30 @@ def enqueue(
 
     messages = [{"image_id": PurePosixPath(u).stem, "uri": u} for u in uris]
     typer.echo(f"published {queue.publish(load_settings(), messages)} to {load_settings().queue_name}")
+
+
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="repair what is listed")] = False,
+) -> None:
+    """List what killed runs left behind (half-built folders, DAG runs and MLflow runs left running,
+    models left pending, versions never gated); --repair fixes it. Exits 1 while any is left."""
+    from pipelines import doctor as stage
+
+    s = load_settings()
+    problems = stage.check(s)
+    for p in problems:
+        typer.echo(p.describe())
+    if not problems:
+        typer.echo("nothing left behind by killed runs")
+        return
+    if not repair:
+        raise _fail(f"{len(problems)} left behind by killed runs: repair with `lightbox doctor --repair`")
+    stage.repair(problems)
+    left = stage.check(s)
+    if left:
+        raise _fail(f"repaired {len(problems) - len(left)}, {len(left)} still left: see above")
+    typer.echo(f"repaired {len(problems)}")
 
 
 @app.command("settings")

@@ -185,17 +185,25 @@ def run(
 ) -> ConsumeStats:
     """Consume until stopped (signal), ``max_messages`` handled, or ``idle_timeout_s`` without any.
 
-    ``predictor`` defaults to the champion (training.predictor.load_predictor); the same one scores every
-    batch of this run, so each row's model_version is the version that computed it.
+    ``predictor`` defaults to the champion (training.predictor.load_predictor), refused (ArtifactError,
+    naming the version and file) unless its files match the digest the gates recorded; the same one
+    scores every batch of this run, so each row's model_version is the version that computed it.
     """
     from lightbox.adapters import postgres, queue
 
     if not settings.results_dsn:
         raise ValueError("results_dsn is not set: the consumer writes to PostgreSQL (LIGHTBOX_RESULTS_DSN)")
     if predictor is None:
+        from lightbox.adapters.mlflow_registry import ArtifactError
         from training.predictor import load_predictor
 
-        predictor = load_predictor(settings)
+        try:
+            predictor = load_predictor(settings)  # files checked against the gates' digest
+        except ArtifactError as exc:
+            # Rows scored by files nobody judged would be kept as the champion's: stop before taking
+            # any message, which waits in the queue for a version that verifies.
+            log.error("upload consumer not started: %s", exc)
+            raise
     stats = ConsumeStats(model_version=predictor.version)
     db = postgres.connect(settings.results_dsn)
     postgres.ensure_results_table(db, settings.results_table)

@@ -4,7 +4,11 @@ Measures (through the serving path: registry URI -> serving Predictor, images th
 lightbox.imaging) the golden-set metrics, the behavioural tests and serving fitness; compares with
 the champion on the same golden set when the champion answers the same labels; decides with
 pipelines.gates; then records the verdict, every number and a report on the model version (tags) and
-its run (metrics + ``gates/v<N>/`` artifacts).
+its run (metrics + ``gates/v<N>/`` artifacts), with the sha256 digest of the artifact files it loaded
+(``gate.artifact_digest``), which every later load checks (lightbox.adapters.mlflow_registry).
+
+The golden files are checked against ``golden.dvc`` before anything is measured: a verdict reports
+the frozen version it was judged on, so it is never judged on other bytes (GoldenSetModified).
 
 Scores are judged on the normalised scale: predictions and golden labels are divided by the model's
 score range, so ``golden.score_mae`` and the behavioural score moves are fractions of that range.
@@ -41,6 +45,7 @@ from lightbox.settings import Settings
 from pipelines import behaviour
 from pipelines.data import resize_longest
 from pipelines.gates import AP_PREFIX, GRID_KEY, POSITIVES_PREFIX, Baseline, GateVerdict, ModelLabels, decide
+from pipelines.golden import GoldenSetMissing
 from pipelines.report import render_html, render_markdown
 from training.metrics import (
     average_precision,
@@ -61,6 +66,11 @@ BLUR_LEVEL = 5  # lightbox.distortions level of the "blur lowers the score" chec
 Evidence = dict[str, float | None]
 
 
+class GoldenSetModified(GoldenSetMissing):
+    """The golden files differ from what ``golden.dvc`` records: the frozen set is not there to judge on.
+    (A GoldenSetMissing, so every caller that reports a missing golden set reports this one too.)"""
+
+
 @dataclass
 class GateReport:
     model_name: str
@@ -72,6 +82,7 @@ class GateReport:
     champion_version: str | None
     checked_at: str
     labels: ModelLabels | None = None  # what the model answers (None: not recorded in its metadata)
+    artifacts: mlflow_registry.ArtifactDigest | None = None  # the files measured (None: reused, or no load)
     report_uri: str | None = None
     reused: bool = False  # True when read back from the version's tags, not measured now
     preds: pd.DataFrame | None = field(default=None, repr=False)
@@ -88,6 +99,7 @@ class GateReport:
             "labels": None if self.labels is None else self.labels.to_dict(),
             "golden_md5": self.golden_md5,
             "champion_version": self.champion_version,
+            "artifact_digest": None if self.artifacts is None else self.artifacts.digest,
             "checked_at": self.checked_at,
             "report_uri": self.report_uri,
             "reused": self.reused,
@@ -102,6 +114,7 @@ class Measurement:
     details: dict[str, str]
     preds: pd.DataFrame | None  # one row per golden image (None when the golden set was not reached)
     labels: ModelLabels | None  # None: the model did not load, or its metadata has no label spec
+    artifacts: mlflow_registry.ArtifactDigest | None = None  # the files loaded (None: it did not load)
 
 
 # --- the golden set --------------------------------------------------------------------------------
@@ -126,6 +139,22 @@ class GoldenSet:
     def true_scores(self) -> np.ndarray:
         """On the dataset's scale; NaN where the image has no score label."""
         return np.array([parse_score(r["score"]) for r in self.rows], np.float64)
+
+
+def check_golden_frozen(settings: Settings) -> None:
+    """Raise GoldenSetModified when the golden files are not byte for byte what ``golden.dvc`` records
+    (as pipelines.golden checks a re-rendered set). No ``golden.dvc`` or no golden folder: left to the
+    checks that report those (run() strips golden evidence; load_golden says to build it)."""
+    if dvc_repo.tracked_md5(settings, settings.golden_subdir) is None:
+        return
+    if not (settings.golden_dir / MANIFEST_NAME).is_file():
+        return
+    if not dvc_repo.matches_tracked(settings, settings.golden_subdir):
+        raise GoldenSetModified(
+            f"{settings.golden_dir} differs from what {settings.golden_subdir}.dvc records: the gates judge "
+            f"only the frozen golden set; restore it with `dvc checkout {settings.golden_subdir}.dvc` "
+            "(or `dvc pull`), or freeze a new one on purpose with `lightbox golden --rebuild`"
+        )
 
 
 def load_golden(settings: Settings) -> GoldenSet:
@@ -351,13 +380,16 @@ def version_labels(settings: Settings, version: str) -> tuple[ModelLabels | None
 def measure(settings: Settings, version: str) -> Measurement:
     """Every number the gates read, for one version. A step that cannot run leaves its numbers out
     (so their checks fail as missing) and says why in ``details``."""
-    from training.predictor import RegistryLoader
+    from training.predictor import Predictor
 
     ev: Evidence = {}
     details: dict[str, str] = {}
     uri = f"models:/{settings.model_name}/{version}"
     try:
-        predictor = RegistryLoader(settings, settings.champion_alias).load(str(version))
+        # The one loader every server uses, allowed here to load a version nobody has judged yet (that is
+        # what the gates are for); files that differ from a digest recorded earlier are still refused.
+        model, artifacts = mlflow_registry.load_checked(settings, str(version), allow_unverified=True)
+        predictor = Predictor(model, settings.model_name, str(version))
     except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
         ev["serving.loads"] = 0.0
         details["serving.loads"] = f"{uri} does not load: {type(exc).__name__}: {exc}"[:500]
@@ -370,7 +402,7 @@ def measure(settings: Settings, version: str) -> Measurement:
     labels, why = read_labels(info.metadata or {})
     if labels is None:  # which checks apply, and on what scale, is unknown: measure nothing more
         details["model.labels"] = why
-        return Measurement(ev, details, None, None)
+        return Measurement(ev, details, None, None, artifacts)
 
     golden = load_golden(settings)
     names = predictor.tag_names
@@ -390,7 +422,7 @@ def measure(settings: Settings, version: str) -> Measurement:
         ev[f"behaviour.{r.name}"] = r.value
         details[f"behaviour.{r.name}"] = _describe(r)
     ev["serving.batch_latency_ms"] = _latency_ms(predictor, golden.inputs, settings.gate_latency_batch_size)
-    return Measurement(ev, details, preds, labels)
+    return Measurement(ev, details, preds, labels, artifacts)
 
 
 def golden_label_notes(settings: Settings, labels: ModelLabels | None) -> list[str]:
@@ -420,10 +452,13 @@ def _measured_with(settings: Settings) -> str:
 
 
 def _recorded(settings: Settings, mv) -> Evidence | None:
-    """A version's recorded golden evidence, if measured on this golden set under this schema."""
+    """A version's recorded golden evidence, if measured on this golden set under this schema, on files
+    whose digest was recorded (evidence from before digests is measured again, which records one)."""
     tags = mv.tags or {}
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
     if tags.get("gate.schema") != EVIDENCE_SCHEMA or tags.get("gate.golden_md5") != golden_md5:
+        return None
+    if not tags.get(mlflow_registry.DIGEST_TAG):
         return None
     if tags.get("gate.measured_with") != _measured_with(settings) or "gate.evidence" not in tags:
         return None
@@ -455,6 +490,7 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     today's thresholds and today's champion.
     """
     version = str(version)
+    check_golden_frozen(settings)  # before anything is measured or reused: one message, no verdict
     mv = mlflow_registry.get_version(settings, version)
     run_metrics = mlflow_registry.get_run(settings, mv.run_id).data.metrics
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
@@ -485,6 +521,7 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
         champion_version=champion_version,
         checked_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
         labels=m.labels,
+        artifacts=m.artifacts,
         report_uri=(mv.tags or {}).get("gate.report", "").removesuffix("/report.html") or None,
         reused=recorded is not None,
         preds=m.preds,
@@ -535,5 +572,8 @@ def _record(
             "gate.schema": EVIDENCE_SCHEMA,
             "gate.measured_with": _measured_with(settings),
             "gate.report": f"{report.report_uri}/report.html",
-        },
+        }
+        # The files these numbers were measured on: what every later load must find. Not overwritten
+        # when the version no longer loads (its recorded digest is what the refusal compared with).
+        | ({} if report.artifacts is None else report.artifacts.tags()),
     )

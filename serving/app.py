@@ -138,12 +138,22 @@ def create_app(
             return {"predictions": [prediction_json(p, cut) for p in preds], "model": model}
         return prediction_json(preds[0], cut) | {"model": model}
 
+    def registry_status() -> dict[str, Any]:
+        """The alias, its version at the last poll, the served version and the last failed reload. Read
+        from the swapper's memory: a health probe never waits on the registry."""
+        if swapper is None:  # an app built around one model: nothing to follow
+            return {"alias": None, "alias_version": None, "served_version": runtime.predictor.version}
+        return swapper.status()
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        # "ok" while a model serves, even one behind its alias: the registry block says so, and a load
+        # balancer must not take down the replica that still answers.
         return {
             "status": "ok",
             "model": model_json(runtime.predictor),
             "queue_depth": runtime.batcher.queue_depth,
+            "registry": registry_status(),
         }
 
     @app.get("/metrics")
@@ -164,13 +174,18 @@ def create_app(
         try:
             return await swapper.reload(force=force)
         except Exception as exc:  # reported to the operator, who asked; the old version keeps serving
-            log.exception("forced reload failed")
-            msg = f"reload failed, still serving v{runtime.predictor.version}: {type(exc).__name__}: {exc}"
+            failed = swapper.last_error
+            which = f" v{failed.version}" if failed is not None and failed.version else ""
+            log.exception("forced reload of%s failed", which or " the alias")
+            msg = (
+                f"reload{which} failed, still serving v{runtime.predictor.version}: "
+                f"{type(exc).__name__}: {exc}"
+            )
             raise ApiError(500, msg) from exc
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    app.include_router(v2_router(runtime))  # the second protocol, over the same runtime
+    app.include_router(v2_router(runtime, registry_status))  # the second protocol, same runtime
     return app

@@ -2,16 +2,20 @@
 
 The old version keeps serving while the new one loads and warms up (in a worker thread, so the event
 loop never stalls); the swap itself is one reference store in ``InferenceRuntime.swap``, and batches
-already running finish on the version they started with. A version that fails to load is logged and
-counted, and the old one stays.
+already running finish on the version they started with. A version that fails to load (its files not
+the ones the gates judged, or any other failure) is logged with its version, counted and kept as
+``last_error`` for the health endpoints, and the old one stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from lightbox.adapters.mlflow_registry import ArtifactError
 from serving.runtime import InferenceRuntime
 from training.predictor import Predictor
 
@@ -24,6 +28,16 @@ class ModelLoader(Protocol):
     def resolve(self) -> str: ...
 
     def load(self, version: str | None = None) -> Predictor: ...
+
+
+@dataclass(frozen=True)
+class ReloadError:
+    version: str | None  # None: the alias itself could not be resolved
+    message: str
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "error": self.message, "at": self.at}
 
 
 class HotSwapper:
@@ -39,8 +53,24 @@ class HotSwapper:
         self.loader = loader
         self.interval_s = interval_s
         self.warmup_sizes = warmup_sizes
+        # What health reports. The alias's name, when the loader follows one (RegistryLoader does);
+        # until the first poll, the alias is taken to point at the version the app was started with
+        # (serving.server loads the alias's version to build it).
+        self.alias: str | None = getattr(loader, "alias", None)
+        self.alias_version: str | None = runtime.predictor.version
+        self.last_error: ReloadError | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The alias's version at the last poll, the version served, and the last failed reload (cleared
+        by the next swap): what a health check needs to see a server stuck on an old version."""
+        return {
+            "alias": self.alias,
+            "alias_version": self.alias_version,
+            "served_version": self.runtime.predictor.version,
+            "last_reload_error": None if self.last_error is None else self.last_error.to_dict(),
+        }
 
     def _get_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -51,33 +81,51 @@ class HotSwapper:
     async def reload(self, force: bool = False) -> dict[str, object]:
         """Swap to the alias's current version if it changed (or always, with ``force``).
 
-        Raises whatever resolving or loading raised, after counting it; the old version keeps serving.
+        Raises whatever resolving or loading raised, after counting and recording it (``last_error``);
+        the old version keeps serving.
         """
         async with self._get_lock():  # one load at a time: two overlapping reloads would load twice
             current = self.runtime.predictor
+            version: str | None = None
             try:
                 version = await asyncio.to_thread(self.loader.resolve)
+                self.alias_version = version
                 if version == current.version and not force:
                     return {"swapped": False, "version": current.version}
                 new = await asyncio.to_thread(self.loader.load, version)
                 await asyncio.to_thread(new.warmup, self.warmup_sizes)
-            except Exception:
+            except Exception as exc:
                 self.runtime.metrics.reload_failures.inc()
+                now = datetime.now(UTC).replace(microsecond=0).isoformat()
+                self.last_error = ReloadError(version, f"{type(exc).__name__}: {exc}", now)
                 raise
             old = self.runtime.swap(new)
+            self.last_error = None
             log.info("hot swap: %s v%s -> v%s", new.name, old.version, new.version)
             return {"swapped": True, "from": old.version, "version": new.version}
 
     async def follow(self) -> None:
-        """Poll the alias forever (a background task of the app's lifespan)."""
+        """Poll the alias forever (a background task of the app's lifespan). A failure is logged when it
+        first happens, naming the version; the same failure on the next polls is not logged again."""
+        logged: tuple[str | None, str] | None = None
         while True:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.reload()
+                logged = None
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a broken new version must not take the serving one down: log, go on
-                log.exception(
-                    "hot swap: could not load the alias's new version; still serving v%s",
-                    self.runtime.predictor.version,
-                )
+            except Exception as exc:  # a broken new version must not take the serving one down: log, go on
+                failed = self.last_error
+                key = None if failed is None else (failed.version, failed.message)
+                if key is None or key != logged:
+                    logged = key
+                    self._log_failure(exc, failed)
+
+    def _log_failure(self, exc: Exception, failed: ReloadError | None) -> None:
+        served = self.runtime.predictor.version
+        what = f"load v{failed.version}" if failed and failed.version else f"resolve @{self.alias}"
+        if isinstance(exc, ArtifactError):  # a known refusal: its message names version and file
+            log.error("hot swap: refused to %s: %s; still serving v%s", what, exc, served)
+        else:
+            log.exception("hot swap: could not %s; still serving v%s", what, served)

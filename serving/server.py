@@ -6,11 +6,12 @@ import logging
 
 import uvicorn
 
+from lightbox.adapters.mlflow_registry import ArtifactError
 from lightbox.settings import Settings
 from serving.app import create_app
 from serving.calibration import calibrate
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
-from training.predictor import Predictor, RegistryLoader
+from training.predictor import ModelNotFound, Predictor, RegistryLoader
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,14 @@ def run(settings: Settings, alias: str | None = None) -> None:
     would hold a second copy of the model while halving each batcher's batches.
     """
     loader = RegistryLoader(settings, alias or settings.champion_alias)
-    predictor = loader.load()
+    try:
+        predictor = loader.load()
+    except (ArtifactError, ModelNotFound) as exc:
+        # Known refusals (no version at the alias; files not the ones the gates judged, or never
+        # judged): one line on stderr naming the version and what to do, not a traceback through MLflow.
+        raise SystemExit(
+            f"lightbox serve: cannot serve models:/{settings.model_name}@{loader.alias}: {exc}"
+        ) from None
     settings = sized_for(settings, predictor)
     log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
     app = create_app(settings, predictor, loader=loader)

@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -220,7 +221,10 @@ def infer_response(
     )
 
 
-def v2_router(runtime: InferenceRuntime) -> APIRouter:
+def v2_router(
+    runtime: InferenceRuntime, registry_status: Callable[[], dict[str, Any]] | None = None
+) -> APIRouter:
+    """``registry_status``: the alias and reload state the readiness answer adds (serving.app's)."""
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
 
     def check_model(name: str, version: str | None) -> None:
@@ -258,8 +262,10 @@ def v2_router(runtime: InferenceRuntime) -> APIRouter:
         return {"live": True}
 
     @router.get("/health/ready")
-    async def ready() -> dict[str, bool]:
-        return {"ready": True}  # a predictor is loaded before the app exists
+    async def ready() -> dict[str, Any]:
+        # Ready: a predictor is loaded before the app exists. The protocol reads the status code and
+        # "ready"; the rest says which version serves, where the alias points and why they differ.
+        return {"ready": True} | (registry_status() if registry_status is not None else {})
 
     @router.get("/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def run_search(
         metrics, config = r.metrics, r.config
         if metrics is None or config is None:
             raise RuntimeError(f"trial {i} finished without reporting metrics and a config")
-        history = r.metrics_dataframe
+        history = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
         scored = len(history) and history[METRIC].notna().any()
         best = history.loc[history[METRIC].idxmin()] if scored else None
         results.append(

@@ -162,9 +162,12 @@ def matches_tracked(settings: Settings, subdir: str) -> bool:
 
     with Repo(str(settings.project_dir)) as repo:
         status = repo.status(targets=[str(settings.project_dir / f"{subdir}.dvc")])
-    # "not in cache" only says the cache is empty (a fresh clone); "modified" means other bytes.
-    states = [s for entry in status.get(f"{subdir}.dvc", []) for s in entry.get("changed outs", {}).values()]
-    return len(states) == len(status.get(f"{subdir}.dvc", [])) and all(s == "not in cache" for s in states)
+    # "not in cache" only says the cache is empty (a fresh clone); "modified" means other bytes. DVC keys
+    # the status by the .dvc path relative to the current directory, so read every key: looking up
+    # "golden.dvc" from another folder found nothing and called any golden set a match.
+    entries = [e for found in status.values() for e in found]
+    states = [s for e in entries for s in e.get("changed outs", {}).values()]
+    return len(states) == len(entries) and all(s == "not in cache" for s in states)
 
 
 def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:

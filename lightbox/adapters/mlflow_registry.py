@@ -1,14 +1,23 @@
 """MLflow tracking and registry: the only module that talks to MLflow.
 
 Logging a LightboxModel (``log_lightbox_model``) and loading one back (``load_model``) live side by side
-here, so the metadata written is the metadata read.
+here, so the metadata written is the metadata read. Loading verifies the bytes: every file of the
+version's artifact folder must hash to what the gates recorded when they judged it (``ArtifactDigest``).
+Moving an alias takes a registry-wide lock (``alias_lock``), so two promotions cannot interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
 from lightbox.settings import Settings
@@ -36,7 +45,9 @@ def _export_env(settings: Settings) -> None:
 def configure(settings: Settings) -> str:
     """Point the mlflow module at our tracking server/store; returns the experiment id."""
     import mlflow
+    from lightbox.adapters import tracking_check
 
+    tracking_check.check_tracking_uri(settings)  # a wrong or unreachable URI: one line in seconds
     _export_env(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
@@ -133,6 +144,116 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> 
     c = client(settings)
     for k, v in tags.items():
         c.set_model_version_tag(settings.model_name, str(version), k, v)
+
+
+# --- the alias lock -------------------------------------------------------------------------------------
+#
+# MLflow has no compare-and-set on an alias: set_registered_model_alias overwrites. Its one atomic
+# test-and-set is creating a registered model, whose name is unique in every backend store (a primary
+# key in SQLite, PostgreSQL, MySQL; a REST tracking server forwards to one of them). So the lock for
+# moving ``champion`` of model ``lightbox`` is a registered model named ``lightbox.alias-lock.champion``:
+# whoever creates it holds it, deleting it releases it. It works wherever the client can write to the
+# registry, which a lock row in the tracking database would not (a client of an http:// tracking server
+# never sees that database). Holders keep it for a few registry calls: callers re-read the alias and
+# write under it, nothing slow.
+
+ALIAS_LOCK_LEASE_S = 60.0  # a lock instance this old (as its waiter sees it) was left by a dead holder
+ALIAS_LOCK_WAIT_S = 180.0  # a waiter gives up after this; beyond one lease, so a stale lock is broken first
+
+
+class AliasLockTimeout(RuntimeError):
+    """The alias lock stayed held past the wait: the message names the holder."""
+
+
+def alias_lock_name(settings: Settings, alias: str) -> str:
+    return f"{settings.model_name}.alias-lock.{alias}"
+
+
+@contextlib.contextmanager
+def alias_lock(
+    settings: Settings,
+    alias: str,
+    holder: str,
+    *,
+    wait_s: float = ALIAS_LOCK_WAIT_S,
+    lease_s: float = ALIAS_LOCK_LEASE_S,
+    poll_s: float = 0.2,
+) -> Iterator[None]:
+    """Hold the lock for moving ``alias`` of ``settings.model_name`` (``holder``: who, for the message
+    another process shows while it waits).
+
+    A lock whose holder died stays behind; a waiter that has seen the same lock instance (same creation
+    time) for ``lease_s`` of its own clock breaks it by renaming it to a name keyed by that instance.
+    Rename is atomic and the tombstone's name is unique to the instance, so of two waiters breaking the
+    same stale lock one fails, and neither can break a fresh lock taken since. Tombstones stay in the
+    registry (named ``...stale-<ms>``, a record that a holder died) and may be deleted by hand.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    name = alias_lock_name(settings, alias)
+    token = uuid.uuid4().hex
+    tags = {"lock.holder": holder, "lock.token": token}
+    started = time.monotonic()
+    seen: tuple[int, float] | None = None  # (creation ms of the instance we wait on, when first seen)
+    while True:
+        try:
+            c.create_registered_model(
+                name, tags=tags, description=f"lock: {holder} is moving @{alias} of {settings.model_name}"
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = c.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue  # released between our create and our read: try again at once
+            raise
+        now = time.monotonic()
+        if seen is None or seen[0] != held.creation_timestamp:
+            seen = (held.creation_timestamp, now)
+        elif now - seen[1] >= lease_s:
+            _break_stale_lock(c, name, held.creation_timestamp)
+            continue
+        if now - started >= wait_s:
+            raise AliasLockTimeout(
+                f"@{alias} of {settings.model_name} is locked by {held.tags.get('lock.holder', '?')} "
+                f"(registered model {name!r}) for over {wait_s:.0f} s; retry later"
+            )
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        _release(c, name, token)
+
+
+def _break_stale_lock(c: MlflowClient, name: str, created_ms: int) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.rename_registered_model(name, f"{name}.stale-{created_ms}")
+    except MlflowException as exc:
+        # Another waiter broke it first (the tombstone exists, or the lock is gone), or the two renames
+        # collided in the store: in every case the lock is someone else's business now; look again.
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"):
+            raise
+
+
+def _release(c: MlflowClient, name: str, token: str) -> None:
+    """Delete the lock if it is still ours: a holder that outlived its lease may have lost it already,
+    and must not delete the next holder's."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = c.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return
+        raise
+    if held.tags.get("lock.token") == token:
+        c.delete_registered_model(name)
 
 
 def get_run(settings: Settings, run_id: str):
@@ -240,24 +361,156 @@ def model_metadata(settings: Settings, version: str) -> dict[str, Any]:
     return model_info(settings, model_uri(settings, version)).metadata or {}
 
 
-def load_model(settings: Settings, version: str) -> LightboxModel:
-    """Registered ``version`` of ``settings.model_name`` as an eager LightboxModel on the CPU, in eval mode.
+# --- verified artifacts -----------------------------------------------------------------------------------
+#
+# The gates judge the bytes they load; the loaders below load only those bytes. When the gates measure
+# a version they record a sha256 of every file in its artifact folder (``gate.artifact_files``) and one
+# digest over that list (``gate.artifact_digest``); every later load downloads the folder, hashes it and
+# compares before unpickling anything. Policy for a version with no recorded digest (never gated, or
+# gated before digests were recorded): it is refused, except where the caller explicitly allows it:
+# the gates themselves (``allow_unverified=True``), which measure versions nobody has judged yet and
+# record the digest of what they measured. Serving (start and hot swap), the upload consumer and any
+# batch scoring use the default. A recorded digest that does not match is refused everywhere.
+
+DIGEST_TAG = "gate.artifact_digest"
+DIGEST_FILES_TAG = "gate.artifact_files"
+TAG_VALUE_LIMIT = 5000  # characters in a registry tag value
+# MLflow's client writes this file into every download of a registered model (name and version); it
+# was never logged, so it is not part of what is judged or verified.
+_CLIENT_WRITTEN = frozenset({"registered_model_meta"})
+
+
+class ArtifactError(RuntimeError):
+    """A version's artifacts are not the ones the gates judged (or were never judged); the message names
+    the version and, where it can, the file."""
+
+
+class ArtifactUnverified(ArtifactError):
+    """No artifact digest is recorded on the version."""
+
+
+class ArtifactMismatch(ArtifactError):
+    """The artifact files differ from the recorded digest."""
+
+
+@dataclass(frozen=True)
+class ArtifactDigest:
+    digest: str  # sha256 over the "path<TAB>sha256" lines of the files, sorted by path
+    files: dict[str, str]  # path inside the artifact folder -> sha256 of its bytes
+
+    def tags(self) -> dict[str, str]:
+        """The version tags that record it. The per-file list (what names a changed file) is left out
+        in the unlikely case it outgrows a tag; the digest alone still refuses any change."""
+        listing = json.dumps(self.files, sort_keys=True, separators=(",", ":"))
+        fits = len(listing) <= TAG_VALUE_LIMIT
+        return {DIGEST_TAG: self.digest} | ({DIGEST_FILES_TAG: listing} if fits else {})
+
+
+def artifact_digest(folder: Path) -> ArtifactDigest:
+    """Digest of every file under ``folder`` (a downloaded artifact folder)."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel not in _CLIENT_WRITTEN:
+            with path.open("rb") as f:
+                files[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    listing = "".join(f"{rel}\t{sha}\n" for rel, sha in sorted(files.items()))
+    return ArtifactDigest(hashlib.sha256(listing.encode()).hexdigest(), files)
+
+
+def verify_artifacts(
+    settings: Settings,
+    version: str,
+    tags: Mapping[str, str],
+    found: ArtifactDigest,
+    *,
+    allow_unverified: bool,
+) -> None:
+    """Raise ArtifactError unless ``found`` is what the version's tags record (see the policy above)."""
+    who = f"{settings.model_name} v{version}"
+    recorded = tags.get(DIGEST_TAG)
+    if not recorded:
+        if allow_unverified:
+            return
+        raise ArtifactUnverified(
+            f"{who} has no recorded artifact digest ({DIGEST_TAG}): the gates never judged these files; "
+            f"run `lightbox gates --version {version}` to judge them and record it"
+        )
+    if recorded == found.digest:
+        return
+    raise ArtifactMismatch(
+        f"{who}: {_what_differs(tags.get(DIGEST_FILES_TAG), found)}, not the bytes the gates judged "
+        f"(artifact digest {recorded[:12]}, found {found.digest[:12]}); refusing to load it"
+    )
+
+
+def _what_differs(recorded_listing: str | None, found: ArtifactDigest) -> str:
+    if not recorded_listing:
+        return "its artifact files changed"
+    recorded: dict[str, str] = json.loads(recorded_listing)
+    changed = [f"{rel} differs" for rel, sha in recorded.items() if found.files.get(rel, sha) != sha]
+    missing = [f"{rel} is missing" for rel in recorded if rel not in found.files]
+    added = [f"{rel} was added" for rel in found.files if rel not in recorded]
+    problems = changed + missing + added
+    return "file " + ", ".join(problems) if problems else "its artifact files changed"
+
+
+def download_version(settings: Settings, version: str, dst: Path) -> Path:
+    """Download the version's artifact folder under ``dst``; returns the folder."""
+    import mlflow.artifacts
+
+    import mlflow
+
+    # A models:/ URI is resolved through the global registry URI (download_artifacts takes no registry
+    # argument): point it at the registry named in settings, whatever the environment says.
+    _export_env(settings)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri(settings, version), dst_path=str(dst), tracking_uri=settings.tracking_uri
+    )
+    return Path(local)
+
+
+def version_digest(settings: Settings, version: str) -> ArtifactDigest:
+    """The digest of the version's artifacts as they are in the store now (nothing verified, nothing
+    recorded): for tools and tests that record or inspect it outside the gates."""
+    with TemporaryDirectory(prefix="lightbox-digest-") as tmp:
+        return artifact_digest(download_version(settings, str(version), Path(tmp)))
+
+
+def load_checked(
+    settings: Settings, version: str, *, allow_unverified: bool = False
+) -> tuple[LightboxModel, ArtifactDigest]:
+    """``load_model``, also returning the digest of the bytes it loaded (what the gates record)."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    version = str(version)
+    uri = model_uri(settings, version)
+    tags = dict(get_version(settings, version).tags or {})
+    # Download, hash, compare, then load from that same folder: the bytes verified are the bytes loaded
+    # (loading by URI would download a second time, and could fetch other bytes).
+    with TemporaryDirectory(prefix="lightbox-model-") as tmp:
+        local = download_version(settings, version, Path(tmp))
+        found = artifact_digest(local)
+        verify_artifacts(settings, version, tags, found, allow_unverified=allow_unverified)
+        metadata = Model.load(str(local)).metadata or {}
+        loaded = mlflow.pytorch.load_model(str(local), map_location="cpu")
+    return as_lightbox_model(loaded, metadata, uri), found
+
+
+def load_model(settings: Settings, version: str, *, allow_unverified: bool = False) -> LightboxModel:
+    """Registered ``version`` of ``settings.model_name`` as an eager LightboxModel on the CPU, in eval mode,
+    after checking its files against the digest the gates recorded (ArtifactError otherwise; see the
+    policy above for ``allow_unverified``). Every loader (server start and hot swap, upload consumer,
+    gates) comes through here.
 
     By version, not alias: an alias may move between resolving and loading, and the caller reports the
     version whose weights it holds. Explicit URIs: the registry named in settings, whatever the
     environment says.
     """
-    import mlflow.pytorch
-
-    import mlflow
-
-    uri = model_uri(settings, version)
-    _export_env(settings)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    metadata = model_info(settings, uri).metadata or {}
-    loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
-    return as_lightbox_model(loaded, metadata, uri)
+    return load_checked(settings, version, allow_unverified=allow_unverified)[0]
 
 
 def config_from_metadata(metadata: Mapping[str, Any], uri: str) -> ModelConfig:

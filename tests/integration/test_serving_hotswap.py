@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 import time
 
@@ -158,7 +159,8 @@ def test_background_follower_swaps_when_the_alias_moves(versions, image, tmp_pat
         assert 'version="1"' not in metrics.split("lightbox_model_info")[-1].split("\n# ")[0]
 
 
-def test_failed_load_keeps_the_old_version(versions, image, tmp_path) -> None:
+def test_failed_load_keeps_the_old_version(versions, image, tmp_path, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="serving.reload")
     loader = Pinned(versions, "1")
     app = create_app(settings(tmp_path, serve_reload_interval_s=0.05), versions["1"], loader=loader)
     registry = app.state.runtime.registry
@@ -172,6 +174,17 @@ def test_failed_load_keeps_the_old_version(versions, image, tmp_path) -> None:
             time.sleep(0.05)
         resp = c.post("/predict", content=image)
         assert resp.status_code == 200 and resp.json()["model"]["version"] == "1"
+        # Logged once, naming the version, however many polls fail the same way.
+        failed = [r.getMessage() for r in caplog.records if r.name == "serving.reload"]
+        assert failed == ["hot swap: could not load v2; still serving v1"]
+        # Health tells where the alias points, what serves, and why they differ.
+        state = c.get("/healthz").json()["registry"]
+        assert (state["alias_version"], state["served_version"]) == ("2", "1")
+        assert state["last_reload_error"]["version"] == "2"
+        assert state["last_reload_error"]["error"] == "RuntimeError: artifact store unreachable"
+        ready = c.get("/v2/health/ready").json()  # the same, read again (the polls go on meanwhile)
+        assert ready["ready"] is True and ready["alias_version"] == "2"
+        assert ready["last_reload_error"]["version"] == "2"
         # A forced reload through the admin endpoint reports the failure instead of hiding it.
         forced = c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
         assert forced.status_code == 500
@@ -179,3 +192,6 @@ def test_failed_load_keeps_the_old_version(versions, image, tmp_path) -> None:
         loader.fail = False
         ok = c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200 and ok.json() == {"swapped": True, "from": "1", "version": "2"}
+        state = c.get("/healthz").json()["registry"]
+        assert (state["alias_version"], state["served_version"]) == ("2", "2")
+        assert state["last_reload_error"] is None

@@ -31,10 +31,11 @@ def _log(
     fmt: str = "pt2",
     label_spec: dict | None = None,
 ) -> str:
-    """Log and register ``model`` the way pipelines/train.py does (pt2, one-image example, metadata)."""
+    """Log and register ``model`` the way pipelines/train.py does (pt2, one-image example, metadata),
+    and record its artifact digest as the gates would: loaders refuse a version nobody judged."""
     example = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 224), dtype=np.uint8)
     with mlflow.start_run():
-        return log_lightbox_model(
+        version = log_lightbox_model(
             model,
             example,
             settings.model_name,
@@ -42,6 +43,9 @@ def _log(
             tag_names=tag_names,
             label_spec=label_spec,
         )
+    digest = mlflow_registry.version_digest(settings, version)
+    mlflow_registry.set_version_tags(settings, version, digest.tags())
+    return version
 
 
 @pytest.fixture(scope="module")

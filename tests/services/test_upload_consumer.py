@@ -50,6 +50,10 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             model, example, settings.model_name, serialization_format="pickle", with_input_example=False
         )
     mlflow_registry.set_alias(settings, version, settings.champion_alias)
+    # Loaders refuse a version whose artifacts the gates never recorded: record them as the gates do.
+    mlflow_registry.set_version_tags(
+        settings, version, mlflow_registry.version_digest(settings, version).tags()
+    )
     mlflow.set_tracking_uri(previous)
     return root
 
