@@ -59,7 +59,9 @@ def lightbox_promote():
         p = context["params"]
         try:
             return promote_stage.gate(_settings(p), p["version"], alias=p["alias"]).to_dict()
-        except promote_stage.GateFailed as exc:
+        except promote_stage.PromotionRefused as exc:
+            if not exc.final:  # a lost race: Airflow's retry tries again
+                raise
             raise AirflowFailException(str(exc)) from exc
 
     @task.branch
@@ -93,7 +95,9 @@ def lightbox_promote():
                 actor="airflow:lightbox_promote",
                 reason=p["reason"] or ("approved" if p["require_approval"] else "gates passed"),
             )
-        except promote_stage.GateFailed as exc:
+        except promote_stage.PromotionRefused as exc:
+            if not exc.final:  # a lost race: Airflow's retry tries again
+                raise
             raise AirflowFailException(str(exc)) from exc
         return asdict(result)
 

@@ -70,8 +70,9 @@ def lightbox_train():
                 actor="airflow:lightbox_train",
                 reason="trained",
             )
-        except promote_stage.GateFailed as exc:
-            # A failed gate is a verdict, not a flake: fail without retrying, and say why.
+        except promote_stage.PromotionRefused as exc:
+            if not exc.final:  # a lost race: Airflow's retry tries again
+                raise
             raise AirflowFailException(str(exc)) from exc
         return asdict(result)
 

@@ -32,7 +32,13 @@ if TYPE_CHECKING:
 
 
 class PromotionRefused(RuntimeError):
-    """No alias moved; the message says why and what to do (the CLI prints it as one red line)."""
+    """No alias moved; the message says why and what to do (the CLI prints it as one red line).
+
+    ``final``: the same call would be refused again (a verdict, a missing target); a DAG task fails
+    without retrying. A lost race (``AliasMoved``, ``RegistryBusy``) is worth another try.
+    """
+
+    final = True
 
 
 class GateFailed(PromotionRefused):
@@ -50,9 +56,13 @@ class TargetUnloadable(PromotionRefused):
 class AliasMoved(PromotionRefused):
     """The compare-and-set lost: the alias moved since it was read; the message names who moved it."""
 
+    final = False
+
 
 class RegistryBusy(PromotionRefused):
     """The alias lock stayed held by someone else."""
+
+    final = False
 
 
 @dataclass(frozen=True)
