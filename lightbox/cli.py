@@ -3,15 +3,84 @@
 from __future__ import annotations
 
 import json
+import sys
+import traceback
 from dataclasses import asdict, is_dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer import _click  # Typer vendors Click; its Context is the type TyperGroup.invoke takes
+from typer.core import TyperGroup
 
 from lightbox import settings as settings_module
 from lightbox.settings import Settings
 
+_DEBUG = "lightbox.debug"  # ctx.meta key: set by `lightbox --debug`, read where errors are mapped
+
+
+def known_error(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for an error the user can fix (None: a bug, shown as a traceback).
+
+    The one place that maps exception types to messages: the pipelines and adapters raise typed errors
+    whose message says what to do, and no command repeats a try/except for them. Exit code 2: the
+    configuration is wrong (settings, tracking URI, a malformed argument); 1: the project's state
+    refuses the action (nothing promoted, no golden set, no such version, gates failed)."""
+    # Imported here, not at module level: `lightbox --help` must not import torch or MLflow.
+    from lightbox.adapters.mlflow_registry import ArtifactError, VersionNotFound
+    from lightbox.adapters.tracking_check import TrackingUnavailable
+    from lightbox.manifest import ManifestError
+    from pipelines.golden import GoldenSetMissing
+    from pipelines.lineage import BadModelUri
+    from pipelines.promote import PromotionRefused
+    from serving.server import CannotServe
+    from training.predictor import ModelNotFound
+
+    if isinstance(exc, settings_module.SettingsError | TrackingUnavailable | BadModelUri):
+        return str(exc), 2
+    if isinstance(
+        exc,
+        ModelNotFound
+        | VersionNotFound
+        | PromotionRefused
+        | GoldenSetMissing
+        | ManifestError
+        | ArtifactError
+        | CannotServe,
+    ):
+        return str(exc), 1
+    # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when
+    # MLflow is loaded: if it is not, the error cannot be one of its own.
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    if (
+        mlflow_exceptions is not None
+        and isinstance(exc, mlflow_exceptions.MlflowException)
+        and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+    ):
+        return " ".join(exc.message.split()), 1
+    return None
+
+
+class _LightboxGroup(TyperGroup):
+    """The `lightbox` group: every sub-command (nested ones too) runs inside its invoke, so a known error
+    from any of them is mapped here, once: one red line and its exit code, a traceback only with
+    --debug."""
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            known = known_error(exc)
+            if known is None:  # a bug, or Click's own (typer.Exit, a usage error): not ours to reword
+                raise
+            message, code = known
+            if ctx.meta.get(_DEBUG):
+                traceback.print_exc(file=sys.stderr)
+            typer.secho(message, fg="red", err=True)
+            raise typer.Exit(code) from None
+
+
 app = typer.Typer(
+    cls=_LightboxGroup,
     help="lightbox: image scoring and tagging models, from labeled data to an endpoint.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -22,6 +91,16 @@ app.add_typer(data_app, name="data")
 app.add_typer(dags_app, name="dags")
 
 
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="on a known error, print the full traceback before its line")
+    ] = False,
+) -> None:
+    ctx.meta[_DEBUG] = debug
+
+
 def _print(result: object) -> None:
     if is_dataclass(result):
         result = asdict(result)  # type: ignore[arg-type]
@@ -29,29 +108,25 @@ def _print(result: object) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    """A known error: one red line with what to do, no traceback."""
+    """A known error met in the CLI itself: one red line with what to do, no traceback."""
     typer.secho(message, fg="red", err=True)
     return typer.Exit(code)
 
 
 def load_settings(**overrides: object) -> Settings:
-    """lightbox.settings.load_settings for a command: an unknown LIGHTBOX_* variable or a value out of
-    its bounds is one red line each and exit code 2, not a traceback. Every command builds it here."""
-    try:
-        return settings_module.load_settings(**overrides)
-    except settings_module.SettingsError as exc:
-        raise _fail(str(exc), 2) from None
+    """lightbox.settings.load_settings for a command; an unknown LIGHTBOX_* variable or a value out of its
+    bounds raises SettingsError, which known_error makes one red line each and exit code 2."""
+    return settings_module.load_settings(**overrides)
 
 
-def _tracked(settings: Settings) -> Settings:
+def _tracked(settings: Settings, *, read_only: bool = True) -> Settings:
     """The settings of a command that uses MLflow, once its tracking URI is checked: a wrong or
-    unreachable one is one red line within seconds (exit code 2), not a hang or an empty registry."""
-    from lightbox.adapters.tracking_check import TrackingUnavailable, check_tracking_uri
+    unreachable one (TrackingUnavailable) is one red line within seconds, not a hang or an empty
+    registry. ``read_only``: the command only reads the registry (serve, promote, lineage, ...), so a
+    missing registry file means the wrong project, not a new one; only training may create it."""
+    from lightbox.adapters.tracking_check import check_tracking_uri
 
-    try:
-        check_tracking_uri(settings)
-    except TrackingUnavailable as exc:
-        raise _fail(str(exc), 2) from None
+    check_tracking_uri(settings, read_only=read_only)
     return settings
 
 
@@ -153,13 +228,9 @@ def _print_quarantine(result) -> None:  # noqa: ANN001 - a DataValidationResult
 @data_app.command("version")
 def data_version() -> None:
     """dvc add + push data/, commit data.dvc; prints the dataset version."""
-    from lightbox.manifest import ManifestError
     from pipelines import version_data
 
-    try:
-        _print(version_data.run(load_settings()))
-    except ManifestError as exc:
-        raise _fail(str(exc)) from None
+    _print(version_data.run(load_settings()))
 
 
 def _manifest_at(rev: str) -> list[dict[str, str]]:
@@ -211,13 +282,9 @@ def data_diff(
 @app.command()
 def features() -> None:
     """Compute image features (only for images without cached ones) and materialize them in Feast."""
-    from lightbox.manifest import ManifestError
     from pipelines import features as stage
 
-    try:
-        _print(stage.run(load_settings()))
-    except ManifestError as exc:
-        raise _fail(str(exc)) from None
+    _print(stage.run(load_settings()))
 
 
 @app.command()
@@ -226,9 +293,14 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="max epochs per trial")] = None,
 ) -> None:
     """Tune, fit, log and register the model."""
+    from lightbox.stdio import stdout_to_stderr
     from pipelines import train as stage
 
-    _print(stage.run(_tracked(load_settings()), trials=trials, epochs=epochs))
+    # stdout holds the result only (`lightbox train > result.json`): Ray Tune's progress tables, printed
+    # from Python and from its own threads and processes, go to stderr.
+    with stdout_to_stderr():
+        result = stage.run(_tracked(load_settings(), read_only=False), trials=trials, epochs=epochs)
+    _print(result)
 
 
 Model = Annotated[str | None, typer.Option("--model", help="registered model name (default: settings)")]
@@ -245,13 +317,9 @@ def _model_settings(model: str | None):
 @app.command()
 def golden(rebuild: Annotated[bool, typer.Option(help="re-render even if it exists")] = False) -> None:
     """Build (once) and version the frozen golden set the gates judge on."""
-    from lightbox.manifest import ManifestError
     from pipelines import golden as stage
 
-    try:
-        _print(stage.run(load_settings(), rebuild=rebuild))
-    except (stage.GoldenSetMissing, ManifestError) as exc:
-        raise _fail(str(exc)) from None
+    _print(stage.run(load_settings(), rebuild=rebuild))
 
 
 @app.command()
@@ -261,13 +329,13 @@ def gates(
     record: Annotated[bool, typer.Option(help="attach verdict + report to the version")] = True,
 ) -> None:
     """Run the gates on a version and attach the evidence; exits 1 if they fail."""
-    from lightbox.manifest import ManifestError
-    from pipelines import golden as golden_stage
-    from pipelines import validate_model
+    from pipelines import promote, validate_model
 
+    settings = _model_settings(model)
+    version = promote.resolve_version(settings, version)  # VersionNotFound lists the versions there are
     try:
-        report = validate_model.run(_model_settings(model), version, record=record)
-    except (golden_stage.GoldenSetMissing, ManifestError, FileNotFoundError) as exc:
+        report = validate_model.run(settings, version, record=record)
+    except FileNotFoundError as exc:  # gates only: a data or label file the gates read is missing
         raise _fail(str(exc)) from None
     _print(report.to_dict())
     if not report.passed:
@@ -285,18 +353,13 @@ def promote(
     by: Actor = "unknown",
 ) -> None:
     """Gate the version and move the alias; exits 1 with the reasons if it is refused."""
-    from pipelines import golden as golden_stage
     from pipelines import promote as stage
 
-    try:
-        result = stage.run(
-            _model_settings(model), version, alias=alias, dry_run=dry_run, actor=by, reason=reason
-        )
-    # Refused (gates, unloadable target, lost compare-and-set, lock held) or no frozen golden set to
-    # judge on: nothing moved, and the message says what to do.
-    except (stage.PromotionRefused, golden_stage.GoldenSetMissing) as exc:
-        raise _fail(str(exc)) from None
-    _print(result)
+    # Refused (gates, unloadable target, lost compare-and-set, lock held), no such version, or no frozen
+    # golden set to judge on: nothing moved, and known_error prints what to do.
+    settings = _model_settings(model)
+    version = stage.resolve_version(settings, version)
+    _print(stage.run(settings, version, alias=alias, dry_run=dry_run, actor=by, reason=reason))
 
 
 @app.command()
@@ -310,10 +373,8 @@ def rollback(
     """Restore the previous champion (alias `previous`) once it is checked to load; exits 1 otherwise."""
     from pipelines import promote as stage
 
-    try:
-        _print(stage.rollback(_model_settings(model), alias=alias, dry_run=dry_run, actor=by, reason=reason))
-    except stage.PromotionRefused as exc:  # nothing to restore, it does not load, or the aliases moved
-        raise _fail(str(exc)) from None
+    # PromotionRefused (nothing to restore, it does not load, the aliases moved): known_error's line.
+    _print(stage.rollback(_model_settings(model), alias=alias, dry_run=dry_run, actor=by, reason=reason))
 
 
 @app.command()
@@ -324,11 +385,7 @@ def lineage(
     """Print model version -> run -> dataset version -> feature service -> code revision."""
     from pipelines import lineage as stage
 
-    try:
-        lin = stage.run(_tracked(load_settings()), uri)
-    except ValueError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+    lin = stage.run(_tracked(load_settings()), uri)
     typer.echo(json.dumps(lin.to_dict(), indent=2) if as_json else stage.format_lineage(lin))
 
 
@@ -444,10 +501,11 @@ def doctor(
 
 @app.command("settings")
 def show_settings() -> None:
-    """Print the effective settings (environment + defaults)."""
-    from lightbox.settings import redacted
+    """Print the settings (environment + defaults) and, under `effective`, what the unset ones resolve to."""
+    from lightbox.settings import effective, redacted
 
-    typer.echo(json.dumps(redacted(load_settings()), indent=2, default=str))
+    s = load_settings()
+    typer.echo(json.dumps(redacted(s) | {"effective": effective(s)}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -294,6 +294,27 @@ def redacted(settings: Settings) -> dict[str, object]:
     return out
 
 
+def effective(settings: Settings) -> dict[str, str]:
+    """Where things actually are, once the defaults of the unset settings are filled in (a raw
+    ``mlflow_tracking_uri: null`` says nothing about which registry a command reads); passwords masked."""
+    values = {
+        "project_dir": str(settings.project_dir),
+        "state": str(settings.state),
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow_artifact_root": settings.artifact_root,
+        "dvc_remote": settings.dvc_remote,
+        "feast_repo": str(settings.feast_repo_path),
+        "feast_yaml": str(settings.feast_yaml),
+        "feast_registry": settings.feast_registry_path,
+        "feast_online_store": settings.feast_online_path,
+        "feast_offline_dir": str(settings.feast_offline_path),
+        "airflow_home": str(settings.airflow_home_path),
+        "data_dir": str(settings.data_dir),
+        "golden_dir": str(settings.golden_dir),
+    }
+    return {name: redact_url(value) for name, value in values.items()}
+
+
 def redact_url(value: str) -> str:
     """A URL or DSN with its password masked, for messages and displays."""
     masked = _URL_PASSWORD.sub(lambda m: m["scheme"] + "***@", value)

@@ -38,11 +38,15 @@ class Lineage:
         return asdict(self)
 
 
+class BadModelUri(ValueError):
+    """The argument is no models:/NAME/VERSION or models:/NAME@ALIAS URI."""
+
+
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME/N`` or ``models:/NAME@ALIAS`` -> (name, version, alias)."""
     m = _URI.match(uri.strip())
     if m is None:
-        raise ValueError(f"expected models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
+        raise BadModelUri(f"expected models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
     return m["name"], m["version"], m["alias"]
 
 
@@ -75,11 +79,15 @@ def run(settings: Settings, uri: str) -> Lineage:
     name, version, alias = parse_model_uri(uri)
     settings = settings.model_copy(update={"model_name": name})
     if version is not None:
-        mv = mlflow_registry.get_version(settings, version)
+        mv = mlflow_registry.require_version(settings, version)  # VersionNotFound lists those that exist
     elif alias is not None:
-        mv = mlflow_registry.version_by_alias(settings, alias)
+        mv = mlflow_registry.version_or_none(settings, alias)
+        if mv is None:
+            raise mlflow_registry.VersionNotFound(
+                f"models:/{name}@{alias} does not exist: no version of {name!r} carries @{alias}"
+            )
     else:  # parse_model_uri's pattern always yields one of the two
-        raise ValueError(f"{uri!r} names neither a version nor an alias")
+        raise BadModelUri(f"{uri!r} names neither a version nor an alias")
     r = mlflow_registry.get_run(settings, mv.run_id)
     tags = {**r.data.tags, **(mv.tags or {})}  # the version carries copies; either source will do
     inputs = r.inputs.dataset_inputs if r.inputs else []

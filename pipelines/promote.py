@@ -112,9 +112,10 @@ def _now() -> str:
 
 
 def resolve_version(settings: Settings, version: str | None) -> str:
-    """The version to act on: the one given, else the newest candidate (the one at @challenger)."""
+    """The version to act on: the one given (VersionNotFound, naming those that exist, when the registry
+    has no such version), else the newest candidate (the one at @challenger)."""
     if version:
-        return str(version)
+        return str(mlflow_registry.require_version(settings, str(version)).version)
     return str(mlflow_registry.version_by_alias(settings, settings.challenger_alias).version)
 
 

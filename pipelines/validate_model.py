@@ -157,10 +157,18 @@ def check_golden_frozen(settings: Settings) -> None:
         )
 
 
+def _no_golden_set(settings: Settings) -> str:
+    return (
+        f"no golden set at {settings.golden_dir}: the gates judge a version on the frozen golden set; "
+        "run `lightbox golden` first (it restores a versioned one from DVC, or renders the synthetic "
+        "demo's), or import one with `lightbox data import SOURCE --golden GOLDEN_SOURCE`"
+    )
+
+
 def load_golden(settings: Settings) -> GoldenSet:
     folder = settings.golden_dir
     if not (folder / MANIFEST_NAME).is_file():
-        raise FileNotFoundError(f"no golden set at {folder}: run `lightbox golden` first")
+        raise GoldenSetMissing(_no_golden_set(settings))
     rows = read_manifest(folder)
     if not rows:
         raise ValueError(f"the golden set at {folder} is empty: nothing to judge a model on")
@@ -491,6 +499,9 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     """
     version = str(version)
     check_golden_frozen(settings)  # before anything is measured or reused: one message, no verdict
+    if not (settings.golden_dir / MANIFEST_NAME).is_file():
+        # Nothing to judge on: say so before a verdict whose every golden check fails as "missing".
+        raise GoldenSetMissing(_no_golden_set(settings))
     mv = mlflow_registry.get_version(settings, version)
     run_metrics = mlflow_registry.get_run(settings, mv.run_id).data.metrics
     golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)

@@ -16,6 +16,11 @@ from training.predictor import ModelNotFound, Predictor, RegistryLoader
 log = logging.getLogger(__name__)
 
 
+class CannotServe(RuntimeError):
+    """The alias names no servable version (none promoted yet, or files not the ones the gates judged);
+    the message names the model and says what to do."""
+
+
 def run(settings: Settings, alias: str | None = None) -> None:
     """Serve ``models:/{model_name}@{alias}`` (default: the champion) until interrupted.
 
@@ -25,12 +30,21 @@ def run(settings: Settings, alias: str | None = None) -> None:
     loader = RegistryLoader(settings, alias or settings.champion_alias)
     try:
         predictor = loader.load()
-    except (ArtifactError, ModelNotFound) as exc:
-        # Known refusals (no version at the alias; files not the ones the gates judged, or never
-        # judged): one line on stderr naming the version and what to do, not a traceback through MLflow.
-        raise SystemExit(
-            f"lightbox serve: cannot serve models:/{settings.model_name}@{loader.alias}: {exc}"
-        ) from None
+    except ModelNotFound as exc:
+        # The first `lightbox serve` of a project, before any promotion: say how to make a champion.
+        if loader.alias == settings.champion_alias:
+            raise CannotServe(
+                f"cannot serve models:/{settings.model_name}@{loader.alias}: no model has been promoted "
+                f"yet; promote a trained version with `lightbox promote --version N` (or run the "
+                f"lightbox_train DAG, which promotes when the gates pass)"
+            ) from exc
+        raise CannotServe(
+            f"cannot serve models:/{settings.model_name}@{loader.alias}: no version carries "
+            f"@{loader.alias}; serve the champion (no --alias) or set the alias first"
+        ) from exc
+    except ArtifactError as exc:
+        # Files not the ones the gates judged, or never judged: the message names the version.
+        raise CannotServe(f"cannot serve models:/{settings.model_name}@{loader.alias}: {exc}") from exc
     settings = sized_for(settings, predictor)
     log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
     app = create_app(settings, predictor, loader=loader)

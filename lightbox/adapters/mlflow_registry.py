@@ -20,7 +20,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
-from lightbox.settings import Settings
+from lightbox.settings import Settings, redact_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,6 +120,45 @@ def dvc_dataset_source(uri: str, md5: str, git_rev: str, remote: str):
 
 def get_version(settings: Settings, version: str):
     return client(settings).get_model_version(settings.model_name, str(version))
+
+
+class VersionNotFound(LookupError):
+    """A command named a model version the registry does not hold; the message lists those it does."""
+
+
+def require_version(settings: Settings, version: str):
+    """The registered version ``version`` of ``settings.model_name``; VersionNotFound (naming the versions
+    that exist, or saying there are none) when the registry has no such version or model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return get_version(settings, version)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    # Only the "not found" answer gets here: anything else (server down, auth) propagated above.
+    found = client(settings).search_model_versions(f"name = '{settings.model_name}'")
+    versions = sorted(int(mv.version) for mv in found)
+    if not versions:
+        where = redact_url(settings.tracking_uri)
+        known = f"no versions are registered in {where}; register one with `lightbox train`"
+    else:
+        known = f"versions registered: {_ranges(versions)}"
+    raise VersionNotFound(f"models:/{settings.model_name}/{version} does not exist: {known}")
+
+
+def _ranges(versions: list[int]) -> str:
+    """1, 2, 3, 5 -> '1-3, 5': a registry of hundreds of versions still fits one line."""
+    out: list[str] = []
+    start = prev = versions[0]
+    for v in [*versions[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
 
 
 def version_or_none(settings: Settings, alias: str):

@@ -32,8 +32,12 @@ class TrackingUnavailable(RuntimeError):
     """The tracking URI is malformed, unsupported or unreachable; the message says which, in one line."""
 
 
-def check_tracking_uri(settings: Settings, timeout_s: float = TIMEOUT_S) -> None:
-    """Raise TrackingUnavailable unless ``settings.tracking_uri`` names a usable MLflow backend."""
+def check_tracking_uri(settings: Settings, timeout_s: float = TIMEOUT_S, *, read_only: bool = False) -> None:
+    """Raise TrackingUnavailable unless ``settings.tracking_uri`` names a usable MLflow backend.
+
+    ``read_only``: the caller only reads the registry (serve, promote, lineage, ...), so even the
+    project's own default SQLite file must exist: missing, it means the command runs from the wrong
+    folder, and MLflow would create an empty registry there to read nothing from."""
     uri = settings.tracking_uri
     if settings.mlflow_tracking_uri is None:
         label = f"the default tracking URI {uri}"
@@ -50,7 +54,7 @@ def check_tracking_uri(settings: Settings, timeout_s: float = TIMEOUT_S) -> None
             f"which lightbox does not use); use {SUPPORTED}"
         )
     if dialect == "sqlite":
-        _check_sqlite(uri, settings, label)
+        _check_sqlite(uri, settings, label, read_only=read_only)
     elif dialect == "postgresql":
         _check_postgresql(uri, label, timeout_s)
     elif scheme in ("http", "https"):
@@ -61,7 +65,7 @@ def check_tracking_uri(settings: Settings, timeout_s: float = TIMEOUT_S) -> None
         raise TrackingUnavailable(f"{label}: the {scheme}:// scheme is not supported; use {SUPPORTED}")
 
 
-def _check_sqlite(uri: str, settings: Settings, label: str) -> None:
+def _check_sqlite(uri: str, settings: Settings, label: str, *, read_only: bool) -> None:
     # SQLAlchemy's form: sqlite:///relative/path or sqlite:////absolute/path; sqlite:// is in memory.
     rest = uri.split("://", 1)[1].split("?", 1)[0]
     if rest in ("", "/", "/:memory:"):
@@ -80,7 +84,13 @@ def _check_sqlite(uri: str, settings: Settings, label: str) -> None:
     # MLflow creates a missing database (and its folders): right for the project's own default, which
     # a new project starts with, and a silent empty registry for a mistyped path anywhere else.
     if path.absolute() == (settings.state / "mlflow.db").absolute():
-        return
+        if not read_only:
+            return
+        raise TrackingUnavailable(
+            f"no MLflow registry at {path.absolute()} (project {settings.project_dir}, tracking URI "
+            f"{uri}): run from the project folder, or set LIGHTBOX_PROJECT_DIR or "
+            f"LIGHTBOX_MLFLOW_TRACKING_URI; `lightbox train` creates the registry of a new project"
+        )
     if not path.parent.is_dir():
         raise TrackingUnavailable(f"{label}: folder {path.parent.absolute()} does not exist")
     raise TrackingUnavailable(
