@@ -118,6 +118,9 @@ def test_good_tracking_uris_pass(tmp_path: Path, http_server: tuple[str, dict[st
     # A new project: its own default database does not exist yet, and MLflow will create it.
     assert _problem(tmp_path, None) is None
     assert not (tmp_path / ".lightbox").exists()
+    # ... but a command that only reads the registry is in the wrong folder, and says which project it used.
+    with pytest.raises(TrackingUnavailable, match=f"no MLflow registry at .*project {tmp_path},"):
+        check_tracking_uri(Settings(project_dir=tmp_path), read_only=True)
     sqlite3.connect(tmp_path / "registry.db").close()  # an existing (even empty) SQLite file
     assert _problem(tmp_path, f"sqlite:///{tmp_path}/registry.db") is None
     statuses["/health"] = 200  # MLflow's tracking server

@@ -1,0 +1,70 @@
+"""stdout holds a command's result only: what runs inside `stdout_to_stderr` (Python, threads, child
+processes, raw fd writes) lands on stderr; `lightbox settings` shows the effective locations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lightbox.adapters.mlflow_registry import _ranges
+from lightbox.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every way Ray Tune's progress reaches stdout: print, a thread, a child process inheriting fd 1, C code.
+_SCRIPT = """
+import os, subprocess, sys, threading
+from lightbox.stdio import stdout_to_stderr
+print("before", flush=True)
+with stdout_to_stderr():
+    print("from print")
+    t = threading.Thread(target=print, args=("from a thread",)); t.start(); t.join()
+    subprocess.run([sys.executable, "-c", "print('from a child process')"], check=True)
+    os.write(1, b"from fd 1\\n")
+    print("unflushed", end="")
+print("after")
+"""
+
+
+def test_what_runs_inside_goes_to_stderr_and_stdout_is_restored() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=60, cwd=REPO, check=True
+    )
+    assert result.stdout == "before\nafter\n"
+    for line in ("from print", "from a thread", "from a child process", "from fd 1", "unflushed"):
+        assert line in result.stderr
+
+
+def test_settings_show_the_effective_locations(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["settings"], env={"LIGHTBOX_PROJECT_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["mlflow_tracking_uri"] is None  # the raw setting, unset
+    effective = shown["effective"]
+    assert effective["mlflow_tracking_uri"] == f"sqlite:///{tmp_path}/.lightbox/mlflow.db"
+    assert effective["mlflow_artifact_root"] == f"{tmp_path}/.lightbox/mlartifacts"
+    assert effective["dvc_remote"] == f"{tmp_path}/.lightbox/dvc-remote"
+    assert effective["feast_registry"] == f"{tmp_path}/.lightbox/feast/registry.db"
+    assert effective["airflow_home"] == f"{tmp_path}/.lightbox/airflow"
+
+
+def test_settings_mask_passwords_in_effective_values(tmp_path: Path) -> None:
+    env = {
+        "LIGHTBOX_PROJECT_DIR": str(tmp_path),
+        "LIGHTBOX_MLFLOW_TRACKING_URI": "postgresql://lb:s3cret@db:5432/mlflow",
+    }
+    result = CliRunner().invoke(app, ["settings"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.stdout
+    assert (
+        json.loads(result.stdout)["effective"]["mlflow_tracking_uri"] == "postgresql://lb:***@db:5432/mlflow"
+    )
+
+
+def test_version_lists_fit_one_line() -> None:
+    assert _ranges([1]) == "1"
+    assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
