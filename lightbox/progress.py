@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from tqdm import tqdm
 
@@ -79,6 +79,18 @@ def _len(iterable: Iterable[Any]) -> int | None:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:  # a generator: no total, the lines show the count alone
         return None
+
+
+@overload
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str, unit: str = "it", disable: bool = False
+) -> tqdm[T] | LogProgress[T]: ...
+
+
+@overload  # counting with update(): nothing to iterate, so no item type
+def progress(
+    iterable: None = None, *, total: int | None = None, desc: str, unit: str = "it", disable: bool = False
+) -> tqdm[Any] | LogProgress[Any]: ...
 
 
 def progress(
