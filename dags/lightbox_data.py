@@ -21,6 +21,10 @@ def _text(description: str) -> Param:
 
 @dag(
     dag_id="lightbox_data",
+    description=(
+        "Import labelled photos (or render the demo set), validate them, version them with DVC and "
+        "materialize their features in Feast; its last task schedules lightbox_train"
+    ),
     schedule=None,
     catchup=False,
     tags=["lightbox"],
@@ -33,19 +37,32 @@ def _text(description: str) -> Param:
             None,
             type=["null", "string"],
             enum=[None, "imagefolder", "labelstudio", "classfolders"],
-            description="empty: detected",
+            description="imagefolder, labelstudio or classfolders; empty: detected from the source",
         ),
         "score_column": _text("score column or Label Studio control (default: score)"),
         "tags_column": _text("tags column or Label Studio control (default: tags)"),
-        "split_column": _text("split column (default: split)"),
-        "group_column": _text("group column (default: group)"),
+        "split_column": _text("split column, values train/validation/test (default: split; none: assigned)"),
+        "group_column": _text("group column: a group never straddles two splits (default: group)"),
         "score_range": _text("LOW,HIGH, e.g. 1,10 (default: the observed min and max)"),
         "local_files_root": _text("Label Studio LOCAL_FILES_DOCUMENT_ROOT"),
         "media_root": _text("Label Studio media folder (for /data/upload/ paths)"),
         "append": Param(False, type="boolean", description="add to the dataset instead of replacing it"),
         "golden": _text("your own golden set (any format); empty: a slice is set aside at the first import"),
-        "n_sources": Param(None, type=["null", "integer"], minimum=3, description="demo set: source images"),
-        "variants": Param(None, type=["null", "integer"], minimum=1, description="demo set: variants each"),
+        "n_sources": Param(
+            None,
+            type=["null", "integer"],
+            minimum=3,
+            description="demo set only (no source): source photos to render from; empty: dataset_sources",
+        ),
+        "variants": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description=(
+                "demo set only: distorted copies per source image (the set has sources x (variants + 3) "
+                "images); empty: dataset_variants"
+            ),
+        ),
     },
 )
 def lightbox_data():

@@ -24,15 +24,27 @@ def _settings(params: dict):
 
 @dag(
     dag_id="lightbox_promote",
+    description=(
+        "Run the quality gates on a registered version and move an alias (champion) to it, "
+        "optionally after a human approves"
+    ),
     schedule=None,
     catchup=False,
     tags=["lightbox"],
     default_args=RETRIES,
     params={
-        "version": Param(None, type=["null", "string"], description="model version; None: the @challenger"),
-        "alias": Param(None, type=["null", "string"], description="alias to move; None: champion_alias"),
-        "model_name": Param(None, type=["null", "string"], description="registered model; model_name"),
-        "require_approval": Param(False, type="boolean", description="ask a human before promoting"),
+        "version": Param(
+            None, type=["null", "string"], description="model version to promote; empty: the @challenger"
+        ),
+        "alias": Param(
+            None, type=["null", "string"], description="alias to move to it; empty: champion_alias (champion)"
+        ),
+        "model_name": Param(
+            None, type=["null", "string"], description="MLflow registered model; empty: model_name"
+        ),
+        "require_approval": Param(
+            False, type="boolean", description="wait for a human to approve in the UI before the alias moves"
+        ),
         "reason": Param(None, type=["null", "string"], description="why (recorded on the version)"),
     },
 )

@@ -22,16 +22,30 @@ def _settings(params: dict):
 
 @dag(
     dag_id="lightbox_train",
+    description=(
+        "Tune (Ray Tune) and train on the Feast features, log to MLflow, register as @challenger "
+        "and promote to @champion through the quality gates"
+    ),
     schedule=[FEATURES],
     catchup=False,
     tags=["lightbox"],
     default_args=RETRIES,
     params={
         "trials": Param(
-            None, type=["null", "integer"], minimum=1, description="Ray Tune trials; tune_trials"
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Ray Tune trials (configurations tried); empty: tune_trials",
         ),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="max epochs; tune_epochs"),
-        "model_name": Param(None, type=["null", "string"], description="registered model; model_name"),
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="most epochs per trial (ASHA stops weak ones early); empty: tune_epochs",
+        ),
+        "model_name": Param(
+            None, type=["null", "string"], description="MLflow registered model to train; empty: model_name"
+        ),
     },
 )
 def lightbox_train():

@@ -508,5 +508,63 @@ def show_settings() -> None:
     typer.echo(json.dumps(redacted(s) | {"effective": effective(s)}, indent=2, default=str))
 
 
+@app.command("airflow")
+def airflow_ui() -> None:
+    """Start the Airflow UI on the embedded home (API server, scheduler, DAG processor, triggerer on
+    127.0.0.1) and print its URL and login; Ctrl-C stops it."""
+    import logging
+
+    from lightbox.adapters import airflow_runner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = load_settings()
+    secrets = airflow_runner.password_file(s)
+
+    def ready() -> None:
+        typer.secho(f"\nAirflow UI: {airflow_runner.ui_url()}", fg="green", bold=True)
+        # Written by the API server on its first start; the file maps each user to its password.
+        login = json.loads(secrets.read_text()) if secrets.is_file() else {}
+        for user, password in login.items():
+            typer.echo(f"  login: {user} / {password}   (from {secrets})")
+        if not login:
+            typer.echo(f"  login: the passwords are in {secrets} (not written yet)")
+
+    typer.echo(f"starting Airflow on {s.airflow_home_path} (first start: about a minute)")
+    raise typer.Exit(airflow_runner.run_ui(s, ready))
+
+
+@app.command("mlflow")
+def mlflow_ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+) -> None:
+    """Start the MLflow UI on the tracking store and artifact root of the settings; Ctrl-C stops it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = load_settings()
+    root = s.artifact_root
+    if "://" not in root:  # a local folder: the same file:// URI the experiments were created with
+        root = Path(root).resolve().as_uri()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        s.tracking_uri,
+        "--default-artifact-root",
+        root,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    typer.secho(f"MLflow UI: http://127.0.0.1:{port}  (experiment {s.mlflow_experiment})", fg="green")
+    try:
+        code = subprocess.run(cmd, cwd=s.project_dir, check=False).returncode
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 if __name__ == "__main__":
     app()

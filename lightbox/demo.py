@@ -120,13 +120,9 @@ def run(
         typer.echo(
             f"  promoted model    {settings.model_name} v{champion.version} @{settings.champion_alias}"
         )
+        typer.echo("  MLflow UI         .venv/bin/lightbox mlflow   (http://127.0.0.1:5000)")
         typer.echo(
-            f"  MLflow UI         .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000"
-        )
-        typer.echo(
-            f"  Airflow UI        AIRFLOW_HOME={settings.airflow_home_path} "
-            f"AIRFLOW__CORE__DAGS_FOLDER={Path(__file__).resolve().parents[1] / 'dags'} "
-            "PATH=.venv/bin:$PATH airflow standalone"
+            "  Airflow UI        .venv/bin/lightbox airflow  (http://127.0.0.1:8280, prints the login)"
         )
         for p, a in answers.items():
             typer.echo(f"  POST /predict {p.name}: {a}")

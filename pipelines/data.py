@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from lightbox import distortions
 from lightbox.dataset import Distortion, photo_sources, procedural_scene, score_for, tags_for
 from lightbox.manifest import IMAGES_SUBDIR, TAG_SEPARATOR, write_csv
+from lightbox.progress import progress
 from lightbox.settings import Settings
 from pipelines import importer
 
@@ -156,7 +156,7 @@ def _write_images(root: Path, sources: Sequence[Source], variants: int, seed: in
     (root / IMAGES_SUBDIR).mkdir()
     rows = []
     per_source = variants + 1 + CLEAN_VARIANTS
-    with tqdm(total=len(sources) * per_source, desc="render synthetic set", unit="img") as bar:
+    with progress(total=len(sources) * per_source, desc="render synthetic set", unit="img") as bar:
         for index, source in enumerate(sources):
             rng = np.random.default_rng(_child_seed(seed, 1, index))
             for j in range(variants + 1):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from lightbox import manifest
 from lightbox.adapters import feast_store
 from lightbox.feature_schema import EMBEDDING_DIM, FEATURE_DIM, FEATURE_VERSION, QUALITY_DIM, STAT_NAMES
 from lightbox.imaging import decode_image, to_model_input
+from lightbox.progress import progress
 from lightbox.settings import Settings
 from training.model import FeatureExtractor
 
@@ -59,7 +59,7 @@ def extract(
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         decoded = (list(pool.map(lambda p: _load(p, settings.max_pixels), b)) for b in batches)
-        with tqdm(total=len(paths), desc="features", unit="img") as bar:
+        with progress(total=len(paths), desc="features", unit="img") as bar:
             for arrays in decoded:
                 x = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
                 out.append(extractor(x).float().cpu().numpy())

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lightbox import label_formats as formats
 from lightbox import manifest
@@ -44,6 +43,7 @@ from lightbox.imaging import ImageDecodeError
 from lightbox.label_formats import Columns, Parsed, Problem, Record
 from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
+from lightbox.progress import progress
 from lightbox.settings import Settings
 from lightbox.source_tree import SourceNotFound, SourceTree, open_tree
 
@@ -310,7 +310,7 @@ def load_photos(
     workers = settings.import_workers or max(1, len(os.sched_getaffinity(0)))
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(parsed.records), desc="import", unit="img") as bar,
+        progress(total=len(parsed.records), desc="import", unit="img") as bar,
     ):
         for record, info, reason in pool.map(lambda r: _inspect(tree, r, settings, stage), parsed.records):
             bar.update()
@@ -618,7 +618,7 @@ def write_dataset(
         if _same(tmp, target, rows):
             shutil.rmtree(tmp)
             return False
-        for r in tqdm(rows, desc=f"write {target.name}", unit="img", disable=len(rows) < 500):
+        for r in progress(rows, desc=f"write {target.name}", unit="img", disable=len(rows) < 500):
             name = Path(r["path"]).name
             if (staged / name).is_file():
                 _link_or_copy(staged / name, tmp / r["path"])

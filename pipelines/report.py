@@ -138,12 +138,37 @@ def figures(report: GateReport) -> dict[str, bytes]:
     return out | _tag_figures(preds)
 
 
+_TITLES = {
+    "score_pred_vs_true": "Predicted against labelled score (golden set)",
+    "score_by_level": "Score by distortion level, one line per source image",
+    "srocc_per_distortion": "SROCC per distortion type",
+    "tags_pr_curves": "Tags: precision-recall curves",
+    "tags_calibration": "Tags: calibration (n = pairs per bin)",
+}
+
+_CSS = (
+    "body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    "table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .5rem;"
+    "text-align:left}th{background:#f4f4f4}code{background:#f4f4f4;padding:0 .2rem}"
+    "img{max-width:100%;display:block;margin:.5rem 0 1.5rem}"
+)
+
+
 def render_html(report: GateReport, champion: Mapping[str, float | None] | None = None) -> str:
-    md = render_markdown(report, champion)
-    body = [f"<pre>{html.escape(md)}</pre>"]
-    for name, png in figures(report).items():
+    """The markdown rendered as HTML (tables as tables) with every plot inline as a data URI: one file
+    that the MLflow artifact viewer shows whole."""
+    from markdown_it import MarkdownIt
+
+    # html=False: tag names and details are user text; any markup in them is shown, never interpreted.
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    body = [md.render(render_markdown(report, champion))]
+    plots = figures(report)
+    if plots:
+        body.append("<h2>Plots</h2>")
+    for name, png in plots.items():
         data = base64.b64encode(png).decode()
-        body.append(f'<h3>{html.escape(name)}</h3><img alt="{name}" src="data:image/png;base64,{data}"/>')
+        title = html.escape(_TITLES.get(name, name))
+        body.append(f'<h3>{title}</h3><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"/>')
     title = html.escape(f"{report.model_name} v{report.version} gates")
-    head = f"<head><meta charset='utf-8'><title>{title}</title></head>"
+    head = f"<head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
     return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>\n"

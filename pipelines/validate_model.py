@@ -570,7 +570,10 @@ def _record(
         (out / "report.html").write_text(render_html(report, champion_ev))
         if report.preds is not None:
             report.preds.to_csv(out / "golden_predictions.csv", index=False)
-        report.report_uri = mlflow_registry.log_run_artifacts(settings, run_id, out, artifact_path)
+        mlflow_registry.log_run_artifacts(settings, run_id, out, artifact_path)
+    # A runs:/ URI, not the store's file:// path: it resolves through whatever tracking server a
+    # reader uses (`mlflow artifacts download -u ...`), and names the run the UI shows it under.
+    report.report_uri = f"runs:/{run_id}/{artifact_path}"
     numeric = {metric_name(k): v for k, v in report.evidence.items() if v is not None and np.isfinite(v)}
     mlflow_registry.log_run_metrics(settings, run_id, numeric)
     mlflow_registry.set_version_tags(

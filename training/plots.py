@@ -70,17 +70,24 @@ def srocc_by_kind(values: Mapping[str, float], title: str = "SROCC per distortio
 
 
 def pr_curves(probs: np.ndarray, labels: np.ndarray, names: Sequence[str], title: str = "") -> Figure:
-    """One precision-recall curve per tag that has positives, AP in the legend."""
+    """One precision-recall curve per tag, AP in the legend. A tag with no positives in the split has
+    no curve but keeps its legend entry saying so: a missing tag would read as a plotting bug."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
+    empty = []
     for i, name in enumerate(names):
         recall, precision = precision_recall_points(probs[:, i], labels[:, i])
         if len(recall) == 0:
+            empty.append(name)
+            ax.plot([], [], ls=":", color="grey", label=f"{name} (no positives in this split)")
             continue
         ap = average_precision(probs[:, i], labels[:, i])
         ax.step(recall, precision, where="post", lw=1.2, label=f"{name} (AP {ap:.2f})")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title=title or "tags: PR curves")
+    title = title or "tags: PR curves"
+    if empty:
+        title += f"\n{len(empty)} of {len(names)} tags have no positives in this split"
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title=title)
     # A legend of a large vocabulary would cover the curves; the per-tag AP chart names them all.
-    if 0 < len(ax.get_lines()) <= MAX_LEGEND_TAGS:
+    if 0 < len(names) <= MAX_LEGEND_TAGS:
         ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     return fig
@@ -95,6 +102,9 @@ def calibration(
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.plot(conf[used], rate[used], "o-", color="tab:orange")
+    # How many (image, tag) pairs each point rests on: a point from 3 pairs is noise, not miscalibration.
+    for x, y, n in zip(conf[used], rate[used], count[used], strict=True):
+        ax.annotate(f"n={int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set(
         xlabel="mean predicted probability",
         ylabel="fraction positive",
@@ -123,7 +133,13 @@ def ladders(
     for ax in axes.ravel()[len(kinds) :]:
         ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
+    # One line per source image in every panel, in the same order: one legend for the figure says which.
+    handles, names = axes.ravel()[0].get_legend_handles_labels()
+    if 0 < len(names) <= MAX_LEGEND_TAGS:
+        fig.legend(handles, names, title="source", fontsize=7, loc="center right")
+        fig.tight_layout(rect=(0, 0, 0.85, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

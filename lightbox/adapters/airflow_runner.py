@@ -49,6 +49,13 @@ def task_errors(log_text: str) -> list[str]:
     return list(found)
 
 
+LOOPBACK = "127.0.0.1"
+API_PORT = 8280  # not 8080 (`lightbox serve`), 8793/8794 (log servers) or 8974 (scheduler health)
+# The log servers bind every interface whatever the config says (airflow.utils.serve_logs), so the
+# embedded home never starts them: its task logs are local files the API server reads directly.
+SKIP_SERVE_LOGS = "--skip-serve-logs"
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home_path
     env = dict(os.environ) | settings_env(settings)
@@ -64,7 +71,13 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env |= {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(CODE_ROOT / "dags"),
+        # Only our DAGs in the UI, not Airflow's ~100 examples.
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Every listener on loopback, and the API off 8080 (`lightbox serve`'s port): the UI and the
+        # endpoint run side by side on a laptop, and neither is reachable from the network.
+        "AIRFLOW__API__HOST": LOOPBACK,
+        "AIRFLOW__API__PORT": str(API_PORT),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LOOPBACK,
         "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # `airflow standalone` starts its parts by name: the venv's bin must come first on PATH.
@@ -151,6 +164,85 @@ def stream_to_log(
             if progress is not None and (event := task_event(line)) is not None:
                 progress(*event)
     return proc.returncode
+
+
+# --- the UI on the embedded home -------------------------------------------------------------------
+
+
+def ui_commands() -> dict[str, list[str]]:
+    """The processes behind the Airflow UI on the embedded home, by name: the API server (UI and
+    execution API), the scheduler, the DAG processor and the triggerer (the promotion DAG's approval
+    step defers to it). Not `airflow standalone`: it starts the log servers, which bind 0.0.0.0."""
+    exe = str(Path(sys.executable).parent / "airflow")
+    return {
+        "api-server": [exe, "api-server"],
+        "scheduler": [exe, "scheduler", SKIP_SERVE_LOGS],
+        "dag-processor": [exe, "dag-processor"],
+        "triggerer": [exe, "triggerer", SKIP_SERVE_LOGS],
+    }
+
+
+def ui_env(settings: Settings) -> dict[str, str]:
+    """airflow_env for the long-running UI processes: LocalExecutor (what `airflow standalone` uses on
+    SQLite too) and the simple auth manager, whose generated admin password is in password_file."""
+    return airflow_env(settings) | {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # Task runners reach the execution API here; without it they try port 8080 and fail.
+        "AIRFLOW__API__BASE_URL": ui_url(),
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+    }
+
+
+def password_file(settings: Settings) -> Path:
+    """Where Airflow 3's simple auth manager writes the generated passwords (JSON: user -> password)."""
+    return settings.airflow_home_path / "simple_auth_manager_passwords.json.generated"
+
+
+def ui_url() -> str:
+    return f"http://{LOOPBACK}:{API_PORT}"
+
+
+def run_ui(settings: Settings, on_ready: Callable[[], None]) -> int:
+    """Start the UI processes with their output interleaved on ours; returns when one exits (its
+    status) or on Ctrl-C (0), stopping the others. ``on_ready`` runs once the API answers."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    ensure_db(settings)
+    env = ui_env(settings)
+    procs = {
+        name: subprocess.Popen(cmd, env=env, cwd=settings.project_dir) for name, cmd in ui_commands().items()
+    }
+    ready = False
+    try:
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    log.error("airflow %s exited with %s", name, proc.returncode)
+                    return proc.returncode or 1
+            if not ready:
+                try:
+                    urllib.request.urlopen(f"{ui_url()}/api/v2/monitor/health", timeout=1).close()
+                except (urllib.error.URLError, OSError):  # not listening yet: the API takes ~20 s
+                    pass
+                else:
+                    ready = True
+                    on_ready()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 # --- one log file per run --------------------------------------------------------------------------------

@@ -42,6 +42,12 @@ def _export_env(settings: Settings) -> None:
         os.environ["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
 
 
+# MLflow 3's UI guesses an experiment's kind and may open ours on the GenAI (traces) views; this tag
+# (the value its UI calls CUSTOM_MODEL_DEVELOPMENT) opens it as model training: runs, metrics, models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+
+
 def configure(settings: Settings) -> str:
     """Point the mlflow module at our tracking server/store; returns the experiment id."""
     import mlflow
@@ -54,15 +60,21 @@ def configure(settings: Settings) -> str:
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
     if exp is None and settings.mlflow_artifact_root is None and settings.tracking_uri.startswith("http"):
         # A tracking server stores artifacts itself (proxied mlflow-artifacts:/): no client-side path.
-        exp_id = mlflow.create_experiment(settings.mlflow_experiment)
+        exp_id = mlflow.create_experiment(settings.mlflow_experiment, tags=EXPERIMENT_TAGS)
     elif exp is None:
         root = settings.artifact_root
         if "://" not in root:
             Path(root).mkdir(parents=True, exist_ok=True)
             root = Path(root).resolve().as_uri()
-        exp_id = mlflow.create_experiment(settings.mlflow_experiment, artifact_location=root)
+        exp_id = mlflow.create_experiment(
+            settings.mlflow_experiment, artifact_location=root, tags=EXPERIMENT_TAGS
+        )
     else:
         exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag: mark it once
+            mlflow.MlflowClient().set_experiment_tag(
+                exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS[EXPERIMENT_KIND_TAG]
+            )
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

@@ -206,6 +206,10 @@ def test_healthz_metrics_and_page(client: TestClient) -> None:
         assert needle in text, needle
     page = client.get("/")
     assert page.status_code == 200 and "<title>lightbox</title>" in page.text
+    # Every tag comes back (threshold=0) and the page marks the threshold; the score's name and range
+    # and the model version come from the response's model object.
+    assert "predict?threshold=0" in page.text and "class='cut'" in page.text
+    assert "model.score_range" in page.text and "body.model.version" in page.text
 
 
 def test_admin_reload_is_off_without_a_token(client: TestClient) -> None:
