@@ -3,6 +3,7 @@
 import concurrent.futures
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,6 +137,8 @@ def test_a_model_that_fails_to_trace_is_served_eagerly(
         raise RuntimeError("unsupported op")
 
     monkeypatch.setattr(torch.jit, "trace", refuse)
+    # Architectures are traced once per process: an empty cache makes this load trace.
+    monkeypatch.setattr("training.predictor._templates", OrderedDict())
     with caplog.at_level(logging.WARNING, logger="training.predictor"):
         p = Predictor(model, "m", "1", "cpu")
     assert not p.traced
