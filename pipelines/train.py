@@ -128,6 +128,16 @@ def load_training_data(settings: Settings) -> TrainingData:
     return TrainingData(rows=rows, spec=spec, splits=splits, split_rows=split_rows)
 
 
+def _trial_times_ms(history: pd.DataFrame) -> tuple[int | None, int | None]:
+    """(start, end) of a Ray Tune trial in epoch ms: Ray stamps each report with the wall time
+    (``timestamp``, s) and the epoch's duration (``time_this_iter_s``)."""
+    if not len(history) or "timestamp" not in history:
+        return None, None
+    first = history.iloc[0]
+    start = float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0) or 0.0)
+    return int(start * 1000), int(float(history["timestamp"].iloc[-1]) * 1000)
+
+
 def _start_ray(settings: Settings) -> bool:
     """Connect to the configured Ray cluster, or start a local one on loopback. True if we started it."""
     import ray
@@ -276,7 +286,16 @@ def run(
             trial_tags = tags | owner | {"lightbox.stage": "trial"}
             # Named as Ray Tune names the trial, so the two UIs can be read side by side.
             run_name = trial.name or f"trial-{i}-{trial.trial_id}"
-            with mlflow.start_run(run_name=run_name, nested=True, tags=trial_tags):
+            # The trial's own start and end (from Ray's per-epoch timestamps), not the logging time.
+            started_ms, ended_ms = _trial_times_ms(trial.history)
+            client = mlflow_registry.client(settings)
+            trial_run = client.create_run(
+                parent.info.experiment_id,
+                start_time=started_ms,
+                tags=trial_tags | {"mlflow.parentRunId": parent.info.run_id, "mlflow.runName": run_name},
+                run_name=run_name,
+            )
+            with mlflow.start_run(run_id=trial_run.info.run_id, nested=True):
                 # Every hyperparameter, not just the searched ones, so trials compare column by column;
                 # epochs is what the trial really ran (ASHA stops the weak ones early).
                 ran = int(trial.history["training_iteration"].max()) if len(trial.history) else 0
@@ -290,6 +309,8 @@ def run(
                         {k: float(row[k]) for k in row.index if k.startswith(("val_", "train_loss"))},
                         step=step,
                     )
+            if ended_ms is not None:
+                client.set_terminated(trial_run.info.run_id, end_time=ended_ms)
         best = ModelConfig.from_dict(asdict(base) | results[0].config)
         mlflow.log_params(best.to_params() | {"trials": trials})
 

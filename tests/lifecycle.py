@@ -95,6 +95,11 @@ class LifecycleChecks:
             [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
         assert len(trials) >= 4
+        for t in trials:  # each trial run spans its own Ray trial and records the epochs it really ran
+            assert t.info.start_time < t.info.end_time
+            assert int(t.data.params["epochs"]) <= int(t.data.params["epochs_planned"])
+            assert "val_loss" in t.data.metrics and "train_loss" in t.data.metrics
+        assert 1 <= int(parent.data.params["best_epoch"]) <= int(parent.data.params["epochs"])
         assert champion.tags["gate.passed"] == "true"
         assert champion.tags["gate.golden_md5"] == dvc_repo.tracked_md5(project, project.golden_subdir)
         assert champion.tags["promotion.by"] == "airflow:lightbox_train"
