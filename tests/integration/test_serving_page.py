@@ -84,3 +84,33 @@ def test_a_bad_file_shows_the_error_and_the_page_keeps_working(browser, server: 
     assert "400" in _upload(browser, f"http://{server}/", bad)
     good = _save(Image.fromarray(data.astronaut()).filter(ImageFilter.GaussianBlur(2)), tmp_path / "a.jpg")
     assert "score " in _upload(browser, f"http://{server}/", good)
+
+
+def test_the_gate_report_opens_in_a_browser_with_its_plots(browser, tmp_path: Path) -> None:
+    """The HTML gate report a version carries: a person opens it and sees the plots, not markdown."""
+    import numpy as np
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+
+    from pipelines.gates import GateCheck, GateVerdict, ModelLabels
+    from pipelines.report import render_html
+    from pipelines.validate_model import GateReport
+
+    rows = [
+        {"group": g, "kind": k, "level": lvl, "score_unit": 0.9 - 0.2 * lvl, "true_unit": 1 - 0.25 * lvl}
+        for g in ("a", "b")
+        for k, lvl in (("none", 0), ("blur", 1), ("blur", 2), ("blur", 3))
+    ]
+    preds = pd.DataFrame(rows).assign(tags=["dog", ""] * 4, **{"p:dog": np.linspace(0.1, 0.9, 8)})
+    report = GateReport(
+        "lightbox", "7", GateVerdict([GateCheck("golden.score_srocc", 0.8, 0.5, ">=")], ["first model"]),
+        {"golden.srocc.blur": 0.8}, {}, "md5", None, "2026-12-01",
+        labels=ModelLabels(("dog",), (1.0, 10.0), "rating"), preds=preds,
+    )  # fmt: skip
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report))
+    browser.get(page.as_uri())
+    assert "Gates for lightbox v7: PASSED" in browser.find_element(By.TAG_NAME, "h1").text
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert images and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+    assert not browser.find_elements(By.TAG_NAME, "pre")
