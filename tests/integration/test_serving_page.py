@@ -70,8 +70,9 @@ def test_a_person_drops_an_image_and_sees_score_and_tags(browser, server: str, t
     photo = _save(Image.fromarray(data.chelsea()), tmp_path / "cat.jpg")
     text = _upload(browser, f"http://{server}/", photo)
     assert "score 0." in text or "score 1." in text
-    assert "on a scale of 0 to 1" in text  # the model's range, from the answer's model.score_range
-    assert "model lightbox v3" in text
+    # The model's range, from the answer's model.score_range, and which version answered.
+    assert "score runs from 0 (worst) to 1 (best)" in text
+    assert "model lightbox version 3" in text
     # The image preview is shown beside the answer.
     assert browser.find_element(By.CSS_SELECTOR, "#out img").get_attribute("src").startswith("blob:")
     browser.save_screenshot(str(tmp_path / "page.png"))
