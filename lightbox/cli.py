@@ -538,6 +538,7 @@ def mlflow_ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:
     """Start the MLflow UI on the tracking store and artifact root of the settings; Ctrl-C stops it."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -558,11 +559,22 @@ def mlflow_ui(
         "--port",
         str(port),
     ]
+    import signal
+
+    from lightbox.adapters.airflow_runner import interrupt_on_sigterm
+
     typer.secho(f"MLflow UI: http://127.0.0.1:{port}  (experiment {s.mlflow_experiment})", fg="green")
+    # Its own process group, stopped as a whole: `mlflow server` forks workers.
+    proc = subprocess.Popen(cmd, cwd=s.project_dir, start_new_session=True)
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)  # a stop (SIGTERM) stops the server too
     try:
-        code = subprocess.run(cmd, cwd=s.project_dir, check=False).returncode
+        code = proc.wait()
     except KeyboardInterrupt:
         code = 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
     raise typer.Exit(code)
 
 
