@@ -254,6 +254,10 @@ def alias_lock(
             )
             break
         except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # MLflow's SQL store answers a duplicate name by reading the existing model back: if
+                # its holder released it in between, "not found" comes out of create. Free: try again.
+                continue
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
