@@ -73,6 +73,19 @@ _TRANSPOSE = {
 }
 
 
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown: the header's size, swapped when the EXIF orientation
+    turns it a quarter (read from the header; no pixel is decoded)."""
+    w, h = img.size
+    quarter = {
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    }
+    return (h, w) if _TRANSPOSE.get(img.getexif().get(_ORIENTATION, 1)) in quarter else (w, h)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency composited on white, 16-bit scaled, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

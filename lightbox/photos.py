@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from lightbox.imaging import ImageDecodeError, decode_image
+from lightbox.imaging import ImageDecodeError, decode_image, upright_size
 
 # Pillow format -> the extension the copy in data/images gets (MPO: a multi-picture JPEG from a camera).
 EXTENSIONS: dict[str, str] = {
@@ -24,7 +24,6 @@ EXTENSIONS: dict[str, str] = {
     "GIF": ".gif",
 }
 MAX_IMAGE_SIDE = 16_384  # past this a "photo" is a scan or a bomb; the pixel limit catches the rest
-_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,10 @@ def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
         if w * h > max_pixels:
             raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
         try:
-            orientation = header.getexif().get(0x0112, 1)
+            w, h = upright_size(header)
         except Exception as exc:  # a damaged EXIF block or file: the full decode below says which
             raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
     img = decode_image(data, max_pixels=max_pixels, min_side=min_side)  # the full decode: truncation shows
-    if orientation in _ROTATED:
-        w, h = h, w
     return PhotoInfo(content_id(data), ext, w, h, str(imagehash.phash(img)))
 
 

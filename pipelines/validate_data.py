@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from lightbox import manifest
-from lightbox.imaging import ImageDecodeError, decode_image
+from lightbox.imaging import ImageDecodeError, decode_image, upright_size
 from lightbox.manifest import IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
 from lightbox.photos import MAX_IMAGE_SIDE
 from lightbox.settings import Settings
@@ -36,7 +36,6 @@ from pipelines import importer
 NUMERIC_COLUMNS: tuple[str, ...] = ("score", "width", "height")
 REPORT_NAME = "data_validation"
 _EXAMPLES = 5  # unexpected values shown per expectation
-_ROTATED = {5, 6, 7, 8}
 
 
 class DataValidationError(RuntimeError):
@@ -183,9 +182,7 @@ def check_image(data_dir: Path, row: dict[str, str], settings: Settings) -> str 
         return str(exc)
     # Header size, not the decoded one: decode_image may decode JPEGs at reduced size (draft mode).
     with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        if img.getexif().get(0x0112, 1) in _ROTATED:
-            w, h = h, w
+        w, h = upright_size(img)
     if max(w, h) > MAX_IMAGE_SIDE:
         return f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}"
     if (row.get("width"), row.get("height")) != (str(w), str(h)):
