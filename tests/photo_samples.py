@@ -66,3 +66,18 @@ def learnable_collection(root: Path, n: int, *, start: int = 0, size: tuple[int,
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def synthetic_spec():  # -> lightbox.manifest.LabelSpec
+    """The demo dataset's label spec, as the tests that render the synthetic golden grid need it
+    (pipelines.golden renders the grid only for a dataset whose source format is synthetic)."""
+    from lightbox.dataset import TAG_VOCABULARY
+    from lightbox.manifest import LabelSpec
+
+    return LabelSpec(
+        tag_counts=dict.fromkeys(TAG_VOCABULARY, 50),
+        score_name="quality",
+        score_range=(0.0, 1.0),
+        score_range_source="given",
+        source_format="synthetic",
+    )

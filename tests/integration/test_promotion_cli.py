@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from photo_samples import synthetic_spec
 
-from lightbox.manifest import LabelSpec
 from lightbox.settings import Settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -138,19 +138,6 @@ def _register(
     return version
 
 
-def _synthetic_spec() -> LabelSpec:
-    """The demo dataset's label spec: golden.run renders the synthetic grid only for it."""
-    from lightbox.dataset import TAG_VOCABULARY
-
-    return LabelSpec(
-        tag_counts=dict.fromkeys(TAG_VOCABULARY, 50),
-        score_name="quality",
-        score_range=(0.0, 1.0),
-        score_range_source="given",
-        source_format="synthetic",
-    )
-
-
 @pytest.fixture(scope="module")
 def env(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Env:
     import torch
@@ -171,7 +158,7 @@ def env(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Env:
         # trained on the full set; the invariance rule itself is unit-tested at its default.
         gate_invariance_epsilon=0.1,
     )
-    spec = _synthetic_spec()
+    spec = synthetic_spec()
     settings.data_dir.mkdir(parents=True)
     write_label_spec(settings.data_dir, spec)
     golden.run(settings)

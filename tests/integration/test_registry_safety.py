@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from photo_samples import synthetic_spec
 
 import mlflow
 from lightbox.adapters import mlflow_registry
-from lightbox.manifest import LabelSpec, read_manifest
+from lightbox.manifest import read_manifest
 from lightbox.settings import Settings, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,19 +79,6 @@ class Registry:
         return path
 
 
-def _synthetic_spec() -> LabelSpec:
-    """The demo dataset's label spec: pipelines.golden renders the synthetic grid only for it."""
-    from lightbox.dataset import TAG_VOCABULARY
-
-    return LabelSpec(
-        tag_counts=dict.fromkeys(TAG_VOCABULARY, 50),
-        score_name="quality",
-        score_range=(0.0, 1.0),
-        score_range_source="given",
-        source_format="synthetic",
-    )
-
-
 def _log(settings: Settings, model, metrics: dict[str, float], example: np.ndarray, labels: dict) -> str:
     """Log and register like pipelines/train.py: pt2, signature, metadata, run metrics."""
     with mlflow.start_run(), torch.inference_mode():
@@ -131,7 +119,7 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Registry:
         # Two gate runs share this (2-core, shared) machine at once on purpose: latency is not the point.
         gate_max_batch_latency_ms=60_000,
     )
-    spec = _synthetic_spec()
+    spec = synthetic_spec()
     settings.data_dir.mkdir(parents=True)
     write_label_spec(settings.data_dir, spec)
     golden.run(settings)

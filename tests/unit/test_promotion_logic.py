@@ -4,10 +4,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from photo_samples import synthetic_spec
 
 from lightbox import photos
 from lightbox.adapters import dvc_repo
-from lightbox.dataset import TAG_VOCABULARY
 from lightbox.manifest import (
     COLUMNS,
     GOLDEN_SPLIT,
@@ -53,25 +53,15 @@ def test_format_lineage_names_every_link() -> None:
     assert "image_quality_v1" in lines[5] and "e" * 40 in lines[6]
 
 
-def _synthetic_spec() -> LabelSpec:
-    return LabelSpec(
-        tag_counts=dict.fromkeys(TAG_VOCABULARY, 50),
-        score_name="quality",
-        score_range=(0.0, 1.0),
-        score_range_source="given",
-        source_format="synthetic",
-    )
-
-
 def test_synthetic_golden_grid_is_written_in_the_manifest_contract(tmp_path: Path) -> None:
     s = Settings(project_dir=tmp_path, golden_sources=2, image_max_side=96)
-    golden.build(s, _synthetic_spec())
+    golden.build(s, synthetic_spec())
     rows = read_manifest(s.golden_dir)
     assert len(rows) == 2 * 31 and {r["split"] for r in rows} == {GOLDEN_SPLIT}
     assert set(rows[0]) == set(COLUMNS) | {"distortions"}
     # The dataset's labels (tags, score scale), with the golden set's own tag counts.
     spec = read_label_spec(s.golden_dir)
-    assert spec == replace(_synthetic_spec(), tag_counts=count_tags(rows))
+    assert spec == replace(synthetic_spec(), tag_counts=count_tags(rows))
     assert spec.score_range == (0.0, 1.0) and spec.tag_counts["blurry"] == 2 * 4  # levels 2..5
     by_group: dict[str, set[str]] = {}
     for r in rows:
@@ -94,7 +84,7 @@ def test_synthetic_golden_grid_is_written_in_the_manifest_contract(tmp_path: Pat
     assert all("noisy" in r["tags"].split("|") for r in rows if r["distortions"] == "noise:5")
     first = {r["path"]: (s.golden_dir / r["path"]).read_bytes() for r in rows}
     manifest = (s.golden_dir / MANIFEST_NAME).read_bytes()
-    golden.build(s, _synthetic_spec())
+    golden.build(s, synthetic_spec())
     assert all((s.golden_dir / p).read_bytes() == b for p, b in first.items())
     assert (s.golden_dir / MANIFEST_NAME).read_bytes() == manifest
     # A different seed stream from training: the first golden scene differs from training scene 0.
@@ -182,7 +172,7 @@ def test_an_imported_dataset_without_a_golden_set_says_how_to_get_one(tmp_path: 
 
 def test_a_golden_folder_in_an_old_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
     s = Settings(project_dir=tmp_path)
-    write_label_spec(_data_dir(s), _synthetic_spec())
+    write_label_spec(_data_dir(s), synthetic_spec())
     s.golden_dir.mkdir()
     (s.golden_dir / MANIFEST_NAME).write_text("image_id,path,source_id,split,score,tags,distortions\n")
     with pytest.raises(golden.GoldenSetMissing, match="lightbox golden --rebuild"):
