@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 
 from lightbox.adapters import airflow_runner, mlflow_runs
 from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
 from lightbox.owner import ABANDONED_AFTER, Owner, gone, process_alive
 from lightbox.settings import Settings
+from pipelines.importer import stale_builds
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,6 @@ class Problem:
 
 
 # --- judgements (pure) -----------------------------------------------------------------------------------
-
-
-def stale_builds(target: Path, *, alive: Callable[[int], bool] = process_alive) -> list[tuple[Path, str]]:
-    """Half-built ``.<target>.building-<pid>-*`` folders beside ``target`` whose process is gone."""
-    if not target.parent.is_dir():
-        return []
-    found = []
-    for folder in sorted(target.parent.glob(f".{target.name}.building-*")):
-        pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
-        if not pid.isdigit():  # named before builders recorded their pid
-            found.append((folder, "half-built by a process that did not record its id"))
-        elif not alive(int(pid)):
-            found.append((folder, f"half-built by process {pid}, which is gone"))
-    return found
 
 
 def orphaned_runs(

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from lightbox import manifest
 from lightbox.imaging import ImageDecodeError
 from lightbox.label_formats import Columns, Parsed, Problem, Record
 from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec
+from lightbox.owner import process_alive
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
 from lightbox.progress import progress
 from lightbox.settings import Settings
@@ -571,26 +572,24 @@ def ensure_tags_in_train(rows: list[dict[str, str]], min_count: int) -> list[dic
 
 
 def remove_stale_builds(target: Path) -> None:
-    """Half-built folders a killed import left beside ``target`` (their process is gone)."""
+    """Half-built folders a killed import left beside ``target`` (their process is gone). A folder of
+    this very process is from an earlier call that was abandoned: it goes too."""
+    for folder, _ in stale_builds(target, alive=lambda pid: pid != os.getpid() and process_alive(pid)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stale_builds(target: Path, *, alive: Callable[[int], bool] = process_alive) -> list[tuple[Path, str]]:
+    """Half-built ``.<target>.building-<pid>-*`` folders beside ``target`` whose process is gone."""
     if not target.parent.is_dir():
-        return
-    for stale in target.parent.glob(f".{target.name}.building-*"):
-        pid = stale.name.split(".building-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a folder of ours from an earlier call of this process was abandoned
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return []
+    found = []
+    for folder in sorted(target.parent.glob(f".{target.name}.building-*")):
+        pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit():  # named before builders recorded their pid
+            found.append((folder, "half-built by a process that did not record its id"))
+        elif not alive(int(pid)):
+            found.append((folder, f"half-built by process {pid}, which is gone"))
+    return found
 
 
 def building_dir(target: Path, kind: str = "build") -> Path:
