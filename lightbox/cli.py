@@ -391,7 +391,15 @@ def lineage(
 
 @app.command()
 def serve(
-    alias: Annotated[str | None, typer.Option(help="registry alias to serve")] = None,
+    alias: Annotated[str | None, typer.Option(help="registry alias to serve (default: champion)")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (LIGHTBOX_SERVE_HOST, default 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (LIGHTBOX_SERVE_PORT, default 8080)")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="auto (the fastest the gates verified), torch or onnxruntime (LIGHTBOX_SERVE_RUNTIME)"),
+    ] = None,
 ) -> None:
     """Serve models:/<name>@<alias> over HTTP (POST /predict)."""
     import logging
@@ -400,7 +408,10 @@ def serve(
 
     # The server's own lines (compute layout, calibrated batch cap, hot swaps) next to uvicorn's.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server.run(_tracked(load_settings()), alias=alias)
+    # Flags win over the environment; they go through the same validation (a bad port is one line).
+    flags = {"serve_host": host, "serve_port": port, "serve_runtime": runtime}
+    settings = load_settings(**{k: v for k, v in flags.items() if v is not None})
+    server.run(_tracked(settings), alias=alias)
 
 
 @dags_app.command("test")

@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     gate_max_batch_latency_ms: float = Field(
         default=3000.0, gt=0.0, le=600_000.0, description="serving-fitness latency ceiling"
     )
+    # The ONNX export serves only when it answers as the eager model does on the golden set: outputs
+    # (normalised score and tag probabilities) within this absolute difference, and every golden
+    # metric (SROCC, MAE, mAP, per-tag AP) within the metric delta. Else the version serves on torch.
+    gate_export_max_abs_diff: float = Field(
+        default=1e-3, gt=0.0, le=1.0, description="exported vs eager outputs, max |difference|"
+    )
+    gate_export_max_metric_delta: float = Field(
+        default=0.005, ge=0.0, le=1.0, description="exported vs eager golden metrics, max |delta|"
+    )
 
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
@@ -143,6 +152,9 @@ class Settings(BaseSettings):
     # (serving.runtime.DEFAULT_MAX_BATCH).
     serve_max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     serve_calibrate: bool = Field(default=True, description="measure the batch cap at start (a few s)")
+    # auto: the fastest runtime the gates verified for the version on this device (ONNX Runtime on CPU
+    # when its export passed, torch otherwise and on CUDA); torch / onnxruntime force one.
+    serve_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Every request can wait this long for its batch to fill: past seconds it is a typo, not a tuning.
     serve_max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0, description="batch fill wait")
     serve_max_queue: int = Field(default=256, ge=1)

@@ -74,6 +74,10 @@ def _evidence_table(report: GateReport, champion: Mapping[str, float | None] | N
 
 def render_markdown(report: GateReport, champion: Mapping[str, float | None] | None = None) -> str:
     lines = _header(report) + ["## Checks", ""] + _checks_table(report)
+    if report.runtime_tags:  # not a gate: which runtime serves the version, and why
+        lines += ["", "## Serving runtime", ""] + [
+            f"- **{k}**: {v}" for k, v in sorted(report.runtime_tags.items())
+        ]
     if report.details:
         lines += ["", "## Details", ""] + [f"- **{k}**: {v}" for k, v in sorted(report.details.items()) if v]
     lines += ["", "## Evidence", ""] + _evidence_table(report, champion)

@@ -58,7 +58,7 @@ from training.metrics import (
     srocc_by_kind,
 )
 
-EVIDENCE_SCHEMA = "2"  # bump when what is measured changes: recorded evidence of another schema is stale
+EVIDENCE_SCHEMA = "3"  # bump when what is measured changes: recorded evidence of another schema is stale
 INVARIANCE_RESIZE = 0.75  # longest side scale for the resize invariance
 INVARIANCE_JPEG_QUALITY = 95
 BLUR_LEVEL = 5  # lightbox.distortions level of the "blur lowers the score" check: unmistakable damage
@@ -86,6 +86,7 @@ class GateReport:
     report_uri: str | None = None
     reused: bool = False  # True when read back from the version's tags, not measured now
     preds: pd.DataFrame | None = field(default=None, repr=False)
+    runtime_tags: dict[str, str] = field(default_factory=dict)  # runtime_check's, recorded on the version
 
     @property
     def passed(self) -> bool:
@@ -115,6 +116,7 @@ class Measurement:
     preds: pd.DataFrame | None  # one row per golden image (None when the golden set was not reached)
     labels: ModelLabels | None  # None: the model did not load, or its metadata has no label spec
     artifacts: mlflow_registry.ArtifactDigest | None = None  # the files loaded (None: it did not load)
+    runtime_tags: dict[str, str] = field(default_factory=dict)  # what serves it (runtime_check)
 
 
 # --- the golden set --------------------------------------------------------------------------------
@@ -396,7 +398,8 @@ def measure(settings: Settings, version: str) -> Measurement:
     try:
         # The one loader every server uses, allowed here to load a version nobody has judged yet (that is
         # what the gates are for); files that differ from a digest recorded earlier are still refused.
-        model, artifacts = mlflow_registry.load_checked(settings, str(version), allow_unverified=True)
+        loaded = mlflow_registry.load_version(settings, str(version), allow_unverified=True)
+        model, artifacts = loaded.model, loaded.digest
         predictor = Predictor(model, settings.model_name, str(version))
     except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
         ev["serving.loads"] = 0.0
@@ -430,7 +433,147 @@ def measure(settings: Settings, version: str) -> Measurement:
         ev[f"behaviour.{r.name}"] = r.value
         details[f"behaviour.{r.name}"] = _describe(r)
     ev["serving.batch_latency_ms"] = _latency_ms(predictor, golden.inputs, settings.gate_latency_batch_size)
-    return Measurement(ev, details, preds, labels, artifacts)
+    part, why, runtime_tags = runtime_check(settings, model, loaded.onnx, golden, labels, ev)
+    return Measurement(ev | part, details | why, preds, labels, artifacts, runtime_tags)
+
+
+# --- the exported runtime ----------------------------------------------------------------------------
+
+ONNX_PREFIX = "export.onnx."
+# The golden metrics the export must reproduce: what the gates decide on.
+_JUDGED_METRICS = ("golden.score_srocc", "golden.score_plcc", "golden.score_mae", "golden.tags_map")
+
+
+def runtime_check(
+    settings: Settings,
+    model,
+    onnx: bytes | None,
+    golden: GoldenSet,
+    labels: ModelLabels,
+    torch_evidence: Evidence,
+) -> tuple[Evidence, dict[str, str], dict[str, str]]:
+    """Judge the version's ONNX export against its eager model on the golden set: the largest output
+    difference (normalised score and tag probabilities), the largest golden-metric delta and its
+    batch latency beside torch's. Returns (evidence, details, the version tags that tell the loaders
+    which runtime serves: ``runtime.onnx`` verified/refused/missing and ``runtime.cpu``).
+
+    Not a gate: a refused export does not stop the version, it serves on torch (with a warning at
+    every load and the reason on the version).
+    """
+    from training.export import OnnxModel
+    from training.predictor import Predictor
+
+    tags: dict[str, str] = {}
+    torch_ms = torch_evidence.get("serving.batch_latency_ms")
+    torch_cpu = (
+        f"torch ({torch_ms:.1f} ms per batch of {settings.gate_latency_batch_size})" if torch_ms else "torch"
+    )
+    if onnx is None:
+        why = "the version has no ONNX export: it serves on torch"
+        return {}, {ONNX_PREFIX + "verified": why}, {mlflow_registry.RUNTIME_CPU_TAG: torch_cpu}
+    try:
+        session = OnnxModel(onnx)
+        out = np.concatenate([session(golden.inputs[i : i + 32]) for i in range(0, len(golden.inputs), 32)])
+    except Exception as exc:  # an export the runtime cannot run is refused, whatever the reason
+        why = f"does not run under ONNX Runtime: {type(exc).__name__}: {exc}"[:400]
+        return (
+            {ONNX_PREFIX + "verified": 0.0},
+            {ONNX_PREFIX + "verified": why},
+            {
+                mlflow_registry.RUNTIME_ONNX_TAG: f"{mlflow_registry.ONNX_REFUSED}: {why}",
+                mlflow_registry.RUNTIME_CPU_TAG: torch_cpu,
+            },
+        )
+    eager_scores, eager_probs = _predict(Predictor(model, "eager", "-", "cpu", trace=False), golden.inputs)
+    onnx_scores, onnx_probs = out[:, 0], out[:, 1:]
+    diff = _output_difference((eager_scores, eager_probs), (onnx_scores, onnx_probs), labels)
+    delta, worst = _metric_delta(
+        golden, labels, (eager_scores, eager_probs), (onnx_scores, onnx_probs), settings
+    )
+    onnx_ms = _latency_ms(_ArrayPredictor(session), golden.inputs, settings.gate_latency_batch_size)
+    ev: Evidence = {
+        ONNX_PREFIX + "max_abs_diff": diff,
+        ONNX_PREFIX + "max_metric_delta": delta,
+        ONNX_PREFIX + "batch_latency_ms": onnx_ms,
+    }
+    measured = f"max |diff| {diff:.2g}, max metric delta {delta:.2g}{worst}, {onnx_ms:.1f} ms per batch"
+    ok = diff <= settings.gate_export_max_abs_diff and delta <= settings.gate_export_max_metric_delta
+    ev[ONNX_PREFIX + "verified"] = 1.0 if ok else 0.0
+    if ok:
+        tags[mlflow_registry.RUNTIME_ONNX_TAG] = f"{mlflow_registry.ONNX_VERIFIED}: {measured}"
+        faster = torch_ms is None or onnx_ms <= torch_ms
+        tags[mlflow_registry.RUNTIME_CPU_TAG] = (
+            f"onnxruntime ({onnx_ms:.1f} ms vs {torch_cpu})"
+            if faster
+            else f"{torch_cpu} vs onnxruntime {onnx_ms:.1f} ms"
+        )
+        return ev, {ONNX_PREFIX + "verified": f"verified: {measured}"}, tags
+    limits = (
+        f"limits: |diff| <= {settings.gate_export_max_abs_diff:g}, "
+        f"metric delta <= {settings.gate_export_max_metric_delta:g}"
+    )
+    why = f"{measured} ({limits}): it serves on torch"
+    tags[mlflow_registry.RUNTIME_ONNX_TAG] = f"{mlflow_registry.ONNX_REFUSED}: {why}"
+    tags[mlflow_registry.RUNTIME_CPU_TAG] = torch_cpu
+    return ev, {ONNX_PREFIX + "verified": f"refused: {why}"}, tags
+
+
+class _ArrayPredictor:
+    """An ONNX session with the two methods ``_latency_ms`` calls."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.session(batch)
+
+    def warmup(self, sizes: tuple[int, ...]) -> None:
+        for n in sizes:
+            self.session(np.zeros((n, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), np.uint8))
+
+
+def _output_difference(
+    eager: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], labels: ModelLabels
+) -> float:
+    """Largest |difference| over the normalised scores and the tag probabilities (NaN scores of a
+    tags-only model compare equal; NaN against a number is infinite)."""
+    parts = []
+    if labels.has_score:
+        a, b = normalise(eager[0], labels), normalise(other[0], labels)
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return float("inf")
+        parts.append(np.nan_to_num(np.abs(a - b)))
+    if eager[1].size:
+        parts.append(np.abs(eager[1] - other[1]))
+    return float(max((p.max() for p in parts if p.size), default=0.0))
+
+
+def _metric_delta(
+    golden: GoldenSet,
+    labels: ModelLabels,
+    eager: tuple[np.ndarray, np.ndarray],
+    other: tuple[np.ndarray, np.ndarray],
+    settings: Settings,
+) -> tuple[float, str]:
+    """The largest |delta| between the golden metrics of the two, and which metric (for the message)."""
+
+    def metrics(scores: np.ndarray, probs: np.ndarray) -> Evidence:
+        ev: Evidence = {}
+        if labels.has_score:
+            ev |= score_evidence(normalise(scores, labels), golden, labels)[0]
+        if labels.has_tags:
+            ev |= tag_evidence(probs, golden, tuple(labels.tag_names), settings.gate_min_golden_tag_examples)[
+                0
+            ]
+        return {k: v for k, v in ev.items() if k in _JUDGED_METRICS or k.startswith(AP_PREFIX)}
+
+    a, b = metrics(*eager), metrics(*other)
+    deltas = {k: abs(float(a[k]) - float(b[k])) for k in a if a[k] is not None and b.get(k) is not None}
+    finite = {k: v for k, v in deltas.items() if np.isfinite(v)}
+    if not finite:
+        return 0.0, ""
+    worst = max(finite, key=lambda k: finite[k])
+    return finite[worst], f" ({worst})"
 
 
 def golden_label_notes(settings: Settings, labels: ModelLabels | None) -> list[str]:
@@ -536,6 +679,7 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
         report_uri=(mv.tags or {}).get("gate.report", "").removesuffix("/report.html") or None,
         reused=recorded is not None,
         preds=m.preds,
+        runtime_tags=m.runtime_tags,
     )
     if record:
         _record(settings, mv.run_id, report, None if base is None else base.evidence)
@@ -587,6 +731,7 @@ def _record(
             "gate.measured_with": _measured_with(settings),
             "gate.report": f"{report.report_uri}/report.html",
         }
+        | report.runtime_tags
         # The files these numbers were measured on: what every later load must find. Not overwritten
         # when the version no longer loads (its recorded digest is what the refusal compared with).
         | ({} if report.artifacts is None else report.artifacts.tags()),

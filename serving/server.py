@@ -11,7 +11,7 @@ from lightbox.settings import Settings
 from serving.app import create_app
 from serving.calibration import calibrate
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
-from training.predictor import ModelNotFound, Predictor, RegistryLoader
+from training.predictor import ModelNotFound, Predictor, RegistryLoader, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,12 @@ def run(settings: Settings, alias: str | None = None) -> None:
     One process, one worker: the model and its batcher live in this process, and a second worker
     would hold a second copy of the model while halving each batcher's batches.
     """
-    loader = RegistryLoader(settings, alias or settings.champion_alias)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Threads first: ONNX Runtime fixes a session's threads when it is made, at load.
+    apply_torch_threads(compute_layout(settings, device))
+    loader = RegistryLoader(settings, alias or settings.champion_alias, device)
     try:
         predictor = loader.load()
     except ModelNotFound as exc:
@@ -42,8 +47,9 @@ def run(settings: Settings, alias: str | None = None) -> None:
             f"cannot serve models:/{settings.model_name}@{loader.alias}: no version carries "
             f"@{loader.alias}; serve the champion (no --alias) or set the alias first"
         ) from exc
-    except ArtifactError as exc:
-        # Files not the ones the gates judged, or never judged: the message names the version.
+    except (ArtifactError, RuntimeUnavailable) as exc:
+        # Files not the ones the gates judged, never judged, or a forced runtime the version cannot
+        # use: the message names the version and what to do.
         raise CannotServe(f"cannot serve models:/{settings.model_name}@{loader.alias}: {exc}") from exc
     settings = sized_for(settings, predictor)
     log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)

@@ -7,7 +7,9 @@ pipelines need not import the server.
 
 ``Predictor.predict`` is the batch function's body: uint8 images in, numpy scores and tag probabilities
 out, under ``torch.inference_mode``. On CUDA it uses pinned host memory with non-blocking copies,
-channels-last layout and bf16 (fp16 where bf16 is unsupported) autocast; on CPU it runs fp32 as trained.
+channels-last layout and bf16 (fp16 where bf16 is unsupported) autocast; on CPU it runs fp32 as trained,
+on the version's ONNX export under ONNX Runtime when the gates verified it (``pick_runtime``), else on
+a frozen TorchScript graph.
 """
 
 from __future__ import annotations
@@ -38,6 +40,59 @@ class ModelNotFound(LookupError):
     """The registry has no model version under the requested name and alias."""
 
 
+class RuntimeUnavailable(ValueError):
+    """The runtime asked for (LIGHTBOX_SERVE_RUNTIME, --runtime) cannot serve this version on this
+    device; the message says why and what to do."""
+
+
+# What serves a version: ONNX Runtime (CPU only), or torch (TorchScript graph on CPU, eager on CUDA).
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    runtime: str  # "onnxruntime" or "torch"
+    note: str  # why, for the log line and /healthz; a warning when it is a fallback
+    fallback: bool = False  # True: a faster runtime exists in principle but this version cannot use it
+
+
+def pick_runtime(requested: str, device: str, tags: dict[str, str], has_onnx: bool) -> RuntimeChoice:
+    """The runtime a loader builds for a version (pure: the version's tags say what the gates verified).
+
+    ``auto``: on CPU, ONNX Runtime when the gates verified the version's export and measured it as the
+    faster runtime (``runtime.cpu``), else torch, saying why; on CUDA, torch. ``torch``/``onnxruntime``
+    force one; forcing ONNX Runtime on a version whose export is not verified, or on CUDA, raises
+    RuntimeUnavailable (serving an unchecked graph would bypass the gates).
+    """
+    from lightbox.adapters.mlflow_registry import ONNX_VERIFIED, RUNTIME_CPU_TAG, RUNTIME_ONNX_TAG
+
+    if requested not in RUNTIMES:
+        raise RuntimeUnavailable(f"unknown runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
+    recorded = tags.get(RUNTIME_ONNX_TAG, "")
+    verified = has_onnx and recorded.startswith(ONNX_VERIFIED)
+    if requested == "torch":
+        return RuntimeChoice("torch", "torch, as requested")
+    if device != "cpu":
+        if requested == "onnxruntime":
+            raise RuntimeUnavailable(
+                f"onnxruntime serves on CPU here, not on {device}: serve with --runtime torch (or auto)"
+            )
+        return RuntimeChoice("torch", f"torch on {device}")
+    if verified and (requested == "onnxruntime" or tags.get(RUNTIME_CPU_TAG, "").startswith("onnxruntime")):
+        return RuntimeChoice("onnxruntime", f"onnxruntime: export {recorded}")
+    if not has_onnx:
+        why = "the version has no ONNX export (registered before exports, or the export failed)"
+    elif not recorded:
+        why = "the gates have not checked its ONNX export"
+    elif verified:
+        why = f"the gates measured torch as faster ({tags.get(RUNTIME_CPU_TAG, '')})"
+    else:
+        why = f"its ONNX export did not pass the gates' check ({recorded})"
+    if requested == "onnxruntime":
+        raise RuntimeUnavailable(f"cannot serve on onnxruntime: {why}; serve with --runtime torch (or auto)")
+    return RuntimeChoice("torch", f"torch: {why}", fallback=not verified)
+
+
 class Predictor:
     """One loaded model version. ``predict`` may run in several threads at once (the batcher's
     concurrent batches): the model is in eval mode under inference_mode, so a forward pass writes no
@@ -51,7 +106,11 @@ class Predictor:
         device: str | torch.device | None = None,
         *,
         trace: bool = True,
+        onnx: bytes | None = None,
     ):
+        """``onnx``: the version's ONNX export, served by ONNX Runtime on CPU (checked against the eager
+        model on a probe batch first, as the TorchScript graph is; the torch path serves if it differs).
+        """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name
         self.version = str(version)
@@ -67,10 +126,21 @@ class Predictor:
             # Module.to accepts memory_format at runtime; torch's overloads for it omit the keyword.
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif onnx is not None and (session := _onnx_session(model, onnx)) is not None:
+            self._forward = session
         elif trace:
             self._forward = _graph(model) or model
         self.model = model  # the eager module: its parameters, tag names and config
         self.traced = self._forward is not model
+        self.runtime = (
+            "onnxruntime"
+            if isinstance(self._forward, _OnnxForward)
+            else "torch-cuda"
+            if self._cuda
+            else "torchscript"
+            if self.traced
+            else "torch-eager"
+        )
 
     @classmethod
     def from_model(
@@ -125,7 +195,39 @@ class Predictor:
             self.predict(np.zeros((n, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), np.uint8))
 
     def __repr__(self) -> str:
-        return f"Predictor({self.name!r}, version={self.version!r}, device={self.device})"
+        return f"Predictor({self.name!r}, version={self.version!r}, device={self.device}, {self.runtime})"
+
+
+class _OnnxForward:
+    """The ONNX Runtime session as a forward function over torch tensors (what ``predict`` calls)."""
+
+    def __init__(self, onnx: bytes) -> None:
+        from training.export import OnnxModel
+
+        self.session = OnnxModel(onnx)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session(x.numpy()))
+
+
+def _onnx_session(model: LightboxModel, onnx: bytes) -> _OnnxForward | None:
+    """An ONNX Runtime session over ``onnx``, checked against the eager model on a probe batch; None
+    (the torch path serves, with a warning) when it does not load or differs. The gates check the
+    same export on the whole golden set; this catches a swapped file or a runtime that reads it
+    otherwise, at every load."""
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (3, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=torch.uint8, generator=g)
+    try:
+        forward = _OnnxForward(onnx)
+        with torch.inference_mode():
+            diff = _max_difference(forward(probe), model(probe))
+    except Exception as exc:  # a broken export leaves the (checked, equal) torch path serving
+        log.warning("serving on torch: the ONNX export does not run (%s: %s)", type(exc).__name__, exc)
+        return None
+    if not diff <= _ONNX_TOLERANCE:
+        log.warning("serving on torch: the ONNX export differs by %.3g on the probe batch", diff)
+        return None
+    return forward
 
 
 # The stats' order-statistic ranks are constants of the fixed input size: what tracing warns of. A
@@ -136,6 +238,8 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 # Largest difference from the eager model a traced graph may show on the probe batch before it is
 # refused. Measured: 2.4e-7 (folding batch norm into the convolutions reorders float sums).
 _TRACE_TOLERANCE = 1e-4
+# The same for the ONNX export under ONNX Runtime (measured: 3e-7; it fuses the same operations).
+_ONNX_TOLERANCE = 1e-4
 
 # Why templates: torch.jit.trace puts every module type and method it makes into TorchScript's one
 # process-wide compilation unit, which is never emptied; freezing a traced module clones it there with
@@ -233,6 +337,7 @@ class RegistryLoader:
 
     settings: Settings
     alias: str
+    device: str | None = None  # None: CUDA when available, else CPU
 
     def resolve(self) -> str:
         """The version the alias points at now."""
@@ -248,9 +353,16 @@ class RegistryLoader:
         from lightbox.adapters import mlflow_registry
 
         version = version or self.resolve()
-        model = mlflow_registry.load_model(self.settings, version)
-        log.info("loaded %s (alias %s)", mlflow_registry.model_uri(self.settings, version), self.alias)
-        return Predictor(model, self.settings.model_name, version)
+        loaded = mlflow_registry.load_version(self.settings, version)
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        choice = pick_runtime(self.settings.serve_runtime, device, loaded.tags, loaded.onnx is not None)
+        uri = mlflow_registry.model_uri(self.settings, version)
+        if choice.fallback:
+            log.warning("%s serves on %s", uri, choice.note)
+        onnx = loaded.onnx if choice.runtime == "onnxruntime" else None
+        predictor = Predictor(loaded.model, self.settings.model_name, version, device, onnx=onnx)
+        log.info("loaded %s (alias %s) on %s", uri, self.alias, predictor.runtime)
+        return predictor
 
 
 def load_predictor(settings: Settings, alias: str | None = None) -> Predictor:

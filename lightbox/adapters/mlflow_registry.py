@@ -383,29 +383,65 @@ def log_lightbox_model(
 ) -> str:
     """Log and register a LightboxModel in the active run, the one way ``load_model`` reads it:
     signature from ``example`` (uint8 [N,3,224,224]), ``lightbox_metadata`` as metadata (``label_spec``:
-    the dataset's ``LabelSpec.to_dict()``). Returns the registered version. ``tag_names`` overrides the
-    recorded names (tests log a mismatch on purpose)."""
+    the dataset's ``LabelSpec.to_dict()``), and its ONNX export (``training.export``) as the extra file
+    ``extra_files/model.onnx`` of the same version: covered by the artifact digest like the weights, and
+    checked by the gates before any server runs it. A model that does not export is still registered
+    (it serves on torch) and its version says why (``RUNTIME_ONNX_TAG``). Returns the registered version.
+    ``tag_names`` overrides the recorded names (tests log a mismatch on purpose)."""
+    import logging
+
     import torch
     from mlflow.models import infer_signature
 
     import mlflow
+    from training import export
 
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
     metadata = lightbox_metadata(model, label_spec)
     if tag_names is not None:
         metadata["tag_names"] = list(tag_names)
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, out),
-        input_example=example if with_input_example else None,
-        pip_requirements=PIP_REQUIREMENTS,
-        registered_model_name=registered_model_name,
-        serialization_format=serialization_format,
-        metadata=metadata,
-    )
-    return str(info.registered_model_version)
+    with TemporaryDirectory(prefix="lightbox-export-") as tmp:
+        extra, export_error = [], None
+        try:
+            onnx_path = Path(tmp) / export.ONNX_FILE
+            onnx_path.write_bytes(export.export_onnx(model))
+            extra.append(str(onnx_path))
+        except export.ExportError as exc:
+            export_error = str(exc)
+            logging.getLogger(__name__).warning("%s; the version will serve on torch", exc)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, out),
+            input_example=example if with_input_example else None,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_model_name,
+            serialization_format=serialization_format,
+            metadata=metadata,
+            extra_files=extra or None,
+        )
+    version = str(info.registered_model_version)
+    if export_error is not None:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_model_version_tag(
+            registered_model_name,
+            version,
+            RUNTIME_ONNX_TAG,
+            f"{ONNX_MISSING}: {export_error}"[:TAG_VALUE_LIMIT],
+        )
+    return version
+
+
+# What the gates record about a version's ONNX export (pipelines.validate_model.runtime_evidence), and
+# what the loaders read to choose a runtime (training.predictor.pick_runtime). The value starts with one
+# of the three words, then says what was measured or why not.
+RUNTIME_ONNX_TAG = "runtime.onnx"
+ONNX_VERIFIED, ONNX_REFUSED, ONNX_MISSING = "verified", "refused", "missing"
+# The fastest runtime the gates verified for CPU ("onnxruntime" or "torch"), with the timings.
+RUNTIME_CPU_TAG = "runtime.cpu"
+ONNX_ARTIFACT = "extra_files/model.onnx"  # where log_model puts export.ONNX_FILE in the version's folder
 
 
 # --- loading a registered model ------------------------------------------------------------------------
@@ -534,10 +570,20 @@ def version_digest(settings: Settings, version: str) -> ArtifactDigest:
         return artifact_digest(download_version(settings, str(version), Path(tmp)))
 
 
-def load_checked(
-    settings: Settings, version: str, *, allow_unverified: bool = False
-) -> tuple[LightboxModel, ArtifactDigest]:
-    """``load_model``, also returning the digest of the bytes it loaded (what the gates record)."""
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One registered version as the loaders get it: the eager model, the digest of the files it came
+    from, the ONNX export among those files (None when the version has none) and the version's tags
+    (what the gates recorded, read at the same moment)."""
+
+    model: LightboxModel
+    digest: ArtifactDigest
+    onnx: bytes | None
+    tags: dict[str, str]
+
+
+def load_version(settings: Settings, version: str, *, allow_unverified: bool = False) -> LoadedVersion:
+    """Download, verify and load ``version`` (see ``load_model``), keeping its ONNX export and tags."""
     import mlflow.pytorch
     from mlflow.models import Model
 
@@ -552,7 +598,17 @@ def load_checked(
         verify_artifacts(settings, version, tags, found, allow_unverified=allow_unverified)
         metadata = Model.load(str(local)).metadata or {}
         loaded = mlflow.pytorch.load_model(str(local), map_location="cpu")
-    return as_lightbox_model(loaded, metadata, uri), found
+        onnx_file = local / ONNX_ARTIFACT
+        onnx = onnx_file.read_bytes() if onnx_file.is_file() else None
+    return LoadedVersion(as_lightbox_model(loaded, metadata, uri), found, onnx, tags)
+
+
+def load_checked(
+    settings: Settings, version: str, *, allow_unverified: bool = False
+) -> tuple[LightboxModel, ArtifactDigest]:
+    """``load_model``, also returning the digest of the bytes it loaded (what the gates record)."""
+    loaded = load_version(settings, version, allow_unverified=allow_unverified)
+    return loaded.model, loaded.digest
 
 
 def load_model(settings: Settings, version: str, *, allow_unverified: bool = False) -> LightboxModel:
@@ -565,7 +621,7 @@ def load_model(settings: Settings, version: str, *, allow_unverified: bool = Fal
     version whose weights it holds. Explicit URIs: the registry named in settings, whatever the
     environment says.
     """
-    return load_checked(settings, version, allow_unverified=allow_unverified)[0]
+    return load_version(settings, version, allow_unverified=allow_unverified).model
 
 
 def config_from_metadata(metadata: Mapping[str, Any], uri: str) -> ModelConfig:
