@@ -58,16 +58,21 @@ def make_jpegs(n: int = 16, size: tuple[int, int] = (640, 480)) -> list[bytes]:
     return out
 
 
-def build_predictor(name: str = "lightbox", version: str = "bench"):
+def build_predictor(name: str = "lightbox", version: str = "bench", runtime: str = "torch"):
+    """The bench model on ``runtime``: "torch" (the TorchScript graph on CPU) or "onnxruntime" (its ONNX
+    export, as a registered version's verified export serves)."""
     import torch
 
     from lightbox.dataset import TAG_VOCABULARY
+    from training.export import export_onnx
     from training.model import Heads, LightboxModel, ModelConfig
     from training.predictor import Predictor
 
     torch.manual_seed(0)
     config = ModelConfig(tag_names=TAG_VOCABULARY)
-    return Predictor.from_model(LightboxModel(config, Heads(config)), name, version)
+    model = LightboxModel(config, Heads(config)).eval()
+    onnx = export_onnx(model) if runtime == "onnxruntime" else None
+    return Predictor(model, name, version, onnx=onnx)
 
 
 # --- 1. the model alone ---------------------------------------------------------------------------
@@ -154,6 +159,7 @@ def serve_forever(
     max_wait_ms: float,
     max_queue: int,
     layout: tuple[int, int] | None = None,
+    runtime: str = "torch",
 ) -> None:
     """Subprocess body: the app on 127.0.0.1:port, started as `lightbox serve` starts it (compute
     layout, batch cap calibrated when ``max_batch`` is None, warm-up); ``layout`` (batches side by side,
@@ -172,7 +178,10 @@ def serve_forever(
         serve_max_concurrent_batches=layout[0] if layout else None,
         serve_torch_threads=layout[1] if layout else None,
     )
-    predictor = build_predictor()
+    from serving.runtime import apply_torch_threads, compute_layout
+
+    apply_torch_threads(compute_layout(settings, "cpu"))  # before an ONNX session takes its threads
+    predictor = build_predictor(runtime=runtime)
     settings = sized_for(settings, predictor)
     uvicorn.run(
         create_app(settings, predictor), host="127.0.0.1", port=port, log_level="warning", access_log=False
@@ -477,6 +486,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-layout", help=argparse.SUPPRESS)
     p.add_argument("--serve-layout", help=argparse.SUPPRESS)
+    p.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--max-batch", type=int, default=None, help="default: calibrated, as `lightbox serve`")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=512)
@@ -503,7 +513,7 @@ def main() -> None:
         return
     if args.serve:
         layout = tuple(int(x) for x in args.serve_layout.split(",")) if args.serve_layout else None
-        serve_forever(args.port, args.max_batch, args.max_wait_ms, args.max_queue, layout)  # type: ignore[arg-type]
+        serve_forever(args.port, args.max_batch, args.max_wait_ms, args.max_queue, layout, args.runtime)  # type: ignore[arg-type]
         return
     if args.ray_serve:
         ray_serve_forever(args.port, args.max_batch, args.max_wait_ms)

@@ -398,7 +398,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (LIGHTBOX_SERVE_PORT, default 8080)")] = None,
     runtime: Annotated[
         str | None,
-        typer.Option(help="auto (the fastest the gates verified), torch or onnxruntime (LIGHTBOX_SERVE_RUNTIME)"),
+        typer.Option(
+            help="auto (the fastest the gates verified), torch or onnxruntime (LIGHTBOX_SERVE_RUNTIME)"
+        ),
     ] = None,
 ) -> None:
     """Serve models:/<name>@<alias> over HTTP (POST /predict)."""

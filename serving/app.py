@@ -41,11 +41,13 @@ def prediction_json(p: Prediction, threshold: float) -> dict[str, Any]:
 
 
 def model_json(p: Predictor) -> dict[str, Any]:
-    """Which model answered, and the scale its scores are on (so a client can read 7.2 as "of 10")."""
+    """Which model answered, on which runtime, and the scale its scores are on (so a client can read 7.2
+    as "of 10")."""
     rng = p.score_range
     return {
         "name": p.name,
         "version": p.version,
+        "runtime": p.runtime,
         "score_name": p.score_name,
         "score_range": list(rng) if rng is not None else None,
     }

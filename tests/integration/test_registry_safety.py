@@ -42,6 +42,7 @@ class Registry:
     racer_b: str
     tamper: str  # its own logged files, which test_tampered... rewrites
     spare: str  # its own logged files, which test_rollback... removes and puts back
+    bad_export: str  # its model.onnx was exported from other weights: the gates must refuse that file
     model: torch.nn.Module  # the weights of every version here
 
     @property
@@ -147,10 +148,30 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     racer_b = _same_files(settings, base, metrics)
     tamper = _log(settings, model, metrics, example, labels)
     spare = _log(settings, model, metrics, example, labels)
+    bad_export = _log_with_export_of(_other_heads(model), settings, model, metrics, example, labels)
     mlflow.set_tracking_uri(previous_uri)
     # The champion every test starts from: gated (its artifact digest recorded) and promoted.
     assert promote.run(settings, base, actor="fixture").promoted
-    return Registry(settings, base, racer_a, racer_b, tamper, spare, model)
+    return Registry(settings, base, racer_a, racer_b, tamper, spare, bad_export, model)
+
+
+def _other_heads(model):
+    """The same architecture and extractor with other head weights: an export that is not this model."""
+    from training.model import Heads, LightboxModel
+
+    torch.manual_seed(7)
+    return LightboxModel(model.config, Heads(model.config), model.extractor).eval()
+
+
+def _log_with_export_of(exported, settings: Settings, model, metrics, example, labels) -> str:
+    """Log ``model`` as training does, but with ``exported``'s ONNX file in its artifacts: a broken
+    exporter (or a file swapped before the gates ran), which only the gates' check can tell."""
+    from training import export
+
+    real = export.export_onnx
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export, "export_onnx", lambda _model: real(exported))
+        return _log(settings, model, metrics, example, labels)
 
 
 def test_two_concurrent_promotions_keep_one_history(reg: Registry) -> None:
@@ -347,3 +368,54 @@ def test_gates_refuse_a_modified_golden_set(reg: Registry) -> None:
         assert "Traceback" not in r.stderr
     finally:
         first.write_bytes(original)
+
+
+def test_the_gates_verify_the_onnx_export_and_loaders_serve_it(reg: Registry) -> None:
+    """Issue 11: the gates check the exported artifact against the eager model on the golden set and
+    time it; the loaders (server, upload consumer, batch scoring) serve what they verified."""
+    from pipelines.validate_model import load_golden
+    from training.predictor import RegistryLoader
+
+    tags = reg.tags(reg.base)
+    assert tags[mlflow_registry.RUNTIME_ONNX_TAG].startswith("verified: max |diff| "), tags
+    evidence = json.loads(tags["gate.evidence"])
+    assert evidence["export.onnx.verified"] == 1.0
+    assert evidence["export.onnx.max_abs_diff"] < 1e-4 and evidence["export.onnx.max_metric_delta"] < 1e-3
+    assert evidence["export.onnx.batch_latency_ms"] > 0
+    fastest = tags[mlflow_registry.RUNTIME_CPU_TAG].split(" ")[0]  # what the gates measured here
+    assert fastest in ("onnxruntime", "torch")
+    auto = RegistryLoader(reg.settings, "champion", "cpu").load()
+    assert auto.runtime == ("onnxruntime" if fastest == "onnxruntime" else "torchscript")
+    forced = {
+        runtime: RegistryLoader(replace_runtime(reg.settings, runtime), "champion", "cpu").load()
+        for runtime in ("onnxruntime", "torch")
+    }
+    assert forced["onnxruntime"].runtime == "onnxruntime" and forced["torch"].runtime == "torchscript"
+    batch = load_golden(reg.settings).inputs[:8]
+    (s1, t1), (s2, t2) = forced["onnxruntime"].predict(batch), forced["torch"].predict(batch)
+    np.testing.assert_allclose(s1, s2, atol=1e-4)
+    np.testing.assert_allclose(t1, t2, atol=1e-4)
+
+
+def replace_runtime(settings: Settings, runtime: str) -> Settings:
+    return settings.model_copy(update={"serve_runtime": runtime})
+
+
+def test_an_export_that_fails_the_check_serves_on_torch_and_says_so(
+    reg: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines import validate_model
+    from training.predictor import RegistryLoader, RuntimeUnavailable
+
+    report = validate_model.run(reg.settings, reg.bad_export)
+    assert report.passed, report.verdict.summary()  # not a gate: the version itself is fine
+    tags = reg.tags(reg.bad_export)
+    assert tags[mlflow_registry.RUNTIME_ONNX_TAG].startswith("refused: max |diff| "), tags
+    assert "it serves on torch" in tags[mlflow_registry.RUNTIME_ONNX_TAG]
+    assert tags[mlflow_registry.RUNTIME_CPU_TAG].startswith("torch")
+    with caplog.at_level("WARNING", logger="training.predictor"):
+        served = RegistryLoader(reg.settings, "any", "cpu").load(reg.bad_export)
+    assert served.runtime == "torchscript"
+    assert f"/{reg.bad_export} serves on torch: its ONNX export did not pass the gates' check" in caplog.text
+    with pytest.raises(RuntimeUnavailable, match="did not pass the gates' check"):
+        RegistryLoader(replace_runtime(reg.settings, "onnxruntime"), "any", "cpu").load(reg.bad_export)

@@ -1,0 +1,397 @@
+"""Runtime and overload benchmark (issue 11): the model alone on each runtime, the server against the best
+of them, and an overload sweep against the latency budget. Writes a markdown table for docs/benchmarks.md.
+
+    .venv/bin/python bench/runtimes.py                       # ~5 minutes on 2 cores
+    .venv/bin/python bench/runtimes.py --overload 64,256,1024 --budget-ms 1000
+
+1. **Model alone, one process per core**: TorchScript (the frozen graph torch serves), ONNX Runtime fp32
+   (the exported graph) and ONNX Runtime int8 (static QDQ quantization of the convolutions, calibrated
+   on real photos), each process single-threaded at batch 1 and 2, all started together. The best is
+   the ceiling. The int8 row also gives its largest output difference from fp32 on real photos.
+2. **The server at saturation** on its default runtime for the model (ONNX Runtime on CPU), started as
+   `lightbox serve` starts it, against that ceiling.
+3. **Overload**: many keep-alive connections (up to 1,024) against ``LIGHTBOX_SERVE_MAX_LATENCY_MS``:
+   goodput (200s per second) against the saturated throughput, the p99 of admitted requests against the
+   budget, and the server's CPU per rejection. Clients wait the ``Retry-After`` they are given (what a
+   429 asks of them) before their next request on that connection.
+
+The load generator shares the 2 cores with the server (its CPU per request is reported); every number is
+from one run, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# bench/serving.py holds the server wrapper and the raw HTTP client; it cannot be imported by name (the
+# `serving` package has that name), so by path.
+_spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" / "serving.py")
+assert _spec is not None and _spec.loader is not None
+bench_serving = importlib.util.module_from_spec(_spec)
+sys.modules["bench_serving"] = bench_serving
+_spec.loader.exec_module(bench_serving)
+
+RUNTIMES = ("torchscript", "onnxruntime", "onnxruntime-int8")
+
+
+def build_model():
+    import torch
+
+    from lightbox.dataset import TAG_VOCABULARY
+    from training.model import Heads, LightboxModel, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    return LightboxModel(config, Heads(config)).eval()
+
+
+def photos_batch(n: int = 16) -> np.ndarray:
+    from lightbox.imaging import preprocess_bytes
+
+    return np.stack([preprocess_bytes(b) for b in bench_serving.make_jpegs(n)])
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
+    """Static int8 (QDQ) of the convolutions, calibrated on real photos; the statistics, the heads and
+    the score mapping stay fp32 (they are cheap, and the order statistics need the exact values)."""
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from training.export import INPUT_NAME
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        return dst.read_bytes()
+
+
+def forward_for(runtime: str, model, artifacts: Path):
+    """A batch function of ``runtime``, single-threaded."""
+    import torch
+
+    torch.set_num_threads(1)
+    if runtime == "torchscript":
+        from training.predictor import Predictor
+
+        p = Predictor(model, "bench", "1", "cpu")
+        assert p.runtime == "torchscript"
+        return p.predict
+    from training.export import OnnxModel
+
+    name = "model.onnx" if runtime == "onnxruntime" else "model-int8.onnx"
+    return OnnxModel((artifacts / name).read_bytes(), threads=1)
+
+
+def worker(runtime: str, batch: int, seconds: float, start_at: float, artifacts: Path) -> None:
+    """Subprocess body: one single-thread process of ``runtime`` at ``batch`` from ``start_at``."""
+    model = build_model()
+    fn = forward_for(runtime, model, artifacts)
+    x = photos_batch(batch)
+    for _ in range(3):
+        fn(x)
+    while time.time() < start_at:
+        time.sleep(0.01)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn(x)
+        n += batch
+    print(json.dumps({"img_s": n / (time.perf_counter() - t0)}))
+
+
+def side_by_side(runtime: str, batch: int, seconds: float, processes: int, artifacts: Path) -> float:
+    """Images/s of ``processes`` single-thread processes running together (the sum)."""
+    start_at = time.time() + 25  # every process loaded and warm before any starts timing
+    cmd = [sys.executable, __file__, "--worker", runtime, "--batch", str(batch), "--seconds", str(seconds)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--start-at", str(start_at), "--artifacts", str(artifacts)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    return sum(json.loads(o.strip().splitlines()[-1])["img_s"] for o in outs)
+
+
+def prepare_artifacts(out: Path) -> dict:
+    """The fp32 export and its int8 quantization, and how far int8's answers are from fp32's."""
+    from training.export import OnnxModel, export_onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model()
+    fp32 = export_onnx(model)
+    (out / "model.onnx").write_bytes(fp32)
+    calibration = photos_batch(32)
+    int8 = quantize_int8(fp32, calibration)
+    (out / "model-int8.onnx").write_bytes(int8)
+    test = photos_batch(14)[:, :, :, ::-1].copy()  # mirrored: not the calibration images
+    a, b = OnnxModel(fp32)(test), OnnxModel(int8)(test)
+    from scipy.stats import spearmanr
+
+    return {
+        "int8_max_abs_diff": float(np.abs(a - b).max()),
+        "int8_score_rank_corr": float(spearmanr(a[:, 0], b[:, 0]).statistic),
+        "fp32_mb": len(fp32) / 1e6,
+        "int8_mb": len(int8) / 1e6,
+    }
+
+
+@dataclass
+class Overload:
+    connections: int
+    requests: int
+    ok: int
+    rejected: int
+    errors: int
+    goodput: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_s: float
+    client_cpu_ms_per_request: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _overload(url: str, jpegs: list[bytes], connections: int, seconds: float) -> dict:
+    """``connections`` keep-alive clients for ``seconds``; a 429 makes its client wait Retry-After."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname in ("127.0.0.1", "localhost"), "the load generator talks to loopback only"
+    latencies: list[float] = []
+    statuses: list[int] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        conn = bench_serving._Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        k = i
+        try:
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    status = await asyncio.wait_for(
+                        conn.post(parts.path, jpegs[k % len(jpegs)], "image/jpeg"), 60
+                    )
+                except bench_serving._TRANSPORT_ERRORS:
+                    status = -1
+                    await conn.close()
+                k += connections
+                statuses.append(status)
+                if status == 200:
+                    latencies.append(time.perf_counter() - t)
+                elif status == 429:
+                    await asyncio.sleep(min(1.0, deadline - time.perf_counter()))
+        finally:
+            await conn.close()
+
+    cpu0, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(connections)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    lat = sorted(latencies) or [float("nan")]
+    return {
+        "requests": len(statuses),
+        "ok": statuses.count(200),
+        "rejected": statuses.count(429),
+        "errors": len(statuses) - statuses.count(200) - statuses.count(429),
+        "goodput": statuses.count(200) / elapsed,
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000,
+        "client_cpu_ms_per_request": cpu / max(1, len(statuses)) * 1000,
+    }
+
+
+def overload_sweep(url: str, pid: int, levels: list[int], seconds: float) -> list[Overload]:
+    jpegs = bench_serving.make_jpegs()
+    asyncio.run(_overload(url, jpegs, 2, 1.0))  # warm connections and the decode pool
+    rows = []
+    for c in levels:
+        cpu0 = _cpu_seconds(pid)
+        r = asyncio.run(_overload(url, jpegs, c, seconds))
+        row = Overload(connections=c, server_cpu_s=_cpu_seconds(pid) - cpu0, **r)
+        rows.append(row)
+        print(
+            f"  c={c:5d}: goodput {row.goodput:6.1f} img/s  p50 {row.p50_ms:6.0f} ms"
+            f"  p99 {row.p99_ms:6.0f} ms  ok {row.ok} 429 {row.rejected} err {row.errors}"
+            f"  server CPU {row.server_cpu_s:.1f} s",
+            flush=True,
+        )
+    return rows
+
+
+def markdown(r: dict) -> str:
+    ceiling = max(r["model"].values())
+    best = max(r["model"], key=lambda k: r["model"][k])
+    q = r["int8"]
+    lines = [
+        f"Machine: {r['machine']}. {r['processes']} single-thread processes side by side, real 640x480"
+        f" photos; {r['seconds']:.0f} s per point.",
+        "",
+        "| runtime | batch | img/s (all processes) | vs. TorchScript |",
+        "|---|---:|---:|---:|",
+    ]
+    ts = max(v for k, v in r["model"].items() if k.startswith("torchscript"))
+    for key, v in r["model"].items():
+        runtime, batch = key.rsplit("@", 1)
+        lines.append(f"| {runtime} | {batch} | {v:.1f} | {v / ts:.2f}x |")
+    fp32 = max(v for k, v in r["model"].items() if k.startswith("onnxruntime@"))
+    int8 = max(v for k, v in r["model"].items() if k.startswith("onnxruntime-int8@"))
+    lines += [
+        "",
+        f"Ceiling: {best} at {ceiling:.1f} img/s. int8 / fp32 (ONNX Runtime): **{int8 / fp32:.2f}x**; int8's"
+        f" largest output difference from fp32 on real photos {q['int8_max_abs_diff']:.3f}, score rank"
+        f" correlation {q['int8_score_rank_corr']:.3f}; files {q['fp32_mb']:.1f} MB fp32,"
+        f" {q['int8_mb']:.1f} MB int8.",
+        "",
+        "**The server at saturation** (`POST /predict`, raw JPEG body, default runtime):",
+        "",
+        "| server | concurrency | img/s | p50 ms | p99 ms | 429 | vs. ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["server"]:
+        lines.append(
+            f"| {r['server_label']} | {row['concurrency']} | {row['img_s']:.1f} | {row['p50_ms']:.0f} | "
+            f"{row['p99_ms']:.0f} | {row['rejected']} | {row['img_s'] / ceiling:.0%} |"
+        )
+    saturated = max(row["img_s"] for row in r["server"])
+    lines += [
+        "",
+        f"**Server / ceiling at the peak: {saturated / ceiling:.2f}.**",
+        "",
+        f"**Overload** (budget {r['budget_ms']:.0f} ms; a 429's client waits its Retry-After):",
+        "",
+        "| connections | goodput img/s | vs. saturated | admitted p50 ms | admitted p99 ms | 200 | 429"
+        " | errors | server CPU ms / request |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for o in r["overload"]:
+        lines.append(
+            f"| {o['connections']} | {o['goodput']:.1f} | {o['goodput'] / saturated:.2f} |"
+            f" {o['p50_ms']:.0f} | {o['p99_ms']:.0f} | {o['ok']} | {o['rejected']} | {o['errors']} |"
+            f" {o['server_cpu_s'] * 1000 / max(1, o['requests']):.2f} |"
+        )
+    if r.get("cpu_per_rejection_ms") is not None:
+        lines += ["", f"Server CPU per rejection (estimated): {r['cpu_per_rejection_ms']:.2f} ms."]
+    return "\n".join(lines) + "\n"
+
+
+def cpu_per_rejection(rows: list[Overload], saturated: Overload | None) -> float | None:
+    """(CPU of a point - its 200s at the saturated point's CPU per 200) / its rejections, for the point
+    with the most rejections."""
+    if saturated is None or saturated.ok == 0:
+        return None
+    per_ok = saturated.server_cpu_s / saturated.ok
+    worst = max(rows, key=lambda o: o.rejected)
+    if worst.rejected == 0:
+        return None
+    return max(0.0, worst.server_cpu_s - worst.ok * per_ok) / worst.rejected * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--artifacts", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--batches", default="1,2")
+    p.add_argument("--concurrency", default="16,64")
+    p.add_argument("--overload", default="64,256,1024")
+    p.add_argument("--budget-ms", type=float, default=1000.0)
+    p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes.json")
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.batch, args.seconds, args.start_at, args.artifacts)
+        return
+
+    from serving.runtime import usable_cores
+
+    cores = usable_cores()
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "processes": cores,
+        "seconds": args.seconds,
+        "budget_ms": args.budget_ms,
+        "model": {},
+    }
+    print("exporting and quantizing:", flush=True)
+    results["int8"] = prepare_artifacts(args.artifacts)
+    print(f"  {results['int8']}", flush=True)
+    print("model alone, one process per core:", flush=True)
+    for runtime in RUNTIMES:
+        for batch in (int(b) for b in args.batches.split(",")):
+            v = side_by_side(runtime, batch, args.seconds, cores, args.artifacts)
+            results["model"][f"{runtime}@{batch}"] = v
+            print(f"  {runtime:18s} batch {batch}: {v:7.1f} img/s", flush=True)
+
+    env_budget = {"LIGHTBOX_SERVE_MAX_LATENCY_MS": str(int(args.budget_ms))}
+    os.environ.update(env_budget)
+    print("the server (default runtime, calibrated batch cap):", flush=True)
+    with bench_serving.Server(
+        ["--serve", "--runtime", "onnxruntime", "--max-queue", "4096"], name="runtime"
+    ) as srv:
+        label = "lightbox (onnxruntime)"
+        results["server_label"] = label
+        levels = [int(x) for x in args.concurrency.split(",")]
+        results["server"] = bench_serving.sweep(
+            srv.url + "/predict", bench_serving.make_jpegs(), levels, args.seconds, 5000, "server"
+        )
+        print("overload:", flush=True)
+        rows = overload_sweep(
+            srv.url + "/predict", srv.proc.pid, [int(x) for x in args.overload.split(",")], args.seconds
+        )
+    results["overload"] = [o.__dict__ for o in rows]
+    results["cpu_per_rejection_ms"] = cpu_per_rejection(
+        rows, rows[0] if rows and rows[0].rejected == 0 else None
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print("\n" + markdown(results))
+
+
+if __name__ == "__main__":
+    main()
