@@ -135,6 +135,10 @@ class LifecycleChecks:
                 )
                 assert a["model"]["score_range"] == [low, high]
                 assert all({"name", "confidence"} <= set(t) for t in a["tags"])
+                # Issue 11: the runtime the gates verified and measured fastest on this CPU serves it.
+                fastest = champion.tags[mlflow_registry.RUNTIME_CPU_TAG].split(" ")[0]
+                assert champion.tags[mlflow_registry.RUNTIME_ONNX_TAG].startswith("verified")
+                assert a["model"]["runtime"] == ("onnxruntime" if fastest == "onnxruntime" else "torchscript")
             everything = httpx.post(
                 f"{base}/predict?threshold=0",
                 files={"file": (paths[0].name, paths[0].read_bytes())},
