@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     )
     score_part_rows: int = Field(default=2000, ge=1, description="rows per parquet part (the unit of resume)")
     score_read_attempts: int = Field(default=4, ge=1, le=20, description="tries per image on storage errors")
+    # What the lightbox_score_catalog DAG scores when a promotion moves the champion (and by default when
+    # triggered by hand): None skips the scheduled run. Output None: <state>/scores (parquet parts).
+    catalog_source: str | None = None
+    catalog_out: str | None = Field(default=None, description="a parquet folder or `postgres`")
 
     # --- gates ---------------------------------------------------------------------------------
     # Test-split floors (the training run's own metrics). Every bound is the metric's own range: a floor
@@ -269,6 +273,10 @@ class Settings(BaseSettings):
     @property
     def dvc_endpoint_url(self) -> str | None:
         return self.dvc_remote_endpoint_url or self.s3_endpoint_url
+
+    @property
+    def catalog_out_path(self) -> str:
+        return self.catalog_out or str(self.state / "scores")
 
     @property
     def airflow_home_path(self) -> Path:

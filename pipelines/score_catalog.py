@@ -314,9 +314,9 @@ def _batches(
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
     actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
     blocks = max(1, min(len(todo) // READ_BATCH, 10_000))
-    ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=blocks)
+    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=blocks)
     ds = ds.map_batches(
-        read_batch,
+        read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
         batch_size=READ_BATCH,
         batch_format="numpy",
         fn_kwargs={
@@ -342,3 +342,17 @@ def _batches(
         num_gpus=1 if use_gpu else 0,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+def job_settings(
+    source: str | None, model: str | None, out: str | None
+) -> tuple[Settings, str | None, str, str | None, str | None]:
+    """(settings, source, out, alias, version) for a run whose arguments may be None (the DAG's params):
+    ``model`` is a models:/ URI, whose name overrides settings.model_name; the rest fall back to the
+    settings' catalog_source and catalog_out."""
+    from lightbox.settings import load_settings
+    from pipelines.lineage import parse_model_uri
+
+    name, version, alias = parse_model_uri(model) if model else (None, None, None)
+    settings = load_settings(model_name=name) if name else load_settings()
+    return settings, source or settings.catalog_source, out or settings.catalog_out_path, alias, version
