@@ -8,9 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -61,25 +59,13 @@ class Registered:
 
 @pytest.fixture(scope="session")
 def registered_champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
-    """One seeded model logged and registered as training does, with the artifact digest the gates
-    record (loaders refuse a version nobody judged), at @champion: no training run (~10 s, not minutes)."""
-    import mlflow
-    from lightbox.adapters import mlflow_registry
+    """A registry in a temp folder with one judged model at @champion (tests/registry_samples.py)."""
+    from registry_samples import register_champion
 
-    root: Path = tmp_path_factory.mktemp("champion")
-    settings = Settings(project_dir=root)
+    import mlflow
+
+    settings = Settings(project_dir=tmp_path_factory.mktemp("champion"))
     previous = mlflow.get_tracking_uri()
-    mlflow_registry.configure(settings)
-    torch.manual_seed(1)
-    config = ModelConfig(tag_names=TAG_VOCABULARY)
-    model = LightboxModel(config, Heads(config)).eval()
-    example = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 224), dtype=np.uint8)
-    with mlflow.start_run():
-        version = mlflow_registry.log_lightbox_model(
-            model, example, settings.model_name, tag_names=list(TAG_VOCABULARY)
-        )
-    digest = mlflow_registry.version_digest(settings, version)
-    mlflow_registry.set_version_tags(settings, version, digest.tags())
-    mlflow_registry.set_alias(settings, version, settings.champion_alias)
+    version = register_champion(settings)
     yield Registered(settings, version)
     mlflow.set_tracking_uri(previous)

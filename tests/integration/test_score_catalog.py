@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photo_samples import jpeg, photo
 from PIL import Image
 
 from lightbox.imaging import preprocess_bytes
@@ -21,7 +22,6 @@ from lightbox.photos import content_id
 from lightbox.results import read_parts
 from lightbox.settings import CODE_ROOT, Settings
 from pipelines import score_catalog
-from tests.photo_samples import jpeg, photo
 from training.predictor import RegistryLoader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
