@@ -61,9 +61,6 @@ class Done:
     uris: frozenset[str] = frozenset()
     image_ids: frozenset[str] = frozenset()
 
-    def __len__(self) -> int:
-        return len(self.uris)
-
 
 def done_from(rows: Iterable[tuple[str | None, str]]) -> Done:
     """Done from (image_id, uri) pairs of one model version's rows."""
