@@ -476,6 +476,39 @@ def consume(
 
 
 @app.command()
+def score(
+    source: Annotated[
+        str, typer.Argument(help="a folder, s3://bucket/prefix, a .txt of URIs, or a .parquet")
+    ],
+    out: Annotated[str, typer.Option("--out", help="a folder of parquet parts, or `postgres`")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)"),
+    ] = None,
+) -> None:
+    """Score a whole catalog on Ray Data (LIGHTBOX_RAY_ADDRESS, else a local Ray); a rerun resumes."""
+    import logging
+
+    from lightbox.catalog import CatalogError, StorageUnavailable
+    from lightbox.results import BadDestination
+    from lightbox.source_tree import SourceNotFound
+    from pipelines import score_catalog
+    from pipelines.lineage import parse_model_uri
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name, version, alias = parse_model_uri(model) if model else (None, None, None)  # BadModelUri: exit 2
+    settings = _tracked(load_settings(model_name=name) if name else load_settings())
+    try:
+        result = score_catalog.run(settings, source, out, alias=alias, version=version)
+    except (SourceNotFound, CatalogError, BadDestination) as exc:
+        raise _fail(f"score: {exc}", 2) from None
+    except StorageUnavailable as exc:
+        raise _fail(f"score stopped, storage unavailable: {exc}; rerun to resume") from None
+    _print(result)
+    typer.secho(result.summary(), fg="green" if not result.failed else "yellow", err=True)
+
+
+@app.command()
 def enqueue(
     uris: Annotated[list[str], typer.Argument(help="s3://bucket/key, file:// or absolute image paths")],
 ) -> None:

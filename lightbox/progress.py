@@ -62,7 +62,11 @@ class LogProgress(Generic[T]):
 
     def _emit(self, now: float) -> None:
         of = f"/{self.total}" if self.total is not None else ""
-        log.info("%s: %d%s (%.0fs)", self.desc, self.n, of, now - self._start)
+        elapsed = now - self._start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        # The rate and, with a total, the time left: what tqdm's bar shows in a terminal.
+        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if self.total is not None and rate > 0 else ""
+        log.info("%s: %d%s (%.0fs, %.1f/s%s)", self.desc, self.n, of, elapsed, rate, eta)
 
     def __enter__(self) -> LogProgress[T]:
         return self

@@ -83,6 +83,20 @@ class Settings(BaseSettings):
     tune_seed: int = Field(default=0, ge=0)
     use_gpu: bool | None = None  # None: use one when torch sees it
 
+    # --- bulk scoring (pipelines/score_catalog.py, `lightbox score`) ---------------------------------
+    # None: each model actor measures its device at start and takes the batch with the best images/s
+    # (serving.calibration); a bulk job wants throughput, not the server's latency.
+    score_batch_size: int | None = Field(default=None, ge=1, le=4096, description="None: calibrated")
+    score_actors: int | None = Field(
+        default=None, ge=1, description="model actors; None: one per GPU, else 1"
+    )
+    score_part_rows: int = Field(default=2000, ge=1, description="rows per parquet part (the unit of resume)")
+    score_read_attempts: int = Field(default=4, ge=1, le=20, description="tries per image on storage errors")
+    # What the lightbox_score_catalog DAG scores when a promotion moves the champion (and by default when
+    # triggered by hand): None skips the scheduled run. Output None: <state>/scores (parquet parts).
+    catalog_source: str | None = None
+    catalog_out: str | None = Field(default=None, description="a parquet folder or `postgres`")
+
     # --- gates ---------------------------------------------------------------------------------
     # Test-split floors (the training run's own metrics). Every bound is the metric's own range: a floor
     # below it (SROCC -5) passes any model, a ceiling above it (MAE 2) fails none.
@@ -271,6 +285,10 @@ class Settings(BaseSettings):
     @property
     def dvc_endpoint_url(self) -> str | None:
         return self.dvc_remote_endpoint_url or self.s3_endpoint_url
+
+    @property
+    def catalog_out_path(self) -> str:
+        return self.catalog_out or str(self.state / "scores")
 
     @property
     def airflow_home_path(self) -> Path:

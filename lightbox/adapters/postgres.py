@@ -97,3 +97,85 @@ def fetch_results(conn: Connection, table: str) -> list[dict]:
             sql.SQL("SELECT * FROM {} ORDER BY image_id, model_version").format(sql.Identifier(table))
         )
         return [dict(r) for r in cur.fetchall()]
+
+
+# --- bulk scoring (pipelines/score_catalog.py) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """An image bulk scoring could not score. Beside the results table, not in it: its readers expect
+    a score or a tags-only model's NULL in every row, never a failure."""
+
+    uri: str
+    model_version: str
+    model_name: str
+    image_id: str | None  # None: nothing could be read (a missing file)
+    error: str
+
+
+def ensure_errors_table(conn: Connection, table: str) -> None:
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {} (
+                    uri           text        NOT NULL,
+                    model_version text        NOT NULL,
+                    model_name    text        NOT NULL,
+                    image_id      text,
+                    error         text        NOT NULL,
+                    failed_at     timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (uri, model_version)
+                )
+                """
+            ).format(sql.Identifier(table))
+        )
+
+
+def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> None:
+    from psycopg2 import sql
+    from psycopg2.extras import execute_values
+
+    if not rows:
+        return
+    query = sql.SQL(
+        """
+        INSERT INTO {t} (uri, model_version, model_name, image_id, error) VALUES %s
+        ON CONFLICT (uri, model_version) DO UPDATE SET
+            image_id = EXCLUDED.image_id, error = EXCLUDED.error, failed_at = now()
+        """
+    ).format(t=sql.Identifier(table))
+    values = {
+        (r.uri, r.model_version): (r.uri, r.model_version, r.model_name, r.image_id, r.error) for r in rows
+    }
+    with conn, conn.cursor() as cur:
+        execute_values(cur, query.as_string(conn), list(values.values()))
+
+
+def scored_keys(
+    conn: Connection, table: str, errors_table: str, model_version: str
+) -> list[tuple[str | None, str]]:
+    """(image_id, uri) of every row one model version has, scored or failed: what a resumed bulk job
+    skips. A server-side cursor: a catalog's keys are read in pages, not all at once into the driver."""
+    from psycopg2 import sql
+
+    query = sql.SQL(
+        "SELECT image_id, source_uri FROM {r} WHERE model_version = %(v)s "
+        "UNION ALL SELECT image_id, uri FROM {e} WHERE model_version = %(v)s"
+    ).format(r=sql.Identifier(table), e=sql.Identifier(errors_table))
+    with conn, conn.cursor(name="lightbox_scored_keys") as cur:
+        cur.itersize = 10_000
+        cur.execute(query, {"v": model_version})
+        return [(image_id, uri) for image_id, uri in cur]
+
+
+def fetch_errors(conn: Connection, table: str) -> list[dict]:
+    from psycopg2 import sql
+    from psycopg2.extras import RealDictCursor
+
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} ORDER BY uri, model_version").format(sql.Identifier(table)))
+        return [dict(r) for r in cur.fetchall()]

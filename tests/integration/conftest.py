@@ -1,4 +1,5 @@
-"""Fixtures shared by the serving tests: the real app under uvicorn on a loopback socket."""
+"""Fixtures shared by the integration tests: a real model (with and without a registry), and the
+serving app under uvicorn on a loopback socket."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -47,3 +49,23 @@ def server(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@dataclass(frozen=True)
+class Registered:
+    settings: Settings  # project_dir: a temp folder with its own MLflow store
+    version: str  # the version at settings.champion_alias
+
+
+@pytest.fixture(scope="session")
+def registered_champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """A registry in a temp folder with one judged model at @champion (tests/registry_samples.py)."""
+    from registry_samples import register_champion
+
+    import mlflow
+
+    settings = Settings(project_dir=tmp_path_factory.mktemp("champion"))
+    previous = mlflow.get_tracking_uri()
+    version = register_champion(settings)
+    yield Registered(settings, version)
+    mlflow.set_tracking_uri(previous)

@@ -28,7 +28,9 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory):
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"lightbox_data", "lightbox_train", "lightbox_promote"} <= set(dagbag.dag_ids)
+    assert {"lightbox_data", "lightbox_train", "lightbox_promote", "lightbox_score_catalog"} <= set(
+        dagbag.dag_ids
+    )
 
 
 def test_every_task_has_retries(dagbag) -> None:
@@ -67,9 +69,10 @@ def test_params_are_exposed(dagbag) -> None:
     assert {"n_sources", "variants"} <= set(dagbag.dags["lightbox_data"].params.keys())
     assert {"trials", "epochs", "model_name"} <= set(dagbag.dags["lightbox_train"].params.keys())
     assert "model_name" in dagbag.dags["lightbox_promote"].params
+    assert {"source", "model", "out"} <= set(dagbag.dags["lightbox_score_catalog"].params.keys())
 
 
-@pytest.mark.parametrize("dag_id", ["lightbox_train", "lightbox_promote"])
+@pytest.mark.parametrize("dag_id", ["lightbox_train", "lightbox_promote", "lightbox_score_catalog"])
 def test_params_default_to_none_so_settings_apply(dagbag, dag_id: str) -> None:
     # A concrete default would override LIGHTBOX_TUNE_TRIALS and friends on every run.
     params = dagbag.dags[dag_id].params
@@ -100,3 +103,12 @@ def test_promotion_dag_gates_before_an_optional_approval(dagbag) -> None:
     assert {"approve", "needs_approval", "gates"} <= promote.upstream_task_ids
     assert promote.trigger_rule == "none_failed_min_one_success"
     assert "golden" in dagbag.dags["lightbox_train"].get_task("promote").upstream_task_ids
+
+
+def test_a_promotion_schedules_catalog_scoring(dagbag) -> None:
+    from lightbox.adapters import airflow_assets
+
+    dag = dagbag.dags["lightbox_score_catalog"]
+    assert "Asset" in type(dag.timetable).__name__
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == [airflow_assets.CHAMPION.uri]
+    assert dag.max_active_runs == 1  # one writer per output folder

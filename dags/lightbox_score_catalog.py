@@ -1,0 +1,56 @@
+"""lightbox_score_catalog: score a whole catalog with a model version on Ray Data (pipelines/score_catalog).
+
+Scheduled by the champion Asset that a promotion updates (the new champion scores the catalog of
+settings.catalog_source), and run on demand with params. The job is resumable and exactly once per
+(image, model version), so a retry or a second run only scores what is missing. Params left None
+take the settings' values (LIGHTBOX_* environment, then the defaults).
+"""
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+from lightbox.adapters.airflow_assets import CHAMPION
+
+RETRIES = {"retries": 2, "retry_delay": timedelta(minutes=1)}
+
+
+@dag(
+    dag_id="lightbox_score_catalog",
+    description="Score a catalog (folder, s3:// prefix, URI list) with the champion or an alias, on Ray Data",
+    schedule=[CHAMPION],
+    catchup=False,
+    max_active_runs=1,  # one writer per output: two runs would score the same images twice
+    tags=["lightbox"],
+    default_args=RETRIES,
+    params={
+        "source": Param(
+            None, type=["null", "string"], description="folder, s3://bucket/prefix, .txt or .parquet of URIs"
+        ),
+        "model": Param(
+            None,
+            type=["null", "string"],
+            description="models:/NAME@ALIAS or models:/NAME/VERSION; empty: the champion",
+        ),
+        "out": Param(None, type=["null", "string"], description="parquet folder or `postgres`"),
+    },
+)
+def lightbox_score_catalog():
+    @task
+    def score(**context) -> dict:
+        from dataclasses import asdict
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines import score_catalog
+
+        p = context["params"]
+        settings, source, out, alias, version = score_catalog.job_settings(p["source"], p["model"], p["out"])
+        if source is None:
+            raise AirflowSkipException("no catalog to score: set the source param or LIGHTBOX_CATALOG_SOURCE")
+        return asdict(score_catalog.run(settings, source, out, alias=alias, version=version))
+
+    score()
+
+
+lightbox_score_catalog()

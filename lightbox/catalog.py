@@ -1,0 +1,152 @@
+"""A catalog to score: the image URIs a source names, and the bytes behind one URI.
+
+A source is a folder, an ``s3://bucket/prefix``, a text file with one URI a line, or a parquet file
+with a ``uri`` column. URIs are absolute local paths or s3:// URLs; a relative path in a list is taken
+relative to the list's folder. The catalog is only read: nothing here writes a user's files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from lightbox.adapters import s3
+from lightbox.source_tree import SourceNotFound, SourceTree
+
+T = TypeVar("T")
+
+# A folder or prefix is listed by these extensions (case-insensitive): a catalog folder also holds
+# sidecars (.json, .xmp, thumbnails' indexes) that are no images and would each be an error row.
+# A list names its images explicitly: every line is scored, whatever its extension.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+
+
+class CatalogError(ValueError):
+    """The source cannot be listed as given (the message says why)."""
+
+
+class StorageUnavailable(OSError):
+    """Reading a URI failed with an error that is not the image's fault, after every retry."""
+
+
+def is_image_name(name: str) -> bool:
+    dot = name.rfind(".")
+    return dot > name.rfind("/") and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
+    """The URIs a source names, in a stable order (sorted for a folder or prefix, as written for a list).
+
+    Raises SourceNotFound for a source that does not exist, CatalogError for a parquet list without a
+    ``uri`` column.
+    """
+    if source.startswith("s3://"):
+        if source.endswith((".txt", ".parquet")):
+            yield from _from_list(source, s3.read(source, endpoint_url), base=source.rsplit("/", 1)[0])
+            return
+        root = source.rstrip("/")
+        for key in s3.list_keys(root, endpoint_url):
+            if is_image_name(key):
+                yield f"{root}/{key}"
+        return
+    path = Path(source).expanduser().resolve()
+    if path.is_dir():
+        for rel in SourceTree(str(path)).files():
+            if is_image_name(rel):
+                yield str(path / rel)
+        return
+    if not path.is_file():
+        raise SourceNotFound(f"{source} is neither a folder, an s3:// prefix nor a list of URIs")
+    yield from _from_list(str(path), path.read_bytes(), base=str(path.parent))
+
+
+def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:
+    if name.endswith(".parquet"):
+        lines = _parquet_uris(name, data)
+    else:
+        lines = (line.strip() for line in data.decode("utf-8").splitlines())
+    for line in lines:
+        if line and not line.startswith("#"):
+            yield absolute_uri(line, base)
+
+
+def _parquet_uris(name: str, data: bytes) -> Iterable[str]:
+    import io
+
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(io.BytesIO(data))
+    if "uri" not in schema.names:
+        raise CatalogError(f"{name} has no `uri` column (columns: {', '.join(schema.names)})")
+    column = pq.read_table(io.BytesIO(data), columns=["uri"]).column("uri")
+    return (str(v) for v in column.to_pylist() if v is not None)
+
+
+def absolute_uri(uri: str, base: str) -> str:
+    """s3:// and absolute paths as they are; ``file://`` made a path; a relative path joined to ``base``."""
+    if uri.startswith("s3://"):
+        return uri
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return unquote(urlsplit(uri).path)
+    if uri.startswith("/"):
+        return uri
+    if base.startswith("s3://"):
+        return f"{base.rstrip('/')}/{uri}"
+    return str(Path(base) / uri)
+
+
+def read_uri(uri: str, endpoint_url: str | None = None) -> bytes:
+    """The bytes at a URI; FileNotFoundError when nothing is there (the image's fault, not storage's)."""
+    if uri.startswith("s3://"):
+        return s3.read(uri, endpoint_url)  # ObjectNotFound is a FileNotFoundError
+    try:
+        return Path(uri).read_bytes()
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise FileNotFoundError(f"{uri} is not a file") from exc
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a retry may cure: I/O and network errors, and S3's own (throttling, 5xx). botocore is
+    imported here only: a local catalog never needs it."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
+
+
+def with_retries(
+    read: Callable[[], T],
+    *,
+    attempts: int = 4,
+    first_delay_s: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``read()``, tried again after a transient error with exponential backoff. A missing file
+    (FileNotFoundError) is final at once; the last transient error is raised as StorageUnavailable, so
+    the job stops (and resumes later) instead of recording healthy images as failed."""
+    transient = transient_errors()
+    for attempt in range(attempts):
+        try:
+            return read()
+        except FileNotFoundError:
+            raise
+        except transient as exc:
+            if _not_found(exc):
+                raise FileNotFoundError(str(exc)) from exc
+            if attempt == attempts - 1:
+                raise StorageUnavailable(f"{type(exc).__name__}: {exc} (after {attempts} attempts)") from exc
+            sleep(first_delay_s * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _not_found(exc: BaseException) -> bool:
+    """An S3 ClientError that says 404: the object is absent, which no retry cures."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    return response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")

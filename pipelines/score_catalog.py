@@ -1,0 +1,358 @@
+"""Stage: score a whole catalog (a folder, an s3:// prefix, a list of URIs) with one model version, on
+Ray Data, into parquet parts or the results table the upload consumer writes.
+
+The pipeline streams: Ray Data reads, hashes, decodes and resizes images in CPU tasks
+(``read_batch``: lightbox.imaging.preprocess_bytes, the server's own path), the model runs in a pool of
+actors (``Scorer``: one GPU each where there are GPUs), and this process writes the rows as they come
+(lightbox.results). Only URIs and rows pass through the driver, never the catalog's pixels.
+
+- Resumable, exactly once: the model version is pinned at start (an alias that moves mid-job does not
+  mix versions), what it already has in the output is skipped, parts are atomic or upserted.
+- A bad image (missing, unreadable, truncated, a decompression bomb) is a row with its error and never
+  fails the job; a storage error is retried, and stops the job only once retries are spent
+  (StorageUnavailable): a rerun resumes.
+
+``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``
+and ``Deduper``) is plain Python, unit-tested without Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lightbox.catalog import list_source, read_uri, with_retries
+from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, preprocess_bytes
+from lightbox.photos import content_id
+from lightbox.progress import progress
+from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_json
+from lightbox.settings import Settings
+
+if TYPE_CHECKING:
+    from training.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+OK, ERROR, SKIP = "ok", "error", "skip"
+READ_BATCH = 16  # images per read task: enough to amortize a task, small enough to spread over cores
+FLUSH_EVERY_S = 60.0  # a part at least this often: a killed slow job loses at most a minute of work
+ERRORS_SHOWN = 20
+_PIXELS = (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
+
+
+@dataclass(frozen=True)
+class Read:
+    """One URI after reading: pixels for the model, or why not."""
+
+    uri: str
+    status: str  # OK, ERROR or SKIP (this model version has the same content already)
+    image_id: str = ""  # "": nothing was read
+    content_hash: str = ""
+    error: str = ""
+    pixels: np.ndarray | None = None
+
+
+def read_one(
+    uri: str,
+    fetch: Callable[[str], bytes],
+    *,
+    max_pixels: int,
+    done_ids: frozenset[str] = frozenset(),
+    attempts: int = 4,
+) -> Read:
+    """Fetch, hash and preprocess one image. Only a storage error raises (after ``attempts`` tries):
+    everything wrong with the image itself is its row's error."""
+    try:
+        data = with_retries(lambda: fetch(uri), attempts=attempts)
+    except FileNotFoundError as exc:
+        return Read(uri, ERROR, error=f"not found: {exc}")
+    digest = hashlib.sha256(data).hexdigest()
+    image_id = content_id(data)  # the importer's and the upload consumer's id: sha256[:16]
+    if image_id in done_ids:
+        return Read(uri, SKIP, image_id, digest)
+    try:
+        pixels = preprocess_bytes(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        return Read(uri, ERROR, image_id, digest, error=str(exc))
+    return Read(uri, OK, image_id, digest, pixels=pixels)
+
+
+_done_cache: dict[str, frozenset[str]] = {}
+
+
+def read_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    endpoint_url: str | None,
+    max_pixels: int,
+    attempts: int,
+    done_ref: list[Any],
+) -> dict[str, np.ndarray]:
+    """The Ray Data read step (a task): URIs in, pixels and ids out. ``done_ref``: [ObjectRef of the
+    done image ids], wrapped so Ray passes the reference and each worker fetches the set once."""
+    done_ids = _done_ids(done_ref[0])
+    reads = [
+        read_one(
+            str(uri),
+            lambda u: read_uri(u, endpoint_url),
+            max_pixels=max_pixels,
+            done_ids=done_ids,
+            attempts=attempts,
+        )
+        for uri in batch["uri"]
+    ]
+    pixels = np.zeros((len(reads), *_PIXELS), np.uint8)  # zeros where there is nothing to score
+    for i, r in enumerate(reads):
+        if r.pixels is not None:
+            pixels[i] = r.pixels
+    # "" rather than None for absent strings: an all-None column would be Arrow's null type, which
+    # does not concatenate with the string blocks of other tasks.
+    return {
+        "uri": np.array([r.uri for r in reads], object),
+        "status": np.array([r.status for r in reads], object),
+        "image_id": np.array([r.image_id for r in reads], object),
+        "content_hash": np.array([r.content_hash for r in reads], object),
+        "error": np.array([r.error for r in reads], object),
+        "pixels": pixels,
+    }
+
+
+def _done_ids(ref: Any) -> frozenset[str]:
+    import ray
+
+    key = ref.hex()
+    if key not in _done_cache:
+        _done_cache.clear()  # one job's set at a time per worker
+        _done_cache[key] = ray.get(ref)
+    return _done_cache[key]
+
+
+class Scorer:
+    """The Ray Data model step (an actor): loads the pinned version once, then scores batches.
+
+    Calls only Predictor.predict and its identity (name, version, tag_names): the predictor decides
+    its own runtime. Without ``batch_size`` the actor measures its device and takes the fastest batch.
+    """
+
+    def __init__(self, settings: Settings, alias: str, version: str, batch_size: int | None) -> None:
+        from training.predictor import RegistryLoader
+
+        self.predictor: Predictor = RegistryLoader(settings, alias).load(version)
+        self.batch_size = batch_size or self._calibrated()
+
+    def _calibrated(self) -> int:
+        import torch
+
+        from serving.calibration import calibrate, pick_batch_size
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # where the predictor puts itself
+        measured = calibrate(self.predictor.predict, device, streams=1)
+        chosen = pick_batch_size(measured.rates, good_enough=1.0)  # the best images/s, not the knee
+        log.info("bulk scoring batch %d (%s)", chosen, measured.summary())
+        return chosen
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return score_batch(batch, self.predictor, self.batch_size)
+
+
+def score_batch(batch: dict[str, np.ndarray], predictor: Predictor, batch_size: int) -> dict[str, np.ndarray]:
+    """Scores for the rows read OK, in model batches of ``batch_size``; the pixels do not go on."""
+    n = len(batch["uri"])
+    ok = np.flatnonzero(batch["status"] == OK)
+    scores = np.full(n, np.nan, np.float32)
+    probs_json = np.full(n, "", object)
+    for start in range(0, len(ok), batch_size):
+        rows = ok[start : start + batch_size]
+        s, p = predictor.predict(np.ascontiguousarray(batch["pixels"][rows]))
+        if len(s) != len(rows) or len(p) != len(rows):
+            raise ValueError(f"model returned {len(s)} scores for {len(rows)} images")
+        scores[rows] = s
+        for i, probs in zip(rows, p, strict=True):
+            probs_json[i] = tag_probs_json(predictor.tag_names, probs)
+    out = {k: v for k, v in batch.items() if k != "pixels"}
+    out["score"] = scores
+    out["tag_probs"] = probs_json
+    out["model_name"] = np.full(n, predictor.name, object)
+    out["model_version"] = np.full(n, predictor.version, object)
+    out["has_score"] = np.full(n, predictor.has_score, bool)
+    return out
+
+
+def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], int]:
+    """The rows to write from one scored batch, and how many were skipped (content already scored)."""
+    import json
+
+    rows, skipped = [], 0
+    for i in range(len(batch["uri"])):
+        status = batch["status"][i]
+        if status == SKIP:
+            skipped += 1
+            continue
+        error = str(batch["error"][i]) or None
+        score = float(batch["score"][i])
+        rows.append(
+            ScoreRow(
+                uri=str(batch["uri"][i]),
+                image_id=str(batch["image_id"][i]) or None,
+                content_hash=str(batch["content_hash"][i]) or None,
+                model_name=str(batch["model_name"][i]),
+                model_version=str(batch["model_version"][i]),
+                score=None if error or not batch["has_score"][i] or np.isnan(score) else score,
+                tag_probs=None if error else json.loads(batch["tag_probs"][i]),
+                error=error,
+            )
+        )
+    return rows, skipped
+
+
+@dataclass
+class ScoreResult:
+    source: str
+    out: str
+    model_name: str
+    model_version: str
+    listed: int = 0  # URIs the source names
+    scored: int = 0
+    failed: int = 0  # rows with an error
+    skipped: int = 0  # this version had them already (or the URI or content came twice)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
+
+    def summary(self) -> str:
+        return (
+            f"{self.model_name} v{self.model_version}: {self.scored} scored, {self.skipped} skipped, "
+            f"{self.failed} failed of {self.listed} in {self.seconds:.1f}s "
+            f"({self.images_per_s:.1f} images/s) -> {self.out}"
+        )
+
+
+def run(
+    settings: Settings,
+    source: str,
+    out: str,
+    *,
+    alias: str | None = None,
+    version: str | None = None,
+) -> ScoreResult:
+    """Score every image ``source`` names with ``models:/<model_name>@<alias>`` (or ``version``) into
+    ``out``: a folder of parquet parts, or ``postgres`` (settings.results_dsn, results_table)."""
+    from training.predictor import RegistryLoader
+
+    alias = alias or settings.champion_alias
+    version = version or RegistryLoader(settings, alias).resolve()  # pinned for the whole job
+    sink = open_sink(out, dsn=settings.results_dsn, table=settings.results_table)
+    result = ScoreResult(source, sink.describe(), settings.model_name, version)
+    t0 = time.monotonic()
+    try:
+        done = sink.done(version)
+        uris = list(list_source(source, settings.s3_endpoint_url))
+        todo, result.skipped = pending(uris, done)
+        result.listed = len(uris)
+        log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)
+        if todo:
+            _score(settings, todo, done.image_ids, alias, version, sink, result)
+    finally:
+        sink.close()
+    result.seconds = time.monotonic() - t0
+    result.images_per_s = (result.scored + result.failed) / result.seconds if result.seconds else 0.0
+    log.info("%s", result.summary())
+    return result
+
+
+def _score(
+    settings: Settings,
+    todo: list[str],
+    done_ids: frozenset[str],
+    alias: str,
+    version: str,
+    sink: Any,
+    result: ScoreResult,
+) -> None:
+    from lightbox.ray_cluster import ray_session
+
+    with ray_session(settings):
+        dedupe, buffer, last_flush = Deduper(), [], time.monotonic()
+        with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
+            for batch in _batches(settings, todo, done_ids, alias, version):
+                rows, skipped = rows_from_batch(batch)
+                rows, repeated = dedupe.new(rows)
+                result.skipped += skipped + repeated
+                for r in rows:
+                    if r.error is None:
+                        result.scored += 1
+                    else:
+                        result.failed += 1
+                        if len(result.errors) < ERRORS_SHOWN:
+                            result.errors.append((r.uri, r.error))
+                buffer += rows
+                now = time.monotonic()
+                if len(buffer) >= settings.score_part_rows or now - last_flush >= FLUSH_EVERY_S:
+                    sink.write(buffer)
+                    buffer, last_flush = [], now
+                bar.update(len(batch["uri"]))
+            sink.write(buffer)
+
+
+def _batches(
+    settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data pipeline: URIs -> read tasks -> model actors -> scored batches, streamed."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
+    actors = settings.score_actors or (max(gpus, 1) if use_gpu else 1)
+    # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
+    actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
+    blocks = max(1, min(len(todo) // READ_BATCH, 10_000))
+    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=blocks)
+    ds = ds.map_batches(
+        read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
+        batch_size=READ_BATCH,
+        batch_format="numpy",
+        fn_kwargs={
+            "endpoint_url": settings.s3_endpoint_url,
+            "max_pixels": settings.max_pixels,
+            "attempts": settings.score_read_attempts,
+            "done_ref": [ray.put(done_ids)],
+        },
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        Scorer,
+        batch_size=actor_rows,
+        batch_format="numpy",
+        fn_constructor_kwargs={
+            "settings": settings,
+            "alias": alias,
+            "version": version,
+            "batch_size": settings.score_batch_size,
+        },
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+def job_settings(
+    source: str | None, model: str | None, out: str | None
+) -> tuple[Settings, str | None, str, str | None, str | None]:
+    """(settings, source, out, alias, version) for a run whose arguments may be None (the DAG's params):
+    ``model`` is a models:/ URI, whose name overrides settings.model_name; the rest fall back to the
+    settings' catalog_source and catalog_out."""
+    from lightbox.settings import load_settings
+    from pipelines.lineage import parse_model_uri
+
+    name, version, alias = parse_model_uri(model) if model else (None, None, None)
+    settings = load_settings(model_name=name) if name else load_settings()
+    return settings, source or settings.catalog_source, out or settings.catalog_out_path, alias, version

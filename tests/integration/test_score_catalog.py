@@ -1,0 +1,147 @@
+"""Bulk scoring on a real (local, 2-CPU) Ray with a registered model: every good image gets the numbers
+``Predictor.predict`` gives it, every bad one a row with its error, and a job SIGKILLed mid-way and run
+again leaves exactly one row per image."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from photo_samples import jpeg, photo
+from PIL import Image
+
+from lightbox.imaging import preprocess_bytes
+from lightbox.photos import content_id
+from lightbox.results import read_parts
+from lightbox.settings import CODE_ROOT, Settings
+from pipelines import score_catalog
+from training.predictor import RegistryLoader
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_PIXELS = 1_000_000  # small, so a 1200x1200 PNG is the decompression bomb
+BAD = {"truncated.jpg", "garbage.jpg", "bomb.png", "missing.jpg"}
+
+
+def _catalog(root: Path, n_good: int) -> Path:
+    """n_good photos (JPEG and PNG, one with an EXIF rotation), one copy of a photo under a second
+    name, three broken files and a missing one; returns the list of URIs (one a line)."""
+    pics = root / "pics"
+    pics.mkdir(parents=True)
+    for i in range(n_good):
+        img = photo(i, (96 + 8 * (i % 3), 64))
+        if i % 4 == 1:
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            (pics / f"img_{i:03d}.png").write_bytes(buf.getvalue())
+        elif i % 4 == 2:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # stored sideways: upright is a quarter turn
+            (pics / f"img_{i:03d}.jpg").write_bytes(jpeg(img, exif=exif.tobytes()))
+        else:
+            (pics / f"img_{i:03d}.jpg").write_bytes(jpeg(img))
+    (pics / "copy_of_000.jpg").write_bytes((pics / "img_000.jpg").read_bytes())
+    whole = (pics / "img_000.jpg").read_bytes()
+    (pics / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (pics / "garbage.jpg").write_bytes(b"this is no image at all")
+    buf = io.BytesIO()
+    Image.new("L", (1200, 1200)).save(buf, "PNG")  # 1.44 MP > MAX_PIXELS, a few KB on disk
+    (pics / "bomb.png").write_bytes(buf.getvalue())
+    listing = root / "catalog.txt"
+    names = sorted(p.name for p in pics.iterdir())
+    listing.write_text("".join(f"pics/{n}\n" for n in names) + "# a comment\n\npics/missing.jpg\n")
+    return listing
+
+
+def _bulk_settings(base: Settings, **overrides: object) -> Settings:
+    return Settings(
+        project_dir=base.project_dir,
+        ray_num_cpus=2,
+        max_pixels=MAX_PIXELS,
+        score_batch_size=4,
+        score_part_rows=3,
+        **overrides,
+    )
+
+
+def test_bulk_scores_match_the_predictor_and_bad_images_are_rows(registered_champion, tmp_path: Path) -> None:
+    settings = _bulk_settings(registered_champion.settings)
+    listing = _catalog(tmp_path / "catalog", n_good=16)
+    out = tmp_path / "scores"
+
+    result = score_catalog.run(settings, str(listing), str(out))
+
+    assert (result.listed, result.scored, result.failed) == (21, 16, 4)
+    assert result.skipped == 1  # copy_of_000.jpg: the same photo, one row
+    table = read_parts(out)
+    assert table is not None
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
+    assert len(table) == 20 and len({r["image_id"] or r["uri"] for r in rows.values()}) == 20
+    assert {name for name, r in rows.items() if r["error"]} == BAD
+    assert "not found" in rows["missing.jpg"]["error"] and rows["missing.jpg"]["image_id"] is None
+    assert "over the limit" in rows["bomb.png"]["error"]
+    assert "truncated" in rows["truncated.jpg"]["error"]
+
+    predictor = RegistryLoader(settings, settings.champion_alias).load()
+    good = sorted(n for n in rows if n not in BAD)
+    pics = listing.parent / "pics"
+    data = [(pics / n).read_bytes() for n in good]
+    scores, probs = predictor.predict(np.stack([preprocess_bytes(d, max_pixels=MAX_PIXELS) for d in data]))
+    for name, d, score, p in zip(good, data, scores, probs, strict=True):
+        row = rows[name]
+        assert row["image_id"] == content_id(d) and row["content_hash"].startswith(row["image_id"])
+        assert (row["model_name"], row["model_version"]) == ("lightbox", registered_champion.version)
+        assert row["score"] == pytest.approx(float(score), abs=1e-5)
+        got = dict(row["tag_probs"])
+        assert list(got) == list(predictor.tag_names)
+        np.testing.assert_allclose([got[t] for t in predictor.tag_names], p, atol=1e-5)
+
+    again = score_catalog.run(settings, str(listing), str(out))
+    assert (again.scored, again.failed, again.skipped) == (0, 0, 21)
+    assert len(read_parts(out)) == 20  # type: ignore[arg-type]
+
+
+def test_a_killed_job_resumes_with_one_row_per_image(registered_champion, tmp_path: Path) -> None:
+    listing = _catalog(tmp_path / "catalog", n_good=30)
+    out = tmp_path / "scores"
+    base = _bulk_settings(registered_champion.settings)
+    env = dict(os.environ) | {
+        "PYTHONPATH": str(CODE_ROOT),
+        "LIGHTBOX_PROJECT_DIR": str(base.project_dir),
+        "LIGHTBOX_RAY_NUM_CPUS": "2",
+        "LIGHTBOX_MAX_PIXELS": str(MAX_PIXELS),
+        "LIGHTBOX_SCORE_BATCH_SIZE": "1",
+        "LIGHTBOX_SCORE_PART_ROWS": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    cmd = [sys.executable, "-m", "lightbox.cli", "score", str(listing), "--out", str(out)]
+    cmd += ["--model", "models:/lightbox@champion"]
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("part-*.parquet")):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no part written in 180 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait(30)
+    first = read_parts(out)
+    assert first is not None and 0 < len(first) < 35, "the job was not killed mid-way"
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    table = read_parts(out)
+    assert table is not None
+    keys = [r["image_id"] or r["uri"] for r in table.to_pylist()]
+    assert len(keys) == len(set(keys)) == 34  # 30 photos + 4 bad; the copy shares img_000's row
+    assert sorted(r["uri"] for r in first.to_pylist()) == sorted(
+        r["uri"] for r in table.to_pylist() if r["uri"] in set(first["uri"].to_pylist())
+    )

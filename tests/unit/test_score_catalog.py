@@ -1,0 +1,239 @@
+"""Bulk scoring's pure parts, without Ray or a model: listing a source, reading one image, retries,
+what a resumed job skips, one row per image, and atomic parquet parts."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from lightbox.catalog import CatalogError, StorageUnavailable, list_source, read_uri, with_retries
+from lightbox.photos import content_id
+from lightbox.results import (
+    BadDestination,
+    Deduper,
+    Done,
+    ParquetSink,
+    ScoreRow,
+    done_from,
+    open_sink,
+    pending,
+    read_parts,
+)
+from lightbox.source_tree import SourceNotFound
+from pipelines.score_catalog import ERROR, OK, SKIP, read_one, rows_from_batch, score_batch
+
+
+def _png(size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- listing -------------------------------------------------------------------------------------------
+
+
+def test_a_folder_lists_its_images_sorted_and_skips_sidecars(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    for name in ("b/z.JPG", "a.png", "b/c.webp", "notes.json", ".hidden.jpg", "b/raw.xmp"):
+        (tmp_path / name).write_bytes(b"x")
+    assert list(list_source(str(tmp_path))) == [
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b/c.webp"),
+        str(tmp_path / "b/z.JPG"),
+    ]
+
+
+def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("# catalog\nb.jpg\n\n/abs/a.jpg\nfile:///x/y%20z.png\ns3://bucket/k.jpg\nsub/c.txt\n")
+    assert list(list_source(str(listing))) == [
+        str(tmp_path / "b.jpg"),
+        "/abs/a.jpg",
+        "/x/y z.png",
+        "s3://bucket/k.jpg",
+        str(tmp_path / "sub/c.txt"),  # a list names images explicitly: no extension filter
+    ]
+
+
+def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"uri": ["/a.jpg", None, "rel.png"], "other": [1, 2, 3]}), path)
+    assert list(list_source(str(path))) == ["/a.jpg", str(tmp_path / "rel.png")]
+    pq.write_table(pa.table({"path": ["/a.jpg"]}), path)
+    with pytest.raises(CatalogError, match="no `uri` column"):
+        list(list_source(str(path)))
+
+
+def test_a_missing_source_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound):
+        list(list_source(str(tmp_path / "nowhere")))
+
+
+def test_read_uri_says_not_found_for_a_folder_or_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_uri(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        read_uri(str(tmp_path / "gone.jpg"))
+
+
+# --- retries -------------------------------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_with_backoff() -> None:
+    calls, sleeps = [], []
+
+    def flaky() -> bytes:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("peer reset")
+        return b"ok"
+
+    assert with_retries(flaky, attempts=4, first_delay_s=0.1, sleep=sleeps.append) == b"ok"
+    assert sleeps == [0.1, 0.2]
+
+
+def test_spent_retries_stop_the_job_and_a_missing_file_is_final_at_once() -> None:
+    def down() -> bytes:
+        raise TimeoutError("storage down")
+
+    with pytest.raises(StorageUnavailable, match="after 3 attempts"):
+        with_retries(down, attempts=3, sleep=lambda _: None)
+
+    calls = []
+
+    def missing() -> bytes:
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing, attempts=3, sleep=lambda _: None)
+    assert len(calls) == 1
+
+
+# --- reading one image -----------------------------------------------------------------------------------
+
+
+def test_read_one_gives_pixels_ids_or_the_reason() -> None:
+    png = _png()
+    store = {"ok.png": png, "garbage.jpg": b"no image", "huge.png": _png((300, 300))}
+
+    def fetch(uri: str) -> bytes:
+        if uri not in store:
+            raise FileNotFoundError(uri)
+        return store[uri]
+
+    ok = read_one("ok.png", fetch, max_pixels=10_000)
+    assert ok.status == OK and ok.pixels is not None and ok.pixels.shape == (3, 224, 224)
+    assert ok.image_id == content_id(png) and ok.content_hash == hashlib.sha256(png).hexdigest()
+    assert read_one("garbage.jpg", fetch, max_pixels=10_000).status == ERROR
+    huge = read_one("huge.png", fetch, max_pixels=10_000)
+    assert huge.status == ERROR and "over the limit" in huge.error and huge.image_id
+    gone = read_one("gone.png", fetch, max_pixels=10_000)
+    assert (gone.status, gone.image_id) == (ERROR, "") and "not found" in gone.error
+    again = read_one("ok.png", fetch, max_pixels=10_000, done_ids=frozenset({content_id(png)}))
+    assert again.status == SKIP and again.pixels is None
+
+
+# --- scoring a batch (a fake predictor) -----------------------------------------------------------------
+
+
+class _Predictor:
+    name, version, tag_names, has_score = "m", "7", ("a", "b"), True
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append(len(x))
+        mean = x.reshape(len(x), -1).mean(axis=1).astype(np.float32)
+        return mean, np.stack([mean / 255, 1 - mean / 255], axis=1).astype(np.float32)
+
+
+def test_score_batch_scores_only_what_was_read_in_model_batches() -> None:
+    n = 5
+    pixels = np.zeros((n, 3, 224, 224), np.uint8)
+    pixels[0], pixels[2], pixels[3] = 10, 20, 30
+    batch = {
+        "uri": np.array([f"u{i}" for i in range(n)], object),
+        "status": np.array([OK, ERROR, OK, OK, SKIP], object),
+        "image_id": np.array(["i0", "i1", "i2", "i3", "i4"], object),
+        "content_hash": np.array(["h0", "h1", "h2", "h3", "h4"], object),
+        "error": np.array(["", "corrupt", "", "", ""], object),
+        "pixels": pixels,
+    }
+    predictor = _Predictor()
+    scored = score_batch(batch, predictor, batch_size=2)  # type: ignore[arg-type]
+    assert predictor.batches == [2, 1] and "pixels" not in scored
+    rows, skipped = rows_from_batch(scored)
+    assert skipped == 1 and [r.uri for r in rows] == ["u0", "u1", "u2", "u3"]
+    assert [r.score for r in rows] == [10.0, None, 20.0, 30.0]
+    assert rows[1].error == "corrupt" and rows[1].tag_probs is None
+    assert rows[2].tag_probs == pytest.approx({"a": 20 / 255, "b": 1 - 20 / 255})
+    assert {(r.model_name, r.model_version) for r in rows} == {("m", "7")}
+
+
+# --- resumption and one row per image --------------------------------------------------------------------
+
+
+def _row(uri: str, image_id: str | None, version: str = "3", error: str | None = None) -> ScoreRow:
+    return ScoreRow(
+        uri=uri,
+        image_id=image_id,
+        content_hash=None if image_id is None else image_id + "ff",
+        model_name="lightbox",
+        model_version=version,
+        score=None if error else 0.5,
+        tag_probs=None if error else {"t": 0.25},
+        error=error,
+    )
+
+
+def test_pending_skips_done_and_repeated_uris() -> None:
+    done = done_from([("id1", "/a.jpg"), (None, "/missing.jpg")])
+    assert done == Done(frozenset({"/a.jpg", "/missing.jpg"}), frozenset({"id1"}))
+    todo, skipped = pending(["/a.jpg", "/b.jpg", "/missing.jpg", "/b.jpg", "/c.jpg"], done)
+    assert (todo, skipped) == (["/b.jpg", "/c.jpg"], 3)
+
+
+def test_deduper_keeps_the_first_row_of_each_image() -> None:
+    d = Deduper()
+    first, dropped = d.new([_row("/a", "x"), _row("/copy_of_a", "x"), _row("/gone", None)])
+    assert [r.uri for r in first] == ["/a", "/gone"] and dropped == 1
+    second, dropped = d.new([_row("/gone", None), _row("/b", "y")])
+    assert [r.uri for r in second] == ["/b"] and dropped == 1
+
+
+def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path) -> None:
+    out = tmp_path / "scores"
+    out.mkdir()
+    (out / "part-dead-000000.parquet.tmp").write_bytes(b"half a part")  # a killed job's leftover
+    sink = ParquetSink(out)
+    assert not list(out.glob("*.tmp"))
+    assert sink.done("3") == Done()
+    sink.write([_row("/a", "x"), _row("/bad", "y", error="corrupt")])
+    sink.write([_row("/gone", None, error="not found"), _row("/a", "x", version="4")])
+    sink.write([])
+    assert len(list(out.glob("part-*.parquet"))) == 2
+    assert sink.done("3") == Done(frozenset({"/a", "/bad", "/gone"}), frozenset({"x", "y"}))
+    assert sink.done("4") == Done(frozenset({"/a"}), frozenset({"x"}))
+    table = read_parts(out)
+    assert table is not None and table.num_rows == 4
+    row = table.to_pylist()[0]
+    assert row["tag_probs"] == [("t", 0.25)] and row["scored_at"] is not None
+    # A second sink (the resumed job) writes beside the first one's parts, never over them.
+    ParquetSink(out).write([_row("/c", "z")])
+    assert read_parts(out).num_rows == 5  # type: ignore[union-attr]
+
+
+def test_an_unusable_destination_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadDestination, match="LIGHTBOX_RESULTS_DSN"):
+        open_sink("postgres", dsn=None, table="image_scores")
+    with pytest.raises(BadDestination, match="local folder"):
+        open_sink("s3://bucket/scores", dsn=None, table="image_scores")
