@@ -115,12 +115,20 @@ class Admission:
         rate: ServiceRate,
         queued: Callable[[], int],
         metrics: AdmissionMetrics | None = None,
+        *,
+        unmeasured_limit: int | None = None,
     ) -> None:
         if not budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
+        if unmeasured_limit is not None and unmeasured_limit < 1:
+            raise ValueError(f"unmeasured_limit must be >= 1, got {unmeasured_limit!r}")
         self.budget_s, self.max_queue, self.rate, self.queued = budget_s, max_queue, rate, queued
+        # Images in the server at most until the rate is measured (None: up to max_queue). A server that
+        # does not know its speed yet and meets a flood would otherwise fill the queue to its cap, and
+        # every request in it would wait seconds; one round of batches measures the rate in milliseconds.
+        self.unmeasured_limit = unmeasured_limit
         self.metrics = metrics or AdmissionMetrics(CollectorRegistry())
         self._reserved = 0
         self._computing = 0
@@ -156,17 +164,24 @@ class Admission:
 
     def check(self, n: int, held: int = 0) -> None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits."""
-        queued = self.queued()
-        waiting = queued + self._reserved - held
-        wait = self.estimate(n, held)
+        computing = self._computing  # read once: a compute thread may change it meanwhile
+        ahead = self.queued() + computing + self._reserved - held
+        rate = self.rate.images_per_s
+        wait = None if rate is None else (ahead + n) / rate  # as estimate(), without reading twice
+        waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(
                 "queue",
                 f"{waiting} images waiting + {n} new > max_queue={self.max_queue}",
                 _whole_seconds(wait),
             )
+        limit = self.unmeasured_limit
+        if wait is None and limit is not None and ahead > 0 and ahead + n > limit:
+            raise Refused(
+                "latency", f"service rate not measured yet: {ahead} images ahead + {n} new > {limit}", 1
+            )
         # Never refuse on an idle server: a request bigger than the budget could not do better later.
-        if wait is not None and wait > self.budget_s and self.ahead(held) > 0:
+        if wait is not None and wait > self.budget_s and ahead > 0:
             raise Refused(
                 "latency",
                 f"estimated wait {wait:.2f}s > budget {self.budget_s:.2f}s",

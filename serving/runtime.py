@@ -158,13 +158,14 @@ class InferenceRuntime:
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
         # Admission by time (serving/admission.py): the rate is measured from the first batch on; until
-        # then only the image-count cap refuses.
+        # then at most one round of batches is let in.
         self.admission = Admission(
             settings.serve_max_latency_ms / 1000,
             settings.serve_max_queue,
             ServiceRate(self.layout.concurrent_batches),
             lambda: self.batcher.queue_depth,
             AdmissionMetrics(self.registry),
+            unmeasured_limit=self.config.max_batch_size * self.layout.concurrent_batches,
         )
         self._decode_workers = settings.serve_decode_workers or usable_cores()
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None

@@ -136,6 +136,22 @@ def test_until_the_rate_is_measured_only_the_image_cap_refuses() -> None:
     assert _metric(registry, "lightbox_admission_service_rate_images_per_second") == 0
 
 
+def test_until_the_rate_is_measured_one_round_of_batches_is_let_in() -> None:
+    queue, registry = Queue(), CollectorRegistry()
+    admission = Admission(1.0, 256, ServiceRate(2), queue, AdmissionMetrics(registry), unmeasured_limit=4)
+    first = admission.admit(1)
+    first.extend(10)  # an idle server admits any request
+    first.release()
+    queue.depth = 3
+    admission.admit(1).release()  # 3 + 1 <= 4
+    with pytest.raises(Refused) as caught:
+        admission.admit(2)
+    assert caught.value.reason == "latency" and caught.value.retry_after_s == 1
+    assert "not measured yet" in str(caught.value)
+    admission.rate.observe(1, 0.01)  # measured: 200 img/s, the estimate decides from now on
+    admission.admit(2).release()
+
+
 def test_the_image_cap_counts_images_still_decoding() -> None:
     admission, queue, _ = make(max_queue=4, rate=None)
     first = admission.admit(1)
