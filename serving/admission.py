@@ -41,9 +41,13 @@ class ServiceRate:
     a quiet server completes few images/s because few arrive, not because it is slow. Under overload
     (the only time the estimate refuses anything) every stream is busy, and the measured batch times
     include what they cost each other and the decoding threads on the same cores.
+
+    A batch still running counts as soon as it has run longer per image than the average: a slowdown
+    (other processes taking the cores, a long garbage collection) shows at once instead of when the
+    slow batch ends, by which time the server would have admitted a backlog it cannot serve in time.
     """
 
-    def __init__(self, streams: int, alpha: float = 0.1, seed_images_per_s: float | None = None) -> None:
+    def __init__(self, streams: int, alpha: float = 0.2, seed_images_per_s: float | None = None) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams!r}")
         if not 0 < alpha <= 1:
@@ -54,6 +58,8 @@ class ServiceRate:
         # Seconds one image costs one stream; None until a batch finished (or a seed was given).
         self._seconds_per_image = streams / seed_images_per_s if seed_images_per_s else None
         self._lock = threading.Lock()  # compute threads observe side by side
+        self._running: dict[int, tuple[float, int]] = {}  # batch key -> (start, images)
+        self._next_key = 0
 
     def observe(self, images: int, seconds: float) -> None:
         """One finished batch of ``images`` that took ``seconds`` of wall time."""
@@ -64,11 +70,33 @@ class ServiceRate:
             old = self._seconds_per_image
             self._seconds_per_image = sample if old is None else old + self.alpha * (sample - old)
 
+    def begin(self, images: int) -> int:
+        """A batch of ``images`` starts; returns its key for ``end``."""
+        with self._lock:
+            key, self._next_key = self._next_key, self._next_key + 1
+            self._running[key] = (time.monotonic(), images)
+        return key
+
+    def end(self, key: int, ok: bool = True) -> None:
+        """The batch ``key`` finished; timed into the average only if ``ok`` (a failed batch says
+        nothing about speed)."""
+        with self._lock:
+            start, images = self._running.pop(key)
+        if ok:
+            self.observe(images, time.monotonic() - start)
+
     @property
     def images_per_s(self) -> float | None:
         """None until measured. A batch timed at 0 s (a coarse clock) counts as very fast, not infinite."""
         s = self._seconds_per_image
-        return None if s is None else self.streams / max(s, 1e-9)
+        if s is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.values())
+        # Slower than the average so far (a lower bound on its own seconds per image): the slowest counts.
+        s = max([s] + [(now - start) / images for start, images in running if images > 0])
+        return self.streams / max(s, 1e-9)
 
 
 class AdmissionMetrics:
@@ -209,11 +237,13 @@ class Admission:
         times it for the rate when it succeeds (a failed batch says nothing about speed)."""
         with self._lock:
             self._computing += n
-        start = time.monotonic()
+        key = self.rate.begin(n)
+        ok = False
         try:
             yield
-            self.rate.observe(n, time.monotonic() - start)
+            ok = True
         finally:
+            self.rate.end(key, ok)
             with self._lock:
                 self._computing -= n
 

@@ -3,8 +3,8 @@ again as soon as it has its answer (after a pause when refused), for a bounded t
 
 Stdlib only, and run as its own process (``python flood.py ...``): in the test's process it would
 share the GIL with the server under test and slow it down. Prints one JSON object:
-``{"results": [[status, seconds, retry_after or null], ...], "errors": [...]}``; status 0 is a
-connection that failed or timed out.
+``{"results": [[status, seconds, retry_after or null, sent at], ...], "errors": [...]}`` (sent at:
+seconds since the flood began); status 0 is a connection that failed or timed out.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class Flood:
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         self.left = args.max_requests
+        self.began = time.perf_counter()
         self.deadline = time.monotonic() + args.seconds
-        self.results: list[tuple[int, float, str | None]] = []
+        self.results: list[tuple[int, float, str | None, float]] = []
         self.errors: list[str] = []
 
     async def connection(self) -> None:
@@ -50,10 +51,11 @@ class Flood:
                 try:
                     status, headers, _ = await asyncio.wait_for(read_response(reader), self.args.timeout)
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                    self.results.append((0, time.perf_counter() - start, None))
+                    self.results.append((0, time.perf_counter() - start, None, start - self.began))
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     return
-                self.results.append((status, time.perf_counter() - start, headers.get("retry-after")))
+                elapsed = time.perf_counter() - start
+                self.results.append((status, elapsed, headers.get("retry-after"), start - self.began))
                 if status != 200:
                     await asyncio.sleep(self.args.pause)
                 if headers.get("connection", "").lower() == "close":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -46,6 +47,16 @@ def test_the_rate_is_streams_over_the_seconds_per_image() -> None:
     assert rate.images_per_s == pytest.approx(10.0)
     rate.observe(images=0, seconds=1.0)  # an empty batch says nothing
     assert rate.images_per_s == pytest.approx(10.0)
+
+
+def test_a_batch_running_slower_than_the_average_lowers_the_rate_at_once() -> None:
+    rate = ServiceRate(streams=1, seed_images_per_s=1000.0)  # 1 ms per image
+    key = rate.begin(images=2)
+    time.sleep(0.05)  # 25 ms per image so far, and still running
+    slow = rate.images_per_s
+    assert slow is not None and slow < 1000.0 / 10
+    rate.end(key, ok=False)  # failed: not averaged in, and no longer running
+    assert rate.images_per_s == pytest.approx(1000.0)
 
 
 def test_a_seed_stands_until_the_first_batch_replaces_it() -> None:
