@@ -184,18 +184,18 @@ class Admission:
         """Seconds until a request of ``n`` images is computed: the backlog ahead of it and its own
         images at the measured rate. None until the rate is measured.
 
-        A batch in progress counts whole (it may have just started), the batch fill wait (a few ms)
-        not at all, and decoding runs beside the model, so it is left out too.
+        Its own images take a whole stream's turn however few they are: one image alone on one of
+        two streams takes two images' worth of the total rate. A batch in progress counts whole (it may
+        have just started), the batch fill wait (a few ms) not at all, and decoding runs beside the
+        model, so it is left out too.
         """
-        rate = self.rate.images_per_s
-        return None if rate is None else (self.ahead(held) + n) / rate
+        return _wait(self.ahead(held), n, self.rate.streams, self.rate.images_per_s)
 
     def check(self, n: int, held: int = 0) -> None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits."""
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
-        rate = self.rate.images_per_s
-        wait = None if rate is None else (ahead + n) / rate  # as estimate(), without reading twice
+        wait = _wait(ahead, n, self.rate.streams, self.rate.images_per_s)  # estimate(), reading once
         waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(
@@ -250,6 +250,10 @@ class Admission:
     def _move(self, delta: int) -> None:
         with self._lock:
             self._reserved += delta
+
+
+def _wait(ahead: int, n: int, streams: int, rate: float | None) -> float | None:
+    return None if rate is None else (ahead + streams * math.ceil(n / streams)) / rate
 
 
 def _whole_seconds(wait: float | None) -> int:

@@ -31,7 +31,9 @@ from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 
-BUDGET_MS = 300
+# Small, to reach overload easily; not smaller: on a busy 2-core machine one batch alone can take
+# 100-200 ms, and a budget of two batches makes every estimate a coin toss.
+BUDGET_MS = 500
 FLOOD = Path(__file__).with_name("flood.py")
 
 
@@ -112,7 +114,7 @@ def test_a_flood_gets_answers_within_the_budget_or_429_at_once(
         metrics = httpx.get(f"http://{address}/metrics", timeout=30).text
         assert 'lightbox_admission_rejected_total{reason="latency"}' in metrics
         assert 'lightbox_http_requests_total{method="POST",route="/predict",status="429"}' in metrics
-        assert "lightbox_admission_budget_seconds 0.3" in metrics
+        assert f"lightbox_admission_budget_seconds {BUDGET_MS / 1000}" in metrics
 
 
 def test_reservations_return_to_zero_after_every_kind_of_answer(predictor: Predictor, tmp_path: Path) -> None:

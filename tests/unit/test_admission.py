@@ -234,4 +234,5 @@ def test_metrics_show_the_budget_the_rate_and_the_estimate() -> None:
     queue.depth = 3
     assert _metric(registry, "lightbox_admission_budget_seconds") == pytest.approx(0.3)
     assert _metric(registry, "lightbox_admission_service_rate_images_per_second") == pytest.approx(20.0)
-    assert _metric(registry, "lightbox_admission_estimated_wait_seconds") == pytest.approx(4 / 20)
+    # 3 queued, then the new image takes one of the two streams for a whole turn: (3 + 2) / 20.
+    assert _metric(registry, "lightbox_admission_estimated_wait_seconds") == pytest.approx(5 / 20)
