@@ -10,6 +10,7 @@ on refusing is a core the admitted ones wait for.
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 from serving.admission import Admission, Refused, Ticket
@@ -34,7 +35,7 @@ def inference_route(method: str, path: str) -> str | None:
     return None
 
 
-def ticket_of(scope: dict[str, Any]) -> Ticket:
+def ticket_of(scope: MutableMapping[str, Any]) -> Ticket:
     """The ticket the middleware opened for this request."""
     try:
         return scope[TICKET_KEY]
