@@ -3,8 +3,8 @@
 
 Every non-2xx answer is JSON ``{"error": "..."}``: bad input is 4xx (400 undecodable, 413 too large,
 415 wrong content type, 422 bad parameters), overload is 429 with ``Retry-After`` (refused before
-the body is read when the latency budget cannot be met: serving/admission_http.py); a 5xx means a bug
-or a failed model, never the client's bytes.
+the body is read, or before decoding once the image count is known, when the latency budget cannot be
+met: serving/admission_http.py); a 5xx means a bug or a failed model, never the client's bytes.
 """
 
 from __future__ import annotations
