@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     # Every request can wait this long for its batch to fill: past seconds it is a typo, not a tuning.
     serve_max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0, description="batch fill wait")
     serve_max_queue: int = Field(default=256, ge=1)
+    # The response time the server promises: a request whose estimated wait (the images ahead of it at
+    # the measured images/s) is over this is refused with 429 before its body is decoded
+    # (serving/admission.py). Past minutes it is a typo, not a promise.
+    serve_max_latency_ms: float = Field(
+        default=1000.0, gt=0.0, le=600_000.0, description="admission latency budget"
+    )
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
     # None for both: sized for the device (serving.runtime.compute_layout). On CPU, batches running side
     # by side on one thread each beat one batch on every core (measured: docs/benchmarks.md).

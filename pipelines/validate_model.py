@@ -105,6 +105,7 @@ class GateReport:
             "report_uri": self.report_uri,
             "reused": self.reused,
             "verdict": self.verdict.to_dict(),
+            "runtime": self.runtime_tags or None,  # which runtime serves it, and why (not a gate)
             "evidence": self.evidence,
         }
 

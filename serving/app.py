@@ -2,8 +2,9 @@
 ``/healthz``, ``/metrics``, ``POST /admin/reload`` and a small upload page at ``/``.
 
 Every non-2xx answer is JSON ``{"error": "..."}``: bad input is 4xx (400 undecodable, 413 too large,
-415 wrong content type, 422 bad parameters), overload is 429 with ``Retry-After``; a 5xx means a bug
-or a failed model, never the client's bytes.
+415 wrong content type, 422 bad parameters), overload is 429 with ``Retry-After`` (refused before
+the body is read, or before decoding once the image count is known, when the latency budget cannot be
+met: serving/admission_http.py); a 5xx means a bug or a failed model, never the client's bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightbox.settings import Settings
+from serving.admission_http import AdmissionMiddleware, ticket_of
 from serving.batching import BatcherClosed
 from serving.metrics import RequestMetricsMiddleware
 from serving.reload import HotSwapper, ModelLoader
@@ -123,6 +125,8 @@ def create_app(
     app.state.runtime = runtime
     app.state.swapper = swapper
     _install_error_handlers(app)
+    # Admission inside the request metrics, so that its refusals are counted as requests too.
+    app.add_middleware(AdmissionMiddleware, admission=runtime.admission)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
 
     @app.post("/predict")
@@ -132,8 +136,9 @@ def create_app(
     ) -> dict[str, Any]:
         """Score and tag one image (raw body or multipart 'file') or several (multipart 'files')."""
         blobs, several = await uploaded_images(request, settings)
-        images = await runtime.decode(blobs)
-        preds = await runtime.infer(images, protocol="rest")
+        ticket = ticket_of(request.scope)
+        images = await runtime.decode(blobs, ticket)
+        preds = await runtime.infer(images, "rest", ticket)
         cut = settings.serve_tag_threshold if threshold is None else threshold
         model = model_json(preds[0].predictor)
         if several:

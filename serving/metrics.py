@@ -11,6 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The scope key under which a middleware that answers before the router names the route template.
+ROUTE_KEY = "lightbox.route"
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -74,7 +77,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             # The router stores the matched route in the scope; its template keeps label cardinality fixed.
+            # A request refused by admission never reaches the router: the middleware names its route.
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or scope.get(ROUTE_KEY) or "unmatched"
             self.metrics.requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.request_latency.labels(template).observe(time.perf_counter() - start)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.settings import Settings
+from serving.admission import Admission, AdmissionMetrics, Refused, ServiceRate, Ticket
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
 from serving.metrics import ServingMetrics
 from training.predictor import Predictor
@@ -30,6 +31,12 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+def overloaded(refused: Refused) -> ApiError:
+    return ApiError(
+        429, f"server overloaded ({refused}); retry later", {"Retry-After": str(refused.retry_after_s)}
+    )
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,16 @@ class InferenceRuntime:
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
+        # Admission by time (serving/admission.py): the rate is measured from the first batch on; until
+        # then at most one round of batches is let in.
+        self.admission = Admission(
+            settings.serve_max_latency_ms / 1000,
+            settings.serve_max_queue,
+            ServiceRate(self.layout.concurrent_batches),
+            lambda: self.batcher.queue_depth,
+            AdmissionMetrics(self.registry),
+            unmeasured_limit=self.config.max_batch_size * self.layout.concurrent_batches,
+        )
         self._decode_workers = settings.serve_decode_workers or usable_cores()
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -167,16 +184,24 @@ class InferenceRuntime:
 
     def _run_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         predictor = self._predictor  # read once: the whole batch runs on one version
-        scores, tag_probs = predictor.predict(np.stack(images))
+        with self.admission.computing_batch(len(images)):
+            scores, tag_probs = predictor.predict(np.stack(images))
         return [Prediction(float(s), t, predictor) for s, t in zip(scores, tag_probs, strict=True)]
 
-    async def decode(self, blobs: list[bytes]) -> list[np.ndarray]:
-        """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400."""
+    async def decode(self, blobs: list[bytes], ticket: Ticket) -> list[np.ndarray]:
+        """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400.
+
+        First extends the request's admission ``ticket`` to its image count: 429 before any decoding
+        when they would wait past the latency budget."""
         if not blobs:
             raise ApiError(400, "no image in the request")
         limit = self.settings.serve_max_images_per_request
         if len(blobs) > limit:
             raise ApiError(413, f"{len(blobs)} images in one request, over the limit of {limit}")
+        try:
+            ticket.extend(len(blobs))
+        except Refused as refused:
+            raise overloaded(refused) from None
         loop = asyncio.get_running_loop()
         decode = functools.partial(preprocess_bytes, max_pixels=self.settings.max_pixels)
         pool = self._pool()
@@ -190,23 +215,16 @@ class InferenceRuntime:
                 raise r
         return results  # type: ignore[return-value]
 
-    async def infer(self, images: list[np.ndarray], protocol: str) -> list[Prediction]:
+    async def infer(self, images: list[np.ndarray], protocol: str, ticket: Ticket) -> list[Prediction]:
+        # The images leave the ticket as they enter the queue: submit_many queues them before its first
+        # await, so no estimate in between counts them twice or not at all.
+        ticket.release()
         try:
             out = await self.batcher.submit_many(images)
         except QueueFull as exc:
-            raise ApiError(
-                429, f"server overloaded ({exc}); retry later", {"Retry-After": self.retry_after()}
-            ) from None
+            raise overloaded(self.admission.refused_by_queue(str(exc))) from None
         self.metrics.images.labels(protocol).inc(len(images))
         return out
-
-    def retry_after(self) -> str:
-        """Seconds until the backlog drains, from the mean batch latency so far (at least 1)."""
-        count = self.registry.get_sample_value("lightbox_batcher_batch_latency_seconds_count") or 0
-        total = self.registry.get_sample_value("lightbox_batcher_batch_latency_seconds_sum") or 0
-        mean = total / count if count else 0.1
-        batches = math.ceil(self.batcher.queue_depth / self.config.max_batch_size) + 1
-        return str(max(1, math.ceil(batches * mean)))
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         # Decoding gets its own pool so it runs beside inference, never queued behind a batch; Pillow

@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from serving.admission_http import ticket_of
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, read_body
 from training.predictor import Predictor
@@ -299,8 +300,9 @@ def v2_router(
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
         outputs = requested_outputs(header, model_outputs(runtime.predictor))
-        images = await runtime.decode(images_from_request(header, binary))
-        preds = await runtime.infer(images, protocol="v2")
+        ticket = ticket_of(request.scope)
+        images = await runtime.decode(images_from_request(header, binary), ticket)
+        preds = await runtime.infer(images, "v2", ticket)
         return infer_response(preds, header, outputs)
 
     @router.post("/models/{name}/infer")

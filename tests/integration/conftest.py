@@ -3,11 +3,13 @@ serving app under uvicorn on a loopback socket."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -28,16 +30,13 @@ def predictor() -> Predictor:
     return Predictor.from_model(LightboxModel(config, Heads(config)), "lightbox", "3", device="cpu")
 
 
-@pytest.fixture(scope="module")
-def server(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1:<free port>, in a thread; yields "host:port"."""
-    settings = Settings(
-        project_dir=tmp_path_factory.mktemp("serve"), serve_reload_interval_s=0, serve_max_wait_ms=2
-    )
+@contextlib.contextmanager
+def uvicorn_serving(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn on 127.0.0.1:<free port>, in a thread; yields "host:port"."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
-    config = uvicorn.Config(create_app(settings, predictor), log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -45,10 +44,28 @@ def server(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> It
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.02)
-    yield f"{host}:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"{host}:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app under uvicorn on 127.0.0.1:<free port>, in a thread; yields "host:port"."""
+    settings = Settings(
+        project_dir=tmp_path_factory.mktemp("serve"), serve_reload_interval_s=0, serve_max_wait_ms=2
+    )
+    with uvicorn_serving(create_app(settings, predictor)) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def serve() -> Callable[[Any], contextlib.AbstractContextManager[str]]:
+    """Serve another app the same way: ``with serve(app) as address: ...``."""
+    return uvicorn_serving
 
 
 @dataclass(frozen=True)

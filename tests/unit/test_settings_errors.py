@@ -53,6 +53,8 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
         ("GATE_REGRESSION_TOLERANCE", "3", "must be <= 1 (allowed drop from the champion per metric)"),
         # Times: finite and positive.
         ("SERVE_MAX_WAIT_MS", "inf", "must be a finite number (batch fill wait)"),
+        ("SERVE_MAX_LATENCY_MS", "0", "must be > 0 (admission latency budget)"),
+        ("SERVE_MAX_LATENCY_MS", "1e9", "must be <= 600000 (admission latency budget)"),
         ("GATE_MAX_BATCH_LATENCY_MS", "-1", "must be > 0 (serving-fitness latency ceiling)"),
         ("CONSUME_MAX_WAIT_S", "inf", "must be a finite number (max wait to fill a batch)"),
         ("SERVE_RELOAD_INTERVAL_S", "-1", "must be >= 0 (alias polling; 0: off)"),

@@ -1,0 +1,297 @@
+"""Admission by time: refuse a request at once when the server cannot answer it within its budget.
+
+A queue-length cap alone promises nothing about time: 256 images is 0.1 s on a GPU and 4 s on two
+CPU cores, and a request refused only after its body was read and decoded has already taken the cores
+the admitted ones needed. So the server estimates how long a new request would wait, from the work
+ahead of it and the rate the model actually completes images, and refuses it (429, ``Retry-After``)
+before decoding when the estimate is over the budget (``serve_max_latency_ms``).
+
+The work ahead is every image the model still has to compute: queued in the batcher, in batches being
+computed, and admitted but still being read or decoded (held by a ``Ticket``). The rate is measured
+(``ServiceRate``). The image-count cap (``serve_max_queue``) stays as a hard limit.
+
+Knows nothing about HTTP or models: it is tested on plain Python (tests/unit/test_admission.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Refused(Exception):
+    """The request would wait past the budget (``reason`` "latency") or overflow the image-count cap
+    ("queue"). ``retry_after_s``: whole seconds (>= 1) until the work ahead of it has drained."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+class ServiceRate:
+    """Images/s the model completes: ``streams`` side by side / an EWMA of the seconds per image of
+    finished batches.
+
+    Per image, not per batch: the batch sizes vary with the load. Per stream, not wall-clock images/s:
+    a quiet server completes few images/s because few arrive, not because it is slow. Under overload
+    (the only time the estimate refuses anything) every stream is busy, and the measured batch times
+    include what they cost each other and the decoding threads on the same cores.
+
+    A batch still running counts as soon as it has run longer per image than the average: a slowdown
+    (other processes taking the cores, a long garbage collection) shows at once instead of when the
+    slow batch ends, by which time the server would have admitted a backlog it cannot serve in time.
+    """
+
+    def __init__(self, streams: int, alpha: float = 0.2, seed_images_per_s: float | None = None) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams!r}")
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        if seed_images_per_s is not None and not seed_images_per_s > 0:
+            raise ValueError(f"seed_images_per_s must be > 0, got {seed_images_per_s!r}")
+        self.streams, self.alpha = streams, alpha
+        # Seconds one image costs one stream; None until a batch finished (or a seed was given).
+        self._seconds_per_image = streams / seed_images_per_s if seed_images_per_s else None
+        self._lock = threading.Lock()  # compute threads observe side by side
+        self._running: dict[int, tuple[float, int]] = {}  # batch key -> (start, images)
+        self._next_key = 0
+
+    def observe(self, images: int, seconds: float) -> None:
+        """One finished batch of ``images`` that took ``seconds`` of wall time."""
+        if images < 1 or not seconds >= 0:
+            return
+        sample = seconds / images
+        with self._lock:
+            old = self._seconds_per_image
+            self._seconds_per_image = sample if old is None else old + self.alpha * (sample - old)
+
+    def begin(self, images: int) -> int:
+        """A batch of ``images`` starts; returns its key for ``end``."""
+        with self._lock:
+            key, self._next_key = self._next_key, self._next_key + 1
+            self._running[key] = (time.monotonic(), images)
+        return key
+
+    def end(self, key: int, ok: bool = True) -> None:
+        """The batch ``key`` finished; timed into the average only if ``ok`` (a failed batch says
+        nothing about speed)."""
+        with self._lock:
+            start, images = self._running.pop(key)
+        if ok:
+            self.observe(images, time.monotonic() - start)
+
+    @property
+    def images_per_s(self) -> float | None:
+        """None until measured. A batch timed at 0 s (a coarse clock) counts as very fast, not infinite."""
+        s = self._seconds_per_image
+        if s is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.values())
+        # Slower than the average so far (a lower bound on its own seconds per image): the slowest counts.
+        s = max([s] + [(now - start) / images for start, images in running if images > 0])
+        return self.streams / max(s, 1e-9)
+
+
+class AdmissionMetrics:
+    """Prometheus metrics of admission, in a caller-owned registry (one per app)."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "lightbox_admission") -> None:
+        self.admitted = Counter(f"{prefix}_admitted", "Requests admitted", registry=registry)
+        self.rejected = Counter(
+            f"{prefix}_rejected",
+            "Requests refused with 429: latency (estimated wait over the budget) or queue (image cap)",
+            ["reason"],
+            registry=registry,
+        )
+        self.estimated_wait = Gauge(
+            f"{prefix}_estimated_wait_seconds",
+            "Estimated wait of a new one-image request (0 until the service rate is measured)",
+            registry=registry,
+        )
+        self.budget = Gauge(f"{prefix}_budget_seconds", "The latency budget", registry=registry)
+        self.service_rate = Gauge(
+            f"{prefix}_service_rate_images_per_second",
+            "Measured images/s the model completes (0 until the first batch)",
+            registry=registry,
+        )
+        self.reserved = Gauge(
+            f"{prefix}_reserved_images", "Images admitted and still being read or decoded", registry=registry
+        )
+        # Both reasons from the start: a rate() over a series that appears mid-overload misses its start.
+        for reason in ("latency", "queue"):
+            self.rejected.labels(reason)
+
+
+class Admission:
+    """The admission decision and the count of images admitted but not yet queued.
+
+    ``queued`` reads the batcher's queue depth. ``reserved`` changes on the event loop (tickets),
+    ``computing`` on the compute threads (``computing()``); one lock covers both.
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        max_queue: int,
+        rate: ServiceRate,
+        queued: Callable[[], int],
+        metrics: AdmissionMetrics | None = None,
+        *,
+        unmeasured_limit: int | None = None,
+    ) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
+        if unmeasured_limit is not None and unmeasured_limit < 1:
+            raise ValueError(f"unmeasured_limit must be >= 1, got {unmeasured_limit!r}")
+        self.budget_s, self.max_queue, self.rate, self.queued = budget_s, max_queue, rate, queued
+        # Images in the server at most until the rate is measured (None: up to max_queue). A server that
+        # does not know its speed yet and meets a flood would otherwise fill the queue to its cap, and
+        # every request in it would wait seconds; one round of batches measures the rate in milliseconds.
+        self.unmeasured_limit = unmeasured_limit
+        self.metrics = metrics or AdmissionMetrics(CollectorRegistry())
+        self._reserved = 0
+        self._computing = 0
+        self._lock = threading.Lock()
+        self.metrics.budget.set(budget_s)
+        self.metrics.estimated_wait.set_function(lambda: self.estimate(1) or 0.0)  # read at scrape
+        self.metrics.service_rate.set_function(lambda: self.rate.images_per_s or 0.0)
+        self.metrics.reserved.set_function(lambda: self._reserved)
+
+    @property
+    def reserved(self) -> int:
+        """Images admitted and not yet in the batcher's queue (being read or decoded)."""
+        return self._reserved
+
+    @property
+    def computing(self) -> int:
+        """Images in batches being computed."""
+        return self._computing
+
+    def ahead(self, held: int = 0) -> int:
+        """Images the model must compute before a request holding ``held`` of the reserved ones."""
+        return self.queued() + self._computing + self._reserved - held
+
+    def estimate(self, n: int, held: int = 0) -> float | None:
+        """Seconds until a request of ``n`` images is computed: the backlog ahead of it and its own
+        images at the measured rate. None until the rate is measured.
+
+        Its own images take a whole stream's turn however few they are: one image alone on one of
+        two streams takes two images' worth of the total rate. A batch in progress counts whole (it may
+        have just started), the batch fill wait (a few ms) not at all, and decoding runs beside the
+        model, so it is left out too.
+        """
+        return _wait(self.ahead(held), n, self.rate.streams, self.rate.images_per_s)
+
+    def check(self, n: int, held: int = 0) -> None:
+        """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits."""
+        computing = self._computing  # read once: a compute thread may change it meanwhile
+        ahead = self.queued() + computing + self._reserved - held
+        wait = _wait(ahead, n, self.rate.streams, self.rate.images_per_s)  # estimate(), reading once
+        waiting = ahead - computing
+        if waiting + n > self.max_queue:
+            raise Refused(
+                "queue",
+                f"{waiting} images waiting + {n} new > max_queue={self.max_queue}",
+                _whole_seconds(wait),
+            )
+        limit = self.unmeasured_limit
+        if wait is None and limit is not None and ahead > 0 and ahead + n > limit:
+            raise Refused(
+                "latency", f"service rate not measured yet: {ahead} images ahead + {n} new > {limit}", 1
+            )
+        # Never refuse on an idle server: a request bigger than the budget could not do better later.
+        if wait is not None and wait > self.budget_s and ahead > 0:
+            raise Refused(
+                "latency",
+                f"estimated wait {wait:.2f}s > budget {self.budget_s:.2f}s",
+                _whole_seconds(wait),
+            )
+
+    def admit(self, n: int = 1) -> Ticket:
+        """Reserve ``n`` images for a new request, or raise Refused (counted)."""
+        ticket = Ticket(self)
+        ticket.extend(n, final=False)
+        return ticket
+
+    def _count_refusal(self, refused: Refused) -> None:
+        self.metrics.rejected.labels(refused.reason).inc()
+
+    def refused_by_queue(self, message: str) -> Refused:
+        """The batcher's own cap refused a request admitted here (it raced another): count it."""
+        refused = Refused("queue", message, _whole_seconds(self.estimate(0)))
+        self._count_refusal(refused)
+        return refused
+
+    @contextlib.contextmanager
+    def computing_batch(self, n: int) -> Iterator[None]:
+        """Around one batch computation (a compute thread): counts its images as in progress, and
+        times it for the rate when it succeeds (a failed batch says nothing about speed)."""
+        with self._lock:
+            self._computing += n
+        key = self.rate.begin(n)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.rate.end(key, ok)
+            with self._lock:
+                self._computing -= n
+
+    def _move(self, delta: int) -> None:
+        with self._lock:
+            self._reserved += delta
+
+
+def _wait(ahead: int, n: int, streams: int, rate: float | None) -> float | None:
+    return None if rate is None else (ahead + streams * math.ceil(n / streams)) / rate
+
+
+def _whole_seconds(wait: float | None) -> int:
+    """Retry-After: whole seconds until the backlog has drained, at least 1."""
+    return 1 if wait is None else max(1, math.ceil(wait))
+
+
+class Ticket:
+    """The images one request holds between admission and the batcher's queue.
+
+    ``extend`` grows it once the request's image count is known; ``release`` (idempotent) hands the
+    images back as they enter the queue, or when the request fails or its client goes away.
+    """
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.held = 0
+        self.released = False
+
+    def extend(self, n: int, *, final: bool = True) -> None:
+        """Hold ``n`` images in all, or release and raise Refused. ``final``: the request's
+        last check, so it counts as admitted."""
+        adm = self.admission
+        if self.released:
+            raise RuntimeError("ticket already released")
+        try:
+            adm.check(n, self.held)
+        except Refused as refused:
+            adm._count_refusal(refused)
+            self.release()
+            raise
+        adm._move(n - self.held)
+        self.held = n
+        if final:
+            adm.metrics.admitted.inc()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._move(-self.held)
+            self.held = 0

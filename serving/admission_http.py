@@ -1,0 +1,85 @@
+"""The HTTP side of admission (serving/admission.py): refuse before FastAPI reads, routes or validates.
+
+A pure ASGI middleware reserves one image for each inference request before anything reads its body;
+the handler extends the reservation to the request's image count once the body is parsed
+(``InferenceRuntime.decode``), and the images go back as they enter the batcher's queue. A refusal is
+answered here, in a few lines of ASGI: under overload most requests are refused, and every core spent
+on refusing is a core the admitted ones wait for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from serving.admission import Admission, Refused, Ticket
+from serving.metrics import ROUTE_KEY
+from serving.runtime import overloaded
+
+# Where the middleware leaves the request's ticket for the handler.
+TICKET_KEY = "lightbox.admission"
+
+V2_INFER = "/v2/models/{name}/infer"
+V2_VERSION_INFER = "/v2/models/{name}/versions/{version}/infer"
+
+
+def inference_route(method: str, path: str) -> str | None:
+    """The route template of an inference request (the ones admission guards), else None."""
+    if method != "POST":
+        return None
+    if path == "/predict":
+        return "/predict"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return V2_VERSION_INFER if "/versions/" in path else V2_INFER
+    return None
+
+
+def ticket_of(scope: MutableMapping[str, Any]) -> Ticket:
+    """The ticket the middleware opened for this request."""
+    try:
+        return scope[TICKET_KEY]
+    except KeyError:
+        raise RuntimeError("no admission ticket: the app must run behind AdmissionMiddleware") from None
+
+
+def refusal_response(refused: Refused) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(headers, body) of the 429, as the app's error handler would write it: ``{"error": ...}``."""
+    error = overloaded(refused)
+    body = json.dumps({"error": error.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    return headers, body
+
+
+class AdmissionMiddleware:
+    """Pure ASGI: admit one image's worth per inference request or answer 429 at once; release the
+    reservation however the request ends (answered, failed, client gone)."""
+
+    def __init__(self, app: Any, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = (
+            inference_route(scope.get("method", ""), scope.get("path", ""))
+            if scope["type"] == "http"
+            else None
+        )
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ticket = self.admission.admit(1)
+        except Refused as refused:
+            scope[ROUTE_KEY] = route  # a refusal never reaches the router that would name it
+            headers, body = refusal_response(refused)
+            # The body is never read: the server discards it and keeps the connection for the next.
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope[TICKET_KEY] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ticket.release()

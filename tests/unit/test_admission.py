@@ -1,0 +1,238 @@
+"""Admission by time on plain Python: the service-rate estimate and the admit/refuse decision."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.admission import Admission, AdmissionMetrics, Refused, ServiceRate
+
+pytestmark = pytest.mark.unit
+
+
+class Queue:
+    """Stands in for the batcher's queue depth."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+    def __call__(self) -> int:
+        return self.depth
+
+
+def _metric(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
+    value = registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def make(
+    budget_s: float = 1.0, max_queue: int = 256, streams: int = 1, rate: float | None = 10.0
+) -> tuple[Admission, Queue, CollectorRegistry]:
+    queue, registry = Queue(), CollectorRegistry()
+    admission = Admission(
+        budget_s, max_queue, ServiceRate(streams, seed_images_per_s=rate), queue, AdmissionMetrics(registry)
+    )
+    return admission, queue, registry
+
+
+def test_the_rate_is_streams_over_the_seconds_per_image() -> None:
+    rate = ServiceRate(streams=2, alpha=0.5)
+    assert rate.images_per_s is None  # nothing measured, nothing seeded
+    rate.observe(images=2, seconds=0.2)  # 0.1 s per image per stream
+    assert rate.images_per_s == pytest.approx(20.0)
+    rate.observe(images=1, seconds=0.3)  # EWMA: 0.1 + 0.5 * (0.3 - 0.1) = 0.2 s per image
+    assert rate.images_per_s == pytest.approx(10.0)
+    rate.observe(images=0, seconds=1.0)  # an empty batch says nothing
+    assert rate.images_per_s == pytest.approx(10.0)
+
+
+def test_a_batch_running_slower_than_the_average_lowers_the_rate_at_once() -> None:
+    rate = ServiceRate(streams=1, seed_images_per_s=1000.0)  # 1 ms per image
+    key = rate.begin(images=2)
+    time.sleep(0.05)  # 25 ms per image so far, and still running
+    slow = rate.images_per_s
+    assert slow is not None and slow < 1000.0 / 10
+    rate.end(key, ok=False)  # failed: not averaged in, and no longer running
+    assert rate.images_per_s == pytest.approx(1000.0)
+
+
+def test_a_seed_stands_until_the_first_batch_replaces_it() -> None:
+    rate = ServiceRate(streams=2, alpha=0.1, seed_images_per_s=40.0)
+    assert rate.images_per_s == pytest.approx(40.0)
+    rate.observe(4, 0.4)
+    assert rate.images_per_s == pytest.approx(2 / (0.05 + 0.1 * (0.1 - 0.05)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"streams": 0}, "streams"),
+        ({"streams": 1, "alpha": 0}, "alpha"),
+        ({"streams": 1, "alpha": 1.5}, "alpha"),
+        ({"streams": 1, "seed_images_per_s": 0}, "seed_images_per_s"),
+    ],
+)
+def test_bad_rate_parameters_are_named(kwargs: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        ServiceRate(**kwargs)
+
+
+def test_bad_budget_or_cap_is_named() -> None:
+    with pytest.raises(ValueError, match="budget_s"):
+        Admission(0.0, 1, ServiceRate(1), Queue())
+    with pytest.raises(ValueError, match="max_queue"):
+        Admission(1.0, 0, ServiceRate(1), Queue())
+
+
+def test_the_estimate_counts_queued_computing_and_reserved_images() -> None:
+    admission, queue, _ = make(rate=10.0)
+    queue.depth = 3
+    held = admission.admit(2)  # admitted, still decoding
+    with admission.computing_batch(4):
+        assert admission.ahead() == 3 + 4 + 2
+        assert admission.estimate(1) == pytest.approx((9 + 1) / 10)
+        # A request's own reserved images are not ahead of it.
+        assert admission.estimate(2, held=2) == pytest.approx((7 + 2) / 10)
+    held.release()
+    assert admission.ahead() == 3  # the batch finished, the decoding request gave its images back
+
+
+def test_a_request_over_the_budget_is_refused_with_retry_after_from_the_estimate() -> None:
+    admission, queue, registry = make(budget_s=1.0, rate=10.0)
+    queue.depth = 9
+    admission.admit(1).release()  # (9 + 1) / 10 = 1.0 s: on the budget, admitted
+    queue.depth = 24
+    with pytest.raises(Refused) as caught:
+        admission.admit(1)  # 2.5 s
+    assert caught.value.reason == "latency"
+    assert caught.value.retry_after_s == 3  # whole seconds, rounded up
+    assert "2.50s > budget 1.00s" in str(caught.value)
+    assert admission.reserved == 0  # a refusal holds nothing
+    assert _metric(registry, "lightbox_admission_rejected_total", {"reason": "latency"}) == 1
+
+
+def test_retry_after_is_at_least_one_second() -> None:
+    admission, queue, _ = make(budget_s=0.05, rate=100.0)
+    queue.depth = 9  # 0.1 s
+    with pytest.raises(Refused) as caught:
+        admission.admit(1)
+    assert caught.value.retry_after_s == 1
+
+
+def test_an_idle_server_admits_a_request_bigger_than_the_budget() -> None:
+    # 64 images at 10 img/s is 6.4 s: waiting would not make it any faster.
+    admission, _, _ = make(budget_s=1.0, rate=10.0)
+    ticket = admission.admit(1)
+    ticket.extend(64)
+    assert admission.reserved == 64
+    # ... but the next request, behind those 64, is refused.
+    with pytest.raises(Refused):
+        admission.admit(1)
+
+
+def test_until_the_rate_is_measured_only_the_image_cap_refuses() -> None:
+    admission, queue, registry = make(max_queue=8, rate=None)
+    queue.depth = 7
+    assert admission.estimate(1) is None
+    admission.admit(1).release()
+    queue.depth = 8
+    with pytest.raises(Refused) as caught:
+        admission.admit(1)
+    assert caught.value.reason == "queue" and caught.value.retry_after_s == 1
+    assert _metric(registry, "lightbox_admission_rejected_total", {"reason": "queue"}) == 1
+    assert _metric(registry, "lightbox_admission_estimated_wait_seconds") == 0
+    assert _metric(registry, "lightbox_admission_service_rate_images_per_second") == 0
+
+
+def test_until_the_rate_is_measured_one_round_of_batches_is_let_in() -> None:
+    queue, registry = Queue(), CollectorRegistry()
+    admission = Admission(1.0, 256, ServiceRate(2), queue, AdmissionMetrics(registry), unmeasured_limit=4)
+    first = admission.admit(1)
+    first.extend(10)  # an idle server admits any request
+    first.release()
+    queue.depth = 3
+    admission.admit(1).release()  # 3 + 1 <= 4
+    with pytest.raises(Refused) as caught:
+        admission.admit(2)
+    assert caught.value.reason == "latency" and caught.value.retry_after_s == 1
+    assert "not measured yet" in str(caught.value)
+    admission.rate.observe(1, 0.01)  # measured: 200 img/s, the estimate decides from now on
+    admission.admit(2).release()
+
+
+def test_the_image_cap_counts_images_still_decoding() -> None:
+    admission, queue, _ = make(max_queue=4, rate=None)
+    first = admission.admit(1)
+    first.extend(3)
+    with pytest.raises(Refused) as caught:
+        admission.admit(2)  # 3 decoding + 2 new > 4, with nothing queued yet
+    assert caught.value.reason == "queue"
+    first.release()
+    queue.depth = 3  # the same 3 images, now queued
+    admission.admit(1).release()
+
+
+def test_extending_refuses_releases_and_counts_once() -> None:
+    admission, queue, registry = make(budget_s=1.0, rate=10.0)
+    queue.depth = 5
+    ticket = admission.admit(1)  # (5 + 1) / 10
+    assert admission.reserved == 1
+    with pytest.raises(Refused):
+        ticket.extend(8)  # (5 + 8) / 10 = 1.3 s
+    assert admission.reserved == 0 and ticket.released
+    ticket.release()  # idempotent: the middleware's finally releases again
+    assert admission.reserved == 0
+    assert _metric(registry, "lightbox_admission_rejected_total", {"reason": "latency"}) == 1
+    assert _metric(registry, "lightbox_admission_admitted_total") == 0
+    with pytest.raises(RuntimeError, match="released"):
+        ticket.extend(1)
+
+
+def test_a_final_extension_counts_the_request_admitted() -> None:
+    admission, _, registry = make()
+    ticket = admission.admit(1)
+    assert _metric(registry, "lightbox_admission_admitted_total") == 0  # not yet: its size is unknown
+    ticket.extend(3)
+    assert admission.reserved == 3
+    assert _metric(registry, "lightbox_admission_admitted_total") == 1
+    assert _metric(registry, "lightbox_admission_reserved_images") == 3
+    ticket.release()
+    assert admission.reserved == 0
+
+
+def test_a_batch_is_timed_only_when_it_succeeds() -> None:
+    admission, _, _ = make(rate=None)
+    with pytest.raises(ZeroDivisionError), admission.computing_batch(2):
+        1 / 0  # noqa: B018
+    assert admission.computing == 0 and admission.rate.images_per_s is None
+    with admission.computing_batch(2):
+        assert admission.computing == 2
+    assert admission.computing == 0 and admission.rate.images_per_s is not None
+
+
+def test_compute_threads_count_side_by_side_without_losing_updates() -> None:
+    admission, _, _ = make()
+
+    def work() -> None:
+        for _ in range(2000):
+            with admission.computing_batch(1):
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admission.computing == 0
+
+
+def test_metrics_show_the_budget_the_rate_and_the_estimate() -> None:
+    admission, queue, registry = make(budget_s=0.3, streams=2, rate=20.0)
+    queue.depth = 3
+    assert _metric(registry, "lightbox_admission_budget_seconds") == pytest.approx(0.3)
+    assert _metric(registry, "lightbox_admission_service_rate_images_per_second") == pytest.approx(20.0)
+    # 3 queued, then the new image takes one of the two streams for a whole turn: (3 + 2) / 20.
+    assert _metric(registry, "lightbox_admission_estimated_wait_seconds") == pytest.approx(5 / 20)
