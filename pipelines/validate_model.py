@@ -434,8 +434,8 @@ def measure(settings: Settings, version: str) -> Measurement:
         ev[f"behaviour.{r.name}"] = r.value
         details[f"behaviour.{r.name}"] = _describe(r)
     ev["serving.batch_latency_ms"] = _latency_ms(predictor, golden.inputs, settings.gate_latency_batch_size)
-    part, why, runtime_tags = runtime_check(settings, model, loaded.onnx, golden, labels, ev)
-    return Measurement(ev | part, details | why, preds, labels, artifacts, runtime_tags)
+    part, runtime_details, runtime_tags = runtime_check(settings, model, loaded.onnx, golden, labels, ev)
+    return Measurement(ev | part, details | runtime_details, preds, labels, artifacts, runtime_tags)
 
 
 # --- the exported runtime ----------------------------------------------------------------------------
@@ -569,7 +569,7 @@ def _metric_delta(
         return {k: v for k, v in ev.items() if k in _JUDGED_METRICS or k.startswith(AP_PREFIX)}
 
     a, b = metrics(*eager), metrics(*other)
-    deltas = {k: abs(float(a[k]) - float(b[k])) for k in a if a[k] is not None and b.get(k) is not None}
+    deltas = {k: abs(x - y) for k, x in a.items() if x is not None and (y := b.get(k)) is not None}
     finite = {k: v for k, v in deltas.items() if np.isfinite(v)}
     if not finite:
         return 0.0, ""

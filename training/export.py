@@ -51,7 +51,7 @@ def export_onnx(model: LightboxModel) -> bytes:
             torch.onnx.export(
                 model.eval(),
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to any file object
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
