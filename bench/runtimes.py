@@ -12,8 +12,8 @@ of them, and an overload sweep against the latency budget. Writes a markdown tab
    `lightbox serve` starts it, against that ceiling.
 3. **Overload**: many keep-alive connections (up to 1,024) against ``LIGHTBOX_SERVE_MAX_LATENCY_MS``:
    goodput (200s per second) against the saturated throughput, the p99 of admitted requests against the
-   budget, and the server's CPU per rejection. Clients wait the ``Retry-After`` they are given (what a
-   429 asks of them) before their next request on that connection.
+   budget, and the server's CPU per rejection. A refused client waits 1 s (the smallest ``Retry-After``
+   the server gives) before its next request on that connection.
 
 The load generator shares the 2 cores with the server (its CPU per request is reported); every number is
 from one run, side by side.
@@ -302,7 +302,7 @@ def markdown(r: dict) -> str:
         "",
         f"**Server / ceiling at the peak: {saturated / ceiling:.2f}.**",
         "",
-        f"**Overload** (budget {r['budget_ms']:.0f} ms; a 429's client waits its Retry-After):",
+        f"**Overload** (budget {r['budget_ms']:.0f} ms; a refused client waits 1 s, the smallest Retry-After):",
         "",
         "| connections | goodput img/s | vs. saturated | admitted p50 ms | admitted p99 ms | 200 | 429"
         " | errors | server CPU ms / request |",
@@ -339,7 +339,7 @@ def main() -> None:
     p.add_argument("--artifacts", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--batches", default="1,2")
-    p.add_argument("--concurrency", default="16,64")
+    p.add_argument("--concurrency", default="8,16,32")
     p.add_argument("--overload", default="64,256,1024")
     p.add_argument("--budget-ms", type=float, default=1000.0)
     p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes.json")

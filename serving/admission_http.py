@@ -10,6 +10,7 @@ on refusing is a core the admitted ones wait for.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -79,7 +80,17 @@ class AdmissionMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         scope[TICKET_KEY] = ticket
+        start, status = time.monotonic(), 0
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_status)
         finally:
             ticket.release()
+        if status == 200 and ticket.admitted:  # what the estimate left out, for the next decisions
+            self.admission.observe(time.monotonic() - start, ticket.estimated)

@@ -236,3 +236,36 @@ def test_metrics_show_the_budget_the_rate_and_the_estimate() -> None:
     assert _metric(registry, "lightbox_admission_service_rate_images_per_second") == pytest.approx(20.0)
     # 3 queued, then the new image takes one of the two streams for a whole turn: (3 + 2) / 20.
     assert _metric(registry, "lightbox_admission_estimated_wait_seconds") == pytest.approx(5 / 20)
+
+
+def test_the_tail_beyond_the_estimate_is_kept_free_within_the_budget() -> None:
+    """Admitted requests took 0.3 s longer than estimated (decoding, the fill wait, a busy loop): a wait
+    the model alone would finish within the budget is refused once it no longer fits with that tail."""
+    admission, queue, registry = make(budget_s=1.0, rate=10.0)
+    for overrun in [0.1] * 5 + [0.3] * 45:  # the 90th percentile of recent overruns counts
+        admission.observe(0.2 + overrun, 0.2)
+    assert admission.slack_s == pytest.approx(0.3)
+    assert _metric(registry, "lightbox_admission_slack_seconds") == pytest.approx(0.3)
+    queue.depth = 6
+    admission.admit(1).release()  # 0.7 s + 0.3 s: on the budget, admitted
+    queue.depth = 7
+    with pytest.raises(Refused, match=r"0.80s \+ 0.30s beyond the model > budget 1.00s"):
+        admission.admit(1)
+
+
+def test_the_kept_tail_is_at_most_half_the_budget_and_ignores_unestimated_requests() -> None:
+    admission, _, _ = make(budget_s=1.0, rate=10.0)
+    admission.observe(5.0, None)  # admitted before the rate was known: no estimate to compare with
+    assert admission.slack_s == 0.0
+    for _ in range(10):
+        admission.observe(5.0, 0.1)  # a stalled machine must not close admission for good
+    assert admission.slack_s == 0.5
+
+
+def test_a_final_extension_records_the_wait_it_was_admitted_with() -> None:
+    admission, queue, _ = make(rate=10.0)
+    queue.depth = 3
+    ticket = admission.admit(1)
+    assert not ticket.admitted and ticket.estimated is None
+    ticket.extend(2)
+    assert ticket.admitted and ticket.estimated == pytest.approx(0.5)  # (3 + 2) / 10
