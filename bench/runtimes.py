@@ -302,7 +302,7 @@ def markdown(r: dict) -> str:
         "",
         f"**Server / ceiling at the peak: {saturated / ceiling:.2f}.**",
         "",
-        f"**Overload** (budget {r['budget_ms']:.0f} ms; a refused client waits 1 s, the smallest Retry-After):",
+        f"**Overload** (budget {r['budget_ms']:.0f} ms; a refused client waits 1 s, the least Retry-After):",
         "",
         "| connections | goodput img/s | vs. saturated | admitted p50 ms | admitted p99 ms | 200 | 429"
         " | errors | server CPU ms / request |",
