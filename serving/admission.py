@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -259,6 +260,15 @@ def _wait(ahead: int, n: int, streams: int, rate: float | None) -> float | None:
 def _whole_seconds(wait: float | None) -> int:
     """Retry-After: whole seconds until the backlog has drained, at least 1."""
     return 1 if wait is None else max(1, math.ceil(wait))
+
+
+class Reservation(Protocol):
+    """What a request holds between admission and the queue: a ``Ticket``, or one ticket per model of
+    a request several models answer (serving.multi.MultiTicket)."""
+
+    def extend(self, n: int) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class Ticket:
