@@ -197,6 +197,13 @@ class Settings(BaseSettings):
     # How long a merged /predict waits for each model; past it that model's entry is an error and the
     # others still answer. None: no deadline of its own (admission's budget bounds the wait).
     serve_model_timeout_ms: float | None = Field(default=None, gt=0.0, le=600_000.0)
+    # The primary model's challenger (challenger_alias) beside its champion (serving/challenger.py).
+    # Canary: this percent of request keys (X-Lightbox-Key; sticky) is answered by the challenger.
+    serve_canary_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    # Shadow: this share of requests is also computed by the challenger in the background and compared.
+    serve_shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # How often the shadow agreement is written onto the challenger's registry version; 0: never.
+    serve_shadow_record_interval_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
 
     # --- Airflow -------------------------------------------------------------------------------
     airflow_home: Path | None = None  # default: <state>/airflow

@@ -14,7 +14,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lightbox.settings import Settings
 from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, v2_model_name
 from serving.batching import BatcherClosed
+from serving.canary import KEY_HEADER
+from serving.challenger import Challenger, Recorder
 from serving.metrics import HttpMetrics, RequestMetricsMiddleware
 from serving.multi import (
     LabelledRegistries,
@@ -141,35 +143,59 @@ def create_app(
     *,
     loader: ModelLoader | None = None,
     registry: CollectorRegistry | None = None,
+    challenger: ModelSource | None = None,
+    record_shadow: Recorder | None = None,
 ) -> FastAPI:
     """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions.
 
     Several models (``ModelSource``s, the first the primary): each gets its own runtime and hot swap
-    (serving/multi.py); ``/metrics`` labels their metrics with ``model``."""
+    (serving/multi.py); ``/metrics`` labels their metrics with ``model``.
+
+    ``challenger``: the primary's challenger, for canary and shadow (``serve_canary_percent``,
+    ``serve_shadow_fraction``); ``record_shadow`` writes its agreement onto its registry version."""
     sources = [ModelSource(predictor, loader)] if isinstance(predictor, Predictor) else list(predictor)
     if loader is not None and not isinstance(predictor, Predictor):
         raise ValueError("with several models, each ModelSource carries its own loader")
     models = ModelSet([_served(settings, src, registry if len(sources) == 1 else None) for src in sources])
     runtime = models.primary.runtime
     page = (Path(__file__).parent / "static" / "index.html").read_text("utf-8")
-    if models.several:
+    rival = (
+        Challenger(
+            _served(settings, challenger, None),
+            canary_percent=settings.serve_canary_percent,
+            shadow_fraction=settings.serve_shadow_fraction,
+            tag_threshold=settings.serve_tag_threshold,
+            champion_tags=runtime.predictor.tag_names,
+            recorder=record_shadow,
+        )
+        if challenger is not None
+        else None
+    )
+    if models.several or rival is not None:
         # The app's HTTP metrics, unlabelled, beside each model's own registry labelled with its name.
         http = HttpMetrics(registry or CollectorRegistry())
         exported = CollectorRegistry(auto_describe=False)
-        exported.register(LabelledRegistries(http.registry, {m.name: m.runtime.registry for m in models}))
+        per_model = {m.name: m.runtime.registry for m in models}
+        if rival is not None:
+            per_model[f"{models.primary.name}@challenger"] = rival.model.runtime.registry
+        exported.register(LabelledRegistries(http.registry, per_model))
     else:  # one model: today's registry, names and labels unchanged
         http, exported = runtime.metrics, runtime.registry
     timeout_s = None if settings.serve_model_timeout_ms is None else settings.serve_model_timeout_ms / 1000
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for m in models:
+        every = [*models, rival.model] if rival is not None else list(models)
+        for m in every:
             m.runtime.batcher.reopen()
         followers = [
             asyncio.create_task(m.swapper.follow(), name=f"alias-follower-{m.name}")
-            for m in models
+            for m in every
             if m.swapper is not None and settings.serve_reload_interval_s > 0
         ]
+        if rival is not None and settings.serve_shadow_record_interval_s > 0:
+            recording = rival.record_forever(settings.serve_shadow_record_interval_s)
+            followers.append(asyncio.create_task(recording, name="shadow-recorder"))
         try:
             yield
         finally:
@@ -177,7 +203,9 @@ def create_app(
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
-            for m in models:
+            if rival is not None:
+                await rival.drain()
+            for m in every:
                 await m.runtime.aclose()
 
     def admit(scope: MutableMapping[str, Any], route: str) -> MultiTicket:
@@ -192,6 +220,7 @@ def create_app(
     app.state.runtime = runtime  # the primary's (the only one of a one-model server)
     app.state.swapper = models.primary.swapper
     app.state.models = models
+    app.state.challenger = rival
     app.state.registry = exported
     _install_error_handlers(app)
     # Admission inside the request metrics, so that its refusals are counted as requests too.
@@ -213,11 +242,20 @@ def create_app(
         cut = settings.serve_tag_threshold if threshold is None else threshold
         # Every model takes the same input (lightbox.imaging's preprocessing): decoded once for all.
         images = await selected[0].runtime.decode(blobs, ticket)
+        # Canary: this key's users see the challenger in the primary's place (on the primary's ticket).
+        canary = rival is not None and rival.routes(request.headers.get(KEY_HEADER))
+        if canary and rival is not None:
+            selected = [replace(rival.model, name=m.name) if m is models.primary else m for m in selected]
         if not models.several:
-            preds = await runtime.infer(images, "rest", ticket)
+            preds = await selected[0].runtime.infer(images, "rest", ticket)
+            if rival is not None and not canary:
+                rival.shadow(images, preds)
             return _answer(preds, cut, several)
         assert isinstance(ticket, MultiTicket)
         results = await infer_all(selected, images, "rest", ticket, timeout_s)
+        primary = results.get(models.primary.name)
+        if rival is not None and not canary and isinstance(primary, list):
+            rival.shadow(images, primary)
         _, preds = first_answer(results)
         return _answer(preds, cut, several) | {
             "models": {name: _model_entry(r, cut, several) for name, r in results.items()}

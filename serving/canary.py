@@ -13,7 +13,7 @@ import collections
 import hashlib
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +123,8 @@ class ShadowMetrics:
     """The agreement as Prometheus gauges, computed from ``Agreement.summary`` at scrape time (a
     collector: the window changes with every shadow answer, the scrape reads it once)."""
 
-    def __init__(self, registry: CollectorRegistry, agreement: Agreement) -> None:
-        self.agreement = agreement
+    def __init__(self, registry: CollectorRegistry, summary: Callable[[], AgreementSummary]) -> None:
+        self.summary = summary
         self.failures = Counter("lightbox_shadow_failures", "Shadow requests that failed", registry=registry)
         registry.register(self)
 
@@ -132,7 +132,7 @@ class ShadowMetrics:
         return []  # the names are fixed, but not registered for collision checks: one per registry anyway
 
     def collect(self) -> Iterator[Metric]:
-        s = self.agreement.summary()
+        s = self.summary()
         nan = float("nan")
         yield GaugeMetricFamily("lightbox_shadow_samples", "Image pairs in the agreement window", s.samples)
         yield GaugeMetricFamily(

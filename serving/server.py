@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -42,7 +43,8 @@ def run(settings: Settings, alias: str | None = None) -> None:
         predictor, loader = _load(settings, specs[0][1], device)
         settings = sized_for(settings, predictor)
         log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
-        app = create_app(settings, predictor, loader=loader)
+        extra = _challenger(settings, ModelSource(predictor, loader, settings.model_name, settings), device)
+        app = create_app(settings, predictor, loader=loader, **extra)
     else:
         sources = []
         for name, model_alias in specs:
@@ -52,7 +54,7 @@ def run(settings: Settings, alias: str | None = None) -> None:
             sources.append(ModelSource(predictor, loader, name, sized_for(own, predictor)))
             log.info("serving %r as %r", predictor, name)
         log.info("%d models on http://%s:%d", len(sources), settings.serve_host, settings.serve_port)
-        app = create_app(settings, sources)
+        app = create_app(settings, sources, **_challenger(settings, sources[0], device))
     uvicorn.run(
         app,
         host=settings.serve_host,
@@ -62,6 +64,33 @@ def run(settings: Settings, alias: str | None = None) -> None:
         access_log=False,  # per-request lines cost more than the batching saves; /metrics counts them
         timeout_graceful_shutdown=10,
     )
+
+
+def _challenger(settings: Settings, primary: ModelSource, device: str) -> dict[str, Any]:
+    """With canary or shadow on: the primary's challenger (its challenger_alias) and the recorder of its
+    agreement onto its registry version; else nothing."""
+    if settings.serve_canary_percent <= 0 and settings.serve_shadow_fraction <= 0:
+        return {}
+    from lightbox.adapters import mlflow_registry
+
+    own = (primary.settings or settings).model_copy(update={"model_name": primary.name})
+    predictor, loader = _load(own, settings.challenger_alias, device)
+    log.info(
+        "challenger %r: canary %.1f%%, shadow %.2f",
+        predictor,
+        settings.serve_canary_percent,
+        settings.serve_shadow_fraction,
+    )
+
+    def record(version: str, tags: dict[str, str]) -> None:
+        mlflow_registry.set_version_tags(own, version, tags)
+
+    return {
+        "challenger": ModelSource(
+            predictor, loader, f"{primary.name}@{settings.challenger_alias}", sized_for(own, predictor)
+        ),
+        "record_shadow": record,
+    }
 
 
 def _load(settings: Settings, alias: str, device: str) -> tuple[Predictor, RegistryLoader]:

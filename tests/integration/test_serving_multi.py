@@ -243,3 +243,69 @@ def test_admission_refused_by_one_model_is_reported(pets, places, image, tmp_pat
         finally:
             hold.release()
         assert c.post("/predict", content=image).json()["model"]["name"] == "pets"
+
+
+def photo(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+def test_canary_answers_a_sticky_share_of_keys_from_the_challenger(extractor, pets, image, tmp_path) -> None:
+    from serving.canary import routes_to_challenger
+
+    rival = make(extractor, "pets", PETS, "2", 5)
+    app = create_app(
+        settings(tmp_path, serve_canary_percent=50),
+        pets,
+        challenger=ModelSource(rival, name="pets@challenger"),
+    )
+    with TestClient(app) as c:
+        seen: dict[str, set[str]] = {}
+        for key in [f"user-{i}" for i in range(20)] * 2:
+            body = c.post("/predict", content=image, headers={"X-Lightbox-Key": key}).json()
+            seen.setdefault(key, set()).add(body["model"]["version"])
+        assert all(len(v) == 1 for v in seen.values())  # one user, one model
+        for key, versions in seen.items():
+            assert versions == {"2" if routes_to_challenger(key, 50, "pets@challenger") else "1"}
+        assert {v for vs in seen.values() for v in vs} == {"1", "2"}
+        assert 'lightbox_images_total{model="pets@challenger",protocol="rest"}' in c.get("/metrics").text
+
+
+def test_shadow_never_changes_an_answer_and_reports_the_agreement(extractor, pets, tmp_path) -> None:
+    rival = make(extractor, "pets", PETS, "2", 5)
+    recorded: list[tuple[str, dict[str, str]]] = []
+    app = create_app(
+        settings(
+            tmp_path, serve_shadow_fraction=1.0, serve_shadow_record_interval_s=0, serve_tag_threshold=0.5
+        ),
+        pets,
+        challenger=ModelSource(rival, name="pets@challenger"),
+        record_shadow=lambda version, tags: recorded.append((version, tags)),
+    )
+    plain = create_app(settings(tmp_path, serve_tag_threshold=0.5), pets)
+    photos = [photo(seed) for seed in range(12)]
+    with TestClient(app) as c, TestClient(plain) as p:
+        for data in photos:
+            shadowed = c.post("/predict", content=data)
+            assert shadowed.status_code == 200 and shadowed.json() == p.post("/predict", content=data).json()
+        challenger = app.state.challenger
+        deadline = time.monotonic() + 30
+        while challenger.agreement.summary().samples < len(photos):
+            assert time.monotonic() < deadline, "shadow requests never finished"
+            time.sleep(0.02)
+        metrics = c.get("/metrics").text
+    batch = np.stack([preprocess_bytes(d) for d in photos])
+    (a, ta), (b, tb) = pets.predict(batch), rival.predict(batch)
+    s = challenger.agreement.summary()
+    from scipy.stats import spearmanr
+
+    assert s.score_srocc == pytest.approx(spearmanr(a, b).statistic, abs=1e-4)
+    assert s.score_mae == pytest.approx(float(np.abs(a - b).mean()), abs=1e-5)
+    for i, tag in enumerate(PETS):
+        assert s.tag_agreement[tag] == pytest.approx(np.mean((ta[:, i] >= 0.5) == (tb[:, i] >= 0.5)))
+    assert f'lightbox_shadow_samples{{model="pets@challenger"}} {float(len(photos))}' in metrics
+    assert challenger.record() == s.to_tags() and recorded == [("2", s.to_tags())]
