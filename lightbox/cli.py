@@ -402,8 +402,12 @@ def serve(
             help="auto (the fastest the gates verified), torch or onnxruntime (LIGHTBOX_SERVE_RUNTIME)"
         ),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="several models: NAME@ALIAS,... (LIGHTBOX_SERVE_MODELS; the first is the primary)"),
+    ] = None,
 ) -> None:
-    """Serve models:/<name>@<alias> over HTTP (POST /predict)."""
+    """Serve models:/<name>@<alias> (or several, --models) over HTTP (POST /predict)."""
     import logging
 
     from serving import server
@@ -411,7 +415,7 @@ def serve(
     # The server's own lines (compute layout, calibrated batch cap, hot swaps) next to uvicorn's.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Flags win over the environment; they go through the same validation (a bad port is one line).
-    flags = {"serve_host": host, "serve_port": port, "serve_runtime": runtime}
+    flags = {"serve_host": host, "serve_port": port, "serve_runtime": runtime, "serve_models": models}
     settings = load_settings(**{k: v for k, v in flags.items() if v is not None})
     server.run(_tracked(settings), alias=alias)
 

@@ -190,6 +190,20 @@ class Settings(BaseSettings):
         default=30.0, ge=0.0, le=86_400.0, description="alias polling; 0: off"
     )
     serve_admin_token: str | None = Field(default=None, description="bearer token; None: /admin off")
+    # Several registered models in one server (serving/multi.py): "NAME@ALIAS,NAME@ALIAS"; None: the one
+    # model model_name@champion_alias (today's server, answers unchanged). The first is the primary: its
+    # answer keeps the top-level fields of /predict.
+    serve_models: str | None = Field(default=None, description="NAME@ALIAS,...; None: model_name@champion")
+    # How long a merged /predict waits for each model; past it that model's entry is an error and the
+    # others still answer. None: no deadline of its own (admission's budget bounds the wait).
+    serve_model_timeout_ms: float | None = Field(default=None, gt=0.0, le=600_000.0)
+    # The primary model's challenger (challenger_alias) beside its champion (serving/challenger.py).
+    # Canary: this percent of request keys (X-Lightbox-Key; sticky) is answered by the challenger.
+    serve_canary_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    # Shadow: this share of requests is also computed by the challenger in the background and compared.
+    serve_shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # How often the shadow agreement is written onto the challenger's registry version; 0: never.
+    serve_shadow_record_interval_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
 
     # --- Airflow -------------------------------------------------------------------------------
     airflow_home: Path | None = None  # default: <state>/airflow
@@ -217,6 +231,13 @@ class Settings(BaseSettings):
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
 
+    @field_validator("serve_models")
+    @classmethod
+    def _model_specs(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_model_specs(v)  # raises with the bad entry in the message
+        return v
+
     @model_validator(mode="after")
     def _something_left_to_train_on(self) -> Settings:
         if self.split_validation_fraction + self.split_test_fraction >= 1.0:
@@ -224,6 +245,13 @@ class Settings(BaseSettings):
                 "split_validation_fraction + split_test_fraction must be < 1 (nothing left to train on)"
             )
         return self
+
+    @property
+    def served_models(self) -> list[tuple[str, str]]:
+        """[(model name, alias)] `lightbox serve` serves, the primary first."""
+        if self.serve_models is None:
+            return [(self.model_name, self.champion_alias)]
+        return parse_model_specs(self.serve_models)
 
     # Derived locations. Properties, not fields, so that overriding project_dir moves them all.
     @property
@@ -310,6 +338,24 @@ class Settings(BaseSettings):
             "LIGHTBOX_FEAST_REGISTRY_TYPE": self.feast_registry_type,
             "LIGHTBOX_FEAST_REDIS": self.feast_redis,
         }
+
+
+_MODEL_SPEC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def parse_model_specs(text: str) -> list[tuple[str, str]]:
+    """``"a@champion, b@challenger"`` -> [("a", "champion"), ("b", "challenger")]; ValueError naming the
+    bad entry, an empty list, or a model named twice (two entries would answer under one name)."""
+    specs: list[tuple[str, str]] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not _MODEL_SPEC.match(entry):
+            raise ValueError(f"model {entry!r} is not NAME@ALIAS (e.g. lightbox@champion)")
+        name, alias = entry.split("@")
+        if any(name == seen for seen, _ in specs):
+            raise ValueError(f"model {name!r} is named twice in {text!r}")
+        specs.append((name, alias))
+    return specs
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)

@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -298,6 +299,18 @@ def _whole_seconds(wait: float | None) -> int:
     return 1 if wait is None else max(1, math.ceil(wait))
 
 
+class Reservation(Protocol):
+    """What a request holds between admission and the queue: a ``Ticket``, or one ticket per model of
+    a request several models answer (serving.multi.MultiTicket)."""
+
+    def extend(self, n: int) -> None: ...
+
+    def release(self) -> None: ...
+
+    def answered(self, seconds: float) -> None:
+        """The request was answered ``seconds`` after its admission (what the estimate left out)."""
+
+
 class Ticket:
     """The images one request holds between admission and the batcher's queue.
 
@@ -329,6 +342,10 @@ class Ticket:
         if final:
             self.admitted, self.estimated = True, wait
             adm.metrics.admitted.inc()
+
+    def answered(self, seconds: float) -> None:
+        if self.admitted:
+            self.admission.observe(seconds, self.estimated)
 
     def release(self) -> None:
         if not self.released:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
-from serving.admission import Admission, Refused, Ticket
+from serving.admission import Admission, Refused, Reservation
 from serving.metrics import ROUTE_KEY
 from serving.runtime import overloaded
 
@@ -36,7 +37,18 @@ def inference_route(method: str, path: str) -> str | None:
     return None
 
 
-def ticket_of(scope: MutableMapping[str, Any]) -> Ticket:
+def v2_model_name(path: str) -> str:
+    """The model name in a V2 inference path (/v2/models/{name}/...)."""
+    return path.split("/")[3]
+
+
+def query_value(scope: MutableMapping[str, Any], key: str) -> str | None:
+    """The last ``key=`` of the request's query string (as Starlette's ``QueryParams.get`` reads it)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key)
+    return values[-1] if values else None
+
+
+def ticket_of(scope: MutableMapping[str, Any]) -> Reservation:
     """The ticket the middleware opened for this request."""
     try:
         return scope[TICKET_KEY]
@@ -55,11 +67,23 @@ def refusal_response(refused: Refused) -> tuple[list[tuple[bytes, bytes]], bytes
 
 class AdmissionMiddleware:
     """Pure ASGI: admit one image's worth per inference request or answer 429 at once; release the
-    reservation however the request ends (answered, failed, client gone)."""
+    reservation however the request ends (answered, failed, client gone).
 
-    def __init__(self, app: Any, admission: Admission) -> None:
+    ``admission``: the one model's; or ``admit``, which reserves for the models a request selects
+    (serving.multi) and raises Refused when none admits it."""
+
+    def __init__(
+        self,
+        app: Any,
+        admission: Admission | None = None,
+        admit: Callable[[MutableMapping[str, Any], str], Reservation] | None = None,
+    ) -> None:
+        if (admission is None) == (admit is None):
+            raise ValueError("give either admission or admit")
         self.app = app
-        self.admission = admission
+        self.admit: Callable[[MutableMapping[str, Any], str], Reservation] = admit or (
+            lambda _scope, _route: admission.admit(1)  # type: ignore[union-attr]
+        )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         route = (
@@ -71,7 +95,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            ticket = self.admission.admit(1)
+            ticket = self.admit(scope, route)
         except Refused as refused:
             scope[ROUTE_KEY] = route  # a refusal never reaches the router that would name it
             headers, body = refusal_response(refused)
@@ -92,5 +116,5 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             ticket.release()
-        if status == 200 and ticket.admitted:  # what the estimate left out, for the next decisions
-            self.admission.observe(time.monotonic() - start, ticket.estimated)
+        if status == 200:  # what the estimate left out, for the next decisions
+            ticket.answered(time.monotonic() - start)

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightbox.settings import Settings
-from serving.admission_http import AdmissionMiddleware, ticket_of
+from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, v2_model_name
 from serving.batching import BatcherClosed
-from serving.metrics import RequestMetricsMiddleware
+from serving.canary import KEY_HEADER
+from serving.challenger import Challenger, Recorder
+from serving.metrics import HttpMetrics, RequestMetricsMiddleware
+from serving.multi import (
+    LabelledRegistries,
+    ModelError,
+    ModelSet,
+    MultiTicket,
+    ServedModel,
+    first_answer,
+    infer_all,
+)
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import uploaded_images
@@ -53,6 +65,36 @@ def model_json(p: Predictor) -> dict[str, Any]:
         "score_name": p.score_name,
         "score_range": list(rng) if rng is not None else None,
     }
+
+
+def _answer(preds: list[Prediction], cut: float, several: bool) -> dict[str, Any]:
+    """Today's answer of one model: one prediction, or ``predictions`` for several images."""
+    model = model_json(preds[0].predictor)
+    if several:
+        return {"predictions": [prediction_json(p, cut) for p in preds], "model": model}
+    return prediction_json(preds[0], cut) | {"model": model}
+
+
+def _model_entry(result: list[Prediction] | ModelError, cut: float, several: bool) -> dict[str, Any]:
+    """One model's part of a merged answer: its answer and version, or its error and status."""
+    if isinstance(result, ModelError):
+        return result.to_dict()
+    return _answer(result, cut, several) | {"version": result[0].predictor.version}
+
+
+def _served(settings: Settings, src: ModelSource, registry: CollectorRegistry | None) -> ServedModel:
+    runtime = InferenceRuntime(src.settings or settings, src.predictor, registry)
+    swapper = (
+        HotSwapper(
+            runtime,
+            src.loader,
+            interval_s=settings.serve_reload_interval_s,
+            warmup_sizes=(1, runtime.config.max_batch_size),
+        )
+        if src.loader is not None
+        else None
+    )
+    return ServedModel(src.name or src.predictor.name, runtime, swapper)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -85,97 +127,190 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error: {type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to serve beside others: its first version, where new versions come from, its name."""
+
+    predictor: Predictor
+    loader: ModelLoader | None = None
+    name: str | None = None  # default: the predictor's name
+    settings: Settings | None = None  # its own (a batch cap calibrated on it); default: the app's
+
+
 def create_app(
     settings: Settings,
-    predictor: Predictor,
+    predictor: Predictor | Sequence[ModelSource],
     *,
     loader: ModelLoader | None = None,
     registry: CollectorRegistry | None = None,
+    challenger: ModelSource | None = None,
+    record_shadow: Recorder | None = None,
 ) -> FastAPI:
-    """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions."""
-    runtime = InferenceRuntime(settings, predictor, registry)
+    """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions.
+
+    Several models (``ModelSource``s, the first the primary): each gets its own runtime and hot swap
+    (serving/multi.py); ``/metrics`` labels their metrics with ``model``.
+
+    ``challenger``: the primary's challenger, for canary and shadow (``serve_canary_percent``,
+    ``serve_shadow_fraction``); ``record_shadow`` writes its agreement onto its registry version."""
+    sources = [ModelSource(predictor, loader)] if isinstance(predictor, Predictor) else list(predictor)
+    if loader is not None and not isinstance(predictor, Predictor):
+        raise ValueError("with several models, each ModelSource carries its own loader")
+    models = ModelSet([_served(settings, src, registry if len(sources) == 1 else None) for src in sources])
+    runtime = models.primary.runtime
     page = (Path(__file__).parent / "static" / "index.html").read_text("utf-8")
-    swapper = (
-        HotSwapper(
-            runtime,
-            loader,
-            interval_s=settings.serve_reload_interval_s,
-            warmup_sizes=(1, runtime.config.max_batch_size),
+    rival = (
+        Challenger(
+            _served(settings, challenger, None),
+            canary_percent=settings.serve_canary_percent,
+            shadow_fraction=settings.serve_shadow_fraction,
+            tag_threshold=settings.serve_tag_threshold,
+            champion_tags=runtime.predictor.tag_names,
+            recorder=record_shadow,
         )
-        if loader is not None
+        if challenger is not None
         else None
     )
+    if models.several or rival is not None:
+        # The app's HTTP metrics, unlabelled, beside each model's own registry labelled with its name.
+        http = HttpMetrics(registry or CollectorRegistry())
+        exported = CollectorRegistry(auto_describe=False)
+        per_model = {m.name: m.runtime.registry for m in models}
+        if rival is not None:
+            per_model[f"{models.primary.name}@challenger"] = rival.model.runtime.registry
+        exported.register(LabelledRegistries(http.registry, per_model))
+    else:  # one model: today's registry, names and labels unchanged
+        http, exported = runtime.metrics, runtime.registry
+    timeout_s = None if settings.serve_model_timeout_ms is None else settings.serve_model_timeout_ms / 1000
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        runtime.batcher.reopen()
-        follower = None
-        if swapper is not None and settings.serve_reload_interval_s > 0:
-            follower = asyncio.create_task(swapper.follow(), name="alias-follower")
+        every = [*models, rival.model] if rival is not None else list(models)
+        for m in every:
+            m.runtime.batcher.reopen()
+        followers = [
+            asyncio.create_task(m.swapper.follow(), name=f"alias-follower-{m.name}")
+            for m in every
+            if m.swapper is not None and settings.serve_reload_interval_s > 0
+        ]
+        if rival is not None and settings.serve_shadow_record_interval_s > 0:
+            recording = rival.record_forever(settings.serve_shadow_record_interval_s)
+            followers.append(asyncio.create_task(recording, name="shadow-recorder"))
         try:
             yield
         finally:
-            if follower is not None:
+            for follower in followers:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
-            await runtime.aclose()
+            if rival is not None:
+                await rival.drain()
+            for m in every:
+                await m.runtime.aclose()
+
+    def admit(scope: MutableMapping[str, Any], route: str) -> MultiTicket:
+        if route == "/predict":
+            selected = models.known(query_value(scope, "models"))
+        else:  # V2: the model in the path; an unknown one is admitted here and answered 404 by the handler
+            name = v2_model_name(scope.get("path", ""))
+            selected = [m for m in models if m.name == name]
+        return MultiTicket.admit(selected)
 
     app = FastAPI(title="lightbox", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.runtime = runtime
-    app.state.swapper = swapper
+    app.state.runtime = runtime  # the primary's (the only one of a one-model server)
+    app.state.swapper = models.primary.swapper
+    app.state.models = models
+    app.state.challenger = rival
+    app.state.registry = exported
     _install_error_handlers(app)
     # Admission inside the request metrics, so that its refusals are counted as requests too.
-    app.add_middleware(AdmissionMiddleware, admission=runtime.admission)
-    app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
+    app.add_middleware(AdmissionMiddleware, admit=admit)
+    app.add_middleware(RequestMetricsMiddleware, metrics=http)
 
     @app.post("/predict")
     async def predict(
         request: Request,
         threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum tag confidence"),
+        models_q: str | None = Query(
+            None, alias="models", description="comma-separated models to ask (default: all served)"
+        ),
     ) -> dict[str, Any]:
         """Score and tag one image (raw body or multipart 'file') or several (multipart 'files')."""
+        selected = models.select(models_q)
         blobs, several = await uploaded_images(request, settings)
         ticket = ticket_of(request.scope)
-        images = await runtime.decode(blobs, ticket)
-        preds = await runtime.infer(images, "rest", ticket)
         cut = settings.serve_tag_threshold if threshold is None else threshold
-        model = model_json(preds[0].predictor)
-        if several:
-            return {"predictions": [prediction_json(p, cut) for p in preds], "model": model}
-        return prediction_json(preds[0], cut) | {"model": model}
+        # Every model takes the same input (lightbox.imaging's preprocessing): decoded once for all.
+        images = await selected[0].runtime.decode(blobs, ticket)
+        # Canary: this key's users see the challenger in the primary's place (on the primary's ticket).
+        canary = rival is not None and rival.routes(request.headers.get(KEY_HEADER))
+        if canary and rival is not None:
+            selected = [replace(rival.model, name=m.name) if m is models.primary else m for m in selected]
+        if not models.several:
+            preds = await selected[0].runtime.infer(images, "rest", ticket)
+            if rival is not None and not canary:
+                rival.shadow(images, preds)
+            return _answer(preds, cut, several)
+        assert isinstance(ticket, MultiTicket)
+        results = await infer_all(selected, images, "rest", ticket, timeout_s)
+        primary = results.get(models.primary.name)
+        if rival is not None and not canary and isinstance(primary, list):
+            rival.shadow(images, primary)
+        _, preds = first_answer(results)
+        return _answer(preds, cut, several) | {
+            "models": {name: _model_entry(r, cut, several) for name, r in results.items()}
+        }
 
-    def registry_status() -> dict[str, Any]:
+    def swapper_status(m: ServedModel) -> dict[str, Any]:
         """The alias, its version at the last poll, the served version and the last failed reload. Read
         from the swapper's memory: a health probe never waits on the registry."""
-        if swapper is None:  # an app built around one model: nothing to follow
-            return {"alias": None, "alias_version": None, "served_version": runtime.predictor.version}
-        return swapper.status()
+        if m.swapper is None:  # an app built around one model: nothing to follow
+            return {"alias": None, "alias_version": None, "served_version": m.runtime.predictor.version}
+        return m.swapper.status()
+
+    def registry_status() -> dict[str, Any]:
+        status = swapper_status(models.primary)
+        if models.several:
+            status = status | {"models": {m.name: swapper_status(m) for m in models}}
+        return status
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         # "ok" while a model serves, even one behind its alias: the registry block says so, and a load
         # balancer must not take down the replica that still answers.
-        return {
+        body = {
             "status": "ok",
             "model": model_json(runtime.predictor),
             "queue_depth": runtime.batcher.queue_depth,
-            "registry": registry_status(),
+            "registry": swapper_status(models.primary),
         }
+        if models.several:
+            body["models"] = {
+                m.name: {
+                    "model": model_json(m.runtime.predictor),
+                    "queue_depth": m.runtime.batcher.queue_depth,
+                    "registry": swapper_status(m),
+                }
+                for m in models
+            }
+        return body
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exported), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload")
-    async def admin_reload(request: Request, force: bool = False) -> dict[str, Any]:
-        """Re-resolve the alias now and hot-swap if it moved (``force``: reload even if not)."""
+    async def admin_reload(request: Request, force: bool = False, model: str | None = None) -> dict[str, Any]:
+        """Re-resolve the alias now and hot-swap if it moved (``force``: reload even if not). With
+        several models: the one named by ``?model=`` (default: the primary)."""
         token = settings.serve_admin_token
         if token is None:
             raise ApiError(404, "admin endpoints are disabled (no serve_admin_token configured)")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        target = models.primary if model is None else models.get(model)
+        swapper = target.swapper
         if swapper is None:
             raise ApiError(409, "this server has no model loader to reload from")
         try:
@@ -185,7 +320,7 @@ def create_app(
             which = f" v{failed.version}" if failed is not None and failed.version else ""
             log.exception("forced reload of%s failed", which or " the alias")
             msg = (
-                f"reload{which} failed, still serving v{runtime.predictor.version}: "
+                f"reload{which} failed, still serving v{target.runtime.predictor.version}: "
                 f"{type(exc).__name__}: {exc}"
             )
             raise ApiError(500, msg) from exc
@@ -194,5 +329,5 @@ def create_app(
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    app.include_router(v2_router(runtime, registry_status))  # the second protocol, same runtime
+    app.include_router(v2_router(models, registry_status))  # the second protocol, same runtimes
     return app

@@ -17,7 +17,9 @@ ROUTE_KEY = "lightbox.route"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class ServingMetrics:
+class HttpMetrics:
+    """Requests by route and status: the app's, however many models answer behind it."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
@@ -30,6 +32,13 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+
+
+class ServingMetrics(HttpMetrics):
+    """One model's runtime: its HTTP side (used when it is the app's only model) and its model side."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
         self.images = Counter("lightbox_images", "Images scored", ["protocol"], registry=registry)
         self.model_info = Gauge(
             "lightbox_model_info",
@@ -56,7 +65,7 @@ class ServingMetrics:
 class RequestMetricsMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware overhead): counts requests by route template and status."""
 
-    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
+    def __init__(self, app: Any, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.settings import Settings
-from serving.admission import Admission, AdmissionMetrics, Refused, ServiceRate, Ticket
+from serving.admission import Admission, AdmissionMetrics, Refused, Reservation, ServiceRate
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
 from serving.metrics import ServingMetrics
 from training.predictor import Predictor
@@ -188,7 +188,7 @@ class InferenceRuntime:
             scores, tag_probs = predictor.predict(np.stack(images))
         return [Prediction(float(s), t, predictor) for s, t in zip(scores, tag_probs, strict=True)]
 
-    async def decode(self, blobs: list[bytes], ticket: Ticket) -> list[np.ndarray]:
+    async def decode(self, blobs: list[bytes], ticket: Reservation) -> list[np.ndarray]:
         """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400.
 
         First extends the request's admission ``ticket`` to its image count: 429 before any decoding
@@ -215,7 +215,7 @@ class InferenceRuntime:
                 raise r
         return results  # type: ignore[return-value]
 
-    async def infer(self, images: list[np.ndarray], protocol: str, ticket: Ticket) -> list[Prediction]:
+    async def infer(self, images: list[np.ndarray], protocol: str, ticket: Reservation) -> list[Prediction]:
         # The images leave the ticket as they enter the queue: submit_many queues them before its first
         # await, so no estimate in between counts them twice or not at all.
         ticket.release()

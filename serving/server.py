@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
 from lightbox.adapters.mlflow_registry import ArtifactError
 from lightbox.settings import Settings
-from serving.app import create_app
+from serving.app import ModelSource, create_app
 from serving.calibration import calibrate
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
 from training.predictor import ModelNotFound, Predictor, RegistryLoader, RuntimeUnavailable
@@ -22,19 +23,81 @@ class CannotServe(RuntimeError):
 
 
 def run(settings: Settings, alias: str | None = None) -> None:
-    """Serve ``models:/{model_name}@{alias}`` (default: the champion) until interrupted.
+    """Serve ``models:/{model_name}@{alias}`` (default: the champion), or every ``serve_models`` entry,
+    until interrupted.
 
-    One process, one worker: the model and its batcher live in this process, and a second worker
-    would hold a second copy of the model while halving each batcher's batches.
+    One process, one worker: the models and their batchers live in this process, and a second worker
+    would hold a second copy of each model while halving each batcher's batches.
     """
     import torch
 
+    specs = settings.served_models
+    if alias is not None:
+        if settings.serve_models is not None:
+            raise CannotServe("give either --alias (one model) or --models NAME@ALIAS,..., not both")
+        specs = [(settings.model_name, alias)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Threads first: ONNX Runtime fixes a session's threads when it is made, at load.
     apply_torch_threads(compute_layout(settings, device))
-    loader = RegistryLoader(settings, alias or settings.champion_alias, device)
+    if len(specs) == 1 and specs[0][0] == settings.model_name:
+        predictor, loader = _load(settings, specs[0][1], device)
+        settings = sized_for(settings, predictor)
+        log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
+        extra = _challenger(settings, ModelSource(predictor, loader, settings.model_name, settings), device)
+        app = create_app(settings, predictor, loader=loader, **extra)
+    else:
+        sources = []
+        for name, model_alias in specs:
+            own = settings.model_copy(update={"model_name": name})
+            predictor, loader = _load(own, model_alias, device)
+            # Each model its own batch cap (calibrated on its own forward pass).
+            sources.append(ModelSource(predictor, loader, name, sized_for(own, predictor)))
+            log.info("serving %r as %r", predictor, name)
+        log.info("%d models on http://%s:%d", len(sources), settings.serve_host, settings.serve_port)
+        app = create_app(settings, sources, **_challenger(settings, sources[0], device))
+    uvicorn.run(
+        app,
+        host=settings.serve_host,
+        port=settings.serve_port,
+        workers=1,
+        log_level="info",
+        access_log=False,  # per-request lines cost more than the batching saves; /metrics counts them
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _challenger(settings: Settings, primary: ModelSource, device: str) -> dict[str, Any]:
+    """With canary or shadow on: the primary's challenger (its challenger_alias) and the recorder of its
+    agreement onto its registry version; else nothing."""
+    if settings.serve_canary_percent <= 0 and settings.serve_shadow_fraction <= 0:
+        return {}
+    from lightbox.adapters import mlflow_registry
+
+    own = (primary.settings or settings).model_copy(update={"model_name": primary.name})
+    predictor, loader = _load(own, settings.challenger_alias, device)
+    log.info(
+        "challenger %r: canary %.1f%%, shadow %.2f",
+        predictor,
+        settings.serve_canary_percent,
+        settings.serve_shadow_fraction,
+    )
+
+    def record(version: str, tags: dict[str, str]) -> None:
+        mlflow_registry.set_version_tags(own, version, tags)
+
+    return {
+        "challenger": ModelSource(
+            predictor, loader, f"{primary.name}@{settings.challenger_alias}", sized_for(own, predictor)
+        ),
+        "record_shadow": record,
+    }
+
+
+def _load(settings: Settings, alias: str, device: str) -> tuple[Predictor, RegistryLoader]:
+    """``models:/{settings.model_name}@{alias}`` and its loader; CannotServe says what to do."""
+    loader = RegistryLoader(settings, alias, device)
     try:
-        predictor = loader.load()
+        return loader.load(), loader
     except ModelNotFound as exc:
         # The first `lightbox serve` of a project, before any promotion: say how to make a champion.
         if loader.alias == settings.champion_alias:
@@ -51,18 +114,6 @@ def run(settings: Settings, alias: str | None = None) -> None:
         # Files not the ones the gates judged, never judged, or a forced runtime the version cannot
         # use: the message names the version and what to do.
         raise CannotServe(f"cannot serve models:/{settings.model_name}@{loader.alias}: {exc}") from exc
-    settings = sized_for(settings, predictor)
-    log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
-    app = create_app(settings, predictor, loader=loader)
-    uvicorn.run(
-        app,
-        host=settings.serve_host,
-        port=settings.serve_port,
-        workers=1,
-        log_level="info",
-        access_log=False,  # per-request lines cost more than the batching saves; /metrics counts them
-        timeout_graceful_shutdown=10,
-    )
 
 
 def sized_for(settings: Settings, predictor: Predictor) -> Settings:

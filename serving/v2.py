@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.admission_http import ticket_of
+from serving.multi import ModelSet
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, read_body
 from training.predictor import Predictor
@@ -184,8 +185,9 @@ def requested_outputs(header: dict[str, Any], available: tuple[str, ...] = OUTPU
 
 
 def infer_response(
-    preds: list[Prediction], header: dict[str, Any], outputs: list[tuple[str, bool]]
+    preds: list[Prediction], header: dict[str, Any], outputs: list[tuple[str, bool]], name: str | None = None
 ) -> Response:
+    """``name``: the name the model is served under (default: the predictor's own)."""
     predictor = preds[0].predictor
     available = model_outputs(predictor)
     missing = [name for name, _ in outputs if name not in available]
@@ -198,7 +200,11 @@ def infer_response(
         "SCORE": lambda: np.asarray([p.score for p in preds], dtype=np.float32),
         "TAG_PROBS": lambda: np.stack([p.tag_probs for p in preds]).astype(np.float32, copy=False),
     }
-    body: dict[str, Any] = {"model_name": predictor.name, "model_version": predictor.version, "outputs": []}
+    body: dict[str, Any] = {
+        "model_name": name or predictor.name,
+        "model_version": predictor.version,
+        "outputs": [],
+    }
     if isinstance(header.get("id"), str):
         body["id"] = header["id"]
     chunks: list[bytes] = []
@@ -222,27 +228,26 @@ def infer_response(
     )
 
 
-def v2_router(
-    runtime: InferenceRuntime, registry_status: Callable[[], dict[str, Any]] | None = None
-) -> APIRouter:
-    """``registry_status``: the alias and reload state the readiness answer adds (serving.app's)."""
+def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
+    """Each served model under its own name. ``registry_status``: the alias and reload state the
+    readiness answer adds (serving.app's)."""
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
 
-    def check_model(name: str, version: str | None) -> None:
+    def runtime_of(name: str, version: str | None) -> InferenceRuntime:
+        runtime = models.get(name).runtime
         current = runtime.predictor
-        if name != current.name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {current.name!r}")
         if version is not None and version != current.version:
             raise ApiError(
                 404, f"model {name!r} version {version!r} is not loaded (serving {current.version!r})"
             )
+        return runtime
 
-    def metadata() -> dict[str, Any]:
-        p = runtime.predictor
+    def metadata(name: str, version: str | None) -> dict[str, Any]:
+        p = runtime_of(name, version).predictor
         shapes = {"SCORE": [-1], "TAG_PROBS": [-1, p.num_tags]}
         rng = p.score_range
         return {
-            "name": p.name,
+            "name": name,
             "versions": [p.version],
             "platform": "pytorch",
             "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
@@ -270,26 +275,24 @@ def v2_router(
 
     @router.get("/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:
-        check_model(name, None)
-        return metadata()
+        return metadata(name, None)
 
     @router.get("/models/{name}/versions/{version}")
     async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
-        check_model(name, version)
-        return metadata()
+        return metadata(name, version)
 
     @router.get("/models/{name}/ready")
     async def model_ready(name: str) -> dict[str, Any]:
-        check_model(name, None)
+        runtime_of(name, None)
         return {"name": name, "ready": True}
 
     @router.get("/models/{name}/versions/{version}/ready")
     async def model_version_ready(name: str, version: str) -> dict[str, Any]:
-        check_model(name, version)
+        runtime_of(name, version)
         return {"name": name, "ready": True}
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
-        check_model(name, version)
+        runtime = runtime_of(name, version)
         ctype = media_type(request)
         if ctype not in V2_CONTENT_TYPES:
             raise ApiError(415, f"unsupported content type {ctype!r}: send application/json (or binary data)")
@@ -303,7 +306,7 @@ def v2_router(
         ticket = ticket_of(request.scope)
         images = await runtime.decode(images_from_request(header, binary), ticket)
         preds = await runtime.infer(images, "v2", ticket)
-        return infer_response(preds, header, outputs)
+        return infer_response(preds, header, outputs, name)
 
     @router.post("/models/{name}/infer")
     async def model_infer(request: Request, name: str) -> Response:

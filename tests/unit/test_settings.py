@@ -61,3 +61,15 @@ def test_display_masks_passwords_but_subprocesses_get_them(tmp_path: Path) -> No
         assert secret not in shown
     assert redacted(s)["queue_url"] == "amqp://lightbox:***@rabbit:5672/%2F"
     assert settings_env(s)["LIGHTBOX_RESULTS_DSN"] == "postgresql://scorer:hunter2@pg/results"
+
+
+def test_served_models_default_to_the_one_champion(tmp_path) -> None:
+    assert Settings(project_dir=tmp_path).served_models == [("lightbox", "champion")]
+    several = Settings(project_dir=tmp_path, serve_models=" pets@champion, places@challenger")
+    assert several.served_models == [("pets", "champion"), ("places", "challenger")]
+
+
+@pytest.mark.parametrize("bad", ["pets", "pets@", "@champion", "pets@a@b", "pets@x,,places@y", "a@x,a@y"])
+def test_a_bad_model_list_is_refused_with_the_entry(tmp_path, bad: str) -> None:
+    with pytest.raises(ValueError, match="NAME@ALIAS|named twice"):
+        Settings(project_dir=tmp_path, serve_models=bad)

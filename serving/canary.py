@@ -1,0 +1,155 @@
+"""Canary and shadow of a challenger beside the champion: which requests go where, and how well the two
+agree. Pure logic (no HTTP, no registry): tested on plain Python (tests/unit/test_canary.py).
+
+Canary: a share of the users is answered by the challenger. Sticky: the route is a hash of the request
+key (``X-Lightbox-Key``), so one user sees one model from one request to the next.
+Shadow: a sampled share of requests is also computed by the challenger, in the background; its answers
+are never returned, only compared with the champion's.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from training.metrics import srocc
+
+KEY_HEADER = "x-lightbox-key"
+
+
+def canary_bucket(key: str, salt: str = "") -> float:
+    """A stable point in [0, 100) for ``key``: uniform over keys, the same on every replica and restart
+    (blake2b, not Python's per-process salted ``hash``)."""
+    digest = hashlib.blake2b(f"{salt}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * 100
+
+
+def routes_to_challenger(
+    key: str | None, percent: float, salt: str = "", rng: random.Random | None = None
+) -> bool:
+    """True when this request goes to the challenger. Without a key there is nothing to stick to: a
+    fresh draw per request."""
+    if percent <= 0:
+        return False
+    point = canary_bucket(key, salt) if key is not None else (rng or random).random() * 100
+    return point < percent
+
+
+@dataclass(frozen=True)
+class AgreementSummary:
+    samples: int  # image pairs in the window
+    score_srocc: float | None  # None: fewer than 3 pairs, or a tags-only model
+    score_mae: float | None
+    tag_agreement: dict[str, float]  # tag -> share of images where both sides decide it the same way
+
+    def to_tags(self, prefix: str = "shadow.") -> dict[str, str]:
+        """As registry version tags (strings)."""
+        out = {f"{prefix}samples": str(self.samples)}
+        if self.score_srocc is not None:
+            out[f"{prefix}score_srocc"] = f"{self.score_srocc:.4f}"
+        if self.score_mae is not None:
+            out[f"{prefix}score_mae"] = f"{self.score_mae:.4f}"
+        if self.tag_agreement:
+            out[f"{prefix}tag_agreement_min"] = f"{min(self.tag_agreement.values()):.4f}"
+        return out
+
+
+class Agreement:
+    """Champion vs challenger on the same images, over the last ``window`` images (a challenger that
+    drifted away an hour ago is judged on what it does now).
+
+    Tags compare on the vocabulary both share, each decided at ``threshold``. Thread-safe: shadow
+    comparisons finish on the event loop, summaries are read at scrape time.
+    """
+
+    def __init__(
+        self,
+        champion_tags: tuple[str, ...],
+        challenger_tags: tuple[str, ...],
+        threshold: float = 0.5,
+        window: int = 5000,
+    ) -> None:
+        if window < 3:
+            raise ValueError(f"window must be >= 3, got {window!r}")
+        self.shared = tuple(t for t in champion_tags if t in challenger_tags)
+        self._champion_idx = [champion_tags.index(t) for t in self.shared]
+        self._challenger_idx = [challenger_tags.index(t) for t in self.shared]
+        self.threshold = threshold
+        self._pairs: collections.deque[tuple[float, float, np.ndarray]] = collections.deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        champion_scores: np.ndarray,
+        challenger_scores: np.ndarray,
+        champion_tags: np.ndarray,
+        challenger_tags: np.ndarray,
+    ) -> None:
+        """One request's images: scores [N] each, tag probabilities [N, K] in each side's order."""
+        if len(champion_scores) != len(challenger_scores):
+            raise ValueError(f"{len(champion_scores)} champion scores vs {len(challenger_scores)} challenger")
+        same = (champion_tags[:, self._champion_idx] >= self.threshold) == (
+            challenger_tags[:, self._challenger_idx] >= self.threshold
+        )
+        with self._lock:
+            for a, b, s in zip(champion_scores, challenger_scores, same, strict=True):
+                self._pairs.append((float(a), float(b), s))
+
+    def summary(self) -> AgreementSummary:
+        with self._lock:
+            pairs = list(self._pairs)
+        if not pairs:
+            return AgreementSummary(0, None, None, {})
+        a = np.array([p[0] for p in pairs])
+        b = np.array([p[1] for p in pairs])
+        scored = np.isfinite(a) & np.isfinite(b)  # a tags-only model scores NaN
+        rho = srocc(b[scored], a[scored]) if scored.sum() >= 3 else None
+        mad = float(np.abs(a[scored] - b[scored]).mean()) if scored.any() else None
+        same = np.stack([p[2] for p in pairs]) if self.shared else np.zeros((len(pairs), 0), bool)
+        tags = {t: float(same[:, i].mean()) for i, t in enumerate(self.shared)}
+        return AgreementSummary(len(pairs), rho, mad, tags)
+
+
+class ShadowMetrics:
+    """The agreement as Prometheus gauges, computed from ``Agreement.summary`` at scrape time (a
+    collector: the window changes with every shadow answer, the scrape reads it once)."""
+
+    def __init__(self, registry: CollectorRegistry, summary: Callable[[], AgreementSummary]) -> None:
+        self.summary = summary
+        self.failures = Counter("lightbox_shadow_failures", "Shadow requests that failed", registry=registry)
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # the names are fixed, but not registered for collision checks: one per registry anyway
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.summary()
+        nan = float("nan")
+        yield GaugeMetricFamily("lightbox_shadow_samples", "Image pairs in the agreement window", s.samples)
+        yield GaugeMetricFamily(
+            "lightbox_shadow_score_srocc",
+            "Challenger vs champion score SROCC (shadow)",
+            nan if s.score_srocc is None else s.score_srocc,
+        )
+        yield GaugeMetricFamily(
+            "lightbox_shadow_score_mae",
+            "Mean |challenger - champion| score (shadow)",
+            nan if s.score_mae is None else s.score_mae,
+        )
+        tags = GaugeMetricFamily(
+            "lightbox_shadow_tag_agreement",
+            "Share of images where challenger and champion decide a tag the same way (shadow)",
+            labels=["tag"],
+        )
+        for tag, share in s.tag_agreement.items():
+            tags.add_metric([tag], share)
+        yield tags
