@@ -60,6 +60,7 @@ class FinetuneParams:
             raise ValueError("learning rates must be > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        self.policy  # noqa: B018  # refuses a label-changing op here, not later in a loader worker
 
     @property
     def policy(self) -> AugmentPolicy:

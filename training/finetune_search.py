@@ -43,10 +43,11 @@ class FinetuneTrial:
     checkpoint: Path | None  # the best epoch's checkpoint folder
 
 
-def search_space(epochs: int) -> dict[str, Any]:
+def search_space(epochs: int, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the trials vary, less what ``fixed`` pins (a test pins one block; a team may pin any)."""
     from ray import tune
 
-    return {
+    space = {
         # 1 block: ~0.3M of the backbone's 3.4M weights; 4 reach block 12 (the quality blocks stay frozen
         # below 8: QUALITY_BLOCKS = 1, 5, 8 in training.model).
         "unfreeze_blocks": tune.choice([1, 2, 4]),
@@ -54,6 +55,7 @@ def search_space(epochs: int) -> dict[str, Any]:
         "aug_strength": tune.uniform(0.0, 1.0),
         "epochs": epochs,
     }
+    return {k: v for k, v in space.items() if k not in (fixed or {})}
 
 
 def search_key(parts: Mapping[str, Any]) -> str:
@@ -84,7 +86,7 @@ def model_from_checkpoint(start: LightboxModel, params: FinetuneParams, folder: 
 
 def params_from(config: Mapping[str, Any], fixed: Mapping[str, Any]) -> FinetuneParams:
     names = {f.name for f in dataclasses.fields(FinetuneParams)}
-    return FinetuneParams(**{k: v for k, v in (dict(fixed) | dict(config)).items() if k in names})
+    return FinetuneParams(**{k: v for k, v in (dict(config) | dict(fixed)).items() if k in names})
 
 
 def _trial(
@@ -148,6 +150,9 @@ def _trial(
                 import mlflow
 
                 mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                if epoch == params.epochs:
+                    # Tune stops a trial at its last report (max_t): nothing after it runs.
+                    mlflow.end_run()
             # resumed_after: 0 for a trial that started fresh, else the checkpoint's epoch it went on from.
             shown = metrics | {"resumed_after": float(resume.epoch if resume is not None else 0)}
             with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +163,7 @@ def _trial(
             finetuned_config(start.config, params), copy.deepcopy(start.heads), copy.deepcopy(start.extractor)
         )
         fine_tune(model, params, train, val, device=device, report=report, resume=resume, workers=workers)
-    if run_id is not None:
+    if run_id is not None and world > 1:
         import mlflow
 
         mlflow.end_run()
@@ -214,7 +219,7 @@ def run_search(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=search_space(epochs),
+            param_space=search_space(epochs, fixed),
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode=MODE,
