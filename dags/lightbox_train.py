@@ -46,6 +46,12 @@ def _settings(params: dict):
         "model_name": Param(
             None, type=["null", "string"], description="MLflow registered model to train; empty: model_name"
         ),
+        "train_mode": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "heads", "finetune"],
+            description="heads (Feast features) or finetune (backbone too, from images); empty: train_mode",
+        ),
     },
 )
 def lightbox_train():
@@ -54,7 +60,9 @@ def lightbox_train():
         from pipelines import train as train_stage
 
         p = context["params"]
-        return train_stage.run(_settings(p), trials=p["trials"], epochs=p["epochs"]).to_dict()
+        return train_stage.run(
+            _settings(p), trials=p["trials"], epochs=p["epochs"], mode=p.get("train_mode")
+        ).to_dict()
 
     @task
     def golden() -> dict:

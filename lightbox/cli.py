@@ -291,6 +291,10 @@ def features() -> None:
 def train(
     trials: Annotated[int | None, typer.Option(help="Ray Tune trials")] = None,
     epochs: Annotated[int | None, typer.Option(help="max epochs per trial")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="heads (Feast features, fast) or finetune (the backbone too, from images)"),
+    ] = None,
 ) -> None:
     """Tune, fit, log and register the model."""
     from lightbox.stdio import stdout_to_stderr
@@ -299,7 +303,9 @@ def train(
     # stdout holds the result only (`lightbox train > result.json`): Ray Tune's progress tables, printed
     # from Python and from its own threads and processes, go to stderr.
     with stdout_to_stderr():
-        result = stage.run(_tracked(load_settings(), read_only=False), trials=trials, epochs=epochs)
+        result = stage.run(
+            _tracked(load_settings(), read_only=False), trials=trials, epochs=epochs, mode=mode
+        )
     _print(result)
 
 

@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     tune_epochs: int = Field(default=60, ge=1)
     tune_seed: int = Field(default=0, ge=0)
     use_gpu: bool | None = None  # None: use one when torch sees it
+    # heads: Tune trains the two heads on the Feast features (fast). finetune: then fine-tunes the backbone
+    # end to end from the images, starting from those heads (training/finetune.py; GPUs recommended).
+    train_mode: Literal["heads", "finetune"] = "heads"
+    finetune_trials: int = Field(default=4, ge=1, description="fine-tune trials (train_mode finetune)")
+    finetune_epochs: int = Field(default=5, ge=1, description="most epochs per fine-tune trial")
+    finetune_batch_size: int = Field(default=32, ge=1, le=4096, description="global batch per step")
+    finetune_head_lr: float = Field(default=1e-4, gt=0.0, le=1.0, description="heads' rate when fine-tuning")
+    # 1 per trial when a GPU is present; a fraction shares one; above 1 (whole) a trial runs data parallel
+    # over that many GPUs (Ray Train TorchTrainer, docs/deploy.md).
+    finetune_gpus_per_trial: float | None = Field(default=None, ge=0.0, le=64.0, description="None: 1 or 0")
+    finetune_cpus_per_trial: int = Field(default=1, ge=1, description="CPUs a trial holds (its decoders too)")
+    finetune_loader_workers: int | None = Field(default=None, ge=0, le=64, description="None: by device")
+    # The augmentations that leave this dataset's labels true (training/augment.py refuses the others).
+    augment_ops: tuple[Literal["hflip", "crop", "resize"], ...] = ("hflip", "crop")
 
     # --- bulk scoring (pipelines/score_catalog.py, `lightbox score`) ---------------------------------
     # None: each model actor measures its device at start and takes the batch with the best images/s

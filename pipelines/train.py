@@ -217,10 +217,16 @@ def _log_plots(
 
 
 def run(
-    settings: Settings, *, trials: int | None = None, epochs: int | None = None, model_name: str | None = None
+    settings: Settings,
+    *,
+    trials: int | None = None,
+    epochs: int | None = None,
+    model_name: str | None = None,
+    mode: str | None = None,
 ) -> TrainResult:
     """Tune, fit, log and register under ``model_name`` (default ``settings.model_name``): a team keeps
-    one registered model per dataset."""
+    one registered model per dataset. ``mode`` (default ``settings.train_mode``) ``finetune`` then
+    fine-tunes the backbone from the images, starting from the fitted heads (pipelines/finetune.py)."""
     import torch
     from mlflow.data.pandas_dataset import from_pandas
 
@@ -229,6 +235,10 @@ def run(
 
     if model_name is not None:
         settings = settings.model_copy(update={"model_name": model_name})
+    if mode is not None:
+        if mode not in ("heads", "finetune"):
+            raise ValueError(f"train mode must be heads or finetune, got {mode!r}")
+        settings = settings.model_copy(update={"train_mode": mode})
     trials = trials or settings.tune_trials
     epochs = epochs or settings.tune_epochs
     # A killed training left its runs RUNNING, its model PENDING, its version ungated: settle them first.
@@ -327,10 +337,17 @@ def run(
         s_pred, t_pred = predict(heads, test.x)
         metrics = test_metrics(best, test, s_pred, t_pred)
         metrics |= {f"val_{k}": v for k, v in val.items()}
+        model = LightboxModel(best, heads).eval()
+        if settings.train_mode == "finetune":
+            # The heads-only model is the baseline the fine-tuned one is compared with, on the same splits.
+            mlflow.log_metrics({f"heads_{k}": v for k, v in metrics.items()})
+            model, metrics, s_pred, t_pred = _fine_tune(
+                settings, model, data, version.md5, parent.info.run_id, tags | owner
+            )
+            best = model.config
         metrics |= _log_plots(best, data.split_rows["test"], s_pred, t_pred, test)
         mlflow.log_metrics(metrics)
 
-        model = LightboxModel(best, heads).eval()
         model_version = mlflow_registry.log_lightbox_model(
             model, _input_example(settings, data.rows), settings.model_name, label_spec=spec.to_dict()
         )
@@ -347,6 +364,51 @@ def run(
             config=asdict(best),
             trials=len(results),
         )
+
+
+def _fine_tune(
+    settings: Settings,
+    start: LightboxModel,
+    data: TrainingData,
+    data_key: str,
+    parent_run_id: str,
+    tags: Mapping[str, str],
+) -> tuple[LightboxModel, dict[str, float], np.ndarray, np.ndarray]:
+    """The fine-tuned model (its own extractor), its test and validation metrics (from features its own
+    extractor computes) and its test predictions, for the plots."""
+    import mlflow
+    from pipelines import finetune
+
+    result = finetune.run(
+        settings,
+        start,
+        data.split_rows,
+        data.splits,
+        data_key=data_key,
+        parent_run_id=parent_run_id,
+        tags=tags,
+    )
+    model, trial = result.model, result.trial
+    # Only new keys: the run's params already hold the heads' config, and MLflow params cannot change.
+    mlflow.log_params(
+        {k: v for k, v in model.config.extra.items() if k.startswith("ft_")}
+        | {
+            "ft_trial": trial.name,
+            "ft_best_epoch": str(trial.best_epoch),
+            "ft_trials": str(result.trials),
+            "ft_feature_version": model.config.feature_version,
+        }
+    )
+    val_x, _, _ = finetune.predictions(settings, model, data.split_rows["validation"])
+    val = validation_metrics(
+        model.heads,
+        Split(val_x, data.splits["validation"].score, data.splits["validation"].tags),
+        model.config,
+    )
+    _, s_pred, t_pred = finetune.predictions(settings, model, data.split_rows["test"])
+    metrics = test_metrics(model.config, data.splits["test"], s_pred, t_pred)
+    metrics |= {f"val_{k}": v for k, v in val.items()}
+    return model.eval(), metrics, s_pred, t_pred
 
 
 def _input_example(settings: Settings, rows: Sequence[Mapping[str, str]]) -> np.ndarray:

@@ -179,3 +179,43 @@ def fail_logged_model(settings: Settings, model_id: str, reason: str) -> None:
 def mark_ungated(settings: Settings, version: str, reason: str) -> None:
     """Say on a version why it has no gate verdict (and how to get one)."""
     mlflow_registry.set_version_tags(settings, version, {UNGATED_TAG: reason})
+
+
+# --- fine-tune trials (training/finetune_search.py): each trial logs its own nested run, live --------
+
+
+def start_trial_run(settings: Settings, parent_run_id: str, name: str, tags: dict[str, str]) -> str:
+    """Create a run nested under ``parent_run_id`` and make it the active run of this (trial) process,
+    with system metrics (CPU, memory, and GPU where pynvml sees one) sampled every few seconds. Returns
+    its id; ``mlflow.end_run()`` ends it."""
+    import mlflow
+
+    mlflow_registry.configure(settings)
+    c = mlflow_registry.client(settings)
+    parent = c.get_run(parent_run_id)
+    run = c.create_run(
+        parent.info.experiment_id,
+        tags=tags | {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name},
+        run_name=name,
+    )
+    # Short trials end before the default 10 s sample: sample every 2 s, log every sample.
+    mlflow.set_system_metrics_sampling_interval(2)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    mlflow.start_run(run_id=run.info.run_id, log_system_metrics=True)
+    return run.info.run_id
+
+
+def end_open_children(settings: Settings, parent_run_id: str, why: str) -> list[str]:
+    """End the nested runs of ``parent_run_id`` still RUNNING (trials ASHA stopped: their process was
+    ended mid-epoch) as FINISHED, saying why; returns their ids."""
+    c = mlflow_registry.client(settings)
+    parent = c.get_run(parent_run_id)
+    runs = c.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for r in runs:
+        c.set_tag(r.info.run_id, "lightbox.ended", why)
+        c.set_terminated(r.info.run_id, status="FINISHED")
+    return [r.info.run_id for r in runs]
