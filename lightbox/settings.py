@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     # The ONNX export serves only when it answers as the eager model does on the golden set: outputs
     # (normalised score and tag probabilities) within this absolute difference, and every golden
     # metric (SROCC, MAE, mAP, per-tag AP) within the metric delta. Else the version serves on torch.
+    # `lightbox promote` can require real traffic first: at least this many images shadowed to the
+    # candidate (0: no requirement) and its agreement with the champion on them.
+    promote_min_shadow_samples: int = Field(default=0, ge=0, le=10_000_000)
+    promote_min_shadow_srocc: float = Field(
+        default=0.8, ge=-1.0, le=1.0, description="shadow score SROCC with the champion, floor"
+    )
+    promote_min_shadow_tag_agreement: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="shadow per-tag agreement with the champion, floor"
+    )
     gate_export_max_abs_diff: float = Field(
         default=1e-3, gt=0.0, le=1.0, description="exported vs eager outputs, max |difference|"
     )

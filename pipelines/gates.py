@@ -356,6 +356,48 @@ def what_is_judged(labels: ModelLabels) -> list[str]:
     return []
 
 
+SHADOW_PREFIX = "shadow."  # the version tags the server's shadow traffic records (serving.canary)
+
+
+def shadow_checks(tags: Mapping[str, str], labels: ModelLabels | None, settings: Settings) -> Checks:
+    """What `lightbox promote` requires of the candidate's shadow traffic (its agreement with the
+    champion on real requests, recorded by the server as ``shadow.*`` version tags). Nothing when
+    ``promote_min_shadow_samples`` is 0 (the default): no shadow requirement.
+
+    Agreement is not accuracy: a challenger that is better than the champion also disagrees with it.
+    The floors say how different a candidate may be before a person looks at it."""
+    if settings.promote_min_shadow_samples <= 0:
+        return [], []
+
+    def number(key: str) -> float | None:
+        raw = tags.get(SHADOW_PREFIX + key)
+        try:
+            return None if raw is None else float(raw)
+        except ValueError:
+            return None
+
+    samples = number("samples")
+    where = "shadow traffic recorded on the version (serve with LIGHTBOX_SERVE_SHADOW_FRACTION > 0)"
+    checks = [GateCheck("shadow.samples", samples, float(settings.promote_min_shadow_samples), ">=", where)]
+    if labels is None or labels.has_score:
+        checks.append(
+            GateCheck(
+                "shadow.score_srocc", number("score_srocc"), settings.promote_min_shadow_srocc, ">=", where
+            )
+        )
+    if labels is None or labels.has_tags:
+        checks.append(
+            GateCheck(
+                "shadow.tag_agreement_min",
+                number("tag_agreement_min"),
+                settings.promote_min_shadow_tag_agreement,
+                ">=",
+                where,
+            )
+        )
+    return checks, [f"shadow requirement: at least {settings.promote_min_shadow_samples} shadowed images"]
+
+
 def decide(
     ev: Evidence,
     details: Mapping[str, str],

@@ -127,6 +127,15 @@ def _failure(settings: Settings, version: str, alias: str, report: GateReport) -
     )
 
 
+def _shadow_verdict(settings: Settings, version: str, report: GateReport):
+    """The shadow requirement's checks on the version's recorded shadow agreement (None: none set)."""
+    from pipelines.gates import GateVerdict, shadow_checks
+
+    tags = dict(mlflow_registry.get_version(settings, version).tags or {})
+    checks, notes = shadow_checks(tags, report.labels, settings)
+    return GateVerdict(checks, notes) if checks else None
+
+
 def gate(settings: Settings, version: str | None = None, *, alias: str | None = None) -> GateResult:
     """Run (and record) the gates on ``version`` (default: the @challenger) before a promotion;
     raises GateFailed with every reason when they fail. What the promotion DAG's gate step runs."""
@@ -261,12 +270,18 @@ def run(
     report = validate_model.run(settings, version, record=not dry_run, reuse=reuse_evidence)
     if not report.passed:
         raise _failure(settings, version, alias, report)
+    shadow = _shadow_verdict(settings, version, report)
+    if shadow is not None and not shadow.passed:
+        raise GateFailed(
+            f"{settings.model_name} v{version} passed its gates but not the shadow requirement, not promoted "
+            f"to @{alias}:\n  " + "\n  ".join(shadow.reasons)
+        )
     # The verdict's regression check compared with this champion (read by the gates, not before them):
     # the compare-and-set below moves the alias only if it is still there.
     expected = report.champion_version if alias == settings.champion_alias else current_version
     # A dry run recorded no digest: check the files against the ones its gates just measured.
     verify_target(settings, version, alias, judged=report.artifacts if dry_run else None)
-    summary = report.verdict.summary()
+    summary = report.verdict.summary() + ("" if shadow is None else "\n" + shadow.summary())
     if dry_run:
         return PromotionResult(
             settings.model_name,

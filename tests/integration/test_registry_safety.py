@@ -419,3 +419,23 @@ def test_an_export_that_fails_the_check_serves_on_torch_and_says_so(
     assert f"/{reg.bad_export} serves on torch: its ONNX export did not pass the gates' check" in caplog.text
     with pytest.raises(RuntimeUnavailable, match="did not pass the gates' check"):
         RegistryLoader(replace_runtime(reg.settings, "onnxruntime"), "any", "cpu").load(reg.bad_export)
+
+
+def test_promote_can_require_shadow_agreement(reg: Registry) -> None:
+    """Issue 14: with a shadow requirement, a candidate that passed its gates is promoted only once the
+    server recorded enough shadowed images and agreement on it; the numbers are in the verdict."""
+    from pipelines import promote
+
+    strict = reg.settings.model_copy(update={"promote_min_shadow_samples": 200})
+    reg.set_aliases(reg.base, None)
+    with pytest.raises(
+        promote.GateFailed, match=r"not the shadow requirement(.|\n)*shadow.samples = missing"
+    ):
+        promote.run(strict, reg.racer_a, dry_run=True, actor="test")
+    # What the server's shadow recorder writes (serving.challenger): agreement on real traffic.
+    shadowed = {"shadow.samples": "250", "shadow.score_srocc": "0.9700", "shadow.tag_agreement_min": "0.9600"}
+    mlflow_registry.set_version_tags(reg.settings, reg.racer_a, shadowed)
+    result = promote.run(strict, reg.racer_a, dry_run=True, actor="test")
+    assert result.dry_run and "PASS shadow.samples = 250.0000 (needs >= 200)" in result.summary
+    assert "PASS shadow.score_srocc = 0.9700" in result.summary
+    assert reg.alias("champion") == reg.base  # a dry run moves nothing

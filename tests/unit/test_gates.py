@@ -12,6 +12,7 @@ from pipelines.gates import (
     evaluate_gates,
     golden_checks,
     regression_checks,
+    shadow_checks,
 )
 
 TAGS = ("blurry", "dog", "sunset")
@@ -240,3 +241,31 @@ def test_model_labels_from_metadata() -> None:
         ModelLabels.from_metadata({"tag_names": ["a"]})
     with pytest.raises(ValueError, match="has_score=True"):
         ModelLabels.from_metadata({"tag_names": ["a"], "has_score": True, "score_range": None})
+
+
+def test_no_shadow_requirement_by_default(tmp_path: Path) -> None:
+    assert shadow_checks({}, BOTH, _settings(tmp_path)) == ([], [])
+
+
+def test_the_shadow_requirement_reads_the_agreement_the_server_recorded(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, promote_min_shadow_samples=500)
+    recorded = {"shadow.samples": "800", "shadow.score_srocc": "0.93", "shadow.tag_agreement_min": "0.95"}
+    checks, notes = shadow_checks(recorded, BOTH, settings)
+    verdict = GateVerdict(checks, notes)
+    assert verdict.passed and [c.name for c in checks] == [
+        "shadow.samples",
+        "shadow.score_srocc",
+        "shadow.tag_agreement_min",
+    ]
+    few = GateVerdict(*shadow_checks(recorded | {"shadow.samples": "120"}, BOTH, settings))
+    assert few.reasons == [
+        "shadow.samples = 120.0000 (needs >= 500): shadow traffic recorded on the version "
+        "(serve with LIGHTBOX_SERVE_SHADOW_FRACTION > 0)"
+    ]
+    never = GateVerdict(*shadow_checks({}, BOTH, settings))  # never shadowed: every check missing
+    assert not never.passed and len(never.reasons) == 3
+    # Only what the model answers is required: a tags-only model has no score agreement.
+    assert [c.name for c in shadow_checks(recorded, TAGS_ONLY, settings)[0]] == [
+        "shadow.samples",
+        "shadow.tag_agreement_min",
+    ]
