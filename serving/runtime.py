@@ -22,6 +22,7 @@ from lightbox.settings import Settings
 from serving.admission import Admission, AdmissionMetrics, Refused, Reservation, ServiceRate
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
 from serving.metrics import ServingMetrics
+from serving.prediction_metrics import PredictionMetrics
 from training.predictor import Predictor
 
 
@@ -154,6 +155,7 @@ class InferenceRuntime:
             max_concurrent_batches=self.layout.concurrent_batches,
         )
         self.metrics.max_batch.set(self.config.max_batch_size)
+        self.predictions = PredictionMetrics(self.registry, settings.serve_tag_threshold)
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
@@ -186,6 +188,9 @@ class InferenceRuntime:
         predictor = self._predictor  # read once: the whole batch runs on one version
         with self.admission.computing_batch(len(images)):
             scores, tag_probs = predictor.predict(np.stack(images))
+        self.predictions.observe(
+            predictor.version, predictor.tag_names, predictor.score_range, scores, tag_probs
+        )
         return [Prediction(float(s), t, predictor) for s, t in zip(scores, tag_probs, strict=True)]
 
     async def decode(self, blobs: list[bytes], ticket: Reservation) -> list[np.ndarray]:

@@ -205,6 +205,8 @@ def test_healthz_metrics_and_page(client: TestClient) -> None:
         'lightbox_model_info{name="lightbox",version="1"} 1.0',
         'lightbox_http_requests_total{method="POST",route="/predict",status="200"}',
         "lightbox_http_request_latency_seconds_bucket",
+        'lightbox_prediction_score_unit_bucket{le="1.0",version="1"}',  # what the model answers (drift)
+        'lightbox_prediction_images_total{version="1"}',
     ):
         assert needle in text, needle
     page = client.get("/")
