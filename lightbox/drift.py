@@ -115,3 +115,42 @@ def compare(
         bool(reasons),
         reasons,
     )
+
+
+# --- the reference: the model's own test-split predictions, logged at training ------------------------
+
+# Where training logs it, in the run that registered the version (pipelines/train.py), and where the
+# monitor (pipelines/monitor.py) reads it back: one contract, one owner.
+REFERENCE_ARTIFACT = "reference/test_predictions.json"
+
+
+@dataclass(frozen=True)
+class Reference:
+    tag_names: tuple[str, ...]
+    score_unit: np.ndarray | None  # [N] normalised to the model's score range; None: tags-only model
+    tag_probs: np.ndarray  # [N, K]
+
+
+def reference_json(tag_names: tuple[str, ...], score_unit: np.ndarray | None, tag_probs: np.ndarray) -> str:
+    """The test split's predictions as JSON (a few hundred KB for thousands of images)."""
+    import json
+
+    return json.dumps(
+        {
+            "tag_names": list(tag_names),
+            "score_unit": None if score_unit is None else [round(float(s), 6) for s in score_unit],
+            "tag_probs": np.round(np.asarray(tag_probs, float), 6).tolist(),
+        }
+    )
+
+
+def parse_reference(text: str) -> Reference:
+    import json
+
+    raw = json.loads(text)
+    names = tuple(raw["tag_names"])
+    rows = raw["tag_probs"]
+    # A score-only model's rows are empty lists: reshape(-1, 0) cannot infer their count.
+    probs = np.asarray(rows, float).reshape(len(rows), len(names))
+    scores = raw.get("score_unit")
+    return Reference(names, None if scores is None else np.asarray(scores, float), probs)

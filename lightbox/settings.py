@@ -245,6 +245,13 @@ class Settings(BaseSettings):
     queue_delivery_limit: int = Field(default=5, ge=1, description="redeliveries before dead-lettering")
     results_dsn: str | None = Field(default=None, description="PostgreSQL DSN/URL of the results table")
     results_table: str = Field(default="image_scores", pattern=r"^[a-z_][a-z0-9_]*$")
+    # Drift (pipelines/monitor.py): recent predictions against the model's own test split.
+    monitor_psi_threshold: float = Field(
+        default=0.25, gt=0.0, le=10.0, description="score PSI over this: drift"
+    )
+    monitor_js_threshold: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="a tag's Jensen-Shannon divergence over this: drift"
+    )
     # AMQP's prefetch count is a 16-bit field.
     consume_batch_size: int = Field(default=16, ge=1, le=65_535, description="also the broker prefetch")
     consume_max_wait_s: float = Field(default=0.5, ge=0.0, le=3600.0, description="max wait to fill a batch")

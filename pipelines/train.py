@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from lightbox import manifest
+from lightbox import drift, manifest
 from lightbox.adapters import dvc_repo, mlflow_registry, mlflow_runs
 from lightbox.manifest import LabelSpec
 from lightbox.settings import CODE_ROOT, Settings
@@ -347,6 +347,11 @@ def run(
             best = model.config
         metrics |= _log_plots(best, data.split_rows["test"], s_pred, t_pred, test)
         mlflow.log_metrics(metrics)
+        # What the model answers on its own test split: the drift monitor's reference (pipelines/monitor.py).
+        mlflow.log_text(
+            drift.reference_json(best.tag_names, s_pred if best.has_score else None, t_pred),
+            drift.REFERENCE_ARTIFACT,
+        )
 
         model_version = mlflow_registry.log_lightbox_model(
             model, _input_example(settings, data.rows), settings.model_name, label_spec=spec.to_dict()

@@ -143,6 +143,33 @@ def ladders(
     return fig
 
 
+def distributions(reference: np.ndarray, recent: np.ndarray, what: str) -> Figure:
+    """Two histograms on one axis: the test split at training against recent predictions (drift)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = [i / 20 for i in range(21)]
+    for values, label in ((reference, "test split (training)"), (recent, "recent")):
+        values = np.clip(values[np.isfinite(values)], 0.0, 1.0)
+        ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{label}, n={len(values)}")
+    ax.set(xlabel=what, ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def tag_rate_change(reference: Mapping[str, float], recent: Mapping[str, float]) -> Figure:
+    """Each tag's rate at training and now, side by side, the largest change at the top."""
+    names = sorted(reference, key=lambda t: abs(recent[t] - reference[t]))
+    fig, ax = plt.subplots(figsize=(6, min(40.0, 1.2 + 0.35 * max(1, len(names)))))
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, [reference[t] for t in names], height=0.4, label="test split (training)")
+    ax.barh(y + 0.2, [recent[t] for t in names], height=0.4, label="recent")
+    ax.set_yticks(y, names)
+    ax.set(xlabel="share of images given the tag", xlim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def png_bytes(fig: Figure) -> bytes:
     import io
 

@@ -10,3 +10,6 @@ from airflow.sdk import Asset
 FEATURES = Asset("lightbox://features/image_quality_v1")
 # Updated when a version is promoted to the champion alias (lightbox_train, lightbox_promote).
 CHAMPION = Asset("lightbox://models/champion")
+# Updated by lightbox_monitor when a served version's predictions drifted from its test split; a
+# retraining DAG can be scheduled on it (e.g. schedule=FEATURES | DRIFT).
+DRIFT = Asset("lightbox://models/drift")

@@ -99,6 +99,23 @@ def fetch_results(conn: Connection, table: str) -> list[dict]:
         return [dict(r) for r in cur.fetchall()]
 
 
+def recent_predictions(
+    conn: Connection, table: str, model_name: str, version: str, last: int
+) -> list[tuple[float | None, dict[str, float]]]:
+    """The newest ``last`` (score, tag_probs) of one model version: what the drift monitor compares."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT score, tag_probs FROM {} WHERE model_name = %s AND model_version = %s "
+                "ORDER BY scored_at DESC LIMIT %s"
+            ).format(sql.Identifier(table)),
+            (model_name, version, last),
+        )
+        return [(None if s is None else float(s), dict(t)) for s, t in cur.fetchall()]
+
+
 # --- bulk scoring (pipelines/score_catalog.py) ---------------------------------------------------------
 
 

@@ -28,9 +28,13 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory):
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"lightbox_data", "lightbox_train", "lightbox_promote", "lightbox_score_catalog"} <= set(
-        dagbag.dag_ids
-    )
+    assert {
+        "lightbox_data",
+        "lightbox_train",
+        "lightbox_promote",
+        "lightbox_score_catalog",
+        "lightbox_monitor",
+    } <= set(dagbag.dag_ids)
 
 
 def test_every_task_has_retries(dagbag) -> None:
@@ -88,7 +92,8 @@ def test_assets_are_defined_once(dagbag) -> None:
     from lightbox.adapters import airflow_assets
 
     outlets = {o for dag in dagbag.dags.values() for t in dag.tasks for o in t.outlets}
-    assert {o.uri for o in outlets} <= {airflow_assets.FEATURES.uri, airflow_assets.CHAMPION.uri}
+    known = {airflow_assets.FEATURES.uri, airflow_assets.CHAMPION.uri, airflow_assets.DRIFT.uri}
+    assert {o.uri for o in outlets} <= known
     assert airflow_assets.FEATURES in dagbag.dags["lightbox_data"].get_task("features").outlets
     for path in (CODE_ROOT / "dags").glob("*.py"):
         assert "Asset(" not in path.read_text(), f"{path.name} defines its own Asset"
@@ -114,3 +119,14 @@ def test_a_promotion_schedules_catalog_scoring(dagbag) -> None:
     assert "Asset" in type(dag.timetable).__name__
     assert [a.uri for a in dag.timetable.asset_condition.objects] == [airflow_assets.CHAMPION.uri]
     assert dag.max_active_runs == 1  # one writer per output folder
+
+
+def test_drift_updates_the_drift_asset_only_from_its_signal_task(dagbag) -> None:
+    from lightbox.adapters import airflow_assets
+
+    dag = dagbag.dags["lightbox_monitor"]
+    assert {"alias", "source", "last"} <= set(dag.params.keys())
+    signal = dag.get_task("signal_drift")
+    assert [a.uri for a in signal.outlets] == [airflow_assets.DRIFT.uri]
+    assert signal.upstream_task_ids == {"measure"}
+    assert dag.get_task("measure").outlets == []
