@@ -31,6 +31,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from lightbox.manifest import ManifestError
     from pipelines.golden import GoldenSetMissing
     from pipelines.lineage import BadModelUri
+    from pipelines.monitor import NoPredictions, NoReference
     from pipelines.promote import PromotionRefused
     from serving.server import CannotServe
     from training.predictor import ModelNotFound
@@ -45,7 +46,9 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | GoldenSetMissing
         | ManifestError
         | ArtifactError
-        | CannotServe,
+        | CannotServe
+        | NoReference
+        | NoPredictions,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when
@@ -424,6 +427,25 @@ def serve(
     flags = {"serve_host": host, "serve_port": port, "serve_runtime": runtime, "serve_models": models}
     settings = load_settings(**{k: v for k, v in flags.items() if v is not None})
     server.run(_tracked(settings), alias=alias)
+
+
+@app.command()
+def monitor(
+    alias: Annotated[str | None, typer.Option(help="the version at this alias (default: champion)")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="`postgres` (results table) or a scoring parquet folder (default: catalog output)"),
+    ] = None,
+    last: Annotated[int, typer.Option(min=50, help="how many of the newest predictions")] = 5000,
+) -> None:
+    """Compare a served version's recent predictions with its test split; exits 1 when they drifted."""
+    from pipelines import monitor as stage
+
+    result = stage.run(_tracked(load_settings()), alias=alias, source=source, last=last)
+    _print(result.to_dict())
+    if result.drifted:
+        typer.secho("drift:\n  " + "\n  ".join(result.reasons), fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @dags_app.command("test")
