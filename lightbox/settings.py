@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     )
     score_part_rows: int = Field(default=2000, ge=1, description="rows per parquet part (the unit of resume)")
     score_read_attempts: int = Field(default=4, ge=1, le=20, description="tries per image on storage errors")
+    # Also publish each image's score, tag probabilities and embedding to Feast's online store, keyed by
+    # (image id, model version), for search and recommendation. Costs a second backbone pass per image
+    # (the embedding; pipelines/score_catalog.py says why).
+    score_online: bool = Field(default=False, description="publish scores + embeddings to Feast online")
     # What the lightbox_score_catalog DAG scores when a promotion moves the champion (and by default when
     # triggered by hand): None skips the scheduled run. Output None: <state>/scores (parquet parts).
     catalog_source: str | None = None

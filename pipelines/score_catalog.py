@@ -12,6 +12,17 @@ actors (``Scorer``: one GPU each where there are GPUs), and this process writes 
   fails the job; a storage error is retried, and stops the job only once retries are spent
   (StorageUnavailable): a rerun resumes.
 
+With ``settings.score_online`` (``lightbox score --online``) the job also publishes each image's score,
+tag probabilities and embedding to Feast's online store, keyed by (image id, model version)
+(lightbox.adapters.feast_store.write_scores), before the same rows reach the sink: a part killed between
+the two is rescored and upserted again, never missing online.
+
+The embedding is the model's own extractor output (EMBEDDING_DIM first columns), computed by the torch
+extractor in the actor beside ``Predictor.predict``. Why not from the same pass: on CPU the predictor
+runs the version's ONNX export (or a frozen graph), whose only output is the heads'; a second ONNX output
+would need a new export and the gates to verify it for every version. The torch pass costs a second
+backbone pass per image, only when embeddings are asked for, and gives exactly the extractor's numbers.
+
 ``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``
 and ``Deduper``) is plain Python, unit-tested without Ray.
 """
@@ -23,11 +34,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lightbox.catalog import list_source, read_uri, with_retries
+from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, preprocess_bytes
 from lightbox.photos import content_id
 from lightbox.progress import progress
@@ -35,7 +48,11 @@ from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_js
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from training.predictor import Predictor
+
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [N,3,224,224] -> float32 [N, EMBEDDING_DIM]
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +157,17 @@ class Scorer:
     its own runtime. Without ``batch_size`` the actor measures its device and takes the fastest batch.
     """
 
-    def __init__(self, settings: Settings, alias: str, version: str, batch_size: int | None) -> None:
+    def __init__(
+        self, settings: Settings, alias: str, version: str, batch_size: int | None, embed: bool = False
+    ) -> None:
+        import os
+
         from training.predictor import RegistryLoader
 
         self.predictor: Predictor = RegistryLoader(settings, alias).load(version)
+        self.embed = extractor_embedding(self.predictor) if embed else None
         self.batch_size = batch_size or self._calibrated()
+        self.node = _node_id() or f"pid:{os.getpid()}"
 
     def _calibrated(self) -> int:
         import torch
@@ -158,30 +181,90 @@ class Scorer:
         return chosen
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return score_batch(batch, self.predictor, self.batch_size)
+        out = score_batch(batch, self.predictor, self.batch_size, self.embed)
+        out["node"] = np.full(len(out["uri"]), self.node, object)  # where it ran: a cluster's test reads it
+        return out
 
 
-def score_batch(batch: dict[str, np.ndarray], predictor: Predictor, batch_size: int) -> dict[str, np.ndarray]:
-    """Scores for the rows read OK, in model batches of ``batch_size``; the pixels do not go on."""
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def extractor_embedding(predictor: Predictor) -> Embed:
+    """The version's own extractor in torch, fp32, on the predictor's device: the embedding columns."""
+    import torch
+
+    extractor = predictor.model.extractor
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(predictor.device)
+            return extractor(x)[:, :EMBEDDING_DIM].float().cpu().numpy()
+
+    return embed
+
+
+def score_batch(
+    batch: dict[str, np.ndarray], predictor: Predictor, batch_size: int, embed: Embed | None = None
+) -> dict[str, np.ndarray]:
+    """Scores for the rows read OK, in model batches of ``batch_size``; the pixels do not go on.
+    With ``embed``, an ``embedding`` column too (zeros where nothing was scored)."""
     n = len(batch["uri"])
     ok = np.flatnonzero(batch["status"] == OK)
     scores = np.full(n, np.nan, np.float32)
     probs_json = np.full(n, "", object)
+    embeddings = np.zeros((n, EMBEDDING_DIM), np.float32) if embed is not None else None
     for start in range(0, len(ok), batch_size):
         rows = ok[start : start + batch_size]
-        s, p = predictor.predict(np.ascontiguousarray(batch["pixels"][rows]))
+        pixels = np.ascontiguousarray(batch["pixels"][rows])
+        s, p = predictor.predict(pixels)
         if len(s) != len(rows) or len(p) != len(rows):
             raise ValueError(f"model returned {len(s)} scores for {len(rows)} images")
         scores[rows] = s
         for i, probs in zip(rows, p, strict=True):
             probs_json[i] = tag_probs_json(predictor.tag_names, probs)
+        if embeddings is not None and embed is not None:
+            e = embed(pixels)
+            if e.shape != (len(rows), EMBEDDING_DIM):
+                raise ValueError(f"extractor returned {e.shape} for {len(rows)} images")
+            embeddings[rows] = e
     out = {k: v for k, v in batch.items() if k != "pixels"}
+    if embeddings is not None:
+        out["embedding"] = embeddings
     out["score"] = scores
     out["tag_probs"] = probs_json
     out["model_name"] = np.full(n, predictor.name, object)
     out["model_version"] = np.full(n, predictor.version, object)
     out["has_score"] = np.full(n, predictor.has_score, bool)
     return out
+
+
+def embeddings_of(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """image id -> embedding for the rows scored in a batch (none when the batch has no embeddings)."""
+    if "embedding" not in batch:
+        return {}
+    ok = (batch["status"] == OK) & (batch["error"] == "")
+    return {str(batch["image_id"][i]): batch["embedding"][i] for i in np.flatnonzero(ok)}
+
+
+def score_frame(rows: list[ScoreRow], embeddings: dict[str, np.ndarray], when: datetime) -> pd.DataFrame:
+    """The scores view's rows (lightbox.feature_schema SCORE_FIELDS) for the scored rows among ``rows``."""
+    import pandas as pd
+
+    good = [r for r in rows if r.error is None and r.image_id is not None and r.image_id in embeddings]
+    return pd.DataFrame(
+        {
+            "image_id": [r.image_id for r in good],
+            "model_version": [r.model_version for r in good],
+            "event_timestamp": pd.Series([pd.Timestamp(when)] * len(good), dtype="datetime64[us, UTC]"),
+            "score": pd.Series([r.score for r in good], dtype="float32"),
+            "tag_probs": [r.tag_probs for r in good],
+            "embedding": [embeddings[str(r.image_id)].astype(np.float32) for r in good],
+            "model_name": [r.model_name for r in good],
+        }
+    )
 
 
 def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], int]:
@@ -221,6 +304,8 @@ class ScoreResult:
     scored: int = 0
     failed: int = 0  # rows with an error
     skipped: int = 0  # this version had them already (or the URI or content came twice)
+    online: int = 0  # rows published to the Feast online store (--online)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its actors scored
     seconds: float = 0.0
     images_per_s: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
@@ -277,8 +362,18 @@ def _score(
 ) -> None:
     from lightbox.ray_cluster import ray_session
 
+    publish = _Publisher(settings) if settings.score_online else None
     with ray_session(settings):
-        dedupe, buffer, last_flush = Deduper(), [], time.monotonic()
+        dedupe, last_flush = Deduper(), time.monotonic()
+        buffer: list[ScoreRow] = []
+        embeddings: dict[str, np.ndarray] = {}
+
+        def flush() -> None:
+            if publish is not None:  # online first: see the module docstring
+                result.online += publish(buffer, embeddings)
+            sink.write(buffer)
+            embeddings.clear()
+
         with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
             for batch in _batches(settings, todo, done_ids, alias, version):
                 rows, skipped = rows_from_batch(batch)
@@ -291,13 +386,38 @@ def _score(
                         result.failed += 1
                         if len(result.errors) < ERRORS_SHOWN:
                             result.errors.append((r.uri, r.error))
+                for node in batch["node"][batch["status"] == OK]:
+                    result.nodes[str(node)] = result.nodes.get(str(node), 0) + 1
                 buffer += rows
+                embeddings.update(embeddings_of(batch))
                 now = time.monotonic()
                 if len(buffer) >= settings.score_part_rows or now - last_flush >= FLUSH_EVERY_S:
-                    sink.write(buffer)
+                    flush()
                     buffer, last_flush = [], now
                 bar.update(len(batch["uri"]))
-            sink.write(buffer)
+            flush()
+
+
+class _Publisher:
+    """Writes each flush's scored rows to Feast (offline part + online), numbered parts per job."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uuid
+
+        from lightbox.adapters import feast_store
+
+        self.settings = settings
+        self.store = feast_store.apply(settings)  # the scores view must be registered before writes
+        self.job = uuid.uuid4().hex[:12]
+        self.n = 0
+
+    def __call__(self, rows: list[ScoreRow], embeddings: dict[str, np.ndarray]) -> int:
+        from lightbox.adapters import feast_store
+
+        frame = score_frame(rows, embeddings, datetime.now(UTC))
+        feast_store.write_scores(self.settings, self.store, frame, f"part-{self.job}-{self.n:06d}")
+        self.n += 1
+        return len(frame)
 
 
 def _batches(
@@ -336,6 +456,7 @@ def _batches(
             "alias": alias,
             "version": version,
             "batch_size": settings.score_batch_size,
+            "embed": settings.score_online,
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
