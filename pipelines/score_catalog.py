@@ -423,7 +423,29 @@ class _Publisher:
 def _batches(
     settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The Ray Data pipeline: URIs -> read tasks -> model actors -> scored batches, streamed."""
+    """URIs -> read tasks -> Scorer actors -> scored batches, streamed."""
+    kwargs = {
+        "settings": settings,
+        "alias": alias,
+        "version": version,
+        "batch_size": settings.score_batch_size,
+        "embed": settings.score_online,
+    }
+    yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids)
+
+
+def image_pipeline(
+    settings: Settings,
+    uris: list[str],
+    model: type,
+    model_kwargs: dict[str, Any],
+    *,
+    done_ids: frozenset[str] = frozenset(),
+) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data pipeline bulk scoring and feature extraction share: URIs -> read tasks (fetch, hash,
+    decode, resize: ``read_batch``) -> a pool of ``model`` actors (one GPU each where there are GPUs)
+    -> their output batches, streamed to the caller in no particular order. ``model(**model_kwargs)`` is
+    built once per actor and called on numpy batches of read rows (``pixels`` and the read columns)."""
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -433,8 +455,8 @@ def _batches(
     actors = settings.score_actors or (max(gpus, 1) if use_gpu else 1)
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
     actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
-    blocks = max(1, min(len(todo) // READ_BATCH, 10_000))
-    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=blocks)
+    blocks = max(1, min(len(uris) // READ_BATCH, 10_000))
+    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks)
     ds = ds.map_batches(
         read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
         batch_size=READ_BATCH,
@@ -448,16 +470,10 @@ def _batches(
         num_cpus=1,
     )
     ds = ds.map_batches(
-        Scorer,
+        model,
         batch_size=actor_rows,
         batch_format="numpy",
-        fn_constructor_kwargs={
-            "settings": settings,
-            "alias": alias,
-            "version": version,
-            "batch_size": settings.score_batch_size,
-            "embed": settings.score_online,
-        },
+        fn_constructor_kwargs=model_kwargs,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
