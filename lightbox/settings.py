@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     score_actors: int | None = Field(
         default=None, ge=1, description="model actors; None: one per GPU, else 1"
     )
+    # Custom Ray resources each model actor needs (JSON: {"model_slot": 1}): pins the actors to the nodes
+    # that offer them (`ray start --resources`), e.g. GPU nodes, leaving CPU-only nodes to decode.
+    score_actor_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources/actor")
     score_part_rows: int = Field(default=2000, ge=1, description="rows per parquet part (the unit of resume)")
     score_read_attempts: int = Field(default=4, ge=1, le=20, description="tries per image on storage errors")
     # Also publish each image's score, tag probabilities and embedding to Feast's online store, keyed by

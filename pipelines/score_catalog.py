@@ -477,6 +477,7 @@ def image_pipeline(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
+        resources=dict(settings.score_actor_resources) or None,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
 
