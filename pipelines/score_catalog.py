@@ -136,6 +136,7 @@ def read_batch(
         "image_id": np.array([r.image_id for r in reads], object),
         "content_hash": np.array([r.content_hash for r in reads], object),
         "error": np.array([r.error for r in reads], object),
+        "read_node": np.full(len(reads), _node_id() or "", object),  # where it was decoded
         "pixels": pixels,
     }
 
@@ -306,6 +307,7 @@ class ScoreResult:
     skipped: int = 0  # this version had them already (or the URI or content came twice)
     online: int = 0  # rows published to the Feast online store (--online)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its actors scored
+    read_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its tasks decoded
     seconds: float = 0.0
     images_per_s: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
@@ -386,8 +388,9 @@ def _score(
                         result.failed += 1
                         if len(result.errors) < ERRORS_SHOWN:
                             result.errors.append((r.uri, r.error))
-                for node in batch["node"][batch["status"] == OK]:
-                    result.nodes[str(node)] = result.nodes.get(str(node), 0) + 1
+                for counts, column in ((result.nodes, "node"), (result.read_nodes, "read_node")):
+                    for node in batch[column][batch["status"] == OK]:
+                        counts[str(node)] = counts.get(str(node), 0) + 1
                 buffer += rows
                 embeddings.update(embeddings_of(batch))
                 now = time.monotonic()
@@ -453,9 +456,17 @@ def image_pipeline(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
     actors = settings.score_actors or (max(gpus, 1) if use_gpu else 1)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors >= cpus:  # each actor holds a CPU for the whole job: the read tasks would wait forever
+        raise ValueError(
+            f"score_actors={actors} would hold all {cpus:g} CPUs of the Ray cluster and leave none to read "
+            "and decode images: use fewer actors, or more CPUs (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
+        )
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
     actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
-    blocks = max(1, min(len(uris) // READ_BATCH, 10_000))
+    # Blocks of READ_BATCH URIs, rounded up: a block is a read task and, downstream, an actor's task (24
+    # URIs in one block would leave every core but one idle, and every actor but one).
+    blocks = max(1, min(-(-len(uris) // READ_BATCH), 10_000))
     ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks)
     ds = ds.map_batches(
         read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
@@ -478,6 +489,11 @@ def image_pipeline(
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
         resources=dict(settings.score_actor_resources) or None,
+        # Model actors on different nodes where they can be. And remote args unlike the read step's:
+        # Ray Data fuses a task map into the actor map after it when their remote args are equal, and
+        # fused, every decode would run inside the few model actors (one core each; a GPU actor would
+        # wait on JPEG decode) instead of in read tasks on every core of the cluster.
+        scheduling_strategy="SPREAD",
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
 
