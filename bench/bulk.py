@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # before bench/: bench/serving.py would shadow the serving package
 PHOTO = (640, 480)
 CAMERA = (3000, 2000)
 
@@ -142,6 +143,21 @@ def model_rate(project: Path, cores: int, batch: int, seconds: float) -> dict:
 
 
 def naive_rate(project: Path, paths: list[Path]) -> float:
+    """In a fresh process, as a naive script runs (this one has registered a model and forked a pool)."""
+    listing = project / "naive.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    out = subprocess.run(
+        [sys.executable, __file__, "--naive", str(project), str(listing)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["img_s"])
+
+
+def naive_loop(project: Path, paths: list[Path]) -> float:
+    """Subprocess body: read, decode, predict one image at a time."""
     from lightbox.imaging import preprocess_bytes
     from lightbox.settings import Settings
     from training.predictor import RegistryLoader
@@ -193,13 +209,15 @@ class PeakRss:
         self._thread.join()
 
 
-def pipeline_run(project: Path, paths: list[Path], out: Path, cores: int) -> dict:
+def pipeline_run(project: Path, paths: list[Path], out: Path, cores: int, batch: int) -> dict:
     from lightbox.settings import Settings
     from pipelines import score_catalog
 
     listing = out.with_suffix(".txt")
     listing.write_text("".join(f"{p}\n" for p in paths))
-    settings = Settings(project_dir=project, ray_num_cpus=cores)
+    # The batch of (a), not calibrated at actor start: a calibration's length varies from run to run, and
+    # the marginal rate assumes the two runs' fixed costs are equal.
+    settings = Settings(project_dir=project, ray_num_cpus=cores, score_batch_size=batch)
     with PeakRss() as rss:
         result = score_catalog.run(settings, str(listing), str(out))
     assert result.scored == len(paths), result.summary()
@@ -243,8 +261,8 @@ def run(args: argparse.Namespace) -> dict:
         b = decode_rate(paths, cores)
         sample = paths[:: max(1, len(paths) // args.naive_images)]  # the catalog's mix, fewer images
         c = naive_rate(project, sample)
-        quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores)
-        whole = pipeline_run(project, paths, tmp / "scores-whole", cores)
+        quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores, args.batch)
+        whole = pipeline_run(project, paths, tmp / "scores-whole", cores, args.batch)
 
     combined = 1 / (1 / a["img_s"] + 1 / b)
     d_end_to_end = whole["images"] / whole["seconds"]
@@ -320,7 +338,13 @@ def main() -> None:
     p.add_argument("--use-settings", action="store_true", help="the champion of the LIGHTBOX_* settings")
     p.add_argument("--markdown", action="store_true", help="also print the docs/benchmarks.md table")
     p.add_argument("--model-layout", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--naive", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.naive:
+        project, listing = args.naive
+        paths = [Path(line) for line in Path(listing).read_text().splitlines()]
+        print(json.dumps({"img_s": naive_loop(Path(project), paths)}))
+        return
     if args.model_layout:
         project, streams, threads, batch, seconds = args.model_layout
         print(json.dumps(model_layout(project, int(streams), int(threads), int(batch), float(seconds))))
