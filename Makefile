@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast test-services lint format serve bench bench-import clean
+.PHONY: help venv demo test test-fast test-services lint format serve bench bench-import bench-bulk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: venv ## serving benchmark: prints the tables of docs/benchmarks.md (about
 
 bench-import: venv ## import benchmark: 2,000 camera-size photos + features, then --append of 100 (docs/benchmarks.md)
 	$(BIN)/python bench/importing.py
+
+bench-bulk: venv ## bulk scoring against its model and decode limits (docs/benchmarks.md; --photos/--camera to size)
+	$(BIN)/python bench/bulk.py --markdown
 
 clean: ## remove the embedded state (.lightbox/) and the generated data/
 	rm -rf .lightbox data

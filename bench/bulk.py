@@ -1,8 +1,23 @@
-"""Bulk scoring throughput: `lightbox score` over a synthetic catalog, images/s end to end (Ray start,
-model load, list, read, decode, model, write), with the registered champion of the current settings.
+"""Bulk scoring throughput against its limits, side by side in one run on one machine.
 
-    .venv/bin/python bench/bulk.py --images 200 [--batch-size 8] [--actors 1]
+    .venv/bin/python bench/bulk.py [--photos 1000] [--camera 200] [--markdown]   # sized for 2 cores
+    .venv/bin/python bench/bulk.py --photos 5000 --camera 1000                    # a bigger machine
 
+The catalog: ``--photos`` JPEGs at 640x480 and ``--camera`` at camera size (3000x2000). Measured:
+  (a) model-bound: the model alone on pre-decoded tensors, at its best CPU layout (batches side by side
+      on one thread each, or one batch on every core) and the runtime the loader picks (ONNX Runtime when
+      the version's export passed the gates, else TorchScript);
+  (b) decode-bound: read + decode + resize alone (lightbox.imaging.preprocess_bytes) on every core;
+  (c) a naive loop: read, decode, then predict one image at a time, in one process;
+  (d) the Ray Data pipeline (pipelines/score_catalog.run, parquet out), end to end and its marginal rate
+      (the whole catalog minus a quarter of it: Ray start and model load cancel out).
+And the combined limit when model and decode share the cores: an image costs cores/a core-seconds of
+model and cores/b of decode, so ``cores`` cores finish 1 / (1/a + 1/b) images/s. Peak memory: the RSS
+of this process and every process under it (the local Ray's daemons and workers), sampled during (d),
+at both catalog sizes.
+
+The model is the registered champion of LIGHTBOX_* settings with ``--use-settings``; by default a sample
+version (seeded heads on the real extractor, tests/registry_samples.py) in a temporary registry.
 Only ratios measured in one run on one machine mean anything (docs/benchmarks.md).
 """
 
@@ -10,48 +25,334 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lightbox.settings import load_settings
-from pipelines import score_catalog
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # before bench/: bench/serving.py would shadow the serving package
+PHOTO = (640, 480)
+CAMERA = (3000, 2000)
 
 
-def write_catalog(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> Path:
-    """n JPEGs of smooth random content (photo-like sizes: the decode cost is part of the job)."""
+def write_catalog(root: Path, photos: int, camera: int) -> list[Path]:
+    """Smooth random content (photo-like entropy, so JPEG sizes and decode costs are realistic)."""
     rng = np.random.default_rng(0)
-    for i in range(n):
-        small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8))
-        small.resize(size, Image.Resampling.BICUBIC).save(root / f"{i:06d}.jpg", quality=90)
-    return root
+    paths = []
+    for i in range(photos + camera):
+        size = PHOTO if i < photos else CAMERA
+        small = Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8))
+        noise = rng.integers(-12, 13, (size[1], size[0], 3))
+        img = np.asarray(small.resize(size, Image.Resampling.BICUBIC), np.int16) + noise
+        path = root / f"{'photo' if i < photos else 'camera'}_{i:06d}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def interleaved(paths: list[Path], photos: int) -> list[Path]:
+    """The catalog in a mixed order (camera files spread evenly), as a real catalog is."""
+    camera = paths[photos:]
+    if not camera:
+        return list(paths)
+    step = max(1, photos // len(camera))
+    out: list[Path] = []
+    for i, p in enumerate(paths[:photos]):
+        out.append(p)
+        if i % step == step - 1 and camera:
+            out.append(camera.pop(0))
+    return out + camera
+
+
+# --- (b) decode ---------------------------------------------------------------------------------------
+
+
+def _decode(path: str) -> int:
+    from lightbox.imaging import preprocess_bytes
+
+    return int(preprocess_bytes(Path(path).read_bytes()).shape[0])
+
+
+def decode_rate(paths: list[Path], cores: int) -> float:
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_decode, [str(p) for p in paths[: cores * 2]]))  # start the workers and imports
+        t0 = time.perf_counter()
+        list(pool.map(_decode, [str(p) for p in paths], chunksize=4))
+        return len(paths) / (time.perf_counter() - t0)
+
+
+# --- (a) model: one layout per subprocess (torch's thread count is process-wide) ----------------------
+
+
+def model_layout(project: str, streams: int, threads: int, batch: int, seconds: float) -> dict:
+    """Subprocess body: ``streams`` threads each predicting its own batch of ``batch``, torch (and so the
+    ONNX Runtime session, created after) on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from lightbox.settings import Settings
+    from training.predictor import RegistryLoader
+
+    settings = Settings(project_dir=Path(project))
+    predictor = RegistryLoader(settings, settings.champion_alias).load()
+    x = np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)
+    predictor.predict(x)
+    done = [0] * streams
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            predictor.predict(x)
+            done[i] += batch
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"runtime": predictor.runtime, "img_s": sum(done) / (time.perf_counter() - t0)}
+
+
+def model_rate(project: Path, cores: int, batch: int, seconds: float) -> dict:
+    rows = []
+    for streams, threads in sorted({(cores, 1), (1, cores)}):
+        args = [str(project), str(streams), str(threads), str(batch), str(seconds)]
+        out = subprocess.run(
+            [sys.executable, __file__, "--model-layout", *args],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(
+            {"streams": streams, "threads": threads, **json.loads(out.stdout.strip().splitlines()[-1])}
+        )
+    return max(rows, key=lambda r: r["img_s"]) | {"layouts": rows}
+
+
+# --- (c) naive ----------------------------------------------------------------------------------------
+
+
+def naive_rate(project: Path, paths: list[Path]) -> float:
+    """In a fresh process, as a naive script runs (this one has registered a model and forked a pool)."""
+    listing = project / "naive.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    out = subprocess.run(
+        [sys.executable, __file__, "--naive", str(project), str(listing)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["img_s"])
+
+
+def naive_loop(project: Path, paths: list[Path]) -> float:
+    """Subprocess body: read, decode, predict one image at a time."""
+    from lightbox.imaging import preprocess_bytes
+    from lightbox.settings import Settings
+    from training.predictor import RegistryLoader
+
+    settings = Settings(project_dir=project)
+    predictor = RegistryLoader(settings, settings.champion_alias).load()
+    predictor.predict(preprocess_bytes(paths[0].read_bytes())[None])
+    t0 = time.perf_counter()
+    for p in paths:
+        predictor.predict(preprocess_bytes(p.read_bytes())[None])
+    return len(paths) / (time.perf_counter() - t0)
+
+
+# --- (d) the pipeline, with the process tree's memory ------------------------------------------------
+
+
+class PeakRss:
+    """Peak of the summed RSS of this process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def pipeline_run(project: Path, paths: list[Path], out: Path, cores: int, batch: int) -> dict:
+    from lightbox.settings import Settings
+    from pipelines import score_catalog
+
+    listing = out.with_suffix(".txt")
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    # The batch of (a), not calibrated at actor start: a calibration's length varies from run to run, and
+    # the marginal rate assumes the two runs' fixed costs are equal.
+    settings = Settings(project_dir=project, ray_num_cpus=cores, score_batch_size=batch)
+    with PeakRss() as rss:
+        result = score_catalog.run(settings, str(listing), str(out))
+    assert result.scored == len(paths), result.summary()
+    return {"images": len(paths), "seconds": result.seconds, "peak_rss_mb": rss.peak / 2**20}
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ) | {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _project(use_settings: bool, tmp: Path) -> Path:
+    if use_settings:
+        from lightbox.settings import load_settings
+
+        return load_settings().project_dir
+    sys.path.insert(0, str(ROOT / "tests"))
+    from registry_samples import register_champion
+
+    from lightbox.settings import Settings
+
+    register_champion(Settings(project_dir=tmp / "project"))
+    return tmp / "project"
+
+
+def run(args: argparse.Namespace) -> dict:
+    from serving.runtime import usable_cores  # the count the server sizes from (affinity and cgroup)
+
+    cores = args.cores or usable_cores()
+    with tempfile.TemporaryDirectory(prefix="lightbox-bench-bulk-") as tmp_name:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
+        project = _project(args.use_settings, tmp)
+        (tmp / "catalog").mkdir()
+        paths = interleaved(write_catalog(tmp / "catalog", args.photos, args.camera), args.photos)
+        setup_s = time.perf_counter() - t0
+
+        a = model_rate(project, cores, args.batch, args.model_seconds)
+        b = decode_rate(paths, cores)
+        sample = paths[:: max(1, len(paths) // args.naive_images)]  # the catalog's mix, fewer images
+        c = naive_rate(project, sample)
+        quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores, args.batch)
+        whole = pipeline_run(project, paths, tmp / "scores-whole", cores, args.batch)
+
+    combined = 1 / (1 / a["img_s"] + 1 / b)
+    d_end_to_end = whole["images"] / whole["seconds"]
+    d_marginal = (whole["images"] - quarter["images"]) / max(1e-9, whole["seconds"] - quarter["seconds"])
+    return {
+        "cores": cores,
+        "photos_640x480": args.photos,
+        "camera_3000x2000": args.camera,
+        "setup_s": round(setup_s, 1),
+        "a_model_img_s": round(a["img_s"], 1),
+        "a_runtime": a["runtime"],
+        "a_layout": f"{a['streams']} x {a['threads']} thr, batch {args.batch}",
+        "a_layouts": [
+            {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in a["layouts"]
+        ],
+        "b_decode_img_s": round(b, 1),
+        "combined_limit_img_s": round(combined, 1),
+        "c_naive_img_s": round(c, 1),
+        "c_naive_images": len(sample),
+        "d_end_to_end_img_s": round(d_end_to_end, 1),
+        "d_marginal_img_s": round(d_marginal, 1),
+        "d_over_c": round(d_marginal / c, 2),
+        "d_over_combined_limit": round(d_marginal / combined, 2),
+        "d_runs": [_rounded(quarter), _rounded(whole)],
+    }
+
+
+def _rounded(row: dict) -> dict:
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def markdown(r: dict) -> str:
+    q, w = r["d_runs"]
+    rows = [
+        (f"(a) model alone, {r['a_runtime']}, {r['a_layout']}", r["a_model_img_s"]),
+        (f"(b) read + decode + resize alone, {r['cores']} processes", r["b_decode_img_s"]),
+        ("limit when they share the cores, 1 / (1/a + 1/b)", r["combined_limit_img_s"]),
+        (f"(c) naive loop, one image at a time ({r['c_naive_images']} images, same mix)", r["c_naive_img_s"]),
+        (
+            f"(d) Ray Data pipeline, marginal ({w['images']} - {q['images']} images)",
+            r["d_marginal_img_s"],
+        ),
+        (
+            "(d) Ray Data pipeline, end to end incl. Ray start and model load",
+            r["d_end_to_end_img_s"],
+        ),
+    ]
+    head = (
+        f"{r['photos_640x480']} photos at 640x480 + {r['camera_3000x2000']} at 3000x2000, {r['cores']} cores:"
+    )
+    return "\n".join(
+        [
+            head,
+            "",
+            "| | images/s |",
+            "|---|---:|",
+            *(f"| {name} | {value} |" for name, value in rows),
+            "",
+            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}. Peak RSS (driver + Ray): "
+            f"{q['peak_rss_mb']:.0f} MB at {q['images']} images, {w['peak_rss_mb']:.0f} MB at {w['images']}.",
+        ]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=None, help="None: calibrated per actor")
-    parser.add_argument("--actors", type=int, default=None)
-    args = parser.parse_args()
-    overrides = {"score_batch_size": args.batch_size, "score_actors": args.actors}
-    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    with tempfile.TemporaryDirectory(prefix="lightbox-bench-bulk-") as tmp:
-        (Path(tmp) / "catalog").mkdir()
-        catalog = write_catalog(Path(tmp) / "catalog", args.images)
-        result = score_catalog.run(settings, str(catalog), str(Path(tmp) / "scores"))
-    print(
-        json.dumps(
-            {
-                "images": args.images,
-                **overrides,
-                "summary": result.summary(),
-                "images_per_s": round(result.images_per_s, 1),
-            },
-            indent=2,
-        )
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", type=int, default=1000, help="JPEGs at 640x480")
+    p.add_argument("--camera", type=int, default=200, help="JPEGs at 3000x2000")
+    p.add_argument("--cores", type=int, default=None, help="default: the cores this process may use")
+    p.add_argument("--batch", type=int, default=16, help="model batch for (a)")
+    p.add_argument("--model-seconds", type=float, default=8.0)
+    p.add_argument("--naive-images", type=int, default=200, help="(c) runs on this many, the catalog's mix")
+    p.add_argument("--use-settings", action="store_true", help="the champion of the LIGHTBOX_* settings")
+    p.add_argument("--markdown", action="store_true", help="also print the docs/benchmarks.md table")
+    p.add_argument("--model-layout", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--naive", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.naive:
+        project, listing = args.naive
+        paths = [Path(line) for line in Path(listing).read_text().splitlines()]
+        print(json.dumps({"img_s": naive_loop(Path(project), paths)}))
+        return
+    if args.model_layout:
+        project, streams, threads, batch, seconds = args.model_layout
+        print(json.dumps(model_layout(project, int(streams), int(threads), int(batch), float(seconds))))
+        return
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    if args.markdown:
+        print(markdown(result))
 
 
 if __name__ == "__main__":

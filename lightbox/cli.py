@@ -517,6 +517,12 @@ def score(
         str | None,
         typer.Option("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion)"),
     ] = None,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online", help="also publish scores and embeddings to Feast online (LIGHTBOX_SCORE_ONLINE)"
+        ),
+    ] = False,
 ) -> None:
     """Score a whole catalog on Ray Data (LIGHTBOX_RAY_ADDRESS, else a local Ray); a rerun resumes."""
     import logging
@@ -529,7 +535,10 @@ def score(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name, version, alias = parse_model_uri(model) if model else (None, None, None)  # BadModelUri: exit 2
-    settings = _tracked(load_settings(model_name=name) if name else load_settings())
+    overrides: dict[str, object] = {"score_online": True} if online else {}
+    if name:
+        overrides["model_name"] = name
+    settings = _tracked(load_settings(**overrides))
     try:
         result = score_catalog.run(settings, source, out, alias=alias, version=version)
     except (SourceNotFound, CatalogError, BadDestination) as exc:

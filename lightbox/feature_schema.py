@@ -1,8 +1,9 @@
-"""The feature schema: what the feature job writes to Feast and what training reads. Torch-free.
+"""The feature schema: what the feature job writes to Feast and what training reads, and what bulk
+scoring publishes online for search and recommendation. Torch-free.
 
-``features/definitions.py`` builds its Feast FeatureView from ``FIELDS``; ``training.model`` sizes the
-extractor's output from the same numbers; a feature row carries ``FEATURE_VERSION`` so that training
-refuses features made by another extractor.
+``features/definitions.py`` builds its Feast FeatureViews from ``FIELDS`` and ``SCORE_FIELDS``;
+``training.model`` sizes the extractor's output from the same numbers; a feature row carries
+``FEATURE_VERSION`` so that training refuses features made by another extractor.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ STAT_NAMES: tuple[str, ...] = (
 )
 FEATURE_DIM = EMBEDDING_DIM + QUALITY_DIM + len(STAT_NAMES)
 
-# (name, kind, description): kind "vector" is Array(Float32), "float" Float32, "string" String.
+# (name, kind, description): kind "vector" is Array(Float32), "float" Float32, "string" String, "map"
+# Map (string -> number).
 FIELDS: tuple[tuple[str, str, str], ...] = (
     ("embedding", "vector", "EfficientNet-Lite0 pooled embedding"),
     ("quality", "vector", "mean/std of intermediate feature maps"),
@@ -41,3 +43,17 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 # Feature groups the score head can read (the Tune search space picks one): quality statistics only, or
 # everything (aesthetic ratings depend on content too).
 SCORE_FEATURE_GROUPS: tuple[str, ...] = ("quality", "all")
+
+# What bulk scoring (pipelines/score_catalog.py, --online) writes per (image, model version): the model's
+# answers and the embedding of the extractor it ran (EMBEDDING_DIM first columns of its output), so that a
+# search or recommendation service reads them by id at online-store latency. Keyed by both: a new version
+# adds rows beside the old one's, and a reader asks for the version it was built against.
+SCORE_VIEW = "image_scores"
+SCORE_SERVICE = "image_scores_v1"
+SCORE_KEYS: tuple[str, ...] = ("image_id", "model_version")
+SCORE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("score", "float", "the model's score on its own scale; absent for a tags-only model"),
+    ("tag_probs", "map", "tag name -> probability"),
+    ("embedding", "vector", "the model's extractor embedding (EMBEDDING_DIM floats)"),
+    ("model_name", "string", "the registered model's name"),
+)

@@ -104,8 +104,15 @@ class Settings(BaseSettings):
     score_actors: int | None = Field(
         default=None, ge=1, description="model actors; None: one per GPU, else 1"
     )
+    # Custom Ray resources each model actor needs (JSON: {"model_slot": 1}): pins the actors to the nodes
+    # that offer them (`ray start --resources`), e.g. GPU nodes, leaving CPU-only nodes to decode.
+    score_actor_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources/actor")
     score_part_rows: int = Field(default=2000, ge=1, description="rows per parquet part (the unit of resume)")
     score_read_attempts: int = Field(default=4, ge=1, le=20, description="tries per image on storage errors")
+    # Also publish each image's score, tag probabilities and embedding to Feast's online store, keyed by
+    # (image id, model version), for search and recommendation. Costs a second backbone pass per image
+    # (the embedding; pipelines/score_catalog.py says why).
+    score_online: bool = Field(default=False, description="publish scores + embeddings to Feast online")
     # What the lightbox_score_catalog DAG scores when a promotion moves the champion (and by default when
     # triggered by hand): None skips the scheduled run. Output None: <state>/scores (parquet parts).
     catalog_source: str | None = None

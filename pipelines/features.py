@@ -9,7 +9,6 @@ the same path the server uses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +20,14 @@ import torch
 from lightbox import manifest
 from lightbox.adapters import feast_store
 from lightbox.feature_schema import EMBEDDING_DIM, FEATURE_DIM, FEATURE_VERSION, QUALITY_DIM, STAT_NAMES
-from lightbox.imaging import decode_image, to_model_input
 from lightbox.progress import progress
 from lightbox.settings import Settings
+from pipelines.score_catalog import OK, image_pipeline
 from training.model import FeatureExtractor
+
+
+class FeaturesUnreadable(RuntimeError):
+    """Images of the dataset that could not be read or decoded (the message names the first few)."""
 
 
 class FeaturesOutOfDate(RuntimeError):
@@ -42,29 +45,56 @@ class FeaturesResult:
     event_timestamp: str
 
 
-def _load(path: Path, max_pixels: int) -> np.ndarray:
-    return to_model_input(decode_image(path.read_bytes(), max_pixels=max_pixels))
+class Extractor:
+    """The Ray Data model step of feature extraction (an actor): read rows in, features out."""
+
+    def __init__(self, batch_size: int, threads: int, extractor: FeatureExtractor | None = None) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)  # the driver's: features equal to an in-process run's
+        self.extractor = (extractor or FeatureExtractor()).eval().to(self.device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["uri"])
+        ok = np.flatnonzero(batch["status"] == OK)
+        feats = np.zeros((n, FEATURE_DIM), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(ok), self.batch_size):
+                rows = ok[start : start + self.batch_size]
+                x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][rows])).to(self.device)
+                feats[rows] = self.extractor(x).float().cpu().numpy()
+        return {"uri": batch["uri"], "status": batch["status"], "error": batch["error"], "features": feats}
 
 
 def extract(
     settings: Settings, paths: list[Path], batch_size: int = 32, extractor: FeatureExtractor | None = None
 ) -> np.ndarray:
-    """Features [N, FEATURE_DIM] for image files; decoding runs in threads beside the forward pass."""
+    """Features [N, FEATURE_DIM] for image files, in order, extracted on Ray Data (a local Ray, or the
+    cluster at LIGHTBOX_RAY_ADDRESS: then the paths must be readable on its nodes). Raises
+    FeaturesUnreadable naming the files that could not be read or decoded."""
+    from lightbox.ray_cluster import ray_session
+
+    out = np.zeros((len(paths), FEATURE_DIM), np.float32)
     if not paths:
-        return np.zeros((0, FEATURE_DIM), np.float32)
-    extractor = (extractor or FeatureExtractor()).eval()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    extractor.to(device)
-    out = []
-    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
-        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        decoded = (list(pool.map(lambda p: _load(p, settings.max_pixels), b)) for b in batches)
-        with progress(total=len(paths), desc="features", unit="img") as bar:
-            for arrays in decoded:
-                x = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
-                out.append(extractor(x).float().cpu().numpy())
-                bar.update(len(arrays))
-    return np.concatenate(out)
+        return out
+    where: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        where.setdefault(str(p), []).append(i)
+    kwargs = {"batch_size": batch_size, "threads": torch.get_num_threads(), "extractor": extractor}
+    failed: list[str] = []
+    with ray_session(settings), progress(total=len(paths), desc="features", unit="img") as bar:
+        for batch in image_pipeline(settings, list(where), Extractor, kwargs):
+            for uri, status, error, f in zip(
+                batch["uri"], batch["status"], batch["error"], batch["features"], strict=True
+            ):
+                if status != OK:
+                    failed.append(f"{uri}: {error}")
+                out[where[str(uri)]] = f
+            bar.update(len(batch["uri"]))
+    if failed:
+        raise FeaturesUnreadable(f"{len(failed)} images could not be read: {'; '.join(failed[:5])}")
+    return out
 
 
 def feature_frame(image_ids: Sequence[str], feats: np.ndarray, when: datetime) -> pd.DataFrame:

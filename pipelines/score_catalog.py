@@ -12,6 +12,17 @@ actors (``Scorer``: one GPU each where there are GPUs), and this process writes 
   fails the job; a storage error is retried, and stops the job only once retries are spent
   (StorageUnavailable): a rerun resumes.
 
+With ``settings.score_online`` (``lightbox score --online``) the job also publishes each image's score,
+tag probabilities and embedding to Feast's online store, keyed by (image id, model version)
+(lightbox.adapters.feast_store.write_scores), before the same rows reach the sink: a part killed between
+the two is rescored and upserted again, never missing online.
+
+The embedding is the model's own extractor output (EMBEDDING_DIM first columns), computed by the torch
+extractor in the actor beside ``Predictor.predict``. Why not from the same pass: on CPU the predictor
+runs the version's ONNX export (or a frozen graph), whose only output is the heads'; a second ONNX output
+would need a new export and the gates to verify it for every version. The torch pass costs a second
+backbone pass per image, only when embeddings are asked for, and gives exactly the extractor's numbers.
+
 ``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``
 and ``Deduper``) is plain Python, unit-tested without Ray.
 """
@@ -23,11 +34,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lightbox.catalog import list_source, read_uri, with_retries
+from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, preprocess_bytes
 from lightbox.photos import content_id
 from lightbox.progress import progress
@@ -35,7 +48,11 @@ from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_js
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from training.predictor import Predictor
+
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [N,3,224,224] -> float32 [N, EMBEDDING_DIM]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +136,7 @@ def read_batch(
         "image_id": np.array([r.image_id for r in reads], object),
         "content_hash": np.array([r.content_hash for r in reads], object),
         "error": np.array([r.error for r in reads], object),
+        "read_node": np.full(len(reads), _node_id() or "", object),  # where it was decoded
         "pixels": pixels,
     }
 
@@ -140,11 +158,17 @@ class Scorer:
     its own runtime. Without ``batch_size`` the actor measures its device and takes the fastest batch.
     """
 
-    def __init__(self, settings: Settings, alias: str, version: str, batch_size: int | None) -> None:
+    def __init__(
+        self, settings: Settings, alias: str, version: str, batch_size: int | None, embed: bool = False
+    ) -> None:
+        import os
+
         from training.predictor import RegistryLoader
 
         self.predictor: Predictor = RegistryLoader(settings, alias).load(version)
+        self.embed = extractor_embedding(self.predictor) if embed else None
         self.batch_size = batch_size or self._calibrated()
+        self.node = _node_id() or f"pid:{os.getpid()}"
 
     def _calibrated(self) -> int:
         import torch
@@ -158,30 +182,90 @@ class Scorer:
         return chosen
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return score_batch(batch, self.predictor, self.batch_size)
+        out = score_batch(batch, self.predictor, self.batch_size, self.embed)
+        out["node"] = np.full(len(out["uri"]), self.node, object)  # where it ran: a cluster's test reads it
+        return out
 
 
-def score_batch(batch: dict[str, np.ndarray], predictor: Predictor, batch_size: int) -> dict[str, np.ndarray]:
-    """Scores for the rows read OK, in model batches of ``batch_size``; the pixels do not go on."""
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def extractor_embedding(predictor: Predictor) -> Embed:
+    """The version's own extractor in torch, fp32, on the predictor's device: the embedding columns."""
+    import torch
+
+    extractor = predictor.model.extractor
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(predictor.device)
+            return extractor(x)[:, :EMBEDDING_DIM].float().cpu().numpy()
+
+    return embed
+
+
+def score_batch(
+    batch: dict[str, np.ndarray], predictor: Predictor, batch_size: int, embed: Embed | None = None
+) -> dict[str, np.ndarray]:
+    """Scores for the rows read OK, in model batches of ``batch_size``; the pixels do not go on.
+    With ``embed``, an ``embedding`` column too (zeros where nothing was scored)."""
     n = len(batch["uri"])
     ok = np.flatnonzero(batch["status"] == OK)
     scores = np.full(n, np.nan, np.float32)
     probs_json = np.full(n, "", object)
+    embeddings = np.zeros((n, EMBEDDING_DIM), np.float32) if embed is not None else None
     for start in range(0, len(ok), batch_size):
         rows = ok[start : start + batch_size]
-        s, p = predictor.predict(np.ascontiguousarray(batch["pixels"][rows]))
+        pixels = np.ascontiguousarray(batch["pixels"][rows])
+        s, p = predictor.predict(pixels)
         if len(s) != len(rows) or len(p) != len(rows):
             raise ValueError(f"model returned {len(s)} scores for {len(rows)} images")
         scores[rows] = s
         for i, probs in zip(rows, p, strict=True):
             probs_json[i] = tag_probs_json(predictor.tag_names, probs)
+        if embeddings is not None and embed is not None:
+            e = embed(pixels)
+            if e.shape != (len(rows), EMBEDDING_DIM):
+                raise ValueError(f"extractor returned {e.shape} for {len(rows)} images")
+            embeddings[rows] = e
     out = {k: v for k, v in batch.items() if k != "pixels"}
+    if embeddings is not None:
+        out["embedding"] = embeddings
     out["score"] = scores
     out["tag_probs"] = probs_json
     out["model_name"] = np.full(n, predictor.name, object)
     out["model_version"] = np.full(n, predictor.version, object)
     out["has_score"] = np.full(n, predictor.has_score, bool)
     return out
+
+
+def embeddings_of(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """image id -> embedding for the rows scored in a batch (none when the batch has no embeddings)."""
+    if "embedding" not in batch:
+        return {}
+    ok = (batch["status"] == OK) & (batch["error"] == "")
+    return {str(batch["image_id"][i]): batch["embedding"][i] for i in np.flatnonzero(ok)}
+
+
+def score_frame(rows: list[ScoreRow], embeddings: dict[str, np.ndarray], when: datetime) -> pd.DataFrame:
+    """The scores view's rows (lightbox.feature_schema SCORE_FIELDS) for the scored rows among ``rows``."""
+    import pandas as pd
+
+    good = [r for r in rows if r.error is None and r.image_id is not None and r.image_id in embeddings]
+    return pd.DataFrame(
+        {
+            "image_id": [r.image_id for r in good],
+            "model_version": [r.model_version for r in good],
+            "event_timestamp": pd.Series([pd.Timestamp(when)] * len(good), dtype="datetime64[us, UTC]"),
+            "score": pd.Series([r.score for r in good], dtype="float32"),
+            "tag_probs": [r.tag_probs for r in good],
+            "embedding": [embeddings[str(r.image_id)].astype(np.float32) for r in good],
+            "model_name": [r.model_name for r in good],
+        }
+    )
 
 
 def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], int]:
@@ -221,6 +305,9 @@ class ScoreResult:
     scored: int = 0
     failed: int = 0  # rows with an error
     skipped: int = 0  # this version had them already (or the URI or content came twice)
+    online: int = 0  # rows published to the Feast online store (--online)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its actors scored
+    read_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its tasks decoded
     seconds: float = 0.0
     images_per_s: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
@@ -277,8 +364,18 @@ def _score(
 ) -> None:
     from lightbox.ray_cluster import ray_session
 
+    publish = _Publisher(settings) if settings.score_online else None
     with ray_session(settings):
-        dedupe, buffer, last_flush = Deduper(), [], time.monotonic()
+        dedupe, last_flush = Deduper(), time.monotonic()
+        buffer: list[ScoreRow] = []
+        embeddings: dict[str, np.ndarray] = {}
+
+        def flush() -> None:
+            if publish is not None:  # online first: see the module docstring
+                result.online += publish(buffer, embeddings)
+            sink.write(buffer)
+            embeddings.clear()
+
         with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
             for batch in _batches(settings, todo, done_ids, alias, version):
                 rows, skipped = rows_from_batch(batch)
@@ -291,19 +388,67 @@ def _score(
                         result.failed += 1
                         if len(result.errors) < ERRORS_SHOWN:
                             result.errors.append((r.uri, r.error))
+                for counts, column in ((result.nodes, "node"), (result.read_nodes, "read_node")):
+                    for node in batch[column][batch["status"] == OK]:
+                        counts[str(node)] = counts.get(str(node), 0) + 1
                 buffer += rows
+                embeddings.update(embeddings_of(batch))
                 now = time.monotonic()
                 if len(buffer) >= settings.score_part_rows or now - last_flush >= FLUSH_EVERY_S:
-                    sink.write(buffer)
+                    flush()
                     buffer, last_flush = [], now
                 bar.update(len(batch["uri"]))
-            sink.write(buffer)
+            flush()
+
+
+class _Publisher:
+    """Writes each flush's scored rows to Feast (offline part + online), numbered parts per job."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uuid
+
+        from lightbox.adapters import feast_store
+
+        self.settings = settings
+        self.store = feast_store.apply(settings)  # the scores view must be registered before writes
+        self.job = uuid.uuid4().hex[:12]
+        self.n = 0
+
+    def __call__(self, rows: list[ScoreRow], embeddings: dict[str, np.ndarray]) -> int:
+        from lightbox.adapters import feast_store
+
+        frame = score_frame(rows, embeddings, datetime.now(UTC))
+        feast_store.write_scores(self.settings, self.store, frame, f"part-{self.job}-{self.n:06d}")
+        self.n += 1
+        return len(frame)
 
 
 def _batches(
     settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The Ray Data pipeline: URIs -> read tasks -> model actors -> scored batches, streamed."""
+    """URIs -> read tasks -> Scorer actors -> scored batches, streamed."""
+    kwargs = {
+        "settings": settings,
+        "alias": alias,
+        "version": version,
+        "batch_size": settings.score_batch_size,
+        "embed": settings.score_online,
+    }
+    yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids)
+
+
+def image_pipeline(
+    settings: Settings,
+    uris: list[str],
+    model: type,
+    model_kwargs: dict[str, Any],
+    *,
+    done_ids: frozenset[str] = frozenset(),
+) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data pipeline bulk scoring and feature extraction share: URIs -> read tasks (fetch, hash,
+    decode, resize: ``read_batch``) -> a pool of ``model`` actors (one GPU each where there are GPUs)
+    -> their output batches, streamed to the caller in no particular order. ``model(**model_kwargs)`` is
+    built once per actor and called on numpy batches of read rows (``pixels`` and the read columns)."""
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -311,10 +456,18 @@ def _batches(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
     actors = settings.score_actors or (max(gpus, 1) if use_gpu else 1)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors >= cpus:  # each actor holds a CPU for the whole job: the read tasks would wait forever
+        raise ValueError(
+            f"score_actors={actors} would hold all {cpus:g} CPUs of the Ray cluster and leave none to read "
+            "and decode images: use fewer actors, or more CPUs (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
+        )
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
     actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
-    blocks = max(1, min(len(todo) // READ_BATCH, 10_000))
-    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=blocks)
+    # Blocks of READ_BATCH URIs, rounded up: a block is a read task and, downstream, an actor's task (24
+    # URIs in one block would leave every core but one idle, and every actor but one).
+    blocks = max(1, min(-(-len(uris) // READ_BATCH), 10_000))
+    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks)
     ds = ds.map_batches(
         read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
         batch_size=READ_BATCH,
@@ -328,18 +481,19 @@ def _batches(
         num_cpus=1,
     )
     ds = ds.map_batches(
-        Scorer,
+        model,
         batch_size=actor_rows,
         batch_format="numpy",
-        fn_constructor_kwargs={
-            "settings": settings,
-            "alias": alias,
-            "version": version,
-            "batch_size": settings.score_batch_size,
-        },
+        fn_constructor_kwargs=model_kwargs,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
+        resources=dict(settings.score_actor_resources) or None,
+        # Model actors on different nodes where they can be. And remote args unlike the read step's:
+        # Ray Data fuses a task map into the actor map after it when their remote args are equal, and
+        # fused, every decode would run inside the few model actors (one core each; a GPU actor would
+        # wait on JPEG decode) instead of in read tasks on every core of the cluster.
+        scheduling_strategy="SPREAD",
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
 

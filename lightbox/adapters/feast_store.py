@@ -1,5 +1,6 @@
 """Feast: the only module that imports feast. Applies the declarative repo in features/,
-writes offline features, materializes them online and reads them back (historical and online)."""
+writes offline features, materializes them online and reads them back (historical and online); and
+publishes bulk scoring's per-(image, model version) scores and embeddings (``write_scores``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from lightbox.feature_schema import FEATURE_VIEW, SCORE_KEYS, SCORE_SERVICE, SCORE_VIEW
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from feast import FeatureStore
 
 OFFLINE_FILE = "image_features.parquet"
@@ -77,11 +80,21 @@ def is_applied(settings: Settings) -> bool:
     return True
 
 
-def apply_and_materialize(settings: Settings, end: datetime | None = None) -> FeatureStore:
+def apply(settings: Settings) -> FeatureStore:
+    """Register every definition of features/ (idempotent); the store, for the writes that follow."""
     store = open_store(settings)
     store.apply(_definitions(settings))
+    return store
+
+
+def apply_and_materialize(
+    settings: Settings, end: datetime | None = None, views: tuple[str, ...] = (FEATURE_VIEW,)
+) -> FeatureStore:
+    """Apply, then materialize ``views`` (the training features by default: the scores view is written
+    online as each part is written, and may have no offline folder yet)."""
+    store = apply(settings)
     end = end or datetime.now(UTC) + timedelta(minutes=1)
-    store.materialize(start_date=end - timedelta(days=3650), end_date=end)
+    store.materialize(start_date=end - timedelta(days=3650), end_date=end, feature_views=list(views))
     return store
 
 
@@ -98,4 +111,58 @@ def online(settings: Settings, image_ids: list[str], store: FeatureStore | None 
     store = store or open_store(settings)
     service = store.get_feature_service(settings.feature_service)
     rows = [{"image_id": i} for i in image_ids]
+    return store.get_online_features(features=service, entity_rows=rows).to_dict()
+
+
+# --- bulk scores (pipelines/score_catalog.py --online) -------------------------------------------------
+
+
+def scores_dir(settings: Settings) -> Path:
+    """The scores view's offline source: a folder of parquet parts (features/definitions.py)."""
+    return settings.feast_offline_path / SCORE_VIEW
+
+
+def write_scores(settings: Settings, store: FeatureStore, df: pd.DataFrame, part: str) -> None:
+    """One flush of scores: an offline part (atomic; the view's history, for backfills and point-in-time
+    reads), then the same rows online. Writing online per part is what ``materialize`` would do, without
+    re-reading every earlier part: memory and time stay flat over a catalog. Online rows are upserts by
+    (image_id, model_version), so a part written again by a resumed job changes nothing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if df.empty:
+        return
+    folder = scores_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{part}.parquet"
+    tmp = folder / f".{part}.parquet.tmp"  # a leading dot: readers of the folder skip it
+    pq.write_table(pa.Table.from_pandas(df, schema=_scores_schema(), preserve_index=False), tmp)
+    tmp.replace(final)
+    store.write_to_online_store(SCORE_VIEW, df)
+
+
+def _scores_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    # One schema for every part: a part of a tags-only model (all scores null) still reads as float.
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("model_version", pa.string()),
+            ("event_timestamp", pa.timestamp("us", tz="UTC")),
+            ("score", pa.float32()),
+            ("tag_probs", pa.map_(pa.string(), pa.float32())),
+            ("embedding", pa.list_(pa.float32())),
+            ("model_name", pa.string()),
+        ]
+    )
+
+
+def online_scores(
+    settings: Settings, keys: list[tuple[str, str]], store: FeatureStore | None = None
+) -> dict[str, list]:
+    """The scores view's online rows for (image_id, model_version) pairs, in order (None where absent)."""
+    store = store or open_store(settings)
+    service = store.get_feature_service(SCORE_SERVICE)
+    rows = [dict(zip(SCORE_KEYS, k, strict=True)) for k in keys]
     return store.get_online_features(features=service, entity_rows=rows).to_dict()

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PgDatabase, S3Server
+from conftest import PgDatabase, S3Server, unique
 from photo_samples import jpeg, photo
 from registry_samples import register_champion
 
 from lightbox.adapters import postgres
+from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.photos import content_id
 from lightbox.settings import Settings
 from pipelines import score_catalog
@@ -69,3 +70,46 @@ def test_an_s3_catalog_scores_into_the_results_table(
         assert all(r["attempts"] == 1 for r in postgres.fetch_results(db, settings.results_table))
     finally:
         db.close()
+
+
+def test_online_scores_are_read_back_from_redis(registry_dir: Path, redis_addr: str, tmp_path: Path) -> None:
+    """--online on the production online store: the rows a search service reads by (image id, version)
+    live in Redis under this run's Feast project, and are the job's."""
+    import redis
+
+    from lightbox.adapters import feast_store
+    from lightbox.results import read_parts
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    ids = []
+    for i in range(3):
+        body = jpeg(photo(900 + i))
+        (pics / f"{i}.jpg").write_bytes(body)
+        ids.append(content_id(body))
+    settings = Settings(
+        project_dir=registry_dir,
+        ray_num_cpus=2,
+        score_batch_size=4,
+        score_online=True,
+        feast_project=unique(),
+        feast_online_store="redis",
+        feast_redis=redis_addr,
+        feast_registry=str(tmp_path / "feast" / "registry.db"),
+        feast_offline_dir=str(tmp_path / "feast" / "offline"),
+    )
+    try:
+        result = score_catalog.run(settings, str(pics), str(tmp_path / "scores"))
+        assert (result.scored, result.online) == (3, 3)
+        table = read_parts(tmp_path / "scores")
+        assert table is not None
+        written = {r["image_id"]: r["score"] for r in table.to_pylist()}
+
+        online = feast_store.online_scores(settings, [(i, "1") for i in ids])
+        assert online["score"] == pytest.approx([written[i] for i in ids], abs=1e-6)
+        assert all(len(e) == EMBEDDING_DIM for e in online["embedding"])
+        host, port = redis_addr.split(":")
+        keys = list(redis.Redis(host=host, port=int(port)).scan_iter(f"*{settings.feast_project}"))
+        assert len(keys) == 3
+    finally:
+        feast_store.teardown(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from lightbox.catalog import CatalogError, StorageUnavailable, list_source, read_uri, with_retries
+from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.photos import content_id
 from lightbox.results import (
     BadDestination,
@@ -27,7 +29,16 @@ from lightbox.results import (
     read_parts,
 )
 from lightbox.source_tree import SourceNotFound
-from pipelines.score_catalog import ERROR, OK, SKIP, read_one, rows_from_batch, score_batch
+from pipelines.score_catalog import (
+    ERROR,
+    OK,
+    SKIP,
+    embeddings_of,
+    read_one,
+    rows_from_batch,
+    score_batch,
+    score_frame,
+)
 
 
 def _png(size: tuple[int, int] = (40, 30)) -> bytes:
@@ -177,6 +188,38 @@ def test_score_batch_scores_only_what_was_read_in_model_batches() -> None:
     assert rows[1].error == "corrupt" and rows[1].tag_probs is None
     assert rows[2].tag_probs == pytest.approx({"a": 20 / 255, "b": 1 - 20 / 255})
     assert {(r.model_name, r.model_version) for r in rows} == {("m", "7")}
+
+
+def test_embeddings_go_with_the_scored_rows_only_into_the_online_frame() -> None:
+    n = 4
+    pixels = np.zeros((n, 3, 224, 224), np.uint8)
+    pixels[0], pixels[3] = 10, 30
+    batch = {
+        "uri": np.array([f"u{i}" for i in range(n)], object),
+        "status": np.array([OK, ERROR, SKIP, OK], object),
+        "image_id": np.array(["i0", "i1", "i2", "i3"], object),
+        "content_hash": np.array(["h0", "h1", "h2", "h3"], object),
+        "error": np.array(["", "corrupt", "", ""], object),
+        "pixels": pixels,
+    }
+
+    def embed(x: np.ndarray) -> np.ndarray:  # the first pixel's value, EMBEDDING_DIM times
+        return np.repeat(x[:, :1, 0, 0].astype(np.float32), EMBEDDING_DIM, axis=1)
+
+    scored = score_batch(batch, _Predictor(), batch_size=1, embed=embed)  # type: ignore[arg-type]
+    assert scored["embedding"].shape == (n, EMBEDDING_DIM)
+    embeddings = embeddings_of(scored)
+    assert sorted(embeddings) == ["i0", "i3"] and embeddings["i3"][0] == 30.0
+    rows, _ = rows_from_batch(scored)
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    frame = score_frame(rows, embeddings, when)
+    assert frame["image_id"].tolist() == ["i0", "i3"]  # the failed row is not published
+    assert frame["model_version"].tolist() == ["7", "7"] and frame["model_name"].tolist() == ["m", "m"]
+    assert frame["score"].tolist() == [10.0, 30.0] and frame["score"].dtype == np.float32
+    assert frame["tag_probs"][1] == pytest.approx({"a": 30 / 255, "b": 1 - 30 / 255})
+    assert frame["embedding"][0].dtype == np.float32 and frame["embedding"][0][5] == 10.0
+    assert (frame["event_timestamp"] == when).all()
+    assert embeddings_of(score_batch(batch, _Predictor(), batch_size=2)) == {}  # type: ignore[arg-type]
 
 
 # --- resumption and one row per image --------------------------------------------------------------------
