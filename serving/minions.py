@@ -208,8 +208,6 @@ class IsolatedPredictor(Predictor):
     and does not call ``Predictor.__init__``, which would build one.
     """
 
-    # Restart backoff: the first restart after this, doubling while the new worker keeps dying young.
-    BACKOFF_S = (0.2, 30.0)
     HEALTHY_AFTER_S = 30.0  # a worker that lived this long died of something new: back to the first delay
 
     def __init__(
@@ -221,10 +219,14 @@ class IsolatedPredictor(Predictor):
         threads: int | None = None,
         call_timeout_s: float = 30.0,
         load_timeout_s: float = 600.0,
+        backoff_s: tuple[float, float] = (0.2, 30.0),
     ) -> None:
-        """Starts the worker and waits until its model is loaded (raises what loading raised)."""
+        """Starts the worker and waits until its model is loaded (raises what loading raised).
+
+        ``backoff_s``: (first, longest) wait before a restart; it doubles while new workers die young."""
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
+        self.backoff_s = backoff_s
         self._factory, self._streams, self._threads = factory, streams, threads
         self.call_timeout_s, self.load_timeout_s = call_timeout_s, load_timeout_s
         worker = _Worker(factory, version, streams, threads)
@@ -265,7 +267,7 @@ class IsolatedPredictor(Predictor):
 
     # Supervision.
     def _supervise(self) -> None:
-        delay = self.BACKOFF_S[0]
+        delay = self.backoff_s[0]
         while not self._closing.is_set():
             worker = self._worker
             if worker is None:
@@ -277,7 +279,7 @@ class IsolatedPredictor(Predictor):
             lived = time.monotonic() - worker.started
             worker.kill()
             if lived > self.HEALTHY_AFTER_S:
-                delay = self.BACKOFF_S[0]
+                delay = self.backoff_s[0]
             log.error(
                 "worker of %s v%s (pid %s) died (exit %s); restarting in %.1f s",
                 self.name,
@@ -287,7 +289,7 @@ class IsolatedPredictor(Predictor):
                 delay,
             )
             while not self._closing.wait(delay):
-                delay = min(delay * 2, self.BACKOFF_S[1])
+                delay = min(delay * 2, self.backoff_s[1])
                 try:
                     fresh = _Worker(self._factory, self.version, self._streams, self._threads)
                     fresh.handshake(self.load_timeout_s)
