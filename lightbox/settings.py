@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     # How long a merged /predict waits for each model; past it that model's entry is an error and the
     # others still answer. None: no deadline of its own (admission's budget bounds the wait).
     serve_model_timeout_ms: float | None = Field(default=None, gt=0.0, le=600_000.0)
+    # Served models (names from serve_models, or model_name) that run in a worker process of their own
+    # (serving/minions.py): "NAME,NAME". For a model with other dependencies, or one that must not take
+    # the others down: a crashed worker is restarted, and meanwhile that model's entry is an error.
+    serve_isolated_models: str | None = Field(default=None, description="NAME,...: own worker process")
+    # The longest an isolated model's worker may take for one batch before it is killed and restarted.
+    serve_worker_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     # The primary model's challenger (challenger_alias) beside its champion (serving/challenger.py).
     # Canary: this percent of request keys (X-Lightbox-Key; sticky) is answered by the challenger.
     serve_canary_percent: float = Field(default=0.0, ge=0.0, le=100.0)
@@ -276,6 +282,14 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _isolated_are_served(self) -> Settings:
+        served = [name for name, _ in self.served_models]
+        unknown = [n for n in self.isolated_models if n not in served]
+        if unknown:
+            raise ValueError(f"serve_isolated_models names {unknown}, which are not served ({served})")
+        return self
+
+    @model_validator(mode="after")
     def _something_left_to_train_on(self) -> Settings:
         if self.split_validation_fraction + self.split_test_fraction >= 1.0:
             raise ValueError(
@@ -289,6 +303,11 @@ class Settings(BaseSettings):
         if self.serve_models is None:
             return [(self.model_name, self.champion_alias)]
         return parse_model_specs(self.serve_models)
+
+    @property
+    def isolated_models(self) -> list[str]:
+        """Names of the served models that run in a worker process of their own."""
+        return [n.strip() for n in (self.serve_isolated_models or "").split(",") if n.strip()]
 
     # Derived locations. Properties, not fields, so that overriding project_dir moves them all.
     @property

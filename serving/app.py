@@ -30,6 +30,7 @@ from serving.batching import BatcherClosed
 from serving.canary import KEY_HEADER
 from serving.challenger import Challenger, Recorder
 from serving.metrics import HttpMetrics, RequestMetricsMiddleware
+from serving.minions import IsolatedPredictor
 from serving.multi import (
     LabelledRegistries,
     ModelError,
@@ -207,6 +208,9 @@ def create_app(
                 await rival.drain()
             for m in every:
                 await m.runtime.aclose()
+                # An isolated model's worker process ends with the app (serving/minions.py).
+                if isinstance(m.runtime.predictor, IsolatedPredictor):
+                    await asyncio.to_thread(m.runtime.predictor.close)
 
     def admit(scope: MutableMapping[str, Any], route: str) -> MultiTicket:
         if route == "/predict":

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lightbox.adapters.mlflow_registry import ArtifactError
+from serving.minions import IsolatedPredictor
 from serving.runtime import InferenceRuntime
 from training.predictor import Predictor
 
@@ -87,6 +88,7 @@ class HotSwapper:
         async with self._get_lock():  # one load at a time: two overlapping reloads would load twice
             current = self.runtime.predictor
             version: str | None = None
+            new = None
             try:
                 version = await asyncio.to_thread(self.loader.resolve)
                 self.alias_version = version
@@ -98,8 +100,12 @@ class HotSwapper:
                 self.runtime.metrics.reload_failures.inc()
                 now = datetime.now(UTC).replace(microsecond=0).isoformat()
                 self.last_error = ReloadError(version, f"{type(exc).__name__}: {exc}", now)
+                if isinstance(new, IsolatedPredictor):  # loaded, failed its warm-up: its worker goes
+                    await asyncio.to_thread(new.close)
                 raise
             old = self.runtime.swap(new)
+            if isinstance(old, IsolatedPredictor):  # its worker stops once its running batches are done
+                old.retire()
             self.last_error = None
             log.info("hot swap: %s v%s -> v%s", new.name, old.version, new.version)
             return {"swapped": True, "from": old.version, "version": new.version}

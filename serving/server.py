@@ -11,6 +11,8 @@ from lightbox.adapters.mlflow_registry import ArtifactError
 from lightbox.settings import Settings
 from serving.app import ModelSource, create_app
 from serving.calibration import calibrate
+from serving.minions import IsolatedLoader, IsolatedPredictor
+from serving.reload import ModelLoader
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
 from training.predictor import ModelNotFound, Predictor, RegistryLoader, RuntimeUnavailable
 
@@ -39,8 +41,9 @@ def run(settings: Settings, alias: str | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Threads first: ONNX Runtime fixes a session's threads when it is made, at load.
     apply_torch_threads(compute_layout(settings, device))
+    isolated = set(settings.isolated_models)
     if len(specs) == 1 and specs[0][0] == settings.model_name:
-        predictor, loader = _load(settings, specs[0][1], device)
+        predictor, loader = _load(settings, specs[0][1], device, settings.model_name in isolated)
         settings = sized_for(settings, predictor)
         log.info("serving %r on http://%s:%d", predictor, settings.serve_host, settings.serve_port)
         extra = _challenger(settings, ModelSource(predictor, loader, settings.model_name, settings), device)
@@ -49,7 +52,7 @@ def run(settings: Settings, alias: str | None = None) -> None:
         sources = []
         for name, model_alias in specs:
             own = settings.model_copy(update={"model_name": name})
-            predictor, loader = _load(own, model_alias, device)
+            predictor, loader = _load(own, model_alias, device, name in isolated)
             # Each model its own batch cap (calibrated on its own forward pass).
             sources.append(ModelSource(predictor, loader, name, sized_for(own, predictor)))
             log.info("serving %r as %r", predictor, name)
@@ -93,11 +96,29 @@ def _challenger(settings: Settings, primary: ModelSource, device: str) -> dict[s
     }
 
 
-def _load(settings: Settings, alias: str, device: str) -> tuple[Predictor, RegistryLoader]:
-    """``models:/{settings.model_name}@{alias}`` and its loader; CannotServe says what to do."""
+def _load(
+    settings: Settings, alias: str, device: str, isolated: bool = False
+) -> tuple[Predictor, ModelLoader]:
+    """``models:/{settings.model_name}@{alias}`` and its loader; CannotServe says what to do.
+
+    ``isolated``: the model runs in a worker process of its own (serving/minions.py), loaded there the
+    same way (the alias is resolved here, so a missing version says so before any process starts); its
+    new versions load in new workers."""
     loader = RegistryLoader(settings, alias, device)
     try:
-        return loader.load(), loader
+        if not isolated:
+            return loader.load(), loader
+        layout = compute_layout(settings, device)
+        into_worker = IsolatedLoader(
+            loader,
+            loader.load,
+            streams=layout.concurrent_batches,
+            threads=layout.torch_threads,
+            call_timeout_s=settings.serve_worker_timeout_s,
+        )
+        predictor: IsolatedPredictor = into_worker.load(loader.resolve())
+        log.info("%s@%s runs in worker pid %s", settings.model_name, alias, predictor.pid)
+        return predictor, into_worker
     except ModelNotFound as exc:
         # The first `lightbox serve` of a project, before any promotion: say how to make a champion.
         if loader.alias == settings.champion_alias:

@@ -1,0 +1,177 @@
+"""Isolated models (serving/minions.py) in process with real worker processes and real small models: the
+same numbers as in process, a SIGKILLed worker restarted while the other model answers, hot swap into a
+new worker, and no process left once the app stops."""
+
+from __future__ import annotations
+
+import functools
+import io
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from minion_models import dies_at_load, never_loads, seeded
+from PIL import Image
+
+from lightbox.imaging import preprocess_bytes
+from lightbox.settings import Settings
+from serving.app import ModelSource, create_app
+from serving.minions import IsolatedLoader, IsolatedPredictor, WorkerFailed
+from training.predictor import Predictor
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-admin-token"
+PETS = ("cat", "dog", "bird")
+PLACES = ("beach", "city", "forest", "mountain")
+PLACES_SEEDS = {"7": 2, "8": 3}
+
+
+def places_factory() -> functools.partial[Predictor]:
+    return functools.partial(seeded, "places", PLACES, PLACES_SEEDS)
+
+
+@pytest.fixture(scope="module")
+def pets() -> Predictor:
+    return seeded("pets", PETS, {"1": 1}, None)
+
+
+@pytest.fixture(scope="module")
+def image() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+    Image.fromarray(pixels).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def settings(tmp_path) -> Settings:
+    return Settings(
+        project_dir=tmp_path,
+        serve_admin_token=TOKEN,
+        serve_reload_interval_s=0,
+        serve_max_batch_size=4,
+        serve_max_wait_ms=2,
+        serve_tag_threshold=0.0,
+    )
+
+
+def isolated(version: str = "7", backoff_s: tuple[float, float] = (0.2, 5.0)) -> IsolatedPredictor:
+    return IsolatedPredictor(
+        places_factory(), version, streams=1, threads=1, call_timeout_s=20, backoff_s=backoff_s
+    )
+
+
+def until(check, timeout_s: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
+        time.sleep(0.05)
+    return result
+
+
+def test_isolated_model_answers_as_in_process_and_leaves_no_process(pets, image, tmp_path) -> None:
+    places = isolated()
+    worker = places._worker
+    assert worker is not None and worker.alive
+    try:
+        app = create_app(settings(tmp_path), [ModelSource(pets), ModelSource(places)])
+        with TestClient(app) as c:
+            body = c.post("/predict", content=image).json()
+            entry = body["models"]["places"]
+            assert entry["version"] == "7" and entry["model"]["runtime"] == "torch-eager (isolated)"
+            # The same numbers as the same model computed here.
+            local = seeded("places", PLACES, PLACES_SEEDS, "7")
+            scores, tags = local.predict(preprocess_bytes(image)[None])
+            assert entry["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+            got = {t["name"]: t["confidence"] for t in entry["tags"]}
+            assert got == pytest.approx(dict(zip(PLACES, tags[0].tolist(), strict=True)), abs=1e-5)
+            files = [("files", (f"{i}.jpg", image, "image/jpeg")) for i in range(3)]
+            many = c.post("/predict?models=places", files=files).json()
+            assert [p["score"] for p in many["predictions"]] == [entry["score"]] * 3
+            assert c.get("/healthz").json()["models"]["places"]["model"]["runtime"].endswith("(isolated)")
+        # The app stopped: its worker with it.
+        assert not worker.alive and mp.active_children() == []
+    finally:
+        places.close()
+
+
+def test_killed_worker_restarts_and_the_other_model_answers_meanwhile(pets, image, tmp_path) -> None:
+    places = isolated(backoff_s=(1.0, 5.0))  # a restart window long enough to be seen from the test
+    try:
+        app = create_app(settings(tmp_path), [ModelSource(pets), ModelSource(places)])
+        with TestClient(app) as c:
+            assert c.post("/predict", content=image).json()["models"]["places"]["version"] == "7"
+            first = places.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            # Until it is back: 200 with pets' answer and places' error, never a 5xx for the request and
+            # never a hang; asked alone, places says 503 at once.
+            partial = 0
+            while places.restarts == 0:
+                start = time.monotonic()
+                r = c.post("/predict", content=image)
+                assert r.status_code == 200, r.text
+                assert time.monotonic() - start < 5
+                body = r.json()
+                assert body["model"]["name"] == "pets" and "score" in body["models"]["pets"]
+                if "error" in body["models"]["places"]:
+                    assert body["models"]["places"]["status"] == 503, body
+                    partial += 1
+                    alone = c.post("/predict?models=places", content=image)
+                    if places.restarts == 0:  # (else it came back in between)
+                        assert alone.status_code == 503 and "places" in alone.json()["error"]
+                time.sleep(0.05)
+                assert partial < 2000
+            assert partial > 0
+            until(lambda: places.pid not in (None, first), 10, "the new worker")
+            after = c.post("/predict", content=image).json()
+            assert after["models"]["places"]["version"] == "7" and "score" in after["models"]["places"]
+        assert mp.active_children() == []
+    finally:
+        places.close()
+
+
+class Pinned:
+    def __init__(self, version: str) -> None:
+        self.version, self.alias = version, "champion"
+
+    def resolve(self) -> str:
+        return self.version
+
+
+def test_hot_swap_loads_the_new_version_in_a_new_worker(pets, image, tmp_path) -> None:
+    places = isolated("7")
+    resolver = Pinned("7")
+    loader = IsolatedLoader(resolver, places_factory(), threads=1, call_timeout_s=20)
+    try:
+        app = create_app(settings(tmp_path), [ModelSource(pets), ModelSource(places, loader)])
+        with TestClient(app) as c:
+            old_worker = places._worker
+            resolver.version = "8"
+            r = c.post("/admin/reload?model=places", headers={"authorization": f"Bearer {TOKEN}"})
+            assert r.json() == {"swapped": True, "from": "7", "version": "8"}
+            entry = c.post("/predict", content=image).json()["models"]["places"]
+            local = seeded("places", PLACES, PLACES_SEEDS, "8")
+            assert entry["version"] == "8"
+            assert entry["score"] == pytest.approx(
+                float(local.predict(preprocess_bytes(image)[None])[0][0]), abs=1e-5
+            )
+            # The old version's worker is retired once idle.
+            assert old_worker is not None
+            until(lambda: not old_worker.alive, 30, "the old worker's exit")
+        until(lambda: mp.active_children() == [], 10, "no worker left")
+    finally:
+        places.close()
+
+
+def test_a_worker_that_cannot_load_says_why() -> None:
+    with pytest.raises(FileNotFoundError, match="no files for version 3"):
+        IsolatedPredictor(never_loads, "3")
+    with pytest.raises(WorkerFailed, match="exited with -9"):
+        IsolatedPredictor(dies_at_load, "3")
+    assert mp.active_children() == []
