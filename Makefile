@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast test-services lint format serve bench bench-import bench-bulk clean
+.PHONY: help venv demo test test-fast test-services lint format serve bench bench-runtimes bench-import bench-bulk clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ serve: venv ## serve models:/lightbox@champion on 127.0.0.1:8080
 
 bench: venv ## serving benchmark: prints the tables of docs/benchmarks.md (about 4 min; `bench/serving.py --ray` adds Ray Serve)
 	$(BIN)/python bench/serving.py
+
+bench-runtimes: venv ## the model per runtime (TorchScript, ONNX Runtime fp32/int8), the server vs the best, overload to 1,024 connections (~7 min)
+	$(BIN)/python bench/runtimes.py
 
 bench-import: venv ## import benchmark: 2,000 camera-size photos + features, then --append of 100 (docs/benchmarks.md)
 	$(BIN)/python bench/importing.py
