@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightbox.settings import Settings
+from serving.admission import LoopLag
 from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, v2_model_name
 from serving.batching import BatcherClosed
 from serving.canary import KEY_HEADER
@@ -197,6 +198,11 @@ def create_app(
         if rival is not None and settings.serve_shadow_record_interval_s > 0:
             recording = rival.record_forever(settings.serve_shadow_record_interval_s)
             followers.append(asyncio.create_task(recording, name="shadow-recorder"))
+        # One loop, one lag: every model's admission counts it (serving/admission.LoopLag).
+        lag = LoopLag()
+        for m in every:
+            m.runtime.admission.loop_lag = lag
+        followers.append(asyncio.create_task(lag.run(), name="loop-lag"))
         try:
             yield
         finally:

@@ -175,3 +175,27 @@ def test_a_worker_that_cannot_load_says_why() -> None:
     with pytest.raises(WorkerFailed, match="exited with -9"):
         IsolatedPredictor(dies_at_load, "3")
     assert mp.active_children() == []
+
+
+def test_a_registry_model_isolated_in_its_worker_answers_as_in_process(registered_champion) -> None:
+    """The production path: `lightbox serve` with the model in LIGHTBOX_SERVE_ISOLATED_MODELS resolves
+    the alias in the server, then the worker loads that version through the same verified loader (and
+    picks the same runtime) as an in-process model."""
+    import os
+
+    import numpy as np
+
+    from serving.server import _load
+
+    settings = registered_champion.settings
+    in_process, _ = _load(settings, settings.champion_alias, "cpu")
+    isolated, _ = _load(settings, settings.champion_alias, "cpu", isolated=True)
+    try:
+        assert isolated.pid != os.getpid()
+        assert (isolated.version, isolated.runtime) == (registered_champion.version, in_process.runtime)
+        batch = np.random.default_rng(3).integers(0, 256, (3, 3, 224, 224), dtype=np.uint8)
+        (s1, t1), (s2, t2) = isolated.predict(batch), in_process.predict(batch)
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+        np.testing.assert_allclose(t1, t2, atol=1e-5)
+    finally:
+        isolated.close()
