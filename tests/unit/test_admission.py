@@ -271,22 +271,19 @@ def test_a_final_extension_records_the_wait_it_was_admitted_with() -> None:
     assert ticket.admitted and ticket.estimated == pytest.approx(0.5)  # (3 + 2) / 10
 
 
-def test_event_loop_lag_counts_in_the_wait() -> None:
-    """A request that waited for a busy loop before it was read has less of its budget left."""
+def test_event_loop_lag_is_exported_beside_the_estimate() -> None:
     from serving.admission import LoopLag
 
     admission, queue, registry = make(budget_s=1.0, rate=10.0)
     lag = LoopLag(window=3)
     admission.loop_lag = lag
-    queue.depth = 6
-    admission.admit(1).release()  # 0.7 s, no lag: admitted
     lag.observe(0.4)
     assert _metric(registry, "lightbox_admission_loop_lag_seconds") == pytest.approx(0.4)
-    with pytest.raises(Refused, match=r"0.70s \+ 0.40s beyond the model"):
-        admission.admit(1)
-    for _ in range(3):  # the burst leaves the window
+    queue.depth = 8
+    admission.admit(1).release()  # 0.9 s: the lag is watched, not counted (docs/benchmarks.md)
+    for _ in range(3):  # a burst leaves the window
         lag.observe(0.0)
-    admission.admit(1).release()
+    assert lag.seconds == 0.0
 
 
 def test_the_lag_sampler_sees_a_blocked_loop() -> None:
