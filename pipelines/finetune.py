@@ -65,7 +65,7 @@ def run(
     with the starting config and the settings it keys the experiment folder, so the same training
     started again (a killed DAG run) restores its search instead of repeating finished trials."""
     from lightbox.adapters import mlflow_runs
-    from pipelines.train import _start_ray
+    from lightbox.ray_cluster import start_ray
 
     gpus, workers = resources(settings)
     fixed = {
@@ -87,7 +87,7 @@ def run(
     ctx = None
     if parent_run_id is not None:
         ctx = {"settings": settings, "parent_run_id": parent_run_id, "tags": dict(tags)}
-    started = _start_ray(settings)
+    started = start_ray(settings, ship_code=False)
     try:
         results = run_search(
             start.cpu().eval(),

@@ -9,7 +9,6 @@ metrics, the label spec (``labels.json`` and model metadata) and the dataset ver
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -19,6 +18,7 @@ import pandas as pd
 from lightbox import drift, manifest
 from lightbox.adapters import dvc_repo, mlflow_registry, mlflow_runs
 from lightbox.manifest import LabelSpec
+from lightbox.ray_cluster import start_ray
 from lightbox.settings import CODE_ROOT, Settings
 from pipelines import doctor
 from pipelines.features import feature_matrix, load_for_training
@@ -138,25 +138,6 @@ def _trial_times_ms(history: pd.DataFrame) -> tuple[int | None, int | None]:
     return int(start * 1000), int(float(history["timestamp"].iloc[-1]) * 1000)
 
 
-def _start_ray(settings: Settings) -> bool:
-    """Connect to the configured Ray cluster, or start a local one on loopback. True if we started it."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=settings.ray_num_cpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-        )
-    return True
-
-
 def test_metrics(
     config: ModelConfig, test: Split, s_pred: np.ndarray, t_pred: np.ndarray
 ) -> dict[str, float]:
@@ -249,7 +230,8 @@ def run(
     use_gpu = torch.cuda.is_available() if settings.use_gpu is None else settings.use_gpu
     base = base_config(spec, epochs=epochs, seed=settings.tune_seed)
 
-    started = _start_ray(settings)
+    # ship_code=False: training's trials import the installed packages, as before.
+    started = start_ray(settings, ship_code=False)
     try:
         results = run_search(
             base,
