@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -37,13 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# bench/serving.py holds the server wrapper and the raw HTTP client; it cannot be imported by name (the
-# `serving` package has that name), so by path.
-_spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" / "serving.py")
-assert _spec is not None and _spec.loader is not None
-bench_serving = importlib.util.module_from_spec(_spec)
-sys.modules["bench_serving"] = bench_serving
-_spec.loader.exec_module(bench_serving)
+# bench/ as a namespace package: `bench.serving` (a bare `serving` would be the product's package).
+import bench.serving as bench_serving  # noqa: E402
 
 MODES = ("one", "two", "shadow10", "shadow100", "isolated")
 

@@ -188,6 +188,33 @@ def serve_forever(
     )
 
 
+def run_client(coro):
+    """Run a load generator's coroutine on uvloop where it is installed (it comes with uvicorn[standard]):
+    less client CPU per request, so less of the client in the latencies it measures."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def pinned_to(cpus: set[int] | None):
+    """A ``preexec_fn`` that gives a child process only ``cpus`` (None: inherit the caller's mask)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def split_cores(client_cores: int) -> tuple[set[int], set[int]]:
+    """(server cores, load-generator cores) out of this process's mask: the load generator takes the
+    last ``client_cores`` (0: everything is shared, as before)."""
+    mine = sorted(os.sched_getaffinity(0))
+    if client_cores <= 0 or client_cores >= len(mine):
+        return set(mine), set(mine)
+    return set(mine[:-client_cores]), set(mine[-client_cores:])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,13 +222,22 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, args: list[str], health_path: str = "/healthz", name: str | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        health_path: str = "/healthz",
+        name: str | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:
+        """``cpus``: the cores the server may run on (its affinity mask; it sizes itself from it)."""
         self.port = free_port()
         cmd = [sys.executable, __file__, *args, "--port", str(self.port)]
         log_dir = ROOT / ".lightbox" / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(log_dir / f"server-{name or args[0].strip('-')}.log", "w")  # noqa: SIM115 (closed in __exit__)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pinned_to(cpus)
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_path = health_path
 
@@ -348,9 +384,9 @@ def sweep(
     url: str, jpegs: list[bytes], levels: list[int], seconds: float, max_requests: int, label: str
 ) -> list[dict]:
     rows = []
-    asyncio.run(_load(url, jpegs, 2, 1.0, 20))  # warm connections and the decode pool
+    run_client(_load(url, jpegs, 2, 1.0, 20))  # warm connections and the decode pool
     for c in levels:
-        r = asyncio.run(_load(url, jpegs, c, seconds, max_requests))
+        r = run_client(_load(url, jpegs, c, seconds, max_requests))
         rows.append(asdict(r))
         print(
             f"  {label} c={c:4d}: {r.img_s:7.1f} img/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms"
