@@ -165,4 +165,6 @@ def decode_all(
         num_workers=workers,
         prefetch_factor=4 if workers > 0 else None,
     )
-    return DecodedImages((t.numpy() for t in batches), policy)
+    # A copy of each: a tensor from a worker lives in shared memory that holds a file descriptor open as
+    # long as it does (torch's sharing strategy), and a run keeps thousands of images.
+    return DecodedImages((t.numpy().copy() for t in batches), policy)

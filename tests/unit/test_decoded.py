@@ -62,6 +62,15 @@ def test_past_the_memory_budget_images_spill_to_an_unlinked_file_and_read_back(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_images_from_workers_hold_no_file_descriptor_each(tmp_path: Path) -> None:
+    for i in range(300):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(tmp_path / f"{i}.png")
+    paths = sorted(tmp_path.glob("*.png"))
+    before = len(os.listdir("/proc/self/fd"))
+    kept = decode_all(paths, final=False, policy=CachePolicy(spill_root=tmp_path), workers=1)
+    assert len(kept) == 300 and len(os.listdir("/proc/self/fd")) < before + 50
+
+
 KILLED = """
 import os, signal, sys
 from pathlib import Path
