@@ -377,11 +377,15 @@ def fine_tune(
     try:
         train_pixels = val_pixels = None
         if cache is not None and start <= params.epochs:
-            train_pixels = decode_all(train.paths, final=False, policy=cache, workers=workers)
+            # Nothing else runs during the decode pass: it takes the cores the forward/backward pass will
+            # (torch's threads) when they are more than the loader's workers.
+            decoders = max(workers, torch.get_num_threads())
+            decoders = decoders if decoders > 1 else 0  # one decoder: this process, no worker to start
+            train_pixels = decode_all(train.paths, final=False, policy=cache, workers=decoders)
             kept.append(train_pixels)
             if val is not None and rank == 0:
                 left = CachePolicy(max(0, cache.memory_bytes - train_pixels.memory_bytes), cache.spill_root)
-                val_pixels = decode_all(val.paths, final=True, policy=left, workers=workers)
+                val_pixels = decode_all(val.paths, final=True, policy=left, workers=decoders)
                 kept.append(val_pixels)
         sampler = EpochSampler(len(train), params.batch_size, params.seed, rank=rank, world=world)
         batches = loader(
