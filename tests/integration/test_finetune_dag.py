@@ -18,6 +18,20 @@ from training.finetune import FINETUNED_SUFFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# Every gate runs (export check, golden set, behaviour, latency) with its floors open: a fine-tune of two
+# epochs on 40 photos is judged on a handful of test images, and this test is about the plumbing.
+# tests/integration/test_promotion_cli.py and the unit tests cover the gates passing and failing.
+OPEN_GATES: dict[str, object] = LENIENT_GATES | dict(
+    gate_min_srocc=-1.0,
+    gate_max_mae=1.0,
+    gate_min_map=0.0,
+    gate_golden_min_srocc=-1.0,
+    gate_golden_max_mae=1.0,
+    gate_golden_min_map=0.0,
+    gate_golden_max_ece=1.0,
+    gate_invariance_epsilon=1.0,
+)
+
 
 def test_the_train_dag_fine_tunes_registers_and_promotes(tmp_path_factory: pytest.TempPathFactory) -> None:
     settings = Settings(
@@ -27,7 +41,7 @@ def test_the_train_dag_fine_tunes_registers_and_promotes(tmp_path_factory: pytes
         finetune_trials=2,
         finetune_epochs=2,
         finetune_batch_size=8,
-        **LENIENT_GATES,  # type: ignore[arg-type]
+        **OPEN_GATES,  # type: ignore[arg-type]
     )
     shoot = learnable_collection(tmp_path_factory.mktemp("user") / "shoot", 40)
     opts = ImportOptions(score_column="rating", tags_column="labels", score_range="1,10")
