@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     finetune_gpus_per_trial: float | None = Field(default=None, ge=0.0, le=64.0, description="None: 1 or 0")
     finetune_cpus_per_trial: int = Field(default=1, ge=1, description="CPUs a trial holds (its decoders too)")
     finetune_loader_workers: int | None = Field(default=None, ge=0, le=64, description="None: by device")
+    # Each image is decoded once per trial and kept (training/decoded.py): this much in memory per trial
+    # (and per data-parallel worker), the rest in an unlinked file under <state>/finetune-cache.
+    finetune_cache_mb: int = Field(default=2048, ge=0, description="decoded images kept in memory per trial")
     # The augmentations that leave this dataset's labels true (training/augment.py refuses the others).
     augment_ops: tuple[Literal["hflip", "crop", "resize"], ...] = ("hflip", "crop")
 

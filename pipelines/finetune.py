@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lightbox.settings import Settings
+from training.decoded import CachePolicy
 from training.finetune import Images
 from training.finetune_search import FinetuneTrial, model_from_checkpoint, run_search, search_key
 from training.fit import Split
@@ -103,6 +104,7 @@ def run(
             workers=workers,
             seed=settings.tune_seed,
             mlflow_ctx=ctx,
+            cache=CachePolicy(settings.finetune_cache_mb << 20, settings.state / "finetune-cache"),
         )
     finally:
         if started:

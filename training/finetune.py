@@ -2,8 +2,9 @@
 
 Pure torch (no Ray, no MLflow): a Tune trial, a Ray Train worker, the benchmark and the tests all run
 ``fine_tune``, so they cannot differ. Read bottom-up: ``fine_tune`` is the loop, one epoch is
-``train_epoch`` + ``validate``, and the data come through a DataLoader whose workers decode and augment
-(``ImageDataset``) in the order an ``EpochSampler`` gives.
+``train_epoch`` + ``validate``, and the data come through a DataLoader whose workers augment
+(``ImageDataset``) in the order an ``EpochSampler`` gives, from pixels decoded once per run before the
+first epoch (training/decoded.py), not every epoch.
 
 Determinism is by construction, not by luck: the sampler's order and every augmentation draw are
 functions of (seed, epoch, index), never of which worker or process handles an image, so one process
@@ -24,12 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightbox.feature_schema import FEATURE_VERSION
 from lightbox.imaging import decode_image, to_model_input
 from training.augment import AugmentPolicy, augment
+from training.decoded import CachePolicy, DecodedImages, decode_all
 from training.fit import Split, loss_fn, tag_pos_weight, validation_metrics
 from training.model import LightboxModel, ModelConfig
 
@@ -130,23 +133,36 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class ImageDataset(Dataset):
-    """Decodes (and, with a policy, augments) in the DataLoader's worker processes."""
+    """Augments (with a policy) in the DataLoader's worker processes, from the pixels ``decoded`` keeps
+    (training/decoded.py: decoded once per run) or, without them, decoding the file every time."""
 
     def __init__(
-        self, images: Images, policy: AugmentPolicy | None, seed: int, max_pixels: int = 40_000_000
+        self,
+        images: Images,
+        policy: AugmentPolicy | None,
+        seed: int,
+        decoded: DecodedImages | None = None,
+        max_pixels: int = 40_000_000,
     ) -> None:
-        self.images, self.policy, self.seed, self.max_pixels = images, policy, seed, max_pixels
+        self.images, self.policy, self.seed = images, policy, seed
+        self.decoded, self.max_pixels = decoded, max_pixels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i, epoch = key
-        img = decode_image(self.images.paths[i].read_bytes(), max_pixels=self.max_pixels)
-        if self.policy is None:
-            pixels = to_model_input(img)
+        if self.decoded is not None and self.policy is None:
+            pixels = np.array(self.decoded[i])  # kept as the model input already; a writable copy
         else:
-            pixels = augment(img, self.policy, np.random.default_rng([self.seed, epoch, i])).pixels
+            if self.decoded is not None:
+                img = Image.fromarray(self.decoded[i])
+            else:
+                img = decode_image(self.images.paths[i].read_bytes(), max_pixels=self.max_pixels)
+            if self.policy is None:
+                pixels = to_model_input(img)
+            else:
+                pixels = augment(img, self.policy, np.random.default_rng([self.seed, epoch, i])).pixels
         return (
             torch.from_numpy(pixels),
             torch.tensor(self.images.score[i]),
@@ -162,10 +178,12 @@ def loader(
     seed: int,
     workers: int,
     device: torch.device,
+    decoded: DecodedImages | None = None,
 ) -> DataLoader:
-    """Workers decode and augment in parallel with the device's step; pinned memory for a GPU copy."""
+    """Workers augment (and, without ``decoded``, decode) in parallel with the device's step, and live
+    as long as the loader: one start per run, not one per epoch. Pinned memory for a GPU copy."""
     return DataLoader(
-        ImageDataset(images, policy, seed),
+        ImageDataset(images, policy, seed, decoded),
         batch_size=max(1, sampler.global_batch // sampler.world),
         sampler=sampler,
         num_workers=workers,
@@ -305,6 +323,9 @@ class State:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
+# Decode once, keep within the default bounds (2 GiB in memory, the rest in the system's temporary folder).
+KEEP_DECODED = CachePolicy()
+
 # (epoch, metrics, state) after each epoch: a Tune trial reports and checkpoints here.
 Report = Callable[[int, dict[str, float], State], None]
 
@@ -322,13 +343,16 @@ def fine_tune(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    cache: CachePolicy | None = KEEP_DECODED,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place (its config must already be the fine-tuned one:
     ``finetuned_config``); returns one row per epoch (``epoch``, ``train_loss``, ``val_*``), those of a
     resumed run's checkpoint first.
 
     ``resume`` continues from a checkpoint's state. ``rank``/``world``/``wrap`` make it one worker of a
-    data-parallel group (``wrap`` is DDP); ``world`` 1 is the plain single-device loop.
+    data-parallel group (``wrap`` is DDP); ``world`` 1 is the plain single-device loop. ``cache``: every
+    image is decoded once, before the first epoch, and kept within its bounds (training/decoded.py);
+    None decodes every image every epoch (the benchmark's comparison).
     """
     device = torch.device(device)
     torch.manual_seed(params.seed + rank)  # dropout draws; the data order is the sampler's
@@ -349,35 +373,64 @@ def fine_tune(
         scaler.load_state_dict(resume.scaler)
         history, start = list(resume.history), resume.epoch + 1
     pos_weight = torch.from_numpy(tag_pos_weight(train.tags)).to(device)
-    sampler = EpochSampler(len(train), params.batch_size, params.seed, rank=rank, world=world)
-    batches = loader(train, sampler, params.policy, seed=params.seed, workers=workers, device=device)
-    val_batches = (
-        loader(
-            val,
-            EpochSampler(len(val), params.batch_size, params.seed, shuffle=False),
-            None,
+    kept: list[DecodedImages] = []
+    try:
+        train_pixels = val_pixels = None
+        if cache is not None and start <= params.epochs:
+            # Nothing else runs during the decode pass: it takes the cores the forward/backward pass will
+            # (torch's threads) when they are more than the loader's workers.
+            decoders = max(workers, torch.get_num_threads())
+            decoders = decoders if decoders > 1 else 0  # one decoder: this process, no worker to start
+            train_pixels = decode_all(train.paths, final=False, policy=cache, workers=decoders)
+            kept.append(train_pixels)
+            if val is not None and rank == 0:
+                left = CachePolicy(max(0, cache.memory_bytes - train_pixels.memory_bytes), cache.spill_root)
+                val_pixels = decode_all(val.paths, final=True, policy=left, workers=decoders)
+                kept.append(val_pixels)
+        sampler = EpochSampler(len(train), params.batch_size, params.seed, rank=rank, world=world)
+        batches = loader(
+            train,
+            sampler,
+            params.policy,
             seed=params.seed,
             workers=workers,
             device=device,
+            decoded=train_pixels,
         )
-        if val is not None and rank == 0
-        else None
-    )
-    for epoch in range(start, params.epochs + 1):
-        sampler.set_epoch(epoch)
-        row = {"epoch": float(epoch)}
-        row["train_loss"] = train_epoch(
-            net, model, batches, opt, scaler, precision, config, pos_weight, device
-        )
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(
-                f"fine-tuning diverged at epoch {epoch} (train loss {row['train_loss']})"
+        val_batches = (
+            loader(
+                val,
+                EpochSampler(len(val), params.batch_size, params.seed, shuffle=False),
+                None,
+                seed=params.seed,
+                # Kept evaluation images are the model input already: a copy, no worker needed.
+                workers=0 if val_pixels is not None else workers,
+                device=device,
+                decoded=val_pixels,
             )
-        if val_batches is not None and val is not None:
-            row |= {f"val_{k}": v for k, v in validate(model, val, val_batches, precision, device).items()}
-        history.append(row)
-        if report is not None:
-            state = State(epoch, model.state_dict(), opt.state_dict(), scaler.state_dict(), list(history))
-            report(epoch, row, state)
+            if val is not None and rank == 0
+            else None
+        )
+        for epoch in range(start, params.epochs + 1):
+            sampler.set_epoch(epoch)
+            row = {"epoch": float(epoch)}
+            row["train_loss"] = train_epoch(
+                net, model, batches, opt, scaler, precision, config, pos_weight, device
+            )
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(
+                    f"fine-tuning diverged at epoch {epoch} (train loss {row['train_loss']})"
+                )
+            if val_batches is not None and val is not None:
+                row |= {
+                    f"val_{k}": v for k, v in validate(model, val, val_batches, precision, device).items()
+                }
+            history.append(row)
+            if report is not None:
+                state = State(epoch, model.state_dict(), opt.state_dict(), scaler.state_dict(), list(history))
+                report(epoch, row, state)
+    finally:
+        for pixels in kept:
+            pixels.close()
     model.eval()
     return history

@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from training.finetune import FinetuneParams, Images, State, fine_tune, finetuned_config
+from training.decoded import CachePolicy
+from training.finetune import KEEP_DECODED, FinetuneParams, Images, State, fine_tune, finetuned_config
 from training.model import LightboxModel
 
 METRIC, MODE = "val_loss", "min"
@@ -98,6 +99,7 @@ def _trial(
     mlflow_ctx: dict | None,
     workers: int,
     world: int,
+    cache: CachePolicy,
 ) -> None:
     """One Tune trial: resume from Tune's checkpoint if there is one, fine-tune, report each epoch."""
     from ray import tune
@@ -133,6 +135,7 @@ def _trial(
             storage=Path(ctx.get_trial_dir()),
             use_gpu=torch.cuda.is_available(),
             report_to_tune=True,
+            cache=cache,
         )
         if run_id is not None:  # the workers report to Tune; the trial's run gets the rows at the end
             import mlflow
@@ -162,7 +165,17 @@ def _trial(
         model = LightboxModel(
             finetuned_config(start.config, params), copy.deepcopy(start.heads), copy.deepcopy(start.extractor)
         )
-        fine_tune(model, params, train, val, device=device, report=report, resume=resume, workers=workers)
+        fine_tune(
+            model,
+            params,
+            train,
+            val,
+            device=device,
+            report=report,
+            resume=resume,
+            workers=workers,
+            cache=cache,
+        )
     if run_id is not None and world > 1:
         import mlflow
 
@@ -184,6 +197,7 @@ def run_search(
     workers: int = 0,
     seed: int = 0,
     mlflow_ctx: dict | None = None,
+    cache: CachePolicy = KEEP_DECODED,
 ) -> list[FinetuneTrial]:
     """Every trial, best first. ``fixed`` holds the FinetuneParams fields the search does not vary
     (aug_ops, batch_size, head_lr, seed). ``gpus_per_trial`` above 1 (a whole number) runs each trial data
@@ -209,6 +223,7 @@ def run_search(
             mlflow_ctx=mlflow_ctx,
             workers=workers,
             world=world,
+            cache=cache,
         ),
         resources,
     )
@@ -312,6 +327,7 @@ def _worker(cfg: dict) -> None:
         rank=rank,
         world=world,
         wrap=wrap,
+        cache=cfg["cache"],
     )
 
 
@@ -326,6 +342,7 @@ def run_data_parallel(
     use_gpu: bool,
     workers: int = 0,
     report_to_tune: bool = False,
+    cache: CachePolicy = KEEP_DECODED,
 ) -> tuple[LightboxModel, list[dict[str, float]]]:
     """Fine-tune over ``world`` data-parallel workers (one GPU each, else CPU on gloo); returns the final
     model and its epoch rows (rank 0's). Inside a Tune trial, ``report_to_tune`` forwards each epoch."""
@@ -347,6 +364,7 @@ def run_data_parallel(
             "val": val,
             "workers": workers,
             "resume_dir": str(storage),
+            "cache": cache,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=use_gpu),

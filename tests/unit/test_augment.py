@@ -17,6 +17,7 @@ from lightbox.dataset import photo_sources, procedural_scene
 from lightbox.feature_schema import STAT_NAMES
 from lightbox.imaging import to_model_input
 from training.augment import DEFAULT_OPS, LABEL_CHANGING, OPS, AugmentPolicy, augment
+from training.decoded import MIN_SIDE, reduce_for_cache
 from training.model import image_stats
 
 # Absolute bounds on each defect statistic's move (image_stats units). The mildest blur level moves
@@ -36,6 +37,13 @@ def _sources() -> list[Image.Image]:
         img.thumbnail((320, 320))  # the dataset stores images at image_max_side (320)
         out.append(img)
     return out
+
+
+@functools.cache
+def _full_size() -> list[Image.Image]:
+    """The bundled photos at their own sizes (300 to 1,411 pixels a side) and scenes at 1,024: a user's
+    photos, which the decode cache keeps box-reduced (training/decoded.py)."""
+    return [img for _, img, _ in photo_sources()] + [procedural_scene(seed, 1024)[0] for seed in range(2)]
 
 
 def _stats(pixels: np.ndarray) -> dict[str, float]:
@@ -61,6 +69,31 @@ def test_augmentation_never_changes_a_label(
     out = augment(img, AugmentPolicy(tuple(ops), strength), np.random.default_rng(seed))
     assert set(out.applied) <= set(ops)  # nothing outside the safe list ever runs
     assert out.pixels.shape == (3, 224, 224) and out.pixels.dtype == np.uint8
+    before, after = _stats(to_model_input(img)), _stats(out.pixels)
+    moved = {k: abs(after[k] - before[k]) for k in TOLERANCE}
+    assert all(moved[k] <= TOLERANCE[k] for k in TOLERANCE), moved
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    source=st.integers(0, 11),
+    kind=st.sampled_from((None, *distortions.KINDS)),
+    level=st.integers(1, 5),
+    ops=st.lists(st.sampled_from(OPS), unique=True),
+    strength=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_augmenting_the_kept_pixels_never_changes_a_label(
+    source: int, kind: str | None, level: int, ops: list[str], strength: float, seed: int
+) -> None:
+    """Fine-tuning augments what the decode cache kept, not the decoded image: the labels hold against
+    the model input of the image itself, with the same bounds."""
+    img = _full_size()[source % len(_full_size())]
+    if kind is not None:
+        img = distortions.apply(img, kind, level, np.random.default_rng(seed))
+    kept = reduce_for_cache(img)
+    assert min(kept.shape[:2]) >= min(MIN_SIDE, *img.size[::-1])
+    out = augment(Image.fromarray(kept), AugmentPolicy(tuple(ops), strength), np.random.default_rng(seed))
     before, after = _stats(to_model_input(img)), _stats(out.pixels)
     moved = {k: abs(after[k] - before[k]) for k in TOLERANCE}
     assert all(moved[k] <= TOLERANCE[k] for k in TOLERANCE), moved
