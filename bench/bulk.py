@@ -361,6 +361,7 @@ def run(args: argparse.Namespace) -> dict:
         "d_marginal_img_s": round(d_marginal, 1),
         "d_over_c": round(d_marginal / c, 2),
         "d_over_combined_limit": round(d_marginal / combined, 2),
+        "d_cpu_bound_img_s": round(_cpu_bound(quarter, whole, cores), 1),
         "d_runs": [_rounded(quarter), _rounded(whole)],
         "d_other_threads": {
             str(n): {"d_marginal_img_s": round(_marginal(q, w), 1), "runs": [_rounded(q), _rounded(w)]}
@@ -371,6 +372,13 @@ def run(args: argparse.Namespace) -> dict:
 
 def _marginal(quarter: dict, whole: dict) -> float:
     return (whole["images"] - quarter["images"]) / max(1e-9, whole["seconds"] - quarter["seconds"])
+
+
+def _cpu_bound(quarter: dict, whole: dict, cores: int) -> float:
+    """The most images/s the extra images' CPU seconds allow on ``cores``: a check on the marginal rate,
+    whose time difference is off by however much the two runs' fixed costs differ."""
+    extra_cpu = sum(whole["cpu_s"].values()) - sum(quarter["cpu_s"].values())
+    return (whole["images"] - quarter["images"]) * cores / max(1e-9, extra_cpu)
 
 
 def _rounded(row: dict) -> dict:
@@ -411,7 +419,9 @@ def markdown(r: dict) -> str:
             "|---|---:|",
             *(f"| {name} | {value} |" for name, value in rows),
             "",
-            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}. Peak RSS (driver + Ray): "
+            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}; the extra images' CPU "
+            f"seconds allow at most {r['d_cpu_bound_img_s']} images/s on {r['cores']} cores. "
+            "Peak RSS (driver + Ray): "
             f"{q['peak_rss_mb']:.0f} MB at {q['images']} images, {w['peak_rss_mb']:.0f} MB at {w['images']}.",
             f"CPU seconds during (d) at {w['images']} images: "
             + ", ".join(f"{k} {v}" for k, v in w["cpu_s"].items())
