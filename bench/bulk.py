@@ -17,7 +17,10 @@ of this process and every process under it (the local Ray's daemons and workers)
 at both catalog sizes.
 
 The model is the registered champion of LIGHTBOX_* settings with ``--use-settings``; by default a sample
-version (seeded heads on the real extractor, tests/registry_samples.py) in a temporary registry.
+version (seeded heads on the real extractor, tests/registry_samples.py) in a temporary registry, judged
+by the gates (pipelines/validate_model.run on the smallest synthetic golden set) so that its runtime tags
+are the ones a champion carries: (a), (c) and (d) all load it through RegistryLoader and run the runtime
+it picks for a champion.
 Only ratios measured in one run on one machine mean anything (docs/benchmarks.md).
 """
 
@@ -41,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # before bench/: bench/serving.py would shadow the serving package
 PHOTO = (640, 480)
 CAMERA = (3000, 2000)
+READ_WARMUP = 16  # images of the unmeasured first pipeline run
 
 
 def write_catalog(root: Path, photos: int, camera: int) -> list[Path]:
@@ -142,7 +146,7 @@ def model_rate(project: Path, cores: int, batch: int, seconds: float) -> dict:
 # --- (c) naive ----------------------------------------------------------------------------------------
 
 
-def naive_rate(project: Path, paths: list[Path]) -> float:
+def naive_rate(project: Path, paths: list[Path]) -> dict:
     """In a fresh process, as a naive script runs (this one has registered a model and forked a pool)."""
     listing = project / "naive.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
@@ -153,10 +157,10 @@ def naive_rate(project: Path, paths: list[Path]) -> float:
         text=True,
         check=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["img_s"])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def naive_loop(project: Path, paths: list[Path]) -> float:
+def naive_loop(project: Path, paths: list[Path]) -> dict:
     """Subprocess body: read, decode, predict one image at a time."""
     from lightbox.imaging import preprocess_bytes
     from lightbox.settings import Settings
@@ -168,22 +172,41 @@ def naive_loop(project: Path, paths: list[Path]) -> float:
     t0 = time.perf_counter()
     for p in paths:
         predictor.predict(preprocess_bytes(p.read_bytes())[None])
-    return len(paths) / (time.perf_counter() - t0)
+    return {"runtime": predictor.runtime, "img_s": len(paths) / (time.perf_counter() - t0)}
 
 
 # --- (d) the pipeline, with the process tree's memory ------------------------------------------------
 
 
 class PeakRss:
-    """Peak of the summed RSS of this process and all its descendants, sampled every 0.2 s."""
+    """Peak of the summed RSS of this process and all its descendants, sampled every 0.2 s; and the CPU
+    seconds each kind of process used meanwhile (``cpu_s``: driver, model actor, read tasks, Ray's
+    daemons; a process's last sample, so up to 0.2 s of a process that exits is missed)."""
 
     def __init__(self) -> None:
         import psutil
 
         self.me = psutil.Process()
         self.peak = 0
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds since the start)
+        self._start = self._cpu_total(self.me)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu_total(p: object) -> float:
+        t = p.cpu_times()  # type: ignore[attr-defined]
+        return float(t.user + t.system)
+
+    def _kind(self, p: object) -> str:
+        if p is self.me:
+            return "driver"
+        title = " ".join(p.cmdline())  # type: ignore[attr-defined]
+        if "MapWorker" in title or "Scorer" in title:
+            return "model actor"
+        if title.startswith("ray::"):
+            return "" if title.startswith("ray::IDLE") else "read tasks"  # "": not known yet
+        return "ray daemons"
 
     def _sample(self) -> int:
         import psutil
@@ -192,9 +215,19 @@ class PeakRss:
         for p in [self.me, *self.me.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
+                cpu = self._cpu_total(p) - (self._start if p is self.me else 0.0)
+                kind = self._kind(p) or self._cpu.get(p.pid, ("ray workers (idle)", 0.0))[0]
             except psutil.Error:
                 continue
+            self._cpu[p.pid] = (kind, cpu)
         return total
+
+    @property
+    def cpu_s(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kind, seconds in self._cpu.values():
+            out[kind] = out.get(kind, 0.0) + seconds
+        return {k: round(v, 1) for k, v in sorted(out.items())}
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -209,7 +242,9 @@ class PeakRss:
         self._thread.join()
 
 
-def pipeline_run(project: Path, paths: list[Path], out: Path, cores: int, batch: int) -> dict:
+def pipeline_run(
+    project: Path, paths: list[Path], out: Path, cores: int, batch: int, threads: int | None = None
+) -> dict:
     from lightbox.settings import Settings
     from pipelines import score_catalog
 
@@ -217,11 +252,18 @@ def pipeline_run(project: Path, paths: list[Path], out: Path, cores: int, batch:
     listing.write_text("".join(f"{p}\n" for p in paths))
     # The batch of (a), not calibrated at actor start: a calibration's length varies from run to run, and
     # the marginal rate assumes the two runs' fixed costs are equal.
-    settings = Settings(project_dir=project, ray_num_cpus=cores, score_batch_size=batch)
+    settings = Settings(
+        project_dir=project, ray_num_cpus=cores, score_batch_size=batch, score_actor_threads=threads
+    )
     with PeakRss() as rss:
         result = score_catalog.run(settings, str(listing), str(out))
     assert result.scored == len(paths), result.summary()
-    return {"images": len(paths), "seconds": result.seconds, "peak_rss_mb": rss.peak / 2**20}
+    return {
+        "images": len(paths),
+        "seconds": result.seconds,
+        "peak_rss_mb": rss.peak / 2**20,
+        "cpu_s": rss.cpu_s,
+    }
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -231,18 +273,37 @@ def _env() -> dict[str, str]:
     return dict(os.environ) | {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _project(use_settings: bool, tmp: Path) -> Path:
+def _project(use_settings: bool, tmp: Path) -> tuple[Path, str]:
+    """The project whose champion is measured, and the runtime its gates recorded for CPU."""
+    from lightbox.adapters import mlflow_registry
+
     if use_settings:
         from lightbox.settings import load_settings
 
-        return load_settings().project_dir
+        settings = load_settings()
+        champion = mlflow_registry.version_or_none(settings, settings.champion_alias)
+        return settings.project_dir, "" if champion is None else (champion.tags or {}).get(
+            mlflow_registry.RUNTIME_CPU_TAG, ""
+        )
     sys.path.insert(0, str(ROOT / "tests"))
+    from photo_samples import synthetic_spec
     from registry_samples import register_champion
 
+    from lightbox.manifest import write_label_spec
     from lightbox.settings import Settings
+    from pipelines import golden, validate_model
 
-    register_champion(Settings(project_dir=tmp / "project"))
-    return tmp / "project"
+    # Judged by the gates as a trained version is (the smallest synthetic golden set), so the runtime
+    # check records which runtime serves it on CPU and every loader below picks what a champion's picks.
+    # Its seeded heads fail the quality gates; the runtime tags are recorded whatever the verdict.
+    settings = Settings(project_dir=tmp / "project", golden_sources=1)
+    spec = synthetic_spec()
+    version = register_champion(settings, label_spec=spec.to_dict())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    write_label_spec(settings.data_dir, spec)
+    golden.run(settings)
+    report = validate_model.run(settings, version)
+    return settings.project_dir, report.runtime_tags.get(mlflow_registry.RUNTIME_CPU_TAG, "")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -252,7 +313,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="lightbox-bench-bulk-") as tmp_name:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
-        project = _project(args.use_settings, tmp)
+        project, gated_runtime = _project(args.use_settings, tmp)
         (tmp / "catalog").mkdir()
         paths = interleaved(write_catalog(tmp / "catalog", args.photos, args.camera), args.photos)
         setup_s = time.perf_counter() - t0
@@ -260,18 +321,31 @@ def run(args: argparse.Namespace) -> dict:
         a = model_rate(project, cores, args.batch, args.model_seconds)
         b = decode_rate(paths, cores)
         sample = paths[:: max(1, len(paths) // args.naive_images)]  # the catalog's mix, fewer images
-        c = naive_rate(project, sample)
+        naive = naive_rate(project, sample)
+        c = naive["img_s"]
+        # Unmeasured: the first Ray start in a process pays one-time costs (imports, cold files) that
+        # the two measured runs must not differ by, or the marginal rate is off.
+        pipeline_run(project, paths[:READ_WARMUP], tmp / "scores-warmup", cores, args.batch)
         quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores, args.batch)
         whole = pipeline_run(project, paths, tmp / "scores-whole", cores, args.batch)
+        # The same pipeline with other actor thread counts (LIGHTBOX_SCORE_ACTOR_THREADS), for comparison.
+        alt = {
+            n: [
+                pipeline_run(project, part, tmp / f"scores-{name}-t{n}", cores, args.batch, n)
+                for name, part in (("quarter", paths[: len(paths) // 4]), ("whole", paths))
+            ]
+            for n in args.also_threads
+        }
 
     combined = 1 / (1 / a["img_s"] + 1 / b)
     d_end_to_end = whole["images"] / whole["seconds"]
-    d_marginal = (whole["images"] - quarter["images"]) / max(1e-9, whole["seconds"] - quarter["seconds"])
+    d_marginal = _marginal(quarter, whole)
     return {
         "cores": cores,
         "photos_640x480": args.photos,
         "camera_3000x2000": args.camera,
         "setup_s": round(setup_s, 1),
+        "gated_runtime": gated_runtime,
         "a_model_img_s": round(a["img_s"], 1),
         "a_runtime": a["runtime"],
         "a_layout": f"{a['streams']} x {a['threads']} thr, batch {args.batch}",
@@ -282,12 +356,29 @@ def run(args: argparse.Namespace) -> dict:
         "combined_limit_img_s": round(combined, 1),
         "c_naive_img_s": round(c, 1),
         "c_naive_images": len(sample),
+        "c_runtime": naive["runtime"],
         "d_end_to_end_img_s": round(d_end_to_end, 1),
         "d_marginal_img_s": round(d_marginal, 1),
         "d_over_c": round(d_marginal / c, 2),
         "d_over_combined_limit": round(d_marginal / combined, 2),
+        "d_cpu_bound_img_s": round(_cpu_bound(quarter, whole, cores), 1),
         "d_runs": [_rounded(quarter), _rounded(whole)],
+        "d_other_threads": {
+            str(n): {"d_marginal_img_s": round(_marginal(q, w), 1), "runs": [_rounded(q), _rounded(w)]}
+            for n, (q, w) in alt.items()
+        },
     }
+
+
+def _marginal(quarter: dict, whole: dict) -> float:
+    return (whole["images"] - quarter["images"]) / max(1e-9, whole["seconds"] - quarter["seconds"])
+
+
+def _cpu_bound(quarter: dict, whole: dict, cores: int) -> float:
+    """The most images/s the extra images' CPU seconds allow on ``cores``: a check on the marginal rate,
+    whose time difference is off by however much the two runs' fixed costs differ."""
+    extra_cpu = sum(whole["cpu_s"].values()) - sum(quarter["cpu_s"].values())
+    return (whole["images"] - quarter["images"]) * cores / max(1e-9, extra_cpu)
 
 
 def _rounded(row: dict) -> dict:
@@ -300,7 +391,10 @@ def markdown(r: dict) -> str:
         (f"(a) model alone, {r['a_runtime']}, {r['a_layout']}", r["a_model_img_s"]),
         (f"(b) read + decode + resize alone, {r['cores']} processes", r["b_decode_img_s"]),
         ("limit when they share the cores, 1 / (1/a + 1/b)", r["combined_limit_img_s"]),
-        (f"(c) naive loop, one image at a time ({r['c_naive_images']} images, same mix)", r["c_naive_img_s"]),
+        (
+            f"(c) naive loop, one image at a time, {r['c_runtime']} ({r['c_naive_images']} images, same mix)",
+            r["c_naive_img_s"],
+        ),
         (
             f"(d) Ray Data pipeline, marginal ({w['images']} - {q['images']} images)",
             r["d_marginal_img_s"],
@@ -308,6 +402,10 @@ def markdown(r: dict) -> str:
         (
             "(d) Ray Data pipeline, end to end incl. Ray start and model load",
             r["d_end_to_end_img_s"],
+        ),
+        *(
+            (f"(d) the same, marginal, model actor on {n} thread(s)", alt["d_marginal_img_s"])
+            for n, alt in r["d_other_threads"].items()
         ),
     ]
     head = (
@@ -321,8 +419,13 @@ def markdown(r: dict) -> str:
             "|---|---:|",
             *(f"| {name} | {value} |" for name, value in rows),
             "",
-            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}. Peak RSS (driver + Ray): "
+            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}; the extra images' CPU "
+            f"seconds allow at most {r['d_cpu_bound_img_s']} images/s on {r['cores']} cores. "
+            "Peak RSS (driver + Ray): "
             f"{q['peak_rss_mb']:.0f} MB at {q['images']} images, {w['peak_rss_mb']:.0f} MB at {w['images']}.",
+            f"CPU seconds during (d) at {w['images']} images: "
+            + ", ".join(f"{k} {v}" for k, v in w["cpu_s"].items())
+            + ".",
         ]
     )
 
@@ -336,6 +439,13 @@ def main() -> None:
     p.add_argument("--model-seconds", type=float, default=8.0)
     p.add_argument("--naive-images", type=int, default=200, help="(c) runs on this many, the catalog's mix")
     p.add_argument("--use-settings", action="store_true", help="the champion of the LIGHTBOX_* settings")
+    p.add_argument(
+        "--also-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run (d) with these model actor thread counts (default: the setting's default only)",
+    )
     p.add_argument("--markdown", action="store_true", help="also print the docs/benchmarks.md table")
     p.add_argument("--model-layout", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--naive", nargs=2, help=argparse.SUPPRESS)
@@ -343,7 +453,7 @@ def main() -> None:
     if args.naive:
         project, listing = args.naive
         paths = [Path(line) for line in Path(listing).read_text().splitlines()]
-        print(json.dumps({"img_s": naive_loop(Path(project), paths)}))
+        print(json.dumps(naive_loop(Path(project), paths)))
         return
     if args.model_layout:
         project, streams, threads, batch, seconds = args.model_layout

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     score_actors: int | None = Field(
         default=None, ge=1, description="model actors; None: one per GPU, else 1"
     )
+    # Intra-op threads (torch and ONNX Runtime) of each model actor on CPU. None: the node's CPUs shared
+    # by the actors placed on it (pipelines/score_catalog.py, actor_threads, says why not Ray's one).
+    score_actor_threads: int | None = Field(
+        default=None, ge=1, le=256, description="threads per CPU model actor; None: node CPUs / actors"
+    )
     # Custom Ray resources each model actor needs (JSON: {"model_slot": 1}): pins the actors to the nodes
     # that offer them (`ray start --resources`), e.g. GPU nodes, leaving CPU-only nodes to decode.
     score_actor_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources/actor")

@@ -156,15 +156,27 @@ class Scorer:
 
     Calls only Predictor.predict and its identity (name, version, tag_names): the predictor decides
     its own runtime. Without ``batch_size`` the actor measures its device and takes the fastest batch.
+    ``threads``: intra-op threads on CPU (``actor_threads``), set before the load so the ONNX Runtime
+    session the predictor may build takes the same count.
     """
 
     def __init__(
-        self, settings: Settings, alias: str, version: str, batch_size: int | None, embed: bool = False
+        self,
+        settings: Settings,
+        alias: str,
+        version: str,
+        batch_size: int | None,
+        embed: bool = False,
+        threads: int | None = None,
     ) -> None:
         import os
 
+        import torch
+
         from training.predictor import RegistryLoader
 
+        if threads and not torch.cuda.is_available():  # on CUDA the loader puts the model on the GPU
+            torch.set_num_threads(threads)
         self.predictor: Predictor = RegistryLoader(settings, alias).load(version)
         self.embed = extractor_embedding(self.predictor) if embed else None
         self.batch_size = batch_size or self._calibrated()
@@ -427,14 +439,53 @@ def _batches(
     settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
 ) -> Iterator[dict[str, np.ndarray]]:
     """URIs -> read tasks -> Scorer actors -> scored batches, streamed."""
+    actors, use_gpu = actor_pool(settings)
     kwargs = {
         "settings": settings,
         "alias": alias,
         "version": version,
         "batch_size": settings.score_batch_size,
         "embed": settings.score_online,
+        "threads": settings.score_actor_threads or actor_threads(_actor_node_cpus(settings, use_gpu), actors),
     }
     yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids)
+
+
+def actor_pool(settings: Settings) -> tuple[int, bool]:
+    """(model actors, whether each takes a GPU) on the connected Ray cluster."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
+    return settings.score_actors or (max(gpus, 1) if use_gpu else 1), use_gpu
+
+
+def actor_threads(node_cpus: list[float], actors: int) -> int:
+    """Intra-op threads for each CPU model actor: the CPUs of the smallest node that takes model actors,
+    divided among the actors SPREAD places on one node.
+
+    Why not Ray's default: Ray gives an actor as many threads as CPUs it reserves (one), so the model,
+    nearly all of the work on CPU (decoding an image costs a fraction of a forward pass, camera JPEGs
+    being draft-decoded), would run on one core while the node's other cores wait for read tasks that
+    are soon done. The read tasks still run beside the actor's threads; the oversubscription while they
+    do costs less than leaving cores idle the rest of the time. LIGHTBOX_SCORE_ACTOR_THREADS overrides.
+    """
+    if not node_cpus:
+        return 1
+    per_node = -(-actors // len(node_cpus))
+    return max(1, int(min(node_cpus)) // per_node)
+
+
+def _actor_node_cpus(settings: Settings, use_gpu: bool) -> list[float]:
+    """The CPU count of every live node that can hold a model actor (its GPU and custom resources)."""
+    import ray
+
+    needs = {**settings.score_actor_resources, **({"GPU": 1.0} if use_gpu else {})}
+    return [
+        node["Resources"].get("CPU", 0.0)
+        for node in ray.nodes()
+        if node.get("Alive") and all(node["Resources"].get(k, 0.0) >= v for k, v in needs.items())
+    ]
 
 
 def image_pipeline(
@@ -453,9 +504,7 @@ def image_pipeline(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
-    actors = settings.score_actors or (max(gpus, 1) if use_gpu else 1)
+    actors, use_gpu = actor_pool(settings)
     cpus = ray.cluster_resources().get("CPU", 0)
     if actors >= cpus:  # each actor holds a CPU for the whole job: the read tasks would wait forever
         raise ValueError(

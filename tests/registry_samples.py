@@ -12,9 +12,10 @@ from lightbox.settings import Settings
 from training.model import Heads, LightboxModel, ModelConfig
 
 
-def register_champion(settings: Settings, seed: int = 1) -> str:
+def register_champion(settings: Settings, seed: int = 1, label_spec: dict | None = None) -> str:
     """Log, digest and register one model in ``settings``' registry, at the champion alias; its version.
-    Points the mlflow module at that registry (callers restore the previous tracking URI)."""
+    Points the mlflow module at that registry (callers restore the previous tracking URI).
+    ``label_spec`` (a LabelSpec's dict) is recorded as a trained model's is: the gates need it to judge."""
     import mlflow
     from lightbox.adapters import mlflow_registry
 
@@ -25,7 +26,7 @@ def register_champion(settings: Settings, seed: int = 1) -> str:
     example = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 224), dtype=np.uint8)
     with mlflow.start_run():
         version = mlflow_registry.log_lightbox_model(
-            model, example, settings.model_name, tag_names=list(TAG_VOCABULARY)
+            model, example, settings.model_name, tag_names=list(TAG_VOCABULARY), label_spec=label_spec
         )
     digest = mlflow_registry.version_digest(settings, version)
     mlflow_registry.set_version_tags(settings, version, digest.tags())

@@ -33,6 +33,7 @@ from pipelines.score_catalog import (
     ERROR,
     OK,
     SKIP,
+    actor_threads,
     embeddings_of,
     read_one,
     rows_from_batch,
@@ -188,6 +189,14 @@ def test_score_batch_scores_only_what_was_read_in_model_batches() -> None:
     assert rows[1].error == "corrupt" and rows[1].tag_probs is None
     assert rows[2].tag_probs == pytest.approx({"a": 20 / 255, "b": 1 - 20 / 255})
     assert {(r.model_name, r.model_version) for r in rows} == {("m", "7")}
+
+
+def test_cpu_model_actors_share_their_node_cores_not_one_thread_each() -> None:
+    assert actor_threads([2.0], 1) == 2  # one actor on a 2-core node: both cores, not Ray's one
+    assert actor_threads([16.0], 2) == 8
+    assert actor_threads([16.0, 16.0], 2) == 16  # SPREAD: one actor per node
+    assert actor_threads([8.0, 16.0], 4) == 4  # the smallest node, two actors on it
+    assert actor_threads([2.0], 3) == 1 and actor_threads([], 1) == 1  # never below one
 
 
 def test_embeddings_go_with_the_scored_rows_only_into_the_online_frame() -> None:
