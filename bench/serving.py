@@ -296,8 +296,22 @@ class _Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.retry_after: str | None = None  # of the last answer
 
     async def post(self, path: str, body: bytes, content_type: str) -> int:
+        """POST once; a kept-alive connection the server has closed meanwhile (uvicorn closes one idle
+        for 5 s: a client waiting out a long Retry-After) is opened again and the request sent once
+        more, as HTTP clients do."""
+        reused = self.writer is not None
+        try:
+            return await self._post(path, body, content_type)
+        except (ConnectionError, EOFError):
+            if not reused:
+                raise
+            await self.close()
+            return await self._post(path, body, content_type)
+
+    async def _post(self, path: str, body: bytes, content_type: str) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -311,6 +325,7 @@ class _Connection:
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        self.retry_after = fields.get("retry-after")
         if fields.get("transfer-encoding", "").lower() == "chunked":
             while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
                 await self.reader.readexactly(size + 2)

@@ -33,6 +33,11 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(minutes=1)}
             description="models:/NAME@ALIAS or models:/NAME/VERSION; empty: the champion",
         ),
         "out": Param(None, type=["null", "string"], description="parquet folder or `postgres`"),
+        "online": Param(
+            None,
+            type=["null", "boolean"],
+            description="also publish scores and embeddings to Feast online; empty: LIGHTBOX_SCORE_ONLINE",
+        ),
     },
 )
 def lightbox_score_catalog():
@@ -45,7 +50,9 @@ def lightbox_score_catalog():
         from pipelines import score_catalog
 
         p = context["params"]
-        settings, source, out, alias, version = score_catalog.job_settings(p["source"], p["model"], p["out"])
+        settings, source, out, alias, version = score_catalog.job_settings(
+            p["source"], p["model"], p["out"], p.get("online")
+        )
         if source is None:
             raise AirflowSkipException("no catalog to score: set the source param or LIGHTBOX_CATALOG_SOURCE")
         return asdict(score_catalog.run(settings, source, out, alias=alias, version=version))

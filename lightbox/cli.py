@@ -496,6 +496,12 @@ def demo(
 def consume(
     max_messages: Annotated[int | None, typer.Option(help="stop after about this many")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="stop after this many idle seconds")] = None,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online", help="also publish scores and embeddings to Feast online (LIGHTBOX_SCORE_ONLINE)"
+        ),
+    ] = False,
 ) -> None:
     """Score images named on the upload queue with the champion into PostgreSQL (LIGHTBOX_RESULTS_DSN)."""
     import logging
@@ -503,7 +509,7 @@ def consume(
     from pipelines import score_uploads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _tracked(load_settings())
+    settings = _tracked(load_settings(**({"score_online": True} if online else {})))
     _print(score_uploads.run(settings, max_messages=max_messages, idle_timeout_s=idle_timeout))
 
 

@@ -376,7 +376,7 @@ def _score(
 ) -> None:
     from lightbox.ray_cluster import ray_session
 
-    publish = _Publisher(settings) if settings.score_online else None
+    publish = OnlinePublisher(settings) if settings.score_online else None
     with ray_session(settings):
         dedupe, last_flush = Deduper(), time.monotonic()
         buffer: list[ScoreRow] = []
@@ -413,8 +413,9 @@ def _score(
             flush()
 
 
-class _Publisher:
-    """Writes each flush's scored rows to Feast (offline part + online), numbered parts per job."""
+class OnlinePublisher:
+    """Writes each flush's scored rows to Feast (offline part + online), numbered parts per job: the
+    bulk job's and the upload consumer's."""
 
     def __init__(self, settings: Settings) -> None:
         import uuid
@@ -548,14 +549,17 @@ def image_pipeline(
 
 
 def job_settings(
-    source: str | None, model: str | None, out: str | None
+    source: str | None, model: str | None, out: str | None, online: bool | None = None
 ) -> tuple[Settings, str | None, str, str | None, str | None]:
     """(settings, source, out, alias, version) for a run whose arguments may be None (the DAG's params):
-    ``model`` is a models:/ URI, whose name overrides settings.model_name; the rest fall back to the
-    settings' catalog_source and catalog_out."""
+    ``model`` is a models:/ URI, whose name overrides settings.model_name; ``online`` overrides
+    settings.score_online; the rest fall back to the settings' catalog_source and catalog_out."""
     from lightbox.settings import load_settings
     from pipelines.lineage import parse_model_uri
 
     name, version, alias = parse_model_uri(model) if model else (None, None, None)
-    settings = load_settings(model_name=name) if name else load_settings()
+    overrides: dict[str, object] = {"model_name": name} if name else {}
+    if online is not None:
+        overrides["score_online"] = online
+    settings = load_settings(**overrides)
     return settings, source or settings.catalog_source, out or settings.catalog_out_path, alias, version

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -33,6 +34,9 @@ from lightbox.adapters.postgres import ResultRow
 from lightbox.adapters.queue import Delivery
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.settings import Settings
+
+if TYPE_CHECKING:
+    from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +152,7 @@ class ConsumeStats:
     scored: int = 0
     dead: int = 0
     batches: int = 0
+    online: int = 0  # rows published to the Feast online store (settings.score_online)
     seconds: float = 0.0
     reasons: list[str] = field(default_factory=list)
 
@@ -205,6 +210,7 @@ def run(
             log.error("upload consumer not started: %s", exc)
             raise
     stats = ConsumeStats(model_version=predictor.version)
+    publish = _online(settings, predictor) if settings.score_online else None
     db = postgres.connect(settings.results_dsn)
     postgres.ensure_results_table(db, settings.results_table)
     conn = queue.connect(settings)
@@ -219,10 +225,13 @@ def run(
         def flush(batch: list[Delivery]) -> None:
             plan = prepare(batch, lambda uri: fetch_image(settings, uri), settings.max_pixels)
             if plan.ready:
-                scores, probs = predictor.predict(np.stack([p.pixels for p in plan.ready]))
+                pixels = np.stack([p.pixels for p in plan.ready])
+                scores, probs = predictor.predict(pixels)
                 rows = to_rows(
                     plan.ready, scores, probs, predictor.tag_names, predictor.name, predictor.version
                 )
+                if publish is not None:  # online before the commit: a crash between redelivers, rewrites
+                    stats.online += publish(plan.ready, rows, pixels)
                 postgres.upsert_results(db, settings.results_table, rows)  # commits
             for delivery, reason in plan.poison:
                 log.warning("dead-lettering message %d: %s", delivery.tag, reason)
@@ -260,3 +269,34 @@ def run(
             conn.close()
         db.close()
     return stats
+
+
+def _online(
+    settings: Settings, predictor: Predictor
+) -> Callable[[Sequence[Prepared], list[ResultRow], np.ndarray], int]:
+    """What publishes a batch's rows with their embeddings to Feast (the scores view, online), as the
+    bulk job does: a search service reads an upload's score by image id as soon as it is committed."""
+    from lightbox.results import ScoreRow
+    from pipelines.score_catalog import OnlinePublisher, extractor_embedding
+
+    publisher = OnlinePublisher(settings)
+    embed = extractor_embedding(predictor)
+
+    def publish(ready: Sequence[Prepared], rows: list[ResultRow], pixels: np.ndarray) -> int:
+        vectors = embed(pixels)
+        embeddings = {item.upload.image_id: vectors[i] for i, item in enumerate(ready)}  # last one wins
+        as_scores = [
+            ScoreRow(
+                uri=r.source_uri,
+                image_id=r.image_id,
+                content_hash=None,
+                model_name=r.model_name,
+                model_version=r.model_version,
+                score=r.score,
+                tag_probs=r.tag_probs,
+            )
+            for r in rows
+        ]
+        return publisher(as_scores, embeddings)
+
+    return publish

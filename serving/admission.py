@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,59 @@ class Refused(Exception):
     def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.reason, self.retry_after_s = reason, retry_after_s
+
+
+class RetrySchedule:
+    """``Retry-After`` for each refusal: refused requests are invited back spread out in time, so that
+    they return at about ``invite`` times what the model completes, not all in the same second.
+
+    Under a flood every refused client would otherwise come back a second later, together, be refused
+    again, and so on: a thousand clients cost a thousand refusals a second, taken from the cores the
+    model needs, for no more answers. Here a refusal is told the estimated wait (when the backlog ahead
+    has drained, at least 1 s) plus a random share of the time it would take to let back in what was
+    refused in the last ``window_s``, at ``invite`` times the measured rate (2: the queue stays full when
+    some clients do not return). The spread follows the recent refusals and nothing older, so a flood
+    that ended is forgotten within ``window_s`` and clients that gave up hold no place.
+    """
+
+    def __init__(
+        self,
+        invite: float = 2.0,
+        max_s: int = 60,
+        window_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not invite > 0:
+            raise ValueError(f"invite must be > 0, got {invite!r}")
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s!r}")
+        self.invite, self.max_s, self.window_s, self.clock, self.rng = invite, max_s, window_s, clock, rng
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (when, images) refused
+        self._recent_images = 0
+        self._lock = threading.Lock()
+
+    def refused_images_per_s(self) -> float:
+        """Images refused in the last ``window_s``, per second."""
+        with self._lock:
+            self._forget(self.clock())
+            return self._recent_images / self.window_s
+
+    def _forget(self, now: float) -> None:
+        while self._recent and self._recent[0][0] <= now - self.window_s:
+            self._recent_images -= self._recent.popleft()[1]
+
+    def retry_after(self, wait: float | None, n: int, images_per_s: float | None) -> int:
+        """Whole seconds (1..max_s) a refused request of ``n`` images should wait before it retries."""
+        now = self.clock()
+        with self._lock:
+            self._forget(now)
+            self._recent.append((now, max(1, n)))
+            self._recent_images += max(1, n)
+            refused = self._recent_images / self.window_s
+        base = wait if wait is not None else 0.0
+        spread = refused / (self.invite * images_per_s) if images_per_s else 0.0
+        return min(self.max_s, _whole_seconds(base + self.rng() * spread))
 
 
 class ServiceRate:
@@ -188,6 +242,7 @@ class Admission:
         metrics: AdmissionMetrics | None = None,
         *,
         unmeasured_limit: int | None = None,
+        retry: RetrySchedule | None = None,
     ) -> None:
         if not budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
@@ -200,6 +255,7 @@ class Admission:
         # does not know its speed yet and meets a flood would otherwise fill the queue to its cap, and
         # every request in it would wait seconds; one round of batches measures the rate in milliseconds.
         self.unmeasured_limit = unmeasured_limit
+        self.retry = retry or RetrySchedule()
         self.metrics = metrics or AdmissionMetrics(CollectorRegistry())
         self._reserved = 0
         self._computing = 0
@@ -254,13 +310,14 @@ class Admission:
         returns its estimated wait (None until the rate is measured)."""
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
-        wait = _wait(ahead, n, self.rate.streams, self.rate.images_per_s)  # estimate(), reading once
+        rate = self.rate.images_per_s
+        wait = _wait(ahead, n, self.rate.streams, rate)  # estimate(), reading once
         waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(
                 "queue",
                 f"{waiting} images waiting + {n} new > max_queue={self.max_queue}",
-                _whole_seconds(wait),
+                self.retry.retry_after(wait, n, rate),
             )
         limit = self.unmeasured_limit
         if wait is None and limit is not None and ahead > 0 and ahead + n > limit:
@@ -275,7 +332,7 @@ class Admission:
                 f"estimated wait {wait:.2f}s"
                 + (f" + {slack:.2f}s beyond the model" if slack else "")
                 + f" > budget {self.budget_s:.2f}s",
-                _whole_seconds(wait),
+                self.retry.retry_after(wait, n, rate),
             )
         return wait
 
@@ -305,7 +362,9 @@ class Admission:
 
     def refused_by_queue(self, message: str) -> Refused:
         """The batcher's own cap refused a request admitted here (it raced another): count it."""
-        refused = Refused("queue", message, _whole_seconds(self.estimate(0)))
+        refused = Refused(
+            "queue", message, self.retry.retry_after(self.estimate(0), 1, self.rate.images_per_s)
+        )
         self._count_refusal(refused)
         return refused
 

@@ -17,7 +17,7 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
-from conftest import S3_ENV, PgDatabase, S3Server
+from conftest import S3_ENV, PgDatabase, S3Server, unique
 from PIL import Image
 
 import mlflow
@@ -136,6 +136,44 @@ def test_scores_good_images_and_dead_letters_poison(
     assert reasons["missing-file"].startswith("image not found") and "nope.png" in reasons["missing-file"]
     assert reasons[None].startswith("image_id must be")
     assert queue.depth(settings, settings.queue_name) == 0
+
+
+def test_online_publishes_each_upload_to_feast_in_redis(
+    settings: Settings, champion: Predictor, images: list[Path], redis_addr: str, tmp_path: Path
+) -> None:
+    """With score_online, a search service reads each upload's score, tags and embedding by (image id,
+    version) from the production online store as soon as the consumer committed it."""
+    from lightbox.adapters import feast_store
+    from lightbox.feature_schema import EMBEDDING_DIM
+
+    settings = settings.model_copy(
+        update={
+            "score_online": True,
+            "feast_project": unique(),
+            "feast_online_store": "redis",
+            "feast_redis": redis_addr,
+            "feast_registry": str(tmp_path / "feast" / "registry.db"),
+            "feast_offline_dir": str(tmp_path / "feast" / "offline"),
+        }
+    )
+    queue.publish(settings, [*_messages(images[:5]), {"image_id": "gone", "uri": str(tmp_path / "no.png")}])
+    try:
+        stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
+        assert (stats.scored, stats.dead, stats.online) == (5, 1, 5)
+        committed = {r["image_id"]: r for r in _rows(settings)}
+        keys = [(p.stem, champion.version) for p in images[:5]] + [("gone", champion.version)]
+        online = feast_store.online_scores(settings, keys)
+        for i, path in enumerate(images[:5]):
+            assert online["score"][i] == pytest.approx(committed[path.stem]["score"], abs=1e-6)
+            assert online["tag_probs"][i] == pytest.approx(committed[path.stem]["tag_probs"], abs=1e-6)
+        assert online["score"][5] is None  # dead-lettered: nothing published
+        # The embedding is the champion's own extractor output for the uploaded pixels.
+        pixels = np.stack([preprocess_bytes(images[2].read_bytes())])
+        with torch.inference_mode():
+            expected = champion.model.extractor(torch.from_numpy(pixels))[:, :EMBEDDING_DIM].numpy()
+        np.testing.assert_allclose(np.array(online["embedding"][2:3], np.float32), expected, atol=1e-4)
+    finally:
+        feast_store.teardown(settings)
 
 
 class _CrashAfterCommit(RuntimeError):

@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.admission import Admission, AdmissionMetrics, Refused, ServiceRate
+from serving.admission import Admission, AdmissionMetrics, Refused, RetrySchedule, ServiceRate
 
 pytestmark = pytest.mark.unit
 
@@ -301,3 +301,65 @@ def test_the_lag_sampler_sees_a_blocked_loop() -> None:
         return lag.seconds
 
     assert asyncio.run(main()) >= 0.15
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_refusals_are_spread_over_the_time_to_let_the_refused_back_in() -> None:
+    """8 img/s, invited back at 16/s: 160 images refused within the last second would take 10 s to
+    let back in; each is told the backlog's 1.25 s plus its random share of that."""
+    clock = Clock()
+    shares = iter([0.0] * 159 + [0.5, 1.0])
+    schedule = RetrySchedule(invite=2.0, clock=clock, rng=lambda: next(shares))
+    first = [schedule.retry_after(1.25, 1, 8.0) for _ in range(159)]
+    assert first == [2] * 159  # a share of 0: when the backlog has drained, rounded up
+    assert schedule.retry_after(1.25, 1, 8.0) == 7  # 1.25 + 0.5 * 160 / 16 = 6.25
+    assert schedule.retry_after(1.25, 1, 8.0) == 12  # 1.25 + 1.0 * 161 / 16 = 11.3
+    assert schedule.refused_images_per_s() == pytest.approx(161.0)
+
+
+def test_a_flood_that_ended_is_forgotten() -> None:
+    clock = Clock()
+    schedule = RetrySchedule(invite=2.0, clock=clock, rng=lambda: 1.0)
+    for _ in range(500):
+        schedule.retry_after(1.0, 1, 10.0)
+    assert schedule.retry_after(1.0, 1, 10.0) > 20
+    clock.now += 1.5  # no refusal for longer than the window: no client waits on the old flood
+    assert schedule.refused_images_per_s() == 0.0
+    assert schedule.retry_after(1.0, 1, 10.0) == 2  # 1 + 1 / 20, rounded up
+
+
+def test_a_request_of_many_images_counts_as_many() -> None:
+    clock = Clock()
+    schedule = RetrySchedule(invite=1.0, clock=clock, rng=lambda: 1.0)
+    assert schedule.retry_after(0.5, 30, 10.0) == 4  # 0.5 + 30 / 10 = 3.5
+
+
+def test_retry_after_without_a_measured_rate_and_its_cap() -> None:
+    clock = Clock()
+    assert RetrySchedule(clock=clock).retry_after(2.5, 1, None) == 3
+    assert RetrySchedule(clock=clock).retry_after(None, 1, None) == 1
+    capped = RetrySchedule(invite=1.0, max_s=5, clock=clock, rng=lambda: 1.0)
+    assert max(capped.retry_after(1.0, 1, 1.0) for _ in range(20)) == 5
+    with pytest.raises(ValueError, match="invite"):
+        RetrySchedule(invite=0)
+    with pytest.raises(ValueError, match="window_s"):
+        RetrySchedule(window_s=0)
+
+
+def test_a_flood_of_refusals_gets_spread_retry_afters() -> None:
+    admission, queue, _ = make(budget_s=1.0, rate=10.0)
+    queue.depth = 20  # 2.1 s for a new image
+    retries = []
+    for _ in range(200):
+        with pytest.raises(Refused) as caught:
+            admission.admit(1)
+        retries.append(caught.value.retry_after_s)
+    assert min(retries) == 3  # never sooner than the backlog drains
+    assert max(retries) > 5  # 200 refused in a second take 5 s to let back in at twice 10 img/s

@@ -289,3 +289,15 @@ def test_an_unusable_destination_is_refused(tmp_path: Path) -> None:
         open_sink("postgres", dsn=None, table="image_scores")
     with pytest.raises(BadDestination, match="local folder"):
         open_sink("s3://bucket/scores", dsn=None, table="image_scores")
+
+
+def test_job_settings_take_the_dags_params_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.score_catalog import job_settings
+
+    monkeypatch.setenv("LIGHTBOX_SCORE_ONLINE", "true")
+    monkeypatch.setenv("LIGHTBOX_CATALOG_SOURCE", "/photos")
+    settings, source, _, alias, version = job_settings(None, "models:/faces@challenger", None, False)
+    assert (settings.model_name, settings.score_online, source) == ("faces", False, "/photos")
+    assert (alias, version) == ("challenger", None)
+    settings, source, _, alias, _ = job_settings("s3://b/p", None, None, None)  # empty params: settings
+    assert (settings.score_online, source, alias) == (True, "s3://b/p", None)
