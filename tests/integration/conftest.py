@@ -4,6 +4,7 @@ serving app under uvicorn on a loopback socket."""
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
 import time
@@ -11,15 +12,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import uvicorn
+from PIL import Image
 
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.settings import Settings
 from serving.app import create_app
 from training.model import Heads, LightboxModel, ModelConfig
 from training.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def image() -> bytes:
+    """A 640x480 JPEG of blocky noise: what the serving tests post."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+    Image.fromarray(pixels).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

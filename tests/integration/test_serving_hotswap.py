@@ -5,17 +5,14 @@ every answer labelled with the version that actually computed it.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
@@ -41,16 +38,6 @@ def versions() -> dict[str, Predictor]:
             LightboxModel(config, Heads(config), extractor), "lightbox", version, "cpu"
         )
     return out
-
-
-@pytest.fixture(scope="module")
-def image() -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)).save(
-        buf, "JPEG"
-    )
-    return buf.getvalue()
 
 
 class Alternating:

@@ -5,7 +5,6 @@ new worker, and no process left once the app stops."""
 from __future__ import annotations
 
 import functools
-import io
 import multiprocessing as mp
 import os
 import signal
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from minion_models import dies_at_load, never_loads, seeded
-from PIL import Image
 
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings
@@ -38,15 +36,6 @@ def places_factory() -> functools.partial[Predictor]:
 @pytest.fixture(scope="module")
 def pets() -> Predictor:
     return seeded("pets", PETS, {"1": 1}, None)
-
-
-@pytest.fixture(scope="module")
-def image() -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
-    Image.fromarray(pixels).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def settings(tmp_path) -> Settings:
@@ -182,8 +171,6 @@ def test_a_registry_model_isolated_in_its_worker_answers_as_in_process(registere
     the alias in the server, then the worker loads that version through the same verified loader (and
     picks the same runtime) as an in-process model."""
     import os
-
-    import numpy as np
 
     from serving.server import _load
 

@@ -52,15 +52,6 @@ def places(extractor: FeatureExtractor) -> Predictor:
     return make(extractor, "places", PLACES, "7", 2)
 
 
-@pytest.fixture(scope="module")
-def image() -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
-    Image.fromarray(pixels).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def settings(tmp_path, **kw) -> Settings:
     base = {
         "project_dir": tmp_path,
