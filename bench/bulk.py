@@ -10,7 +10,9 @@ The catalog: ``--photos`` JPEGs at 640x480 and ``--camera`` at camera size (3000
   (b) decode-bound: read + decode + resize alone (lightbox.imaging.preprocess_bytes) on every core;
   (c) a naive loop: read, decode, then predict one image at a time, in one process;
   (d) the Ray Data pipeline (pipelines/score_catalog.run, parquet out), end to end and its marginal rate
-      (the whole catalog minus a quarter of it: Ray start and model load cancel out).
+      (the whole catalog minus a quarter of it: Ray start and model load cancel out); also its rate from
+      its first results to its last, which is higher than a steady rate (the reads decode ahead while
+      the model actors load); ``--also`` runs other actor layouts end to end.
 And the combined limit when model and decode share the cores: an image costs cores/a core-seconds of
 model and cores/b of decode, so ``cores`` cores finish 1 / (1/a + 1/b) images/s. Peak memory: the RSS
 of this process and every process under it (the local Ray's daemons and workers), sampled during (d),
@@ -243,8 +245,9 @@ class PeakRss:
 
 
 def pipeline_run(
-    project: Path, paths: list[Path], out: Path, cores: int, batch: int, threads: int | None = None
+    project: Path, paths: list[Path], out: Path, cores: int, batch: int, layout: dict | None = None
 ) -> dict:
+    """One run of (d); ``layout``: score_* settings (actors, actor_threads)."""
     from lightbox.settings import Settings
     from pipelines import score_catalog
 
@@ -253,7 +256,10 @@ def pipeline_run(
     # The batch of (a), not calibrated at actor start: a calibration's length varies from run to run, and
     # the marginal rate assumes the two runs' fixed costs are equal.
     settings = Settings(
-        project_dir=project, ray_num_cpus=cores, score_batch_size=batch, score_actor_threads=threads
+        project_dir=project,
+        ray_num_cpus=cores,
+        score_batch_size=batch,
+        **{f"score_{k}": v for k, v in (layout or {}).items()},
     )
     with PeakRss() as rss:
         result = score_catalog.run(settings, str(listing), str(out))
@@ -261,6 +267,8 @@ def pipeline_run(
     return {
         "images": len(paths),
         "seconds": result.seconds,
+        "streaming_img_s": result.streaming_images_per_s or 0.0,
+        "first_results_s": result.first_results_s or 0.0,
         "peak_rss_mb": rss.peak / 2**20,
         "cpu_s": rss.cpu_s,
     }
@@ -328,13 +336,11 @@ def run(args: argparse.Namespace) -> dict:
         pipeline_run(project, paths[:READ_WARMUP], tmp / "scores-warmup", cores, args.batch)
         quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores, args.batch)
         whole = pipeline_run(project, paths, tmp / "scores-whole", cores, args.batch)
-        # The same pipeline with other actor thread counts (LIGHTBOX_SCORE_ACTOR_THREADS), for comparison.
+        # The same pipeline in other layouts (LIGHTBOX_SCORE_ACTORS, _ACTOR_THREADS), the whole catalog
+        # once each.
         alt = {
-            n: [
-                pipeline_run(project, part, tmp / f"scores-{name}-t{n}", cores, args.batch, n)
-                for name, part in (("quarter", paths[: len(paths) // 4]), ("whole", paths))
-            ]
-            for n in args.also_threads
+            text: pipeline_run(project, paths, tmp / f"scores-alt{i}", cores, args.batch, parse_layout(text))
+            for i, text in enumerate(args.also)
         }
 
     combined = 1 / (1 / a["img_s"] + 1 / b)
@@ -359,19 +365,29 @@ def run(args: argparse.Namespace) -> dict:
         "c_runtime": naive["runtime"],
         "d_end_to_end_img_s": round(d_end_to_end, 1),
         "d_marginal_img_s": round(d_marginal, 1),
+        "d_streaming_img_s": round(whole["streaming_img_s"], 1),
         "d_over_c": round(d_marginal / c, 2),
         "d_over_combined_limit": round(d_marginal / combined, 2),
         "d_cpu_bound_img_s": round(_cpu_bound(quarter, whole, cores), 1),
         "d_runs": [_rounded(quarter), _rounded(whole)],
-        "d_other_threads": {
-            str(n): {"d_marginal_img_s": round(_marginal(q, w), 1), "runs": [_rounded(q), _rounded(w)]}
-            for n, (q, w) in alt.items()
-        },
+        "d_other_layouts": {text: _rounded(w) for text, w in alt.items()},
     }
 
 
 def _marginal(quarter: dict, whole: dict) -> float:
     return (whole["images"] - quarter["images"]) / max(1e-9, whole["seconds"] - quarter["seconds"])
+
+
+def parse_layout(text: str) -> dict:
+    """``actors=2,actor_threads=1`` -> the score_* settings it names."""
+    known = {"actors": int, "actor_threads": int}
+    layout = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in known:
+            raise SystemExit(f"unknown layout key {key!r} in {text!r}: use {', '.join(known)}")
+        layout[key] = known[key](value)
+    return layout
 
 
 def _cpu_bound(quarter: dict, whole: dict, cores: int) -> float:
@@ -396,6 +412,11 @@ def markdown(r: dict) -> str:
             r["c_naive_img_s"],
         ),
         (
+            f"(d) Ray Data pipeline, after its first results ({w['first_results_s']} s) to the last, incl."
+            " images decoded ahead during the model load: not a steady rate",
+            r["d_streaming_img_s"],
+        ),
+        (
             f"(d) Ray Data pipeline, marginal ({w['images']} - {q['images']} images)",
             r["d_marginal_img_s"],
         ),
@@ -404,8 +425,11 @@ def markdown(r: dict) -> str:
             r["d_end_to_end_img_s"],
         ),
         *(
-            (f"(d) the same, marginal, model actor on {n} thread(s)", alt["d_marginal_img_s"])
-            for n, alt in r["d_other_threads"].items()
+            (
+                f"(d) end to end, layout {text} (CPU s: {_cpu_text(alt)})",
+                round(alt["images"] / alt["seconds"], 1),
+            )
+            for text, alt in r["d_other_layouts"].items()
         ),
     ]
     head = (
@@ -423,11 +447,13 @@ def markdown(r: dict) -> str:
             f"seconds allow at most {r['d_cpu_bound_img_s']} images/s on {r['cores']} cores. "
             "Peak RSS (driver + Ray): "
             f"{q['peak_rss_mb']:.0f} MB at {q['images']} images, {w['peak_rss_mb']:.0f} MB at {w['images']}.",
-            f"CPU seconds during (d) at {w['images']} images: "
-            + ", ".join(f"{k} {v}" for k, v in w["cpu_s"].items())
-            + ".",
+            f"CPU seconds during (d) at {w['images']} images: " + _cpu_text(w) + ".",
         ]
     )
+
+
+def _cpu_text(run: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in run["cpu_s"].items())
 
 
 def main() -> None:
@@ -440,11 +466,11 @@ def main() -> None:
     p.add_argument("--naive-images", type=int, default=200, help="(c) runs on this many, the catalog's mix")
     p.add_argument("--use-settings", action="store_true", help="the champion of the LIGHTBOX_* settings")
     p.add_argument(
-        "--also-threads",
-        type=int,
+        "--also",
         nargs="*",
         default=[],
-        help="also run (d) with these model actor thread counts (default: the setting's default only)",
+        metavar="LAYOUT",
+        help="also run (d) in these layouts, e.g. actors=1,actor_threads=1",
     )
     p.add_argument("--markdown", action="store_true", help="also print the docs/benchmarks.md table")
     p.add_argument("--model-layout", nargs=5, help=argparse.SUPPRESS)

@@ -42,7 +42,7 @@ import numpy as np
 from lightbox.catalog import list_source, read_uri, with_retries
 from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, preprocess_bytes
-from lightbox.photos import content_id
+from lightbox.photos import id_of_digest
 from lightbox.progress import progress
 from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_json
 from lightbox.settings import Settings
@@ -60,6 +60,11 @@ OK, ERROR, SKIP = "ok", "error", "skip"
 READ_BATCH = 16  # images per read task: enough to amortize a task, small enough to spread over cores
 FLUSH_EVERY_S = 60.0  # a part at least this often: a killed slow job loses at most a minute of work
 ERRORS_SHOWN = 20
+# Ray CPUs a model actor and a read task reserve: they bound how many run at once, not their threads
+# (an actor's are actor_threads). One actor per core on one thread each, reads at half a CPU, measured
+# slower end to end on 2 cores (docs/benchmarks.md): the second model load outweighed the layout.
+ACTOR_CPUS = 1.0
+READ_CPUS = 1.0
 _PIXELS = (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
 
 
@@ -90,7 +95,7 @@ def read_one(
     except FileNotFoundError as exc:
         return Read(uri, ERROR, error=f"not found: {exc}")
     digest = hashlib.sha256(data).hexdigest()
-    image_id = content_id(data)  # the importer's and the upload consumer's id: sha256[:16]
+    image_id = id_of_digest(digest)  # the importer's and the upload consumer's id
     if image_id in done_ids:
         return Read(uri, SKIP, image_id, digest)
     try:
@@ -322,14 +327,47 @@ class ScoreResult:
     read_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its tasks decoded
     seconds: float = 0.0
     images_per_s: float = 0.0
+    # From the first scored batch to the last: the pipeline's rate once Ray has started and the model
+    # actors have loaded (fixed costs that a big catalog amortizes and a small one is mostly made of).
+    first_results_s: float | None = None  # from the start of the job
+    streaming_images_per_s: float | None = None  # None: fewer than two batches came out
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
 
     def summary(self) -> str:
         return (
             f"{self.model_name} v{self.model_version}: {self.scored} scored, {self.skipped} skipped, "
             f"{self.failed} failed of {self.listed} in {self.seconds:.1f}s "
-            f"({self.images_per_s:.1f} images/s) -> {self.out}"
+            f"({self.images_per_s:.1f} images/s{self._streaming()}) -> {self.out}"
         )
+
+    def _streaming(self) -> str:
+        if self.streaming_images_per_s is None or self.first_results_s is None:
+            return ""
+        return f"; {self.streaming_images_per_s:.1f}/s after the first results at {self.first_results_s:.1f}s"
+
+
+class StreamClock:
+    """The rate of a stream of batches from its first to its last: images after the first batch over
+    the time between them (the first batch's own images are what the start-up produced)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.first: float | None = None
+        self.last: float | None = None
+        self.after_first = 0
+
+    def batch(self, images: int) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first = now
+        else:
+            self.after_first += images
+        self.last = now
+
+    def images_per_s(self) -> float | None:
+        if self.first is None or self.last is None or self.last <= self.first:
+            return None
+        return self.after_first / (self.last - self.first)
 
 
 def run(
@@ -356,7 +394,11 @@ def run(
         result.listed = len(uris)
         log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)
         if todo:
-            _score(settings, todo, done.image_ids, alias, version, sink, result)
+            stream = StreamClock()
+            _score(settings, todo, done.image_ids, alias, version, sink, result, stream)
+            result.streaming_images_per_s = stream.images_per_s()
+            if stream.first is not None:
+                result.first_results_s = stream.first - t0
     finally:
         sink.close()
     result.seconds = time.monotonic() - t0
@@ -373,6 +415,7 @@ def _score(
     version: str,
     sink: Any,
     result: ScoreResult,
+    stream: StreamClock,
 ) -> None:
     from lightbox.ray_cluster import ray_session
 
@@ -410,6 +453,7 @@ def _score(
                     flush()
                     buffer, last_flush = [], now
                 bar.update(len(batch["uri"]))
+                stream.batch(len(batch["uri"]))
             flush()
 
 
@@ -489,6 +533,17 @@ def _actor_node_cpus(settings: Settings, use_gpu: bool) -> list[float]:
     ]
 
 
+def check_reservations(actors: int, actor_cpus: float, read_cpus: float, cluster_cpus: float) -> None:
+    """Refuse a layout whose model actors leave no room for a read task: actors hold their CPUs for the
+    whole job, so the reads would wait forever and the job would hang instead of failing."""
+    if actors * actor_cpus > cluster_cpus - read_cpus:
+        raise ValueError(
+            f"score_actors={actors} at {actor_cpus:g} CPU each would leave less than a read task's"
+            f" {read_cpus:g} of the Ray cluster's {cluster_cpus:g} CPUs to read and decode images:"
+            " use fewer actors, or more CPUs (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
+        )
+
+
 def image_pipeline(
     settings: Settings,
     uris: list[str],
@@ -507,11 +562,7 @@ def image_pipeline(
     context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
     actors, use_gpu = actor_pool(settings)
     cpus = ray.cluster_resources().get("CPU", 0)
-    if actors >= cpus:  # each actor holds a CPU for the whole job: the read tasks would wait forever
-        raise ValueError(
-            f"score_actors={actors} would hold all {cpus:g} CPUs of the Ray cluster and leave none to read "
-            "and decode images: use fewer actors, or more CPUs (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
-        )
+    check_reservations(actors, ACTOR_CPUS, READ_CPUS, cpus)
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
     actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
     # Blocks of READ_BATCH URIs, rounded up: a block is a read task and, downstream, an actor's task (24
@@ -528,7 +579,7 @@ def image_pipeline(
             "attempts": settings.score_read_attempts,
             "done_ref": [ray.put(done_ids)],
         },
-        num_cpus=1,
+        num_cpus=READ_CPUS,
     )
     ds = ds.map_batches(
         model,
@@ -536,7 +587,7 @@ def image_pipeline(
         batch_format="numpy",
         fn_constructor_kwargs=model_kwargs,
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1,
+        num_cpus=ACTOR_CPUS,
         num_gpus=1 if use_gpu else 0,
         resources=dict(settings.score_actor_resources) or None,
         # Model actors on different nodes where they can be. And remote args unlike the read step's:

@@ -33,7 +33,9 @@ from pipelines.score_catalog import (
     ERROR,
     OK,
     SKIP,
+    StreamClock,
     actor_threads,
+    check_reservations,
     embeddings_of,
     read_one,
     rows_from_batch,
@@ -301,3 +303,25 @@ def test_job_settings_take_the_dags_params_over_the_environment(monkeypatch: pyt
     assert (alias, version) == ("challenger", None)
     settings, source, _, alias, _ = job_settings("s3://b/p", None, None, None)  # empty params: settings
     assert (settings.score_online, source, alias) == (True, "s3://b/p", None)
+
+
+def test_reservations_leave_a_read_task_room() -> None:
+    check_reservations(1, 1.0, 1.0, 2.0)  # one actor and one read task on 2 CPUs
+    check_reservations(2, 0.5, 0.5, 2.0)  # one single-thread actor per core, reads beside them
+    with pytest.raises(ValueError, match="score_actors=2 at 1 CPU each") as err:
+        check_reservations(2, 1.0, 1.0, 2.0)  # the reads would wait forever: refused, not hung
+    assert "LIGHTBOX_RAY_NUM_CPUS" in str(err.value)
+    with pytest.raises(ValueError):
+        check_reservations(3, 0.5, 0.75, 2.0)
+
+
+def test_stream_clock_leaves_the_start_up_out() -> None:
+    now = iter([10.0, 12.0, 13.0, 14.0])
+    clock = StreamClock(clock=lambda: next(now))
+    assert clock.images_per_s() is None  # nothing came out
+    clock.batch(16)  # at 10 s: what Ray's start and the model load produced
+    assert clock.images_per_s() is None  # one batch: no interval yet
+    for _ in range(3):
+        clock.batch(16)  # at 12, 13, 14 s
+    assert clock.images_per_s() == pytest.approx(48 / 4.0)
+    assert clock.first == 10.0 and clock.last == 14.0
