@@ -179,6 +179,7 @@ def prepare_artifacts(out: Path) -> dict:
 @dataclass
 class Overload:
     connections: int
+    pooled: bool  # the connections were open before the clock started (no connection storm)
     requests: int
     ok: int
     rejected: int
@@ -198,8 +199,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _overload(url: str, jpegs: list[bytes], connections: int, seconds: float) -> dict:
-    """``connections`` keep-alive clients for ``seconds``; a 429 makes its client wait Retry-After."""
+async def _overload(
+    url: str, jpegs: list[bytes], connections: int, seconds: float, preconnect: bool = False
+) -> dict:
+    """``connections`` keep-alive clients for ``seconds``; a 429 makes its client wait Retry-After.
+
+    ``preconnect``: every connection is open before the clock starts, as behind a proxy or load
+    balancer that keeps a pool of connections to the server; else they all open at the start (a
+    connection storm: the connects wait in the kernel's accept queue, where the app cannot see them)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -207,10 +214,16 @@ async def _overload(url: str, jpegs: list[bytes], connections: int, seconds: flo
     latencies: list[float] = []
     opening: list[float] = []  # each connection's first answered request: it includes the connect
     statuses: list[int] = []
+    conns = [
+        bench_serving._Connection(parts.hostname or "127.0.0.1", parts.port or 80) for _ in range(connections)
+    ]
+    if preconnect:
+        await asyncio.gather(*(c.connect() for c in conns))
+        await asyncio.sleep(0.5)  # the server has accepted them all
     deadline = time.perf_counter() + seconds
 
     async def client(i: int) -> None:
-        conn = bench_serving._Connection(parts.hostname or "127.0.0.1", parts.port or 80)
+        conn = conns[i]
         k = i
         first = True
         try:
@@ -226,7 +239,7 @@ async def _overload(url: str, jpegs: list[bytes], connections: int, seconds: flo
                 k += connections
                 statuses.append(status)
                 if status == 200:
-                    (opening if first else latencies).append(time.perf_counter() - t)
+                    (opening if first and not preconnect else latencies).append(time.perf_counter() - t)
                 first = False
                 if status == 429:  # as a well-behaved client does: wait what Retry-After says
                     retry = float(conn.retry_after or 1)
@@ -254,17 +267,23 @@ async def _overload(url: str, jpegs: list[bytes], connections: int, seconds: flo
     }
 
 
-def overload_sweep(url: str, pid: int, levels: list[int], seconds: float) -> list[Overload]:
+def overload_sweep(
+    url: str, pid: int, levels: list[int], seconds: float, pooled: bool = False
+) -> list[Overload]:
+    """Each level with every connection opening at the start; with ``pooled``, the largest level again
+    on connections opened beforehand (a request storm without a connection storm)."""
     jpegs = bench_serving.make_jpegs()
     bench_serving.run_client(_overload(url, jpegs, 2, 1.0))  # warm connections and the decode pool
     rows = []
-    for c in levels:
+    runs = [(c, False) for c in levels] + ([(max(levels), True)] if pooled and levels else [])
+    for c, pre in runs:
         cpu0 = _cpu_seconds(pid)
-        r = bench_serving.run_client(_overload(url, jpegs, c, seconds))
-        row = Overload(connections=c, server_cpu_s=_cpu_seconds(pid) - cpu0, **r)
+        r = bench_serving.run_client(_overload(url, jpegs, c, seconds, preconnect=pre))
+        row = Overload(connections=c, pooled=pre, server_cpu_s=_cpu_seconds(pid) - cpu0, **r)
         rows.append(row)
         print(
-            f"  c={c:5d}: goodput {row.goodput:6.1f} img/s  p50 {row.p50_ms:6.0f} ms"
+            f"  c={c:5d}{' pooled' if pre else ''}: goodput {row.goodput:6.1f} img/s"
+            f"  p50 {row.p50_ms:6.0f} ms"
             f"  p99 {row.p99_ms:6.0f} ms (steady {row.steady_p99_ms:6.0f})"
             f"  ok {row.ok} 429 {row.rejected} err {row.errors}"
             f"  server CPU {row.server_cpu_s:.1f} s",
@@ -326,7 +345,8 @@ def markdown(r: dict) -> str:
     ]
     for o in r["overload"]:
         lines.append(
-            f"| {o['connections']} | {o['goodput']:.1f} | {o['goodput'] / saturated:.2f} |"
+            f"| {o['connections']}{' (pooled)' if o.get('pooled') else ''} | {o['goodput']:.1f} |"
+            f" {o['goodput'] / saturated:.2f} |"
             f" {o['p50_ms']:.0f} | {o['p99_ms']:.0f} | {o['steady_p99_ms']:.0f} |"
             f" {o['opening_ok']} ({o['opening_max_ms']:.0f}) | {o['ok']} | {o['rejected']} | {o['errors']} |"
             f" {o['server_cpu_s'] * 1000 / max(1, o['requests']):.2f} |"
@@ -359,6 +379,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="4,8,16")  # below the budget: saturated, nothing refused
     p.add_argument("--overload", default="64,256,1024")
     p.add_argument("--budget-ms", type=float, default=1000.0)
+    p.add_argument("--pooled", action="store_true", help="also the largest level on connections opened first")
     p.add_argument("--client-cores", type=int, default=1, help="load generator cores (0: shared)")
     p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes.json")
     args = p.parse_args()
@@ -400,7 +421,11 @@ def main() -> None:
         )
         print("overload:", flush=True)
         rows = overload_sweep(
-            srv.url + "/predict", srv.proc.pid, [int(x) for x in args.overload.split(",")], args.seconds
+            srv.url + "/predict",
+            srv.proc.pid,
+            [int(x) for x in args.overload.split(",")],
+            args.seconds,
+            args.pooled,
         )
     os.sched_setaffinity(0, server_cpus | client_cpus)
     # The runtime the server serves (the verified fp32 export), alone again: this VM drifts over minutes.

@@ -298,6 +298,10 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.retry_after: str | None = None  # of the last answer
 
+    async def connect(self) -> None:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
     async def post(self, path: str, body: bytes, content_type: str) -> int:
         """POST once; a kept-alive connection the server has closed meanwhile (uvicorn closes one idle
         for 5 s: a client waiting out a long Retry-After) is opened again and the request sent once
@@ -312,8 +316,7 @@ class _Connection:
             return await self._post(path, body, content_type)
 
     async def _post(self, path: str, body: bytes, content_type: str) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        await self.connect()
         assert self.reader is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"

@@ -90,6 +90,68 @@ class RetrySchedule:
         return min(self.max_s, _whole_seconds(base + self.rng() * spread))
 
 
+class CpuCost:
+    """Process CPU seconds per completed image, and so the most images/s the process's ``cores`` can
+    complete: decoding, HTTP, refusals and the model all included.
+
+    The model's own rate (``ServiceRate``) counts only its batches. Where decoding and the event loop
+    share the model's cores (a CPU server), every image also costs them their share, and the model
+    completes fewer images/s than its batches alone would: on one core, a fifth fewer with this
+    project's model. Admission that trusts the batches alone lets in more than the budget holds, most
+    of all when a flood arrives at once. Measured over windows of at least ``min_images`` completed
+    images and ``min_s``; a window longer than ``max_s`` (the server was idle or nearly) is dropped,
+    so idle time and light load never count. None until a window under load has been measured.
+    One per process, shared by its models: the CPU is the process's.
+    """
+
+    def __init__(
+        self,
+        cores: int,
+        *,
+        min_images: int = 32,
+        min_s: float = 0.5,
+        max_s: float = 5.0,
+        alpha: float = 0.3,
+        cpu_clock: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cores < 1:
+            raise ValueError(f"cores must be >= 1, got {cores!r}")
+        self.cores, self.min_images, self.min_s, self.max_s, self.alpha = (
+            cores,
+            min_images,
+            min_s,
+            max_s,
+            alpha,
+        )
+        self.cpu_clock, self.clock = cpu_clock, clock
+        self._lock = threading.Lock()
+        self._t0, self._cpu0, self._images = clock(), cpu_clock(), 0
+        self._cpu_per_image: float | None = None
+
+    def completed(self, images: int) -> None:
+        """``images`` more were computed (any model of the process)."""
+        with self._lock:
+            self._images += images
+            now = self.clock()
+            elapsed = now - self._t0
+            if self._images < self.min_images and elapsed <= self.max_s:
+                return
+            if elapsed < self.min_s:
+                return
+            cpu = self.cpu_clock()
+            if elapsed <= self.max_s:  # images kept coming: a window under load
+                sample = (cpu - self._cpu0) / self._images
+                old = self._cpu_per_image
+                self._cpu_per_image = sample if old is None else old + self.alpha * (sample - old)
+            self._t0, self._cpu0, self._images = now, cpu, 0
+
+    @property
+    def images_per_s(self) -> float | None:
+        s = self._cpu_per_image
+        return None if s is None else self.cores / max(s, 1e-9)
+
+
 class ServiceRate:
     """Images/s the model completes: ``streams`` side by side / an EWMA of the seconds per image of
     finished batches.
@@ -97,21 +159,29 @@ class ServiceRate:
     Per image, not per batch: the batch sizes vary with the load. Per stream, not wall-clock images/s:
     a quiet server completes few images/s because few arrive, not because it is slow. Under overload
     (the only time the estimate refuses anything) every stream is busy, and the measured batch times
-    include what they cost each other and the decoding threads on the same cores.
+    include what they cost each other. They do not include the time the model's cores spend between
+    batches on decoding and HTTP: with ``cpu`` (``CpuCost``), the rate is at most what the process's
+    CPU completes, all of that included.
 
     A batch still running counts as soon as it has run longer per image than the average: a slowdown
     (other processes taking the cores, a long garbage collection) shows at once instead of when the
     slow batch ends, by which time the server would have admitted a backlog it cannot serve in time.
     """
 
-    def __init__(self, streams: int, alpha: float = 0.2, seed_images_per_s: float | None = None) -> None:
+    def __init__(
+        self,
+        streams: int,
+        alpha: float = 0.2,
+        seed_images_per_s: float | None = None,
+        cpu: CpuCost | None = None,
+    ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams!r}")
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
         if seed_images_per_s is not None and not seed_images_per_s > 0:
             raise ValueError(f"seed_images_per_s must be > 0, got {seed_images_per_s!r}")
-        self.streams, self.alpha = streams, alpha
+        self.streams, self.alpha, self.cpu = streams, alpha, cpu
         # Seconds one image costs one stream; None until a batch finished (or a seed was given).
         self._seconds_per_image = streams / seed_images_per_s if seed_images_per_s else None
         self._lock = threading.Lock()  # compute threads observe side by side
@@ -141,6 +211,8 @@ class ServiceRate:
             start, images = self._running.pop(key)
         if ok:
             self.observe(images, time.monotonic() - start)
+            if self.cpu is not None:
+                self.cpu.completed(images)
 
     @property
     def images_per_s(self) -> float | None:
@@ -153,7 +225,9 @@ class ServiceRate:
             running = list(self._running.values())
         # Slower than the average so far (a lower bound on its own seconds per image): the slowest counts.
         s = max([s] + [(now - start) / images for start, images in running if images > 0])
-        return self.streams / max(s, 1e-9)
+        model = self.streams / max(s, 1e-9)
+        cpu = self.cpu.images_per_s if self.cpu is not None else None
+        return model if cpu is None else min(model, cpu)
 
 
 class LoopLag:
@@ -261,11 +335,12 @@ class Admission:
         self._computing = 0
         self._lock = threading.Lock()
         # What admitted requests took beyond the wait estimated when they were admitted. The estimate
-        # counts only the model's work; decoding, the batch fill wait and event-loop delays come on top
-        # and grow with the load. Keeping this much of the budget free (a recent 99th percentile,
-        # at most half the budget) holds the admitted tail within the budget, not just the average:
-        # a request exceeds the budget only when its own overrun exceeds the slack, so the quantile
-        # kept is the share of admitted requests that may (the promise is a p99).
+        # counts the model's work (at most at the rate the CPU allows: CpuCost); the batch fill wait,
+        # event-loop delays and a flood's bursts come on top and grow with the load. Keeping this much
+        # of the budget free (a recent 99th percentile, at most half the budget) holds the admitted
+        # tail within the budget, not just the average: a request exceeds the budget only when its own
+        # overrun exceeds the slack, so the quantile kept is the share of admitted requests that may
+        # (the promise is a p99).
         self._overruns: collections.deque[float] = collections.deque(maxlen=_OVERRUN_WINDOW)
         self._slack = 0.0
         self.metrics.budget.set(budget_s)

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightbox.settings import Settings
-from serving.admission import LoopLag
+from serving.admission import CpuCost, LoopLag
 from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, v2_model_name
 from serving.batching import BatcherClosed
 from serving.canary import KEY_HEADER
@@ -42,7 +42,7 @@ from serving.multi import (
     infer_all,
 )
 from serving.reload import HotSwapper, ModelLoader
-from serving.runtime import ApiError, InferenceRuntime, Prediction
+from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
 from serving.uploads import uploaded_images
 from serving.v2 import v2_router
 from training.predictor import Predictor
@@ -84,8 +84,10 @@ def _model_entry(result: list[Prediction] | ModelError, cut: float, several: boo
     return _answer(result, cut, several) | {"version": result[0].predictor.version}
 
 
-def _served(settings: Settings, src: ModelSource, registry: CollectorRegistry | None) -> ServedModel:
-    runtime = InferenceRuntime(src.settings or settings, src.predictor, registry)
+def _served(
+    settings: Settings, src: ModelSource, registry: CollectorRegistry | None, cpu: CpuCost
+) -> ServedModel:
+    runtime = InferenceRuntime(src.settings or settings, src.predictor, registry, cpu)
     swapper = (
         HotSwapper(
             runtime,
@@ -158,12 +160,15 @@ def create_app(
     sources = [ModelSource(predictor, loader)] if isinstance(predictor, Predictor) else list(predictor)
     if loader is not None and not isinstance(predictor, Predictor):
         raise ValueError("with several models, each ModelSource carries its own loader")
-    models = ModelSet([_served(settings, src, registry if len(sources) == 1 else None) for src in sources])
+    cpu = CpuCost(usable_cores())  # the process's CPU, shared by its models (admission's rate bound)
+    models = ModelSet(
+        [_served(settings, src, registry if len(sources) == 1 else None, cpu) for src in sources]
+    )
     runtime = models.primary.runtime
     page = (Path(__file__).parent / "static" / "index.html").read_text("utf-8")
     rival = (
         Challenger(
-            _served(settings, challenger, None),
+            _served(settings, challenger, None, cpu),
             canary_percent=settings.serve_canary_percent,
             shadow_fraction=settings.serve_shadow_fraction,
             tag_threshold=settings.serve_tag_threshold,

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.settings import Settings
-from serving.admission import Admission, AdmissionMetrics, Refused, Reservation, ServiceRate
+from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, Reservation, ServiceRate
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
 from serving.metrics import ServingMetrics
 from serving.prediction_metrics import PredictionMetrics
@@ -141,7 +141,13 @@ class InferenceRuntime:
     some other way should call it (or ``apply_torch_threads``) first.
     """
 
-    def __init__(self, settings: Settings, predictor: Predictor, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        registry: CollectorRegistry | None = None,
+        cpu_cost: CpuCost | None = None,
+    ):
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = ServingMetrics(self.registry)
@@ -164,7 +170,9 @@ class InferenceRuntime:
         self.admission = Admission(
             settings.serve_max_latency_ms / 1000,
             settings.serve_max_queue,
-            ServiceRate(self.layout.concurrent_batches),
+            # Bounded by what the process's CPU completes (decode and HTTP beside the model): one
+            # CpuCost for all the models of an app (serving.app), else this runtime's own.
+            ServiceRate(self.layout.concurrent_batches, cpu=cpu_cost or CpuCost(usable_cores())),
             lambda: self.batcher.queue_depth,
             AdmissionMetrics(self.registry),
             unmeasured_limit=self.config.max_batch_size * self.layout.concurrent_batches,

@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.admission import Admission, AdmissionMetrics, Refused, RetrySchedule, ServiceRate
+from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, RetrySchedule, ServiceRate
 
 pytestmark = pytest.mark.unit
 
@@ -363,3 +363,74 @@ def test_a_flood_of_refusals_gets_spread_retry_afters() -> None:
         retries.append(caught.value.retry_after_s)
     assert min(retries) == 3  # never sooner than the backlog drains
     assert max(retries) > 5  # 200 refused in a second take 5 s to let back in at twice 10 img/s
+
+
+class Clocks:
+    """Wall and process-CPU clocks a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = 100.0, 50.0
+
+    def spend(self, wall_s: float, cpu_s: float) -> None:
+        self.wall += wall_s
+        self.cpu += cpu_s
+
+
+def _cpu_cost(clocks: Clocks, cores: int = 1) -> CpuCost:
+    return CpuCost(
+        cores,
+        min_images=10,
+        min_s=0.5,
+        max_s=5.0,
+        alpha=0.5,
+        cpu_clock=lambda: clocks.cpu,
+        clock=lambda: clocks.wall,
+    )
+
+
+def test_the_cpu_each_image_costs_bounds_the_rate_the_model_alone_would_give() -> None:
+    clocks = Clocks()
+    cpu = _cpu_cost(clocks, cores=2)
+    rate = ServiceRate(streams=1, seed_images_per_s=100.0, cpu=cpu)  # the batches alone: 100 images/s
+    assert rate.images_per_s == pytest.approx(100.0)  # nothing measured: the model's rate
+    clocks.spend(wall_s=1.0, cpu_s=1.0)  # 20 images in 1 s took 1 CPU-second: 50 ms each, all included
+    cpu.completed(20)
+    assert cpu.images_per_s == pytest.approx(2 / 0.05)  # 2 cores / 50 ms
+    assert rate.images_per_s == pytest.approx(40.0)  # the lower of the two
+    clocks.spend(wall_s=1.0, cpu_s=0.1)  # later cheaper (a GPU took the model): 5 ms per image
+    cpu.completed(20)
+    assert cpu.images_per_s == pytest.approx(2 / 0.0275)  # EWMA: 50 + 0.5 * (5 - 50) ms
+    assert rate.images_per_s == pytest.approx(2 / 0.0275)  # now the CPU allows more: still the lower
+
+
+def test_idle_time_and_light_load_never_count_as_cpu_per_image() -> None:
+    clocks = Clocks()
+    cpu = _cpu_cost(clocks)
+    clocks.spend(wall_s=0.2, cpu_s=0.2)
+    cpu.completed(30)  # enough images but under min_s: not yet a window
+    assert cpu.images_per_s is None
+    clocks.spend(wall_s=30.0, cpu_s=0.5)  # a few requests over half a minute: the window is too long
+    cpu.completed(3)
+    assert cpu.images_per_s is None  # dropped, and a new window starts
+    clocks.spend(wall_s=1.0, cpu_s=0.5)
+    cpu.completed(9)  # under min_images within max_s: waits for more
+    assert cpu.images_per_s is None
+    clocks.spend(wall_s=0.0, cpu_s=0.0)
+    cpu.completed(1)  # 10 images in 1 s for 0.5 CPU-s: measured
+    assert cpu.images_per_s == pytest.approx(1 / 0.05)
+    with pytest.raises(ValueError, match="cores"):
+        CpuCost(0)
+
+
+def test_admission_refuses_sooner_when_the_cpu_per_image_is_the_limit() -> None:
+    clocks = Clocks()
+    cpu = _cpu_cost(clocks)
+    queue, registry = Queue(), CollectorRegistry()
+    rate = ServiceRate(1, seed_images_per_s=20.0, cpu=cpu)
+    admission = Admission(1.0, 256, rate, queue, AdmissionMetrics(registry))
+    queue.depth = 15
+    assert admission.check(1) == pytest.approx(16 / 20)  # the model alone: 0.8 s, admitted
+    clocks.spend(wall_s=1.0, cpu_s=1.0)
+    cpu.completed(10)  # decode and HTTP on the same core: 100 ms an image, 10 images/s
+    with pytest.raises(Refused):
+        admission.check(1)  # 16 images at 10/s: 1.6 s, over the budget
