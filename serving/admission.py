@@ -231,18 +231,55 @@ class ServiceRate:
 
 
 class LoopLag:
-    """How late the event loop runs a callback that is due: the time a request that has arrived waits
-    before the server reads it (and each hop of an admitted request back through the loop). Under a flood
-    of connections this is what the model's queue does not show, and a client sees it all; exported as
-    ``lightbox_admission_loop_lag_seconds`` for an operator to watch.
+    """The event loop's part of a request's wait, which the model's queue does not show: how late the
+    loop runs a callback that is due, and the share of the cores it takes from the model to read, decide
+    and answer the requests arriving.
 
-    ``run`` samples it on the loop (a sleep of ``interval_s``, and how late it woke); ``seconds`` is the
-    largest of the last ``window`` samples, so a burst counts at once and fades within about a second.
+    A flood arrives faster than the loop reads it: a thousand requests opened at once are read in bursts
+    over a few hundred milliseconds, and every one of them is parsed, and most refused, on the cores the
+    admitted requests are decoded and computed on. Estimated from the model's rate alone, the first
+    requests admitted then wait for all of that too: on one core a third over the budget. So admission
+    divides the model's wait by the share of the cores left to it (``1 - load``: the arrival rate of the
+    last ``recent_s``, times the loop thread's CPU per request, over the cores; at most ``max_load``), and
+    adds the lag of the latest sample (how long ago the requests it is deciding were read). The CPU per
+    request is measured over windows of at least ``min_requests`` requests and ``min_s`` that are not
+    longer than ``max_s`` (idle time and light load never count). ``AdmissionMiddleware`` counts each
+    request as it arrives and decides it one loop turn later, after the requests read in the same burst
+    have counted themselves and the sampler (a timer callback, run ahead of task steps) has run.
+
+    ``seconds`` (the metric ``lightbox_admission_loop_lag_seconds``) is the largest of the last
+    ``window`` samples, so a burst shows at once and fades within about a second.
     """
 
-    def __init__(self, interval_s: float = 0.02, window: int = 50) -> None:
-        self.interval_s = interval_s
+    def __init__(
+        self,
+        interval_s: float = 0.02,
+        window: int = 50,
+        cores: int = 1,
+        *,
+        recent_s: float = 0.25,
+        max_load: float = 0.8,
+        min_requests: int = 64,
+        min_s: float = 0.5,
+        max_s: float = 5.0,
+        alpha: float = 0.3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= max_load < 1:
+            raise ValueError(f"max_load must be in [0, 1), got {max_load!r}")
+        self.interval_s, self.cores, self.recent_s, self.max_load = (
+            interval_s,
+            max(1, cores),
+            recent_s,
+            max_load,
+        )
+        self.min_requests, self.min_s, self.max_s, self.alpha = min_requests, min_s, max_s, alpha
+        self.clock = clock
         self._samples: collections.deque[float] = collections.deque([0.0], maxlen=window)
+        self._arrivals: collections.deque[float] = collections.deque()  # within recent_s
+        self._requests = 0  # all time, for the CPU windows
+        self._window: tuple[float, float, int] | None = None  # (wall, loop-thread CPU, requests) at start
+        self.cpu_per_request: float | None = None
 
     def observe(self, late_s: float) -> None:
         self._samples.append(max(0.0, late_s))
@@ -251,12 +288,67 @@ class LoopLag:
     def seconds(self) -> float:
         return max(self._samples)
 
+    @property
+    def latest(self) -> float:
+        return self._samples[-1]
+
+    def arrived(self) -> None:
+        """One inference request has been read (called on the loop)."""
+        now = self.clock()
+        self._requests += 1
+        self._arrivals.append(now)
+        while self._arrivals[0] <= now - self.recent_s:
+            self._arrivals.popleft()
+
+    def load(self) -> float:
+        """The share of the cores the loop takes at the recent arrival rate (0 until measured)."""
+        if not self.cpu_per_request:
+            return 0.0
+        now = self.clock()
+        while self._arrivals and self._arrivals[0] <= now - self.recent_s:
+            self._arrivals.popleft()
+        per_s = len(self._arrivals) / self.recent_s
+        return min(self.max_load, per_s * self.cpu_per_request / self.cores)
+
+    def observe_cpu(self, wall: float, cpu: float) -> None:
+        """A reading of the loop thread's CPU clock at ``wall``: closes a window when it is due."""
+        if self._window is None:
+            self._window = (wall, cpu, self._requests)
+            return
+        wall0, cpu0, requests0 = self._window
+        requests, elapsed = self._requests - requests0, wall - wall0
+        if elapsed > self.max_s or (requests >= self.min_requests and elapsed >= self.min_s):
+            if elapsed <= self.max_s:
+                sample = (cpu - cpu0) / requests
+                old = self.cpu_per_request
+                self.cpu_per_request = sample if old is None else old + self.alpha * (sample - old)
+            self._window = (wall, cpu, self._requests)
+
+    def wait(self, model_wait: float) -> float:
+        """A request's wait with the loop's part: the model's, on the share of the cores left to it,
+        plus the latest lag."""
+        return model_wait / (1 - self.load()) + self.latest
+
     async def run(self) -> None:
+        """Sample on a timer callback (not a task's sleep): it runs as soon as it is due, ahead of the
+        task steps of the same loop turn, so a decision sees the lag of the burst it belongs to."""
         loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + self.interval_s
-            await asyncio.sleep(self.interval_s)
-            self.observe(loop.time() - due)
+        handle: asyncio.TimerHandle | None = None
+
+        def tick(due: float) -> None:
+            nonlocal handle
+            now = loop.time()
+            self.observe(now - due)
+            self.observe_cpu(now, time.thread_time())
+            handle = loop.call_at(now + self.interval_s, tick, now + self.interval_s)
+
+        first = loop.time() + self.interval_s
+        handle = loop.call_at(first, tick, first)
+        try:
+            await loop.create_future()  # until cancelled with the app
+        finally:
+            if handle is not None:
+                handle.cancel()
 
 
 class AdmissionMetrics:
@@ -345,10 +437,8 @@ class Admission:
         self._slack = 0.0
         self.metrics.budget.set(budget_s)
         self.metrics.slack.set_function(lambda: self._slack)
-        # The app's event-loop lag (LoopLag, sampled by the app), exported beside the estimate. Not added
-        # to it: in one side-by-side comparison (docs/benchmarks.md) counting it refused more under a
-        # 1,024-connection flood (goodput 0.65 vs 0.90 of saturated) without a lower admitted p99,
-        # which there is dominated by the client's own delay.
+        # The event loop's part of the wait (LoopLag, one per app, set by the app): its lag and the
+        # share of the cores it takes from the model under a flood.
         self.loop_lag: LoopLag | None = None
         self.metrics.loop_lag.set_function(lambda: self.loop_lag.seconds if self.loop_lag else 0.0)
         self.metrics.estimated_wait.set_function(lambda: self.estimate(1) or 0.0)  # read at scrape
@@ -399,6 +489,8 @@ class Admission:
             raise Refused(
                 "latency", f"service rate not measured yet: {ahead} images ahead + {n} new > {limit}", 1
             )
+        if wait is not None and self.loop_lag is not None:
+            wait = self.loop_lag.wait(wait)  # with the event loop's part: its lag and its share of the cores
         # Never refuse on an idle server: a request bigger than the budget could not do better later.
         slack = self._slack
         if wait is not None and wait + slack > self.budget_s and ahead > 0:

@@ -9,13 +9,14 @@ on refusing is a core the admitted ones wait for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from serving.admission import Admission, Refused, Reservation
+from serving.admission import Admission, LoopLag, Refused, Reservation
 from serving.metrics import ROUTE_KEY
 from serving.runtime import overloaded
 
@@ -77,10 +78,12 @@ class AdmissionMiddleware:
         app: Any,
         admission: Admission | None = None,
         admit: Callable[[MutableMapping[str, Any], str], Reservation] | None = None,
+        lag: LoopLag | None = None,
     ) -> None:
         if (admission is None) == (admit is None):
             raise ValueError("give either admission or admit")
         self.app = app
+        self.lag = lag
         self.admit: Callable[[MutableMapping[str, Any], str], Reservation] = admit or (
             lambda _scope, _route: admission.admit(1)  # type: ignore[union-attr]
         )
@@ -94,6 +97,12 @@ class AdmissionMiddleware:
         if route is None:
             await self.app(scope, receive, send)
             return
+        if self.lag is not None:
+            # Count this request as read and decide it one loop turn later: the requests read in the
+            # same burst have counted themselves by then, and the lag sampler has run (LoopLag), so
+            # the decision knows the flood it is in.
+            self.lag.arrived()
+            await asyncio.sleep(0)
         try:
             ticket = self.admit(scope, route)
         except Refused as refused:

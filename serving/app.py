@@ -161,6 +161,7 @@ def create_app(
     if loader is not None and not isinstance(predictor, Predictor):
         raise ValueError("with several models, each ModelSource carries its own loader")
     cpu = CpuCost(usable_cores())  # the process's CPU, shared by its models (admission's rate bound)
+    lag = LoopLag(cores=usable_cores())  # the event loop's, as admission counts it
     models = ModelSet(
         [_served(settings, src, registry if len(sources) == 1 else None, cpu) for src in sources]
     )
@@ -204,7 +205,6 @@ def create_app(
             recording = rival.record_forever(settings.serve_shadow_record_interval_s)
             followers.append(asyncio.create_task(recording, name="shadow-recorder"))
         # One loop, one lag: every model's admission counts it (serving/admission.LoopLag).
-        lag = LoopLag()
         for m in every:
             m.runtime.admission.loop_lag = lag
         followers.append(asyncio.create_task(lag.run(), name="loop-lag"))
@@ -239,7 +239,7 @@ def create_app(
     app.state.registry = exported
     _install_error_handlers(app)
     # Admission inside the request metrics, so that its refusals are counted as requests too.
-    app.add_middleware(AdmissionMiddleware, admit=admit)
+    app.add_middleware(AdmissionMiddleware, admit=admit, lag=lag)
     app.add_middleware(RequestMetricsMiddleware, metrics=http)
 
     @app.post("/predict")

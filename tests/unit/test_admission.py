@@ -8,7 +8,15 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, RetrySchedule, ServiceRate
+from serving.admission import (
+    Admission,
+    AdmissionMetrics,
+    CpuCost,
+    LoopLag,
+    Refused,
+    RetrySchedule,
+    ServiceRate,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -271,19 +279,74 @@ def test_a_final_extension_records_the_wait_it_was_admitted_with() -> None:
     assert ticket.admitted and ticket.estimated == pytest.approx(0.5)  # (3 + 2) / 10
 
 
-def test_event_loop_lag_is_exported_beside_the_estimate() -> None:
+def test_the_event_loop_lag_is_exported_and_counted_in_the_wait() -> None:
     from serving.admission import LoopLag
 
     admission, queue, registry = make(budget_s=1.0, rate=10.0)
     lag = LoopLag(window=3)
     admission.loop_lag = lag
-    lag.observe(0.4)
+    lag.observe(0.4)  # the requests being decided were read 0.4 s ago
     assert _metric(registry, "lightbox_admission_loop_lag_seconds") == pytest.approx(0.4)
     queue.depth = 8
-    admission.admit(1).release()  # 0.9 s: the lag is watched, not counted (docs/benchmarks.md)
-    for _ in range(3):  # a burst leaves the window
+    with pytest.raises(Refused, match="estimated wait 1.30s"):
+        admission.admit(1)  # 0.9 s of model time + 0.4 s already waited
+    for _ in range(3):  # the burst leaves the window
         lag.observe(0.0)
     assert lag.seconds == 0.0
+    assert admission.check(1) == pytest.approx(0.9)
+
+
+def _lag_with_cpu_per_request(clock: Clock, cpu_s: float, cores: int = 1) -> LoopLag:
+    """A LoopLag whose loop thread was measured at ``cpu_s`` per request (100 requests in one second)."""
+    lag = LoopLag(cores=cores, recent_s=0.25, max_load=0.8, min_requests=10, min_s=0.5, clock=clock)
+    lag.observe_cpu(wall=0.0, cpu=0.0)
+    for _ in range(100):
+        lag.arrived()
+    lag.observe_cpu(wall=1.0, cpu=100 * cpu_s)
+    assert lag.cpu_per_request == pytest.approx(cpu_s)
+    clock.now += 10  # those arrivals are long past
+    return lag
+
+
+def test_a_flood_of_arrivals_takes_the_model_s_share_of_the_cores() -> None:
+    clock = Clock()
+    lag = _lag_with_cpu_per_request(clock, cpu_s=0.001)
+    assert lag.load() == 0.0 and lag.wait(0.5) == pytest.approx(0.5)  # nothing arriving
+    for _ in range(50):  # 200 requests/s at 1 ms of loop CPU each: a fifth of the one core
+        lag.arrived()
+    assert lag.load() == pytest.approx(0.2)
+    assert lag.wait(0.4) == pytest.approx(0.5)  # 0.4 s of model time on 80% of the core
+    for _ in range(1000):  # a flood: capped, the model keeps a share
+        lag.arrived()
+    assert lag.load() == pytest.approx(0.8)
+    clock.now += 0.3  # the burst is over
+    assert lag.load() == 0.0
+    spread = _lag_with_cpu_per_request(Clock(), cpu_s=0.001, cores=4)
+    for _ in range(50):
+        spread.arrived()
+    assert spread.load() == pytest.approx(0.05)  # the same arrivals over four cores
+    with pytest.raises(ValueError, match="max_load"):
+        LoopLag(max_load=1.0)
+
+
+def test_the_loop_cpu_per_request_ignores_idle_and_light_load() -> None:
+    lag = LoopLag(min_requests=10, min_s=0.5, max_s=5.0, clock=Clock())
+    lag.observe_cpu(wall=0.0, cpu=0.0)
+    lag.arrived()
+    lag.observe_cpu(wall=30.0, cpu=0.3)  # one request in half a minute: the window is dropped
+    assert lag.cpu_per_request is None and lag.load() == 0.0
+
+
+def test_admission_holds_the_budget_with_the_loop_s_share() -> None:
+    clock = Clock()
+    admission, queue, _ = make(budget_s=1.0, rate=10.0)
+    admission.loop_lag = _lag_with_cpu_per_request(clock, cpu_s=0.002)
+    queue.depth = 6
+    assert admission.check(1) == pytest.approx(0.7)  # no flood: the model's 0.7 s
+    for _ in range(50):  # 200 requests/s at 2 ms each: 40% of the core
+        admission.loop_lag.arrived()
+    with pytest.raises(Refused, match="estimated wait 1.17s"):
+        admission.check(1)  # 0.7 s of model time on 60% of the core
 
 
 def test_the_lag_sampler_sees_a_blocked_loop() -> None:
