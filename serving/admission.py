@@ -45,14 +45,17 @@ class RetrySchedule:
     again, and so on: a thousand clients cost a thousand refusals a second, taken from the cores the
     model needs, for no more answers. Here a refusal is told the estimated wait (when the backlog ahead
     has drained, at least 1 s) plus a random share of the time it would take to let back in what was
-    refused in the last ``window_s``, at ``invite`` times the measured rate (2: the queue stays full when
-    some clients do not return). The spread follows the recent refusals and nothing older, so a flood
+    refused in the last ``window_s``, at ``invite`` times the measured rate. 1 by default: back when the
+    server could have answered them. Clients that do not return leave no gap, since the clients
+    answered send again and new ones arrive; at 2 (measured side by side, docs/benchmarks.md) half of
+    those invited back were refused again, and that CPU cost a 1,024-connection flood a tenth of its
+    goodput. The spread follows the recent refusals and nothing older, so a flood
     that ended is forgotten within ``window_s`` and clients that gave up hold no place.
     """
 
     def __init__(
         self,
-        invite: float = 2.0,
+        invite: float = 1.0,
         max_s: int = 60,
         window_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
