@@ -93,6 +93,41 @@ class RetrySchedule:
         return min(self.max_s, _whole_seconds(base + self.rng() * spread))
 
 
+class CpuPerUnit:
+    """CPU seconds per unit of work (an image, a request) as an EWMA over windows of at least
+    ``min_units`` units and ``min_s`` seconds. A window longer than ``max_s`` is dropped (idle time or
+    light load was in it), so only work done under load counts. ``per_unit``: None until measured.
+    Not thread-safe: its owner serializes ``add`` and ``reading``."""
+
+    def __init__(self, *, min_units: int, min_s: float, max_s: float, alpha: float) -> None:
+        self.min_units, self.min_s, self.max_s, self.alpha = min_units, min_s, max_s, alpha
+        self.per_unit: float | None = None
+        self._units = 0  # all time
+        self._start: tuple[float, float, int] | None = None  # (wall, CPU, units) when the window opened
+
+    def add(self, units: int) -> None:
+        self._units += units
+
+    def due(self, wall: float) -> bool:
+        """Whether a reading at ``wall`` would open or close a window (else it is not worth taking)."""
+        if self._start is None:
+            return True
+        elapsed, units = wall - self._start[0], self._units - self._start[2]
+        return elapsed > self.max_s or (units >= self.min_units and elapsed >= self.min_s)
+
+    def reading(self, wall: float, cpu: float) -> None:
+        """The CPU clock read at ``wall``: opens the first window, closes one that is due."""
+        if self._start is not None:
+            if not self.due(wall):
+                return
+            wall0, cpu0, units0 = self._start
+            if wall - wall0 <= self.max_s:  # the work kept coming: a window under load
+                sample = (cpu - cpu0) / (self._units - units0)
+                old = self.per_unit
+                self.per_unit = sample if old is None else old + self.alpha * (sample - old)
+        self._start = (wall, cpu, self._units)
+
+
 class CpuCost:
     """Process CPU seconds per completed image, and so the most images/s the process's ``cores`` can
     complete: decoding, HTTP, refusals and the model all included.
@@ -120,38 +155,22 @@ class CpuCost:
     ) -> None:
         if cores < 1:
             raise ValueError(f"cores must be >= 1, got {cores!r}")
-        self.cores, self.min_images, self.min_s, self.max_s, self.alpha = (
-            cores,
-            min_images,
-            min_s,
-            max_s,
-            alpha,
-        )
-        self.cpu_clock, self.clock = cpu_clock, clock
-        self._lock = threading.Lock()
-        self._t0, self._cpu0, self._images = clock(), cpu_clock(), 0
-        self._cpu_per_image: float | None = None
+        self.cores, self.cpu_clock, self.clock = cores, cpu_clock, clock
+        self._lock = threading.Lock()  # compute threads complete batches side by side
+        self._cost = CpuPerUnit(min_units=min_images, min_s=min_s, max_s=max_s, alpha=alpha)
+        self._cost.reading(clock(), cpu_clock())
 
     def completed(self, images: int) -> None:
         """``images`` more were computed (any model of the process)."""
         with self._lock:
-            self._images += images
+            self._cost.add(images)
             now = self.clock()
-            elapsed = now - self._t0
-            if self._images < self.min_images and elapsed <= self.max_s:
-                return
-            if elapsed < self.min_s:
-                return
-            cpu = self.cpu_clock()
-            if elapsed <= self.max_s:  # images kept coming: a window under load
-                sample = (cpu - self._cpu0) / self._images
-                old = self._cpu_per_image
-                self._cpu_per_image = sample if old is None else old + self.alpha * (sample - old)
-            self._t0, self._cpu0, self._images = now, cpu, 0
+            if self._cost.due(now):  # the CPU clock is read only when a window closes
+                self._cost.reading(now, self.cpu_clock())
 
     @property
     def images_per_s(self) -> float | None:
-        s = self._cpu_per_image
+        s = self._cost.per_unit
         return None if s is None else self.cores / max(s, 1e-9)
 
 
@@ -276,13 +295,11 @@ class LoopLag:
             recent_s,
             max_load,
         )
-        self.min_requests, self.min_s, self.max_s, self.alpha = min_requests, min_s, max_s, alpha
         self.clock = clock
         self._samples: collections.deque[float] = collections.deque([0.0], maxlen=window)
         self._arrivals: collections.deque[float] = collections.deque()  # within recent_s
-        self._requests = 0  # all time, for the CPU windows
-        self._window: tuple[float, float, int] | None = None  # (wall, loop-thread CPU, requests) at start
-        self.cpu_per_request: float | None = None
+        # The loop thread's CPU per request (read on the loop only: no lock).
+        self._cost = CpuPerUnit(min_units=min_requests, min_s=min_s, max_s=max_s, alpha=alpha)
 
     def observe(self, late_s: float) -> None:
         self._samples.append(max(0.0, late_s))
@@ -295,37 +312,33 @@ class LoopLag:
     def latest(self) -> float:
         return self._samples[-1]
 
+    @property
+    def cpu_per_request(self) -> float | None:
+        return self._cost.per_unit
+
     def arrived(self) -> None:
         """One inference request has been read (called on the loop)."""
         now = self.clock()
-        self._requests += 1
+        self._cost.add(1)
         self._arrivals.append(now)
-        while self._arrivals[0] <= now - self.recent_s:
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        while self._arrivals and self._arrivals[0] <= now - self.recent_s:
             self._arrivals.popleft()
 
     def load(self) -> float:
         """The share of the cores the loop takes at the recent arrival rate (0 until measured)."""
-        if not self.cpu_per_request:
+        cpu_per_request = self.cpu_per_request
+        if not cpu_per_request:
             return 0.0
-        now = self.clock()
-        while self._arrivals and self._arrivals[0] <= now - self.recent_s:
-            self._arrivals.popleft()
+        self._forget(self.clock())
         per_s = len(self._arrivals) / self.recent_s
-        return min(self.max_load, per_s * self.cpu_per_request / self.cores)
+        return min(self.max_load, per_s * cpu_per_request / self.cores)
 
     def observe_cpu(self, wall: float, cpu: float) -> None:
-        """A reading of the loop thread's CPU clock at ``wall``: closes a window when it is due."""
-        if self._window is None:
-            self._window = (wall, cpu, self._requests)
-            return
-        wall0, cpu0, requests0 = self._window
-        requests, elapsed = self._requests - requests0, wall - wall0
-        if elapsed > self.max_s or (requests >= self.min_requests and elapsed >= self.min_s):
-            if elapsed <= self.max_s:
-                sample = (cpu - cpu0) / requests
-                old = self.cpu_per_request
-                self.cpu_per_request = sample if old is None else old + self.alpha * (sample - old)
-            self._window = (wall, cpu, self._requests)
+        """A reading of the loop thread's CPU clock at ``wall``: opens or closes a window when due."""
+        self._cost.reading(wall, cpu)
 
     def wait(self, model_wait: float) -> float:
         """A request's wait with the loop's part: the model's, on the share of the cores left to it,

@@ -42,8 +42,14 @@ async def _ok(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
 def test_a_burst_is_decided_after_it_has_counted_itself() -> None:
     """Fifty requests arriving in one loop turn: the first decision already sees all fifty arrivals,
     so the loop's share of the core counts from the first request on."""
-    lag = LoopLag(cores=1)
-    lag.cpu_per_request = 0.004  # measured earlier: 4 ms of loop CPU per request
+    now = [100.0]
+    lag = LoopLag(cores=1, min_requests=10, clock=lambda: now[0])
+    lag.observe_cpu(wall=0.0, cpu=0.0)
+    for _ in range(10):
+        lag.arrived()
+    lag.observe_cpu(wall=1.0, cpu=0.04)  # measured earlier: 4 ms of loop CPU per request
+    assert lag.cpu_per_request == pytest.approx(0.004)
+    now[0] += 10  # those arrivals are long past; the burst below arrives at one instant
     seen: list[float] = []
     admission = Admission(
         1.0, 1000, ServiceRate(1, seed_images_per_s=50.0), lambda: 0, AdmissionMetrics(CollectorRegistry())
