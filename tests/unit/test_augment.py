@@ -4,6 +4,7 @@ the defects (sharpness, noise, exposure, colourfulness) stay within a small tole
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -58,15 +59,22 @@ def _assert_labels_hold(img: Image.Image, augmented: np.ndarray) -> None:
     assert all(moved[k] <= TOLERANCE[k] for k in TOLERANCE), moved
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    source=st.integers(0, 12),
-    kind=st.sampled_from((None, *distortions.KINDS)),
-    level=st.integers(1, 5),
-    ops=st.lists(st.sampled_from(OPS), unique=True),
-    strength=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**32 - 1),
-)
+def _label_cases(sources: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The examples both label properties draw: one of ``sources`` images, perhaps distorted, then any
+    safe augmentations at any strength."""
+    cases = given(
+        source=st.integers(0, sources - 1),
+        kind=st.sampled_from((None, *distortions.KINDS)),
+        level=st.integers(1, 5),
+        ops=st.lists(st.sampled_from(OPS), unique=True),
+        strength=st.floats(0.0, 1.0),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    limits = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    return lambda test: limits(cases(test))
+
+
+@_label_cases(13)  # _sources()
 def test_augmentation_never_changes_a_label(
     source: int, kind: str | None, level: int, ops: list[str], strength: float, seed: int
 ) -> None:
@@ -79,15 +87,7 @@ def test_augmentation_never_changes_a_label(
     _assert_labels_hold(img, out.pixels)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    source=st.integers(0, 11),
-    kind=st.sampled_from((None, *distortions.KINDS)),
-    level=st.integers(1, 5),
-    ops=st.lists(st.sampled_from(OPS), unique=True),
-    strength=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**32 - 1),
-)
+@_label_cases(12)  # _full_size()
 def test_augmenting_the_kept_pixels_never_changes_a_label(
     source: int, kind: str | None, level: int, ops: list[str], strength: float, seed: int
 ) -> None:
