@@ -1,7 +1,7 @@
 """Runtime and overload benchmark (issue 11): the model alone on each runtime, the server against the best
 of them, and an overload sweep against the latency budget. Writes a markdown table for docs/benchmarks.md.
 
-    .venv/bin/python bench/runtimes.py                       # ~5 minutes on 2 cores
+    .venv/bin/python bench/runtimes.py                       # ~9 minutes on 2 cores
     .venv/bin/python bench/runtimes.py --overload 64,256,1024 --budget-ms 1000
 
 1. **Model alone, one process per core**: TorchScript (the frozen graph torch serves), ONNX Runtime fp32
@@ -9,16 +9,19 @@ of them, and an overload sweep against the latency budget. Writes a markdown tab
    on real photos), each process single-threaded at batch 1 and 2, all started together. The best is
    the ceiling. The int8 row also gives its largest output difference from fp32 on real photos.
 2. **The server at saturation** on its default runtime for the model (ONNX Runtime on CPU), started as
-   `lightbox serve` starts it, against that ceiling.
+   `lightbox serve` starts it, against that ceiling; then ``--pairs`` rounds alternating the runtime it
+   serves alone and the server at its saturating concurrency (alone, server, alone, server, ... alone),
+   each server point over the mean of the two alone points around it.
 3. **Overload**: many keep-alive connections (up to 1,024) against ``LIGHTBOX_SERVE_MAX_LATENCY_MS``:
-   goodput (200s per second) against the saturated throughput, the p99 of admitted requests against the
-   budget, and the server's CPU per rejection. A refused client waits what ``Retry-After`` says before
+   goodput (200s per second) against a saturated point measured right before and right after that level,
+   the p99 of admitted requests against the budget, and the server's CPU per rejection. A refused client waits what ``Retry-After`` says before
    its next request on that connection.
 
 The load generator runs on its own core(s) (``--client-cores``, default 1 of this process's cores), the
 server and the model-alone processes on the rest: the server is compared with the model on the cores it
-has, and neither the client's work nor its scheduling delay lands in the server's numbers. The ceiling
-is measured before and after the server (the mean of the two: this VM drifts). ``--client-cores 0``
+has, and neither the client's work nor its scheduling delay lands in the server's numbers. Every ratio
+is between points measured next to each other (this VM's speed drifts by 15% within minutes, so a
+reference measured minutes before is off by as much as the gaps it judges). ``--client-cores 0``
 shares every core, as earlier runs did. Every number is from one run, side by side.
 """
 
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,15 +272,26 @@ async def _overload(
 
 
 def overload_sweep(
-    url: str, pid: int, levels: list[int], seconds: float, pooled: bool = False
-) -> list[Overload]:
+    url: str,
+    pid: int,
+    levels: list[int],
+    seconds: float,
+    pooled: bool = False,
+    saturated: Callable[[], float] | None = None,
+) -> tuple[list[Overload], list[float]]:
     """Each level with every connection opening at the start; with ``pooled``, the largest level again
-    on connections opened beforehand (a request storm without a connection storm)."""
+    on connections opened beforehand (a request storm without a connection storm). With ``saturated``
+    (a saturated point's images/s), one before each level and one after the last: each level's goodput
+    is compared with its two neighbours, not with a point measured minutes before (this VM drifts)."""
     jpegs = bench_serving.make_jpegs()
     bench_serving.run_client(_overload(url, jpegs, 2, 1.0))  # warm connections and the decode pool
-    rows = []
+    rows: list[Overload] = []
+    around: list[float] = []
     runs = [(c, False) for c in levels] + ([(max(levels), True)] if pooled and levels else [])
     for c, pre in runs:
+        if saturated is not None:
+            around.append(saturated())
+            print(f"  saturated: {around[-1]:6.1f} img/s", flush=True)
         cpu0 = _cpu_seconds(pid)
         r = bench_serving.run_client(_overload(url, jpegs, c, seconds, preconnect=pre))
         row = Overload(connections=c, pooled=pre, server_cpu_s=_cpu_seconds(pid) - cpu0, **r)
@@ -289,7 +304,30 @@ def overload_sweep(
             f"  server CPU {row.server_cpu_s:.1f} s",
             flush=True,
         )
-    return rows
+    if saturated is not None and runs:
+        around.append(saturated())
+        print(f"  saturated: {around[-1]:6.1f} img/s", flush=True)
+    return rows, around
+
+
+def alternate(reference: Callable[[], float], subject: Callable[[], float], rounds: int) -> dict:
+    """``reference``, then ``rounds`` times ``subject`` and ``reference`` again: each subject point
+    between two reference points, so that a drift of the machine's speed over minutes falls on both
+    sides of every ratio."""
+    refs = [reference()]
+    print(f"  alone:  {refs[-1]:6.1f} img/s", flush=True)
+    subjects = []
+    for _ in range(rounds):
+        subjects.append(subject())
+        print(f"  server: {subjects[-1]:6.1f} img/s", flush=True)
+        refs.append(reference())
+        print(f"  alone:  {refs[-1]:6.1f} img/s", flush=True)
+    return {"reference": refs, "subject": subjects, "ratios": between(refs, subjects)}
+
+
+def between(around: list[float], values: list[float]) -> list[float]:
+    """Each of ``values`` over the mean of the two points around it (``around`` has one more)."""
+    return [v / ((a + b) / 2) for v, a, b in zip(values, around, around[1:], strict=False)]
 
 
 def markdown(r: dict) -> str:
@@ -329,24 +367,31 @@ def markdown(r: dict) -> str:
         )
     saturated = max(row["img_s"] for row in r["server"])
     key = r["served_key"]
-    served = (r["model"][key] + r["served_after"]) / 2
+    paired = r["paired"]
+    ratios = paired["ratios"]
     lines += [
         "",
-        f"**Server / ceiling at the peak: {saturated / ceiling:.2f}.** Against the runtime it serves, alone"
-        f" on the same core(s) ({key}: {r['model'][key]:.1f} img/s before the server, {r['served_after']:.1f}"
-        f" after, mean {served:.1f}): **{saturated / served:.2f}**.",
+        f"**Server / ceiling at the peak: {saturated / ceiling:.2f}.** Against the runtime it serves ({key}),"
+        f" alternating on the same core(s): alone {' / '.join(f'{v:.1f}' for v in paired['reference'])}"
+        f" img/s, the server at {r['saturating_concurrency']} connections between them"
+        f" {' / '.join(f'{v:.1f}' for v in paired['subject'])}: each over the mean of its neighbours"
+        f" {' / '.join(f'{v:.2f}' for v in ratios)}, **median {statistics.median(ratios):.2f}**.",
         "",
-        f"**Overload** (budget {r['budget_ms']:.0f} ms; a refused client waits what Retry-After says):",
+        f"**Overload** (budget {r['budget_ms']:.0f} ms; a refused client waits what Retry-After says; a"
+        f" saturated point at {r['saturating_concurrency']} connections before each level and after the"
+        f" last: {' / '.join(f'{v:.1f}' for v in r['overload_saturated'])} img/s, each level against the"
+        " mean of its two):",
         "",
-        "| connections | goodput img/s | vs. saturated | admitted p50 ms | admitted p99 ms | p99 after"
-        " each connection's first | first requests answered (slowest ms) | 200 | 429 | errors"
+        "| connections | goodput img/s | vs. saturated around it | admitted p50 ms | admitted p99 ms"
+        " | p99 after each connection's first | first requests answered (slowest ms) | 200 | 429 | errors"
         " | server CPU ms / request |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for o in r["overload"]:
+    shares = between(r["overload_saturated"], [o["goodput"] for o in r["overload"]])
+    for o, share in zip(r["overload"], shares, strict=True):
         lines.append(
             f"| {o['connections']}{' (pooled)' if o.get('pooled') else ''} | {o['goodput']:.1f} |"
-            f" {o['goodput'] / saturated:.2f} |"
+            f" {share:.2f} |"
             f" {o['p50_ms']:.0f} | {o['p99_ms']:.0f} | {o['steady_p99_ms']:.0f} |"
             f" {o['opening_ok']} ({o['opening_max_ms']:.0f}) | {o['ok']} | {o['rejected']} | {o['errors']} |"
             f" {o['server_cpu_s'] * 1000 / max(1, o['requests']):.2f} |"
@@ -380,6 +425,7 @@ def main() -> None:
     p.add_argument("--overload", default="64,256,1024")
     p.add_argument("--budget-ms", type=float, default=1000.0)
     p.add_argument("--pooled", action="store_true", help="also the largest level on connections opened first")
+    p.add_argument("--pairs", type=int, default=3, help="rounds of server vs. served runtime, alternating")
     p.add_argument("--client-cores", type=int, default=1, help="load generator cores (0: shared)")
     p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes.json")
     args = p.parse_args()
@@ -406,6 +452,11 @@ def main() -> None:
             results["model"][f"{runtime}@{batch}"] = v
             print(f"  {runtime:18s} batch {batch}: {v:7.1f} img/s", flush=True)
 
+    # The runtime the server serves (the verified fp32 export) at its best batch alone: the reference the
+    # server is held to, measured again between the server's saturated points (this VM drifts).
+    served = max((k for k in results["model"] if k.startswith("onnxruntime@")), key=results["model"].get)
+    runtime, batch = served.rsplit("@", 1)
+    results["served_key"] = served
     env_budget = {"LIGHTBOX_SERVE_MAX_LATENCY_MS": str(int(args.budget_ms))}
     os.environ.update(env_budget)
     print("the server (default runtime, calibrated batch cap):", flush=True)
@@ -419,21 +470,33 @@ def main() -> None:
         results["server"] = bench_serving.sweep(
             srv.url + "/predict", bench_serving.make_jpegs(), levels, args.seconds, 5000, "server"
         )
-        print("overload:", flush=True)
-        rows = overload_sweep(
+        peak = max(results["server"], key=lambda row: row["img_s"])["concurrency"]
+        results["saturating_concurrency"] = peak
+
+        jpegs = bench_serving.make_jpegs()
+
+        def saturated() -> float:
+            r = bench_serving.run_client(
+                bench_serving._load(srv.url + "/predict", jpegs, peak, args.seconds, 5000)
+            )
+            return r.img_s
+
+        print(f"the server against the runtime it serves, alternating ({args.pairs} rounds):", flush=True)
+        results["paired"] = alternate(
+            lambda: side_by_side(runtime, int(batch), args.seconds, server_cpus, args.artifacts),
+            saturated,
+            args.pairs,
+        )
+        print("overload, a saturated point before and after each level:", flush=True)
+        rows, results["overload_saturated"] = overload_sweep(
             srv.url + "/predict",
             srv.proc.pid,
             [int(x) for x in args.overload.split(",")],
             args.seconds,
             args.pooled,
+            saturated,
         )
     os.sched_setaffinity(0, server_cpus | client_cpus)
-    # The runtime the server serves (the verified fp32 export), alone again: this VM drifts over minutes.
-    served = max((k for k in results["model"] if k.startswith("onnxruntime@")), key=results["model"].get)
-    runtime, batch = served.rsplit("@", 1)
-    results["served_key"] = served
-    results["served_after"] = side_by_side(runtime, int(batch), args.seconds, server_cpus, args.artifacts)
-    print(f"  {served} again: {results['served_after']:7.1f} img/s", flush=True)
     results["overload"] = [o.__dict__ for o in rows]
     results["cpu_per_rejection_ms"] = cpu_per_rejection(
         rows, rows[0] if rows and rows[0].rejected == 0 else None

@@ -199,8 +199,8 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
-    # None: `lightbox serve` measures the device at start and takes the smallest batch with near-peak
-    # images/s (serving.calibration); with serve_calibrate off, the device's table default
+    # None: `lightbox serve` measures the device at start and takes the largest batch at near-peak
+    # images/s whose pass fits a share of the latency budget (serving.calibration); with serve_calibrate off, the device's table default
     # (serving.runtime.DEFAULT_MAX_BATCH).
     serve_max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     serve_calibrate: bool = Field(default=True, description="measure the batch cap at start (a few s)")

@@ -10,7 +10,7 @@ import uvicorn
 from lightbox.adapters.mlflow_registry import ArtifactError
 from lightbox.settings import Settings
 from serving.app import ModelSource, create_app
-from serving.calibration import calibrate
+from serving.calibration import BUDGET_SHARE, calibrate
 from serving.minions import IsolatedLoader, IsolatedPredictor
 from serving.reload import ModelLoader
 from serving.runtime import apply_torch_threads, compute_layout, max_batch_size
@@ -154,7 +154,12 @@ def sized_for(settings: Settings, predictor: Predictor) -> Settings:
     if settings.serve_max_batch_size is None and settings.serve_calibrate:
         # Raises when not even batch 1 fits the device: then no cap could serve, so the server stops
         # at start with that message rather than failing requests later.
-        measured = calibrate(predictor.predict, device, layout.concurrent_batches)
+        measured = calibrate(
+            predictor.predict,
+            device,
+            layout.concurrent_batches,
+            max_batch_ms=settings.serve_max_latency_ms * BUDGET_SHARE,
+        )
         log.info("calibrated on %s: %s", device, measured.summary())
         settings = settings.model_copy(update={"serve_max_batch_size": measured.chosen})
     cap = max_batch_size(settings, device)
