@@ -425,6 +425,7 @@ class Admission:
         *,
         unmeasured_limit: int | None = None,
         retry: RetrySchedule | None = None,
+        batch: int = 1,
     ) -> None:
         if not budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
@@ -432,7 +433,12 @@ class Admission:
             raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
         if unmeasured_limit is not None and unmeasured_limit < 1:
             raise ValueError(f"unmeasured_limit must be >= 1, got {unmeasured_limit!r}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch!r}")
         self.budget_s, self.max_queue, self.rate, self.queued = budget_s, max_queue, rate, queued
+        # The batch cap: a request is answered when its whole batch is, so under load its own images
+        # take a full batch's turn however few they are.
+        self.batch = batch
         # Images in the server at most until the rate is measured (None: up to max_queue). A server that
         # does not know its speed yet and meets a flood would otherwise fill the queue to its cap, and
         # every request in it would wait seconds; one round of batches measures the rate in milliseconds.
@@ -479,12 +485,13 @@ class Admission:
         """Seconds until a request of ``n`` images is computed: the backlog ahead of it and its own
         images at the measured rate. None until the rate is measured.
 
-        Its own images take a whole stream's turn however few they are: one image alone on one of
-        two streams takes two images' worth of the total rate. A batch in progress counts whole (it may
-        have just started), the batch fill wait (a few ms) not at all, and decoding runs beside the
-        model, so it is left out too.
+        Its own images take a whole round of batches however few they are: one image alone on one of
+        two streams takes two images' worth of the total rate, and one image in a batch of four is
+        answered with the other three. A batch in progress counts whole (it may have just started),
+        the batch fill wait (a few ms) not at all, and decoding runs beside the model, so it is left
+        out too.
         """
-        return _wait(self.ahead(held), n, self.rate.streams, self.rate.images_per_s)
+        return _wait(self.ahead(held), n, self.rate.streams * self.batch, self.rate.images_per_s)
 
     def check(self, n: int, held: int = 0) -> float | None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits;
@@ -492,7 +499,7 @@ class Admission:
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
         rate = self.rate.images_per_s
-        wait = _wait(ahead, n, self.rate.streams, rate)  # estimate(), reading once
+        wait = _wait(ahead, n, self.rate.streams * self.batch, rate)  # estimate(), reading once
         waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(
@@ -576,8 +583,10 @@ _SLACK_QUANTILE = 0.99  # of recent overruns: the promise is on the admitted p99
 _OVERRUN_WINDOW = 256  # admitted requests whose overrun sets the slack: a few seconds under overload
 
 
-def _wait(ahead: int, n: int, streams: int, rate: float | None) -> float | None:
-    return None if rate is None else (ahead + streams * math.ceil(n / streams)) / rate
+def _wait(ahead: int, n: int, per_round: int, rate: float | None) -> float | None:
+    """``ahead`` images, then the request's ``n`` rounded up to whole rounds of ``per_round`` (streams x
+    batch cap), at ``rate``."""
+    return None if rate is None else (ahead + per_round * math.ceil(n / per_round)) / rate
 
 
 def _whole_seconds(wait: float | None) -> int:

@@ -176,6 +176,7 @@ class InferenceRuntime:
             lambda: self.batcher.queue_depth,
             AdmissionMetrics(self.registry),
             unmeasured_limit=self.config.max_batch_size * self.layout.concurrent_batches,
+            batch=self.config.max_batch_size,
         )
         self._decode_workers = settings.serve_decode_workers or usable_cores()
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None

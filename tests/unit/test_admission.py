@@ -108,6 +108,24 @@ def test_the_estimate_counts_queued_computing_and_reserved_images() -> None:
     assert admission.ahead() == 3  # the batch finished, the decoding request gave its images back
 
 
+def test_a_request_waits_for_its_whole_batch() -> None:
+    queue = Queue()
+    rate = ServiceRate(2, seed_images_per_s=10.0)
+    capped = Admission(1.0, 256, rate, queue, AdmissionMetrics(CollectorRegistry()), batch=4)
+    queue.depth = 5
+    # One image in a round of two batches of four is answered with the round: 5 ahead + 8, not + 2.
+    assert capped.estimate(1) == pytest.approx((5 + 8) / 10)
+    assert capped.estimate(9) == pytest.approx((5 + 16) / 10)
+    uncapped = Admission(1.0, 256, rate, queue, AdmissionMetrics(CollectorRegistry()))
+    assert uncapped.estimate(1) == pytest.approx((5 + 2) / 10)
+    # So the same queue refuses sooner with the cap: 13 images at 10/s is over a 1 s budget.
+    with pytest.raises(Refused):
+        capped.admit(1)
+    uncapped.admit(1).release()
+    with pytest.raises(ValueError, match="batch"):
+        Admission(1.0, 256, rate, queue, batch=0)
+
+
 def test_a_request_over_the_budget_is_refused_with_retry_after_from_the_estimate() -> None:
     admission, queue, registry = make(budget_s=1.0, rate=10.0)
     queue.depth = 9
