@@ -14,8 +14,8 @@ of them, and an overload sweep against the latency budget. Writes a markdown tab
    each server point over the mean of the two alone points around it.
 3. **Overload**: many keep-alive connections (up to 1,024) against ``LIGHTBOX_SERVE_MAX_LATENCY_MS``:
    goodput (200s per second) against a saturated point measured right before and right after that level,
-   the p99 of admitted requests against the budget, and the server's CPU per rejection. A refused client waits what ``Retry-After`` says before
-   its next request on that connection.
+   the p99 of admitted requests against the budget, and the server's CPU per rejection. A refused
+   client waits what ``Retry-After`` says before its next request on that connection.
 
 The load generator runs on its own core(s) (``--client-cores``, default 1 of this process's cores), the
 server and the model-alone processes on the rest: the server is compared with the model on the cores it

@@ -200,8 +200,8 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
     # None: `lightbox serve` measures the device at start and takes the largest batch at near-peak
-    # images/s whose pass fits a share of the latency budget (serving.calibration); with serve_calibrate off, the device's table default
-    # (serving.runtime.DEFAULT_MAX_BATCH).
+    # images/s whose pass fits a share of the latency budget (serving.calibration); with serve_calibrate
+    # off, the device's table default (serving.runtime.DEFAULT_MAX_BATCH).
     serve_max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     serve_calibrate: bool = Field(default=True, description="measure the batch cap at start (a few s)")
     # auto: the fastest runtime the gates verified for the version on this device (ONNX Runtime on CPU
