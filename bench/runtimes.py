@@ -429,6 +429,8 @@ def main() -> None:
     p.add_argument("--client-cores", type=int, default=1, help="load generator cores (0: shared)")
     p.add_argument("--out", type=Path, default=ROOT / ".lightbox" / "bench" / "runtimes.json")
     args = p.parse_args()
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1: each server point needs the runtime alone on both sides")
     if args.worker:
         worker(args.worker, args.batch, args.seconds, args.start_at, args.artifacts)
         return

@@ -436,9 +436,9 @@ class Admission:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch!r}")
         self.budget_s, self.max_queue, self.rate, self.queued = budget_s, max_queue, rate, queued
-        # The batch cap: a request is answered when its whole batch is, so under load its own images
-        # take a full batch's turn however few they are.
-        self.batch = batch
+        # Images a request's own take at the least: a request is answered when its whole batch is, and
+        # the streams run their batches side by side (streams x the batch cap).
+        self._per_round = rate.streams * batch
         # Images in the server at most until the rate is measured (None: up to max_queue). A server that
         # does not know its speed yet and meets a flood would otherwise fill the queue to its cap, and
         # every request in it would wait seconds; one round of batches measures the rate in milliseconds.
@@ -491,7 +491,7 @@ class Admission:
         the batch fill wait (a few ms) not at all, and decoding runs beside the model, so it is left
         out too.
         """
-        return _wait(self.ahead(held), n, self.rate.streams * self.batch, self.rate.images_per_s)
+        return _wait(self.ahead(held), n, self._per_round, self.rate.images_per_s)
 
     def check(self, n: int, held: int = 0) -> float | None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits;
@@ -499,7 +499,7 @@ class Admission:
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
         rate = self.rate.images_per_s
-        wait = _wait(ahead, n, self.rate.streams * self.batch, rate)  # estimate(), reading once
+        wait = _wait(ahead, n, self._per_round, rate)  # estimate(), reading once
         waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(

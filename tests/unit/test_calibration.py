@@ -27,6 +27,8 @@ def test_the_largest_batch_at_the_best_rate_wins() -> None:
     # GPU-like: the rate climbs until the device is full, then flattens.
     assert pick_batch_size(_rates(b1=100, b8=700, b16=1300, b32=1400, b64=1420)) == 64
     assert pick_batch_size(_rates(b1=100, b8=700, b16=1300, b32=1400, b64=1420), good_enough=0.9) == 64
+    # Bulk scoring asks for the best rate alone (good_enough=1.0).
+    assert pick_batch_size(_rates(b1=100, b8=700, b16=1300, b32=1420, b64=1400), good_enough=1.0) == 32
 
 
 def test_a_batch_whose_pass_outlasts_its_share_of_the_budget_is_not_a_candidate() -> None:
