@@ -68,43 +68,6 @@ def photos_batch(n: int = 16) -> np.ndarray:
     return np.stack([preprocess_bytes(b) for b in bench_serving.make_jpegs(n)])
 
 
-def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """Static int8 (QDQ) of the convolutions, calibrated on real photos; the statistics, the heads and
-    the score mapping stay fp32 (they are cheap, and the order statistics need the exact values)."""
-    import tempfile
-
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    from training.export import INPUT_NAME
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_bytes)
-        quantize_static(
-            str(src),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        return dst.read_bytes()
-
-
 def forward_for(runtime: str, model, artifacts: Path):
     """A batch function of ``runtime``, single-threaded."""
     import torch
@@ -160,13 +123,14 @@ def side_by_side(runtime: str, batch: int, seconds: float, cpus: set[int], artif
 def prepare_artifacts(out: Path) -> dict:
     """The fp32 export and its int8 quantization, and how far int8's answers are from fp32's."""
     from training.export import OnnxModel, export_onnx
+    from training.quantize import quantize_int8
 
     out.mkdir(parents=True, exist_ok=True)
     model = build_model()
     fp32 = export_onnx(model)
     (out / "model.onnx").write_bytes(fp32)
     calibration = photos_batch(32)
-    int8 = quantize_int8(fp32, calibration)
+    int8 = quantize_int8(fp32, calibration)  # what `lightbox quantize` registers
     (out / "model-int8.onnx").write_bytes(int8)
     test = photos_batch(14)[:, :, :, ::-1].copy()  # mirrored: not the calibration images
     a, b = OnnxModel(fp32)(test), OnnxModel(int8)(test)

@@ -6,6 +6,7 @@ import json
 import sys
 import traceback
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from pipelines.lineage import BadModelUri
     from pipelines.monitor import NoPredictions, NoReference
     from pipelines.promote import PromotionRefused
+    from pipelines.quantize import QuantizeRefused
     from serving.server import CannotServe
     from training.predictor import ModelNotFound
 
@@ -48,7 +50,8 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | ArtifactError
         | CannotServe
         | NoReference
-        | NoPredictions,
+        | NoPredictions
+        | QuantizeRefused,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when
@@ -350,6 +353,25 @@ def gates(
     if not report.passed:
         typer.secho("gates FAILED:\n  " + "\n  ".join(report.verdict.reasons), fg="red", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def quantize(
+    version: Annotated[str, typer.Option(help="registered fp32 model version to quantize")],
+    model: Model = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="folder of representative photos (default: the dataset's train split)"),
+    ] = None,
+) -> None:
+    """Register an int8 candidate of a version (ONNX Runtime static quantization); gate and promote it
+    like any other: `lightbox gates --version NEW`, `lightbox promote --version NEW`."""
+    from pipelines import promote as promotion
+    from pipelines import quantize as stage
+
+    settings = _model_settings(model)
+    version = promotion.resolve_version(settings, version)
+    _print(stage.run(settings, version, calibration).to_dict())
 
 
 @app.command()

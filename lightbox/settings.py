@@ -195,6 +195,13 @@ class Settings(BaseSettings):
     gate_export_max_metric_delta: float = Field(
         default=0.005, ge=0.0, le=1.0, description="exported vs eager golden metrics, max |delta|"
     )
+    # An int8 candidate (`lightbox quantize`) is refused unless every golden metric it is judged on
+    # (SROCC, PLCC, MAE, mAP, per-tag AP) stays within this of its own fp32 weights'.
+    gate_int8_max_metric_delta: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="int8 vs its fp32 weights, golden metrics max |delta|"
+    )
+    # Training images the int8 quantizer calibrates its activation ranges on (the first of the train split).
+    quantize_calibration_images: int = Field(default=64, ge=1, le=10_000)
 
     # --- serving -------------------------------------------------------------------------------
     serve_host: str = "127.0.0.1"

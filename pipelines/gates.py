@@ -27,6 +27,10 @@ TAG_REGRESSION_METRICS: Mapping[str, bool] = {"golden.tags_map": True, "golden.t
 GRID_KEY = "golden.distortion_grid"  # 1.0 when the golden set is the synthetic distortion grid
 POSITIVES_PREFIX = "golden.positives."  # golden.positives.<tag>: golden images carrying the tag
 AP_PREFIX = "golden.ap."
+# An int8 candidate's graph judged against its own fp32 weights (pipelines.validate_model.runtime_check):
+# present only for such a version, and then a gate.
+INT8_PREFIX = "export.int8."
+INT8_VERIFIED = INT8_PREFIX + "verified"
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,8 @@ def decide(
     checks and a failing ``model.labels`` check, since which checks apply cannot be known.
     """
     checks = serving_checks(ev, details, settings)
+    if INT8_VERIFIED in ev:  # an int8 candidate: its graph must answer as its fp32 weights do
+        checks.append(_check(INT8_VERIFIED, ev, details, 1.0, ">="))
     all_notes = list(notes)
     if labels is None:
         why = details.get("model.labels") or "the model's labels could not be read"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -44,7 +45,16 @@ from lightbox.manifest import (
 from lightbox.settings import Settings
 from pipelines import behaviour
 from pipelines.data import resize_longest
-from pipelines.gates import AP_PREFIX, GRID_KEY, POSITIVES_PREFIX, Baseline, GateVerdict, ModelLabels, decide
+from pipelines.gates import (
+    AP_PREFIX,
+    GRID_KEY,
+    INT8_PREFIX,
+    POSITIVES_PREFIX,
+    Baseline,
+    GateVerdict,
+    ModelLabels,
+    decide,
+)
 from pipelines.golden import GoldenSetMissing
 from pipelines.report import render_html, render_markdown
 from training.metrics import (
@@ -401,7 +411,9 @@ def measure(settings: Settings, version: str) -> Measurement:
         # what the gates are for); files that differ from a digest recorded earlier are still refused.
         loaded = mlflow_registry.load_version(settings, str(version), allow_unverified=True)
         model, artifacts = loaded.model, loaded.digest
-        predictor = Predictor(model, settings.model_name, str(version))
+        # An int8 candidate is judged on its int8 graph: every number below is what it would serve.
+        int8 = loaded.onnx if loaded.quantized else None
+        predictor = Predictor(model, settings.model_name, str(version), onnx=int8, quantized=int8 is not None)
     except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
         ev["serving.loads"] = 0.0
         details["serving.loads"] = f"{uri} does not load: {type(exc).__name__}: {exc}"[:500]
@@ -434,7 +446,9 @@ def measure(settings: Settings, version: str) -> Measurement:
         ev[f"behaviour.{r.name}"] = r.value
         details[f"behaviour.{r.name}"] = _describe(r)
     ev["serving.batch_latency_ms"] = _latency_ms(predictor, golden.inputs, settings.gate_latency_batch_size)
-    part, runtime_details, runtime_tags = runtime_check(settings, model, loaded.onnx, golden, labels, ev)
+    part, runtime_details, runtime_tags = runtime_check(
+        settings, model, loaded.onnx, golden, labels, ev, quantized=loaded.quantized
+    )
     return Measurement(ev | part, details | runtime_details, preds, labels, artifacts, runtime_tags)
 
 
@@ -452,18 +466,32 @@ def runtime_check(
     golden: GoldenSet,
     labels: ModelLabels,
     torch_evidence: Evidence,
+    *,
+    quantized: bool = False,
 ) -> tuple[Evidence, dict[str, str], dict[str, str]]:
     """Judge the version's ONNX export against its eager model on the golden set: the largest output
     difference (normalised score and tag probabilities), the largest golden-metric delta and its
     batch latency beside torch's. Returns (evidence, details, the version tags that tell the loaders
     which runtime serves: ``runtime.onnx`` verified/refused/missing and ``runtime.cpu``).
 
-    Not a gate: a refused export does not stop the version, it serves on torch (with a warning at
-    every load and the reason on the version).
+    Not a gate for an fp32 export: a refused export does not stop the version, it serves on torch
+    (with a warning at every load and the reason on the version). ``quantized`` (an int8 candidate):
+    its golden metrics must stay within ``gate_int8_max_metric_delta`` of its fp32 weights' (outputs
+    move by design, so their difference is reported, not limited), under ``export.int8.*``, which the
+    gates require: an int8 candidate that is not verified is refused.
     """
     from training.export import OnnxModel
     from training.predictor import Predictor
 
+    prefix = INT8_PREFIX if quantized else ONNX_PREFIX
+    if quantized:
+        max_diff, max_delta = math.inf, settings.gate_int8_max_metric_delta
+        limits = f"limit: metric delta <= {max_delta:g} (gate_int8_max_metric_delta)"
+        fallback = "the gates refuse this int8 candidate"
+    else:
+        max_diff, max_delta = settings.gate_export_max_abs_diff, settings.gate_export_max_metric_delta
+        limits = f"limits: |diff| <= {max_diff:g}, metric delta <= {max_delta:g}"
+        fallback = "it serves on torch"
     tags: dict[str, str] = {}
     torch_ms = torch_evidence.get("serving.batch_latency_ms")
     torch_cpu = (
@@ -471,15 +499,15 @@ def runtime_check(
     )
     if onnx is None:
         why = "the version has no ONNX export: it serves on torch"
-        return {}, {ONNX_PREFIX + "verified": why}, {mlflow_registry.RUNTIME_CPU_TAG: torch_cpu}
+        return {}, {prefix + "verified": why}, {mlflow_registry.RUNTIME_CPU_TAG: torch_cpu}
     try:
         session = OnnxModel(onnx)
         out = np.concatenate([session(golden.inputs[i : i + 32]) for i in range(0, len(golden.inputs), 32)])
     except Exception as exc:  # an export the runtime cannot run is refused, whatever the reason
         why = f"does not run under ONNX Runtime: {type(exc).__name__}: {exc}"[:400]
         return (
-            {ONNX_PREFIX + "verified": 0.0},
-            {ONNX_PREFIX + "verified": why},
+            {prefix + "verified": 0.0},
+            {prefix + "verified": f"{why}: {fallback}"},
             {
                 mlflow_registry.RUNTIME_ONNX_TAG: f"{mlflow_registry.ONNX_REFUSED}: {why}",
                 mlflow_registry.RUNTIME_CPU_TAG: torch_cpu,
@@ -493,30 +521,32 @@ def runtime_check(
     )
     onnx_ms = _latency_ms(_ArrayPredictor(session), golden.inputs, settings.gate_latency_batch_size)
     ev: Evidence = {
-        ONNX_PREFIX + "max_abs_diff": diff,
-        ONNX_PREFIX + "max_metric_delta": delta,
-        ONNX_PREFIX + "batch_latency_ms": onnx_ms,
+        prefix + "max_abs_diff": diff,
+        prefix + "max_metric_delta": delta,
+        prefix + "batch_latency_ms": onnx_ms,
     }
     measured = f"max |diff| {diff:.2g}, max metric delta {delta:.2g}{worst}, {onnx_ms:.1f} ms per batch"
-    ok = diff <= settings.gate_export_max_abs_diff and delta <= settings.gate_export_max_metric_delta
-    ev[ONNX_PREFIX + "verified"] = 1.0 if ok else 0.0
+    if quantized:
+        measured = f"int8 against its fp32 weights: {measured}"
+    ok = diff <= max_diff and delta <= max_delta
+    ev[prefix + "verified"] = 1.0 if ok else 0.0
     if ok:
         tags[mlflow_registry.RUNTIME_ONNX_TAG] = f"{mlflow_registry.ONNX_VERIFIED}: {measured}"
         faster = torch_ms is None or onnx_ms <= torch_ms
         tags[mlflow_registry.RUNTIME_CPU_TAG] = (
-            f"onnxruntime ({onnx_ms:.1f} ms vs {torch_cpu})"
+            # An int8 candidate serves its graph whatever torch does (training.predictor.pick_runtime);
+            # its serving.batch_latency_ms is the int8 graph's own.
+            f"onnxruntime-int8 ({onnx_ms:.1f} ms per batch of {settings.gate_latency_batch_size})"
+            if quantized
+            else f"onnxruntime ({onnx_ms:.1f} ms vs {torch_cpu})"
             if faster
             else f"{torch_cpu} vs onnxruntime {onnx_ms:.1f} ms"
         )
-        return ev, {ONNX_PREFIX + "verified": f"verified: {measured}"}, tags
-    limits = (
-        f"limits: |diff| <= {settings.gate_export_max_abs_diff:g}, "
-        f"metric delta <= {settings.gate_export_max_metric_delta:g}"
-    )
-    why = f"{measured} ({limits}): it serves on torch"
+        return ev, {prefix + "verified": f"verified: {measured}"}, tags
+    why = f"{measured} ({limits}): {fallback}"
     tags[mlflow_registry.RUNTIME_ONNX_TAG] = f"{mlflow_registry.ONNX_REFUSED}: {why}"
     tags[mlflow_registry.RUNTIME_CPU_TAG] = torch_cpu
-    return ev, {ONNX_PREFIX + "verified": f"refused: {why}"}, tags
+    return ev, {prefix + "verified": f"refused: {why}"}, tags
 
 
 class _ArrayPredictor:

@@ -56,13 +56,17 @@ class RuntimeChoice:
     fallback: bool = False  # True: a faster runtime exists in principle but this version cannot use it
 
 
-def pick_runtime(requested: str, device: str, tags: dict[str, str], has_onnx: bool) -> RuntimeChoice:
+def pick_runtime(
+    requested: str, device: str, tags: dict[str, str], has_onnx: bool, *, quantized: bool = False
+) -> RuntimeChoice:
     """The runtime a loader builds for a version (pure: the version's tags say what the gates verified).
 
     ``auto``: on CPU, ONNX Runtime when the gates verified the version's export and measured it as the
     faster runtime (``runtime.cpu``), else torch, saying why; on CUDA, torch. ``torch``/``onnxruntime``
     force one; forcing ONNX Runtime on a version whose export is not verified, or on CUDA, raises
-    RuntimeUnavailable (serving an unchecked graph would bypass the gates).
+    RuntimeUnavailable (serving an unchecked graph would bypass the gates). A ``quantized`` version (an
+    int8 candidate) serves its verified int8 graph on CPU whatever the timings: being int8 is why it was
+    registered and promoted; unverified, it serves its fp32 weights on torch, saying so.
     """
     from lightbox.adapters.mlflow_registry import ONNX_VERIFIED, RUNTIME_CPU_TAG, RUNTIME_ONNX_TAG
 
@@ -78,8 +82,9 @@ def pick_runtime(requested: str, device: str, tags: dict[str, str], has_onnx: bo
                 f"onnxruntime serves on CPU here, not on {device}: serve with --runtime torch (or auto)"
             )
         return RuntimeChoice("torch", f"torch on {device}")
-    if verified and (requested == "onnxruntime" or tags.get(RUNTIME_CPU_TAG, "").startswith("onnxruntime")):
-        return RuntimeChoice("onnxruntime", f"onnxruntime: export {recorded}")
+    faster = tags.get(RUNTIME_CPU_TAG, "").startswith("onnxruntime")
+    if verified and (requested == "onnxruntime" or faster or quantized):
+        return RuntimeChoice("onnxruntime", f"onnxruntime{' int8' if quantized else ''}: export {recorded}")
     if not has_onnx:
         why = "the version has no ONNX export (registered before exports, or the export failed)"
     elif not recorded:
@@ -88,6 +93,8 @@ def pick_runtime(requested: str, device: str, tags: dict[str, str], has_onnx: bo
         why = f"the gates measured torch as faster ({tags.get(RUNTIME_CPU_TAG, '')})"
     else:
         why = f"its ONNX export did not pass the gates' check ({recorded})"
+    if quantized:
+        why = f"{why}; its int8 graph is not served, its fp32 weights are"
     if requested == "onnxruntime":
         raise RuntimeUnavailable(f"cannot serve on onnxruntime: {why}; serve with --runtime torch (or auto)")
     return RuntimeChoice("torch", f"torch: {why}", fallback=not verified)
@@ -107,9 +114,13 @@ class Predictor:
         *,
         trace: bool = True,
         onnx: bytes | None = None,
+        quantized: bool = False,
     ):
         """``onnx``: the version's ONNX export, served by ONNX Runtime on CPU (checked against the eager
         model on a probe batch first, as the TorchScript graph is; the torch path serves if it differs).
+        ``quantized``: ``onnx`` is an int8 graph (training.quantize), whose answers differ from the
+        eager model's by design: the probe checks that it runs and answers the same shape, the gates
+        judged its metrics, and the artifact digest says these are the bytes they judged.
         """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.name = name
@@ -126,14 +137,15 @@ class Predictor:
             # Module.to accepts memory_format at runtime; torch's overloads for it omit the keyword.
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif onnx is not None and (session := _onnx_session(model, onnx)) is not None:
+        elif onnx is not None and (session := _onnx_session(model, onnx, quantized)) is not None:
             self._forward = session
         elif trace:
             self._forward = _graph(model) or model
         self.model = model  # the eager module: its parameters, tag names and config
         self.traced = self._forward is not model
+        self.quantized = isinstance(self._forward, _OnnxForward) and quantized
         self.runtime = (
-            "onnxruntime"
+            ("onnxruntime-int8" if self.quantized else "onnxruntime")
             if isinstance(self._forward, _OnnxForward)
             else "torch-cuda"
             if self._cuda
@@ -210,11 +222,12 @@ class _OnnxForward:
         return torch.from_numpy(self.session(x.numpy()))
 
 
-def _onnx_session(model: LightboxModel, onnx: bytes) -> _OnnxForward | None:
+def _onnx_session(model: LightboxModel, onnx: bytes, quantized: bool = False) -> _OnnxForward | None:
     """An ONNX Runtime session over ``onnx``, checked against the eager model on a probe batch; None
     (the torch path serves, with a warning) when it does not load or differs. The gates check the
     same export on the whole golden set; this catches a swapped file or a runtime that reads it
-    otherwise, at every load."""
+    otherwise, at every load. An int8 graph differs by design (by ~0.1 on noise probes): it must run
+    and answer finite numbers where the eager model does."""
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, 3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=torch.uint8, generator=g)
     try:
@@ -224,7 +237,7 @@ def _onnx_session(model: LightboxModel, onnx: bytes) -> _OnnxForward | None:
     except Exception as exc:  # a broken export leaves the (checked, equal) torch path serving
         log.warning("serving on torch: the ONNX export does not run (%s: %s)", type(exc).__name__, exc)
         return None
-    if not diff <= _ONNX_TOLERANCE:
+    if not (math.isfinite(diff) if quantized else diff <= _ONNX_TOLERANCE):
         log.warning("serving on torch: the ONNX export differs by %.3g on the probe batch", diff)
         return None
     return forward
@@ -355,12 +368,14 @@ class RegistryLoader:
         version = version or self.resolve()
         loaded = mlflow_registry.load_version(self.settings, version)
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        choice = pick_runtime(self.settings.serve_runtime, device, loaded.tags, loaded.onnx is not None)
+        has_onnx, quantized = loaded.onnx is not None, loaded.quantized
+        choice = pick_runtime(self.settings.serve_runtime, device, loaded.tags, has_onnx, quantized=quantized)
         uri = mlflow_registry.model_uri(self.settings, version)
         if choice.fallback:
             log.warning("%s serves on %s", uri, choice.note)
         onnx = loaded.onnx if choice.runtime == "onnxruntime" else None
-        predictor = Predictor(loaded.model, self.settings.model_name, version, device, onnx=onnx)
+        name = self.settings.model_name
+        predictor = Predictor(loaded.model, name, version, device, onnx=onnx, quantized=quantized)
         log.info("loaded %s (alias %s) on %s", uri, self.alias, predictor.runtime)
         return predictor
 

@@ -357,11 +357,15 @@ def model_uri(settings: Settings, version: str) -> str:
     return f"models:/{settings.model_name}/{version}"
 
 
-def lightbox_metadata(model: LightboxModel, label_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a logged model carries beside its weights: enough to rebuild it (``model_config``) and to
-    say what it answers (tags, score scale) without loading it."""
+def lightbox_metadata(
+    model: LightboxModel, label_spec: Mapping[str, Any] | None = None, precision: str = "fp32"
+) -> dict[str, Any]:
+    """What a logged model carries beside its weights: enough to rebuild it (``model_config``), to
+    say what it answers (tags, score scale) without loading it, and the precision of its ONNX file
+    (``training.quantize``: int8 for a quantized candidate)."""
     config = model.config
     return {
+        "precision": precision,
         "tag_names": list(model.tag_names),
         "score_range": list(config.score_range) if config.score_range is not None else None,
         "score_name": config.score_name if config.has_score else None,
@@ -380,6 +384,7 @@ def log_lightbox_model(
     with_input_example: bool = True,
     tag_names: list[str] | None = None,
     label_spec: Mapping[str, Any] | None = None,
+    int8_onnx: bytes | None = None,
 ) -> str:
     """Log and register a LightboxModel in the active run, the one way ``load_model`` reads it:
     signature from ``example`` (uint8 [N,3,224,224]), ``lightbox_metadata`` as metadata (``label_spec``:
@@ -387,7 +392,9 @@ def log_lightbox_model(
     ``extra_files/model.onnx`` of the same version: covered by the artifact digest like the weights, and
     checked by the gates before any server runs it. A model that does not export is still registered
     (it serves on torch) and its version says why (``RUNTIME_ONNX_TAG``). Returns the registered version.
-    ``tag_names`` overrides the recorded names (tests log a mismatch on purpose)."""
+    ``tag_names`` overrides the recorded names (tests log a mismatch on purpose). ``int8_onnx``: a
+    quantized candidate (``pipelines.quantize``): that graph is its ``model.onnx``, and its metadata
+    says ``precision: int8``; its torch weights are the fp32 ones."""
     import logging
 
     import torch
@@ -398,14 +405,16 @@ def log_lightbox_model(
 
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
-    metadata = lightbox_metadata(model, label_spec)
+    from training.quantize import FP32, INT8
+
+    metadata = lightbox_metadata(model, label_spec, INT8 if int8_onnx is not None else FP32)
     if tag_names is not None:
         metadata["tag_names"] = list(tag_names)
     with TemporaryDirectory(prefix="lightbox-export-") as tmp:
         extra, export_error = [], None
         try:
             onnx_path = Path(tmp) / export.ONNX_FILE
-            onnx_path.write_bytes(export.export_onnx(model))
+            onnx_path.write_bytes(int8_onnx if int8_onnx is not None else export.export_onnx(model))
             extra.append(str(onnx_path))
         except export.ExportError as exc:
             export_error = str(exc)
@@ -580,6 +589,13 @@ class LoadedVersion:
     digest: ArtifactDigest
     onnx: bytes | None
     tags: dict[str, str]
+    precision: str = "fp32"  # of the ONNX file: "int8" for a quantized candidate (training.quantize)
+
+    @property
+    def quantized(self) -> bool:
+        from training.quantize import INT8
+
+        return self.precision == INT8
 
 
 def load_version(settings: Settings, version: str, *, allow_unverified: bool = False) -> LoadedVersion:
@@ -600,7 +616,8 @@ def load_version(settings: Settings, version: str, *, allow_unverified: bool = F
         loaded = mlflow.pytorch.load_model(str(local), map_location="cpu")
         onnx_file = local / ONNX_ARTIFACT
         onnx = onnx_file.read_bytes() if onnx_file.is_file() else None
-    return LoadedVersion(as_lightbox_model(loaded, metadata, uri), found, onnx, tags)
+    precision = str(metadata.get("precision") or "fp32")  # versions logged before precision: fp32
+    return LoadedVersion(as_lightbox_model(loaded, metadata, uri), found, onnx, tags, precision)
 
 
 def load_checked(

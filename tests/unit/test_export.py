@@ -170,3 +170,29 @@ def test_forcing_a_runtime() -> None:
         pick_runtime("onnxruntime", "cuda", VERIFIED, has_onnx=True)
     with pytest.raises(RuntimeUnavailable, match="unknown runtime"):
         pick_runtime("tensorrt", "cpu", VERIFIED, has_onnx=True)
+
+
+def test_an_int8_candidate_serves_its_verified_graph_on_cpu_whatever_the_timings() -> None:
+    torch_faster = VERIFIED | {RUNTIME_CPU_TAG: "torch (30 ms) vs onnxruntime-int8 40 ms"}
+    choice = pick_runtime("auto", "cpu", torch_faster, has_onnx=True, quantized=True)
+    assert choice.runtime == "onnxruntime" and "int8" in choice.note
+    refused = pick_runtime("auto", "cpu", REFUSED, has_onnx=True, quantized=True)
+    assert (refused.runtime, refused.fallback) == ("torch", True)
+    assert "its int8 graph is not served, its fp32 weights are" in refused.note
+    assert pick_runtime("auto", "cuda", VERIFIED, has_onnx=True, quantized=True).runtime == "torch"
+    with pytest.raises(RuntimeUnavailable, match="int8 graph is not served"):
+        pick_runtime("onnxruntime", "cpu", REFUSED, has_onnx=True, quantized=True)
+
+
+def test_an_int8_graph_is_served_as_int8_and_probed_for_running_not_for_equality(
+    model: LightboxModel, photos: np.ndarray, onnx_bytes: bytes
+) -> None:
+    from training.quantize import QuantizeError, quantize_int8
+
+    int8 = quantize_int8(onnx_bytes, photos)
+    p = Predictor(model, "m", "1", "cpu", onnx=int8, quantized=True)
+    assert p.runtime == "onnxruntime-int8" and p.quantized
+    # Exact-equality probing (the fp32 rule) would refuse it: int8 answers differ by design.
+    assert Predictor(model, "m", "1", "cpu", onnx=int8).runtime == "torchscript"
+    with pytest.raises(QuantizeError, match="calibration needs uint8"):
+        quantize_int8(onnx_bytes, photos[:0])

@@ -80,6 +80,21 @@ def test_full_verdict_passes_on_complete_good_evidence_without_a_champion(tmp_pa
     assert {f"golden.ap.{t}" for t in TAGS} <= _names(v)
 
 
+def test_an_int8_candidate_must_have_its_graph_verified(tmp_path: Path) -> None:
+    """Only a version whose evidence carries export.int8.* (an int8 candidate) is judged on it, and a
+    refused int8 graph fails the version; an fp32 version's ONNX check is no gate."""
+    settings = _settings(tmp_path)
+    assert "export.int8.verified" not in _names(decide(_good_evidence(), {}, RUN, BOTH, None, settings))
+    why = {"export.int8.verified": "refused: int8 against its fp32 weights: max metric delta 0.3 (...)"}
+    refused = decide(_good_evidence() | {"export.int8.verified": 0.0}, why, RUN, BOTH, None, settings)
+    assert not refused.passed
+    assert refused.reasons == ["export.int8.verified = 0.0000 (needs >= 1): " + why["export.int8.verified"]]
+    verified = decide(_good_evidence() | {"export.int8.verified": 1.0}, {}, RUN, BOTH, None, settings)
+    assert verified.passed and "export.int8.verified" in _names(verified)
+    fp32_refused = _good_evidence() | {"export.onnx.verified": 0.0}
+    assert decide(fp32_refused, {}, RUN, BOTH, None, settings).passed
+
+
 def test_per_tag_ap_floor_only_for_tags_with_enough_golden_examples(tmp_path: Path) -> None:
     s = _settings(tmp_path, gate_min_golden_tag_examples=3, gate_golden_min_tag_ap=0.5)
     # sunset has 2 positives: no floor, said in a note; dog has 3: its AP is judged (and fails).
