@@ -192,13 +192,10 @@ def image_stats(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     flat = luma.flatten(1)
-    # Order statistics from one sort: ONNX has no kthvalue or median, and sorted[k - 1] is exactly
-    # kthvalue(k), so the exported model and the features computed before agree to the bit.
     # int(): a plain number even while torch.jit.trace records (serving traces the model; the input
     # size is fixed, so the ranks are constants of the graph).
     n = int(flat.shape[1])
-    ordered = flat.sort(dim=1).values
-    q = torch.stack([ordered[:, round(p * (n - 1))] for p in (0.02, 0.5, 0.98)], 1) / 255.0
+    q = torch.stack([_kth_smallest(flat, round(p * (n - 1)) + 1) for p in (0.02, 0.5, 0.98)], 1) / 255.0
     # Variance of the Laplacian: the classic focus measure; log-scaled because it spans decades.
     lap = f.conv2d(luma[:, None], _LAPLACIAN.to(x.device))[:, 0]
     sharpness = torch.log1p(lap.var(dim=(1, 2))) / 10.0
@@ -244,10 +241,21 @@ def image_stats(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest value of each row (1-based): exactly ``x.sort(dim=1).values[:, k - 1]`` and
+    ``kthvalue(k)``, which ONNX lacks. An unsorted top-k from the nearer end, then its max (or min):
+    a selection, not a sort (ONNX Runtime's TopK with sorted=0 runs nth_element): the full sort it
+    replaces was the exported model's costliest node after the convolutions (docs/benchmarks.md)."""
+    n = int(x.shape[1])
+    if k <= n - k + 1:
+        return x.topk(k, dim=1, largest=False, sorted=False).values.amax(dim=1)
+    return x.topk(n - k + 1, dim=1, largest=True, sorted=False).values.amin(dim=1)
+
+
 def _lower_median(x: torch.Tensor) -> torch.Tensor:
-    """torch.median over dim 1 (the lower of the two middle values for an even count), by a sort:
-    ONNX has no median operator."""
-    return x.sort(dim=1).values[:, (int(x.shape[1]) - 1) // 2]
+    """torch.median over dim 1 (the lower of the two middle values for an even count), by a
+    selection: ONNX has no median operator."""
+    return _kth_smallest(x, (int(x.shape[1]) - 1) // 2 + 1)
 
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
