@@ -5,8 +5,8 @@ of them, and an overload sweep against the latency budget. Writes a markdown tab
     .venv/bin/python bench/runtimes.py --overload 64,256,1024 --budget-ms 1000
 
 1. **Model alone, one process per core**: TorchScript (the frozen graph torch serves), ONNX Runtime fp32
-   (the exported graph) and ONNX Runtime int8 (static QDQ quantization of the convolutions and clips, calibrated
-   on real photos), each process single-threaded at batch 1 and 2, all started together. The best is
+   (the exported graph) and ONNX Runtime int8 (training.quantize: what `lightbox quantize` registers),
+   each process single-threaded at batch 1 and 2, all started together. The best is
    the ceiling. The int8 row also gives its largest output difference from fp32 on real photos.
 2. **The server at saturation** on its default runtime for the model (ONNX Runtime on CPU), started as
    `lightbox serve` starts it, against that ceiling; then ``--pairs`` rounds alternating the runtime it
