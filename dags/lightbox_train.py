@@ -1,4 +1,5 @@
-"""lightbox_train: Ray Tune on Feast features -> MLflow model (@challenger) -> gates -> champion alias.
+"""lightbox_train: Ray Tune on Feast features -> MLflow model (@challenger) -> gates -> champion alias;
+with ``int8``, also an int8 candidate of that version, registered and gated (not promoted).
 
 Scheduled by the features Asset that lightbox_data updates; can also be triggered with params. Every
 param defaults to None, meaning "the settings' value" (LIGHTBOX_* environment, then the defaults).
@@ -52,6 +53,11 @@ def _settings(params: dict):
             enum=[None, "heads", "finetune"],
             description="heads (Feast features) or finetune (backbone too, from images); empty: train_mode",
         ),
+        "int8": Param(
+            False,
+            type="boolean",
+            description="also register and gate an int8 candidate of the trained version (not promoted)",
+        ),
     },
 )
 def lightbox_train():
@@ -98,7 +104,18 @@ def lightbox_train():
             raise AirflowFailException(str(exc)) from exc
         return asdict(result)
 
-    promote(train(), golden())
+    @task
+    def int8_candidate(trained: dict, _golden: dict, **context) -> dict | None:
+        from pipelines import quantize
+
+        p = context["params"]
+        if not p.get("int8"):
+            return None
+        return quantize.candidate(_settings(p), trained["model_version"])
+
+    trained, frozen = train(), golden()
+    promote(trained, frozen)
+    int8_candidate(trained, frozen)
 
 
 lightbox_train()

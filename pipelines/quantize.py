@@ -141,3 +141,17 @@ def run(settings: Settings, version: str, calibration: Path | None = None) -> Qu
     )
     log.info("registered %s: int8 of version %s", mlflow_registry.model_uri(settings, new), version)
     return result
+
+
+def candidate(settings: Settings, version: str, calibration: Path | None = None) -> dict:
+    """What the training DAG runs when asked for int8: quantize ``version``, then gate the candidate
+    (its verdict and report recorded on it, as `lightbox gates` records them). It moves no alias:
+    promoting an int8 model is a decision (`lightbox promote --version N`). A refusal is an answer,
+    not an error: the verdict's reasons come back with the result."""
+    from pipelines import validate_model
+
+    made = run(settings, version, calibration)
+    report = validate_model.run(settings, made.version)
+    if not report.passed:
+        log.warning("int8 candidate %s refused: %s", made.version, "; ".join(report.verdict.reasons))
+    return made.to_dict() | {"gates_passed": report.passed, "gate_reasons": report.verdict.reasons}

@@ -71,7 +71,7 @@ def test_datasets_link_the_dags(dagbag) -> None:
 
 def test_params_are_exposed(dagbag) -> None:
     assert {"n_sources", "variants"} <= set(dagbag.dags["lightbox_data"].params.keys())
-    assert {"trials", "epochs", "model_name", "train_mode"} <= set(
+    assert {"trials", "epochs", "model_name", "train_mode", "int8"} <= set(
         dagbag.dags["lightbox_train"].params.keys()
     )
     assert "model_name" in dagbag.dags["lightbox_promote"].params
