@@ -54,9 +54,9 @@ def _settings(params: dict):
             description="heads (Feast features) or finetune (backbone too, from images); empty: train_mode",
         ),
         "int8": Param(
-            False,
-            type="boolean",
-            description="also register and gate an int8 candidate of the trained version (not promoted)",
+            None,
+            type=["null", "boolean"],
+            description="also register and gate an int8 candidate (not promoted); empty: train_int8",
         ),
     },
 )
@@ -109,9 +109,7 @@ def lightbox_train():
         from pipelines import quantize
 
         p = context["params"]
-        if not p.get("int8"):
-            return None
-        return quantize.candidate(_settings(p), trained["model_version"])
+        return quantize.after_training(_settings(p), trained["model_version"], p.get("int8"))
 
     trained, frozen = train(), golden()
     promote(trained, frozen)

@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     gate_int8_max_metric_delta: float = Field(
         default=0.02, ge=0.0, le=1.0, description="int8 vs its fp32 weights, golden metrics max |delta|"
     )
+    # The training DAG also registers and gates an int8 candidate of each trained version (not promoted).
+    train_int8: bool = False
     # Training images the int8 quantizer calibrates its activation ranges on (the first of the train split).
     quantize_calibration_images: int = Field(default=64, ge=1, le=10_000)
 

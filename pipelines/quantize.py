@@ -155,3 +155,9 @@ def candidate(settings: Settings, version: str, calibration: Path | None = None)
     if not report.passed:
         log.warning("int8 candidate %s refused: %s", made.version, "; ".join(report.verdict.reasons))
     return made.to_dict() | {"gates_passed": report.passed, "gate_reasons": report.verdict.reasons}
+
+
+def after_training(settings: Settings, version: str, asked: bool | None) -> dict | None:
+    """The training DAG's int8 step: ``candidate`` when asked (the run's ``int8`` param, else
+    ``settings.train_int8``), else nothing."""
+    return candidate(settings, version) if (settings.train_int8 if asked is None else asked) else None

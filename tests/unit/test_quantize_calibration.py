@@ -57,3 +57,17 @@ def test_a_folder_of_photos_or_a_clear_refusal(tmp_path: Path) -> None:
         calibration_images(settings, folder)
     with pytest.raises(QuantizeRefused, match="not a folder"):
         calibration_images(settings, tmp_path / "missing")
+
+
+def test_the_training_dag_quantizes_only_when_asked(tmp_path: Path) -> None:
+    """The DAG's int8 param wins over settings.train_int8; unasked, the registry is not touched (this
+    project has none: asking would fail on the missing version)."""
+    from lightbox.adapters.mlflow_registry import VersionNotFound
+    from pipelines.quantize import after_training
+
+    off, on = Settings(project_dir=tmp_path), Settings(project_dir=tmp_path, train_int8=True)
+    assert after_training(off, "1", None) is None
+    assert after_training(on, "1", False) is None
+    for settings, asked in ((on, None), (off, True)):
+        with pytest.raises(VersionNotFound, match="does not exist"):
+            after_training(settings, "1", asked)
