@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 QUANTIZED_FROM_TAG = "quantized_from"  # on the int8 version: the version whose weights it quantized
 # Version tags that describe a judgement or a promotion of the source: not the candidate's.
 _NOT_COPIED = ("gate.", "runtime.", "promotion.", "shadow.", "canary.", "mlflow.")
-
-
 # Metric names the gates log (pipelines.validate_model.metric_name of their evidence keys).
 _GATE_METRICS = ("golden_", "behaviour_", "serving_", "export_")
 
