@@ -106,10 +106,15 @@ def lightbox_train():
 
     @task
     def int8_candidate(trained: dict, _golden: dict, **context) -> dict | None:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipelines import quantize
 
         p = context["params"]
-        return quantize.after_training(_settings(p), trained["model_version"], p.get("int8"))
+        try:
+            return quantize.after_training(_settings(p), trained["model_version"], p.get("int8"))
+        except quantize.QuantizeRefused as exc:  # nothing to calibrate on, no export: retrying cannot
+            raise AirflowFailException(str(exc)) from exc
 
     trained, frozen = train(), golden()
     promote(trained, frozen)

@@ -92,8 +92,8 @@ def ungated_versions(
     newest = max((int(v.version) for v in versions), default=0)
     found = {}
     for v in versions:
-        if v.gated or v.marked or v.run is None or v.run.stage != "train":
-            continue  # judged already, or not made by lightbox's training
+        if v.gated or v.marked or v.run is None or v.run.stage not in ("train", "quantize"):
+            continue  # judged already, or not made by lightbox's training (or its int8 step)
         if v.run.run_id in orphans:
             why = f"its training run {v.run.run_id} was {orphans[v.run.run_id]}"
         elif v.run.status in ("FAILED", "KILLED"):

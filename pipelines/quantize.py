@@ -26,7 +26,17 @@ log = logging.getLogger(__name__)
 
 QUANTIZED_FROM_TAG = "quantized_from"  # on the int8 version: the version whose weights it quantized
 # Version tags that describe a judgement or a promotion of the source: not the candidate's.
-_NOT_COPIED = ("gate.", "runtime.", "promotion.", "shadow.", "canary.", "mlflow.")
+_NOT_COPIED = (
+    "gate.",
+    "runtime.",
+    "promotion.",
+    "shadow.",
+    "canary.",
+    "monitor.",
+    "mlflow.",
+    "lightbox.ungated",
+    "lightbox.failed_reason",
+)
 # Metric names the gates log (pipelines.validate_model.metric_name of their evidence keys).
 _GATE_METRICS = ("golden_", "behaviour_", "serving_", "export_")
 
@@ -85,6 +95,23 @@ def calibration_images(settings: Settings, folder: Path | None = None) -> np.nda
     return np.stack(images)
 
 
+def _source_run(client, version: str, run_id: str | None):  # noqa: ANN001, ANN202 - MLflow's own types
+    """The training run of the source version, which the candidate's run nests under; a clear refusal
+    when the version was registered without one or its run was deleted."""
+    from mlflow.exceptions import MlflowException
+
+    why = f"version {version} has no training run to nest the int8 candidate's run under"
+    if not run_id:
+        raise QuantizeRefused(f"{why} (registered without one)")
+    try:
+        found = client.get_run(run_id)
+    except MlflowException as exc:
+        raise QuantizeRefused(f"{why}: run {run_id}: {exc.message}"[:500]) from None
+    if found.info.lifecycle_stage == "deleted":
+        raise QuantizeRefused(f"{why}: run {run_id} is deleted (restore it: mlflow runs restore)")
+    return found
+
+
 def run(settings: Settings, version: str, calibration: Path | None = None) -> QuantizeResult:
     """Quantize ``version`` and register the int8 candidate; its version and what it was made from."""
     import mlflow
@@ -110,8 +137,8 @@ def run(settings: Settings, version: str, calibration: Path | None = None) -> Qu
     metadata = mlflow_registry.model_metadata(settings, version)
 
     client = mlflow_registry.client(settings)
-    src_run = client.get_run(source.run_id)
-    tags = {k: v for k, v in src_run.data.tags.items() if not k.startswith("mlflow.")}
+    src_run = _source_run(client, version, source.run_id)
+    tags = {k: v for k, v in src_run.data.tags.items() if not k.startswith(_NOT_COPIED)}
     tags |= {"lightbox.stage": "quantize", QUANTIZED_FROM_TAG: version} | mlflow_runs.owner_tags()
     experiment = src_run.info.experiment_id
     with mlflow.start_run(

@@ -49,6 +49,7 @@ from pipelines.gates import (
     AP_PREFIX,
     GRID_KEY,
     INT8_PREFIX,
+    INT8_VERIFIED,
     POSITIVES_PREFIX,
     Baseline,
     GateVerdict,
@@ -411,9 +412,13 @@ def measure(settings: Settings, version: str) -> Measurement:
         # what the gates are for); files that differ from a digest recorded earlier are still refused.
         loaded = mlflow_registry.load_version(settings, str(version), allow_unverified=True)
         model, artifacts = loaded.model, loaded.digest
-        # An int8 candidate is judged on its int8 graph: every number below is what it would serve.
+        # An int8 candidate is judged on its int8 graph, on the CPU where that graph serves (a CUDA
+        # predictor would run the fp32 weights): every number below is what it would serve.
         int8 = loaded.onnx if loaded.quantized else None
-        predictor = Predictor(model, settings.model_name, str(version), onnx=int8, quantized=int8 is not None)
+        device = "cpu" if loaded.quantized else None
+        predictor = Predictor(
+            model, settings.model_name, str(version), device, onnx=int8, quantized=int8 is not None
+        )
     except Exception as exc:  # any load failure is the verdict itself: recorded, and the gate fails
         ev["serving.loads"] = 0.0
         details["serving.loads"] = f"{uri} does not load: {type(exc).__name__}: {exc}"[:500]
@@ -449,6 +454,12 @@ def measure(settings: Settings, version: str) -> Measurement:
     part, runtime_details, runtime_tags = runtime_check(
         settings, model, loaded.onnx, golden, labels, ev, quantized=loaded.quantized
     )
+    if loaded.quantized and not predictor.quantized:  # its numbers above are the fp32 weights'
+        part[INT8_VERIFIED] = 0.0
+        runtime_details[INT8_VERIFIED] = (
+            "refused: the int8 graph did not load or answered non-finite numbers on the probe batch "
+            "(the golden numbers are its fp32 weights'): the gates refuse this int8 candidate"
+        )
     return Measurement(ev | part, details | runtime_details, preds, labels, artifacts, runtime_tags)
 
 
@@ -498,6 +509,9 @@ def runtime_check(
         f"torch ({torch_ms:.1f} ms per batch of {settings.gate_latency_batch_size})" if torch_ms else "torch"
     )
     if onnx is None:
+        if quantized:  # an int8 candidate without its graph is nothing to serve: refused
+            why = "refused: the int8 candidate has no model.onnx: the gates refuse it"
+            return {INT8_VERIFIED: 0.0}, {INT8_VERIFIED: why}, {mlflow_registry.RUNTIME_CPU_TAG: torch_cpu}
         why = "the version has no ONNX export: it serves on torch"
         return {}, {prefix + "verified": why}, {mlflow_registry.RUNTIME_CPU_TAG: torch_cpu}
     try:

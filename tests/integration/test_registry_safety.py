@@ -500,6 +500,6 @@ def test_an_int8_candidate_is_gated_promoted_served_and_rolled_back(reg: Registr
     finally:
         reg.set_aliases(reg.base, None)
 
-    # Known errors are one line: quantizing an int8 candidate again, a version that does not exist.
+    # A known error is one line: quantizing an int8 candidate again.
     r = reg.cli("quantize", "--model", s.model_name, "--version", new)
     assert r.returncode == 1 and "already an int8 candidate" in r.stderr and "Traceback" not in r.stderr

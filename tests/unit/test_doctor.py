@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def test_a_version_is_ungated_when_its_run_died_or_a_newer_one_was_registered() 
     }
     old = [version("5", run("r5", LIVE, status="FINISHED"), age_h=72)]
     assert list(doctor.ungated_versions(old, {}, now=NOW)) == ["5"]
+    # A killed `lightbox quantize` (or a retried int8 task) leaves its int8 version to the same rules;
+    # a version made by another stage is not ours to judge.
+    quantize = replace(run("q7", DEAD, status="KILLED"), stage="quantize")
+    other = replace(run("o8", DEAD, status="KILLED"), stage="import")
+    found = doctor.ungated_versions([version("7", quantize), version("8", other)], {}, now=NOW)
+    assert found == {"7": "its training run q7 ended KILLED"}
 
 
 def test_a_dags_test_run_is_orphaned_when_the_process_that_started_it_is_gone() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,15 @@ def test_an_int8_graph_is_served_as_int8_and_probed_for_running_not_for_equality
     assert Predictor(model, "m", "1", "cpu", onnx=int8).runtime == "torchscript"
     with pytest.raises(QuantizeError, match="calibration needs uint8"):
         quantize_int8(onnx_bytes, photos[:0])
+
+
+def test_an_int8_candidate_without_its_graph_is_refused_not_served_as_fp32(tmp_path: Path) -> None:
+    from lightbox.settings import Settings
+    from pipelines.gates import INT8_VERIFIED
+    from pipelines.validate_model import runtime_check
+
+    settings = Settings(project_dir=tmp_path)
+    # Nothing but the settings is read when there is no graph: no model, golden set or labels.
+    ev, details, tags = runtime_check(settings, None, None, None, None, {}, quantized=True)  # type: ignore[arg-type]
+    assert ev == {INT8_VERIFIED: 0.0} and "has no model.onnx" in details[INT8_VERIFIED]
+    assert tags[RUNTIME_CPU_TAG].startswith("torch")

@@ -184,3 +184,16 @@ def test_score_only_model_has_one_output_column(backbone: torch.nn.Module) -> No
     scores, tags = split_output(out)
     assert out.shape == (4, 1) and tags.shape == (4, 0)
     assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6])
+def test_kth_smallest_is_the_sorted_rows_kth_value_at_every_rank(n: int) -> None:
+    """The selection behind the order statistics (ONNX has no kthvalue) against the full sort, at every
+    rank of odd and even rows, with ties."""
+    from training.model import _kth_smallest
+
+    g = torch.Generator().manual_seed(n)
+    rows = torch.cat([torch.randint(0, 4, (3, n), generator=g).float(), torch.rand(3, n, generator=g)])
+    ordered = rows.sort(dim=1).values
+    for k in range(1, n + 1):
+        assert torch.equal(_kth_smallest(rows, k), ordered[:, k - 1]), (n, k)
