@@ -29,11 +29,10 @@ def sort_kth(x, k: int):  # noqa: ANN001, ANN201 - the torch signature of traini
 
 
 def variants() -> dict[str, bytes]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from runtimes import build_model, photos_batch
 
     import training.model as model_module
-    from training.export import INPUT_NAME, export_onnx
+    from training.export import export_onnx
     from training.quantize import quantize_int8
 
     model = build_model()
@@ -46,35 +45,10 @@ def variants() -> dict[str, bytes]:
         model_module._kth_smallest = selection
     calibration = photos_batch(32)
 
-    def conv_only() -> bytes:
-        import tempfile
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = iter([{INPUT_NAME: calibration[i : i + 1]} for i in range(len(calibration))])
-
-            def get_next(self):  # noqa: ANN202
-                return next(self.items, None)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "a.onnx", Path(tmp) / "b.onnx"
-            src.write_bytes(shipped)
-            quantize_static(
-                str(src),
-                str(dst),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["Conv"],
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-            )
-            return dst.read_bytes()
-
     return {
         "fp32, order statistics by a full sort (before)": sorted_stats,
         "fp32, order statistics by selection (shipped)": shipped,
-        "int8, convolutions only (before)": conv_only(),
+        "int8, convolutions only (before)": quantize_int8(shipped, calibration, op_types=("Conv",)),
         "int8, convolutions and clips (`lightbox quantize`)": quantize_int8(shipped, calibration),
     }
 

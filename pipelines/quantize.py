@@ -134,7 +134,6 @@ def run(settings: Settings, version: str, calibration: Path | None = None) -> Qu
         int8 = quantize_int8(fp32, images)
     except (ExportError, QuantizeError) as exc:
         raise QuantizeRefused(f"version {version}: {exc}") from None
-    metadata = mlflow_registry.model_metadata(settings, version)
 
     client = mlflow_registry.client(settings)
     src_run = _source_run(client, version, source.run_id)
@@ -154,7 +153,7 @@ def run(settings: Settings, version: str, calibration: Path | None = None) -> Qu
             loaded.model,
             images[:1],
             settings.model_name,
-            label_spec=metadata.get("label_spec"),
+            label_spec=loaded.metadata.get("label_spec"),
             int8_onnx=int8,
         )
     copied = {k: v for k, v in (source.tags or {}).items() if not k.startswith(_NOT_COPIED)}

@@ -25,13 +25,18 @@ class QuantizeError(RuntimeError):
     """The export could not be quantized; nothing is registered."""
 
 
-def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
+# What is quantized: the convolutions and their ReLU6 clips (see quantize_int8).
+OP_TYPES: tuple[str, ...] = ("Conv", "Clip")
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, op_types: tuple[str, ...] = OP_TYPES) -> bytes:
     """Static int8 (QDQ) of the convolutions and their ReLU6 clips, calibrated on ``calibration``
     (uint8 [N,3,224,224], the serving decode of real photos). The image statistics, the heads and the
     score mapping stay fp32: they are cheap, and the order statistics need exact values. Per-channel
     weights: depthwise convolutions lose too much with one scale per tensor. The clips are quantized
     with the convolutions so that each activation is quantized after its clip, on [0, 6], not on the
-    convolution's wider raw range: outputs moved about five times less from fp32 (docs/benchmarks.md)."""
+    convolution's wider raw range: outputs moved about five times less from fp32 (docs/benchmarks.md).
+    ``op_types``: other choices, for bench/export_variants.py's comparison."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from training.export import INPUT_NAME
@@ -58,7 +63,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
                 str(dst),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["Conv", "Clip"],
+                op_types_to_quantize=list(op_types),
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,

@@ -582,24 +582,27 @@ def version_digest(settings: Settings, version: str) -> ArtifactDigest:
 @dataclass(frozen=True)
 class LoadedVersion:
     """One registered version as the loaders get it: the eager model, the digest of the files it came
-    from, the ONNX export among those files (None when the version has none) and the version's tags
+    from, the ONNX export among those files (None when the version has none), the metadata it was
+    logged with, and the version's tags
     (what the gates recorded, read at the same moment)."""
 
     model: LightboxModel
     digest: ArtifactDigest
     onnx: bytes | None
     tags: dict[str, str]
-    precision: str = "fp32"  # of the ONNX file: "int8" for a quantized candidate (training.quantize)
+    metadata: dict[str, Any]  # what the version was logged with (lightbox_metadata)
 
     @property
     def quantized(self) -> bool:
+        """Its ONNX file is an int8 graph (training.quantize); versions logged before precision: fp32."""
         from training.quantize import INT8
 
-        return self.precision == INT8
+        return self.metadata.get("precision") == INT8
 
 
 def load_version(settings: Settings, version: str, *, allow_unverified: bool = False) -> LoadedVersion:
-    """Download, verify and load ``version`` (see ``load_model``), keeping its ONNX export and tags."""
+    """Download, verify and load ``version`` (see ``load_model``), keeping its ONNX export, metadata
+    and tags."""
     import mlflow.pytorch
     from mlflow.models import Model
 
@@ -616,8 +619,7 @@ def load_version(settings: Settings, version: str, *, allow_unverified: bool = F
         loaded = mlflow.pytorch.load_model(str(local), map_location="cpu")
         onnx_file = local / ONNX_ARTIFACT
         onnx = onnx_file.read_bytes() if onnx_file.is_file() else None
-    precision = str(metadata.get("precision") or "fp32")  # versions logged before precision: fp32
-    return LoadedVersion(as_lightbox_model(loaded, metadata, uri), found, onnx, tags, precision)
+    return LoadedVersion(as_lightbox_model(loaded, metadata, uri), found, onnx, tags, dict(metadata))
 
 
 def load_checked(
