@@ -10,9 +10,10 @@ The catalog: ``--photos`` JPEGs at 640x480 and ``--camera`` at camera size (3000
   (b) decode-bound: read + decode + resize alone (lightbox.imaging.preprocess_bytes) on every core;
   (c) a naive loop: read, decode, then predict one image at a time, in one process;
   (d) the Ray Data pipeline (pipelines/score_catalog.run, parquet out), end to end and its marginal rate
-      (the whole catalog minus a quarter of it: Ray start and model load cancel out); also its rate from
-      its first results to its last, which is higher than a steady rate (the reads decode ahead while
-      the model actors load); ``--also`` runs other actor layouts end to end.
+      (the whole catalog minus a quarter of it: Ray start and model load cancel out; the median of
+      ``--repeats`` pairs); its steady rate within one run (from a quarter of its results to the last);
+      also its rate from its first results to its last, which is higher than a steady rate where read
+      tasks decode ahead while the model actors load; ``--also`` runs other layouts end to end.
 And the combined limit when model and decode share the cores: an image costs cores/a core-seconds of
 model and cores/b of decode, so ``cores`` cores finish 1 / (1/a + 1/b) images/s. Peak memory: the RSS
 of this process and every process under it (the local Ray's daemons and workers), sampled during (d),
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -268,6 +270,7 @@ def pipeline_run(
         "images": len(paths),
         "seconds": result.seconds,
         "streaming_img_s": result.streaming_images_per_s or 0.0,
+        "steady_img_s": result.steady_images_per_s or 0.0,
         "first_results_s": result.first_results_s or 0.0,
         "peak_rss_mb": rss.peak / 2**20,
         "cpu_s": rss.cpu_s,
@@ -334,18 +337,31 @@ def run(args: argparse.Namespace) -> dict:
         # Unmeasured: the first Ray start in a process pays one-time costs (imports, cold files) that
         # the two measured runs must not differ by, or the marginal rate is off.
         pipeline_run(project, paths[:READ_WARMUP], tmp / "scores-warmup", cores, args.batch)
-        quarter = pipeline_run(project, paths[: len(paths) // 4], tmp / "scores-quarter", cores, args.batch)
-        whole = pipeline_run(project, paths, tmp / "scores-whole", cores, args.batch)
-        # The same pipeline in other layouts (LIGHTBOX_SCORE_ACTORS, _ACTOR_THREADS), the whole catalog
-        # once each.
-        alt = {
-            text: pipeline_run(project, paths, tmp / f"scores-alt{i}", cores, args.batch, parse_layout(text))
+        # Pairs of runs, alternating: the marginal rate of one pair moves by 10-20% with a second's
+        # difference in the two runs' fixed costs; the median of the pairs is the figure.
+        quarter_paths = paths[: len(paths) // 4]
+        pairs = [
+            (
+                pipeline_run(project, quarter_paths, tmp / f"scores-quarter{i}", cores, args.batch),
+                pipeline_run(project, paths, tmp / f"scores-whole{i}", cores, args.batch),
+            )
+            for i in range(args.repeats)
+        ]
+        quarter, whole = pairs[-1]
+        # The same pipeline in other layouts (LIGHTBOX_SCORE_ACTORS, _ACTOR_THREADS, _DECODE), the whole
+        # catalog once each; a list, not a dict by layout: one may be asked for twice, to alternate.
+        alt = [
+            (
+                text,
+                pipeline_run(project, paths, tmp / f"scores-alt{i}", cores, args.batch, parse_layout(text)),
+            )
             for i, text in enumerate(args.also)
-        }
+        ]
 
     combined = 1 / (1 / a["img_s"] + 1 / b)
     d_end_to_end = whole["images"] / whole["seconds"]
-    d_marginal = _marginal(quarter, whole)
+    d_marginal = statistics.median(_marginal(q, w) for q, w in pairs)
+    d_steady = statistics.median(w["steady_img_s"] for _, w in pairs)
     return {
         "cores": cores,
         "photos_640x480": args.photos,
@@ -365,12 +381,17 @@ def run(args: argparse.Namespace) -> dict:
         "c_runtime": naive["runtime"],
         "d_end_to_end_img_s": round(d_end_to_end, 1),
         "d_marginal_img_s": round(d_marginal, 1),
+        "d_marginals_img_s": [round(_marginal(q, w), 1) for q, w in pairs],
         "d_streaming_img_s": round(whole["streaming_img_s"], 1),
+        "d_steady_img_s": round(d_steady, 1),
+        "d_steadies_img_s": [round(w["steady_img_s"], 1) for _, w in pairs],
         "d_over_c": round(d_marginal / c, 2),
         "d_over_combined_limit": round(d_marginal / combined, 2),
-        "d_cpu_bound_img_s": round(_cpu_bound(quarter, whole, cores), 1),
+        "d_steady_over_c": round(d_steady / c, 2),
+        "d_steady_over_combined_limit": round(d_steady / combined, 2),
+        "d_cpu_bound_img_s": round(statistics.median(_cpu_bound(q, w, cores) for q, w in pairs), 1),
         "d_runs": [_rounded(quarter), _rounded(whole)],
-        "d_other_layouts": {text: _rounded(w) for text, w in alt.items()},
+        "d_other_layouts": [{"layout": text, **_rounded(w)} for text, w in alt],
     }
 
 
@@ -379,8 +400,8 @@ def _marginal(quarter: dict, whole: dict) -> float:
 
 
 def parse_layout(text: str) -> dict:
-    """``actors=2,actor_threads=1`` -> the score_* settings it names."""
-    known = {"actors": int, "actor_threads": int}
+    """``actors=2,actor_threads=1,decode=tasks`` -> the score_* settings it names."""
+    known = {"actors": int, "actor_threads": int, "decode": str}
     layout = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
@@ -417,8 +438,14 @@ def markdown(r: dict) -> str:
             r["d_streaming_img_s"],
         ),
         (
-            f"(d) Ray Data pipeline, marginal ({w['images']} - {q['images']} images)",
+            f"(d) Ray Data pipeline, marginal ({w['images']} - {q['images']} images), median of"
+            f" {', '.join(map(str, r['d_marginals_img_s']))}",
             r["d_marginal_img_s"],
+        ),
+        (
+            f"(d) Ray Data pipeline, steady: from a quarter of the results to the last, median of"
+            f" {', '.join(map(str, r['d_steadies_img_s']))}",
+            r["d_steady_img_s"],
         ),
         (
             "(d) Ray Data pipeline, end to end incl. Ray start and model load",
@@ -426,10 +453,11 @@ def markdown(r: dict) -> str:
         ),
         *(
             (
-                f"(d) end to end, layout {text} (CPU s: {_cpu_text(alt)})",
+                f"(d) end to end, layout {alt['layout']}"
+                f" (steady {alt['steady_img_s']}; CPU s: {_cpu_text(alt)})",
                 round(alt["images"] / alt["seconds"], 1),
             )
-            for text, alt in r["d_other_layouts"].items()
+            for alt in r["d_other_layouts"]
         ),
     ]
     head = (
@@ -443,7 +471,8 @@ def markdown(r: dict) -> str:
             "|---|---:|",
             *(f"| {name} | {value} |" for name, value in rows),
             "",
-            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']}; the extra images' CPU "
+            f"(d)/(c) = {r['d_over_c']}; (d)/limit = {r['d_over_combined_limit']} (marginal); steady"
+            f" {r['d_steady_over_c']} and {r['d_steady_over_combined_limit']}; the extra images' CPU "
             f"seconds allow at most {r['d_cpu_bound_img_s']} images/s on {r['cores']} cores. "
             "Peak RSS (driver + Ray): "
             f"{q['peak_rss_mb']:.0f} MB at {q['images']} images, {w['peak_rss_mb']:.0f} MB at {w['images']}.",
@@ -463,6 +492,7 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=None, help="default: the cores this process may use")
     p.add_argument("--batch", type=int, default=16, help="model batch for (a)")
     p.add_argument("--model-seconds", type=float, default=8.0)
+    p.add_argument("--repeats", type=int, default=2, help="(d): pairs of runs (a quarter, the whole)")
     p.add_argument("--naive-images", type=int, default=200, help="(c) runs on this many, the catalog's mix")
     p.add_argument("--use-settings", action="store_true", help="the champion of the LIGHTBOX_* settings")
     p.add_argument(

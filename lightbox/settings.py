@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     score_actor_threads: int | None = Field(
         default=None, ge=1, le=256, description="threads per CPU model actor; None: node CPUs / actors"
     )
+    # Where images are read and decoded: "tasks" (Ray tasks on every core, pixels to the model actors
+    # through the object store), "actor" (inside each model actor, on its threads, before its model),
+    # "auto": "actor" where the actors run on CPU and no actor resources pin them to some nodes, else
+    # "tasks" (a GPU actor must not wait on JPEG decode; CPU-only nodes decode for the pinned actors).
+    score_decode: Literal["auto", "tasks", "actor"] = Field(
+        default="auto", description="where images are decoded: auto, tasks or actor"
+    )
     # Custom Ray resources each model actor needs (JSON: {"model_slot": 1}): pins the actors to the nodes
     # that offer them (`ray start --resources`), e.g. GPU nodes, leaving CPU-only nodes to decode.
     score_actor_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources/actor")

@@ -1,10 +1,12 @@
 """Stage: score a whole catalog (a folder, an s3:// prefix, a list of URIs) with one model version, on
 Ray Data, into parquet parts or the results table the upload consumer writes.
 
-The pipeline streams: Ray Data reads, hashes, decodes and resizes images in CPU tasks
-(``read_batch``: lightbox.imaging.preprocess_bytes, the server's own path), the model runs in a pool of
-actors (``Scorer``: one GPU each where there are GPUs), and this process writes the rows as they come
-(lightbox.results). Only URIs and rows pass through the driver, never the catalog's pixels.
+The pipeline streams: Ray Data reads, hashes, decodes and resizes images (``read_batch``:
+lightbox.imaging.preprocess_bytes, the server's own path), the model runs in a pool of actors
+(``Scorer``: one GPU each where there are GPUs), and this process writes the rows as they come
+(lightbox.results). Only URIs and rows pass through the driver, never the catalog's pixels. Where the
+reads run is the layout (``choose_layout``): in CPU tasks on every core feeding GPU actors (or actors
+pinned to some nodes), inside the model actors, on their threads, where the model runs on CPU.
 
 - Resumable, exactly once: the model version is pinned at start (an alias that moves mid-job does not
   mix versions), what it already has in the output is skipped, parts are atomic or upserted.
@@ -58,11 +60,17 @@ log = logging.getLogger(__name__)
 
 OK, ERROR, SKIP = "ok", "error", "skip"
 READ_BATCH = 16  # images per read task: enough to amortize a task, small enough to spread over cores
+ACTORS_START_S = 900  # the longest model actors may take to load, before the job fails
+ACTOR_ROWS_CPU = 32  # images per model actor task on CPU (its model batches run inside it)
+ACTOR_ROWS_GPU = 256
+# Calls at once in a CPU actor that decodes (DecodeThen): one decodes while another runs the model.
+# Two gave a steady rate 1.05-1.11x one's, alternating on 2 cores (docs/benchmarks.md).
+ACTOR_CALLS_CPU = 2
 FLUSH_EVERY_S = 60.0  # a part at least this often: a killed slow job loses at most a minute of work
 ERRORS_SHOWN = 20
 # Ray CPUs a model actor and a read task reserve: they bound how many run at once, not their threads
-# (an actor's are actor_threads). One actor per core on one thread each, reads at half a CPU, measured
-# slower end to end on 2 cores (docs/benchmarks.md): the second model load outweighed the layout.
+# (an actor's are actor_threads). With read tasks: one actor per core on one thread each, reads at half a
+# CPU, measured slower end to end on 2 cores (docs/benchmarks.md): the second model load outweighed it.
 ACTOR_CPUS = 1.0
 READ_CPUS = 1.0
 _PIXELS = (3, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
@@ -115,20 +123,24 @@ def read_batch(
     max_pixels: int,
     attempts: int,
     done_ref: list[Any],
+    map_: Callable[..., Any] = map,
 ) -> dict[str, np.ndarray]:
-    """The Ray Data read step (a task): URIs in, pixels and ids out. ``done_ref``: [ObjectRef of the
-    done image ids], wrapped so Ray passes the reference and each worker fetches the set once."""
+    """The Ray Data read step (a task, or inside a model actor): URIs in, pixels and ids out.
+    ``done_ref``: [ObjectRef of the done image ids], wrapped so Ray passes the reference and each worker
+    fetches the set once. ``map_``: a thread pool's map reads the batch on several cores (decoding,
+    resizing and hashing release the GIL)."""
     done_ids = _done_ids(done_ref[0])
-    reads = [
-        read_one(
+
+    def one(uri: object) -> Read:
+        return read_one(
             str(uri),
             lambda u: read_uri(u, endpoint_url),
             max_pixels=max_pixels,
             done_ids=done_ids,
             attempts=attempts,
         )
-        for uri in batch["uri"]
-    ]
+
+    reads: list[Read] = list(map_(one, batch["uri"]))
     pixels = np.zeros((len(reads), *_PIXELS), np.uint8)  # zeros where there is nothing to score
     for i, r in enumerate(reads):
         if r.pixels is not None:
@@ -150,10 +162,12 @@ def _done_ids(ref: Any) -> frozenset[str]:
     import ray
 
     key = ref.hex()
-    if key not in _done_cache:
+    ids = _done_cache.get(key)
+    if ids is None:  # a local, not the cache's entry: an actor's concurrent calls may clear it
+        ids = ray.get(ref)
         _done_cache.clear()  # one job's set at a time per worker
-        _done_cache[key] = ray.get(ref)
-    return _done_cache[key]
+        _done_cache[key] = ids
+    return ids
 
 
 class Scorer:
@@ -202,6 +216,25 @@ class Scorer:
         out = score_batch(batch, self.predictor, self.batch_size, self.embed)
         out["node"] = np.full(len(out["uri"]), self.node, object)  # where it ran: a cluster's test reads it
         return out
+
+
+class DecodeThen:
+    """The read step and the model step in one actor (``Layout.decode_in_actor``): each batch of URIs is
+    read and decoded on the actor's ``threads`` (a thread pool: decoding, resizing and hashing release
+    the GIL), then goes to ``model``. Why, on CPU: the same cores do both, so read tasks beside the
+    actor only add the pixels' trip through the object store and the two pools' fight over the cores
+    (per image, the actor spent 1.5x the model's own CPU beside read tasks: docs/benchmarks.md)."""
+
+    def __init__(self, model: type, model_kwargs: dict[str, Any], read_kwargs: dict[str, Any], threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.model = model(**model_kwargs)
+        self.read_kwargs = read_kwargs
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        read = read_batch(batch, **self.read_kwargs, map_=self.pool.map if self.pool else map)
+        return self.model(read)  # type: ignore[no-any-return]
 
 
 def _node_id() -> str | None:
@@ -331,6 +364,7 @@ class ScoreResult:
     # actors have loaded (fixed costs that a big catalog amortizes and a small one is mostly made of).
     first_results_s: float | None = None  # from the start of the job
     streaming_images_per_s: float | None = None  # None: fewer than two batches came out
+    steady_images_per_s: float | None = None  # from a quarter of the results to the last (StreamClock)
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
 
     def summary(self) -> str:
@@ -348,13 +382,19 @@ class ScoreResult:
 
 class StreamClock:
     """The rate of a stream of batches from its first to its last: images after the first batch over
-    the time between them (the first batch's own images are what the start-up produced)."""
+    the time between them (the first batch's own images are what the start-up produced). With
+    ``total``, also from the batch that brought a quarter of the images to the last
+    (``steady_images_per_s``): well past the start-up, where reads that ran ahead while the model loaded
+    no longer flatter the rate."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, total: int | None = None) -> None:
         self.clock = clock
         self.first: float | None = None
         self.last: float | None = None
         self.after_first = 0
+        self.total = total
+        self.seen = 0
+        self.quarter: tuple[float, int] | None = None  # (time, images seen) when a quarter had come
 
     def batch(self, images: int) -> None:
         now = self.clock()
@@ -363,11 +403,19 @@ class StreamClock:
         else:
             self.after_first += images
         self.last = now
+        self.seen += images
+        if self.quarter is None and self.total and 4 * self.seen >= self.total:
+            self.quarter = (now, self.seen)
 
     def images_per_s(self) -> float | None:
         if self.first is None or self.last is None or self.last <= self.first:
             return None
         return self.after_first / (self.last - self.first)
+
+    def steady_images_per_s(self) -> float | None:
+        if self.quarter is None or self.last is None or self.last <= self.quarter[0]:
+            return None
+        return (self.seen - self.quarter[1]) / (self.last - self.quarter[0])
 
 
 def run(
@@ -394,9 +442,10 @@ def run(
         result.listed = len(uris)
         log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)
         if todo:
-            stream = StreamClock()
+            stream = StreamClock(total=len(todo))
             _score(settings, todo, done.image_ids, alias, version, sink, result, stream)
             result.streaming_images_per_s = stream.images_per_s()
+            result.steady_images_per_s = stream.steady_images_per_s()
             if stream.first is not None:
                 result.first_results_s = stream.first - t0
     finally:
@@ -483,26 +532,57 @@ class OnlinePublisher:
 def _batches(
     settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
 ) -> Iterator[dict[str, np.ndarray]]:
-    """URIs -> read tasks -> Scorer actors -> scored batches, streamed."""
-    actors, use_gpu = actor_pool(settings)
+    """URIs -> reads -> Scorer actors -> scored batches, streamed."""
+    layout = pipeline_layout(settings)
     kwargs = {
         "settings": settings,
         "alias": alias,
         "version": version,
         "batch_size": settings.score_batch_size,
         "embed": settings.score_online,
-        "threads": settings.score_actor_threads or actor_threads(_actor_node_cpus(settings, use_gpu), actors),
+        "threads": layout.threads,
     }
-    yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids)
+    yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids, layout=layout)
 
 
-def actor_pool(settings: Settings) -> tuple[int, bool]:
-    """(model actors, whether each takes a GPU) on the connected Ray cluster."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a job's work runs on the Ray cluster."""
+
+    actors: int  # model actors
+    use_gpu: bool  # one GPU each
+    decode_in_actor: bool  # reads inside the model actors (DecodeThen), not in read tasks
+    threads: int  # each CPU actor's intra-op threads, and its read threads when it reads
+
+
+def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layout:
+    """The layout for a cluster with ``gpus`` GPUs whose nodes that can hold a model actor have
+    ``node_cpus`` CPUs each.
+
+    Reads go inside the actors where the model runs on CPU (settings.score_decode "auto"), one actor per
+    such node on all its cores: on the same cores, read tasks only add the pixels' copies through the
+    object store. They stay in tasks on every core for GPU actors (a GPU must not wait on JPEG decode),
+    and where actor resources pin the actors to some nodes (the other nodes are there to decode).
+    """
+    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
+    if settings.score_decode == "auto":
+        in_actor = not use_gpu and not settings.score_actor_resources
+    else:
+        in_actor = settings.score_decode == "actor"
+    # With read tasks on CPU, one actor: the read tasks take the other cores of every node.
+    per_node = max(1, len(node_cpus)) if in_actor else 1
+    actors = settings.score_actors or (max(gpus, 1) if use_gpu else per_node)
+    threads = settings.score_actor_threads or actor_threads(node_cpus, actors)
+    return Layout(actors, use_gpu, in_actor, threads)
+
+
+def pipeline_layout(settings: Settings) -> Layout:
+    """choose_layout for the connected Ray cluster."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
-    return settings.score_actors or (max(gpus, 1) if use_gpu else 1), use_gpu
+    return choose_layout(settings, gpus, _actor_node_cpus(settings, use_gpu))
 
 
 def actor_threads(node_cpus: list[float], actors: int) -> int:
@@ -511,9 +591,9 @@ def actor_threads(node_cpus: list[float], actors: int) -> int:
 
     Why not Ray's default: Ray gives an actor as many threads as CPUs it reserves (one), so the model,
     nearly all of the work on CPU (decoding an image costs a fraction of a forward pass, camera JPEGs
-    being draft-decoded), would run on one core while the node's other cores wait for read tasks that
-    are soon done. The read tasks still run beside the actor's threads; the oversubscription while they
-    do costs less than leaving cores idle the rest of the time. LIGHTBOX_SCORE_ACTOR_THREADS overrides.
+    being draft-decoded), would run on one core while the node's other cores wait. With read tasks they
+    still run beside the actor's threads; the oversubscription while they do costs less than leaving
+    cores idle the rest of the time. LIGHTBOX_SCORE_ACTOR_THREADS overrides.
     """
     if not node_cpus:
         return 1
@@ -534,13 +614,15 @@ def _actor_node_cpus(settings: Settings, use_gpu: bool) -> list[float]:
 
 
 def check_reservations(actors: int, actor_cpus: float, read_cpus: float, cluster_cpus: float) -> None:
-    """Refuse a layout whose model actors leave no room for a read task: actors hold their CPUs for the
-    whole job, so the reads would wait forever and the job would hang instead of failing."""
+    """Refuse a layout whose model actors leave no room for a read task (``read_cpus`` 0: the actors
+    read themselves): actors hold their CPUs for the whole job, so the reads would wait forever and the
+    job would hang instead of failing."""
     if actors * actor_cpus > cluster_cpus - read_cpus:
+        room = f"less than a read task's {read_cpus:g} of" if read_cpus else "more than"
         raise ValueError(
-            f"score_actors={actors} at {actor_cpus:g} CPU each would leave less than a read task's"
-            f" {read_cpus:g} of the Ray cluster's {cluster_cpus:g} CPUs to read and decode images:"
-            " use fewer actors, or more CPUs (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
+            f"score_actors={actors} at {actor_cpus:g} CPU each would need {room} the Ray cluster's"
+            f" {cluster_cpus:g} CPUs to read and decode images: use fewer actors, or more CPUs"
+            " (LIGHTBOX_RAY_NUM_CPUS, or more nodes)"
         )
 
 
@@ -551,52 +633,84 @@ def image_pipeline(
     model_kwargs: dict[str, Any],
     *,
     done_ids: frozenset[str] = frozenset(),
+    layout: Layout | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The Ray Data pipeline bulk scoring and feature extraction share: URIs -> read tasks (fetch, hash,
-    decode, resize: ``read_batch``) -> a pool of ``model`` actors (one GPU each where there are GPUs)
-    -> their output batches, streamed to the caller in no particular order. ``model(**model_kwargs)`` is
-    built once per actor and called on numpy batches of read rows (``pixels`` and the read columns)."""
+    """The Ray Data pipeline bulk scoring and feature extraction share: URIs -> reads (fetch, hash,
+    decode, resize: ``read_batch``, in tasks or in the actors: ``Layout``) -> a pool of ``model`` actors
+    (one GPU each where there are GPUs) -> their output batches, streamed to the caller in no particular
+    order. ``model(**model_kwargs)`` is built once per actor and called on numpy batches of read rows
+    (``pixels`` and the read columns)."""
     import ray
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
-    actors, use_gpu = actor_pool(settings)
+    # Work goes out once every model actor has loaded: else the first one ready queues the first
+    # several tasks, and a small catalog runs on one node of many.
+    context.wait_for_min_actors_s = ACTORS_START_S
+    layout = layout or pipeline_layout(settings)
     cpus = ray.cluster_resources().get("CPU", 0)
-    check_reservations(actors, ACTOR_CPUS, READ_CPUS, cpus)
+    check_reservations(layout.actors, ACTOR_CPUS, 0.0 if layout.decode_in_actor else READ_CPUS, cpus)
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).
-    actor_rows = settings.score_batch_size or (256 if use_gpu else 32)
-    # Blocks of READ_BATCH URIs, rounded up: a block is a read task and, downstream, an actor's task (24
-    # URIs in one block would leave every core but one idle, and every actor but one).
-    blocks = max(1, min(-(-len(uris) // READ_BATCH), 10_000))
+    actor_rows = settings.score_batch_size or (ACTOR_ROWS_GPU if layout.use_gpu else ACTOR_ROWS_CPU)
+    # Blocks of READ_BATCH URIs (an actor's rows when it reads), rounded up: a block is a read task and,
+    # downstream, an actor's task (24 URIs in one block would leave every core but one idle).
+    block = actor_rows if layout.decode_in_actor else READ_BATCH
+    blocks = max(1, min(-(-len(uris) // block), 10_000))
     ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks)
+    read_kwargs = {
+        "endpoint_url": settings.s3_endpoint_url,
+        "max_pixels": settings.max_pixels,
+        "attempts": settings.score_read_attempts,
+        "done_ref": [ray.put(done_ids)],
+    }
+    if layout.decode_in_actor:
+        fn: type = DecodeThen
+        constructor: dict[str, Any] = {
+            "model": model,
+            "model_kwargs": model_kwargs,
+            "read_kwargs": read_kwargs,
+            "threads": layout.threads,
+        }
+    else:
+        ds = ds.map_batches(
+            read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
+            batch_size=READ_BATCH,
+            batch_format="numpy",
+            fn_kwargs=read_kwargs,
+            num_cpus=READ_CPUS,
+        )
+        fn, constructor = model, model_kwargs
     ds = ds.map_batches(
-        read_batch,  # type: ignore[arg-type]  # Ray's stub wants the batch param typed as any format
-        batch_size=READ_BATCH,
-        batch_format="numpy",
-        fn_kwargs={
-            "endpoint_url": settings.s3_endpoint_url,
-            "max_pixels": settings.max_pixels,
-            "attempts": settings.score_read_attempts,
-            "done_ref": [ray.put(done_ids)],
-        },
-        num_cpus=READ_CPUS,
-    )
-    ds = ds.map_batches(
-        model,
+        fn,
         batch_size=actor_rows,
         batch_format="numpy",
-        fn_constructor_kwargs=model_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs=constructor,
+        compute=_actor_pool(layout),
         num_cpus=ACTOR_CPUS,
-        num_gpus=1 if use_gpu else 0,
+        num_gpus=1 if layout.use_gpu else 0,
         resources=dict(settings.score_actor_resources) or None,
         # Model actors on different nodes where they can be. And remote args unlike the read step's:
         # Ray Data fuses a task map into the actor map after it when their remote args are equal, and
-        # fused, every decode would run inside the few model actors (one core each; a GPU actor would
+        # fused, every decode would run inside the few model actors (one thread each; a GPU actor would
         # wait on JPEG decode) instead of in read tasks on every core of the cluster.
         scheduling_strategy="SPREAD",
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+def _actor_pool(layout: Layout) -> Any:
+    import ray
+
+    if layout.decode_in_actor and not layout.use_gpu and ACTOR_CALLS_CPU > 1:
+        # Calls overlap in each actor: one decodes its batch while another runs the model, so that the
+        # cores are not idle at the seams between the two (the predictor is thread-safe: the server
+        # runs batches side by side on it).
+        return ray.data.ActorPoolStrategy(
+            size=layout.actors,
+            max_concurrent_calls_per_actor=ACTOR_CALLS_CPU,
+            enable_true_multi_threading=True,
+        )
+    return ray.data.ActorPoolStrategy(size=layout.actors)
 
 
 def job_settings(

@@ -4,6 +4,7 @@ profile, role), never from settings."""
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -24,12 +25,17 @@ def split_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+_building = threading.Lock()
+
+
 @cache
 def client(endpoint_url: str | None) -> S3Client:
     import boto3
 
-    # One client per endpoint: boto3 clients are thread-safe and slow to build (~50 ms).
-    return boto3.client("s3", endpoint_url=endpoint_url)
+    # One client per endpoint: boto3 clients are thread-safe and slow to build (~50 ms). Building one is
+    # not (boto3's default session), and a bulk scoring actor reads on several threads: one at a time.
+    with _building:
+        return boto3.client("s3", endpoint_url=endpoint_url)
 
 
 def read(url: str, endpoint_url: str | None) -> bytes:

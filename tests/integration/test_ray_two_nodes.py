@@ -1,8 +1,9 @@
 """Bulk scoring on a real two-node Ray cluster (both nodes on loopback, with token authentication, as
-Ray 2.60 requires of a node joining a cluster): only the second node offers a ``model_slot``, so the
-model actor runs there (LIGHTBOX_SCORE_ACTOR_RESOURCES), while read tasks decode on both nodes; the
-scores are those of a local Ray run, and the code reaches the nodes through the job's runtime
-environment (lightbox.ray_cluster ships the packages), not the checkout.
+Ray 2.60 requires of a node joining a cluster), in its two layouts: only the second node offers a
+``model_slot``, so the model actor runs there (LIGHTBOX_SCORE_ACTOR_RESOURCES) while read tasks decode
+on both nodes; and without it, one CPU model actor per node, each decoding its own images. The scores
+are those of a local Ray run, and the code reaches the nodes through the job's runtime environment
+(lightbox.ray_cluster ships the packages), not the checkout.
 
 Teardown stops only what this test started: each ``ray start --block`` runs in a session of its own;
 SIGTERM makes it drain and stop its node, and whatever is left of those sessions is killed by pid.
@@ -141,23 +142,33 @@ def test_a_job_on_two_nodes_scores_as_a_local_one(registered_champion, tmp_path:
             "LIGHTBOX_SCORE_PART_ROWS": "5",
             "LIGHTBOX_SCORE_ACTOR_RESOURCES": json.dumps({"model_slot": 1}),
         }
-        cmd = [sys.executable, "-m", "lightbox.cli", "score", str(pics), "--out", str(tmp_path / "cluster")]
-        done = subprocess.run(cmd, env=job, capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
-        result = json.loads(done.stdout[done.stdout.index("{") :])
+        pinned = _score(pics, tmp_path / "cluster", job)
+        unpinned = _score(pics, tmp_path / "per-node", {k: v for k, v in job.items() if "RESOURCES" not in k})
     finally:
         _stop(nodes)
         shutil.rmtree(temp, ignore_errors=True)
 
-    assert result["scored"] == 64
+    assert pinned["scored"] == unpinned["scored"] == 64
     model_node = next(node for node, r in resources.items() if r.get("model_slot"))
-    assert result["nodes"] == {model_node: 64}  # the model ran where the resource is
-    assert set(result["read_nodes"]) == set(resources), result["read_nodes"]  # decoded on both nodes
+    assert pinned["nodes"] == {model_node: 64}  # the model ran where the resource is
+    assert set(pinned["read_nodes"]) == set(resources), pinned["read_nodes"]  # decoded on both nodes
+    # Unpinned: a model actor on each node, which decoded what it scored.
+    assert set(unpinned["nodes"]) == set(resources), unpinned["nodes"]
+    assert unpinned["read_nodes"] == unpinned["nodes"]
     by_id = {r["image_id"]: r for r in read_parts(tmp_path / "local").to_pylist()}  # type: ignore[union-attr]
-    remote = read_parts(tmp_path / "cluster")
-    assert remote is not None and len(remote) == 64
-    for row in remote.to_pylist():
-        mine = by_id[row["image_id"]]
-        assert row["uri"] == mine["uri"] and row["model_version"] == mine["model_version"]
-        assert row["score"] == pytest.approx(mine["score"], abs=1e-5)
-        assert dict(row["tag_probs"]) == pytest.approx(dict(mine["tag_probs"]), abs=1e-5)
+    for out in ("cluster", "per-node"):
+        remote = read_parts(tmp_path / out)
+        assert remote is not None and len(remote) == 64
+        for row in remote.to_pylist():
+            mine = by_id[row["image_id"]]
+            assert row["uri"] == mine["uri"] and row["model_version"] == mine["model_version"]
+            assert row["score"] == pytest.approx(mine["score"], abs=1e-5)
+            assert dict(row["tag_probs"]) == pytest.approx(dict(mine["tag_probs"]), abs=1e-5)
+
+
+def _score(pics: Path, out: Path, env: dict[str, str]) -> dict:
+    """`lightbox score` as a job's driver, its summary."""
+    cmd = [sys.executable, "-m", "lightbox.cli", "score", str(pics), "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout[done.stdout.index("{") :])  # type: ignore[no-any-return]

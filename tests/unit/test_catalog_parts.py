@@ -28,6 +28,7 @@ from lightbox.results import (
     pending,
     read_parts,
 )
+from lightbox.settings import Settings
 from lightbox.source_tree import SourceNotFound
 from pipelines.score_catalog import (
     ERROR,
@@ -36,6 +37,7 @@ from pipelines.score_catalog import (
     StreamClock,
     actor_threads,
     check_reservations,
+    choose_layout,
     embeddings_of,
     read_one,
     rows_from_batch,
@@ -315,6 +317,30 @@ def test_reservations_leave_a_read_task_room() -> None:
         check_reservations(3, 0.5, 0.75, 2.0)
 
 
+def test_actors_that_read_for_themselves_may_take_every_cpu() -> None:
+    check_reservations(2, 1.0, 0.0, 2.0)
+    with pytest.raises(ValueError, match="score_actors=3 at 1 CPU each would need more than"):
+        check_reservations(3, 1.0, 0.0, 2.0)
+
+
+def test_cpu_actors_decode_their_own_images_and_gpu_actors_are_fed_by_read_tasks(tmp_path: Path) -> None:
+    def layout(gpus: int, node_cpus: list[float], **kw: object) -> tuple[int, bool, bool, int]:
+        chosen = choose_layout(Settings(project_dir=tmp_path, **kw), gpus, node_cpus)  # type: ignore[arg-type]
+        return chosen.actors, chosen.use_gpu, chosen.decode_in_actor, chosen.threads
+
+    # CPU: one actor per node on all its cores, reading its own images
+    assert layout(0, [2.0]) == (1, False, True, 2)
+    assert layout(0, [16.0, 8.0]) == (2, False, True, 8)
+    # GPU: one actor per GPU, read tasks decode on every core
+    assert layout(4, [32.0, 32.0])[:3] == (4, True, False)
+    # actors pinned to some nodes by a resource: the other nodes are there to decode
+    assert layout(0, [2.0], score_actor_resources={"model_slot": 1}) == (1, False, False, 2)
+    # asked for: read tasks beside one actor, or two single-thread actors reading their own
+    assert layout(0, [2.0], score_decode="tasks") == (1, False, False, 2)
+    assert layout(0, [2.0], score_actors=2, score_actor_threads=1) == (2, False, True, 1)
+    assert layout(2, [8.0], score_decode="actor")[:3] == (2, True, True)
+
+
 def test_stream_clock_leaves_the_start_up_out() -> None:
     now = iter([10.0, 12.0, 13.0, 14.0])
     clock = StreamClock(clock=lambda: next(now))
@@ -325,3 +351,15 @@ def test_stream_clock_leaves_the_start_up_out() -> None:
         clock.batch(16)  # at 12, 13, 14 s
     assert clock.images_per_s() == pytest.approx(48 / 4.0)
     assert clock.first == 10.0 and clock.last == 14.0
+    assert clock.steady_images_per_s() is None  # no total: no quarter mark
+
+
+def test_the_steady_rate_starts_once_a_quarter_of_the_images_came_out() -> None:
+    now = iter([10.0, 10.5, 11.0, 13.0, 15.0, 17.0])
+    clock = StreamClock(clock=lambda: next(now), total=100)
+    for images in (10, 10, 10):  # 10, 20, 30 images by 11 s: decoded ahead during the model load
+        clock.batch(images)
+    assert clock.steady_images_per_s() is None  # a quarter came at 11 s, nothing after it yet
+    for images in (20, 20, 30):  # 100 images by 17 s
+        clock.batch(images)
+    assert clock.steady_images_per_s() == pytest.approx(70 / 6.0)  # not the 90 / 7 after the first
