@@ -221,9 +221,10 @@ class Scorer:
 class DecodeThen:
     """The read step and the model step in one actor (``Layout.decode_in_actor``): each batch of URIs is
     read and decoded on the actor's ``threads`` (a thread pool: decoding, resizing and hashing release
-    the GIL), then goes to ``model``. Why, on CPU: the same cores do both, so read tasks beside the
-    actor only add the pixels' trip through the object store and the two pools' fight over the cores
-    (per image, the actor spent 1.5x the model's own CPU beside read tasks: docs/benchmarks.md)."""
+    the GIL), then goes to ``model``; two calls overlap (ACTOR_CALLS_CPU). Why, on CPU: the same cores
+    do both, and a node's actor then decodes what it scores, so a CPU cluster scales by nodes with no
+    pixels sent between them. On one node it measured the same CPU per image as read tasks beside the
+    actor, and a steady rate 1.05x theirs (docs/benchmarks.md)."""
 
     def __init__(self, model: type, model_kwargs: dict[str, Any], read_kwargs: dict[str, Any], threads: int):
         from concurrent.futures import ThreadPoolExecutor
@@ -560,9 +561,9 @@ def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layo
     ``node_cpus`` CPUs each.
 
     Reads go inside the actors where the model runs on CPU (settings.score_decode "auto"), one actor per
-    such node on all its cores: on the same cores, read tasks only add the pixels' copies through the
-    object store. They stay in tasks on every core for GPU actors (a GPU must not wait on JPEG decode),
-    and where actor resources pin the actors to some nodes (the other nodes are there to decode).
+    such node on all its cores (DecodeThen says why). They stay in tasks on every core for GPU actors
+    (a GPU must not wait on JPEG decode), and where actor resources pin the actors to some nodes (the
+    other nodes are there to decode).
     """
     use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
     if settings.score_decode == "auto":
