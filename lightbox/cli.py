@@ -35,6 +35,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from pipelines.monitor import NoPredictions, NoReference
     from pipelines.promote import PromotionRefused
     from pipelines.quantize import QuantizeRefused
+    from pipelines.score_catalog import ActorsDidNotStart
     from serving.server import CannotServe
     from training.predictor import ModelNotFound
 
@@ -51,7 +52,8 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | CannotServe
         | NoReference
         | NoPredictions
-        | QuantizeRefused,
+        | QuantizeRefused
+        | ActorsDidNotStart,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when

@@ -229,6 +229,10 @@ class DecodeThen:
     def __init__(self, model: type, model_kwargs: dict[str, Any], read_kwargs: dict[str, Any], threads: int):
         from concurrent.futures import ThreadPoolExecutor
 
+        if threads == NODE_CPUS:  # all of this node's cores, for the reads and the model
+            threads = _own_node_cpus()
+            if model_kwargs.get("threads") == NODE_CPUS:
+                model_kwargs = {**model_kwargs, "threads": threads}
         self.model = model(**model_kwargs)
         self.read_kwargs = read_kwargs
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
@@ -236,6 +240,19 @@ class DecodeThen:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         read = read_batch(batch, **self.read_kwargs, map_=self.pool.map if self.pool else map)
         return self.model(read)  # type: ignore[no-any-return]
+
+
+def _own_node_cpus() -> int:
+    """The CPUs Ray gives the node this worker runs on."""
+    import os
+
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == me:
+            return max(1, int(node["Resources"].get("CPU", 1)))
+    return os.cpu_count() or 1
 
 
 def _node_id() -> str | None:
@@ -553,28 +570,45 @@ class Layout:
     actors: int  # model actors
     use_gpu: bool  # one GPU each
     decode_in_actor: bool  # reads inside the model actors (DecodeThen), not in read tasks
-    threads: int  # each CPU actor's intra-op threads, and its read threads when it reads
+    # Each CPU actor's intra-op threads, and its read threads when it reads; NODE_CPUS: all of its own
+    # node's CPUs (one actor per node: nodes of different sizes each use all their cores).
+    threads: int
+    # Work goes out once every model actor has loaded (one per node, each node has room for it).
+    wait_for_actors: bool = False
+
+
+NODE_CPUS = 0  # Layout.threads: the CPUs of the node the actor runs on
 
 
 def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layout:
     """The layout for a cluster with ``gpus`` GPUs whose nodes that can hold a model actor have
-    ``node_cpus`` CPUs each.
+    ``node_cpus`` CPUs each (a node without a whole CPU cannot: a head started with --num-cpus=0).
 
     Reads go inside the actors where the model runs on CPU (settings.score_decode "auto"), one actor per
-    such node on all its cores (DecodeThen says why). They stay in tasks on every core for GPU actors
-    (a GPU must not wait on JPEG decode), and where actor resources pin the actors to some nodes (the
-    other nodes are there to decode).
+    such node on all of that node's cores (DecodeThen says why). They stay in tasks on every core for GPU
+    actors (a GPU must not wait on JPEG decode), where actor resources pin the actors to some nodes (the
+    other nodes are there to decode), and where LIGHTBOX_SCORE_ACTORS asks for fewer actors than nodes
+    (the read tasks keep the other nodes busy).
     """
+    nodes = [c for c in node_cpus if c >= ACTOR_CPUS]
     use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
     if settings.score_decode == "auto":
-        in_actor = not use_gpu and not settings.score_actor_resources
+        in_actor = (
+            not use_gpu
+            and not settings.score_actor_resources
+            and (settings.score_actors is None or settings.score_actors >= len(nodes))
+        )
     else:
         in_actor = settings.score_decode == "actor"
-    # With read tasks on CPU, one actor: the read tasks take the other cores of every node.
-    per_node = max(1, len(node_cpus)) if in_actor else 1
-    actors = settings.score_actors or (max(gpus, 1) if use_gpu else per_node)
-    threads = settings.score_actor_threads or actor_threads(node_cpus, actors)
-    return Layout(actors, use_gpu, in_actor, threads)
+    per_node = in_actor and not use_gpu and settings.score_actors is None
+    if settings.score_actors:
+        actors = settings.score_actors
+    elif use_gpu:
+        actors = max(gpus, 1)
+    else:  # with read tasks on CPU, one actor: the read tasks take the other cores of every node
+        actors = max(1, len(nodes)) if in_actor else 1
+    threads = settings.score_actor_threads or (NODE_CPUS if per_node else actor_threads(nodes, actors))
+    return Layout(actors, use_gpu, in_actor, threads, wait_for_actors=per_node and len(nodes) > 1)
 
 
 def pipeline_layout(settings: Settings) -> Layout:
@@ -645,9 +679,6 @@ def image_pipeline(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
-    # Work goes out once every model actor has loaded: else the first one ready queues the first
-    # several tasks, and a small catalog runs on one node of many.
-    context.wait_for_min_actors_s = ACTORS_START_S
     layout = layout or pipeline_layout(settings)
     cpus = ray.cluster_resources().get("CPU", 0)
     check_reservations(layout.actors, ACTOR_CPUS, 0.0 if layout.decode_in_actor else READ_CPUS, cpus)
@@ -696,7 +727,26 @@ def image_pipeline(
         # wait on JPEG decode) instead of in read tasks on every core of the cluster.
         scheduling_strategy="SPREAD",
     )
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    # One actor per node: work goes out once every one has loaded, else the first one ready queues the
+    # first several tasks and a small catalog runs on one node of many. Ray's default (start at once)
+    # elsewhere: a pool of another size may never place all its actors, and runs with those it has.
+    # On this dataset's own context (a copy taken when it was built), not the process's.
+    if layout.wait_for_actors:
+        ds.context.wait_for_min_actors_s = ACTORS_START_S
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    except ray.exceptions.GetTimeoutError as exc:
+        if not layout.wait_for_actors:
+            raise
+        raise ActorsDidNotStart(
+            f"the {layout.actors} model actors (one per node) did not all start within {ACTORS_START_S} s:"
+            " a node has no free CPU for one, or the model is slow to load; set LIGHTBOX_SCORE_ACTORS"
+            " to fewer actors than nodes (read tasks then decode on the others)"
+        ) from exc
+
+
+class ActorsDidNotStart(RuntimeError):
+    """The per-node model actors did not all start in time (a busy or too-small node)."""
 
 
 def _actor_pool(layout: Layout) -> Any:

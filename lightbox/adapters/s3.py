@@ -26,16 +26,20 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 _building = threading.Lock()
+POOL = 64  # connections per client: a large node's read threads, two calls each
 
 
 @cache
 def client(endpoint_url: str | None) -> S3Client:
     import boto3
+    from botocore.config import Config
 
     # One client per endpoint: boto3 clients are thread-safe and slow to build (~50 ms). Building one is
     # not (boto3's default session), and a bulk scoring actor reads on several threads: one at a time.
+    # Its connection pool is sized for those threads (botocore's default, 10, would open a new
+    # connection per object past it).
     with _building:
-        return boto3.client("s3", endpoint_url=endpoint_url)
+        return boto3.client("s3", endpoint_url=endpoint_url, config=Config(max_pool_connections=POOL))
 
 
 def read(url: str, endpoint_url: str | None) -> bytes:

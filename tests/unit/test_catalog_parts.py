@@ -32,6 +32,7 @@ from lightbox.settings import Settings
 from lightbox.source_tree import SourceNotFound
 from pipelines.score_catalog import (
     ERROR,
+    NODE_CPUS,
     OK,
     SKIP,
     StreamClock,
@@ -328,9 +329,10 @@ def test_cpu_actors_decode_their_own_images_and_gpu_actors_are_fed_by_read_tasks
         chosen = choose_layout(Settings(project_dir=tmp_path, **kw), gpus, node_cpus)  # type: ignore[arg-type]
         return chosen.actors, chosen.use_gpu, chosen.decode_in_actor, chosen.threads
 
-    # CPU: one actor per node on all its cores, reading its own images
-    assert layout(0, [2.0]) == (1, False, True, 2)
-    assert layout(0, [16.0, 8.0]) == (2, False, True, 8)
+    # CPU: one actor per node on all of its own node's cores, reading its own images
+    assert layout(0, [2.0]) == (1, False, True, NODE_CPUS)
+    assert layout(0, [16.0, 8.0]) == (2, False, True, NODE_CPUS)
+    assert layout(0, [0.0, 16.0, 16.0]) == (2, False, True, NODE_CPUS)  # a head without CPUs takes none
     # GPU: one actor per GPU, read tasks decode on every core
     assert layout(4, [32.0, 32.0])[:3] == (4, True, False)
     # actors pinned to some nodes by a resource: the other nodes are there to decode
@@ -339,6 +341,16 @@ def test_cpu_actors_decode_their_own_images_and_gpu_actors_are_fed_by_read_tasks
     assert layout(0, [2.0], score_decode="tasks") == (1, False, False, 2)
     assert layout(0, [2.0], score_actors=2, score_actor_threads=1) == (2, False, True, 1)
     assert layout(2, [8.0], score_decode="actor")[:3] == (2, True, True)
+    # fewer actors asked for than nodes: read tasks keep the other nodes busy
+    assert layout(0, [8.0, 8.0], score_actors=1) == (1, False, False, 8)
+
+
+def test_only_one_actor_per_node_waits_for_every_actor(tmp_path: Path) -> None:
+    settings = Settings(project_dir=tmp_path)
+    assert choose_layout(settings, 0, [4.0, 4.0]).wait_for_actors  # placeable by construction
+    assert not choose_layout(settings, 0, [4.0]).wait_for_actors  # one node: nothing to balance
+    assert not choose_layout(settings, 2, [4.0, 4.0]).wait_for_actors  # GPUs: Ray's default
+    assert not choose_layout(Settings(project_dir=tmp_path, score_actors=4), 0, [4.0, 4.0]).wait_for_actors
 
 
 def test_stream_clock_leaves_the_start_up_out() -> None:
