@@ -239,7 +239,7 @@ class DecodeThen:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         read = read_batch(batch, **self.read_kwargs, map_=self.pool.map if self.pool else map)
-        return self.model(read)  # type: ignore[no-any-return]
+        return self.model(read)
 
 
 def _own_node_cpus() -> int:
