@@ -223,8 +223,8 @@ class DecodeThen:
     read and decoded on the actor's ``threads`` (a thread pool: decoding, resizing and hashing release
     the GIL), then goes to ``model``; two calls overlap (ACTOR_CALLS_CPU). Why, on CPU: the same cores
     do both, and a node's actor then decodes what it scores, so a CPU cluster scales by nodes with no
-    pixels sent between them. On one node it measured the same CPU per image as read tasks beside the
-    actor, and a steady rate 1.05x theirs (docs/benchmarks.md)."""
+    pixels sent between them. On one node it measured the same CPU and rate as read tasks beside the
+    actor, within the noise of a 2-core VM (docs/benchmarks.md)."""
 
     def __init__(self, model: type, model_kwargs: dict[str, Any], read_kwargs: dict[str, Any], threads: int):
         from concurrent.futures import ThreadPoolExecutor
