@@ -360,8 +360,9 @@ def run(args: argparse.Namespace) -> dict:
 
     combined = 1 / (1 / a["img_s"] + 1 / b)
     d_end_to_end = whole["images"] / whole["seconds"]
-    d_marginal = statistics.median(_marginal(q, w) for q, w in pairs)
-    d_steady = statistics.median(w["steady_img_s"] for _, w in pairs)
+    marginals = [_marginal(q, w) for q, w in pairs]
+    steadies = [w["steady_img_s"] for _, w in pairs]
+    d_marginal, d_steady = statistics.median(marginals), statistics.median(steadies)
     return {
         "cores": cores,
         "photos_640x480": args.photos,
@@ -381,10 +382,10 @@ def run(args: argparse.Namespace) -> dict:
         "c_runtime": naive["runtime"],
         "d_end_to_end_img_s": round(d_end_to_end, 1),
         "d_marginal_img_s": round(d_marginal, 1),
-        "d_marginals_img_s": [round(_marginal(q, w), 1) for q, w in pairs],
+        "d_marginals_img_s": [round(m, 1) for m in marginals],
         "d_streaming_img_s": round(whole["streaming_img_s"], 1),
         "d_steady_img_s": round(d_steady, 1),
-        "d_steadies_img_s": [round(w["steady_img_s"], 1) for _, w in pairs],
+        "d_steadies_img_s": [round(v, 1) for v in steadies],
         "d_over_c": round(d_marginal / c, 2),
         "d_over_combined_limit": round(d_marginal / combined, 2),
         "d_steady_over_c": round(d_steady / c, 2),

@@ -114,8 +114,9 @@ class Settings(BaseSettings):
     )
     # Where images are read and decoded: "tasks" (Ray tasks on every core, pixels to the model actors
     # through the object store), "actor" (inside each model actor, on its threads, before its model),
-    # "auto": "actor" where the actors run on CPU and no actor resources pin them to some nodes, else
-    # "tasks" (a GPU actor must not wait on JPEG decode; CPU-only nodes decode for the pinned actors).
+    # "auto": "actor" where the actors run on CPU, no actor resources pin them to some nodes and
+    # score_actors asks for no fewer than the nodes, else "tasks" (a GPU actor must not wait on JPEG
+    # decode; the other nodes decode for pinned actors or for fewer actors than nodes).
     score_decode: Literal["auto", "tasks", "actor"] = Field(
         default="auto", description="where images are decoded: auto, tasks or actor"
     )

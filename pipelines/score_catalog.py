@@ -248,7 +248,7 @@ def _own_node_cpus() -> int:
 
     import ray
 
-    me = ray.get_runtime_context().get_node_id()
+    me = _node_id()
     for node in ray.nodes():
         if node.get("NodeID") == me:
             return max(1, int(node["Resources"].get("CPU", 1)))
@@ -409,7 +409,7 @@ class StreamClock:
         self.clock = clock
         self.first: float | None = None
         self.last: float | None = None
-        self.after_first = 0
+        self.first_images = 0  # the first batch's
         self.total = total
         self.seen = 0
         self.quarter: tuple[float, int] | None = None  # (time, images seen) when a quarter had come
@@ -417,9 +417,7 @@ class StreamClock:
     def batch(self, images: int) -> None:
         now = self.clock()
         if self.first is None:
-            self.first = now
-        else:
-            self.after_first += images
+            self.first, self.first_images = now, images
         self.last = now
         self.seen += images
         if self.quarter is None and self.total and 4 * self.seen >= self.total:
@@ -428,7 +426,7 @@ class StreamClock:
     def images_per_s(self) -> float | None:
         if self.first is None or self.last is None or self.last <= self.first:
             return None
-        return self.after_first / (self.last - self.first)
+        return (self.seen - self.first_images) / (self.last - self.first)
 
     def steady_images_per_s(self) -> float | None:
         if self.quarter is None or self.last is None or self.last <= self.quarter[0]:
@@ -591,7 +589,7 @@ def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layo
     (the read tasks keep the other nodes busy).
     """
     nodes = [c for c in node_cpus if c >= ACTOR_CPUS]
-    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
+    use_gpu = _wants_gpu(settings, gpus)
     if settings.score_decode == "auto":
         in_actor = (
             not use_gpu
@@ -616,8 +614,12 @@ def pipeline_layout(settings: Settings) -> Layout:
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = bool(gpus) if settings.use_gpu is None else settings.use_gpu
-    return choose_layout(settings, gpus, _actor_node_cpus(settings, use_gpu))
+    return choose_layout(settings, gpus, _actor_node_cpus(settings, _wants_gpu(settings, gpus)))
+
+
+def _wants_gpu(settings: Settings, gpus: int) -> bool:
+    """Model actors take a GPU each: where the cluster has GPUs, unless settings.use_gpu says."""
+    return bool(gpus) if settings.use_gpu is None else settings.use_gpu
 
 
 def actor_threads(node_cpus: list[float], actors: int) -> int:
