@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from lightbox.adapters import s3
+from lightbox.imaging import is_image_name
 from lightbox.source_tree import SourceNotFound, SourceTree
 
 T = TypeVar("T")
 
-# A folder or prefix is listed by these extensions (case-insensitive): a catalog folder also holds
-# sidecars (.json, .xmp, thumbnails' indexes) that are no images and would each be an error row.
-# A list names its images explicitly: every line is scored, whatever its extension.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+# A folder or prefix is listed by lightbox.imaging's image extensions: its sidecars (.json, .xmp) would
+# each be an error row. A list names its images explicitly: every line is scored, whatever its extension.
 
 
 class CatalogError(ValueError):
@@ -29,11 +28,6 @@ class CatalogError(ValueError):
 
 class StorageUnavailable(OSError):
     """Reading a URI failed with an error that is not the image's fault, after every retry."""
-
-
-def is_image_name(name: str) -> bool:
-    dot = name.rfind(".")
-    return dot > name.rfind("/") and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
@@ -66,7 +60,14 @@ def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:
     if name.endswith(".parquet"):
         lines = _parquet_uris(name, data)
     else:
-        lines = (line.strip() for line in data.decode("utf-8").splitlines())
+        try:
+            text = data.decode("utf-8-sig")  # -sig: a list saved by Excel or Notepad starts with a BOM
+        except UnicodeDecodeError as exc:
+            raise CatalogError(
+                f"{name} is not UTF-8 text (byte {exc.start}): a list holds one URI a line; a parquet list"
+                " needs the .parquet extension"
+            ) from None
+        lines = (line.strip() for line in text.splitlines())
     for line in lines:
         if line and not line.startswith("#"):
             yield absolute_uri(line, base)

@@ -10,9 +10,39 @@ import io
 import warnings
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile
 
 MODEL_INPUT_SIZE = 224
+
+# HEIC is what phones store photos as: without this opener a user's iPhone folder would be "not an
+# image" everywhere. libheif applies the HEIF rotation itself and resets the EXIF orientation to 1, so
+# the upright logic below does not turn such a photo twice. AVIF is Pillow's own.
+pillow_heif.register_heif_opener()
+
+# The names a folder of photos is listed by (lower case), for the importer and the bulk scorer alike: a
+# photo folder also holds sidecars (.json, .xmp, .txt) that are no images.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".webp",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name (or a path, or an s3 key) has one of IMAGE_EXTENSIONS, in any case."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
 
 # Pillow's own bomb guard raises a DecompressionBombWarning below its error threshold; we want a hard
 # error at *our* limit, checked from the header before any pixel is decoded.

@@ -26,20 +26,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from lightbox.imaging import IMAGE_EXTENSIONS
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
 FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders")
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".jpe",
-    ".png",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".bmp",
-    ".gif",
-)
 METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
 SPLIT_ALIASES: Mapping[str, str] = {
     "train": "train",

@@ -22,6 +22,8 @@ EXTENSIONS: dict[str, str] = {
     "TIFF": ".tif",
     "BMP": ".bmp",
     "GIF": ".gif",
+    "HEIF": ".heic",  # pillow-heif's name for HEIC photos (lightbox.imaging registers it)
+    "AVIF": ".avif",
 }
 MAX_IMAGE_SIDE = 16_384  # past this a "photo" is a scan or a bomb; the pixel limit catches the rest
 
@@ -60,7 +62,7 @@ def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
         ext = EXTENSIONS.get(fmt)
         if ext is None:
             raise ImageDecodeError(
-                f"format {fmt or 'unknown'} is not accepted (JPEG, PNG, WebP, TIFF, BMP, GIF)"
+                f"format {fmt or 'unknown'} is not accepted ({', '.join(sorted(set(EXTENSIONS) - {'MPO'}))})"
             )
         # Both limits before anything else reads the file: a PNG's EXIF can sit behind its pixel data.
         if max(w, h) > MAX_IMAGE_SIDE:

@@ -63,8 +63,7 @@ def calibration_images(settings: Settings, folder: Path | None = None) -> np.nda
     """Up to ``settings.quantize_calibration_images`` images through the serving decode (uint8
     [N,3,224,224]): from ``folder`` (any images, sorted by name), else the workspace dataset's train
     split in manifest order. Unreadable files are skipped (the data validation reports them)."""
-    from lightbox.imaging import ImageDecodeError, preprocess_bytes
-    from lightbox.label_formats import IMAGE_EXTENSIONS
+    from lightbox.imaging import IMAGE_EXTENSIONS, ImageDecodeError, preprocess_bytes
     from lightbox.manifest import MANIFEST_NAME, read_manifest
 
     if folder is not None:

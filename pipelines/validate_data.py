@@ -29,7 +29,7 @@ from PIL import Image
 from lightbox import manifest
 from lightbox.imaging import ImageDecodeError, decode_image, upright_size
 from lightbox.manifest import IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
-from lightbox.photos import MAX_IMAGE_SIDE
+from lightbox.photos import EXTENSIONS, MAX_IMAGE_SIDE
 from lightbox.settings import Settings
 from pipelines import importer
 
@@ -44,6 +44,10 @@ class DataValidationError(RuntimeError):
     def __init__(self, message: str, result: DataValidationResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+# What the importer names its copies: the content id and the extension of the format it found.
+STORED_PATH = r"^images/[0-9a-f]{16}\.(?:" + "|".join(sorted({e[1:] for e in EXTENSIONS.values()})) + ")$"
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,7 @@ def _suites(gx: Any, columns: list[str], spec: LabelSpec, settings: Settings) ->
         ),
         e.ExpectColumnValuesToMatchRegex(
             column="path",
-            regex=r"^images/[0-9a-f]{16}\.(?:jpg|png|webp|tif|bmp|gif)$",
+            regex=STORED_PATH,
             meta=check("path is images/<image_id>.<ext>"),
         ),
         e.ExpectColumnValuesToBeBetween(

@@ -58,12 +58,15 @@ def _png(size: tuple[int, int] = (40, 30)) -> bytes:
 
 def test_a_folder_lists_its_images_sorted_and_skips_sidecars(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
-    for name in ("b/z.JPG", "a.png", "b/c.webp", "notes.json", ".hidden.jpg", "b/raw.xmp"):
+    names = ("b/z.JPG", "a.png", "b/c.webp", "notes.json", ".hidden.jpg", "b/raw.xmp", "b/p.HEIC", "q.avif")
+    for name in names:
         (tmp_path / name).write_bytes(b"x")
     assert list(list_source(str(tmp_path))) == [
         str(tmp_path / "a.png"),
         str(tmp_path / "b/c.webp"),
+        str(tmp_path / "b/p.HEIC"),  # a phone's photos
         str(tmp_path / "b/z.JPG"),
+        str(tmp_path / "q.avif"),
     ]
 
 
@@ -77,6 +80,15 @@ def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path)
         "s3://bucket/k.jpg",
         str(tmp_path / "sub/c.txt"),  # a list names images explicitly: no extension filter
     ]
+
+
+def test_a_list_saved_on_windows_reads_the_same_and_a_binary_one_is_refused(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf/abs/a.jpg\r\n# note\r\n\r\nb.jpg\r\n")  # BOM and CRLF
+    assert list(list_source(str(listing))) == ["/abs/a.jpg", str(tmp_path / "b.jpg")]
+    listing.write_bytes(b"PAR1\x00\xff\xfe")  # a parquet file without its extension
+    with pytest.raises(CatalogError, match="not UTF-8 text.*parquet"):
+        list(list_source(str(listing)))
 
 
 def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightbox.imaging import ImageDecodeError, decode_image, preprocess_bytes
+from lightbox.imaging import ImageDecodeError, decode_image, is_image_name, preprocess_bytes
+from lightbox.photos import inspect
 
 
 def _jpeg(w: int = 64, h: int = 48) -> bytes:
@@ -34,3 +35,32 @@ def test_bad_bytes_raise_a_typed_error(data: bytes, message: str) -> None:
 def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ImageDecodeError, match="over the limit"):
         decode_image(_jpeg(200, 200), max_pixels=100 * 100)
+
+
+def _sideways(fmt: str) -> bytes:
+    """A landscape picture, red on the left, stored with EXIF orientation 6 (a phone held upright)."""
+    pixels = np.zeros((40, 80, 3), np.uint8)
+    pixels[:, :40] = (220, 20, 20)
+    pixels[:, 40:] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, exif=exif.tobytes(), quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_decode_upright_like_a_jpeg(fmt: str) -> None:
+    jpeg, other = decode_image(_sideways("JPEG")), decode_image(_sideways(fmt))
+    assert other.size == jpeg.size == (40, 80)  # turned once, not twice nor never
+    a, b = np.asarray(jpeg, np.int16), np.asarray(other, np.int16)
+    assert np.abs(a - b).mean() < 8  # the same picture, up to each codec's loss
+    info = inspect(_sideways(fmt), max_pixels=10**7, min_side=1)
+    assert (info.ext, info.width, info.height) == ({"HEIF": ".heic", "AVIF": ".avif"}[fmt], 40, 80)
+    with pytest.raises(ImageDecodeError):
+        decode_image(_sideways(fmt)[:300])
+
+
+def test_image_names_are_matched_in_any_case() -> None:
+    assert all(map(is_image_name, ["a.JPG", "s3://b/k/p.heic", "x.HEIF", "y.Avif", "z.jfif"]))
+    assert not any(map(is_image_name, ["a.xmp", "b.json", "jpg", "dir.jpg/notes.txt"]))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lightbox import manifest
 from lightbox.settings import Settings
-from pipelines import importer
+from pipelines import importer, validate_data
 from pipelines.importer import ImportFailed, ImportOptions
 
 pytestmark = pytest.mark.unit
@@ -106,9 +106,11 @@ def test_photos_as_they_really_come(tmp_path: Path) -> None:
         ("alpha.png", photo(5).convert("RGBA"), "PNG"),
         ("pic.webp", photo(6), "WEBP"),
         ("pic.bmp", photo(7), "BMP"),
+        ("IMG_0001.HEIC", portrait, "HEIF"),  # a phone's photo, stored sideways as well
+        ("pic.avif", photo(10), "AVIF"),
     ]:
         buf = io.BytesIO()
-        img.save(buf, fmt)
+        img.save(buf, fmt, **({"exif": exif.tobytes()} if fmt == "HEIF" else {}))
         files[name] = buf.getvalue()
     buf = io.BytesIO()
     photo(8).save(buf, "GIF", save_all=True, append_images=[photo(9)], duration=100, loop=0)
@@ -123,6 +125,11 @@ def test_photos_as_they_really_come(tmp_path: Path) -> None:
     assert result.n_quarantined == 0 and result.n_images == len(files)
     by_name = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
     assert (by_name["rotated.jpg"]["width"], by_name["rotated.jpg"]["height"]) == ("80", "120")
+    assert (by_name["IMG_0001.HEIC"]["width"], by_name["IMG_0001.HEIC"]["height"]) == ("80", "120")
+    heic, avif = by_name["IMG_0001.HEIC"]["path"], by_name["pic.avif"]["path"]
+    assert heic.endswith(".heic") and avif.endswith(".avif")
+    checked = validate_data.run(s)  # the data validation takes every format the import takes
+    assert checked.passed and checked.quarantined == [], [c for c in checked.checks if not c.success]
     assert by_name["cmyk.tif"]["path"].endswith(".tif") and by_name["pic.webp"]["path"].endswith(".webp")
 
 
