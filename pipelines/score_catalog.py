@@ -63,9 +63,9 @@ READ_BATCH = 16  # images per read task: enough to amortize a task, small enough
 ACTORS_START_S = 900  # the longest model actors may take to load, before the job fails
 ACTOR_ROWS_CPU = 32  # images per model actor task on CPU (its model batches run inside it)
 ACTOR_ROWS_GPU = 256
-# Calls at once in a CPU actor that decodes (DecodeThen): one decodes while another runs the model.
-# Two gave a steady rate 1.05-1.11x one's, alternating on 2 cores (docs/benchmarks.md).
-ACTOR_CALLS_CPU = 2
+# Calls at once in a CPU actor that decodes (DecodeThen), at least: one decodes while another runs the
+# model. Two gave a steady rate 1.05-1.11x one's, alternating on 2 cores (docs/benchmarks.md).
+MIN_ACTOR_CALLS = 2
 FLUSH_EVERY_S = 60.0  # a part at least this often: a killed slow job loses at most a minute of work
 ERRORS_SHOWN = 20
 # Ray CPUs a model actor and a read task reserve: they bound how many run at once, not their threads
@@ -221,18 +221,26 @@ class Scorer:
 class DecodeThen:
     """The read step and the model step in one actor (``Layout.decode_in_actor``): each batch of URIs is
     read and decoded on the actor's ``threads`` (a thread pool: decoding, resizing and hashing release
-    the GIL), then goes to ``model``; two calls overlap (ACTOR_CALLS_CPU). Why, on CPU: the same cores
-    do both, and a node's actor then decodes what it scores, so a CPU cluster scales by nodes with no
-    pixels sent between them. On one node it measured the same CPU and rate as read tasks beside the
-    actor, within the noise of a 2-core VM (docs/benchmarks.md)."""
+    the GIL), then goes to ``model``; ``calls`` calls overlap (``Layout.calls``), and a model given
+    NODE_CPUS threads runs each call's batches on threads / calls of them: the server's side-by-side
+    batches (serving.runtime.cpu_streams), which beat one batch on every core for this network. Why
+    decode here, on CPU: the same cores do both, and a node's actor then decodes what it scores, so a CPU
+    cluster scales by nodes with no pixels sent between them."""
 
-    def __init__(self, model: type, model_kwargs: dict[str, Any], read_kwargs: dict[str, Any], threads: int):
+    def __init__(
+        self,
+        model: type,
+        model_kwargs: dict[str, Any],
+        read_kwargs: dict[str, Any],
+        threads: int,
+        calls: int = 1,
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         if threads == NODE_CPUS:  # all of this node's cores, for the reads and the model
             threads = _own_node_cpus()
-            if model_kwargs.get("threads") == NODE_CPUS:
-                model_kwargs = {**model_kwargs, "threads": threads}
+        if model_kwargs.get("threads") == NODE_CPUS:
+            model_kwargs = {**model_kwargs, "threads": max(1, threads // calls)}
         self.model = model(**model_kwargs)
         self.read_kwargs = read_kwargs
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
@@ -573,6 +581,7 @@ class Layout:
     threads: int
     # Work goes out once every model actor has loaded (one per node, each node has room for it).
     wait_for_actors: bool = False
+    calls: int = 1  # calls at once in each actor (DecodeThen: one model stream each)
 
 
 NODE_CPUS = 0  # Layout.threads: the CPUs of the node the actor runs on
@@ -606,7 +615,14 @@ def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layo
     else:  # with read tasks on CPU, one actor: the read tasks take the other cores of every node
         actors = max(1, len(nodes)) if in_actor else 1
     threads = settings.score_actor_threads or (NODE_CPUS if per_node else actor_threads(nodes, actors))
-    return Layout(actors, use_gpu, in_actor, threads, wait_for_actors=per_node and len(nodes) > 1)
+    calls = MIN_ACTOR_CALLS if in_actor and not use_gpu else 1
+    if threads == NODE_CPUS:
+        from serving.runtime import cpu_streams
+
+        # The server's batches side by side for the node's cores (the smallest node's: a pool has one
+        # count of calls for all its actors). Explicit threads keep their meaning: each call's.
+        calls = max(calls, cpu_streams(int(min(nodes, default=1))).concurrent_batches)
+    return Layout(actors, use_gpu, in_actor, threads, per_node and len(nodes) > 1, calls)
 
 
 def pipeline_layout(settings: Settings) -> Layout:
@@ -704,6 +720,7 @@ def image_pipeline(
             "model_kwargs": model_kwargs,
             "read_kwargs": read_kwargs,
             "threads": layout.threads,
+            "calls": layout.calls,
         }
     else:
         ds = ds.map_batches(
@@ -754,13 +771,13 @@ class ActorsDidNotStart(RuntimeError):
 def _actor_pool(layout: Layout) -> Any:
     import ray
 
-    if layout.decode_in_actor and not layout.use_gpu and ACTOR_CALLS_CPU > 1:
+    if layout.calls > 1:
         # Calls overlap in each actor: one decodes its batch while another runs the model, so that the
         # cores are not idle at the seams between the two (the predictor is thread-safe: the server
         # runs batches side by side on it).
         return ray.data.ActorPoolStrategy(
             size=layout.actors,
-            max_concurrent_calls_per_actor=ACTOR_CALLS_CPU,
+            max_concurrent_calls_per_actor=layout.calls,
             enable_true_multi_threading=True,
         )
     return ray.data.ActorPoolStrategy(size=layout.actors)

@@ -120,9 +120,14 @@ def compute_layout(settings: Settings, device: str, cores: int | None = None) ->
     cores = max(1, cores or usable_cores())
     if device != "cpu":
         return ComputeLayout(settings.serve_max_concurrent_batches or 1, settings.serve_torch_threads)
-    batches = settings.serve_max_concurrent_batches or min(cores, MAX_CPU_BATCH_STREAMS)
-    threads = settings.serve_torch_threads or max(1, cores // batches)
-    return ComputeLayout(batches, threads)
+    return cpu_streams(cores, settings.serve_max_concurrent_batches, settings.serve_torch_threads)
+
+
+def cpu_streams(cores: int, batches: int | None = None, threads: int | None = None) -> ComputeLayout:
+    """The CPU rule of ``compute_layout`` for ``cores`` (the server's, and each bulk-scoring actor's):
+    ``batches`` side by side, each on ``threads``; either given is kept."""
+    batches = batches or min(max(1, cores), MAX_CPU_BATCH_STREAMS)
+    return ComputeLayout(batches, threads or max(1, cores // batches))
 
 
 def apply_torch_threads(layout: ComputeLayout) -> None:

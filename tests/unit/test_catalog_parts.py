@@ -35,6 +35,7 @@ from pipelines.score_catalog import (
     NODE_CPUS,
     OK,
     SKIP,
+    DecodeThen,
     StreamClock,
     actor_threads,
     check_reservations,
@@ -45,6 +46,7 @@ from pipelines.score_catalog import (
     score_batch,
     score_frame,
 )
+from serving.runtime import MAX_CPU_BATCH_STREAMS
 
 
 def _png(size: tuple[int, int] = (40, 30)) -> bytes:
@@ -337,24 +339,39 @@ def test_actors_that_read_for_themselves_may_take_every_cpu() -> None:
 
 
 def test_cpu_actors_decode_their_own_images_and_gpu_actors_are_fed_by_read_tasks(tmp_path: Path) -> None:
-    def layout(gpus: int, node_cpus: list[float], **kw: object) -> tuple[int, bool, bool, int]:
+    def layout(gpus: int, node_cpus: list[float], **kw: object) -> tuple[int, bool, bool, int, int]:
         chosen = choose_layout(Settings(project_dir=tmp_path, **kw), gpus, node_cpus)  # type: ignore[arg-type]
-        return chosen.actors, chosen.use_gpu, chosen.decode_in_actor, chosen.threads
+        return chosen.actors, chosen.use_gpu, chosen.decode_in_actor, chosen.threads, chosen.calls
 
-    # CPU: one actor per node on all of its own node's cores, reading its own images
-    assert layout(0, [2.0]) == (1, False, True, NODE_CPUS)
-    assert layout(0, [16.0, 8.0]) == (2, False, True, NODE_CPUS)
-    assert layout(0, [0.0, 16.0, 16.0]) == (2, False, True, NODE_CPUS)  # a head without CPUs takes none
-    # GPU: one actor per GPU, read tasks decode on every core
-    assert layout(4, [32.0, 32.0])[:3] == (4, True, False)
+    # CPU: one actor per node on all of its own node's cores, reading its own images, with the server's
+    # batches side by side (one per core, at most MAX_CPU_BATCH_STREAMS; the smallest node's count)
+    assert layout(0, [2.0]) == (1, False, True, NODE_CPUS, 2)
+    assert layout(0, [1.0]) == (1, False, True, NODE_CPUS, 2)  # still one decoding while one scores
+    assert layout(0, [16.0, 8.0]) == (2, False, True, NODE_CPUS, MAX_CPU_BATCH_STREAMS)
+    assert layout(0, [0.0, 3.0, 16.0]) == (2, False, True, NODE_CPUS, 3)  # a head without CPUs takes none
+    # GPU: one actor per GPU, one call at a time, read tasks decode on every core
+    assert layout(4, [32.0, 32.0])[:3] + layout(4, [32.0, 32.0])[4:] == (4, True, False, 1)
     # actors pinned to some nodes by a resource: the other nodes are there to decode
-    assert layout(0, [2.0], score_actor_resources={"model_slot": 1}) == (1, False, False, 2)
+    assert layout(0, [2.0], score_actor_resources={"model_slot": 1}) == (1, False, False, 2, 1)
     # asked for: read tasks beside one actor, or two single-thread actors reading their own
-    assert layout(0, [2.0], score_decode="tasks") == (1, False, False, 2)
-    assert layout(0, [2.0], score_actors=2, score_actor_threads=1) == (2, False, True, 1)
+    assert layout(0, [2.0], score_decode="tasks") == (1, False, False, 2, 1)
+    assert layout(0, [2.0], score_actors=2, score_actor_threads=1) == (2, False, True, 1, 2)
     assert layout(2, [8.0], score_decode="actor")[:3] == (2, True, True)
     # fewer actors asked for than nodes: read tasks keep the other nodes busy
-    assert layout(0, [8.0, 8.0], score_actors=1) == (1, False, False, 8)
+    assert layout(0, [8.0, 8.0], score_actors=1) == (1, False, False, 8, 1)
+
+
+def test_a_decoding_actor_splits_its_cores_among_its_calls_models() -> None:
+    seen: list[int] = []
+
+    class Model:
+        def __init__(self, threads: int) -> None:
+            seen.append(threads)
+
+    DecodeThen(Model, {"threads": NODE_CPUS}, {}, threads=8, calls=4)
+    DecodeThen(Model, {"threads": NODE_CPUS}, {}, threads=2, calls=4)  # never below one thread
+    DecodeThen(Model, {"threads": 3}, {}, threads=8, calls=4)  # threads asked for are each call's
+    assert seen == [2, 1, 3]
 
 
 def test_only_one_actor_per_node_waits_for_every_actor(tmp_path: Path) -> None:
