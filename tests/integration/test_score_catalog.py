@@ -31,7 +31,7 @@ BAD = {"truncated.jpg", "garbage.jpg", "bomb.png", "missing.jpg"}
 
 
 def _catalog(root: Path, n_good: int) -> Path:
-    """n_good photos (JPEG and PNG, one with an EXIF rotation), one copy of a photo under a second
+    """n_good photos (JPEG, PNG and HEIC, one with an EXIF rotation), one copy of a photo under a second
     name, three broken files and a missing one; returns the list of URIs (one a line)."""
     pics = root / "pics"
     pics.mkdir(parents=True)
@@ -45,6 +45,10 @@ def _catalog(root: Path, n_good: int) -> Path:
             exif = Image.Exif()
             exif[0x0112] = 6  # stored sideways: upright is a quarter turn
             (pics / f"img_{i:03d}.jpg").write_bytes(jpeg(img, exif=exif.tobytes()))
+        elif i % 4 == 3:  # a phone's photo
+            buf = io.BytesIO()
+            img.save(buf, "HEIF")
+            (pics / f"IMG_{i:03d}.HEIC").write_bytes(buf.getvalue())
         else:
             (pics / f"img_{i:03d}.jpg").write_bytes(jpeg(img))
     (pics / "copy_of_000.jpg").write_bytes((pics / "img_000.jpg").read_bytes())

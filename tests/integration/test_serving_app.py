@@ -145,8 +145,9 @@ def test_multipart_file_and_files(client: TestClient) -> None:
     assert [p["score"] for p in body["predictions"]] == pytest.approx([s["score"] for s in singles], abs=1e-5)
 
 
-def test_png_and_webp_are_accepted(client: TestClient) -> None:
-    for fmt, ctype in (("PNG", "image/png"), ("WEBP", "image/webp")):
+def test_png_webp_and_phone_formats_are_accepted(client: TestClient) -> None:
+    formats = (("PNG", "image/png"), ("WEBP", "image/webp"), ("HEIF", "image/heic"), ("AVIF", "image/avif"))
+    for fmt, ctype in formats:
         resp = client.post("/predict", content=photo(6, (320, 240), fmt), headers={"content-type": ctype})
         assert resp.status_code == 200, (fmt, resp.text)
 
