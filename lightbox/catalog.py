@@ -34,7 +34,7 @@ def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
     """The URIs a source names, in a stable order (sorted for a folder or prefix, as written for a list).
 
     Raises SourceNotFound for a source that does not exist, CatalogError for a parquet list without a
-    ``uri`` column.
+    ``uri`` column, a text list that is not UTF-8, or one image given as the source.
     """
     if source.startswith("s3://"):
         if source.endswith((".txt", ".parquet")):
@@ -53,6 +53,8 @@ def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
         return
     if not path.is_file():
         raise SourceNotFound(f"{source} is neither a folder, an s3:// prefix nor a list of URIs")
+    if is_image_name(path.name):
+        raise CatalogError(f"{source} is one image: give its folder, or a list of URIs (one a line)")
     yield from _from_list(str(path), path.read_bytes(), base=str(path.parent))
 
 

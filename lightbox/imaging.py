@@ -16,8 +16,8 @@ from PIL import Image, ImageFile
 MODEL_INPUT_SIZE = 224
 
 # HEIC is what phones store photos as: without this opener a user's iPhone folder would be "not an
-# image" everywhere. libheif applies the HEIF rotation itself and resets the EXIF orientation to 1, so
-# the upright logic below does not turn such a photo twice. AVIF is Pillow's own.
+# image" everywhere. libheif applies the HEIF rotation and pillow-heif resets the EXIF orientation to 1,
+# so the upright logic below does not turn such a photo twice. AVIF is Pillow's own.
 pillow_heif.register_heif_opener()
 
 # The names a folder of photos is listed by (lower case), for the importer and the bulk scorer alike: a
@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".webp",
     ".heic",
     ".heif",
+    ".hif",  # Canon's and Fujifilm's HEIF
     ".avif",
     ".tif",
     ".tiff",
@@ -80,12 +81,18 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.seek(0)  # an animated GIF/WebP/PNG: the first frame
+            if img.format != "HEIF":  # an animated GIF/WebP/PNG: the first frame
+                img.seek(0)  # (HEIF opens on its primary image, the one checked above; 0 may be another)
             img.load()
+        w, h = img.size
+        if w * h > max_pixels:  # whatever a plugin decoded, never past the limit
+            raise ImageDecodeError(f"image decoded to {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
         orientation = img.getexif().get(_ORIENTATION, 1)
         rgb = to_rgb(img)
         method = _TRANSPOSE.get(orientation)
         return rgb if method is None else rgb.transpose(method)
+    except ImageDecodeError:
+        raise
     except Exception as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
 

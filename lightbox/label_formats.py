@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from lightbox.imaging import IMAGE_EXTENSIONS
+from lightbox.imaging import IMAGE_EXTENSIONS, is_image_name
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
 FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders")
@@ -177,7 +177,7 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
         return "imagefolder"
     if any("/" not in f and f.endswith(".json") for f in files):
         return "labelstudio"
-    if any(f.count("/") >= 1 and f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+    if any(f.count("/") >= 1 and is_image_name(f) for f in files):
         return "classfolders"
     raise FormatError(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
@@ -298,13 +298,13 @@ def parse_classfolders(files: Sequence[str]) -> Parsed:
     records, problems = [], []
     for f in sorted(files):
         if "/" not in f:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
+            if is_image_name(f):
                 problems.append(Problem(f, "image at the top level: classfolders expects <tag>/<image>"))
             continue
         tag = f.split("/", 1)[0]
         if posixpath.basename(f).startswith("."):
             continue
-        if not f.lower().endswith(IMAGE_EXTENSIONS):
+        if not is_image_name(f):
             problems.append(Problem(f, "not an image file name (" + ", ".join(IMAGE_EXTENSIONS) + ")"))
             continue
         records.append(Record(ref=f, origin=f, tags=(tag,)))
@@ -363,9 +363,7 @@ def _image_key(data: Mapping[str, object], preferred: str | None) -> str | None:
         if isinstance(data.get(key), str):
             return key
     for key, value in data.items():
-        if isinstance(value, str) and (
-            value.startswith(("s3://", "/data/")) or value.lower().endswith(IMAGE_EXTENSIONS)
-        ):
+        if isinstance(value, str) and (value.startswith(("s3://", "/data/")) or is_image_name(value)):
             return key
     return None
 

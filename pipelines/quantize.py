@@ -63,14 +63,14 @@ def calibration_images(settings: Settings, folder: Path | None = None) -> np.nda
     """Up to ``settings.quantize_calibration_images`` images through the serving decode (uint8
     [N,3,224,224]): from ``folder`` (any images, sorted by name), else the workspace dataset's train
     split in manifest order. Unreadable files are skipped (the data validation reports them)."""
-    from lightbox.imaging import IMAGE_EXTENSIONS, ImageDecodeError, preprocess_bytes
+    from lightbox.imaging import ImageDecodeError, is_image_name, preprocess_bytes
     from lightbox.manifest import MANIFEST_NAME, read_manifest
 
     if folder is not None:
         if not folder.is_dir():
             raise QuantizeRefused(f"--calibration {folder}: not a folder of images")
         files = (p for p in folder.rglob("*") if p.is_file())
-        paths = sorted(p for p in files if p.name.lower().endswith(IMAGE_EXTENSIONS))
+        paths = sorted(p for p in files if is_image_name(p.name))
         where = str(folder)
     else:
         if not (settings.data_dir / MANIFEST_NAME).is_file():

@@ -35,7 +35,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -625,6 +625,13 @@ def choose_layout(settings: Settings, gpus: int, node_cpus: list[float]) -> Layo
     return Layout(actors, use_gpu, in_actor, threads, per_node and len(nodes) > 1, calls)
 
 
+def actor_calls(layout: Layout, model_threads: object) -> int:
+    """The layout's calls where the model's threads are split among them (NODE_CPUS), at most
+    MIN_ACTOR_CALLS where they are not: a model with a thread count of its own (feature extraction keeps
+    the driver's, for features equal to an in-process run's) would run that many threads in every call."""
+    return layout.calls if model_threads == NODE_CPUS else min(layout.calls, MIN_ACTOR_CALLS)
+
+
 def pipeline_layout(settings: Settings) -> Layout:
     """choose_layout for the connected Ray cluster."""
     import ray
@@ -698,6 +705,7 @@ def image_pipeline(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images; Ray's would draw over it
     layout = layout or pipeline_layout(settings)
+    layout = replace(layout, calls=actor_calls(layout, model_kwargs.get("threads")))
     cpus = ray.cluster_resources().get("CPU", 0)
     check_reservations(layout.actors, ACTOR_CPUS, 0.0 if layout.decode_in_actor else READ_CPUS, cpus)
     # The unit of work an actor takes: its model batches run inside it (Scorer.batch_size).

@@ -39,7 +39,7 @@ def test_actors_that_do_not_start_in_time_stop_the_job_with_one_line(
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers do not import tests/
     monkeypatch.setattr(score_catalog, "ACTORS_START_S", 2)
     settings = Settings(project_dir=tmp_path, ray_num_cpus=2)
-    layout = Layout(actors=2, use_gpu=False, decode_in_actor=True, threads=1, wait_for_actors=True)
+    layout = Layout(actors=2, use_gpu=False, decode_in_actor=True, threads=1, wait_for_actors=True, calls=2)
     with ray_session(settings):
         before = ray.data.DataContext.get_current().wait_for_min_actors_s
         with pytest.raises(ActorsDidNotStart) as err:

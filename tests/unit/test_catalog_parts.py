@@ -37,6 +37,7 @@ from pipelines.score_catalog import (
     SKIP,
     DecodeThen,
     StreamClock,
+    actor_calls,
     actor_threads,
     check_reservations,
     choose_layout,
@@ -91,6 +92,9 @@ def test_a_list_saved_on_windows_reads_the_same_and_a_binary_one_is_refused(tmp_
     listing.write_bytes(b"PAR1\x00\xff\xfe")  # a parquet file without its extension
     with pytest.raises(CatalogError, match="not UTF-8 text.*parquet"):
         list(list_source(str(listing)))
+    (tmp_path / "IMG_1.HEIC").write_bytes(b"x")
+    with pytest.raises(CatalogError, match="is one image: give its folder"):
+        list(list_source(str(tmp_path / "IMG_1.HEIC")))
 
 
 def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:
@@ -361,13 +365,16 @@ def test_cpu_actors_decode_their_own_images_and_gpu_actors_are_fed_by_read_tasks
     assert layout(0, [8.0, 8.0], score_actors=1) == (1, False, False, 8, 1)
 
 
-def test_a_decoding_actor_splits_its_cores_among_its_calls_models() -> None:
+def test_a_decoding_actor_splits_its_cores_among_its_calls_models(tmp_path: Path) -> None:
     seen: list[int] = []
 
     class Model:
         def __init__(self, threads: int) -> None:
             seen.append(threads)
 
+    per_node = choose_layout(Settings(project_dir=tmp_path), 0, [8.0])
+    assert actor_calls(per_node, NODE_CPUS) == 4  # the scorer: its threads split among the calls
+    assert actor_calls(per_node, 8) == 2  # the feature extractor keeps its own threads: two calls
     DecodeThen(Model, {"threads": NODE_CPUS}, {}, threads=8, calls=4)
     DecodeThen(Model, {"threads": NODE_CPUS}, {}, threads=2, calls=4)  # never below one thread
     DecodeThen(Model, {"threads": 3}, {}, threads=8, calls=4)  # threads asked for are each call's

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lightbox.imaging import ImageDecodeError, decode_image, is_image_name, preprocess_bytes
-from lightbox.photos import inspect
+from lightbox.photos import EXTENSIONS, inspect
 
 
 def _jpeg(w: int = 64, h: int = 48) -> bytes:
@@ -64,3 +64,16 @@ def test_phone_formats_decode_upright_like_a_jpeg(fmt: str) -> None:
 def test_image_names_are_matched_in_any_case() -> None:
     assert all(map(is_image_name, ["a.JPG", "s3://b/k/p.heic", "x.HEIF", "y.Avif", "z.jfif"]))
     assert not any(map(is_image_name, ["a.xmp", "b.json", "jpg", "dir.jpg/notes.txt"]))
+    assert all(is_image_name(f"x{ext}") for ext in EXTENSIONS.values())  # the importer's copies list too
+
+
+def test_a_heif_with_several_images_decodes_the_primary_one_it_checked() -> None:
+    import pillow_heif
+
+    big, small = Image.new("RGB", (640, 480), (200, 0, 0)), Image.new("RGB", (64, 48), (0, 0, 200))
+    heif = pillow_heif.from_pillow(big)
+    heif.add_from_pillow(small)
+    buf = io.BytesIO()
+    heif.save(buf, primary_index=1)  # a burst or an edit: the primary is not the first image
+    img = decode_image(buf.getvalue(), max_pixels=64 * 48)  # the limit checked the primary's header
+    assert img.size == (64, 48) and img.getpixel((5, 5))[2] > 150
