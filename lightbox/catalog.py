@@ -8,6 +8,7 @@ relative to the list's folder. The catalog is only read: nothing here writes a u
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -30,8 +31,13 @@ class StorageUnavailable(OSError):
     """Reading a URI failed with an error that is not the image's fault, after every retry."""
 
 
-def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
+def list_source(
+    source: str, endpoint_url: str | None = None, left_out: Counter[str] | None = None
+) -> Iterator[str]:
     """The URIs a source names, in a stable order (sorted for a folder or prefix, as written for a list).
+    ``left_out`` counts, by extension, the files of a folder or prefix that are not images by name (a
+    photographer's RAW files, sidecars): the job says what it did not score instead of leaving it out
+    silently.
 
     Raises SourceNotFound for a source that does not exist, CatalogError for a parquet list without a
     ``uri`` column, a text list that is not UTF-8, or one image given as the source.
@@ -44,18 +50,29 @@ def list_source(source: str, endpoint_url: str | None = None) -> Iterator[str]:
         for key in s3.list_keys(root, endpoint_url):
             if is_image_name(key):
                 yield f"{root}/{key}"
+            elif left_out is not None:
+                left_out[extension(key)] += 1
         return
     path = Path(source).expanduser().resolve()
     if path.is_dir():
         for rel in SourceTree(str(path)).files():
             if is_image_name(rel):
                 yield str(path / rel)
+            elif left_out is not None:
+                left_out[extension(rel)] += 1
         return
     if not path.is_file():
         raise SourceNotFound(f"{source} is neither a folder, an s3:// prefix nor a list of URIs")
     if is_image_name(path.name):
         raise CatalogError(f"{source} is one image: give its folder, or a list of URIs (one a line)")
     yield from _from_list(str(path), path.read_bytes(), base=str(path.parent))
+
+
+def extension(name: str) -> str:
+    """The lower-case extension of a file name or key (".cr2"), or "no extension"."""
+    base = name.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    return base[dot:].lower() if dot > 0 else "no extension"
 
 
 def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -68,6 +69,7 @@ ACTOR_ROWS_GPU = 256
 MIN_ACTOR_CALLS = 2
 FLUSH_EVERY_S = 60.0  # a part at least this often: a killed slow job loses at most a minute of work
 ERRORS_SHOWN = 20
+LEFT_OUT_SHOWN = 5  # kinds of files the summary names that a folder held and the job did not list
 # Ray CPUs a model actor and a read task reserve: they bound how many run at once, not their threads
 # (an actor's are actor_threads). With read tasks: one actor per core on one thread each, reads at half a
 # CPU, measured slower end to end on 2 cores (docs/benchmarks.md): the second model load outweighed it.
@@ -392,13 +394,23 @@ class ScoreResult:
     streaming_images_per_s: float | None = None  # None: fewer than two batches came out
     steady_images_per_s: float | None = None  # from a quarter of the results to the last (StreamClock)
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
+    # Files of a folder or prefix that are not images by name, by extension (catalog.list_source).
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
             f"{self.model_name} v{self.model_version}: {self.scored} scored, {self.skipped} skipped, "
             f"{self.failed} failed of {self.listed} in {self.seconds:.1f}s "
-            f"({self.images_per_s:.1f} images/s{self._streaming()}) -> {self.out}"
+            f"({self.images_per_s:.1f} images/s{self._streaming()}) -> {self.out}{self._left_out()}"
         )
+
+    def _left_out(self) -> str:
+        if not self.left_out:
+            return ""
+        top = sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{ext} {n}" for ext, n in top[:LEFT_OUT_SHOWN])
+        more = f", {len(top) - LEFT_OUT_SHOWN} more kinds" if len(top) > LEFT_OUT_SHOWN else ""
+        return f"; not listed, not images by name: {sum(self.left_out.values())} files ({shown}{more})"
 
     def _streaming(self) -> str:
         if self.streaming_images_per_s is None or self.first_results_s is None:
@@ -461,7 +473,9 @@ def run(
     t0 = time.monotonic()
     try:
         done = sink.done(version)
-        uris = list(list_source(source, settings.s3_endpoint_url))
+        left_out: Counter[str] = Counter()
+        uris = list(list_source(source, settings.s3_endpoint_url, left_out))
+        result.left_out = dict(left_out)
         todo, result.skipped = pending(uris, done)
         result.listed = len(uris)
         log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)

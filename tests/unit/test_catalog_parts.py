@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pipelines.score_catalog import (
     OK,
     SKIP,
     DecodeThen,
+    ScoreResult,
     StreamClock,
     actor_calls,
     actor_threads,
@@ -62,15 +64,21 @@ def _png(size: tuple[int, int] = (40, 30)) -> bytes:
 def test_a_folder_lists_its_images_sorted_and_skips_sidecars(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     names = ("b/z.JPG", "a.png", "b/c.webp", "notes.json", ".hidden.jpg", "b/raw.xmp", "b/p.HEIC", "q.avif")
-    for name in names:
+    for name in (*names, "b/IMG_1.CR2", "b/IMG_2.CR2", "README"):
         (tmp_path / name).write_bytes(b"x")
-    assert list(list_source(str(tmp_path))) == [
+    left_out: Counter[str] = Counter()
+    assert list(list_source(str(tmp_path), left_out=left_out)) == [
         str(tmp_path / "a.png"),
         str(tmp_path / "b/c.webp"),
         str(tmp_path / "b/p.HEIC"),  # a phone's photos
         str(tmp_path / "b/z.JPG"),
         str(tmp_path / "q.avif"),
     ]
+    assert left_out == {".cr2": 2, ".json": 1, ".xmp": 1, "no extension": 1}  # said, not silently dropped
+    result = ScoreResult("src", "out", "m", "1", listed=5, scored=5, left_out=dict(left_out))
+    assert result.summary().endswith(
+        "; not listed, not images by name: 5 files (.cr2 2, .json 1, .xmp 1, no extension 1)"
+    )
 
 
 def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path) -> None:
