@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from lightbox.adapters import s3
@@ -70,9 +70,7 @@ def list_source(
 
 def extension(name: str) -> str:
     """The lower-case extension of a file name or key (".cr2"), or "no extension"."""
-    base = name.rsplit("/", 1)[-1]
-    dot = base.rfind(".")
-    return base[dot:].lower() if dot > 0 else "no extension"
+    return PurePosixPath(name).suffix.lower() or "no extension"
 
 
 def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:

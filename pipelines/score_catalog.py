@@ -242,7 +242,9 @@ class DecodeThen:
         if threads == NODE_CPUS:  # all of this node's cores, for the reads and the model
             threads = _own_node_cpus()
         if model_kwargs.get("threads") == NODE_CPUS:
-            model_kwargs = {**model_kwargs, "threads": max(1, threads // calls)}
+            from serving.runtime import cpu_streams
+
+            model_kwargs = {**model_kwargs, "threads": cpu_streams(threads, calls).torch_threads}
         self.model = model(**model_kwargs)
         self.read_kwargs = read_kwargs
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None

@@ -47,7 +47,9 @@ class DataValidationError(RuntimeError):
 
 
 # What the importer names its copies: the content id and the extension of the format it found.
-STORED_PATH = r"^images/[0-9a-f]{16}\.(?:" + "|".join(sorted({e[1:] for e in EXTENSIONS.values()})) + ")$"
+STORED_PATH = (
+    rf"^{IMAGES_SUBDIR}/[0-9a-f]{{16}}\.(?:{'|'.join(sorted({e[1:] for e in EXTENSIONS.values()}))})$"
+)
 
 
 @dataclass(frozen=True)
