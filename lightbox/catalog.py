@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 from lightbox.adapters import s3
-from lightbox.imaging import is_image_name
+from lightbox.imaging import extension, is_image_name
 from lightbox.source_tree import SourceNotFound, SourceTree
 
 T = TypeVar("T")
@@ -66,11 +66,6 @@ def list_source(
     if is_image_name(path.name):
         raise CatalogError(f"{source} is one image: give its folder, or a list of URIs (one a line)")
     yield from _from_list(str(path), path.read_bytes(), base=str(path.parent))
-
-
-def extension(name: str) -> str:
-    """The lower-case extension of a file name or key (".cr2"), or "no extension"."""
-    return PurePosixPath(name).suffix.lower() or "no extension"
 
 
 def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
+from pathlib import PurePosixPath
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 MODEL_INPUT_SIZE = 224
 
@@ -45,6 +47,42 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def extension(name: str) -> str:
+    """The lower-case extension of a file name or key (".cr2"), or "no extension"."""
+    return PurePosixPath(name).suffix.lower() or "no extension"
+
+
+def describe_by_extension(counts: Mapping[str, int], shown: int = 5) -> str:
+    """``"6 files (.aae 3, .ini 2, .db 1)"``: what a folder held besides images, most common kinds first."""
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    kinds = ", ".join(f"{ext} {n}" for ext, n in top[:shown])
+    more = f", {len(top) - shown} more kinds" if len(top) > shown else ""
+    total = sum(counts.values())
+    return f"{total} file{'s' if total != 1 else ''} ({kinds}{more})"
+
+
+# Pillow format -> the extension an imported copy gets (MPO, a camera's multi-picture JPEG, opens through
+# the JPEG plugin). Only these are opened, everywhere: some other plugins decode every pixel inside
+# Image.open (an ICO's embedded PNG), before any size check could refuse a bomb.
+FORMAT_EXTENSIONS: dict[str, str] = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+    "HEIF": ".heic",  # pillow-heif's name for HEIC photos (registered above)
+    "AVIF": ".avif",
+}
+OPENED_FORMATS: tuple[str, ...] = tuple(f for f in FORMAT_EXTENSIONS if f != "MPO")
+MAX_IMAGE_SIDE = 16_384  # past this a "photo" is a scan or a bomb; the pixel limit catches the rest
+
+# A PNG's text chunks (Photoshop's XMP history runs to megabytes) are capped at 1 MB by Pillow, which
+# refuses the whole photo past that; a photo is what we want, and the body size already bounds them.
+PngImagePlugin.MAX_TEXT_CHUNK = 32 * 1024 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 64 * 1024 * 1024
+
 # Pillow's own bomb guard raises a DecompressionBombWarning below its error threshold; we want a hard
 # error at *our* limit, checked from the header before any pixel is decoded.
 Image.MAX_IMAGE_PIXELS = None
@@ -64,13 +102,32 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
     """
     if not data:
         raise ImageDecodeError("empty body: expected an encoded image (JPEG, PNG, WebP, ...)")
+    failure = None
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=OPENED_FORMATS)
     except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
-        raise ImageDecodeError(f"not a decodable image: {type(exc).__name__}") from None
+        failure = f"not a decodable image ({', '.join(OPENED_FORMATS)}): {error_line(exc)}"
+    if failure is not None:
+        raise ImageDecodeError(failure)
+    try:
+        return _decode_opened(img, max_pixels, min_side)
+    except ImageDecodeError as exc:
+        failure = str(exc)
+    except Exception as exc:
+        failure = f"corrupt or truncated image: {error_line(exc)}"
+    # Raised out here, with the image closed: an exception raised inside the handler would keep the
+    # failed decode's frames (and its partly decoded pixels, hundreds of MB for a truncated 40 MP PNG)
+    # alive through its context for as long as a caller holds it, e.g. a request's other images.
+    img.close()
+    raise ImageDecodeError(failure)
+
+
+def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
     w, h = img.size
     if w * h > max_pixels:
         raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
     if min(w, h) < min_side:
         raise ImageDecodeError(f"image is {w}x{h}, under the minimum side of {min_side}")
     if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
@@ -78,23 +135,30 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
         # smallest scale still >= the model size. Measured on a 640x480 JPEG: 1.15 ms vs 3.2 ms for
         # decode + resize, and the feature job uses the same path, so training sees what serving sees.
         img.draft("RGB", (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if img.format != "HEIF":  # an animated GIF/WebP/PNG: the first frame
-                img.seek(0)  # (HEIF opens on its primary image, the one checked above; 0 may be another)
-            img.load()
-        w, h = img.size
-        if w * h > max_pixels:  # whatever a plugin decoded, never past the limit
-            raise ImageDecodeError(f"image decoded to {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
-        orientation = img.getexif().get(_ORIENTATION, 1)
-        rgb = to_rgb(img)
-        method = _TRANSPOSE.get(orientation)
-        return rgb if method is None else rgb.transpose(method)
-    except ImageDecodeError:
-        raise
-    except Exception as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if img.format != "HEIF":  # an animated GIF/WebP/PNG: the first frame
+            # (HEIF opens on its primary image, the one checked above; 0 may be another). An APNG may
+            # carry a default image outside its animation, for viewers without APNG: a browser shows
+            # the animation's first frame, so that is the photo.
+            animated_png = (
+                img.format == "PNG" and img.info.get("default_image") and getattr(img, "n_frames", 1) > 1
+            )
+            img.seek(1 if animated_png else 0)
+        img.load()
+    w, h = img.size
+    if w * h > max_pixels:  # whatever a plugin decoded, never past the limit
+        raise ImageDecodeError(f"image decoded to {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    rgb = to_rgb(img)
+    method = _TRANSPOSE.get(orientation)
+    return rgb if method is None else rgb.transpose(method)
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and, when it has one, its message."""
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -114,6 +178,8 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) as the image is shown: the header's size, swapped when the EXIF orientation
     turns it a quarter (read from the header; no pixel is decoded)."""
     w, h = img.size
+    if img.format == "TIFF":  # Pillow's TIFF plugin turns the image upright as it opens it
+        return w, h
     quarter = {
         Image.Transpose.TRANSPOSE,
         Image.Transpose.ROTATE_270,
@@ -132,11 +198,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if img.mode == "F":
+        # A float image (a scientific TIFF) is scaled on its finite values: one NaN or inf pixel would
+        # make the min and max NaN and the whole image black. Non-finite pixels become black.
         arr = np.asarray(img, dtype=np.float64)
-        span = max(float(arr.max() - arr.min()), 1e-12)
-        return Image.fromarray(np.rint((arr - arr.min()) * (255.0 / span)).astype(np.uint8), "L").convert(
-            "RGB"
-        )
+        finite = np.isfinite(arr)
+        low, high = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        scaled = np.where(finite, (arr - low) * (255.0 / max(high - low, 1e-12)), 0.0)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -11,21 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from lightbox.imaging import ImageDecodeError, decode_image, upright_size
-
-# Pillow format -> the extension the copy in data/images gets (MPO: a multi-picture JPEG from a camera).
-EXTENSIONS: dict[str, str] = {
-    "JPEG": ".jpg",
-    "MPO": ".jpg",
-    "PNG": ".png",
-    "WEBP": ".webp",
-    "TIFF": ".tif",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-    "HEIF": ".heic",  # pillow-heif's name for HEIC photos (lightbox.imaging registers it)
-    "AVIF": ".avif",
-}
-MAX_IMAGE_SIDE = 16_384  # past this a "photo" is a scan or a bomb; the pixel limit catches the rest
+from lightbox.imaging import FORMAT_EXTENSIONS as EXTENSIONS
+from lightbox.imaging import (
+    MAX_IMAGE_SIDE,
+    OPENED_FORMATS,
+    ImageDecodeError,
+    decode_image,
+    error_line,
+    upright_size,
+)
 
 
 @dataclass(frozen=True)
@@ -54,16 +48,16 @@ def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        header = Image.open(io.BytesIO(data))
+        header = Image.open(io.BytesIO(data), formats=OPENED_FORMATS)  # (see OPENED_FORMATS)
     except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
-        raise ImageDecodeError(f"not an image ({type(exc).__name__})") from None
+        raise ImageDecodeError(
+            f"not an image in an accepted format ({', '.join(OPENED_FORMATS)}): {error_line(exc)}"
+        ) from None
     with header:
         fmt, (w, h) = header.format or "", header.size
         ext = EXTENSIONS.get(fmt)
         if ext is None:
-            raise ImageDecodeError(
-                f"format {fmt or 'unknown'} is not accepted ({', '.join(sorted(set(EXTENSIONS) - {'MPO'}))})"
-            )
+            raise ImageDecodeError(f"format {fmt or 'unknown'} is not accepted ({', '.join(OPENED_FORMATS)})")
         # Both limits before anything else reads the file: a PNG's EXIF can sit behind its pixel data.
         if max(w, h) > MAX_IMAGE_SIDE:
             raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")

@@ -44,7 +44,7 @@ import numpy as np
 
 from lightbox.catalog import list_source, read_uri, with_retries
 from lightbox.feature_schema import EMBEDDING_DIM
-from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, preprocess_bytes
+from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, describe_by_extension, preprocess_bytes
 from lightbox.photos import id_of_digest
 from lightbox.progress import progress
 from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_json
@@ -409,10 +409,7 @@ class ScoreResult:
     def _left_out(self) -> str:
         if not self.left_out:
             return ""
-        top = sorted(self.left_out.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{ext} {n}" for ext, n in top[:LEFT_OUT_SHOWN])
-        more = f", {len(top) - LEFT_OUT_SHOWN} more kinds" if len(top) > LEFT_OUT_SHOWN else ""
-        return f"; not listed, not images by name: {sum(self.left_out.values())} files ({shown}{more})"
+        return f"; not listed, not images by name: {describe_by_extension(self.left_out, LEFT_OUT_SHOWN)}"
 
     def _streaming(self) -> str:
         if self.streaming_images_per_s is None or self.first_results_s is None:
