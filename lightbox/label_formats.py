@@ -16,17 +16,20 @@ A row that cannot be read becomes a ``Problem`` (origin, reason) for the report;
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import math
 import posixpath
+import re
+import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from lightbox.imaging import IMAGE_EXTENSIONS, is_image_name
+from lightbox.imaging import describe_by_extension, extension, is_image_name
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
 FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders")
@@ -40,7 +43,24 @@ SPLIT_ALIASES: Mapping[str, str] = {
     "dev": "validation",
     "test": "test",
     "testing": "test",
+    "eval": "test",  # as Hugging Face's datasets read them
+    "evaluation": "test",
 }
+# A labels file given as SOURCE (any name), read as imagefolder metadata.
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
+# The image file column when there is no ``file_name`` (Hugging Face's name): what other tools write.
+FILE_COLUMNS: tuple[str, ...] = (
+    "file_name",
+    "filename",
+    "file",
+    "filepath",
+    "file_path",
+    "image",
+    "image_path",
+    "image_name",
+    "img",
+    "path",
+)
 # Label Studio's own keys in a JSON_MIN row: never a label column.
 _LS_META = {
     "id",
@@ -53,6 +73,7 @@ _LS_META = {
     "drafts",
 }
 _LS_SCORE_TYPES = ("rating", "number")
+_LS_TAG_TYPES = ("choices", "taxonomy")
 
 
 class FormatError(ValueError):
@@ -76,6 +97,7 @@ class Record:
 class Problem:
     origin: str
     reason: str
+    ref: str | None = None  # the file it is about, when there is one (copied to the quarantine)
 
 
 @dataclass
@@ -114,11 +136,7 @@ def parse_tags_cell(value: object) -> tuple[str, ...]:
         if not text:
             return ()
         if text.startswith("["):
-            try:
-                loaded = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError(f"tags {text[:60]!r} look like a JSON list but do not parse") from None
-            return parse_tags_cell(loaded)
+            return parse_tags_cell(_list_literal(text))
         sep = next((s for s in ("|", ";", ",") if s in text), None)
         items = text.split(sep) if sep else [text]
     tags = tuple(sorted({t.strip() for t in items if t.strip()}))
@@ -128,14 +146,37 @@ def parse_tags_cell(value: object) -> tuple[str, ...]:
     return tags
 
 
-def parse_score_cell(value: object) -> float | None:
-    """None for an empty cell; ValueError for text that is not a finite number."""
+def _list_literal(text: str) -> list:
+    """A list written as JSON, or as Python writes it (pandas' ``to_csv`` of a list column)."""
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            loaded = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            loaded = None
+    if not isinstance(loaded, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in loaded):
+        raise ValueError(f"tags {text[:60]!r} look like a list but do not parse")
+    return list(loaded)
+
+
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
+
+
+def parse_score_cell(value: object, decimal_comma: bool = False) -> float | None:
+    """None for an empty cell; ValueError for text that is not a finite number. ``decimal_comma``: the
+    file writes 2,5 for 2.5 (a semicolon-separated sheet from a European Excel)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
         raise ValueError(f"score {value!r} is not a number")
+    if isinstance(value, list) and len(value) == 1:  # Label Studio JSON_MIN: [{"rating": 4}]
+        value = value[0]
     if isinstance(value, Mapping) and len(value) == 1:  # {"rating": 4} as some exports write it
         value = next(iter(value.values()))
+    if decimal_comma and isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value):
+        value = value.replace(",", ".")
     try:
         score = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -165,18 +206,25 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
     """The format of a source from its file list (paths relative to the source, '/'-separated)."""
     if source_is_file:
         name = posixpath.basename(files[0]) if files else ""
-        if name in METADATA_FILES:
+        if name.lower().endswith(TABLE_SUFFIXES):
             return "imagefolder"
-        if name.endswith(".json"):
+        if name.lower().endswith(".json"):
             return "labelstudio"
-        raise FormatError(f"{name!r} is neither a metadata.csv/metadata.jsonl nor a Label Studio JSON export")
-    names = set(files)
-    if any(m in names for m in METADATA_FILES) or any(
-        f"{d}/{m}" in names for d in SPLIT_ALIASES for m in METADATA_FILES
-    ):
+        raise FormatError(
+            f"{name!r} is neither a labels table (.csv, .tsv, .jsonl) nor a Label Studio JSON export"
+        )
+    if metadata_files(files):
         return "imagefolder"
-    if any("/" not in f and f.endswith(".json") for f in files):
+    top = [f for f in files if "/" not in f]
+    if any(f.lower().endswith(".json") for f in top):
         return "labelstudio"
+    tables = [f for f in top if f.lower().endswith(TABLE_SUFFIXES)]
+    if tables:
+        # A labels file under another name: never guess class folders from its images' folder.
+        raise FormatError(
+            f"found {tables[0]} but no metadata.csv or metadata.jsonl: give the file itself as SOURCE "
+            "(its file names are read relative to it), or name it metadata.csv"
+        )
     if any(f.count("/") >= 1 and is_image_name(f) for f in files):
         return "classfolders"
     raise FormatError(
@@ -185,72 +233,158 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
     )
 
 
+def split_of_path(folder: str) -> str | None:
+    """The split a folder names (its deepest segment that is a split's name), as Hugging Face reads
+    ``data/train/`` or ``validation/``; None when none does."""
+    for segment in reversed([s for s in folder.split("/") if s]):
+        split = SPLIT_ALIASES.get(segment.lower())
+        if split is not None:
+            return split
+    return None
+
+
 # --- imagefolder ----------------------------------------------------------------------------------------
 
 
 def metadata_files(files: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(metadata path, split implied by its folder or None) for the root and the split subfolders."""
-    names = set(files)
-    root = [m for m in METADATA_FILES if m in names][:1]
-    found: list[tuple[str, str | None]] = [(m, None) for m in root]
-    for folder, split in SPLIT_ALIASES.items():
-        for m in METADATA_FILES:
-            if f"{folder}/{m}" in names:
-                found.append((f"{folder}/{m}", split))
-                break
+    """(metadata path, split implied by its folders or None) for every folder holding one, at any depth
+    (``data/train/metadata.jsonl``); file names in it are relative to its folder. One per folder."""
+    by_dir: dict[str, set[str]] = defaultdict(set)
+    for f in files:
+        folder, base = posixpath.split(f)
+        if base in METADATA_FILES:
+            by_dir[folder].add(base)
+    found = []
+    for folder in sorted(by_dir):
+        base = next(m for m in METADATA_FILES if m in by_dir[folder])
+        found.append((posixpath.join(folder, base), split_of_path(folder)))
     return found
 
 
-def _read_rows(name: str, data: bytes) -> Iterable[tuple[int, dict]]:
-    """(line number, row) per row of a metadata file; a line that does not parse raises ValueError."""
-    text = data.decode("utf-8-sig")
-    if name.endswith(".jsonl"):
+@dataclass
+class _Table:
+    rows: list[tuple[int, dict]]  # (line number, row); a row that did not parse has "__error__"
+    columns: list[str]
+    notes: list[str] = field(default_factory=list)
+    decimal_comma: bool = False
+
+
+def _decode_text(name: str, data: bytes) -> tuple[str, list[str]]:
+    """A labels file's text: UTF-8 (with or without BOM), UTF-16 with its BOM (Excel's "Unicode text"),
+    else Windows-1252, said in a note."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16"), []
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError:
+        note = f"{name} is not UTF-8: read as Windows-1252 (save it as UTF-8 if names or tags look wrong)"
+        return data.decode("cp1252", errors="replace"), [note]
+
+
+def _read_table(name: str, data: bytes) -> _Table:
+    """The rows of a labels file (JSON lines, or CSV/TSV with the separator its header uses)."""
+    text, notes = _decode_text(name, data)
+    rows: list[tuple[int, dict]] = []
+    if name.lower().endswith(".jsonl"):
+        columns: dict[str, None] = {}
         for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield i, {"__error__": f"line {i} is not JSON: {exc.msg}"}
+                rows.append((i, {"__error__": f"line {i} is not JSON: {exc.msg}"}))
                 continue
-            yield i, row if isinstance(row, dict) else {"__error__": f"line {i} is not a JSON object"}
-    else:
-        for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield i, row
+            if not isinstance(row, dict):
+                rows.append((i, {"__error__": f"line {i} is not a JSON object"}))
+                continue
+            columns |= dict.fromkeys(row)
+            rows.append((i, row))
+        return _Table(rows, list(columns), notes)
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    # The separator the header uses most: Excel writes ";" where the decimal mark is a comma.
+    delimiter = max((",", ";", "\t"), key=lambda d: (header.count(d), d == ","))
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, restkey="__extra__")
+    width = len(reader.fieldnames or ())
+    for row in reader:
+        at = reader.line_num
+        if "__extra__" in row:
+            n = width + len(row["__extra__"])
+            error = f"line {at} has {n} fields, the header {width}: quote values that contain {delimiter!r}"
+            rows.append((at, {"__error__": error}))
+            continue
+        if not any((v or "").strip() for v in row.values()):
+            continue  # a spreadsheet's blank rows
+        rows.append((at, row))
+    return _Table(rows, list(reader.fieldnames or ()), notes, decimal_comma=delimiter != ",")
 
 
-def parse_imagefolder(files: Sequence[str], read: Callable[[str], bytes], columns: Columns) -> Parsed:
-    metas = metadata_files(files)
+def _file_column(meta: str, columns: Sequence[str]) -> tuple[str, list[str]]:
+    present = {c.strip().lower(): c for c in columns}
+    for name in FILE_COLUMNS:
+        if name in present:
+            col = present[name]
+            return col, [] if col == "file_name" else [f"{meta}: image file names from the column {col!r}"]
+    raise FormatError(
+        f"{meta} has no column of image file names: name it file_name "
+        f"(columns: {', '.join(columns) or 'none'})"
+    )
+
+
+def parse_imagefolder(
+    files: Sequence[str],
+    read: Callable[[str], bytes],
+    columns: Columns,
+    metas: Sequence[tuple[str, str | None]] | None = None,
+    outside_ok: bool = False,
+) -> Parsed:
+    """``metas``: the labels files to read (default: every metadata.csv/.jsonl under the source).
+    ``outside_ok``: file names may lead out of the source's folder (``../photos/a.jpg`` beside a
+    labels file given as SOURCE, on a local disk)."""
+    metas = list(metas) if metas is not None else metadata_files(files)
     if not metas:
-        raise FormatError("no metadata.csv or metadata.jsonl at the source's root or in train/, val/, test/")
+        raise FormatError("no metadata.csv or metadata.jsonl in the source (at any depth)")
     score_col = columns.score or "score"
     tags_col = columns.tags or "tags"
     split_col = columns.split or "split"
     group_col = columns.group or "group"
-    known = {"file_name", score_col, tags_col, split_col, group_col, *OPTIONAL_COLUMNS}
     records: list[Record] = []
     problems: list[Problem] = []
+    notes: list[str] = []
     seen_columns: set[str] = set()
+    file_columns: set[str] = set()
     seen_files: set[str] = set()
     for meta, folder_split in metas:
         base = posixpath.dirname(meta)
-        for line, row in _read_rows(meta, read(meta)):
+        table = _read_table(meta, read(meta))
+        notes += table.notes
+        if not table.rows:
+            notes.append(f"{meta} holds no rows")
+            continue
+        file_col, file_notes = _file_column(meta, table.columns)
+        notes += file_notes
+        file_columns.add(file_col)
+        seen_columns |= set(table.columns)
+        for line, row in table.rows:
             origin = f"{meta}:{line}"
             if "__error__" in row:
                 problems.append(Problem(origin, row["__error__"]))
                 continue
-            seen_columns |= set(row)
-            name = _text(row.get("file_name"))
+            name = _text(row.get(file_col))
             if name is None:
-                problems.append(Problem(origin, "no file_name"))
+                problems.append(Problem(origin, f"no {file_col}"))
                 continue
-            ref = posixpath.normpath(posixpath.join(base, name))
+            if _WINDOWS_PATH.match(name):
+                problems.append(Problem(name, "a Windows path: give file names relative to the labels file"))
+                continue
+            # A spreadsheet made on Windows writes sub\\photo.jpg; no photo's name holds a backslash.
+            ref = posixpath.normpath(posixpath.join(base, name.replace("\\", "/")))
             origin = ref
-            if ref.startswith("../") or ref == ".." or posixpath.isabs(ref):
+            if (ref.startswith("../") or ref == "..") and not outside_ok:
                 problems.append(Problem(origin, "file_name points outside the source folder"))
                 continue
             if ref in seen_files:
-                problems.append(Problem(origin, "duplicate file name: listed twice in the metadata"))
+                problems.append(Problem(origin, "duplicate file name: listed twice in the metadata", ref))
                 continue
             seen_files.add(ref)
             try:
@@ -258,7 +392,7 @@ def parse_imagefolder(files: Sequence[str], read: Callable[[str], bytes], column
                     Record(
                         ref=ref,
                         origin=origin,
-                        score=parse_score_cell(row.get(score_col)),
+                        score=parse_score_cell(row.get(score_col), table.decimal_comma),
                         tags=parse_tags_cell(row.get(tags_col)),
                         split=parse_split(row.get(split_col)) or folder_split,
                         group=_text(row.get(group_col)),
@@ -266,7 +400,7 @@ def parse_imagefolder(files: Sequence[str], read: Callable[[str], bytes], column
                     )
                 )
             except ValueError as exc:
-                problems.append(Problem(origin, str(exc)))
+                problems.append(Problem(origin, str(exc), ref))
     if columns.score and columns.score not in seen_columns:
         raise FormatError(
             f"no score column {columns.score!r} in the metadata (columns: {sorted(seen_columns)})"
@@ -275,10 +409,14 @@ def parse_imagefolder(files: Sequence[str], read: Callable[[str], bytes], column
         raise FormatError(
             f"no tags column {columns.tags!r} in the metadata (columns: {sorted(seen_columns)})"
         )
-    notes = []
+    known = {score_col, tags_col, split_col, group_col, *file_columns, *OPTIONAL_COLUMNS}
     unknown = sorted(seen_columns - known)
     if unknown:
         notes.append(f"columns not used (unknown): {', '.join(unknown)}")
+    read_metas = {m for m, _ in metas}
+    other = sorted(f for f in files if posixpath.basename(f) in METADATA_FILES and f not in read_metas)
+    if other:
+        notes.append(f"not read (a metadata.jsonl beside it is): {', '.join(other)}")
     return Parsed(
         format="imagefolder",
         records=records,
@@ -293,24 +431,36 @@ def parse_imagefolder(files: Sequence[str], read: Callable[[str], bytes], column
 
 
 def parse_classfolders(files: Sequence[str]) -> Parsed:
-    """``<tag>/<...>/<image>``: the first folder is the tag. The same photo in several folders becomes
-    one image with several tags when the importer merges records by content."""
+    """``<tag>/<...>/<image>``: the first folder is the tag; or ``<split>/<tag>/<...>/<image>`` when
+    every first folder is a split's name (torchvision's and Hugging Face's train/ and test/). The same
+    photo in several folders becomes one image with several tags when the importer merges records by
+    content. Files that are not images by name (sidecars, Thumbs.db) are counted in a note."""
     records, problems = [], []
-    for f in sorted(files):
-        if "/" not in f:
-            if is_image_name(f):
-                problems.append(Problem(f, "image at the top level: classfolders expects <tag>/<image>"))
-            continue
-        tag = f.split("/", 1)[0]
-        if posixpath.basename(f).startswith("."):
-            continue
+    others: dict[str, int] = defaultdict(int)
+    images = [f for f in sorted(files) if not posixpath.basename(f).startswith(".")]
+    firsts = {f.split("/", 1)[0] for f in images if "/" in f and is_image_name(f)}
+    by_split = bool(firsts) and all(d.lower() in SPLIT_ALIASES for d in firsts)
+    for f in images:
         if not is_image_name(f):
-            problems.append(Problem(f, "not an image file name (" + ", ".join(IMAGE_EXTENSIONS) + ")"))
+            others[extension(f)] += 1
             continue
-        records.append(Record(ref=f, origin=f, tags=(tag,)))
+        parts = f.split("/")
+        if len(parts) < (3 if by_split else 2):
+            where = "<split>/<tag>/<image>" if by_split else "<tag>/<image>"
+            problems.append(Problem(f, f"image outside a tag folder: classfolders expects {where}", f))
+            continue
+        split = SPLIT_ALIASES[parts[0].lower()] if by_split else None
+        records.append(Record(ref=f, origin=f, tags=(parts[1] if by_split else parts[0],), split=split))
     if not records:
         raise FormatError("no <tag>/<image> files found for classfolders")
-    return Parsed(format="classfolders", records=records, problems=problems, has_tags=True)
+    tags = sorted({r.tags[0] for r in records})
+    if len(tags) < 2:
+        raise FormatError(
+            f"only one tag folder ({tags[0]}/): classfolders needs a folder per tag, at least two; for "
+            "labels in a file, put a metadata.csv (file_name, score, tags) beside the photos"
+        )
+    notes = [f"not images by name, left out: {describe_by_extension(others)}"] if others else []
+    return Parsed(format="classfolders", records=records, problems=problems, notes=notes, has_tags=True)
 
 
 # --- Label Studio ---------------------------------------------------------------------------------------
@@ -328,6 +478,11 @@ class Roots:
 def resolve_ls_ref(ref: str, roots: Roots) -> str:
     """A task's image reference -> a readable location (absolute local path, s3:// URL, or a path
     relative to the source). Raises ValueError for what cannot be read from here."""
+    if _WINDOWS_PATH.match(ref):
+        raise ValueError(
+            f"{ref[:80]} is a Windows path: export with paths this machine can read (relative to the "
+            "export, /data/local-files/ or s3://)"
+        )
     parts = urlsplit(ref)
     if parts.scheme == "s3":
         return ref
@@ -395,11 +550,72 @@ def parse_labelstudio(export: bytes, name: str, roots: Roots, columns: Columns) 
     return (_parse_ls_json if full else _parse_ls_min)(tasks, name, roots, columns)
 
 
+def _ls_tags(kind: str, value: object) -> list[str]:
+    """The tags one Label Studio control's value gives: its choices as they are (a choice is one tag,
+    whatever it contains), or a taxonomy's selected paths joined by '/'."""
+    if kind == "taxonomy":
+        paths = value if isinstance(value, list) else []
+        return ["/".join(str(p) for p in path) for path in paths if isinstance(path, list) and path]
+    if isinstance(value, Mapping):
+        value = value.get("choices", [])
+    if isinstance(value, str):
+        value = [value]
+    tags = [str(v).strip() for v in value or [] if str(v).strip()] if isinstance(value, list) else []
+    bad = [t for t in tags if "|" in t]
+    if bad:
+        raise ValueError(f"tag {bad[0]!r} contains '|', which lightbox reserves as its separator")
+    return tags
+
+
+def _pick_controls(
+    name: str, controls: Mapping[str, str], columns: Columns
+) -> tuple[str | None, list[str], list[str]]:
+    """(score control, tag controls, notes) among a project's controls (from_name -> type)."""
+    listed = ", ".join(f"{c} ({t})" for c, t in controls.items()) or "none"
+    for given, kinds, what in (
+        (columns.score, _LS_SCORE_TYPES, "score"),
+        (columns.tags, _LS_TAG_TYPES, "tags"),
+    ):
+        if given is not None and given not in controls:
+            raise FormatError(f"{name}: no control named {given!r} for the {what} (controls: {listed})")
+        if given is not None and controls[given] not in kinds:
+            raise FormatError(f"{name}: {given!r} is a {controls[given]} control, not {' or '.join(kinds)}")
+    scores = [c for c, t in controls.items() if t in _LS_SCORE_TYPES]
+    if columns.score is None and len(scores) > 1:
+        raise FormatError(
+            f"{name}: several score controls ({', '.join(scores)}): pick one with --score-column"
+        )
+    score = columns.score or (scores[0] if scores else None)
+    tags = [columns.tags] if columns.tags else [c for c, t in controls.items() if t in _LS_TAG_TYPES]
+    notes = []
+    if len(tags) > 1:
+        notes.append(f"tags are the union of the controls {', '.join(tags)} (pick one with --tags-column)")
+    unused = [f"{c} ({t})" for c, t in controls.items() if c != score and c not in tags]
+    if unused:
+        notes.append(f"controls not used: {', '.join(unused)}")
+    return score, tags, notes
+
+
+def _submitted(task: Mapping[str, object]) -> list[dict]:
+    anns = task.get("annotations") or task.get("completions") or []
+    return (
+        [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")]
+        if isinstance(anns, list)
+        else []
+    )
+
+
 def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Parsed:
     records: list[Record] = []
     problems: list[Problem] = []
-    score_name: str | None = None
-    has_tags = False
+    controls: dict[str, str] = {}  # from_name -> type, as first seen
+    for task in tasks:
+        for ann in _submitted(task) if isinstance(task, dict) else []:
+            for result in ann.get("result") or []:
+                if isinstance(result, dict) and result.get("from_name") and result.get("type"):
+                    controls.setdefault(str(result["from_name"]), str(result["type"]).lower())
+    score_control, tag_controls, notes = _pick_controls(name, controls, columns)
+    unlabelled = 0
     for i, task in enumerate(tasks):
         origin = f"{name} task {task.get('id', i) if isinstance(task, dict) else i}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -410,32 +626,34 @@ def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Pa
         if key is None:
             problems.append(Problem(origin, "no image reference in the task's data"))
             continue
-        vote = _Vote()
-        for ann in task.get("annotations") or task.get("completions") or []:
-            if not isinstance(ann, dict) or ann.get("was_cancelled"):
-                continue
-            vote.annotations += 1
-            for result in ann.get("result") or []:
-                kind, control = result.get("type"), result.get("from_name")
-                value = result.get("value") or {}
-                if kind == "choices" and (columns.tags is None or control == columns.tags):
-                    has_tags = True
-                    for t in parse_tags_cell(value.get("choices")):
-                        vote.tag_votes[t] += 1
-                elif kind in _LS_SCORE_TYPES and (columns.score is None or control == columns.score):
-                    score_name = score_name or control or kind
-                    try:
+        annotations = _submitted(task)
+        if not annotations:
+            unlabelled += 1  # skipped, cancelled or not labelled yet: the user's choice, not a bad image
+            continue
+        vote = _Vote(annotations=len(annotations))
+        try:
+            for ann in annotations:
+                for result in ann.get("result") or []:
+                    control, kind = result.get("from_name"), str(result.get("type", "")).lower()
+                    value = result.get("value") or {}
+                    if control in tag_controls:
+                        for t in set(_ls_tags(kind, value.get(kind))):
+                            vote.tag_votes[t] += 1
+                    elif control == score_control and score_control is not None:
                         s = parse_score_cell(value.get(kind))
-                    except ValueError as exc:
-                        problems.append(Problem(origin, str(exc)))
-                        continue
-                    if s is not None:
-                        vote.scores.append(s)
-        if vote.annotations == 0:
-            problems.append(Problem(origin, "no (uncancelled) annotation"))
+                        if s is not None:
+                            vote.scores.append(s)
+        except ValueError as exc:
+            problems.append(Problem(origin, str(exc)))
             continue
         _add_ls_record(records, problems, origin, str(data[key]), vote, data, roots, columns)
-    return Parsed("labelstudio", records, problems, score_name=score_name, has_tags=has_tags)
+    if unlabelled:
+        notes.append(
+            f"{unlabelled} tasks without a submitted annotation (skipped, cancelled or not labelled) left out"
+        )
+    return Parsed(
+        "labelstudio", records, problems, notes, score_name=score_control, has_tags=bool(tag_controls)
+    )
 
 
 def _add_ls_record(
@@ -464,36 +682,79 @@ def _add_ls_record(
         problems.append(Problem(origin, str(exc)))
 
 
-def _ls_min_columns(rows: list[dict], image_key: str, columns: Columns) -> tuple[str | None, str | None]:
-    """(score column, tags column) of JSON_MIN rows: given, else the one numeric and the one
-    choices-valued key that are not Label Studio's own."""
-    if columns.score or columns.tags:
-        return columns.score, columns.tags
-    keys = (
-        {k for r in rows for k in r}
-        - _LS_META
-        - {image_key, columns.split or "split", columns.group or "group"}
-    )
-    numeric = [
+def _min_kind(value: object) -> str:
+    """What a JSON_MIN value looks like. Label Studio writes one chosen choice as a string, several as
+    {"choices": [...]}, a Rating as [{"rating": 4}], a Number as [{"number": 7}], a Taxonomy as
+    [{"taxonomy": [[...]]}]; the task's own data columns come through as they were imported."""
+    if isinstance(value, bool) or value is None:
+        return "other"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, Mapping):
+        return "choices" if "choices" in value else "other"
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        keys = {k for v in value for k in v}
+        return next((f"ls-{k}" for k in ("rating", "number", "taxonomy") if k in keys), "other")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "list"
+    return "other"
+
+
+def _ls_min_columns(
+    name: str, rows: list[dict], image_key: str, columns: Columns
+) -> tuple[str | None, list[str], list[str]]:
+    """(score column, tag columns, notes) of JSON_MIN rows: the given ones, else the Label Studio
+    controls their values show (a Rating, Number, Choices or Taxonomy), else a plain column by its name,
+    else the only candidate, said in a note."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r)]
+    if columns.score and columns.score not in keys or columns.tags and columns.tags not in keys:
+        missing = columns.score if columns.score not in keys else columns.tags
+        raise FormatError(f"{name}: no column {missing!r} (columns: {', '.join(keys)})")
+    kinds = {k: {_min_kind(r[k]) for r in rows if k in r and r[k] is not None} - {"other"} for k in keys}
+    candidates = [
         k
-        for k in sorted(keys)
-        if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows if k in r)
+        for k in keys
+        if k not in _LS_META and k not in {image_key, columns.split or "split", columns.group or "group"}
     ]
-    choice = [
-        k
-        for k in sorted(keys)
-        if k not in numeric
-        and all(
-            isinstance(r.get(k), (str, list)) or (isinstance(r.get(k), dict) and "choices" in r[k])
-            for r in rows
-            if k in r
-        )
-    ]
-    score = next((k for k in numeric if k in ("score", "rating")), numeric[0] if len(numeric) == 1 else None)
-    tags = next(
-        (k for k in choice if k in ("tags", "choice", "choices")), choice[0] if len(choice) == 1 else None
-    )
-    return score, tags
+    notes: list[str] = []
+    score = columns.score
+    if score is None:
+        shaped = [k for k in candidates if kinds[k] and kinds[k] <= {"ls-rating", "ls-number"}]
+        plain = [k for k in candidates if kinds[k] == {"number"}]
+        if len(shaped) > 1:
+            raise FormatError(
+                f"{name}: several score controls ({', '.join(shaped)}): pick one with --score-column"
+            )
+        named = [k for k in plain if k.lower() in ("score", "rating", "stars")]
+        score = (shaped or named or [None])[0]
+        if score is None and len(plain) == 1:
+            score = plain[0]
+            notes.append(f"the score is the numeric column {score!r} (name another with --score-column)")
+    if columns.tags:
+        tags = [columns.tags]
+    else:
+        shaped = [
+            k
+            for k in candidates
+            if k != score
+            and kinds[k]
+            and (kinds[k] & {"choices", "ls-taxonomy"})
+            and kinds[k] <= {"choices", "text", "ls-taxonomy"}
+        ]
+        plain = [k for k in candidates if k != score and kinds[k] and kinds[k] <= {"text", "list"}]
+        named = [k for k in plain if k.lower() in ("tags", "tag", "choice", "choices", "labels", "label")]
+        tags = shaped or named[:1]
+        if not tags and len(plain) == 1:
+            tags = plain
+            notes.append(f"the tags are the column {plain[0]!r} (name another with --tags-column)")
+    if len(tags) > 1:
+        notes.append(f"tags are the union of the columns {', '.join(tags)} (pick one with --tags-column)")
+    unused = [k for k in candidates if k != score and k not in tags]
+    if unused:
+        notes.append(f"columns not used: {', '.join(unused)}")
+    return score, tags, notes
 
 
 def _parse_ls_min(rows: list, name: str, roots: Roots, columns: Columns) -> Parsed:
@@ -504,7 +765,7 @@ def _parse_ls_min(rows: list, name: str, roots: Roots, columns: Columns) -> Pars
     image_key = next((k for k in (_image_key(r, None) for r in dict_rows) if k), None)
     if image_key is None:
         raise FormatError(f"{name}: no image reference column in the JSON_MIN rows")
-    score_col, tags_col = _ls_min_columns(dict_rows, image_key, columns)
+    score_col, tag_cols, notes = _ls_min_columns(name, dict_rows, image_key, columns)
     # One row per annotation: rows of one task (same id, else same image) are its annotators.
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in dict_rows:
@@ -513,22 +774,83 @@ def _parse_ls_min(rows: list, name: str, roots: Roots, columns: Columns) -> Pars
     for task_id, task_rows in by_task.items():
         origin = f"{name} task {task_id}"
         vote = _Vote(annotations=len(task_rows))
-        ok = True
-        for r in task_rows:
-            try:
+        try:
+            for r in task_rows:
                 if score_col is not None:
                     s = parse_score_cell(r.get(score_col))
                     if s is not None:
                         vote.scores.append(s)
-                if tags_col is not None:
-                    for t in parse_tags_cell(r.get(tags_col)):
+                for col in tag_cols:
+                    value = r.get(col)
+                    kind = _min_kind(value)
+                    if kind == "ls-taxonomy":
+                        picked = _ls_tags("taxonomy", [p for v in value or [] for p in v.get("taxonomy", [])])
+                    else:  # a string is one choice, whatever it contains
+                        picked = _ls_tags("choices", value)
+                    for t in set(picked):
                         vote.tag_votes[t] += 1
-            except ValueError as exc:
-                problems.append(Problem(origin, str(exc)))
-                ok = False
+        except ValueError as exc:
+            problems.append(Problem(origin, str(exc)))
+            continue
         ref = task_rows[0].get(image_key)
-        if ok and isinstance(ref, str):
+        if isinstance(ref, str):
             _add_ls_record(records, problems, origin, ref, vote, task_rows[0], roots, columns)
-        elif ok:
+        else:
             problems.append(Problem(origin, "no image reference"))
-    return Parsed("labelstudio", records, problems, score_name=score_col, has_tags=tags_col is not None)
+    return Parsed("labelstudio", records, problems, notes, score_name=score_col, has_tags=bool(tag_cols))
+
+
+# --- after parsing: names as the disk has them ----------------------------------------------------------
+
+
+def _name_key(path: str) -> str:
+    return unicodedata.normalize("NFC", path.replace("\\", "/")).casefold()
+
+
+def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Record], list[str]]:
+    """Records whose file is not in ``files`` by its exact name, matched again ignoring case, Unicode
+    normalization (macOS writes names decomposed) and backslashes, when exactly one file matches; and
+    the notes saying how many. Names that match nothing stay as they are (reported missing)."""
+    exact = set(files)
+    index: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        index[_name_key(f)].append(f)
+    out, n_matched = [], 0
+    for r in records:
+        if r.ref not in exact:
+            found = index.get(_name_key(r.ref), [])
+            if len(found) == 1:
+                r = Record(**{**r.__dict__, "ref": found[0]})
+                n_matched += 1
+        out.append(r)
+    notes = (
+        [f"{n_matched} file names matched the disk's only when case or accents were ignored"]
+        if n_matched
+        else []
+    )
+    return out, notes
+
+
+def unlisted_images(
+    records: Sequence[Record], problems: Sequence[Problem], files: Sequence[str]
+) -> list[str]:
+    """Images in the source that no row names: a note, so that none is left out silently."""
+    named = {r.ref for r in records} | {p.ref for p in problems if p.ref} | {p.origin for p in problems}
+    left = sorted(f for f in files if is_image_name(f) and f not in named)
+    if not left:
+        return []
+    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return [f"{len(left)} images in the source are in no labels file and were left out: {shown}"]
+
+
+def tag_case_notes(records: Sequence[Record]) -> list[str]:
+    """Tags that differ only in case or spacing are kept apart (they are the user's vocabulary), and
+    said, since they are almost always one tag written two ways."""
+    spellings: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        for t in r.tags:
+            spellings[" ".join(t.split()).casefold()].add(t)
+    twins = [" / ".join(sorted(v)) for v in spellings.values() if len(v) > 1]
+    if not twins:
+        return []
+    return [f"tags that differ only in case or spacing, kept apart: {'; '.join(sorted(twins)[:10])}"]

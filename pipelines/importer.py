@@ -105,6 +105,7 @@ class Photo:
     split: str | None
     group: str | None
     extra: dict[str, str]
+    ref: str = ""  # where the first record's file is (copied to the quarantine if refused later)
 
     @property
     def score(self) -> float | None:
@@ -255,9 +256,14 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
         raise formats.FormatError(f"unknown format {fmt!r}: one of {', '.join(formats.FORMATS)}")
     columns = Columns(options.score_column, options.tags_column, options.split_column, options.group_column)
     if fmt == "imagefolder":
-        return formats.parse_imagefolder(files, tree.read, columns)
+        if tree.single_file is not None:  # a labels table given as SOURCE: names are relative to it
+            parsed = formats.parse_imagefolder(
+                files, tree.read, columns, metas=[(tree.single_file, None)], outside_ok=not tree.is_s3
+            )
+            return _finish(parsed, None)  # its folder may be anything (a home folder): not listed
+        return _finish(formats.parse_imagefolder(files, tree.read, columns), files)
     if fmt == "classfolders":
-        return formats.parse_classfolders(files)
+        return _finish(formats.parse_classfolders(files), None)
     exports = (
         [tree.single_file] if tree.single_file else [f for f in files if "/" not in f and f.endswith(".json")]
     )
@@ -271,7 +277,17 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
         local_files_root=options.local_files_root,
         media_root=options.media_root,
     )
-    return formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns)
+    return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
+
+
+def _finish(parsed: Parsed, files: list[str] | None) -> Parsed:
+    """Names matched to the disk's, and what the user should know of the labels: images no row names
+    (``files``: the source's files, for a labels table), tags written two ways."""
+    if files is not None:
+        parsed.records, notes = formats.match_names(parsed.records, files)
+        parsed.notes += notes + formats.unlisted_images(parsed.records, parsed.problems, files)
+    parsed.notes += formats.tag_case_notes(parsed.records)
+    return parsed
 
 
 def _inspect(
@@ -281,7 +297,7 @@ def _inspect(
     try:
         data = tree.read(record.ref)
     except SourceNotFound:
-        return record, None, "file is missing"
+        return record, None, f"file is missing: {tree.locate(record.ref)}{_where_hint(record.origin)}"
     except OSError as exc:
         return record, None, f"cannot read: {exc.strerror or exc}"
     try:
@@ -294,6 +310,15 @@ def _inspect(
         part.write_bytes(data)
         os.replace(part, staged)
     return record, info, ""
+
+
+def _where_hint(origin: str) -> str:
+    """What to give when a Label Studio path was looked for in the default place."""
+    if "/data/upload/" in origin:
+        return " (give --media-root: Label Studio's media folder, which holds upload/)"
+    if "/data/local-files" in origin:
+        return " (give --local-files-root: Label Studio's LOCAL_FILES_DOCUMENT_ROOT)"
+    return ""
 
 
 def load_photos(
@@ -316,13 +341,20 @@ def load_photos(
         for record, info, reason in pool.map(lambda r: _inspect(tree, r, settings, stage), parsed.records):
             bar.update()
             if info is None:
-                problems.append(Problem(record.origin, reason))
+                problems.append(Problem(record.origin, reason, record.ref))
                 continue
             seen = photos.get(info.image_id)
             if seen is None:
                 scores = [] if record.score is None else [record.score]
                 photos[info.image_id] = Photo(
-                    info, [record.origin], scores, record.tags, record.split, record.group, record.extra
+                    info,
+                    [record.origin],
+                    scores,
+                    record.tags,
+                    record.split,
+                    record.group,
+                    record.extra,
+                    record.ref,
                 )
                 continue
             n_exact += 1
@@ -365,7 +397,11 @@ def _out_of_range(photos: dict[str, Photo], score_range: tuple[float, float]) ->
     low, high = score_range
     bad = [k for k, p in photos.items() if p.score is not None and not low <= p.score <= high]
     problems = [
-        Problem(photos[k].origins[0], f"score {photos[k].score:g} is outside the range {low:g}..{high:g}")
+        Problem(
+            photos[k].origins[0],
+            f"score {photos[k].score:g} is outside the range {low:g}..{high:g}",
+            photos[k].ref or None,
+        )
         for k in bad
     ]
     for k in bad:
@@ -732,7 +768,9 @@ def copy_to_quarantine(settings: Settings, tree: SourceTree, problems: Sequence[
     rows = []
     for i, p in enumerate(problems):
         rows.append({"origin": p.origin, "reason": p.reason})
-        ref = p.origin.split(" (", 1)[-1].rstrip(")") if " (" in p.origin else p.origin
+        if p.ref is None:  # a row, not a file
+            continue
+        ref = p.ref
         try:
             data = tree.read(ref)
         except (OSError, ValueError):

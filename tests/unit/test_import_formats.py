@@ -149,7 +149,9 @@ def test_labelstudio_json_aggregates_annotators_and_resolves_paths() -> None:
     assert by_ref["s3://bucket/raw/d.jpg"].score == 1.0
     assert parsed.score_name == "quality" and parsed.has_tags
     reasons = " / ".join(p.reason for p in parsed.problems)
-    assert "web URL" in reasons and reasons.count("no (uncancelled) annotation") == 2
+    assert "web URL" in reasons and len(parsed.problems) == 1
+    # Tasks nobody submitted (5 unlabelled, 6 cancelled) are the user's choice, not bad images: a note.
+    assert "2 tasks without a submitted annotation" in " ".join(parsed.notes)
 
 
 def test_labelstudio_json_min_one_row_per_annotation() -> None:
@@ -207,7 +209,8 @@ def test_classfolders() -> None:
         ("cat/sub/b.png", ("cat",)),
         ("dog/a.jpg", ("dog",)),
     ]
-    assert {p.origin for p in parsed.problems} == {"dog/readme.txt", "c.jpg"}
+    assert {p.origin for p in parsed.problems} == {"c.jpg"}
+    assert parsed.notes == ["not images by name, left out: 1 file (.txt 1)"]
 
 
 def test_manifest_diff_lists_added_removed_relabelled_and_moved() -> None:
@@ -227,3 +230,178 @@ def test_manifest_diff_lists_added_removed_relabelled_and_moved() -> None:
     assert d.added == ["d"] and d.removed == ["c"]
     assert d.relabelled == [("b", "score=2; tags=", "score=5; tags=")]
     assert d.moved == [("b", "test", "validation")]
+
+
+# --- what real exports hold (each case found by building files as the tools write them) ---------------
+
+
+def test_hugging_face_nested_metadata_and_eval_folders_are_imagefolder() -> None:
+    tree = {
+        "data/train/metadata.jsonl": b'{"file_name": "a.jpg", "score": 3, "tags": ["sky"]}\n',
+        "data/train/a.jpg": b"",
+        "data/eval/metadata.jsonl": b'{"file_name": "b.jpg", "score": 4, "tags": []}\n',
+        "data/eval/b.jpg": b"",
+    }
+    files, read = _files(tree)
+    assert lf.detect(files) == "imagefolder"
+    parsed = lf.parse_imagefolder(files, read, Columns())
+    assert {(r.ref, r.split) for r in parsed.records} == {
+        ("data/train/a.jpg", "train"),
+        ("data/eval/b.jpg", "test"),
+    }
+
+
+def test_a_labels_file_under_another_name_is_never_taken_for_class_folders() -> None:
+    with pytest.raises(FormatError, match="give the file itself as SOURCE"):
+        lf.detect(["labels.csv", "images/a.jpg", "images/b.jpg"])
+    assert lf.detect(["labels.csv"], source_is_file=True) == "imagefolder"
+    parsed = lf.parse_imagefolder(
+        ["labels.csv"],
+        {"labels.csv": b"filename,score\n../photos/a.jpg,2\n"}.__getitem__,
+        Columns(),
+        metas=[("labels.csv", None)],
+        outside_ok=True,
+    )
+    assert [r.ref for r in parsed.records] == ["../photos/a.jpg"]
+    assert "image file names from the column 'filename'" in parsed.notes[0]
+
+
+def test_class_folders_under_split_folders_and_their_sidecars() -> None:
+    files = [
+        "train/cat/a.jpg",
+        "train/dog/b.jpg",
+        "test/cat/c.jpg",
+        "test/dog/d.JPG",
+        "train/cat/a.aae",
+        "Thumbs.db",
+    ]
+    parsed = lf.parse_classfolders(files)
+    assert {(r.ref, r.tags, r.split) for r in parsed.records} == {
+        ("train/cat/a.jpg", ("cat",), "train"),
+        ("train/dog/b.jpg", ("dog",), "train"),
+        ("test/cat/c.jpg", ("cat",), "test"),
+        ("test/dog/d.JPG", ("dog",), "test"),
+    }
+    assert not parsed.problems and parsed.notes == ["not images by name, left out: 2 files (.aae 1, .db 1)"]
+    with pytest.raises(FormatError, match="only one tag folder"):
+        lf.parse_classfolders(["photos/a.jpg", "photos/b.jpg"])
+
+
+@pytest.mark.parametrize(
+    ("data", "score", "tags"),
+    [
+        # Excel in Germany or France: semicolons, decimal commas, trailing blank rows.
+        (
+            "file_name;score;tags\r\na.jpg;2,5;sunset|beach\r\n;;\r\n;;\r\n".encode("cp1252"),
+            2.5,
+            ("beach", "sunset"),
+        ),
+        # pandas' to_csv of a list column.
+        (b"file_name,score,tags\na.jpg,3,\"['sunset', 'beach']\"\n", 3.0, ("beach", "sunset")),
+        # Excel's "Unicode text": UTF-16 with a BOM, tab-separated.
+        ("file_name\tscore\ttags\na.jpg\t4\tsunset\n".encode("utf-16"), 4.0, ("sunset",)),
+    ],
+)
+def test_spreadsheets_as_people_save_them(data: bytes, score: float, tags: tuple[str, ...]) -> None:
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert not parsed.problems
+    assert [(r.ref, r.score, r.tags) for r in parsed.records] == [("a.jpg", score, tags)]
+
+
+def test_a_row_with_more_fields_than_the_header_is_a_problem_not_a_crash() -> None:
+    data = b"file_name,score,tags\na.jpg,2,sunset,beach\nb.jpg,3,sky\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert [r.ref for r in parsed.records] == ["b.jpg"]
+    assert parsed.problems[0].reason.startswith("line 2 has 4 fields, the header 3: quote values")
+
+
+def test_windows_names_and_a_cp1252_file() -> None:
+    data = "file_name,score\nsub\\café.jpg,1\nC:\\Users\\me\\b.jpg,2\n".encode("cp1252")
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert [r.ref for r in parsed.records] == ["sub/café.jpg"]
+    assert "a Windows path" in parsed.problems[0].reason
+    assert "not UTF-8: read as Windows-1252" in parsed.notes[0]
+    with pytest.raises(ValueError, match="Windows path"):
+        lf.resolve_ls_ref("C:\\photos\\a.jpg", Roots(export_dir="/e"))
+
+
+def test_names_are_matched_to_the_disk_ignoring_case_and_accent_encoding() -> None:
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Café/IMG_1.jpg")
+    records = [lf.Record(ref="café/img_1.JPG", origin="x"), lf.Record(ref="other.jpg", origin="y")]
+    matched, notes = lf.match_names(records, [nfd, "b.jpg"])
+    assert [r.ref for r in matched] == [nfd, "other.jpg"] and "1 file names matched" in notes[0]
+    assert lf.unlisted_images(matched, [], [nfd, "b.jpg", "notes.txt"]) == [
+        "1 images in the source are in no labels file and were left out: b.jpg"
+    ]
+    twins = lf.tag_case_notes([lf.Record("a", "a", tags=("Sunset",)), lf.Record("b", "b", tags=("sunset",))])
+    assert twins == ["tags that differ only in case or spacing, kept apart: Sunset / sunset"]
+
+
+def _min_row(i: int, **labels: object) -> dict:
+    """A JSON_MIN row as Label Studio's converter writes it: the task's data, then each control."""
+    return {
+        "image": f"/data/upload/1/p{i}.jpg",
+        "photo_id": 5000 + i,  # a column of the imported tasks: never a label
+        "id": i,
+        **labels,
+        "annotator": "ann@example.com",
+        "annotation_id": i,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "lead_time": 2.5,
+    }
+
+
+def test_json_min_controls_as_label_studio_writes_them() -> None:
+    rows = [
+        _min_row(1, quality=[{"rating": 4}], tags="Food, drink"),
+        _min_row(2, quality=[{"rating": 2}], tags={"choices": ["Food, drink", "Indoor"]}),
+        _min_row(3, quality=[{"rating": 5}], category=[{"taxonomy": [["Nature", "Sunset"], ["People"]]}]),
+    ]
+    parsed = lf.parse_labelstudio(json.dumps(rows).encode(), "min.json", Roots(export_dir="/e"), Columns())
+    by_ref = {r.ref: r for r in parsed.records}
+    assert parsed.score_name == "quality" and [by_ref[f"/e/upload/1/p{i}.jpg"].score for i in (1, 2, 3)] == [
+        4,
+        2,
+        5,
+    ]
+    assert by_ref["/e/upload/1/p1.jpg"].tags == ("Food, drink",)  # one choice, commas and all
+    assert by_ref["/e/upload/1/p2.jpg"].tags == ("Food, drink", "Indoor")
+    assert by_ref["/e/upload/1/p3.jpg"].tags == ("Nature/Sunset", "People")
+    assert "columns not used: photo_id" in " ".join(parsed.notes)
+
+
+def _result(control: str, kind: str, value: object) -> dict:
+    return {"from_name": control, "to_name": "image", "type": kind, "value": {kind: value}}
+
+
+def test_label_studio_controls_are_chosen_by_name_or_refused_when_ambiguous() -> None:
+    tasks = [
+        _ls_task(
+            1,
+            "a.jpg",
+            [
+                [
+                    _result("quality", "rating", 5),
+                    _result("composition", "rating", 1),
+                    _result("kind", "taxonomy", [["Nature", "Sunset"]]),
+                    _choices("Indoor|Outdoor"),
+                ]
+            ],
+        ),
+        _ls_task(2, "b.jpg", [[_result("quality", "rating", 3), _choices("sky")]]),
+    ]
+    export = json.dumps(tasks).encode()
+    roots = Roots(export_dir="/e")
+    with pytest.raises(FormatError, match="several score controls .quality, composition.: pick one"):
+        lf.parse_labelstudio(export, "x.json", roots, Columns())
+    with pytest.raises(FormatError, match="no control named 'Tags' for the tags .controls: quality .rating."):
+        lf.parse_labelstudio(export, "x.json", roots, Columns(score="quality", tags="Tags"))
+    parsed = lf.parse_labelstudio(export, "x.json", roots, Columns(score="quality"))
+    # One task's choice holds lightbox's separator: that task is a problem, the export goes on.
+    assert [(r.ref, r.score, r.tags) for r in parsed.records] == [("/e/b.jpg", 3.0, ("sky",))]
+    assert "contains '|'" in parsed.problems[0].reason
+    assert "controls not used: composition (rating)" in " ".join(parsed.notes)
+    assert "union of the controls kind, tags" in " ".join(parsed.notes)

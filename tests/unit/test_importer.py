@@ -156,7 +156,7 @@ def _bad_corpus(src: Path) -> dict[str, str]:
         (src / "pics" / f"ok{i}.jpg").write_bytes(jpeg(photo(100 + i)))
         lines.append(f"pics/ok{i}.jpg,{i % 5 + 1},{VOCAB[i % 3]},x100")
     bad = {
-        "truncated.jpg": (jpeg(photo(1, (400, 300)))[:700], "corrupt or truncated"),
+        "truncated (1).jpg": (jpeg(photo(1, (400, 300)))[:700], "corrupt or truncated"),
         "empty.jpg": (b"", "empty file"),
         "notes.jpg": (b"this is a text file", "not an image"),
         "tiny.png": (None, "under the minimum side"),
@@ -193,7 +193,9 @@ def test_bad_input_is_reported_by_name_and_quarantined_and_the_good_images_impor
     assert "columns not used (unknown): camera" in report["notes"]
     quarantined = next(s.quarantine_dir.iterdir())
     copies = {p.name for p in quarantined.iterdir()}
-    assert any(n.endswith("truncated.jpg") for n in copies) and "quarantined.csv" in copies
+    assert any(n.endswith("truncated (1).jpg") for n in copies) and "quarantined.csv" in copies
+    assert any(n.endswith("outside.jpg") for n in copies)  # refused after decoding, for its score
+    assert str(src / "pics" / "missing.jpg") in reasons["pics/missing.jpg"]  # where it was looked for
     assert "pics/notes.jpg" in (s.reports_dir / "import.md").read_text()
 
 
@@ -296,3 +298,27 @@ def test_no_labels_at_all_is_one_clear_error(tmp_path: Path) -> None:
     (src / "metadata.csv").write_text("file_name\na.jpg\n")
     with pytest.raises(ImportFailed, match="no score and no tags column"):
         importer.run(settings_for(tmp_path), str(src))
+
+
+def test_names_written_on_another_system_still_find_their_photos(tmp_path: Path) -> None:
+    """A spreadsheet typed on Windows or Linux, photos copied from a Mac: the names differ in case,
+    slashes and accent encoding; each photo is found (when only one matches) and the rest is said."""
+    import unicodedata
+
+    src = tmp_path / "src"
+    (src / "Shoot").mkdir(parents=True)
+    names = [f"Café {i}.JPG" for i in range(12)]
+    for i, name in enumerate(names):
+        (src / "Shoot" / unicodedata.normalize("NFD", name)).write_bytes(jpeg(photo(300 + i)))
+    (src / "Shoot" / "forgotten.jpg").write_bytes(jpeg(photo(399)))
+    rows = [
+        f"shoot\\{unicodedata.normalize('NFC', n).lower()},{i % 5 + 1},{VOCAB[i % 2]}"
+        for i, n in enumerate(names)
+    ]
+    (src / "metadata.csv").write_text("file_name,score,tags\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(src), ImportOptions())
+    assert result.n_images == 12 and result.n_quarantined == 0
+    notes = " / ".join(result.notes)
+    assert "12 file names matched the disk's only when case or accents were ignored" in notes
+    assert "1 images in the source are in no labels file and were left out: Shoot/forgotten.jpg" in notes
