@@ -634,8 +634,10 @@ def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Pa
         try:
             for ann in annotations:
                 for result in ann.get("result") or []:
+                    value = result.get("value") if isinstance(result, dict) else None
+                    if not isinstance(value, Mapping):
+                        continue  # not a control's answer (a relation, a comment)
                     control, kind = result.get("from_name"), str(result.get("type", "")).lower()
-                    value = result.get("value") or {}
                     if control in tag_controls:
                         for t in set(_ls_tags(kind, value.get(kind))):
                             vote.tag_votes[t] += 1
@@ -647,6 +649,10 @@ def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Pa
             problems.append(Problem(origin, str(exc)))
             continue
         _add_ls_record(records, problems, origin, str(data[key]), vote, data, roots, columns)
+    if unlabelled and unlabelled == len(tasks):
+        raise FormatError(
+            f"{name}: none of its {len(tasks)} tasks has a submitted annotation: label them, then export again"
+        )
     if unlabelled:
         notes.append(
             f"{unlabelled} tasks without a submitted annotation (skipped, cancelled or not labelled) left out"
