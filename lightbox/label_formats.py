@@ -651,7 +651,7 @@ def _parse_ls_json(tasks: list, name: str, roots: Roots, columns: Columns) -> Pa
         _add_ls_record(records, problems, origin, str(data[key]), vote, data, roots, columns)
     if unlabelled and unlabelled == len(tasks):
         raise FormatError(
-            f"{name}: none of its {len(tasks)} tasks has a submitted annotation: label them, then export again"
+            f"{name}: none of its {len(tasks)} tasks has a submitted annotation: label them, export again"
         )
     if unlabelled:
         notes.append(
