@@ -17,6 +17,7 @@ A row that cannot be read becomes a ``Problem`` (origin, reason) for the report;
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import json
@@ -46,6 +47,9 @@ SPLIT_ALIASES: Mapping[str, str] = {
     "eval": "test",  # as Hugging Face's datasets read them
     "evaluation": "test",
 }
+# Where no column is named: the score's and the tags' usual names, in order (said in a note).
+SCORE_COLUMNS: tuple[str, ...] = ("score", "rating", "stars")
+TAGS_COLUMNS: tuple[str, ...] = ("tags", "tag", "labels", "label", "choice", "choices")
 # A labels file given as SOURCE (any name), read as imagefolder metadata.
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
 # The image file column when there is no ``file_name`` (Hugging Face's name): what other tools write.
@@ -171,6 +175,9 @@ def parse_score_cell(value: object, decimal_comma: bool = False) -> float | None
         return None
     if isinstance(value, bool):
         raise ValueError(f"score {value!r} is not a number")
+    if isinstance(value, str) and value.lstrip().startswith(("[{", "{")):  # JSON in a CSV cell
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
     if isinstance(value, list) and len(value) == 1:  # Label Studio JSON_MIN: [{"rating": 4}]
         value = value[0]
     if isinstance(value, Mapping) and len(value) == 1:  # {"rating": 4} as some exports write it
@@ -331,6 +338,18 @@ def _file_column(meta: str, columns: Sequence[str]) -> tuple[str, list[str]]:
     )
 
 
+def _usual_column(columns: Sequence[str], usual: Sequence[str], what: str, notes: list[str]) -> str:
+    """The first column with one of a label's usual names (any case); said in a note unless it is the
+    first name. The first name when none is there (then the source has no such label)."""
+    by_name = {c.strip().lower(): c for c in columns}
+    found = next((by_name[u] for u in usual if u in by_name), None)
+    if found is None:
+        return usual[0]
+    if found != usual[0]:
+        notes.append(f"the {what} column is {found!r} (name another with --{what}-column)")
+    return found
+
+
 def parse_imagefolder(
     files: Sequence[str],
     read: Callable[[str], bytes],
@@ -344,19 +363,20 @@ def parse_imagefolder(
     metas = list(metas) if metas is not None else metadata_files(files)
     if not metas:
         raise FormatError("no metadata.csv or metadata.jsonl in the source (at any depth)")
-    score_col = columns.score or "score"
-    tags_col = columns.tags or "tags"
+    tables = [(meta, split, _read_table(meta, read(meta))) for meta, split in metas]
+    all_columns = list(dict.fromkeys(c for _, _, t in tables for c in t.columns))
+    notes: list[str] = []
+    score_col = columns.score or _usual_column(all_columns, SCORE_COLUMNS, "score", notes)
+    tags_col = columns.tags or _usual_column(all_columns, TAGS_COLUMNS, "tags", notes)
     split_col = columns.split or "split"
     group_col = columns.group or "group"
     records: list[Record] = []
     problems: list[Problem] = []
-    notes: list[str] = []
     seen_columns: set[str] = set()
     file_columns: set[str] = set()
     seen_files: set[str] = set()
-    for meta, folder_split in metas:
+    for meta, folder_split, table in tables:
         base = posixpath.dirname(meta)
-        table = _read_table(meta, read(meta))
         notes += table.notes
         if not table.rows:
             notes.append(f"{meta} holds no rows")
@@ -550,6 +570,40 @@ def parse_labelstudio(export: bytes, name: str, roots: Roots, columns: Columns) 
     return (_parse_ls_json if full else _parse_ls_min)(tasks, name, roots, columns)
 
 
+# Columns Label Studio's CSV export always writes (beside the task's data and one per control).
+_LS_CSV_COLUMNS = {"annotator", "annotation_id", "lead_time"}
+
+
+def is_labelstudio_table(name: str, data: bytes) -> bool:
+    """Whether a CSV/TSV is Label Studio's CSV export (by its header)."""
+    if name.lower().endswith(".jsonl"):
+        return False
+    return set(_read_table(name, data).columns) >= _LS_CSV_COLUMNS
+
+
+def parse_labelstudio_table(data: bytes, name: str, roots: Roots, columns: Columns) -> Parsed:
+    """Label Studio's CSV export: the JSON_MIN rows, each control's value written as JSON when it is not
+    one string (a Rating as [{"rating": 4}], several choices as {"choices": [...]})."""
+    table = _read_table(name, data)
+    rows = []
+    for _, row in table.rows:
+        if "__error__" in row:
+            raise FormatError(f"{name}: {row['__error__']}")
+        rows.append({k: _json_cell(v) for k, v in row.items() if v is not None and str(v).strip()})
+    if not rows:
+        raise FormatError(f"{name}: the export holds no rows")
+    return _parse_ls_min(rows, name, roots, columns)
+
+
+def _json_cell(value: str) -> object:
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def _ls_tags(kind: str, value: object) -> list[str]:
     """The tags one Label Studio control's value gives: its choices as they are (a choice is one tag,
     whatever it contains), or a taxonomy's selected paths joined by '/'."""
@@ -733,11 +787,10 @@ def _ls_min_columns(
             raise FormatError(
                 f"{name}: several score controls ({', '.join(shaped)}): pick one with --score-column"
             )
-        named = [k for k in plain if k.lower() in ("score", "rating", "stars")]
+        # A bare number in JSON_MIN is the task's own data (Label Studio writes [{"rating": 4}]): taken
+        # as the score only under a score's name.
+        named = [k for k in plain if k.lower() in SCORE_COLUMNS]
         score = (shaped or named or [None])[0]
-        if score is None and len(plain) == 1:
-            score = plain[0]
-            notes.append(f"the score is the numeric column {score!r} (name another with --score-column)")
     if columns.tags:
         tags = [columns.tags]
     else:
@@ -750,11 +803,9 @@ def _ls_min_columns(
             and kinds[k] <= {"choices", "text", "ls-taxonomy"}
         ]
         plain = [k for k in candidates if k != score and kinds[k] and kinds[k] <= {"text", "list"}]
-        named = [k for k in plain if k.lower() in ("tags", "tag", "choice", "choices", "labels", "label")]
+        # Text is one choice, or the task's own data (a caption): taken as tags only under a tag's name.
+        named = [k for k in plain if k.lower() in TAGS_COLUMNS]
         tags = shaped or named[:1]
-        if not tags and len(plain) == 1:
-            tags = plain
-            notes.append(f"the tags are the column {plain[0]!r} (name another with --tags-column)")
     if len(tags) > 1:
         notes.append(f"tags are the union of the columns {', '.join(tags)} (pick one with --tags-column)")
     unused = [k for k in candidates if k != score and k not in tags]
@@ -821,19 +872,26 @@ def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Recor
     index: dict[str, list[str]] = defaultdict(list)
     for f in files:
         index[_name_key(f)].append(f)
-    out, n_matched = [], 0
+    out, n_matched, ambiguous = [], 0, []
     for r in records:
         if r.ref not in exact:
             found = index.get(_name_key(r.ref), [])
             if len(found) == 1:
                 r = Record(**{**r.__dict__, "ref": found[0]})
                 n_matched += 1
+            elif found:
+                ambiguous.append(f"{r.ref} ({', '.join(sorted(found))})")
         out.append(r)
     notes = (
         [f"{n_matched} file names matched the disk's only when case or accents were ignored"]
         if n_matched
         else []
     )
+    if ambiguous:
+        notes.append(
+            "names that match several files differing only in case, left unmatched: "
+            + "; ".join(ambiguous[:5])
+        )
     return out, notes
 
 

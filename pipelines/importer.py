@@ -185,6 +185,11 @@ def _import(
         rows, golden_rows = set_aside_golden(rows, settings)
     if split_policy == "group":  # given splits are the user's: a tag missing from train is reported
         rows = ensure_tags_in_train(rows, settings.min_tag_count)
+    elif not old_rows:
+        rows, carved = carve_missing_splits(rows, settings)
+        if carved:
+            notes += carved
+            report = write_report(settings, source, parsed.format, problems, notes)
 
     spec = LabelSpec(
         tag_counts=manifest.count_tags(rows),
@@ -255,6 +260,20 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
     if fmt not in formats.FORMATS:
         raise formats.FormatError(f"unknown format {fmt!r}: one of {', '.join(formats.FORMATS)}")
     columns = Columns(options.score_column, options.tags_column, options.split_column, options.group_column)
+    roots = formats.Roots(
+        export_dir=tree.root,
+        local_files_root=options.local_files_root,
+        media_root=options.media_root,
+    )
+    table = (
+        tree.single_file
+        if tree.single_file and tree.single_file.lower().endswith(formats.TABLE_SUFFIXES)
+        else None
+    )
+    if table is not None and fmt in ("imagefolder", "labelstudio"):
+        data = tree.read(table)
+        if fmt == "labelstudio" or formats.is_labelstudio_table(table, data):  # Label Studio's CSV export
+            return _finish(formats.parse_labelstudio_table(data, table, roots, columns), None)
     if fmt == "imagefolder":
         if tree.single_file is not None:  # a labels table given as SOURCE: names are relative to it
             parsed = formats.parse_imagefolder(
@@ -272,11 +291,6 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             f"expected one Label Studio .json export at the source's top level, found {len(exports)}: "
             "give the export file itself as SOURCE"
         )
-    roots = formats.Roots(
-        export_dir=tree.root,
-        local_files_root=options.local_files_root,
-        media_root=options.media_root,
-    )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
 
 
@@ -546,6 +560,40 @@ def _row(p: Photo, split: str, group: str) -> dict[str, str]:
     }
 
 
+def carve_missing_splits(
+    rows: list[dict[str, str]], settings: Settings
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Given splits without a validation or a test split (many Hugging Face datasets ship train and
+    test only, or train alone): the missing ones are carved from train, by group and seeded, at the
+    configured fractions, so that training can stop early and the gates have a test split. The rows the
+    user put in validation or test stay there. Returns the rows and a note per carved split."""
+    present = {r["split"] for r in rows}
+    missing = [s for s in ("validation", "test") if s not in present]
+    groups = sorted({r["group"] for r in rows if r["split"] == "train"})
+    if not missing or len(groups) < 1 + len(missing):
+        return rows, []
+    fraction = {"validation": settings.split_validation_fraction, "test": settings.split_test_fraction}
+    order = [groups[i] for i in np.random.default_rng(settings.split_seed).permutation(len(groups))]
+    moved: dict[str, str] = {}
+    missing = [s for s in missing if fraction[s] > 0]  # a fraction set to 0: that split is not wanted
+    for split in missing:
+        take = min(max(1, round(fraction[split] * len(groups))), len(order) - 1)
+        moved |= dict.fromkeys(order[:take], split)
+        order = order[take:]
+    out = [
+        {**r, "split": moved[r["group"]]} if r["split"] == "train" and r["group"] in moved else r
+        for r in rows
+    ]
+    notes = []
+    for split in missing:
+        n = sum(1 for r in out if r["split"] == split)
+        notes.append(
+            f"no {split} split was given: {n} images ({sum(1 for g in moved.values() if g == split)} groups) "
+            f"of train set aside as {split}, by group (LIGHTBOX_SPLIT_{split.upper()}_FRACTION)"
+        )
+    return out, notes
+
+
 def set_aside_golden(
     rows: list[dict[str, str]], settings: Settings
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -747,10 +795,15 @@ def write_report(
     lines += [f"- {n}" for n in notes]
     lines += ["", f"## Quarantined ({len(problems)})", ""]
     lines += ["| image or row | reason |", "|---|---|"] if problems else ["None."]
-    lines += [f"| {p.origin.replace('|', '/')} | {p.reason.replace('|', '/')} |" for p in problems]
+    lines += [f"| {_cell(p.origin)} | {_cell(p.reason)} |" for p in problems]
     path = settings.reports_dir / f"{REPORT_NAME}.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _cell(text: str) -> str:
+    """Text in a Markdown table cell, shown as it is (a reason may quote a '|')."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def read_report(settings: Settings) -> dict | None:

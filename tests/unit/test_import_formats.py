@@ -160,7 +160,7 @@ def test_labelstudio_json_min_one_row_per_annotation() -> None:
             "image": "/data/upload/1/a.jpg",
             "id": 1,
             "tags": "sky",
-            "quality": 4,
+            "quality": [{"rating": 4}],
             "annotator": 1,
             "annotation_id": 1,
             "created_at": "2026-01-01",
@@ -170,7 +170,7 @@ def test_labelstudio_json_min_one_row_per_annotation() -> None:
             "image": "/data/upload/1/a.jpg",
             "id": 1,
             "tags": {"choices": ["sky", "sea"]},
-            "quality": 2,
+            "quality": [{"rating": 2}],
             "annotator": 2,
             "annotation_id": 2,
             "created_at": "2026-01-01",
@@ -180,7 +180,7 @@ def test_labelstudio_json_min_one_row_per_annotation() -> None:
             "image": "/data/upload/1/b.jpg",
             "id": 2,
             "tags": {"choices": ["sea", "sand"]},
-            "quality": 5,
+            "quality": [{"rating": 5}],
             "annotator": 1,
             "annotation_id": 3,
             "created_at": "2026-01-01",
@@ -405,3 +405,51 @@ def test_label_studio_controls_are_chosen_by_name_or_refused_when_ambiguous() ->
     assert "contains '|'" in parsed.problems[0].reason
     assert "controls not used: composition (rating)" in " ".join(parsed.notes)
     assert "union of the controls kind, tags" in " ".join(parsed.notes)
+
+
+def test_json_min_task_data_is_never_taken_for_labels() -> None:
+    """A bare number or free text in JSON_MIN is the task's own data (Label Studio writes a Rating as
+    [{"rating": 4}]): taken as a label only under a label's name."""
+    rows = [_min_row(i, tags="Cat", caption=f"my cat number {i}") for i in range(3)]
+    parsed = lf.parse_labelstudio(json.dumps(rows).encode(), "min.json", Roots(export_dir="/e"), Columns())
+    assert parsed.score_name is None and {r.tags for r in parsed.records} == {("Cat",)}
+    assert "columns not used: photo_id, caption" in " ".join(parsed.notes)
+
+
+def test_label_studio_csv_export() -> None:
+    header = (
+        '"image","id","quality","tags","annotator","annotation_id","created_at","updated_at","lead_time"\n'
+    )
+    lines = [
+        '"/data/upload/1/a.jpg",1,"[{""rating"": 4}]",'
+        '"{""choices"": [""Cat"", ""Indoor""]}","a@x",1,"t","t",2.0',
+        '"/data/upload/1/b.jpg",2,"[{""rating"": 2}]","Dog","a@x",2,"t","t",1.5',
+    ]
+    data = (header + "\n".join(lines) + "\n").encode()
+    assert lf.is_labelstudio_table("project-1.csv", data)
+    assert not lf.is_labelstudio_table("labels.csv", b"file_name,score\na.jpg,1\n")
+    parsed = lf.parse_labelstudio_table(
+        data, "project-1.csv", Roots(export_dir="/e", media_root="/m"), Columns()
+    )
+    assert parsed.score_name == "quality"
+    assert {(r.ref, r.score, r.tags) for r in parsed.records} == {
+        ("/m/upload/1/a.jpg", 4.0, ("Cat", "Indoor")),
+        ("/m/upload/1/b.jpg", 2.0, ("Dog",)),
+    }
+
+
+def test_a_table_without_a_score_column_takes_a_rating_column_and_says_so() -> None:
+    data = b"file_name,rating,labels\na.jpg,4,cat|dog\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert parsed.score_name == "rating" and parsed.records[0].score == 4.0
+    assert parsed.records[0].tags == ("cat", "dog")
+    assert "the score column is 'rating'" in " ".join(parsed.notes)
+    assert "the tags column is 'labels'" in " ".join(parsed.notes)
+
+
+def test_a_name_matching_two_files_by_case_alone_is_said() -> None:
+    _, notes = lf.match_names([lf.Record(ref="Img_1.JPG", origin="x")], ["img_1.jpg", "IMG_1.jpg"])
+    assert notes == [
+        "names that match several files differing only in case, left unmatched: "
+        "Img_1.JPG (IMG_1.jpg, img_1.jpg)"
+    ]

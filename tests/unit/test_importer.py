@@ -322,3 +322,38 @@ def test_names_written_on_another_system_still_find_their_photos(tmp_path: Path)
     notes = " / ".join(result.notes)
     assert "12 file names matched the disk's only when case or accents were ignored" in notes
     assert "1 images in the source are in no labels file and were left out: Shoot/forgotten.jpg" in notes
+
+
+def test_label_studio_csv_export_as_source_and_class_folders_split_train_test(tmp_path: Path) -> None:
+    """Label Studio's CSV export given as SOURCE reads like its JSON_MIN; class folders under train/ and
+    test/ (no validation, as many datasets ship) get a validation split carved from train by group."""
+    media = tmp_path / "media" / "upload" / "1"
+    media.mkdir(parents=True)
+    lines = [
+        '"image","id","quality","tags","annotator","annotation_id","created_at","updated_at","lead_time"'
+    ]
+    for i in range(12):
+        (media / f"p{i}.jpg").write_bytes(jpeg(photo(500 + i)))
+        tags = VOCAB[i % 3] if i % 2 else f'{{""choices"": [""{VOCAB[i % 3]}"", ""{VOCAB[(i + 1) % 3]}""]}}'
+        lines.append(
+            f'"/data/upload/1/p{i}.jpg",{i},"[{{""rating"": {1 + i % 5}}}]","{tags}","a@x",{i},"t","t",1.0'
+        )
+    export = tmp_path / "project-1-at-2026.csv"
+    export.write_text("\n".join(lines) + "\n")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=2)
+    result = importer.run(s, str(export), ImportOptions(media_root=str(tmp_path / "media")))
+    assert result.format == "labelstudio" and result.n_images == 12 and result.score_name == "quality"
+    assert result.score_range == [1.0, 5.0] and result.tags == list(VOCAB)
+
+    src = tmp_path / "folders"
+    for i in range(24):
+        split, tag = ("train", "test")[i % 4 == 0], VOCAB[i % 2]
+        (src / split / tag).mkdir(parents=True, exist_ok=True)
+        (src / split / tag / f"{i}.jpg").write_bytes(jpeg(photo(600 + i)))
+    s = settings_for(tmp_path / "second", golden_fraction=0.0)
+    result = importer.run(s, str(src), ImportOptions())
+    assert result.splits["test"] == 6 and result.splits["validation"] > 0
+    assert result.splits["train"] + result.splits["validation"] == 18
+    assert any(n.startswith("no validation split was given") for n in result.notes)
+    rows = manifest.read_manifest(s.data_dir)
+    assert {r["split"] for r in rows if r["original"].startswith("test/")} == {"test"}  # the user's stay
