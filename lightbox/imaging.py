@@ -7,6 +7,7 @@ exactly what it sees in serving. Errors are typed so callers can answer 4xx inst
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import PurePosixPath
@@ -155,9 +156,13 @@ def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Im
     return rgb if method is None else rgb.transpose(method)
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def error_line(exc: BaseException) -> str:
     """An exception as one short line: its type and, when it has one, its message."""
-    text = " ".join(str(exc).split())[:200]
+    # Pillow names the file object it could not identify ("<_io.BytesIO object at 0x7f...>"): noise.
+    text = " ".join(_OBJECT_REPR.sub("", str(exc)).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

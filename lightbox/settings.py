@@ -234,6 +234,10 @@ class Settings(BaseSettings):
         default=1000.0, gt=0.0, le=600_000.0, description="admission latency budget"
     )
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
+    # A request whose body has not arrived by then gets 408 and its connection is closed: a stalled or
+    # trickling upload must not hold a connection (and its admission) for ever. A phone on a slow link
+    # sends a 5 MB photo in well under a minute.
+    serve_body_timeout_s: float = Field(default=60.0, gt=0.0, le=3_600.0, description="408 past this")
     # None for both: sized for the device (serving.runtime.compute_layout). On CPU, batches running side
     # by side on one thread each beat one batch on every core (measured: docs/benchmarks.md).
     serve_max_concurrent_batches: int | None = Field(default=None, ge=1, description="None: by device")

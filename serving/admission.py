@@ -397,6 +397,12 @@ class AdmissionMetrics:
             "How late the event loop runs a due callback (largest of the last second)",
             registry=registry,
         )
+        self.slow_uploads = Counter(
+            f"{prefix}_slow_uploads_total",
+            "Requests whose body took longer than the upload grace: their image stopped counting as"
+            " work ahead, and they were judged again once the body was in",
+            registry=registry,
+        )
         self.slack = Gauge(
             f"{prefix}_slack_seconds",
             "What admitted requests took beyond their estimated wait (99th percentile of recent ones):"
@@ -448,6 +454,14 @@ class Admission:
         self._reserved = 0
         self._computing = 0
         self._lock = threading.Lock()
+        # Tickets reserved at a request's headers whose body is still arriving, oldest first. Their
+        # image counts as work ahead for ``upload_grace_s`` only: a client trickling its body (a phone
+        # on a poor link, or a slowloris) would otherwise hold a share of the budget for as long as it
+        # likes, and every other client would be refused while the cores sit idle. Past the grace its
+        # image stops counting, and the request is judged again, on the backlog of the moment, once its
+        # body is in (before decoding). A flood's bodies arrive well within it.
+        self.upload_grace_s = min(_UPLOAD_GRACE_S, budget_s / 4)
+        self._reading: collections.OrderedDict[Ticket, float] = collections.OrderedDict()
         # What admitted requests took beyond the wait estimated when they were admitted. The estimate
         # counts the model's work (at most at the rate the CPU allows: CpuCost); the batch fill wait,
         # event-loop delays and a flood's bursts come on top and grow with the load. Keeping this much
@@ -479,7 +493,31 @@ class Admission:
 
     def ahead(self, held: int = 0) -> int:
         """Images the model must compute before a request holding ``held`` of the reserved ones."""
+        self._expire_uploads()
         return self.queued() + self._computing + self._reserved - held
+
+    def _expire_uploads(self, now: float | None = None) -> None:
+        """Stop counting the reservations of bodies still arriving past the grace (see __init__)."""
+        if not self._reading:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._reading:
+                ticket, since = next(iter(self._reading.items()))
+                if now - since < self.upload_grace_s:
+                    break
+                del self._reading[ticket]
+                self._reserved -= ticket.held
+                ticket.held, ticket.slow = 0, True
+                self.metrics.slow_uploads.inc()
+
+    def _reading_started(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._reading[ticket] = time.monotonic()
+
+    def _reading_done(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._reading.pop(ticket, None)
 
     def estimate(self, n: int, held: int = 0) -> float | None:
         """Seconds until a request of ``n`` images is computed: the backlog ahead of it and its own
@@ -496,6 +534,7 @@ class Admission:
     def check(self, n: int, held: int = 0) -> float | None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits;
         returns its estimated wait (None until the rate is measured)."""
+        self._expire_uploads()
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
         rate = self.rate.images_per_s
@@ -545,6 +584,7 @@ class Admission:
         """Reserve ``n`` images for a new request, or raise Refused (counted)."""
         ticket = Ticket(self)
         ticket.extend(n, final=False)
+        self._reading_started(ticket)
         return ticket
 
     def _count_refusal(self, refused: Refused) -> None:
@@ -579,6 +619,7 @@ class Admission:
             self._reserved += delta
 
 
+_UPLOAD_GRACE_S = 0.25  # at most (a quarter of the budget, if less): see Admission.__init__
 _SLACK_QUANTILE = 0.99  # of recent overruns: the promise is on the admitted p99
 _OVERRUN_WINDOW = 256  # admitted requests whose overrun sets the slack: a few seconds under overload
 
@@ -619,6 +660,8 @@ class Ticket:
         self.released = False
         self.admitted = False  # its final check passed (the handler extended it to its image count)
         self.estimated: float | None = None  # the wait estimated at that check
+        self.judged_at: float | None = None  # when (monotonic)
+        self.slow = False  # its body outlasted the upload grace (Admission._expire_uploads)
 
     def extend(self, n: int, *, final: bool = True) -> None:
         """Hold ``n`` images in all, or release and raise Refused. ``final``: the request's
@@ -626,6 +669,8 @@ class Ticket:
         adm = self.admission
         if self.released:
             raise RuntimeError("ticket already released")
+        if final:  # the body is in: judged now on the backlog of the moment, with what it still holds
+            adm._reading_done(self)
         try:
             wait = adm.check(n, self.held)
         except Refused as refused:
@@ -635,15 +680,20 @@ class Ticket:
         adm._move(n - self.held)
         self.held = n
         if final:
-            self.admitted, self.estimated = True, wait
+            self.admitted, self.estimated, self.judged_at = True, wait, time.monotonic()
             adm.metrics.admitted.inc()
 
     def answered(self, seconds: float) -> None:
         if self.admitted:
+            if self.slow and self.judged_at is not None:
+                # Its client's own upload time is no overrun of the server's: counted from the check
+                # made once the body was in.
+                seconds = time.monotonic() - self.judged_at
             self.admission.observe(seconds, self.estimated)
 
     def release(self) -> None:
         if not self.released:
             self.released = True
+            self.admission._reading_done(self)
             self.admission._move(-self.held)
             self.held = 0

@@ -108,7 +108,11 @@ class AdmissionMiddleware:
         except Refused as refused:
             scope[ROUTE_KEY] = route  # a refusal never reaches the router that would name it
             headers, body = refusal_response(refused)
-            # The body is never read: the server discards it and keeps the connection for the next.
+            # The body is never read: the server discards it and keeps the connection for the next,
+            # unless the client waits for "100 Continue" before sending it: such a client may skip the
+            # body and reuse the connection, and the server would read its next request as this body.
+            if any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope.get("headers", ())):
+                headers.append((b"connection", b"close"))
             await send({"type": "http.response.start", "status": 429, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lightbox.settings import Settings
 from serving.admission import CpuCost, LoopLag
@@ -43,7 +44,7 @@ from serving.multi import (
 )
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
-from serving.uploads import uploaded_images
+from serving.uploads import CLIENT_CLOSED, uploaded_images
 from serving.v2 import v2_router
 from training.predictor import Predictor
 
@@ -120,6 +121,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
         )
         return _error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # A phone that lost its signal mid-upload: nobody reads the answer, and it is no server error
+        # (a 5xx would page someone; a traceback per flaky client would flood the log).
+        return _error(CLIENT_CLOSED, "the client closed the connection")
 
     @app.exception_handler(BatcherClosed)
     async def closed(_: Request, exc: BatcherClosed) -> JSONResponse:

@@ -2,42 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lightbox.settings import Settings
 from serving.runtime import ApiError
 
 RAW_CONTENT_TYPES = ("application/octet-stream",)
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away: no one reads the answer
 
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) past ``limit`` bytes without reading the rest."""
+async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> bytes:
+    """The whole body, refusing (413) past ``limit`` bytes without reading the rest, and (408) when it
+    has not arrived within ``timeout_s``. Both close the connection: the unread rest of the body must
+    not be taken for the next request. A client gone mid-upload is a 499 (nobody reads it), not an
+    error of the server."""
+    close = {"Connection": "close"}
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ApiError(400, f"invalid Content-Length: {declared!r}")
+            raise ApiError(400, f"invalid Content-Length: {declared!r}", close)
         if int(declared) > limit:
-            raise ApiError(413, f"body of {declared} bytes is over the limit of {limit}")
+            raise ApiError(413, f"body of {declared} bytes is over the limit of {limit}", close)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"body is over the limit of {limit} bytes", close)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the body did not arrive within {timeout_s:g}s ({size} bytes came)", close
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "the client closed the connection before its body arrived") from None
     return b"".join(chunks)
 
 
 async def uploaded_images(request: Request, settings: Settings) -> tuple[list[bytes], bool]:
     """(encoded images, several?) from a multipart upload or a raw body. Bad requests -> ApiError."""
     ctype = media_type(request)
-    body = await read_body(request, settings.serve_max_body_bytes)
+    body = await read_body(request, settings.serve_max_body_bytes, settings.serve_body_timeout_s)
     if ctype == "multipart/form-data":
         return await _multipart_images(request, body, settings)
     if ctype == "" or ctype.startswith("image/") or ctype in RAW_CONTENT_TYPES:
@@ -61,9 +77,17 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form(
-        max_files=settings.serve_max_images_per_request + 1, max_fields=16
-    )
+    # The whole body is within serve_max_body_bytes already; a part's own cap (1 MB by default) would
+    # only turn a photo sent without a filename into a misleading "part exceeded maximum size".
+    limit = settings.serve_max_images_per_request
+    try:
+        form = await Request(request.scope, replay).form(
+            max_files=limit, max_fields=16, max_part_size=settings.serve_max_body_bytes
+        )
+    except StarletteHTTPException as exc:
+        if "Maximum number of files" in str(exc.detail):
+            raise ApiError(413, f"more than {limit} images in one request (the limit)") from None
+        raise ApiError(400, f"malformed multipart body: {exc.detail}") from None
     try:
         single, several = form.getlist("file"), form.getlist("files")
         if single and several:
@@ -78,7 +102,11 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
         blobs = []
         for part in parts:
             if not isinstance(part, UploadFile):
-                raise ApiError(400, "the 'file'/'files' fields must be file uploads, not text fields")
+                raise ApiError(
+                    400,
+                    "the 'file'/'files' parts must be file uploads (with a filename in their "
+                    "Content-Disposition, as curl -F file=@photo.jpg sends), not text fields",
+                )
             blobs.append(await part.read())
         return blobs, bool(several)
     finally:

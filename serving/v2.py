@@ -299,7 +299,9 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send uncompressed requests")
-        body = await read_body(request, runtime.settings.serve_max_body_bytes)
+        body = await read_body(
+            request, runtime.settings.serve_max_body_bytes, runtime.settings.serve_body_timeout_s
+        )
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
         outputs = requested_outputs(header, model_outputs(runtime.predictor))

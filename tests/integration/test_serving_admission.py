@@ -179,6 +179,55 @@ def test_a_client_that_goes_away_gives_its_reservation_back(
         assert httpx.post(f"http://{address}/predict", content=data, timeout=30).status_code == 200
 
 
+def test_slow_uploads_do_not_hold_the_server_and_stalled_ones_time_out(
+    predictor: Predictor, serve, tmp_path: Path
+) -> None:
+    """Clients trickling their bodies (phones on a poor link, a slowloris) reserve an image each at
+    their headers; past the upload grace those stop counting, so a fresh server (whose rate is not
+    measured yet, the strictest state) still answers others; a body that never completes gets 408
+    and its connection closed. A client gone mid-upload is a 499, not a server error."""
+    app = make_app(predictor, tmp_path, serve_body_timeout_s=2.0)
+    runtime = runtime_of(app)
+    admission = runtime.admission
+    data = photo(6)
+    with serve(app) as address:
+        host, port = address.split(":")
+        slow = []
+        for _ in range(6):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+            slow.append(sock)
+        assert wait_until(lambda: admission.reserved >= 1)
+        time.sleep(admission.upload_grace_s + 0.1)
+        answer = httpx.post(f"http://{address}/predict", content=data, timeout=30)
+        assert answer.status_code == 200, answer.text
+        timed_out = 0
+        for sock in slow:  # the stalled bodies: 408 once the body timeout has passed, then closed
+            sock.settimeout(10)
+            reply = sock.recv(4096)
+            sock.close()
+            if reply.startswith(b"HTTP/1.1 429"):
+                continue  # refused at its headers while the first ones still counted (unmeasured rate)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+            assert b"connection: close" in reply.lower()
+            timed_out += 1
+        assert timed_out >= 1
+        assert wait_until(lambda: admission.reserved == 0), admission.reserved
+        with socket.create_connection((host, int(port))) as sock:  # gone mid-upload
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+            time.sleep(0.2)
+        assert wait_until(lambda: admission.reserved == 0)
+        statuses = {
+            s.labels["status"]
+            for metric in runtime.registry.collect()
+            if metric.name == "lightbox_http_requests"
+            for s in metric.samples
+            if s.name.endswith("_total") and s.value > 0
+        }
+        assert "500" not in statuses and {"200", "408"} <= statuses, statuses
+    assert runtime.registry.get_sample_value("lightbox_admission_slow_uploads_total") >= timed_out
+
+
 def _asgi_cpu_per_request(app: FastAPI, scope: dict, body: bytes, n: int) -> tuple[float, set[int]]:
     """CPU seconds per request of ``n`` calls of the ASGI app itself (no server, no socket)."""
     statuses: set[int] = set()
@@ -206,6 +255,7 @@ def test_a_refusal_costs_little_cpu(predictor: Predictor, tmp_path: Path) -> Non
     # Overloaded by construction: a measured rate of a fraction of an image/s and one image ahead.
     admission.rate.observe(1, 10.0)
     blocker = admission.admit(1)
+    blocker.extend(1)  # its body is in: it holds its image however long the loop below takes
     body = photo(5)
     headers = [
         (b"host", b"t"),

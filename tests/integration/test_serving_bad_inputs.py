@@ -293,6 +293,35 @@ def test_body_over_the_limit_on_both_protocols(client: TestClient) -> None:
     still_serving(client)
 
 
+def test_multipart_as_sdks_send_it(client: TestClient, tmp_path) -> None:  # noqa: ANN001
+    """A photo part without a filename (``requests`` with ``(None, data)``, ``curl -F 'file=<x'``) is
+    a text field to the parser: one clear line, not a 1 MB part limit that does not exist; one file
+    over the per-request limit is a 413 like the rest, and the body limit still closes the connection."""
+    torch.manual_seed(0)
+    config = ModelConfig(tag_names=TAG_VOCABULARY)
+    predictor = Predictor.from_model(LightboxModel(config, Heads(config)), "lightbox", "1", device="cpu")
+    settings = Settings(project_dir=tmp_path, serve_reload_interval_s=0, serve_max_wait_ms=1)
+    big = _encode("PNG", (800, 600))  # about 1.4 MB: past the multipart parser's default 1 MB part cap
+    assert len(big) > 1_048_576
+    with TestClient(create_app(settings, predictor), raise_server_exceptions=False) as roomy:
+        for payload in (JPEG, big):
+            resp = roomy.post("/predict", files={"file": (None, payload, "image/jpeg")})
+            assert resp.status_code == 400, resp.text
+            assert "must be file uploads (with a filename" in resp.json()["error"]
+        assert roomy.post("/predict", files={"file": ("big.png", big, "image/png")}).status_code == 200
+    tiny = _encode("JPEG", (16, 16))
+    many = [("files", (f"{i}.jpg", tiny, "image/jpeg")) for i in range(65)]
+    resp = client.post("/predict", files=many)
+    assert resp.status_code == 413 and "more than 64 images" in resp.json()["error"], resp.text
+    resp = client.post(
+        "/predict", content=b"\xff\xd8" + b"\x00" * MAX_BODY, headers={"content-type": "image/jpeg"}
+    )
+    assert resp.status_code == 413 and resp.headers.get("connection") == "close"
+    garbage = client.post("/predict", content=b"not an image at all", headers={"content-type": "image/jpeg"})
+    assert garbage.status_code == 400 and "object at 0x" not in garbage.json()["error"]
+    still_serving(client)
+
+
 def _check_answer(resp) -> None:
     assert resp.status_code < 500, resp.text[:300]
     assert resp.headers["content-type"].startswith(("application/json", "application/octet-stream"))

@@ -515,3 +515,34 @@ def test_admission_refuses_sooner_when_the_cpu_per_image_is_the_limit() -> None:
     cpu.completed(10)  # decode and HTTP on the same core: 100 ms an image, 10 images/s
     with pytest.raises(Refused):
         admission.check(1)  # 16 images at 10/s: 1.6 s, over the budget
+
+
+def test_a_body_still_arriving_past_the_grace_stops_holding_the_budget() -> None:
+    """A client trickling its body (a phone on a poor link, a slowloris) holds its reserved image for
+    the upload grace only; then others are admitted on the real backlog, and the slow request is
+    judged again once its body is in."""
+    admission, queue, registry = make(budget_s=1.0, rate=10.0)  # 10 images/s: 10 fit in the budget
+    slow = [admission.admit(1) for _ in range(10)]
+    with pytest.raises(Refused):
+        admission.admit(1)  # 10 bodies arriving count as work ahead
+    assert admission.upload_grace_s == pytest.approx(0.25)
+    admission._expire_uploads(now=time.monotonic() + 0.3)
+    assert admission.reserved == 0 and _metric(registry, "lightbox_admission_slow_uploads_total") == 10
+    fast = admission.admit(1)  # the idle server admits again
+    fast.extend(1)
+    queue.depth = 10  # meanwhile the queue filled up
+    with pytest.raises(Refused):
+        slow[0].extend(1)  # its body is in: judged on the backlog of the moment
+    slow[1].release()
+    assert admission.reserved == 1  # the fast one's image; the slow ones hold nothing
+    fast.release()
+    assert admission.reserved == 0
+
+
+def test_a_slow_upload_is_no_overrun_of_the_server() -> None:
+    admission, _, _ = make(budget_s=1.0, rate=10.0)
+    ticket = admission.admit(1)
+    admission._expire_uploads(now=time.monotonic() + 0.3)
+    ticket.extend(1)
+    ticket.answered(30.0)  # 30 s since its headers, almost all of it the client's upload
+    assert admission.slack_s < 0.1
