@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import traceback
@@ -27,9 +28,13 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     configuration is wrong (settings, tracking URI, a malformed argument); 1: the project's state
     refuses the action (nothing promoted, no golden set, no such version, gates failed)."""
     # Imported here, not at module level: `lightbox --help` must not import torch or MLflow.
+    from lightbox.adapters import ServiceUnavailable
+    from lightbox.adapters.airflow_runner import BadConf
+    from lightbox.adapters.dvc_repo import DataUnavailable, NoDatasetVersion
     from lightbox.adapters.mlflow_registry import ArtifactError, VersionNotFound
     from lightbox.adapters.tracking_check import TrackingUnavailable
     from lightbox.manifest import ManifestError
+    from pipelines.features import FeaturesOutOfDate
     from pipelines.golden import GoldenSetMissing
     from pipelines.lineage import BadModelUri
     from pipelines.monitor import NoPredictions, NoReference
@@ -39,8 +44,24 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from serving.server import CannotServe
     from training.predictor import ModelNotFound
 
-    if isinstance(exc, settings_module.SettingsError | TrackingUnavailable | BadModelUri):
+    if isinstance(
+        exc, settings_module.SettingsError | TrackingUnavailable | BadModelUri | ServiceUnavailable | BadConf
+    ):
         return str(exc), 2
+    # S3 (imported only where an s3:// path is used): no credentials, no endpoint, no bucket.
+    boto = sys.modules.get("botocore.exceptions")
+    if boto is not None and isinstance(
+        exc,
+        boto.NoCredentialsError
+        | boto.PartialCredentialsError
+        | boto.EndpointConnectionError
+        | boto.ClientError,
+    ):
+        return (
+            f"S3: {' '.join(str(exc).split())}: check LIGHTBOX_S3_ENDPOINT_URL and the AWS credentials "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+            2,
+        )
     if isinstance(
         exc,
         ModelNotFound
@@ -53,7 +74,10 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | NoReference
         | NoPredictions
         | QuantizeRefused
-        | ActorsDidNotStart,
+        | ActorsDidNotStart
+        | NoDatasetVersion
+        | DataUnavailable
+        | FeaturesOutOfDate,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when
@@ -62,9 +86,11 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     if (
         mlflow_exceptions is not None
         and isinstance(exc, mlflow_exceptions.MlflowException)
-        and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+        and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
     ):
-        return " ".join(exc.message.split()), 1
+        # Not found (a model, a version, an alias), or a malformed argument (a version "abc").
+        code = 1 if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else 2
+        return " ".join(exc.message.split()), code
     return None
 
 
@@ -76,6 +102,13 @@ class _LightboxGroup(TyperGroup):
     def invoke(self, ctx: _click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C: the stages leave nothing half-done (a killed training is settled by the next run,
+            # nothing is registered or moved), so one line, and the shell's code for an interrupt.
+            typer.secho(
+                "interrupted: nothing half-done is kept; run the command again to go on", fg="red", err=True
+            )
+            raise typer.Exit(130) from None
         except Exception as exc:
             known = known_error(exc)
             if known is None:  # a bug, or Click's own (typer.Exit, a usage error): not ours to reword
@@ -295,12 +328,17 @@ def features() -> None:
     _print(stage.run(load_settings()))
 
 
+class TrainMode(enum.StrEnum):
+    heads = "heads"
+    finetune = "finetune"
+
+
 @app.command()
 def train(
-    trials: Annotated[int | None, typer.Option(help="Ray Tune trials")] = None,
-    epochs: Annotated[int | None, typer.Option(help="max epochs per trial")] = None,
+    trials: Annotated[int | None, typer.Option(help="Ray Tune trials", min=1)] = None,
+    epochs: Annotated[int | None, typer.Option(help="max epochs per trial", min=1)] = None,
     mode: Annotated[
-        str | None,
+        TrainMode | None,
         typer.Option(help="heads (Feast features, fast) or finetune (the backbone too, from images)"),
     ] = None,
 ) -> None:
@@ -312,7 +350,10 @@ def train(
     # from Python and from its own threads and processes, go to stderr.
     with stdout_to_stderr():
         result = stage.run(
-            _tracked(load_settings(), read_only=False), trials=trials, epochs=epochs, mode=mode
+            _tracked(load_settings(), read_only=False),
+            trials=trials,
+            epochs=epochs,
+            mode=mode.value if mode else None,
         )
     _print(result)
 
@@ -480,9 +521,8 @@ def dags_test(dag_id: str, conf: Annotated[str | None, typer.Option(help="JSON p
     try:
         from lightbox.demo import TaskProgress
 
-        log = airflow_runner.dags_test(
-            load_settings(), dag_id, json.loads(conf) if conf else None, progress=TaskProgress()
-        )
+        params = airflow_runner.parse_conf(dag_id, conf)
+        log = airflow_runner.dags_test(load_settings(), dag_id, params, progress=TaskProgress())
     except airflow_runner.DagRunFailed as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
@@ -652,7 +692,7 @@ def airflow_ui() -> None:
 
 @app.command("mlflow")
 def mlflow_ui(
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1", min=1, max=65535)] = 5000,
 ) -> None:
     """Start the MLflow UI on the tracking store and artifact root of the settings; Ctrl-C stops it."""
     import os

@@ -264,7 +264,10 @@ def open_sink(dest: str, *, dsn: str | None, table: str) -> ResultSink:
         return PostgresSink(dsn, table)
     if "://" in dest:
         raise BadDestination(f"--out {dest!r}: expected a local folder or `postgres`")
-    return ParquetSink(Path(dest).expanduser().resolve())
+    folder = Path(dest).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise BadDestination(f"--out {dest}: a file is there; give a folder (new, or one of earlier runs)")
+    return ParquetSink(folder)
 
 
 def tag_probs_json(names: Sequence[str], probs: Sequence[float]) -> str:

@@ -122,11 +122,19 @@ def run(settings: Settings, source: str, options: ImportOptions | None = None) -
     given_range = manifest.parse_score_range(options.score_range)
     tree = open_tree(source, settings.s3_endpoint_url)
     parsed = parse_source(tree, options)
+    golden = None
+    if options.golden is not None:  # read before data/ changes: a wrong --golden must change nothing
+        try:
+            golden_tree = open_tree(options.golden, settings.s3_endpoint_url)
+            golden_options = ImportOptions(**{**asdict(options), "format": None, "golden": None})
+            golden = (golden_tree, parse_source(golden_tree, golden_options))
+        except (SourceNotFound, formats.FormatError) as exc:
+            raise ImportFailed(f"--golden {options.golden}: {exc}; data/ is unchanged") from None
     # Accepted photos are copied here as they are checked, so no photo's bytes stay in memory; the
     # folder goes when the import ends, whatever way it ends.
     stage = building_dir(settings.data_dir, "stage")
     try:
-        return _import(settings, source, options, tree, parsed, given_range, stage)
+        return _import(settings, source, options, tree, parsed, given_range, stage, golden)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -139,6 +147,7 @@ def _import(
     parsed: Parsed,
     given_range: tuple[float, float] | None,
     stage: Path,
+    golden: tuple[SourceTree, Parsed] | None = None,
 ) -> ImportResult:
     photos, problems, n_exact = load_photos(tree, parsed, settings, stage)
 
@@ -206,11 +215,15 @@ def _import(
     )
     copy_to_quarantine(settings, tree, problems)
     changed = write_dataset(settings.data_dir, rows, spec, stage, settings.data_dir)
+    if changed:
+        from lightbox.adapters import dvc_repo  # here: the import stage needs dvc only then
+
+        dvc_repo.mark_data_changed(settings)
     if golden_rows:
         golden_spec = LabelSpec(**{**asdict(spec), "tag_counts": manifest.count_tags(golden_rows)})
         write_dataset(settings.golden_dir, golden_rows, golden_spec, stage, None)
-    if options.golden is not None:
-        import_golden(settings, options.golden, options, spec)
+    if golden is not None:
+        import_golden(settings, options.golden or "", *golden, spec)
 
     old_ids = {r["image_id"] for r in old_rows}
     counts = Counter(r["split"] for r in rows)
@@ -756,10 +769,9 @@ def _golden_ids(settings: Settings) -> set[str]:
     return {r["image_id"] for r in manifest.read_manifest(settings.golden_dir)}
 
 
-def import_golden(settings: Settings, source: str, options: ImportOptions, spec: LabelSpec) -> int:
-    """A user-supplied golden set (any import format), on the dataset's label spec."""
-    tree = open_tree(source, settings.s3_endpoint_url)
-    parsed = parse_source(tree, ImportOptions(**{**asdict(options), "format": None, "golden": None}))
+def import_golden(settings: Settings, source: str, tree: SourceTree, parsed: Parsed, spec: LabelSpec) -> int:
+    """A user-supplied golden set (any import format, parsed before data/ changed), on the dataset's
+    label spec."""
     stage = building_dir(settings.golden_dir, "stage")
     try:
         photos, problems, _ = load_photos(tree, parsed, settings, stage)

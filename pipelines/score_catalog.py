@@ -42,9 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lightbox.catalog import list_source, read_uri, with_retries
+from lightbox.catalog import CatalogError, list_source, read_uri, with_retries
 from lightbox.feature_schema import EMBEDDING_DIM
-from lightbox.imaging import MODEL_INPUT_SIZE, ImageDecodeError, describe_by_extension, preprocess_bytes
+from lightbox.imaging import (
+    IMAGE_EXTENSIONS,
+    MODEL_INPUT_SIZE,
+    ImageDecodeError,
+    describe_by_extension,
+    preprocess_bytes,
+)
 from lightbox.photos import id_of_digest
 from lightbox.progress import progress
 from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_json
@@ -466,6 +472,10 @@ def run(
     from training.predictor import RegistryLoader
 
     alias = alias or settings.champion_alias
+    if version is not None:  # named: checked here, in one line, not by every actor failing to load it
+        from lightbox.adapters import mlflow_registry
+
+        mlflow_registry.require_version(settings, version)
     version = version or RegistryLoader(settings, alias).resolve()  # pinned for the whole job
     sink = open_sink(out, dsn=settings.results_dsn, table=settings.results_table)
     result = ScoreResult(source, sink.describe(), settings.model_name, version)
@@ -475,6 +485,9 @@ def run(
         left_out: Counter[str] = Counter()
         uris = list(list_source(source, settings.s3_endpoint_url, left_out))
         result.left_out = dict(left_out)
+        if not uris:  # a wrong folder, most likely: say so, not "0 scored of 0"
+            others = f"; it holds {describe_by_extension(left_out)}" if left_out else ""
+            raise CatalogError(f"no images in {source} (by name: {', '.join(IMAGE_EXTENSIONS)}){others}")
         todo, result.skipped = pending(uris, done)
         result.listed = len(uris)
         log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)

@@ -120,17 +120,9 @@ def _load(
         log.info("%s@%s runs in worker pid %s", settings.model_name, alias, predictor.pid)
         return predictor, into_worker
     except ModelNotFound as exc:
-        # The first `lightbox serve` of a project, before any promotion: say how to make a champion.
-        if loader.alias == settings.champion_alias:
-            raise CannotServe(
-                f"cannot serve models:/{settings.model_name}@{loader.alias}: no model has been promoted "
-                f"yet; promote a trained version with `lightbox promote --version N` (or run the "
-                f"lightbox_train DAG, which promotes when the gates pass)"
-            ) from exc
-        raise CannotServe(
-            f"cannot serve models:/{settings.model_name}@{loader.alias}: no version carries "
-            f"@{loader.alias}; serve the champion (no --alias) or set the alias first"
-        ) from exc
+        # The first `lightbox serve` of a project, before any promotion, or a mistyped model name: the
+        # message (RegistryLoader.resolve) says which, and what to do.
+        raise CannotServe(f"cannot serve: {exc}") from exc
     except (ArtifactError, RuntimeUnavailable) as exc:
         # Files not the ones the gates judged, never judged, or a forced runtime the version cannot
         # use: the message names the version and what to do.

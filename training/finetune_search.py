@@ -29,6 +29,7 @@ import torch
 from training.decoded import CachePolicy
 from training.finetune import KEEP_DECODED, FinetuneParams, Images, State, fine_tune, finetuned_config
 from training.model import LightboxModel
+from training.tune import interruptible
 
 METRIC, MODE = "val_loss", "min"
 CHECKPOINT_FILE = "finetune.pt"
@@ -253,7 +254,8 @@ def run_search(
                 ),
             ),
         )
-    grid = tuner.fit()
+    with interruptible():
+        grid = tuner.fit()
     out = []
     for i in range(len(grid)):
         r = grid[i]

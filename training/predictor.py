@@ -358,7 +358,10 @@ class RegistryLoader:
 
         mv = mlflow_registry.version_or_none(self.settings, self.alias)
         if mv is None:
-            raise ModelNotFound(f"no model version at models:/{self.settings.model_name}@{self.alias}")
+            raise ModelNotFound(
+                f"no model version at models:/{self.settings.model_name}@{self.alias}: "
+                + mlflow_registry.why_no_alias(self.settings, self.alias)
+            )
         return str(mv.version)
 
     def load(self, version: str | None = None) -> Predictor:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +97,8 @@ def run_search(
         ),
         run_config=tune.RunConfig(storage_path=str(storage.resolve()), name="tune", verbose=1),
     )
-    grid = tuner.fit()
+    with interruptible():
+        grid = tuner.fit()
     results = []
     for i in range(len(grid)):
         r = grid[i]
@@ -119,3 +123,18 @@ def run_search(
         )
     # Ranked on each trial's best epoch: that epoch's weights are what a fit keeps (fit_heads).
     return sorted(results, key=lambda t: t.best)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C stops the search and the command: Ray Tune's own SIGINT handler only ends the search and
+    returns what finished, and the caller would register a model from an interrupted search."""
+    previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous

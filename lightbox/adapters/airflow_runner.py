@@ -421,6 +421,55 @@ def ensure_db(settings: Settings) -> None:
         marker.touch()
 
 
+class BadConf(ValueError):
+    """A DAG run's --conf that the DAG cannot take: one line naming what is wrong."""
+
+
+def dag_params(dag_id: str, dags_folder: Path | None = None) -> set[str] | None:
+    """The params a DAG file of this project declares (``params={"name": Param(...), ...}``, read with
+    ``ast``: no Airflow import), or None when the DAG is not one of its files (nothing to check)."""
+    import ast
+
+    path = (dags_folder or CODE_ROOT / "dags") / f"{dag_id}.py"
+    if not path.is_file():
+        return None
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.keyword) and node.arg == "params" and isinstance(node.value, ast.Dict):
+            return {
+                k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            }
+    return set()
+
+
+def parse_conf(dag_id: str, conf: str | None, dags_folder: Path | None = None) -> dict | None:
+    """A DAG run's params from its JSON ``--conf``, refused before any run starts when it is not a JSON
+    object or names a param the DAG does not have (a typo would otherwise run with the default: the
+    demo set instead of your photos)."""
+    import difflib
+
+    folder = dags_folder or CODE_ROOT / "dags"
+    if not (folder / f"{dag_id}.py").is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
+        raise BadConf(f"no DAG {dag_id!r} (DAGs: {known})")
+    if conf is None:
+        return None
+    try:
+        params = json.loads(conf)
+    except json.JSONDecodeError as exc:
+        raise BadConf(f"--conf is not JSON: {exc.msg} at character {exc.pos}: {conf[:80]}") from None
+    if not isinstance(params, dict):
+        raise BadConf(f"--conf must be a JSON object of params, like '{{\"trials\": 8}}', not {conf[:80]}")
+    declared = dag_params(dag_id, folder) or set()
+    unknown = sorted(set(params) - declared) if declared else []
+    if unknown:
+        hints = [
+            f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, sorted(declared), n=1)) else u
+            for u in unknown
+        ]
+        raise BadConf(f"{dag_id} has no param {', '.join(hints)}; its params: {', '.join(sorted(declared))}")
+    return params
+
+
 def dags_test(
     settings: Settings,
     dag_id: str,

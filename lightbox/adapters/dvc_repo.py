@@ -170,13 +170,27 @@ def matches_tracked(settings: Settings, subdir: str) -> bool:
     return len(states) == len(entries) and all(s == "not in cache" for s in states)
 
 
+class DataUnavailable(LookupError):
+    """A dataset version that cannot be read here: no such revision, or its data in no cache or remote."""
+
+
 def read_file_at(settings: Settings, relpath: str, rev: str) -> bytes:
     """Read one file of the data folder as it was at a git revision (from cache or the remote)."""
     import dvc.api
+    from dvc.exceptions import DvcException
+    from dvc_data.index import DataIndexError
+    from scmrepo.exceptions import SCMError
 
-    return dvc.api.read(
-        f"{settings.data_subdir}/{relpath}", repo=str(settings.project_dir), rev=rev, mode="rb"
-    )
+    try:
+        return dvc.api.read(
+            f"{settings.data_subdir}/{relpath}", repo=str(settings.project_dir), rev=rev, mode="rb"
+        )
+    except (DvcException, DataIndexError, SCMError, FileNotFoundError) as exc:
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataUnavailable(
+            f"cannot read the dataset at {rev!r}: {first} (the revision must exist in git, and its data "
+            "in the DVC cache or remote: `lightbox data version` pushes each version)"
+        ) from None
 
 
 def remote_holds(settings: Settings, version: DatasetVersion) -> bool:
@@ -194,15 +208,40 @@ def remote_holds(settings: Settings, version: DatasetVersion) -> bool:
     return (Path(url) / relpath).exists()
 
 
+class NoDatasetVersion(FileNotFoundError):
+    """Training needs the dataset's version, and data/ has none (never versioned, or changed since)."""
+
+
+_VERSION_FILE, _STALE_FILE = "dataset_version.json", "dataset_version.stale.json"
+
+
 def save_version(settings: Settings, version: DatasetVersion) -> Path:
-    path = settings.state / "dataset_version.json"
+    path = settings.state / _VERSION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(version.to_dict(), indent=2))
+    (settings.state / _STALE_FILE).unlink(missing_ok=True)
     return path
 
 
+def mark_data_changed(settings: Settings) -> None:
+    """data/ was rewritten (an import that changed it): its last version no longer describes it, so a
+    model trained now must not be recorded as trained on that version (load_version refuses until
+    ``lightbox data version`` runs)."""
+    path = settings.state / _VERSION_FILE
+    if path.exists():
+        os.replace(path, settings.state / _STALE_FILE)
+
+
 def load_version(settings: Settings) -> DatasetVersion:
-    path = settings.state / "dataset_version.json"
+    path = settings.state / _VERSION_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no dataset version at {path}: run `lightbox data version` first")
+        if (settings.state / _STALE_FILE).exists():
+            raise NoDatasetVersion(
+                "data/ changed since it was last versioned: run `lightbox data version` (the lightbox_data "
+                "DAG does it), then `lightbox features`"
+            )
+        raise NoDatasetVersion(
+            "no dataset version yet: import your photos (`lightbox data import SOURCE`), then run "
+            "`lightbox data version` and `lightbox features` (or trigger the lightbox_data DAG)"
+        )
     return DatasetVersion(**json.loads(path.read_text()))

@@ -187,6 +187,34 @@ def version_or_none(settings: Settings, alias: str):
         raise
 
 
+def why_no_alias(settings: Settings, alias: str) -> str:
+    """What to do when ``models:/<model_name>@<alias>`` names no version: the model may not be
+    registered at all (a typo in the name: the registered ones are listed), have no version yet, or
+    no version carrying the alias."""
+    c = client(settings)
+    name = settings.model_name
+    names = sorted(m.name for m in c.search_registered_models())
+    if name not in names:
+        known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
+        return (
+            f"no model named {name!r} ({known}); set LIGHTBOX_MODEL_NAME (or --model), or train one with "
+            "`lightbox train`"
+        )
+    versions = c.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return f"{name!r} has no version yet: train one with `lightbox train`"
+    newest = max(int(v.version) for v in versions)
+    if alias == settings.champion_alias:
+        return (
+            f"no version of {name!r} has been promoted yet (versions 1-{newest}): promote one with "
+            f"`lightbox promote --version {newest}` (the lightbox_train DAG promotes when the gates pass)"
+        )
+    return (
+        f"no version of {name!r} carries @{alias} (versions 1-{newest}): set it, or use "
+        f"@{settings.champion_alias}"
+    )
+
+
 def delete_alias(settings: Settings, alias: str) -> None:
     client(settings).delete_registered_model_alias(settings.model_name, alias)
 

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lightbox.adapters import ServiceUnavailable
+from lightbox.settings import redact_url
+
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as Connection
 
@@ -29,7 +32,14 @@ class ResultRow:
 def connect(dsn: str) -> Connection:
     import psycopg2
 
-    return psycopg2.connect(dsn)
+    try:
+        return psycopg2.connect(dsn)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailable(
+            f"cannot reach the results database {redact_url(dsn)}: {first}; check LIGHTBOX_RESULTS_DSN",
+            first,
+        ) from None
 
 
 def ensure_results_table(conn: Connection, table: str) -> None:

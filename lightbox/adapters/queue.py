@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lightbox.settings import Settings
+from lightbox.adapters import ServiceUnavailable
+from lightbox.settings import Settings, redact_url
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
@@ -40,7 +41,13 @@ def connect(settings: Settings) -> BlockingConnection:
     import pika
 
     params = pika.URLParameters(settings.queue_url)
-    return pika.BlockingConnection(params)
+    try:
+        return pika.BlockingConnection(params)
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise ServiceUnavailable(
+            f"cannot reach the queue at {redact_url(settings.queue_url)} "
+            f"({type(exc).__name__}): check LIGHTBOX_QUEUE_URL"
+        ) from None
 
 
 def declare(channel: BlockingChannel, settings: Settings) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from lightbox.adapters import ServiceUnavailable
 from lightbox.settings import redact_url
 
 if TYPE_CHECKING:
@@ -87,9 +88,10 @@ def _check_sqlite(uri: str, settings: Settings, label: str, *, read_only: bool) 
         if not read_only:
             return
         raise TrackingUnavailable(
-            f"no MLflow registry at {path.absolute()} (project {settings.project_dir}, tracking URI "
-            f"{uri}): run from the project folder, or set LIGHTBOX_PROJECT_DIR or "
-            f"LIGHTBOX_MLFLOW_TRACKING_URI; `lightbox train` creates the registry of a new project"
+            f"nothing trained yet in {settings.project_dir} (no registry at {path.absolute()}): import "
+            "your photos and train (`lightbox data import SOURCE`, then `lightbox train`), or `make demo`; "
+            "a model trained in another project: run from its folder, or set LIGHTBOX_PROJECT_DIR or "
+            "LIGHTBOX_MLFLOW_TRACKING_URI"
         )
     if not path.parent.is_dir():
         raise TrackingUnavailable(f"{label}: folder {path.parent.absolute()} does not exist")
@@ -126,8 +128,10 @@ def _check_postgresql(uri: str, label: str, timeout_s: float) -> None:
     dsn = f"postgresql://{parts.netloc}{parts.path}?{urlencode(query)}"
     try:
         conn = postgres.connect(dsn)
-    # psycopg2's errors (imported only in adapters.postgres): whatever the login raised is what is
-    # wrong with the URI, and it is reported, not swallowed.
+    except ServiceUnavailable as exc:  # the login failed: the driver's own words say what is wrong
+        raise TrackingUnavailable(f"{label}: {exc.reason}") from None
+    # psycopg2's other errors (imported only in adapters.postgres): whatever the login raised is what
+    # is wrong with the URI, and it is reported, not swallowed.
     except Exception as exc:
         raise TrackingUnavailable(f"{label}: {_first_line(exc)}") from None
     conn.close()

@@ -30,7 +30,9 @@ class Case:
 
 CASES = {
     "serve without a champion": Case(
-        ("serve",), 1, ("no model has been promoted", "lightbox promote --version N", "lightbox_train")
+        ("serve",),
+        1,
+        ("has been promoted yet (versions 1-2)", "lightbox promote --version 2", "lightbox_train"),
     ),
     "promote before the golden set": Case(
         ("promote", "--version", "1"), 1, ("no golden set at", "run `lightbox golden` first")
@@ -42,8 +44,24 @@ CASES = {
         ("lineage", "models:/lightbox/99"), 1, ("models:/lightbox/99 does not exist", "registered: 1-2")
     ),
     "serve from the wrong folder": Case(
-        ("serve",), 2, ("no MLflow registry at", "(project ", "LIGHTBOX_PROJECT_DIR"), project=False
+        ("serve",),
+        2,
+        ("nothing trained yet in", "lightbox data import SOURCE", "LIGHTBOX_PROJECT_DIR"),
+        project=False,
     ),
+    "serve a model name that is not registered": Case(
+        ("serve",),
+        1,
+        ("no model named 'lightbx' (registered models: lightbox)", "LIGHTBOX_MODEL_NAME"),
+        env=(("LIGHTBOX_MODEL_NAME", "lightbx"),),
+    ),
+    "a typo in a DAG's param": Case(
+        ("dags", "test", "lightbox_data", "--conf", '{"sorce": "/photos"}'),
+        2,
+        ("lightbox_data has no param sorce (did you mean source?)",),
+    ),
+    "a version that is not a number": Case(("gates", "--version", "abc"), 2, ("must be an integer",)),
+    "train before any import": Case(("train",), 1, ("no dataset version yet", "lightbox data import SOURCE")),
     "a rejected setting": Case(
         ("settings",),
         2,

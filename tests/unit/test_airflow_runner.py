@@ -1,3 +1,7 @@
+import re
+
+import pytest
+
 from lightbox.adapters.airflow_runner import task_errors, task_event
 
 LOG = """\
@@ -30,3 +34,23 @@ def test_task_events_are_read_from_dags_test_lines() -> None:
     assert task_event(start) == ("start", "train")
     assert task_event(end) == ("end", "train")
     assert task_event("2026-11-23T09:47:06Z [info ] Task instance state updated") is None
+
+
+def test_a_dag_runs_conf_is_checked_before_any_run(tmp_path) -> None:  # noqa: ANN001
+    from lightbox.adapters.airflow_runner import BadConf, dag_params, parse_conf
+
+    assert {"source", "score_column", "append"} <= (dag_params("lightbox_data") or set())
+    assert parse_conf("lightbox_data", '{"source": "/photos", "append": true}') == {
+        "source": "/photos",
+        "append": True,
+    }
+    assert parse_conf("lightbox_train", None) is None
+    for conf, said in [
+        ('{"sorce": "/photos"}', "no param sorce (did you mean source?)"),
+        ("{bad json", "--conf is not JSON"),
+        ("[1]", "must be a JSON object"),
+    ]:
+        with pytest.raises(BadConf, match=re.escape(said)):
+            parse_conf("lightbox_data", conf)
+    with pytest.raises(BadConf, match=r"no DAG 'lightbox_dta' \(DAGs: lightbox_data, "):
+        parse_conf("lightbox_dta", None)

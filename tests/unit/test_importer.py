@@ -3,6 +3,7 @@ corpus, re-import and --append, and the user's files left exactly as they were."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -357,3 +358,26 @@ def test_label_studio_csv_export_as_source_and_class_folders_split_train_test(tm
     assert any(n.startswith("no validation split was given") for n in result.notes)
     rows = manifest.read_manifest(s.data_dir)
     assert {r["split"] for r in rows if r["original"].startswith("test/")} == {"test"}  # the user's stay
+
+
+def test_a_wrong_golden_source_changes_nothing_and_a_changed_dataset_needs_a_new_version(
+    tmp_path: Path,
+) -> None:
+    from lightbox.adapters import dvc_repo
+
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    importer.run(s, str(imagefolder(tmp_path / "a", 20)), OPTS)
+    dvc_repo.save_version(s, dvc_repo.DatasetVersion("abc.dir", "f" * 40, "data", 22, 1, "remote"))
+    before = snapshot(s.data_dir)
+    with pytest.raises(ImportFailed, match="--golden .*nope.*data/ is unchanged"):
+        importer.run(
+            s,
+            str(imagefolder(tmp_path / "b", 20, start=50)),
+            dataclasses.replace(OPTS, golden=str(tmp_path / "nope")),
+        )
+    assert snapshot(s.data_dir) == before and dvc_repo.load_version(s).md5 == "abc.dir"
+    importer.run(s, str(imagefolder(tmp_path / "a", 20)), OPTS)  # the same data again: still that version
+    assert dvc_repo.load_version(s).md5 == "abc.dir"
+    importer.run(s, str(imagefolder(tmp_path / "b", 20, start=50)), OPTS)  # other photos: data/ changed
+    with pytest.raises(dvc_repo.NoDatasetVersion, match="changed since it was last versioned"):
+        dvc_repo.load_version(s)
