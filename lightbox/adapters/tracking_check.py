@@ -143,7 +143,14 @@ def _check_http(uri: str, label: str, timeout_s: float) -> None:
     base = uri.rstrip("/")
     status = _http_status(f"{base}/health", label, timeout_s)
     if status == 404:
-        status = _http_status(f"{base}/", label, timeout_s)
+        # No /health: MLflow's own REST API must be there (401/403: it is, behind a login), or this is
+        # some other web server, and every command would fail later with MLflow's API errors.
+        status = _http_status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", label, timeout_s)
+        if status == 404:
+            raise TrackingUnavailable(
+                f"{label}: a web server answers there, but not MLflow's API (/api/2.0/mlflow): check the "
+                "host and port (`lightbox mlflow` serves the project's tracking server)"
+            )
     if status >= 500:
         raise TrackingUnavailable(f"{label}: the server answers HTTP {status}")
 

@@ -126,8 +126,12 @@ def test_good_tracking_uris_pass(tmp_path: Path, http_server: tuple[str, dict[st
     statuses["/health"] = 200  # MLflow's tracking server
     assert _problem(tmp_path, url) is None
     del statuses["/health"]
-    statuses["/mlflow/"] = 200  # behind a proxy that routes no /health: the root answers
-    assert _problem(tmp_path, f"{url}/mlflow") is None
+    statuses["/mlflow/"] = 200  # a web server that is not MLflow (or a proxy routing no API): refused
+    assert "not MLflow's API" in str(_problem(tmp_path, f"{url}/mlflow"))
+    # Behind a proxy that routes no /health: MLflow's API answers (or asks for a login).
+    for status in (200, 401):
+        statuses["/mlflow/api/2.0/mlflow/experiments/search?max_results=1"] = status
+        assert _problem(tmp_path, f"{url}/mlflow") is None
 
 
 def test_commands_that_use_mlflow_refuse_a_bad_uri_in_one_red_line(
