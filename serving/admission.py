@@ -670,6 +670,7 @@ class Ticket:
         if self.released:
             raise RuntimeError("ticket already released")
         if final:  # the body is in: judged now on the backlog of the moment, with what it still holds
+            adm._expire_uploads()  # its own too: a slow body on a quiet server, with no check since
             adm._reading_done(self)
         try:
             wait = adm.check(n, self.held)

@@ -540,9 +540,15 @@ def test_a_body_still_arriving_past_the_grace_stops_holding_the_budget() -> None
 
 
 def test_a_slow_upload_is_no_overrun_of_the_server() -> None:
-    admission, _, _ = make(budget_s=1.0, rate=10.0)
+    admission, _, registry = make(budget_s=1.0, rate=10.0)
     ticket = admission.admit(1)
     admission._expire_uploads(now=time.monotonic() + 0.3)
     ticket.extend(1)
     ticket.answered(30.0)  # 30 s since its headers, almost all of it the client's upload
     assert admission.slack_s < 0.1
+    # On a quiet server no other request expires it: its own final check does.
+    alone = admission.admit(1)
+    admission._reading[alone] -= 1.0  # its headers came a second ago
+    alone.extend(1)
+    alone.answered(1.0)
+    assert admission.slack_s < 0.1 and _metric(registry, "lightbox_admission_slow_uploads_total") == 2
