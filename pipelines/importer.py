@@ -41,7 +41,7 @@ from lightbox import label_formats as formats
 from lightbox import manifest
 from lightbox.imaging import ImageDecodeError
 from lightbox.label_formats import Columns, Parsed, Problem, Record
-from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec
+from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
 from lightbox.owner import process_alive
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
 from lightbox.progress import progress
@@ -159,6 +159,17 @@ def _import(
         existing = ([r for r in existing[0] if r["image_id"] in photos], existing[1]) if same_source else None
     golden_ids = _golden_ids(settings)
     notes = list(parsed.notes)
+    foreign = _foreign_golden(settings, options, options.source_label or source) if golden_ids else None
+    if foreign is not None:
+        # The golden set of another dataset (the demo's, say, before your photos): its labels are not
+        # this dataset's, and gates judged on it would refuse every model trained here. A new slice
+        # of this dataset takes its place below (golden.dvc keeps the old one).
+        golden_ids = set()
+        notes.append(
+            f"the golden set was {foreign}'s; a slice of this dataset replaces it"
+            if settings.golden_fraction > 0
+            else f"the golden set is {foreign}'s, not this dataset's: give yours with --golden"
+        )
     if golden_ids:
         kept = {k: p for k, p in photos.items() if k not in golden_ids}
         if len(kept) < len(photos):
@@ -761,6 +772,18 @@ def _existing(settings: Settings) -> tuple[list[dict[str, str]], LabelSpec] | No
     if not (settings.data_dir / manifest.MANIFEST_NAME).is_file():
         return None
     return manifest.read_manifest(settings.data_dir), manifest.read_label_spec(settings.data_dir)
+
+
+def _foreign_golden(settings: Settings, options: ImportOptions, source: str) -> str | None:
+    """The source of the golden set in place when it belongs to another dataset than the one this
+    import writes (another source replacing the dataset, without --golden), else None."""
+    if options.append or options.golden is not None or options.source_format == "synthetic":
+        return None
+    try:
+        golden_source = manifest.read_label_spec(settings.golden_dir).source
+    except (OSError, ManifestError, ValueError):
+        return None  # no label spec to tell: keep it, as before
+    return None if golden_source in ("", source) else golden_source
 
 
 def _golden_ids(settings: Settings) -> set[str]:

@@ -381,3 +381,19 @@ def test_a_wrong_golden_source_changes_nothing_and_a_changed_dataset_needs_a_new
     importer.run(s, str(imagefolder(tmp_path / "b", 20, start=50)), OPTS)  # other photos: data/ changed
     with pytest.raises(dvc_repo.NoDatasetVersion, match="changed since it was last versioned"):
         dvc_repo.load_version(s)
+
+
+def test_another_datasets_golden_set_is_replaced_by_a_slice_of_this_one(tmp_path: Path) -> None:
+    """`make demo`, then your photos: the gates must judge your models on your labels, not the demo's."""
+    s = settings_for(tmp_path)
+    importer.run(s, str(imagefolder(tmp_path / "first", 40)), OPTS)
+    first_golden = {r["image_id"] for r in manifest.read_manifest(s.golden_dir)}
+    second = imagefolder(tmp_path / "second", 40, start=100)
+    result = importer.run(s, str(second), OPTS)
+    golden = manifest.read_manifest(s.golden_dir)
+    assert golden and not {r["image_id"] for r in golden} & first_golden
+    assert manifest.read_label_spec(s.golden_dir).source == str(second)
+    assert any(n.startswith(f"the golden set was {tmp_path / 'first'}'s") for n in result.notes)
+    again = importer.run(s, str(second), OPTS)  # the same dataset again: its golden set stays
+    assert {r["image_id"] for r in manifest.read_manifest(s.golden_dir)} == {r["image_id"] for r in golden}
+    assert not any("golden set was" in n for n in again.notes)
