@@ -199,7 +199,9 @@ def _import(
     groups, n_near = assign_groups(photos, old_rows, settings.near_duplicate_distance)
     rows, split_policy = build_rows(photos, groups, old_rows, settings, parsed)
     golden_rows: list[dict[str, str]] = []
-    first_import = not old_rows and not golden_ids and options.golden is None
+    # A slice is set aside on a dataset's first import, and whenever the golden set in place is another
+    # dataset's (then from this dataset's rows, old ones included).
+    first_import = (not old_rows and not golden_ids and options.golden is None) or foreign is not None
     synthetic = (options.source_format or parsed.format) == "synthetic"
     if first_import and not synthetic and settings.golden_fraction > 0:
         rows, golden_rows = set_aside_golden(rows, settings)

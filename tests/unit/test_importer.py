@@ -397,3 +397,17 @@ def test_another_datasets_golden_set_is_replaced_by_a_slice_of_this_one(tmp_path
     again = importer.run(s, str(second), OPTS)  # the same dataset again: its golden set stays
     assert {r["image_id"] for r in manifest.read_manifest(s.golden_dir)} == {r["image_id"] for r in golden}
     assert not any("golden set was" in n for n in again.notes)
+    # A dataset imported while another's golden set was in place (and no slice could be taken) gets
+    # its own when imported again.
+    third = imagefolder(tmp_path / "third", 40, start=200)
+    kept = importer.run(settings_for(tmp_path, golden_fraction=0.0), str(third), OPTS)
+    assert any("not this dataset's: give yours with --golden" in n for n in kept.notes)
+    assert manifest.read_label_spec(s.golden_dir).source == str(second)
+    importer.run(s, str(third), OPTS)
+    assert manifest.read_label_spec(s.golden_dir).source == str(third)
+    rows, golden = manifest.read_manifest(s.data_dir), manifest.read_manifest(s.golden_dir)
+    assert (
+        golden
+        and len(rows) + len(golden) == 40
+        and not {r["image_id"] for r in rows} & {r["image_id"] for r in golden}
+    )
