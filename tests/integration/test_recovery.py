@@ -169,7 +169,7 @@ def test_training_settles_a_killed_training_before_it_starts(project: Settings) 
     killed = kill_a_training(project)
     assert {p.kind for p in doctor.check(project)} == {"MLflow run", "logged model", "model version"}
     # This project has no data: training stops there, but only after settling what the kill left.
-    with pytest.raises(FileNotFoundError, match="run `lightbox data version` first"):
+    with pytest.raises(FileNotFoundError, match="no dataset version yet: import your photos"):
         train.run(project)
     c = mlflow_registry.client(project)
     assert c.get_run(killed["run"]).info.status == "FAILED"
