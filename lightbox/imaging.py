@@ -123,12 +123,18 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
     raise ImageDecodeError(failure)
 
 
-def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
-    w, h = img.size
+def check_header_size(w: int, h: int, max_pixels: int) -> None:
+    """Refuse an image over the pixel limit or the maximum side, from its header's size (before any
+    pixel is decoded)."""
     if w * h > max_pixels:
         raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
     if max(w, h) > MAX_IMAGE_SIDE:
         raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
+
+
+def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
+    w, h = img.size
+    check_header_size(w, h, max_pixels)
     if min(w, h) < min_side:
         raise ImageDecodeError(f"image is {w}x{h}, under the minimum side of {min_side}")
     if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):

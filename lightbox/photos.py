@@ -13,9 +13,9 @@ from PIL import Image
 
 from lightbox.imaging import FORMAT_EXTENSIONS as EXTENSIONS
 from lightbox.imaging import (
-    MAX_IMAGE_SIDE,
     OPENED_FORMATS,
     ImageDecodeError,
+    check_header_size,
     decode_image,
     error_line,
     upright_size,
@@ -54,15 +54,9 @@ def inspect(data: bytes, *, max_pixels: int, min_side: int) -> PhotoInfo:
             f"not an image in an accepted format ({', '.join(OPENED_FORMATS)}): {error_line(exc)}"
         ) from None
     with header:
-        fmt, (w, h) = header.format or "", header.size
-        ext = EXTENSIONS.get(fmt)
-        if ext is None:
-            raise ImageDecodeError(f"format {fmt or 'unknown'} is not accepted ({', '.join(OPENED_FORMATS)})")
+        ext = EXTENSIONS[str(header.format)]  # only OPENED_FORMATS open (MPO through the JPEG plugin)
         # Both limits before anything else reads the file: a PNG's EXIF can sit behind its pixel data.
-        if max(w, h) > MAX_IMAGE_SIDE:
-            raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
-        if w * h > max_pixels:
-            raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+        check_header_size(*header.size, max_pixels)
         try:
             w, h = upright_size(header)
         except Exception as exc:  # a damaged EXIF block or file: the full decode below says which

@@ -29,7 +29,7 @@ from PIL import Image
 from lightbox import manifest
 from lightbox.imaging import ImageDecodeError, decode_image, upright_size
 from lightbox.manifest import IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
-from lightbox.photos import EXTENSIONS, MAX_IMAGE_SIDE
+from lightbox.photos import EXTENSIONS
 from lightbox.settings import Settings
 from pipelines import importer
 
@@ -189,8 +189,6 @@ def check_image(data_dir: Path, row: dict[str, str], settings: Settings) -> str 
     # Header size, not the decoded one: decode_image may decode JPEGs at reduced size (draft mode).
     with Image.open(io.BytesIO(data)) as img:
         w, h = upright_size(img)
-    if max(w, h) > MAX_IMAGE_SIDE:
-        return f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}"
     if (row.get("width"), row.get("height")) != (str(w), str(h)):
         return f"manifest says {row.get('width')}x{row.get('height')} but the image is {w}x{h}"
     return None
