@@ -143,7 +143,11 @@ def parse_tags_cell(value: object) -> tuple[str, ...]:
             return parse_tags_cell(_list_literal(text))
         sep = next((s for s in ("|", ";", ",") if s in text), None)
         items = text.split(sep) if sep else [text]
-    tags = tuple(sorted({t.strip() for t in items if t.strip()}))
+    return tuple(sorted(set(_no_separator([t.strip() for t in items if t.strip()]))))
+
+
+def _no_separator(tags: list[str]) -> list[str]:
+    """``tags``, or ValueError when one holds '|', which lightbox's own cells use between tags."""
     bad = [t for t in tags if "|" in t]
     if bad:
         raise ValueError(f"tag {bad[0]!r} contains '|', which lightbox reserves as its separator")
@@ -326,23 +330,26 @@ def _read_table(name: str, data: bytes) -> _Table:
     return _Table(rows, list(reader.fieldnames or ()), notes, decimal_comma=delimiter != ",")
 
 
+def _first_named(columns: Sequence[str], usual: Sequence[str]) -> str | None:
+    """The column with the first of ``usual`` names that is there (in any case), else None."""
+    by_name = {c.strip().lower(): c for c in columns}
+    return next((by_name[u] for u in usual if u in by_name), None)
+
+
 def _file_column(meta: str, columns: Sequence[str]) -> tuple[str, list[str]]:
-    present = {c.strip().lower(): c for c in columns}
-    for name in FILE_COLUMNS:
-        if name in present:
-            col = present[name]
-            return col, [] if col == "file_name" else [f"{meta}: image file names from the column {col!r}"]
-    raise FormatError(
-        f"{meta} has no column of image file names: name it file_name "
-        f"(columns: {', '.join(columns) or 'none'})"
-    )
+    col = _first_named(columns, FILE_COLUMNS)
+    if col is None:
+        raise FormatError(
+            f"{meta} has no column of image file names: name it file_name "
+            f"(columns: {', '.join(columns) or 'none'})"
+        )
+    return col, [] if col == "file_name" else [f"{meta}: image file names from the column {col!r}"]
 
 
 def _usual_column(columns: Sequence[str], usual: Sequence[str], what: str, notes: list[str]) -> str:
     """The first column with one of a label's usual names (any case); said in a note unless it is the
     first name. The first name when none is there (then the source has no such label)."""
-    by_name = {c.strip().lower(): c for c in columns}
-    found = next((by_name[u] for u in usual if u in by_name), None)
+    found = _first_named(columns, usual)
     if found is None:
         return usual[0]
     if found != usual[0]:
@@ -614,11 +621,7 @@ def _ls_tags(kind: str, value: object) -> list[str]:
         value = value.get("choices", [])
     if isinstance(value, str):
         value = [value]
-    tags = [str(v).strip() for v in value or [] if str(v).strip()] if isinstance(value, list) else []
-    bad = [t for t in tags if "|" in t]
-    if bad:
-        raise ValueError(f"tag {bad[0]!r} contains '|', which lightbox reserves as its separator")
-    return tags
+    return _no_separator([str(v).strip() for v in value if str(v).strip()] if isinstance(value, list) else [])
 
 
 def _pick_controls(
