@@ -769,12 +769,12 @@ def _ls_min_columns(
     name: str, rows: list[dict], image_key: str, columns: Columns
 ) -> tuple[str | None, list[str], list[str]]:
     """(score column, tag columns, notes) of JSON_MIN rows: the given ones, else the Label Studio
-    controls their values show (a Rating, Number, Choices or Taxonomy), else a plain column by its name,
-    else the only candidate, said in a note."""
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r)]
-    if columns.score and columns.score not in keys or columns.tags and columns.tags not in keys:
-        missing = columns.score if columns.score not in keys else columns.tags
-        raise FormatError(f"{name}: no column {missing!r} (columns: {', '.join(keys)})")
+    controls their values show (a Rating, Number, Choices or Taxonomy), else a plain column under a
+    score's or a tag's usual name."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    missing = [c for c in (columns.score, columns.tags) if c is not None and c not in keys]
+    if missing:
+        raise FormatError(f"{name}: no column {missing[0]!r} (columns: {', '.join(keys)})")
     kinds = {k: {_min_kind(r[k]) for r in rows if k in r and r[k] is not None} - {"other"} for k in keys}
     candidates = [
         k

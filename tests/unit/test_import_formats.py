@@ -453,3 +453,10 @@ def test_a_name_matching_two_files_by_case_alone_is_said() -> None:
         "names that match several files differing only in case, left unmatched: "
         "Img_1.JPG (IMG_1.jpg, img_1.jpg)"
     ]
+
+
+def test_json_min_names_the_column_it_was_given_and_lacks() -> None:
+    rows = json.dumps([_min_row(1, quality=[{"rating": 4}], tags="Cat")]).encode()
+    for given, named in ((Columns(tags="Tags"), "'Tags'"), (Columns(score="stars"), "'stars'")):
+        with pytest.raises(FormatError, match=f"no column {named} .columns: image, photo_id, id, quality"):
+            lf.parse_labelstudio(rows, "min.json", Roots(export_dir="/e"), given)
