@@ -105,7 +105,7 @@ class Photo:
     split: str | None
     group: str | None
     extra: dict[str, str]
-    ref: str = ""  # where the first record's file is (copied to the quarantine if refused later)
+    ref: str  # where the first record's file is (copied to the quarantine if refused later)
 
     @property
     def score(self) -> float | None:
@@ -187,9 +187,9 @@ def _import(
         )
 
     n_total = len(photos) + len(problems)
-    report = write_report(settings, source, parsed.format, problems, notes)
     bad_fraction = len(problems) / max(n_total, 1)
     if not photos or bad_fraction > settings.max_quarantine_fraction:
+        report = write_report(settings, source, parsed.format, problems, notes)
         copy_to_quarantine(settings, tree, problems)
         raise ImportFailed(
             f"import refused: {len(problems)} of {n_total} images or rows are unusable ({bad_fraction:.1%}, "
@@ -201,17 +201,16 @@ def _import(
     golden_rows: list[dict[str, str]] = []
     # A slice is set aside on a dataset's first import, and whenever the golden set in place is another
     # dataset's (then from this dataset's rows, old ones included).
-    first_import = (not old_rows and not golden_ids and options.golden is None) or foreign is not None
+    take_golden = (not old_rows and not golden_ids and options.golden is None) or foreign is not None
     synthetic = (options.source_format or parsed.format) == "synthetic"
-    if first_import and not synthetic and settings.golden_fraction > 0:
+    if take_golden and not synthetic and settings.golden_fraction > 0:
         rows, golden_rows = set_aside_golden(rows, settings)
     if split_policy == "group":  # given splits are the user's: a tag missing from train is reported
         rows = ensure_tags_in_train(rows, settings.min_tag_count)
     elif not old_rows:
         rows, carved = carve_missing_splits(rows, settings)
-        if carved:
-            notes += carved
-            report = write_report(settings, source, parsed.format, problems, notes)
+        notes += carved
+    report = write_report(settings, source, parsed.format, problems, notes)
 
     spec = LabelSpec(
         tag_counts=manifest.count_tags(rows),
@@ -440,7 +439,7 @@ def _out_of_range(photos: dict[str, Photo], score_range: tuple[float, float]) ->
         Problem(
             photos[k].origins[0],
             f"score {photos[k].score:g} is outside the range {low:g}..{high:g}",
-            photos[k].ref or None,
+            photos[k].ref,
         )
         for k in bad
     ]
@@ -860,11 +859,10 @@ def copy_to_quarantine(settings: Settings, tree: SourceTree, problems: Sequence[
         rows.append({"origin": p.origin, "reason": p.reason})
         if p.ref is None:  # a row, not a file
             continue
-        ref = p.ref
         try:
-            data = tree.read(ref)
+            data = tree.read(p.ref)
         except (OSError, ValueError):
             continue
-        (target / f"{i:05d}-{Path(ref).name}").write_bytes(data)
+        (target / f"{i:05d}-{Path(p.ref).name}").write_bytes(data)
     manifest.write_csv(target / "quarantined.csv", ("origin", "reason"), rows)
     return target
