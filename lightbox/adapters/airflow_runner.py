@@ -425,15 +425,12 @@ class BadConf(ValueError):
     """A DAG run's --conf that the DAG cannot take: one line naming what is wrong."""
 
 
-def dag_params(dag_id: str, dags_folder: Path | None = None) -> set[str] | None:
-    """The params a DAG file of this project declares (``params={"name": Param(...), ...}``, read with
-    ``ast``: no Airflow import), or None when the DAG is not one of its files (nothing to check)."""
+def dag_params(dag_file: Path) -> set[str]:
+    """The params a DAG file declares (``params={"name": Param(...), ...}``), read with ``ast``: no
+    Airflow import. Empty when it declares none."""
     import ast
 
-    path = (dags_folder or CODE_ROOT / "dags") / f"{dag_id}.py"
-    if not path.is_file():
-        return None
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(dag_file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.keyword) and node.arg == "params" and isinstance(node.value, ast.Dict):
             return {
                 k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
@@ -448,7 +445,8 @@ def parse_conf(dag_id: str, conf: str | None, dags_folder: Path | None = None) -
     import difflib
 
     folder = dags_folder or CODE_ROOT / "dags"
-    if not (folder / f"{dag_id}.py").is_file():
+    dag_file = folder / f"{dag_id}.py"
+    if not dag_file.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
         raise BadConf(f"no DAG {dag_id!r} (DAGs: {known})")
     if conf is None:
@@ -459,8 +457,8 @@ def parse_conf(dag_id: str, conf: str | None, dags_folder: Path | None = None) -
         raise BadConf(f"--conf is not JSON: {exc.msg} at character {exc.pos}: {conf[:80]}") from None
     if not isinstance(params, dict):
         raise BadConf(f"--conf must be a JSON object of params, like '{{\"trials\": 8}}', not {conf[:80]}")
-    declared = dag_params(dag_id, folder) or set()
-    unknown = sorted(set(params) - declared) if declared else []
+    declared = dag_params(dag_file)
+    unknown = sorted(set(params) - declared) if declared else []  # no params declared: nothing to check
     if unknown:
         hints = [
             f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, sorted(declared), n=1)) else u

@@ -38,8 +38,9 @@ def test_task_events_are_read_from_dags_test_lines() -> None:
 
 def test_a_dag_runs_conf_is_checked_before_any_run(tmp_path) -> None:  # noqa: ANN001
     from lightbox.adapters.airflow_runner import BadConf, dag_params, parse_conf
+    from lightbox.settings import CODE_ROOT
 
-    assert {"source", "score_column", "append"} <= (dag_params("lightbox_data") or set())
+    assert {"source", "score_column", "append"} <= dag_params(CODE_ROOT / "dags" / "lightbox_data.py")
     assert parse_conf("lightbox_data", '{"source": "/photos", "append": true}') == {
         "source": "/photos",
         "append": True,
