@@ -40,7 +40,7 @@ def _text(description: str) -> Param:
             description="imagefolder, labelstudio or classfolders; empty: detected from the source",
         ),
         "score_column": _text("score column or Label Studio control (default: score)"),
-        "tags_column": _text("tags column or Label Studio control (default: tags)"),
+        "tags_column": _text("tags column, Label Studio control, or 0/1 columns A,B,C (default: tags)"),
         "split_column": _text("split column, values train/validation/test (default: split; none: assigned)"),
         "group_column": _text("group column: a group never straddles two splits (default: group)"),
         "score_range": _text("LOW,HIGH, e.g. 1,10 (default: the observed min and max)"),

@@ -34,7 +34,8 @@ from lightbox.imaging import describe_by_extension, extension, is_image_name
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
 FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders")
-METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
+# Roboflow writes ``_classes.csv`` (a file column and one 0/1 column per class) in each split's folder.
+METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv", "_classes.csv")
 SPLIT_ALIASES: Mapping[str, str] = {
     "train": "train",
     "training": "train",
@@ -62,7 +63,10 @@ FILE_COLUMNS: tuple[str, ...] = (
     "image",
     "image_path",
     "image_name",
+    "image_file",
+    "image_id",  # Kaggle's and CelebA's tables (an id without extension: matched to the file)
     "img",
+    "img_name",
     "path",
 )
 # Label Studio's own keys in a JSON_MIN row: never a label column.
@@ -152,6 +156,23 @@ def _no_separator(tags: list[str]) -> list[str]:
     if bad:
         raise ValueError(f"tag {bad[0]!r} contains '|', which lightbox reserves as its separator")
     return tags
+
+
+_FLAG_TRUE = frozenset({"1", "1.0", "true", "yes", "y"})
+_FLAG_FALSE = frozenset({"0", "0.0", "-1", "-1.0", "false", "no", "n"})
+
+
+def parse_flag(value: object) -> bool | None:
+    """A one-hot cell: True (1, true, yes), False (0, -1 as CelebA writes it, false, no, empty), or
+    None when it is not a flag."""
+    if isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value).strip().lower()
+    if text in _FLAG_TRUE:
+        return True
+    if not text or text in _FLAG_FALSE:
+        return False
+    return None
 
 
 def _list_literal(text: str) -> list:
@@ -374,9 +395,10 @@ def parse_imagefolder(
     all_columns = list(dict.fromkeys(c for _, _, t in tables for c in t.columns))
     notes: list[str] = []
     score_col = columns.score or _usual_column(all_columns, SCORE_COLUMNS, "score", notes)
-    tags_col = columns.tags or _usual_column(all_columns, TAGS_COLUMNS, "tags", notes)
     split_col = columns.split or "split"
     group_col = columns.group or "group"
+    one_hot = _one_hot_columns(tables, columns.tags, all_columns, {score_col, split_col, group_col}, notes)
+    tags_col = columns.tags or _usual_column(all_columns, TAGS_COLUMNS, "tags", notes)
     records: list[Record] = []
     problems: list[Problem] = []
     seen_columns: set[str] = set()
@@ -420,7 +442,7 @@ def parse_imagefolder(
                         ref=ref,
                         origin=origin,
                         score=parse_score_cell(row.get(score_col), table.decimal_comma),
-                        tags=parse_tags_cell(row.get(tags_col)),
+                        tags=_one_hot_tags(row, one_hot) if one_hot else parse_tags_cell(row.get(tags_col)),
                         split=parse_split(row.get(split_col)) or folder_split,
                         group=_text(row.get(group_col)),
                         extra={c: str(row[c]) for c in OPTIONAL_COLUMNS if _text(row.get(c))},
@@ -432,11 +454,11 @@ def parse_imagefolder(
         raise FormatError(
             f"no score column {columns.score!r} in the metadata (columns: {sorted(seen_columns)})"
         )
-    if columns.tags and columns.tags not in seen_columns:
+    if columns.tags and not one_hot and columns.tags not in seen_columns:
         raise FormatError(
             f"no tags column {columns.tags!r} in the metadata (columns: {sorted(seen_columns)})"
         )
-    known = {score_col, tags_col, split_col, group_col, *file_columns, *OPTIONAL_COLUMNS}
+    known = {score_col, tags_col, split_col, group_col, *file_columns, *OPTIONAL_COLUMNS, *one_hot}
     unknown = sorted(seen_columns - known)
     if unknown:
         notes.append(f"columns not used (unknown): {', '.join(unknown)}")
@@ -450,8 +472,63 @@ def parse_imagefolder(
         problems=problems,
         notes=notes,
         score_name=score_col if score_col in seen_columns else None,
-        has_tags=tags_col in seen_columns,
+        has_tags=tags_col in seen_columns or bool(one_hot),
     )
+
+
+def _one_hot_columns(
+    tables: Sequence[tuple[str, str | None, _Table]],
+    asked: str | None,
+    all_columns: Sequence[str],
+    taken: set[str],
+    notes: list[str],
+) -> list[str]:
+    """The columns that each hold one tag as 0/1 (Roboflow's ``_classes.csv``, CelebA's attributes):
+    those named by ``--tags-column A,B,...``; else, when no column has a usual tags name, every other
+    column whose values are all flags, with at least one set. [] when the tags are in one column."""
+    by_name = {c.strip(): c for c in all_columns}
+    if asked is not None:
+        if asked in all_columns or "," not in asked:
+            return []
+        names = [n.strip() for n in asked.split(",") if n.strip()]
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise FormatError(
+                f"no column {missing[0]!r} for --tags-column (columns: {', '.join(sorted(by_name))})"
+            )
+        return [by_name[n] for n in names]
+    if _first_named(all_columns, TAGS_COLUMNS) is not None:
+        return []
+    rows = [row for _, _, table in tables for _, row in table.rows if "__error__" not in row]
+    free = {c.strip().lower() for c in (*taken, *FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+    found = []
+    for column in all_columns:
+        if column.strip().lower() in free:
+            continue
+        flags = [parse_flag(row.get(column)) for row in rows]
+        if flags and None not in flags and any(flags):
+            found.append(column)
+    if found:
+        shown = ", ".join(c.strip() for c in found[:8]) + (
+            f" and {len(found) - 8} more" if len(found) > 8 else ""
+        )
+        notes.append(
+            f"tags from {len(found)} one-hot columns ({shown}): a row has the tags whose column is 1 "
+            "(name the tag columns yourself with --tags-column A,B,...)"
+        )
+    return found
+
+
+def _one_hot_tags(row: Mapping[str, object], columns: Sequence[str]) -> tuple[str, ...]:
+    """The tags of a one-hot row: the (stripped) names of its columns that hold a true flag."""
+    tags = []
+    for column in columns:
+        flag = parse_flag(row.get(column))
+        if flag is None:
+            raise ValueError(f"{column.strip()} is {str(row.get(column))[:20]!r}, not 0 or 1")
+        if flag:
+            tags.append(column.strip())
+    return tuple(sorted(_no_separator(tags)))
 
 
 # --- classfolders ---------------------------------------------------------------------------------------
@@ -873,26 +950,34 @@ def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Recor
     the notes saying how many. Names that match nothing stay as they are (reported missing)."""
     exact = set(files)
     index: dict[str, list[str]] = defaultdict(list)
+    stems: dict[str, list[str]] = defaultdict(list)  # images by their name without the extension
     for f in files:
         index[_name_key(f)].append(f)
-    out, n_matched, ambiguous = [], 0, []
+        if is_image_name(f):
+            stems[_name_key(posixpath.splitext(f)[0])].append(f)
+    out, n_matched, n_stems, ambiguous = [], 0, 0, []
     for r in records:
         if r.ref not in exact:
             found = index.get(_name_key(r.ref), [])
-            if len(found) == 1:
-                r = Record(**{**r.__dict__, "ref": found[0]})
-                n_matched += 1
-            elif found:
-                ambiguous.append(f"{r.ref} ({', '.join(sorted(found))})")
+            # Kaggle's and AVA's tables name an image by its id ("train_0" for train_0.jpg).
+            by_stem = [] if found or is_image_name(r.ref) else stems.get(_name_key(r.ref), [])
+            if len(found) == 1 or len(by_stem) == 1:
+                r = Record(**{**r.__dict__, "ref": (found or by_stem)[0]})
+                n_matched += bool(found)
+                n_stems += not found
+            elif found or by_stem:
+                ambiguous.append(f"{r.ref} ({', '.join(sorted(found or by_stem))})")
         out.append(r)
     notes = (
         [f"{n_matched} file names matched the disk's only when case or accents were ignored"]
         if n_matched
         else []
     )
+    if n_stems:
+        notes.append(f"{n_stems} names without an extension matched the one image of that name")
     if ambiguous:
         notes.append(
-            "names that match several files differing only in case, left unmatched: "
+            "names that match several files (differing in case, or in extension), left unmatched: "
             + "; ".join(ambiguous[:5])
         )
     return out, notes

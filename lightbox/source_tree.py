@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,21 @@ class SourceTree:
             rel = Path(dirpath).relative_to(root).as_posix()
             out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
         return sorted(out)
+
+    def files_beside(self, refs: Iterable[str]) -> list[str]:
+        """The files of each local folder that ``refs`` point into (not below them), named as the refs
+        name them: where a labels table given as SOURCE keeps its photos. [] on S3."""
+        if self.is_s3:
+            return []
+        out: list[str] = []
+        for folder in sorted({posixpath.dirname(r) for r in refs if not r.startswith("s3://")}):
+            path = Path(folder) if os.path.isabs(folder) else Path(self.root) / folder
+            try:
+                names = sorted(e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
+            except OSError:
+                continue  # a folder that is not there: its names are reported missing
+            out += [posixpath.join(folder, n) if folder else n for n in names]
+        return out
 
     def read(self, ref: str) -> bytes:
         """Bytes of ``ref``: relative to the root, an absolute local path, or an s3:// URL."""

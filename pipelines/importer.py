@@ -304,7 +304,8 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             parsed = formats.parse_imagefolder(
                 files, tree.read, columns, metas=[(tree.single_file, None)], outside_ok=not tree.is_s3
             )
-            return _finish(parsed, None)  # its folder may be anything (a home folder): not listed
+            # Its own folder may be anything (a home folder): only the folders its rows name are listed.
+            return _finish(parsed, tree.files_beside(r.ref for r in parsed.records))
         return _finish(formats.parse_imagefolder(files, tree.read, columns), files)
     if fmt == "classfolders":
         return _finish(formats.parse_classfolders(files), None)

@@ -450,7 +450,7 @@ def test_a_table_without_a_score_column_takes_a_rating_column_and_says_so() -> N
 def test_a_name_matching_two_files_by_case_alone_is_said() -> None:
     _, notes = lf.match_names([lf.Record(ref="Img_1.JPG", origin="x")], ["img_1.jpg", "IMG_1.jpg"])
     assert notes == [
-        "names that match several files differing only in case, left unmatched: "
+        "names that match several files (differing in case, or in extension), left unmatched: "
         "Img_1.JPG (IMG_1.jpg, img_1.jpg)"
     ]
 
@@ -460,3 +460,59 @@ def test_json_min_names_the_column_it_was_given_and_lacks() -> None:
     for given, named in ((Columns(tags="Tags"), "'Tags'"), (Columns(score="stars"), "'stars'")):
         with pytest.raises(FormatError, match=f"no column {named} .columns: image, photo_id, id, quality"):
             lf.parse_labelstudio(rows, "min.json", Roots(export_dir="/e"), given)
+
+
+def test_roboflow_classes_csv_per_split_is_one_hot_tags() -> None:
+    # Roboflow's multi-label export: a _classes.csv in each split folder, ", "-separated, one 0/1
+    # column per class.
+    files = {
+        "train/_classes.csv": (
+            b"filename, Cat, Dog, Outdoor\na_jpg.rf.1.jpg, 1, 0, 1\nb_jpg.rf.2.jpg, 0, 0, 0\n"
+        ),
+        "valid/_classes.csv": b"filename, Cat, Dog, Outdoor\nc_jpg.rf.3.jpg, 0, 1, 0\n",
+    }
+    listing = [*files, "train/a_jpg.rf.1.jpg", "train/b_jpg.rf.2.jpg", "valid/c_jpg.rf.3.jpg"]
+    assert lf.detect(listing) == "imagefolder"
+    parsed = lf.parse_imagefolder(listing, files.__getitem__, Columns())
+    assert parsed.has_tags and parsed.score_name is None
+    assert {(r.ref, r.tags, r.split) for r in parsed.records} == {
+        ("train/a_jpg.rf.1.jpg", ("Cat", "Outdoor"), "train"),
+        ("train/b_jpg.rf.2.jpg", (), "train"),
+        ("valid/c_jpg.rf.3.jpg", ("Dog",), "validation"),
+    }
+    assert any("tags from 3 one-hot columns (Cat, Dog, Outdoor)" in n for n in parsed.notes)
+    assert not any("not used" in n for n in parsed.notes)
+
+
+def test_one_hot_columns_beside_a_score_and_as_celeba_writes_them() -> None:
+    # -1/1 flags, a score column and a column that is not a flag (left unused, and said).
+    data = b"image_id,score,Smiling,Blurry,photographer\n1.jpg,3.5,1,-1,ann\n2.jpg,2,-1,1,bob\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert [(r.score, r.tags) for r in parsed.records] == [(3.5, ("Smiling",)), (2.0, ("Blurry",))]
+    assert any("columns not used (unknown): photographer" in n for n in parsed.notes)
+
+
+def test_one_hot_columns_named_by_hand_and_their_bad_cells() -> None:
+    data = b"file_name,is_test,cat,dog\na.jpg,0,1,0\nb.jpg,1,yes,maybe\n"
+    read = {"metadata.csv": data}.__getitem__
+    # Named: only those columns are tags; a cell that is not a flag is that row's problem.
+    parsed = lf.parse_imagefolder(["metadata.csv"], read, Columns(tags="cat, dog"))
+    assert [(r.ref, r.tags) for r in parsed.records] == [("a.jpg", ("cat",))]
+    assert [p.reason for p in parsed.problems] == ["dog is 'maybe', not 0 or 1"]
+    with pytest.raises(
+        FormatError, match="no column 'Cat' for --tags-column .columns: cat, dog, file_name, is_test"
+    ):
+        lf.parse_imagefolder(["metadata.csv"], read, Columns(tags="Cat,dog"))
+    # A tags column by its usual name wins over any 0/1 column.
+    tagged = b"file_name,tags,flagged\na.jpg,cat|dog,1\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": tagged}.__getitem__, Columns())
+    assert parsed.records[0].tags == ("cat", "dog")
+
+
+def test_names_without_their_extension_find_the_one_image_of_that_name() -> None:
+    records = [lf.Record(ref=n, origin=n) for n in ("train_0", "train_1", "953619", "photo.jpg")]
+    files = ["train_0.jpg", "train_1.jpg", "train_1.png", "953619.JPG", "953619.txt", "metadata.csv"]
+    matched, notes = lf.match_names(records, files)
+    assert [r.ref for r in matched] == ["train_0.jpg", "train_1", "953619.JPG", "photo.jpg"]
+    assert "2 names without an extension matched the one image of that name" in notes
+    assert any("train_1 (train_1.jpg, train_1.png)" in n for n in notes)

@@ -411,3 +411,22 @@ def test_another_datasets_golden_set_is_replaced_by_a_slice_of_this_one(tmp_path
         and len(rows) + len(golden) == 40
         and not {r["image_id"] for r in rows} & {r["image_id"] for r in golden}
     )
+
+
+def test_a_kaggle_table_given_as_source_names_photos_by_id(tmp_path: Path) -> None:
+    """``labels.csv`` beside its photos' folder, naming each photo by its id (no extension) with one 0/1
+    column per tag: each photo is found, and a photo in that folder that no row names is said."""
+    src = tmp_path / "kaggle"
+    (src / "images").mkdir(parents=True)
+    for i in range(12):
+        (src / "images" / f"{1000 + i}.jpg").write_bytes(jpeg(photo(500 + i)))
+    (src / "images" / "1099.jpg").write_bytes(jpeg(photo(599)))
+    rows = [f"images/{1000 + i},{i % 2},{1 - i % 2}" for i in range(12)]
+    (src / "labels.csv").write_text("image_id,Vivid,Dull\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(src / "labels.csv"), ImportOptions())
+    assert result.n_images == 12 and result.n_quarantined == 0
+    assert manifest.read_label_spec(s.data_dir).tags == ("Dull", "Vivid")
+    notes = " / ".join(result.notes)
+    assert "12 names without an extension matched the one image of that name" in notes
+    assert "1 images in the source are in no labels file and were left out: images/1099.jpg" in notes
