@@ -188,7 +188,9 @@ def data_import(
         typer.Option("--format", help="imagefolder | labelstudio | classfolders (default: detected)"),
     ] = None,
     score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,
-    tags_column: Annotated[str | None, typer.Option(help="tags column / Label Studio control / 0/1 columns A,B,C")] = None,
+    tags_column: Annotated[
+        str | None, typer.Option(help="tags column / Label Studio control / 0/1 columns A,B,C")
+    ] = None,
     split_column: Annotated[str | None, typer.Option(help="split column (train/validation/test)")] = None,
     group_column: Annotated[str | None, typer.Option(help="group column (kept within one split)")] = None,
     score_range: Annotated[str | None, typer.Option(help="LOW,HIGH (default: observed min,max)")] = None,
