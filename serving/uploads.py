@@ -101,13 +101,31 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
             )
         blobs = []
         for part in parts:
-            if not isinstance(part, UploadFile):
+            blob = await part.read() if isinstance(part, UploadFile) else _binary_field(part)
+            if blob is None:
                 raise ApiError(
                     400,
-                    "the 'file'/'files' parts must be file uploads (with a filename in their "
-                    "Content-Disposition, as curl -F file=@photo.jpg sends), not text fields",
+                    "the 'file'/'files' parts must hold the image's bytes (as curl -F file=@photo.jpg "
+                    "sends them), not text",
                 )
-            blobs.append(await part.read())
+            blobs.append(blob)
         return blobs, bool(several)
     finally:
         await form.close()
+
+
+def _binary_field(value: str) -> bytes | None:
+    """The bytes of a part the parser took for a text field because its Content-Disposition has no
+    ``filename`` (``requests`` with ``(None, data)``, ``curl -F 'file=<photo.jpg'``, RFC 5987's
+    ``filename*`` alone), or None when it is text. Starlette decodes such a part as UTF-8 and, when
+    that fails, as Latin-1, which gives the bytes back unchanged: an image is never valid UTF-8, and
+    holds control bytes (NUL, 0x89) that no text typed as "café" does."""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return None  # UTF-8 text with characters beyond Latin-1
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None if value.isprintable() else raw
+    return None  # ASCII, or UTF-8 text

@@ -294,8 +294,9 @@ def test_body_over_the_limit_on_both_protocols(client: TestClient) -> None:
 
 
 def test_multipart_as_sdks_send_it(client: TestClient, tmp_path) -> None:  # noqa: ANN001
-    """A photo part without a filename (``requests`` with ``(None, data)``, ``curl -F 'file=<x'``) is
-    a text field to the parser: one clear line, not a 1 MB part limit that does not exist; one file
+    """A photo part without a filename (``requests`` with ``(None, data)``, ``curl -F 'file=<x'``, or
+    RFC 5987's ``filename*`` alone) is a text field to the parser: its photo is still scored, not
+    refused by a 1 MB part limit that does not exist, and a text part gets one clear line; one file
     over the per-request limit is a 413 like the rest, and the body limit still closes the connection."""
     torch.manual_seed(0)
     config = ModelConfig(tag_names=TAG_VOCABULARY)
@@ -304,11 +305,27 @@ def test_multipart_as_sdks_send_it(client: TestClient, tmp_path) -> None:  # noq
     big = _encode("PNG", (800, 600))  # about 1.4 MB: past the multipart parser's default 1 MB part cap
     assert len(big) > 1_048_576
     with TestClient(create_app(settings, predictor), raise_server_exceptions=False) as roomy:
+        by_name = roomy.post("/predict", files={"file": ("big.png", big, "image/png")})
+        assert by_name.status_code == 200
         for payload in (JPEG, big):
             resp = roomy.post("/predict", files={"file": (None, payload, "image/jpeg")})
+            assert resp.status_code == 200, resp.text
+        assert resp.json() == by_name.json()
+        boundary = "b0undary"
+        rfc5987 = (
+            (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''caf%C3%A9.jpg"
+                "\r\nContent-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + JPEG
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        ctype = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        assert roomy.post("/predict", content=rfc5987, headers=ctype).status_code == 200
+        for text in ("hello", "photo.jpg", "café"):
+            resp = roomy.post("/predict", files={"file": (None, text.encode())})
             assert resp.status_code == 400, resp.text
-            assert "must be file uploads (with a filename" in resp.json()["error"]
-        assert roomy.post("/predict", files={"file": ("big.png", big, "image/png")}).status_code == 200
+            assert "must hold the image's bytes" in resp.json()["error"]
     tiny = _encode("JPEG", (16, 16))
     many = [("files", (f"{i}.jpg", tiny, "image/jpeg")) for i in range(65)]
     resp = client.post("/predict", files=many)
