@@ -314,8 +314,8 @@ def test_multipart_as_sdks_send_it(client: TestClient, tmp_path) -> None:  # noq
         boundary = "b0undary"
         rfc5987 = (
             (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''caf%C3%A9.jpg"
-                "\r\nContent-Type: image/jpeg\r\n\r\n"
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                "filename*=UTF-8''caf%C3%A9.jpg\r\nContent-Type: image/jpeg\r\n\r\n"
             ).encode()
             + JPEG
             + f"\r\n--{boundary}--\r\n".encode()
