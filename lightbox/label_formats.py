@@ -131,8 +131,9 @@ class Columns:
 # --- shared cell parsing --------------------------------------------------------------------------------
 
 
-def parse_tags_cell(value: object) -> tuple[str, ...]:
-    """A JSON list, a Label Studio ``{"choices": [...]}``, or text separated by ``|``, ``;`` or ``,``."""
+def parse_tags_cell(value: object, by_space: bool = False) -> tuple[str, ...]:
+    """A JSON list, a Label Studio ``{"choices": [...]}``, or text separated by ``|``, ``;`` or ``,``
+    (or, ``by_space``, by spaces: see ``space_separated``)."""
     if value is None:
         return ()
     if isinstance(value, Mapping):
@@ -146,8 +147,25 @@ def parse_tags_cell(value: object) -> tuple[str, ...]:
         if text.startswith("["):
             return parse_tags_cell(_list_literal(text))
         sep = next((s for s in ("|", ";", ",") if s in text), None)
-        items = text.split(sep) if sep else [text]
+        items = text.split(sep) if sep else text.split() if by_space else [text]
     return tuple(sorted(set(_no_separator([t.strip() for t in items if t.strip()]))))
+
+
+def space_separated(cells: Sequence[object]) -> bool:
+    """Whether a tags column separates its tags by spaces, as Kaggle's tables write them
+    (``agriculture clear primary``): no cell uses another separator or a list, some hold several
+    words, and there are at least twice as many different cells as different words, as combinations
+    of a few tags make (Planet's 17 tags: 449 different cells). Class names (``car``, ``race car``,
+    ``sports car``) bring new words with each."""
+    if any(isinstance(c, (list, tuple, Mapping)) for c in cells):
+        return False
+    texts = [t for t in (str(c).strip() for c in cells if c is not None) if t]
+    if any(t.startswith(("[", "{")) or any(sep in t for sep in "|;,") for t in texts):
+        return False
+    if not any(len(t.split()) > 1 for t in texts):
+        return False
+    words = {w for t in texts for w in t.split()}
+    return len({" ".join(t.split()) for t in texts}) >= 2 * len(words)
 
 
 def _no_separator(tags: list[str]) -> list[str]:
@@ -399,6 +417,14 @@ def parse_imagefolder(
     group_col = columns.group or "group"
     one_hot = _one_hot_columns(tables, columns.tags, all_columns, {score_col, split_col, group_col}, notes)
     tags_col = columns.tags or _usual_column(all_columns, TAGS_COLUMNS, "tags", notes)
+    tag_cells = [row.get(tags_col) for _, _, t in tables for _, row in t.rows if "__error__" not in row]
+    by_space = not one_hot and space_separated([c for c in tag_cells if c is not None])
+    if by_space:
+        notes.append(
+            f"the {tags_col!r} column separates its tags by spaces "
+            f"('{next(c for c in tag_cells if c and len(str(c).split()) > 1)}'): "
+            "write '|' between tags to keep a tag of several words"
+        )
     records: list[Record] = []
     problems: list[Problem] = []
     seen_columns: set[str] = set()
@@ -442,7 +468,11 @@ def parse_imagefolder(
                         ref=ref,
                         origin=origin,
                         score=parse_score_cell(row.get(score_col), table.decimal_comma),
-                        tags=_one_hot_tags(row, one_hot) if one_hot else parse_tags_cell(row.get(tags_col)),
+                        tags=(
+                            _one_hot_tags(row, one_hot)
+                            if one_hot
+                            else parse_tags_cell(row.get(tags_col), by_space)
+                        ),
                         split=parse_split(row.get(split_col)) or folder_split,
                         group=_text(row.get(group_col)),
                         extra={c: str(row[c]) for c in OPTIONAL_COLUMNS if _text(row.get(c))},

@@ -516,3 +516,30 @@ def test_names_without_their_extension_find_the_one_image_of_that_name() -> None
     assert [r.ref for r in matched] == ["train_0.jpg", "train_1", "953619.JPG", "photo.jpg"]
     assert "2 names without an extension matched the one image of that name" in notes
     assert any("train_1 (train_1.jpg, train_1.png)" in n for n in notes)
+
+
+def test_tags_separated_by_spaces_as_kaggle_writes_them_and_phrases_kept_whole() -> None:
+    words = ("haze", "clear", "cloudy", "primary", "water", "agriculture")
+    cells = ["haze primary", "agriculture clear primary water"]
+    cells += [f"{w} {v}" for w in words[:3] for v in words[3:]] + ["cloudy", "clear"]
+    planet = ("image_name,tags\n" + "".join(f"train_{i},{c}\n" for i, c in enumerate(cells))).encode()
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": planet}.__getitem__, Columns())
+    assert [r.tags for r in parsed.records][:2] == [
+        ("haze", "primary"),
+        ("agriculture", "clear", "primary", "water"),
+    ]
+    assert any("separates its tags by spaces ('haze primary')" in n for n in parsed.notes)
+    # Phrases, each bringing a new word, stay whole; so does any column that uses another separator.
+    phrases = b"file_name,tags\na.jpg,golden hour\nb.jpg,blue sky\nc.jpg,golden hour\nd.jpg,portrait\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": phrases}.__getitem__, Columns())
+    assert [r.tags for r in parsed.records] == [
+        ("golden hour",),
+        ("blue sky",),
+        ("golden hour",),
+        ("portrait",),
+    ]
+    assert not lf.space_separated(["a b", "a", "b", "b a", "a|b"])
+    assert not lf.space_separated(["a", "b", "a"])
+    assert not lf.space_separated(["golden hour", "blue hour", "blue sky"])
+    assert not lf.space_separated(["car", "race car", "sports car", "dog", "hot dog", "cat", "cat toy"])
+    assert lf.space_separated(["a b", "b c", "a c", "", "a", "b", "c", "b a", "c a"])
