@@ -25,7 +25,7 @@ import math
 import posixpath
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -68,6 +68,7 @@ FILE_COLUMNS: tuple[str, ...] = (
     "img",
     "img_name",
     "path",
+    "id",  # Kaggle's train.csv (id,label): last, since a table's own row id is often called id
 )
 # Label Studio's own keys in a JSON_MIN row: never a label column.
 _LS_META = {
@@ -154,8 +155,9 @@ def parse_tags_cell(value: object, by_space: bool = False) -> tuple[str, ...]:
 def space_separated(cells: Sequence[object]) -> bool:
     """Whether a tags column separates its tags by spaces, as Kaggle's tables write them
     (``agriculture clear primary``): no cell uses another separator or a list, some hold several
-    words, and there are at least twice as many different cells as different words, as combinations
-    of a few tags make (Planet's 17 tags: 449 different cells). Class names (``car``, ``race car``,
+    words, and either the same words come in another order (``beach night``, ``night beach``) or
+    there are at least 1.5 times as many different cells as different words, as combinations of a
+    few tags make (Planet's 17 tags: 449 different cells). Class names (``car``, ``race car``,
     ``sports car``) bring new words with each."""
     if any(isinstance(c, (list, tuple, Mapping)) for c in cells):
         return False
@@ -165,7 +167,9 @@ def space_separated(cells: Sequence[object]) -> bool:
     if not any(len(t.split()) > 1 for t in texts):
         return False
     words = {w for t in texts for w in t.split()}
-    return len({" ".join(t.split()) for t in texts}) >= 2 * len(words)
+    distinct = {" ".join(t.split()) for t in texts}
+    reordered = len(distinct) > len({" ".join(sorted(c.split())) for c in distinct})  # "a b", "b a"
+    return reordered or 2 * len(distinct) >= 3 * len(words)
 
 
 def _no_separator(tags: list[str]) -> list[str]:
@@ -209,12 +213,15 @@ def _list_literal(text: str) -> list:
 
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
+_PERCENT_OR_OUT_OF = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*(?:%|/\s*\d+(?:\.\d+)?)\s*")
+# What spreadsheets and pandas write in a cell that has no value: read as an empty cell.
+_MISSING = frozenset({"", "n/a", "na", "#n/a", "nan", "null", "none", "-", "--", "?"})
 
 
 def parse_score_cell(value: object, decimal_comma: bool = False) -> float | None:
     """None for an empty cell; ValueError for text that is not a finite number. ``decimal_comma``: the
     file writes 2,5 for 2.5 (a semicolon-separated sheet from a European Excel)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and value.strip().lower() in _MISSING):
         return None
     if isinstance(value, bool):
         raise ValueError(f"score {value!r} is not a number")
@@ -227,6 +234,8 @@ def parse_score_cell(value: object, decimal_comma: bool = False) -> float | None
         value = next(iter(value.values()))
     if decimal_comma and isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value):
         value = value.replace(",", ".")
+    if isinstance(value, str) and (found := _PERCENT_OR_OUT_OF.fullmatch(value)):
+        value = found.group(1)  # "85%" is 85, "4/5" is 4: the scale is the score range
     try:
         score = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -271,9 +280,13 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
     tables = [f for f in top if f.lower().endswith(TABLE_SUFFIXES)]
     if tables:
         # A labels file under another name: never guess class folders from its images' folder.
+        # A Kaggle download holds train.csv beside sample_submission.csv: the labels are rarely in a
+        # submission or test file, so those are named last.
+        tables.sort(key=lambda t: ("submission" in t.lower() or "test" in t.lower(), t))
         raise FormatError(
-            f"found {tables[0]} but no metadata.csv or metadata.jsonl: give the file itself as SOURCE "
-            "(its file names are read relative to it), or name it metadata.csv"
+            f"found {', '.join(tables)} but no metadata.csv or metadata.jsonl: give the labels file "
+            f"itself as SOURCE (SOURCE/{tables[0]}; its file names are read relative to it, or found "
+            "in the folders below it), or name it metadata.csv"
         )
     if any(f.count("/") >= 1 and is_image_name(f) for f in files):
         return "classfolders"
@@ -371,8 +384,13 @@ def _read_table(name: str, data: bytes) -> _Table:
 
 def _first_named(columns: Sequence[str], usual: Sequence[str]) -> str | None:
     """The column with the first of ``usual`` names that is there (in any case), else None."""
-    by_name = {c.strip().lower(): c for c in columns}
+    by_name = {_column_key(c): c for c in columns}
     return next((by_name[u] for u in usual if u in by_name), None)
+
+
+def _column_key(name: str) -> str:
+    """A column's name as the usual names are written: "Image name" and "image-name" are image_name."""
+    return re.sub(r"[\s-]+", "_", name.strip().lower())
 
 
 def _file_column(meta: str, columns: Sequence[str]) -> tuple[str, list[str]]:
@@ -429,7 +447,9 @@ def parse_imagefolder(
     problems: list[Problem] = []
     seen_columns: set[str] = set()
     file_columns: set[str] = set()
-    seen_files: set[str] = set()
+    seen_files: dict[str, Record] = {}
+    merged: set[str] = set()
+    rated: defaultdict[str, list[float]] = defaultdict(list)  # a repeated image's later rows' scores
     for meta, folder_split, table in tables:
         base = posixpath.dirname(meta)
         notes += table.notes
@@ -458,28 +478,45 @@ def parse_imagefolder(
             if (ref.startswith("../") or ref == "..") and not outside_ok:
                 problems.append(Problem(origin, "file_name points outside the source folder"))
                 continue
-            if ref in seen_files:
-                problems.append(Problem(origin, "duplicate file name: listed twice in the metadata", ref))
-                continue
-            seen_files.add(ref)
             try:
-                records.append(
-                    Record(
-                        ref=ref,
-                        origin=origin,
-                        score=parse_score_cell(row.get(score_col), table.decimal_comma),
-                        tags=(
-                            _one_hot_tags(row, one_hot)
-                            if one_hot
-                            else parse_tags_cell(row.get(tags_col), by_space)
-                        ),
-                        split=parse_split(row.get(split_col)) or folder_split,
-                        group=_text(row.get(group_col)),
-                        extra={c: str(row[c]) for c in OPTIONAL_COLUMNS if _text(row.get(c))},
-                    )
+                record = Record(
+                    ref=ref,
+                    origin=origin,
+                    score=parse_score_cell(row.get(score_col), table.decimal_comma),
+                    tags=(
+                        _one_hot_tags(row, one_hot)
+                        if one_hot
+                        else parse_tags_cell(row.get(tags_col), by_space)
+                    ),
+                    split=parse_split(row.get(split_col)) or folder_split,
+                    group=_text(row.get(group_col)),
+                    extra={c: str(row[c]) for c in OPTIONAL_COLUMNS if _text(row.get(c))},
                 )
             except ValueError as exc:
                 problems.append(Problem(origin, str(exc), ref))
+                continue
+            first = seen_files.get(ref)
+            if first is None:
+                seen_files[ref] = record
+                records.append(record)
+            elif record.split and first.split and record.split != first.split:
+                # Not the image's fault: only this row is left out, and the image keeps its first split.
+                problems.append(Problem(f"{meta}:{line}", f"{ref} listed again with split {record.split}"))
+            else:
+                merged.add(ref)  # one row per rater, or per tag: the rows are one image's labels
+                first.tags = tuple(sorted({*first.tags, *record.tags}))
+                first.split = first.split or record.split
+                if record.score is not None:
+                    rated[ref].append(record.score)
+    if merged:
+        for ref in rated:
+            first = seen_files[ref]
+            scores = ([first.score] if first.score is not None else []) + rated[ref]
+            first.score = sum(scores) / len(scores)
+        notes.append(
+            f"{len(merged)} images are listed on several rows (one per rater, or per tag): each has "
+            "the tags of all its rows and the mean of their scores"
+        )
     if columns.score and columns.score not in seen_columns:
         raise FormatError(
             f"no score column {columns.score!r} in the metadata (columns: {sorted(seen_columns)})"
@@ -489,7 +526,7 @@ def parse_imagefolder(
             f"no tags column {columns.tags!r} in the metadata (columns: {sorted(seen_columns)})"
         )
     known = {score_col, tags_col, split_col, group_col, *file_columns, *OPTIONAL_COLUMNS, *one_hot}
-    unknown = sorted(seen_columns - known)
+    unknown = sorted(c for c in seen_columns - known if c and c.strip())
     if unknown:
         notes.append(f"columns not used (unknown): {', '.join(unknown)}")
     read_metas = {m for m, _ in metas}
@@ -590,8 +627,9 @@ def parse_classfolders(files: Sequence[str]) -> Parsed:
     tags = sorted({r.tags[0] for r in records})
     if len(tags) < 2:
         raise FormatError(
-            f"only one tag folder ({tags[0]}/): classfolders needs a folder per tag, at least two; for "
-            "labels in a file, put a metadata.csv (file_name, score, tags) beside the photos"
+            f"only one tag folder ({tags[0]}/): classfolders needs a folder per tag, at least two (if "
+            f"{tags[0]}/ holds your dataset, as an unzipped archive's folder does, give SOURCE/{tags[0]}); "
+            "for labels in a file, put a metadata.csv (file_name, score, tags) beside the photos"
         )
     notes = [f"not images by name, left out: {describe_by_extension(others)}"] if others else []
     return Parsed(format="classfolders", records=records, problems=problems, notes=notes, has_tags=True)
@@ -975,39 +1013,53 @@ def _name_key(path: str) -> str:
 
 
 def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Record], list[str]]:
-    """Records whose file is not in ``files`` by its exact name, matched again ignoring case, Unicode
-    normalization (macOS writes names decomposed) and backslashes, when exactly one file matches; and
-    the notes saying how many. Names that match nothing stay as they are (reported missing)."""
+    """Records whose file is not in ``files`` by its exact name, matched again when exactly one file
+    matches: ignoring case, Unicode normalization (macOS writes names decomposed) and backslashes;
+    then a name without its extension (Kaggle's ids); then the same name in another folder (a table
+    beside its photos' folder, as KonIQ and Kaggle ship). And the notes saying how many. Names that
+    match nothing stay as they are (reported missing)."""
     exact = set(files)
     index: dict[str, list[str]] = defaultdict(list)
     stems: dict[str, list[str]] = defaultdict(list)  # images by their name without the extension
+    bases: dict[str, list[str]] = defaultdict(list)  # images by their file name alone, any folder
     for f in files:
         index[_name_key(f)].append(f)
         if is_image_name(f):
             stems[_name_key(posixpath.splitext(f)[0])].append(f)
-    out, n_matched, n_stems, ambiguous = [], 0, 0, []
+            base = posixpath.basename(f)
+            bases[_name_key(base)].append(f)
+            bases[_name_key(posixpath.splitext(base)[0])].append(f)
+    out, ambiguous = [], []
+    counts: Counter[str] = Counter()
+    moved: Counter[str] = Counter()  # the folders names were found in
     for r in records:
         if r.ref not in exact:
-            found = index.get(_name_key(r.ref), [])
-            # Kaggle's and AVA's tables name an image by its id ("train_0" for train_0.jpg).
-            by_stem = [] if found or is_image_name(r.ref) else stems.get(_name_key(r.ref), [])
-            if len(found) == 1 or len(by_stem) == 1:
-                r = Record(**{**r.__dict__, "ref": (found or by_stem)[0]})
-                n_matched += bool(found)
-                n_stems += not found
-            elif found or by_stem:
-                ambiguous.append(f"{r.ref} ({', '.join(sorted(found or by_stem))})")
+            found, how = index.get(_name_key(r.ref), []), "case"
+            if not found and not is_image_name(r.ref):
+                found, how = stems.get(_name_key(r.ref), []), "stem"
+            if not found:
+                found, how = bases.get(_name_key(posixpath.basename(r.ref)), []), "folder"
+            if len(found) == 1:
+                r = Record(**{**r.__dict__, "ref": found[0]})
+                counts[how] += 1
+                if how == "folder":
+                    moved[posixpath.dirname(found[0]) + "/"] += 1
+            elif found:
+                ambiguous.append(f"{r.ref} ({', '.join(sorted(found))})")
         out.append(r)
-    notes = (
-        [f"{n_matched} file names matched the disk's only when case or accents were ignored"]
-        if n_matched
-        else []
-    )
-    if n_stems:
-        notes.append(f"{n_stems} names without an extension matched the one image of that name")
+    notes = []
+    if counts["case"]:
+        notes.append(f"{counts['case']} file names matched the disk's only when case or accents were ignored")
+    if counts["stem"]:
+        notes.append(f"{counts['stem']} names without an extension matched the one image of that name")
+    if counts["folder"]:
+        where = ", ".join(f"{d} ({n})" for d, n in moved.most_common(3))
+        notes.append(
+            f"{counts['folder']} names were found in another folder, the only image of that name: {where}"
+        )
     if ambiguous:
         notes.append(
-            "names that match several files (differing in case, or in extension), left unmatched: "
+            "names that match several files (differing in case, extension or folder), left unmatched: "
             + "; ".join(ambiguous[:5])
         )
     return out, notes

@@ -57,6 +57,21 @@ class SourceTree:
             out += [posixpath.join(folder, n) if folder else n for n in names]
         return out
 
+    def files_below(self, limit: int = 200_000) -> list[str]:
+        """The files under a labels file's own folder, for its names to be found in a folder below it
+        (KonIQ's table beside ``1024x768/``): at most ``limit``, since that folder may be a home folder.
+        [] on S3 and for a folder source (whose ``files()`` are all of them already)."""
+        if self.is_s3 or self.single_file is None:
+            return []
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
     def read(self, ref: str) -> bytes:
         """Bytes of ``ref``: relative to the root, an absolute local path, or an s3:// URL."""
         if ref.startswith("s3://"):

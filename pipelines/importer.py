@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -193,7 +194,8 @@ def _import(
         copy_to_quarantine(settings, tree, problems)
         raise ImportFailed(
             f"import refused: {len(problems)} of {n_total} images or rows are unusable ({bad_fraction:.1%}, "
-            f"limit {settings.max_quarantine_fraction:.1%}); data/ is unchanged. Reasons: {report}"
+            f"limit {settings.max_quarantine_fraction:.1%}){_commonest(problems)}; data/ is unchanged. "
+            f"Reasons: {report}"
         )
 
     groups, n_near = assign_groups(photos, old_rows, settings.near_duplicate_distance)
@@ -210,7 +212,6 @@ def _import(
     elif not old_rows:
         rows, carved = carve_missing_splits(rows, settings)
         notes += carved
-    report = write_report(settings, source, parsed.format, problems, notes)
 
     spec = LabelSpec(
         tag_counts=manifest.count_tags(rows),
@@ -225,6 +226,14 @@ def _import(
         source=old_spec.source if old_spec and options.append else (options.source_label or source),
         seed=settings.split_seed,
     )
+    notes += _spec_notes(spec)
+    report = write_report(settings, source, parsed.format, problems, notes)
+    if not spec.tags and spec.score_range is None:
+        raise ImportFailed(
+            f"nothing to train on: no score, and no tag is on {spec.min_tag_count} images or more "
+            f"({len(spec.tag_counts)} tags in all); data/ is unchanged. Check how the tags column is "
+            f"written ({report})"
+        )
     copy_to_quarantine(settings, tree, problems)
     changed = write_dataset(settings.data_dir, rows, spec, stage, settings.data_dir)
     if changed:
@@ -257,8 +266,19 @@ def _import(
         exact_duplicates=n_exact,
         near_duplicate_groups=n_near,
         report=str(report),
-        notes=notes + _spec_notes(spec),
+        notes=notes,
     )
+
+
+def _commonest(problems: list[Problem]) -> str:
+    """``, most of them: <a reason>``: the reason most problems share (their quoted values aside), so
+    that a file every row of which fails the same way says why in the error's one line."""
+    if not problems:
+        return ""
+    kinds = Counter(re.sub(r"'[^']*'", "''", p.reason) for p in problems)
+    kind, n = kinds.most_common(1)[0]
+    example = next(p.reason for p in problems if re.sub(r"'[^']*'", "''", p.reason) == kind)
+    return f", {n} of them: {example}"
 
 
 def _spec_notes(spec: LabelSpec) -> list[str]:
@@ -304,8 +324,11 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             parsed = formats.parse_imagefolder(
                 files, tree.read, columns, metas=[(tree.single_file, None)], outside_ok=not tree.is_s3
             )
-            # Its own folder may be anything (a home folder): only the folders its rows name are listed.
-            return _finish(parsed, tree.files_beside(r.ref for r in parsed.records))
+            # Its own folder may be anything (a home folder): names are looked for in the folders its rows
+            # name and below it (bounded), and only the folders its photos are in are checked for
+            # photos no row names.
+            files = sorted({*tree.files_beside(r.ref for r in parsed.records), *tree.files_below()})
+            return _finish(parsed, files, only_their_folders=True)
         return _finish(formats.parse_imagefolder(files, tree.read, columns), files)
     if fmt == "classfolders":
         return _finish(formats.parse_classfolders(files), None)
@@ -320,11 +343,15 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
 
 
-def _finish(parsed: Parsed, files: list[str] | None) -> Parsed:
+def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = False) -> Parsed:
     """Names matched to the disk's, and what the user should know of the labels: images no row names
-    (``files``: the source's files, for a labels table), tags written two ways."""
+    (``files``: the source's files, for a labels table; ``only_their_folders``: in the folders that
+    hold the table's photos), tags written two ways."""
     if files is not None:
         parsed.records, notes = formats.match_names(parsed.records, files)
+        if only_their_folders:
+            folders = {os.path.dirname(r.ref) for r in parsed.records}
+            files = [f for f in files if os.path.dirname(f) in folders]
         parsed.notes += notes + formats.unlisted_images(parsed.records, parsed.problems, files)
     parsed.notes += formats.tag_case_notes(parsed.records)
     return parsed

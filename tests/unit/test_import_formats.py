@@ -35,7 +35,12 @@ def test_bad_cells_raise_with_the_value() -> None:
     with pytest.raises(ValueError, match="'great' is not a number"):
         lf.parse_score_cell("great")
     with pytest.raises(ValueError, match="not a finite number"):
-        lf.parse_score_cell("nan")
+        lf.parse_score_cell("inf")
+    # What spreadsheets and pandas write for "no value" is an empty cell; percentages and "4/5" are numbers.
+    assert [lf.parse_score_cell(v) for v in ("N/A", "#N/A", "NaN", "-", " null ")] == [None] * 5
+    assert [lf.parse_score_cell(v) for v in ("85%", "4/5", " 3.5 / 10 ")] == [85.0, 4.0, 3.5]
+    with pytest.raises(ValueError, match="'4/5/2026' is not a number"):
+        lf.parse_score_cell("4/5/2026")
     with pytest.raises(ValueError, match="'holdout' is not one of"):
         lf.parse_split("holdout")
     assert lf.parse_split("VAL") == "validation" and lf.parse_split("dev") == "validation"
@@ -74,20 +79,24 @@ def test_imagefolder_csv_with_split_subfolders_and_unknown_columns() -> None:
 def test_imagefolder_jsonl_problems_are_reported_per_row() -> None:
     lines = [
         {"file_name": "a.jpg", "score": 0.5, "tags": ["x"]},
-        {"file_name": "a.jpg", "score": 0.6},
+        {"file_name": "a.jpg", "score": 0.6, "tags": ["y"]},  # another rater's row: merged
+        {"file_name": "a.jpg", "score": 0.7, "split": "test"},
+        {"file_name": "a.jpg", "score": 9, "split": "train"},  # another split: that row is a problem
         {"file_name": "b.jpg", "score": "high"},
         {"file_name": "../outside.jpg", "score": 1},
         {"score": 1},
     ]
     data = ("\n".join(json.dumps(r) for r in lines) + "\n{broken\n").encode()
     parsed = lf.parse_imagefolder(["metadata.jsonl"], {"metadata.jsonl": data}.__getitem__, Columns())
-    assert [r.ref for r in parsed.records] == ["a.jpg"]
+    assert [(r.ref, r.tags, r.split) for r in parsed.records] == [("a.jpg", ("x", "y"), "test")]
+    assert parsed.records[0].score == pytest.approx(0.6)
     reasons = {p.origin: p.reason for p in parsed.problems}
-    assert reasons["a.jpg"] == "duplicate file name: listed twice in the metadata"
+    assert reasons["metadata.jsonl:4"] == "a.jpg listed again with split train"
+    assert "1 images are listed on several rows" in " ".join(parsed.notes)
     assert reasons["b.jpg"] == "score 'high' is not a number"
     assert "outside the source folder" in reasons["../outside.jpg"]
-    assert reasons["metadata.jsonl:5"] == "no file_name"
-    assert reasons["metadata.jsonl:6"].startswith("line 6 is not JSON")
+    assert reasons["metadata.jsonl:7"] == "no file_name"
+    assert reasons["metadata.jsonl:8"].startswith("line 8 is not JSON")
 
 
 def test_imagefolder_named_column_that_is_absent_is_an_error() -> None:
@@ -252,7 +261,7 @@ def test_hugging_face_nested_metadata_and_eval_folders_are_imagefolder() -> None
 
 
 def test_a_labels_file_under_another_name_is_never_taken_for_class_folders() -> None:
-    with pytest.raises(FormatError, match="give the file itself as SOURCE"):
+    with pytest.raises(FormatError, match="give the labels file itself as SOURCE .SOURCE/labels.csv"):
         lf.detect(["labels.csv", "images/a.jpg", "images/b.jpg"])
     assert lf.detect(["labels.csv"], source_is_file=True) == "imagefolder"
     parsed = lf.parse_imagefolder(
@@ -450,7 +459,7 @@ def test_a_table_without_a_score_column_takes_a_rating_column_and_says_so() -> N
 def test_a_name_matching_two_files_by_case_alone_is_said() -> None:
     _, notes = lf.match_names([lf.Record(ref="Img_1.JPG", origin="x")], ["img_1.jpg", "IMG_1.jpg"])
     assert notes == [
-        "names that match several files (differing in case, or in extension), left unmatched: "
+        "names that match several files (differing in case, extension or folder), left unmatched: "
         "Img_1.JPG (IMG_1.jpg, img_1.jpg)"
     ]
 

@@ -171,12 +171,8 @@ def _bad_corpus(src: Path) -> dict[str, str]:
         (src / "pics" / name).write_bytes(data)
         lines.append(f"pics/{name},{9 if name == 'outside.jpg' else 3},wren,x100")
     lines.append("pics/missing.jpg,3,wren,x100")
-    lines.append("pics/ok0.jpg,4,wren,x100")  # the same file name twice
     (src / "metadata.csv").write_text("\n".join(lines) + "\n")
-    return {f"pics/{k}": v[1] for k, v in bad.items()} | {
-        "pics/missing.jpg": "file is missing",
-        "pics/ok0.jpg": "duplicate file name",
-    }
+    return {f"pics/{k}": v[1] for k, v in bad.items()} | {"pics/missing.jpg": "file is missing"}
 
 
 def test_bad_input_is_reported_by_name_and_quarantined_and_the_good_images_import(tmp_path: Path) -> None:
@@ -430,3 +426,35 @@ def test_a_kaggle_table_given_as_source_names_photos_by_id(tmp_path: Path) -> No
     notes = " / ".join(result.notes)
     assert "12 names without an extension matched the one image of that name" in notes
     assert "1 images in the source are in no labels file and were left out: images/1099.jpg" in notes
+
+
+def test_a_table_beside_its_photos_folder_as_koniq_ships(tmp_path: Path) -> None:
+    """KonIQ-10k: the scores table beside ``1024x768/``, naming each photo without its folder; the
+    photos are found there. A file whose rows all fail the same way says why in the error's line, and
+    an import that leaves nothing to train on is refused, data/ unchanged."""
+    src = tmp_path / "koniq"
+    (src / "1024x768").mkdir(parents=True)
+    for i in range(12):
+        (src / "1024x768" / f"{826373 + i}.jpg").write_bytes(jpeg(photo(700 + i)))
+    rows = [f"{826373 + i}.jpg,{1 + (i * 7) % 40 / 10:.2f}" for i in range(12)]
+    table = src / "koniq10k_scores_and_distributions.csv"
+    table.write_text("image_name,MOS\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(table), ImportOptions(score_column="MOS"))
+    assert result.n_images == 12 and result.n_quarantined == 0 and result.score_name == "MOS"
+    assert (
+        "12 names were found in another folder, the only image of that name: 1024x768/ (12)" in result.notes
+    )
+    before = snapshot(s.data_dir)
+
+    percent = src / "percent.csv"
+    percent.write_text("image_name,MOS\n" + "\n".join(f"{826373 + i}.jpg,high" for i in range(12)) + "\n")
+    with pytest.raises(ImportFailed, match=r"12 of them: score 'high' is not a number; data/ is unchanged"):
+        importer.run(s, str(percent), ImportOptions(score_column="MOS"))
+    rare = src / "rare.csv"
+    rare.write_text("image_name,tags\n" + "\n".join(f"{826373 + i}.jpg,tag{i}" for i in range(12)) + "\n")
+    with pytest.raises(
+        ImportFailed, match="nothing to train on: no score, and no tag is on 5 images or more"
+    ):
+        importer.run(s, str(rare), ImportOptions())
+    assert snapshot(s.data_dir) == before
