@@ -26,7 +26,7 @@ import posixpath
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -529,6 +529,13 @@ def parse_imagefolder(
     unknown = sorted(c for c in seen_columns - known if c and c.strip())
     if unknown:
         notes.append(f"columns not used (unknown): {', '.join(unknown)}")
+    if score_col not in seen_columns and not columns.score:
+        numeric = [c for c in unknown if _all_numbers(c, (t for _, _, t in tables))]
+        if numeric:
+            notes.append(
+                f"no score column, but {numeric[0]!r} holds numbers: if it is the score, "
+                f"give --score-column {numeric[0]}"
+            )
     read_metas = {m for m, _ in metas}
     other = sorted(f for f in files if posixpath.basename(f) in METADATA_FILES and f not in read_metas)
     if other:
@@ -541,6 +548,18 @@ def parse_imagefolder(
         score_name=score_col if score_col in seen_columns else None,
         has_tags=tags_col in seen_columns or bool(one_hot),
     )
+
+
+def _all_numbers(column: str, tables: Iterable[_Table]) -> bool:
+    """Whether every row of ``tables`` has a number in ``column`` (not only 0 and 1: those are flags)."""
+    values = []
+    for table in tables:
+        for _, row in table.rows:
+            try:
+                values.append(parse_score_cell(row.get(column)))
+            except ValueError:
+                return False
+    return None not in values and bool(set(values) - {0.0, 1.0})
 
 
 def _one_hot_columns(

@@ -552,3 +552,13 @@ def test_tags_separated_by_spaces_as_kaggle_writes_them_and_phrases_kept_whole()
     assert not lf.space_separated(["golden hour", "blue hour", "blue sky"])
     assert not lf.space_separated(["car", "race car", "sports car", "dog", "hot dog", "cat", "cat toy"])
     assert lf.space_separated(["a b", "b c", "a c", "", "a", "b", "c", "b a", "c a"])
+
+
+def test_a_numeric_column_under_another_name_is_pointed_at_when_there_is_no_score() -> None:
+    data = b"file_name,labels,aesthetic_score,camera_id\na.jpg,cat,5.25,1\nb.jpg,dog,3.5,0\n"
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": data}.__getitem__, Columns())
+    assert parsed.score_name is None
+    assert (
+        "no score column, but 'aesthetic_score' holds numbers: if it is the score, give --score-column "
+        "aesthetic_score" in parsed.notes
+    )
