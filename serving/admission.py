@@ -96,11 +96,24 @@ class RetrySchedule:
 class CpuPerUnit:
     """CPU seconds per unit of work (an image, a request) as an EWMA over windows of at least
     ``min_units`` units and ``min_s`` seconds. A window longer than ``max_s`` is dropped (idle time or
-    light load was in it), so only work done under load counts. ``per_unit``: None until measured.
-    Not thread-safe: its owner serializes ``add`` and ``reading``."""
+    light load was in it), so only work done under load counts; unless ``min_busy`` is set and the
+    window kept that share of ``cores`` busy: slow work under load (a phone's HEIC photo takes half a
+    second of a core to decode, so 32 images take longer than any window), not idle time, which costs
+    no CPU. ``per_unit``: None until measured. Not thread-safe: its owner serializes ``add`` and
+    ``reading``."""
 
-    def __init__(self, *, min_units: int, min_s: float, max_s: float, alpha: float) -> None:
+    def __init__(
+        self,
+        *,
+        min_units: int,
+        min_s: float,
+        max_s: float,
+        alpha: float,
+        min_busy: float | None = None,
+        cores: int = 1,
+    ) -> None:
         self.min_units, self.min_s, self.max_s, self.alpha = min_units, min_s, max_s, alpha
+        self.min_busy, self.cores = min_busy, cores
         self.per_unit: float | None = None
         self._units = 0  # all time
         self._start: tuple[float, float, int] | None = None  # (wall, CPU, units) when the window opened
@@ -121,7 +134,12 @@ class CpuPerUnit:
             if not self.due(wall):
                 return
             wall0, cpu0, units0 = self._start
-            if wall - wall0 <= self.max_s:  # the work kept coming: a window under load
+            busy = (
+                self.min_busy is not None
+                and self._units > units0
+                and (cpu - cpu0) >= self.min_busy * self.cores * (wall - wall0)
+            )
+            if wall - wall0 <= self.max_s or busy:  # the work kept coming: a window under load
                 sample = (cpu - cpu0) / (self._units - units0)
                 old = self.per_unit
                 self.per_unit = sample if old is None else old + self.alpha * (sample - old)
@@ -157,7 +175,10 @@ class CpuCost:
             raise ValueError(f"cores must be >= 1, got {cores!r}")
         self.cores, self.cpu_clock, self.clock = cores, cpu_clock, clock
         self._lock = threading.Lock()  # compute threads complete batches side by side
-        self._cost = CpuPerUnit(min_units=min_images, min_s=min_s, max_s=max_s, alpha=alpha)
+        # A long window counts when it kept the cores at least half busy: slow images under load.
+        self._cost = CpuPerUnit(
+            min_units=min_images, min_s=min_s, max_s=max_s, alpha=alpha, min_busy=0.5, cores=cores
+        )
         self._cost.reading(clock(), cpu_clock())
 
     def completed(self, images: int) -> None:

@@ -503,6 +503,19 @@ def test_idle_time_and_light_load_never_count_as_cpu_per_image() -> None:
         CpuCost(0)
 
 
+def test_slow_images_under_load_are_measured_though_a_window_holds_few() -> None:
+    """Phone HEIC photos: half a second of a core each to decode, so a window of ``min_images`` lasts
+    longer than ``max_s``; the cores were busy all along, so it is measured, not dropped as idle."""
+    clocks = Clocks()
+    cpu = _cpu_cost(clocks, cores=2)
+    clocks.spend(wall_s=6.0, cpu_s=11.0)  # 20 images in 6 s, both cores busy: 0.55 CPU-s each
+    cpu.completed(20)
+    assert cpu.images_per_s == pytest.approx(2 / 0.55)
+    clocks.spend(wall_s=30.0, cpu_s=5.0)  # a quiet half minute (under half the cores busy): dropped
+    cpu.completed(4)
+    assert cpu.images_per_s == pytest.approx(2 / 0.55)
+
+
 def test_admission_refuses_sooner_when_the_cpu_per_image_is_the_limit() -> None:
     clocks = Clocks()
     cpu = _cpu_cost(clocks)
