@@ -271,7 +271,7 @@ def _import(
 
 
 def _commonest(problems: list[Problem]) -> str:
-    """``, most of them: <a reason>``: the reason most problems share (their quoted values aside), so
+    """``, N of them: <a reason>``: the reason most problems share (their quoted values aside), so
     that a file every row of which fails the same way says why in the error's one line."""
     if not problems:
         return ""
