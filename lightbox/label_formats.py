@@ -1048,6 +1048,10 @@ def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Recor
             base = posixpath.basename(f)
             bases[_name_key(base)].append(f)
             bases[_name_key(posixpath.splitext(base)[0])].append(f)
+    named = {r.ref for r in records}
+    # A folder of photos of its own: a name missing there is missing, not a photo of the same name in
+    # another folder (cameras repeat IMG_0001.JPG in every folder).
+    photo_folders = {posixpath.dirname(f) for f in files if is_image_name(f)}
     out, ambiguous = [], []
     counts: Counter[str] = Counter()
     moved: Counter[str] = Counter()  # the folders names were found in
@@ -1056,8 +1060,9 @@ def match_names(records: list[Record], files: Sequence[str]) -> tuple[list[Recor
             found, how = index.get(_name_key(r.ref), []), "case"
             if not found and not is_image_name(r.ref):
                 found, how = stems.get(_name_key(r.ref), []), "stem"
-            if not found:
-                found, how = bases.get(_name_key(posixpath.basename(r.ref)), []), "folder"
+            if not found and posixpath.dirname(r.ref) not in photo_folders:
+                found = [f for f in bases.get(_name_key(posixpath.basename(r.ref)), []) if f not in named]
+                how = "folder"
             if len(found) == 1:
                 r = Record(**{**r.__dict__, "ref": found[0]})
                 counts[how] += 1

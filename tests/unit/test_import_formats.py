@@ -562,3 +562,18 @@ def test_a_numeric_column_under_another_name_is_pointed_at_when_there_is_no_scor
         "no score column, but 'aesthetic_score' holds numbers: if it is the score, give --score-column "
         "aesthetic_score" in parsed.notes
     )
+
+
+def test_a_name_is_found_in_another_folder_only_where_its_own_holds_no_photos() -> None:
+    records = [lf.Record(ref=n, origin=n) for n in ("826373.jpg", "2019/IMG_0001.JPG", "2020/IMG_0002.JPG")]
+    files = [
+        "scores.csv",
+        "1024x768/826373.jpg",
+        "2019/IMG_0002.JPG",
+        "2020/IMG_0001.JPG",
+        "2020/IMG_0002.JPG",
+    ]
+    matched, notes = lf.match_names(records, files)
+    # 2019/ has photos of its own: its missing IMG_0001.JPG stays missing, not 2020's.
+    assert [r.ref for r in matched] == ["1024x768/826373.jpg", "2019/IMG_0001.JPG", "2020/IMG_0002.JPG"]
+    assert notes == ["1 names were found in another folder, the only image of that name: 1024x768/ (1)"]
