@@ -586,10 +586,10 @@ def _one_hot_columns(
     if _first_named(all_columns, TAGS_COLUMNS) is not None:
         return []
     rows = [row for _, _, table in tables for _, row in table.rows if "__error__" not in row]
-    free = {c.strip().lower() for c in (*taken, *FILE_COLUMNS, *OPTIONAL_COLUMNS)}
+    free = {_column_key(c) for c in (*taken, *FILE_COLUMNS, *OPTIONAL_COLUMNS)}
     found = []
     for column in all_columns:
-        if column.strip().lower() in free:
+        if _column_key(column) in free:
             continue
         flags = [parse_flag(row.get(column)) for row in rows]
         if flags and None not in flags and any(flags):

@@ -34,13 +34,7 @@ class SourceTree:
             return [self.single_file]
         if self.is_s3:
             return s3.list_keys(self.root, self.endpoint_url)
-        root = Path(self.root)
-        out = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(root).as_posix()
-            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
-        return sorted(out)
+        return sorted(_walk(self.root))
 
     def files_beside(self, refs: Iterable[str]) -> list[str]:
         """The files of each local folder that ``refs`` point into (not below them), named as the refs
@@ -63,14 +57,7 @@ class SourceTree:
         [] on S3 and for a folder source (whose ``files()`` are all of them already)."""
         if self.is_s3 or self.single_file is None:
             return []
-        out: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
-            if len(out) >= limit:
-                break
-        return out[:limit]
+        return _walk(self.root, limit)
 
     def read(self, ref: str) -> bytes:
         """Bytes of ``ref``: relative to the root, an absolute local path, or an s3:// URL."""
@@ -92,6 +79,19 @@ class SourceTree:
         if ref.startswith("s3://") or os.path.isabs(ref):
             return ref
         return self.root.rstrip("/") + "/" + ref
+
+
+def _walk(root: str, limit: int | None = None) -> list[str]:
+    """The files under a local ``root`` (hidden ones and hidden folders left out), '/'-separated and
+    relative to it; the first ``limit`` of them when one is given."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root).as_posix()
+        out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    return out
 
 
 def open_tree(source: str, endpoint_url: str | None) -> SourceTree:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -275,10 +276,11 @@ def _commonest(problems: list[Problem]) -> str:
     that a file every row of which fails the same way says why in the error's one line."""
     if not problems:
         return ""
-    kinds = Counter(re.sub(r"'[^']*'", "''", p.reason) for p in problems)
-    kind, n = kinds.most_common(1)[0]
-    example = next(p.reason for p in problems if re.sub(r"'[^']*'", "''", p.reason) == kind)
-    return f", {n} of them: {example}"
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for p in problems:
+        by_kind[re.sub(r"'[^']*'", "''", p.reason)].append(p.reason)
+    reasons = max(by_kind.values(), key=len)  # the first of the largest, as Counter.most_common
+    return f", {len(reasons)} of them: {reasons[0]}"
 
 
 def _spec_notes(spec: LabelSpec) -> list[str]:
@@ -350,8 +352,8 @@ def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = 
     if files is not None:
         parsed.records, notes = formats.match_names(parsed.records, files)
         if only_their_folders:
-            folders = {os.path.dirname(r.ref) for r in parsed.records}
-            files = [f for f in files if os.path.dirname(f) in folders]
+            folders = {posixpath.dirname(r.ref) for r in parsed.records}
+            files = [f for f in files if posixpath.dirname(f) in folders]
         parsed.notes += notes + formats.unlisted_images(parsed.records, parsed.problems, files)
     parsed.notes += formats.tag_case_notes(parsed.records)
     return parsed
