@@ -94,6 +94,11 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image within our limits (the message says which)."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """A decodable image over the pixel limit or the maximum side: too large, not broken (the server
+    answers 413, as for a body over its byte limit)."""
+
+
 def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1) -> Image.Image:
     """Decode encoded bytes to an upright RGB image, refusing empty, truncated, huge or degenerate input.
 
@@ -110,26 +115,27 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 1
         failure = f"not a decodable image ({', '.join(OPENED_FORMATS)}): {error_line(exc)}"
     if failure is not None:
         raise ImageDecodeError(failure)
+    kind = ImageDecodeError
     try:
         return _decode_opened(img, max_pixels, min_side)
     except ImageDecodeError as exc:
-        failure = str(exc)
+        kind, failure = type(exc), str(exc)
     except Exception as exc:
         failure = f"corrupt or truncated image: {error_line(exc)}"
     # Raised out here, with the image closed: an exception raised inside the handler would keep the
     # failed decode's frames (and its partly decoded pixels, hundreds of MB for a truncated 40 MP PNG)
     # alive through its context for as long as a caller holds it, e.g. a request's other images.
     img.close()
-    raise ImageDecodeError(failure)
+    raise kind(failure)
 
 
 def check_header_size(w: int, h: int, max_pixels: int) -> None:
     """Refuse an image over the pixel limit or the maximum side, from its header's size (before any
     pixel is decoded)."""
     if w * h > max_pixels:
-        raise ImageDecodeError(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+        raise ImageTooLarge(f"image has {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
     if max(w, h) > MAX_IMAGE_SIDE:
-        raise ImageDecodeError(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
+        raise ImageTooLarge(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
 
 
 def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
@@ -155,7 +161,7 @@ def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Im
         img.load()
     w, h = img.size
     if w * h > max_pixels:  # whatever a plugin decoded, never past the limit
-        raise ImageDecodeError(f"image decoded to {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
+        raise ImageTooLarge(f"image decoded to {w}x{h}={w * h} pixels, over the limit of {max_pixels}")
     orientation = img.getexif().get(_ORIENTATION, 1)
     rgb = to_rgb(img)
     method = _TRANSPOSE.get(orientation)

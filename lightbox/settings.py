@@ -249,6 +249,9 @@ class Settings(BaseSettings):
         default=30.0, ge=0.0, le=86_400.0, description="alias polling; 0: off"
     )
     serve_admin_token: str | None = Field(default=None, description="bearer token; None: /admin off")
+    # Web pages on these origins may call the server from a browser (CORS): "https://app.example.com,
+    # http://localhost:3000", or "*" for any. None: only same-origin pages (the upload page at /).
+    serve_cors_origins: str | None = Field(default=None, description="ORIGIN,... or *: browser callers")
     # Several registered models in one server (serving/multi.py): "NAME@ALIAS,NAME@ALIAS"; None: the one
     # model model_name@champion_alias (today's server, answers unchanged). The first is the primary: its
     # answer keeps the top-level fields of /predict.
@@ -332,6 +335,11 @@ class Settings(BaseSettings):
         if self.serve_models is None:
             return [(self.model_name, self.champion_alias)]
         return parse_model_specs(self.serve_models)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """Origins whose pages may call the server from a browser (empty: none but its own)."""
+        return [o.strip().rstrip("/") for o in (self.serve_cors_origins or "").split(",") if o.strip()]
 
     @property
     def isolated_models(self) -> list[str]:

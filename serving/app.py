@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +32,8 @@ from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, 
 from serving.batching import BatcherClosed
 from serving.canary import KEY_HEADER
 from serving.challenger import Challenger, Recorder
+from serving.disconnect import unless_client_leaves
+from serving.http_methods import HeadAndOptions
 from serving.metrics import HttpMetrics, RequestMetricsMiddleware
 from serving.minions import IsolatedPredictor
 from serving.multi import (
@@ -45,7 +48,7 @@ from serving.multi import (
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
 from serving.uploads import CLIENT_CLOSED, uploaded_images
-from serving.v2 import v2_router
+from serving.v2 import HEADER_LENGTH, v2_router
 from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -248,20 +251,42 @@ def create_app(
     # Admission inside the request metrics, so that its refusals are counted as requests too.
     app.add_middleware(AdmissionMiddleware, admit=admit, lag=lag)
     app.add_middleware(RequestMetricsMiddleware, metrics=http)
+    app.add_middleware(HeadAndOptions, routes=lambda: app.routes)
+    if settings.cors_origins:  # outermost: a 429 or a 413 must reach the page too, not a CORS error
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", HEADER_LENGTH],
+            max_age=600,
+        )
 
     @app.post("/predict")
     async def predict(
         request: Request,
-        threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum tag confidence"),
+        threshold: float | None = Query(
+            None, ge=0.0, le=1.0, description="minimum tag confidence (also a form field or JSON key)"
+        ),
         models_q: str | None = Query(
             None, alias="models", description="comma-separated models to ask (default: all served)"
         ),
     ) -> dict[str, Any]:
-        """Score and tag one image (raw body or multipart 'file') or several (multipart 'files')."""
+        """Score and tag one image (raw body, multipart 'file', JSON "image") or several (multipart
+        'files', JSON "images")."""
         selected = models.select(models_q)
-        blobs, several = await uploaded_images(request, settings)
-        ticket = ticket_of(request.scope)
+        upload = await uploaded_images(request, settings)
+        if threshold is None:
+            threshold = upload.threshold
         cut = settings.serve_tag_threshold if threshold is None else threshold
+        return await unless_client_leaves(
+            request, answer(request, selected, upload.images, upload.several, cut)
+        )
+
+    async def answer(
+        request: Request, selected: list[ServedModel], blobs: list[bytes], several: bool, cut: float
+    ) -> dict[str, Any]:
+        ticket = ticket_of(request.scope)
         # Every model takes the same input (lightbox.imaging's preprocessing): decoded once for all.
         images = await selected[0].runtime.decode(blobs, ticket)
         # Canary: this key's users see the challenger in the primary's place (on the primary's ticket).

@@ -179,10 +179,15 @@ class Batcher(Generic[In, Out]):
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         finally:
-            # A caller that went away (client disconnect, timeout) must not be computed for.
+            # A caller that went away (client disconnect, timeout) must not be computed for, nor be
+            # counted as work ahead by admission: its items leave the queue now, not when reached.
+            # (gather, when cancelled, has cancelled them already.)
+            gone = {id(p) for p in pending if not p.future.done() or p.future.cancelled()}
             for p in pending:
-                if not p.future.done():
-                    p.future.cancel()
+                p.future.cancel()
+            if gone:
+                with self._lock:
+                    self._queue = collections.deque(q for q in self._queue if id(q) not in gone)
 
     def _ensure_started(self) -> None:
         running = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from lightbox.imaging import ImageDecodeError, preprocess_bytes
+from lightbox.imaging import ImageDecodeError, ImageTooLarge, preprocess_bytes
 from lightbox.settings import Settings
 from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, Reservation, ServiceRate
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
@@ -208,7 +208,8 @@ class InferenceRuntime:
         return [Prediction(float(s), t, predictor) for s, t in zip(scores, tag_probs, strict=True)]
 
     async def decode(self, blobs: list[bytes], ticket: Reservation) -> list[np.ndarray]:
-        """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400.
+        """Encoded images -> model inputs, in parallel in the decode pool. Bad input -> ApiError 400 (413
+        past the pixel limit).
 
         First extends the request's admission ``ticket`` to its image count: 429 before any decoding
         when they would wait past the latency budget."""
@@ -229,7 +230,8 @@ class InferenceRuntime:
         for i, r in enumerate(results):
             if isinstance(r, ImageDecodeError):
                 where = f"image {i}: " if len(blobs) > 1 else ""
-                raise ApiError(400, f"{where}{r}")
+                # Too many pixels is too large (413, as for too many bytes), not broken (400).
+                raise ApiError(413 if isinstance(r, ImageTooLarge) else 400, f"{where}{r}")
             if isinstance(r, BaseException):
                 raise r
         return results  # type: ignore[return-value]

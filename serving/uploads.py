@@ -1,8 +1,12 @@
-"""Reading request bodies: a size limit enforced while streaming; images from multipart or raw bodies."""
+"""Reading request bodies: a size limit enforced while streaming, a compressed body inflated within it;
+images from multipart, JSON (base64) or raw bodies, and the parameters sent beside them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -11,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from lightbox.settings import Settings
+from serving.body_codecs import BodyError, content_codings, image_from_base64, inflate
 from serving.runtime import ApiError
 
 RAW_CONTENT_TYPES = ("application/octet-stream",)
@@ -25,8 +30,13 @@ async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> by
     """The whole body, refusing (413) past ``limit`` bytes without reading the rest, and (408) when it
     has not arrived within ``timeout_s``. Both close the connection: the unread rest of the body must
     not be taken for the next request. A client gone mid-upload is a 499 (nobody reads it), not an
-    error of the server."""
+    error of the server. A gzip or deflate body (Content-Encoding) comes back inflated, within the same
+    ``limit``; another coding is a 415."""
     close = {"Connection": "close"}
+    try:
+        codings = content_codings(request.headers.get("content-encoding"))
+    except BodyError as exc:
+        raise ApiError(exc.status, str(exc), close) from None
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -47,27 +57,93 @@ async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> by
         ) from None
     except ClientDisconnect:
         raise ApiError(CLIENT_CLOSED, "the client closed the connection before its body arrived") from None
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    if not codings:
+        return body
+    try:
+        return inflate(body, codings, limit)
+    except BodyError as exc:
+        raise ApiError(exc.status, str(exc)) from None
 
 
-async def uploaded_images(request: Request, settings: Settings) -> tuple[list[bytes], bool]:
-    """(encoded images, several?) from a multipart upload or a raw body. Bad requests -> ApiError."""
+@dataclass(frozen=True)
+class Upload:
+    """What a /predict request sent: its encoded images, whether as a list (``files``, ``images``: the
+    answer is a list too), and a ``threshold`` sent in the body (a form field, a JSON key)."""
+
+    images: list[bytes]
+    several: bool
+    threshold: float | None = None
+
+
+def parse_threshold(value: object) -> float:
+    """A tag threshold as a client sends it (``0.3``, ``"0.3"``): a number from 0 to 1, or ApiError 422."""
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise ApiError(422, f"threshold must be a number from 0 to 1, got {value!r}")
+    return number
+
+
+async def uploaded_images(request: Request, settings: Settings) -> Upload:
+    """The images of a multipart upload, a JSON body or a raw body. Bad requests -> ApiError."""
     ctype = media_type(request)
     body = await read_body(request, settings.serve_max_body_bytes, settings.serve_body_timeout_s)
     if ctype == "multipart/form-data":
         return await _multipart_images(request, body, settings)
+    if ctype == "application/json" or ctype.endswith("+json"):
+        return json_images(body, settings.serve_max_images_per_request)
     if ctype == "" or ctype.startswith("image/") or ctype in RAW_CONTENT_TYPES:
         if not body:
             raise ApiError(400, "empty body: expected an encoded image (JPEG, PNG, WebP, ...)")
-        return [body], False
+        return Upload([body], False)
     raise ApiError(
         415,
         f"unsupported content type {ctype!r}: send an image as the raw body (image/*, "
-        "application/octet-stream) or as multipart/form-data field 'file' (or several 'files')",
+        "application/octet-stream), as multipart/form-data field 'file' (or several 'files'), or as "
+        'JSON {"image": "<base64>"} (or "images": [...])',
     )
 
 
-async def _multipart_images(request: Request, body: bytes, settings: Settings) -> tuple[list[bytes], bool]:
+def json_images(body: bytes, limit: int) -> Upload:
+    """``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``, each plain base64 or a data URL,
+    with an optional ``"threshold"``: what a browser or a script that holds no file sends."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the JSON body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, 'the JSON body must be an object: {"image": "<base64>"}')
+    if ("image" in doc) == ("images" in doc):
+        raise ApiError(
+            400, f'send one "image" or a list of "images" as base64 text (keys sent: {sorted(doc)})'
+        )
+    several = "images" in doc
+    texts = doc["images"] if several else [doc["image"]]
+    if not isinstance(texts, list) or not texts:
+        raise ApiError(400, '"images" must be a non-empty list of base64 strings')
+    if len(texts) > limit:
+        raise ApiError(413, f"more than {limit} images in one request (the limit)")
+    images = []
+    for i, text in enumerate(texts):
+        where = f'"images"[{i}]' if several else '"image"'
+        if not isinstance(text, str):
+            raise ApiError(400, f"{where} must be the image as base64 text, got {type(text).__name__}")
+        try:
+            images.append(image_from_base64(text))
+        except BodyError as exc:
+            raise ApiError(exc.status, f"{where}: {exc}") from None
+    threshold = doc.get("threshold")
+    return Upload(images, several, None if threshold is None else parse_threshold(threshold))
+
+
+async def _multipart_images(request: Request, body: bytes, settings: Settings) -> Upload:
     sent = False
 
     async def replay() -> dict[str, Any]:  # the body was already read (with its size limit): replay it
@@ -109,7 +185,8 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
                     "sends them), not text",
                 )
             blobs.append(blob)
-        return blobs, bool(several)
+        threshold = form.get("threshold")
+        return Upload(blobs, bool(several), None if threshold in (None, "") else parse_threshold(threshold))
     finally:
         await form.close()
 

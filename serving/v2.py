@@ -7,13 +7,11 @@ has no ``SCORE`` output (its metadata lists none, and asking for it is a 400).
 Tensors travel as JSON or with the binary-data extension: a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes (BYTES elements each prefixed
 by a little-endian uint32 length). JSON cannot carry raw bytes, so in JSON an IMAGE element is the
-base64 text of the encoded image.
+base64 text of the encoded image (a data URL too). A gzip or deflate request body is inflated.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 from collections.abc import Callable
@@ -24,6 +22,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.admission_http import ticket_of
+from serving.body_codecs import BodyError, image_from_base64
+from serving.disconnect import unless_client_leaves
 from serving.multi import ModelSet
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, read_body
@@ -145,10 +145,10 @@ def _decode_json_bytes(elements: list[Any], count: int) -> list[bytes]:
         if not isinstance(e, str):
             raise ApiError(400, f"{INPUT_NAME}[{i}] must be a base64 string in JSON, got {type(e).__name__}")
         try:
-            out.append(base64.b64decode(e, validate=True))
-        except (binascii.Error, ValueError):
+            out.append(image_from_base64(e))
+        except BodyError as exc:
             raise ApiError(
-                400, f"{INPUT_NAME}[{i}] is not valid base64 (send raw bytes with binary data)"
+                exc.status, f"{INPUT_NAME}[{i}]: {exc} (or send raw bytes with binary data)"
             ) from None
     return out
 
@@ -296,19 +296,21 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
         ctype = media_type(request)
         if ctype not in V2_CONTENT_TYPES:
             raise ApiError(415, f"unsupported content type {ctype!r}: send application/json (or binary data)")
-        encoding = request.headers.get("content-encoding", "identity").lower()
-        if encoding != "identity":
-            raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send uncompressed requests")
         body = await read_body(
             request, runtime.settings.serve_max_body_bytes, runtime.settings.serve_body_timeout_s
         )
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
         outputs = requested_outputs(header, model_outputs(runtime.predictor))
-        ticket = ticket_of(request.scope)
-        images = await runtime.decode(images_from_request(header, binary), ticket)
-        preds = await runtime.infer(images, "v2", ticket)
-        return infer_response(preds, header, outputs, name)
+        blobs = images_from_request(header, binary)
+
+        async def answer() -> Response:
+            ticket = ticket_of(request.scope)
+            images = await runtime.decode(blobs, ticket)
+            preds = await runtime.infer(images, "v2", ticket)
+            return infer_response(preds, header, outputs, name)
+
+        return await unless_client_leaves(request, answer())
 
     @router.post("/models/{name}/infer")
     async def model_infer(request: Request, name: str) -> Response:

@@ -273,7 +273,11 @@ def test_cancelled_callers_are_not_computed() -> None:
         gone = asyncio.create_task(b.submit(99))
         stays = asyncio.create_task(b.submit(1))
         await asyncio.sleep(0.01)
+        assert b.queue_depth == 2
         gone.cancel()
+        await asyncio.sleep(0.01)
+        # Out of the queue at once, not when the batch is cut: admission must not count it as work ahead.
+        assert b.queue_depth == 1
         assert await stays == 2
         await b.close()
 
