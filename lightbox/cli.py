@@ -553,7 +553,7 @@ def demo(
             epochs=epochs or s.tune_epochs,
             keep_serving=keep_serving,
         )
-    except DagRunFailed as exc:
+    except (DagRunFailed, demo_mod.DemoRefused) as exc:
         typer.secho(f"demo stopped: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 

@@ -68,3 +68,26 @@ def test_settings_mask_passwords_in_effective_values(tmp_path: Path) -> None:
 def test_version_lists_fit_one_line() -> None:
     assert _ranges([1]) == "1"
     assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+
+
+def test_demo_refuses_a_project_holding_imported_photos(tmp_path: Path) -> None:
+    """`lightbox demo` renders its synthetic set into data/ and golden/: in a project that holds the
+    user's imported photos it stops with one line naming a folder of its own, before any DAG runs."""
+    from lightbox.manifest import LabelSpec, write_label_spec
+    from lightbox.settings import Settings
+
+    settings = Settings(project_dir=tmp_path)
+    env = {"LIGHTBOX_PROJECT_DIR": str(tmp_path)}
+    for folder in (settings.golden_dir, settings.data_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_label_spec(folder, LabelSpec(tag_counts={"cat": 9}, source_format="labelstudio"))
+        result = CliRunner().invoke(app, ["demo"], env=env)
+        assert result.exit_code == 1, result.output
+        assert "holds your imported photos (labelstudio)" in result.output
+        assert "LIGHTBOX_PROJECT_DIR=/tmp/lightbox-demo lightbox demo" in result.output
+        assert "Traceback" not in result.output
+    from lightbox.demo import users_data
+
+    for folder in (settings.golden_dir, settings.data_dir):  # the demo's own set: it may run again
+        write_label_spec(folder, LabelSpec(tag_counts={"cat": 9}, source_format="synthetic"))
+    assert users_data(settings) is None
