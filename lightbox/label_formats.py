@@ -1,6 +1,7 @@
 """Labelled-image export formats -> one list of records. Pure parsing: no image is read here.
 
-Three formats, detected from the source's files (``detect``) or forced:
+The formats, detected from the source's files and, where names do not tell, the labels files' first
+bytes (``detect``), or forced:
 
 - ``imagefolder`` (Hugging Face): ``metadata.jsonl`` / ``metadata.csv`` with a ``file_name`` column
   (relative to the metadata file), a score column, a tags column, optional split and group columns;
@@ -10,6 +11,8 @@ Three formats, detected from the source's files (``detect``) or forced:
   ``Rating`` or ``Number`` for the score. Several annotations of a task: the mean score, and a tag
   counts when most annotators chose it.
 - ``classfolders`` (torchvision ImageFolder): ``root/<tag>/<image>``; no score.
+- ``cvat``: CVAT's "CVAT for images 1.1" XML; an image's ``<tag>`` labels are its tags (object
+  annotations label a region, not the photo), a tag attribute named with --score-column the score.
 
 A row that cannot be read becomes a ``Problem`` (origin, reason) for the report; the others go on.
 """
@@ -27,13 +30,14 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
+from xml.parsers import expat
 
 from lightbox.imaging import describe_by_extension, extension, is_image_name
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
-FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders")
+FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders", "cvat")
 # Roboflow writes ``_classes.csv`` (a file column and one 0/1 column per class) in each split's folder.
 METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv", "_classes.csv")
 SPLIT_ALIASES: Mapping[str, str] = {
@@ -261,19 +265,30 @@ def _text(value: object) -> str | None:
 # --- detection ------------------------------------------------------------------------------------------
 
 
-def detect(files: Sequence[str], source_is_file: bool = False) -> str:
-    """The format of a source from its file list (paths relative to the source, '/'-separated)."""
+def detect(
+    files: Sequence[str], source_is_file: bool = False, head: Callable[[str], bytes] | None = None
+) -> str:
+    """The format of a source from its file list (paths relative to the source, '/'-separated) and,
+    given ``head`` (a file's first bytes), the content of the labels files whose name does not tell."""
     if source_is_file:
         name = posixpath.basename(files[0]) if files else ""
+        sniffed = sniff(name, head(files[0])) if head is not None and files else None
+        if sniffed is not None:
+            return sniffed
         if name.lower().endswith(TABLE_SUFFIXES):
             return "imagefolder"
         if name.lower().endswith(".json"):
             return "labelstudio"
         raise FormatError(
-            f"{name!r} is neither a labels table (.csv, .tsv, .jsonl) nor a Label Studio JSON export"
+            f"{name!r} is neither a labels table (.csv, .tsv, .jsonl), a Label Studio JSON export nor a "
+            "CVAT annotations.xml"
         )
     if metadata_files(files):
         return "imagefolder"
+    if head is not None:
+        sniffed = next((f for f in (sniff(n, head(n)) for n in sniffable(files)) if f), None)
+        if sniffed is not None:
+            return sniffed
     top = [f for f in files if "/" not in f]
     if any(f.lower().endswith(".json") for f in top):
         return "labelstudio"
@@ -292,8 +307,49 @@ def detect(files: Sequence[str], source_is_file: bool = False) -> str:
         return "classfolders"
     raise FormatError(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
-        "Studio .json export, or one folder of images per tag (classfolders); use --format to force one"
+        "Studio .json export, a CVAT annotations.xml, or one folder of images per tag (classfolders); "
+        "use --format to force one"
     )
+
+
+# How much of a labels file is read to tell its format by content.
+SNIFF_BYTES = 65_536
+_SNIFFED_SUFFIXES = (".xml",)
+_SNIFFED_MAX = 64  # files looked into: a folder may hold a sidecar per photo
+
+
+def sniffable(files: Sequence[str]) -> list[str]:
+    """The files whose content may tell the format: at the top or one folder down (CelebA's ``Anno/``),
+    top first; sidecars of a photo (``IMG_1.jpg.json``) left out."""
+    found = [
+        f
+        for f in files
+        if f.count("/") <= 1
+        and f.lower().endswith(_SNIFFED_SUFFIXES)
+        and not is_image_name(posixpath.splitext(f)[0])
+    ]
+    return sorted(found, key=lambda f: (f.count("/"), f))[:_SNIFFED_MAX]
+
+
+def sniff(name: str, head: bytes) -> str | None:
+    """The format a labels file's first bytes show, or None when they show none that is read here."""
+    if name.lower().endswith(".xml"):
+        return "cvat" if _xml_root(head) == "annotations" else None
+    return None
+
+
+# What may come before an XML document's root element: declaration, comments, a DOCTYPE (whose
+# internal subset a bomb fills with entities: skipped here, refused by the reader).
+_XML_PROLOG = re.compile(rb"(?:\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>)*", re.S)
+_XML_ELEMENT = re.compile(rb"<([A-Za-z_][\w.:-]*)")
+
+
+def _xml_root(head: bytes) -> str | None:
+    """The name of an XML document's root element, from its first bytes."""
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    prolog = _XML_PROLOG.match(head)
+    found = _XML_ELEMENT.match(head, prolog.end() if prolog else 0)
+    return found.group(1).decode("ascii", "replace") if found else None
 
 
 def split_of_path(folder: str) -> str | None:
@@ -652,6 +708,202 @@ def parse_classfolders(files: Sequence[str]) -> Parsed:
         )
     notes = [f"not images by name, left out: {describe_by_extension(others)}"] if others else []
     return Parsed(format="classfolders", records=records, problems=problems, notes=notes, has_tags=True)
+
+
+# --- CVAT -----------------------------------------------------------------------------------------------
+
+# CVAT's object annotations: each labels a region of the image, not the image.
+_CVAT_SHAPES = frozenset({"box", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton"})
+# Tags a model proposed (CVAT's automatic annotation), as CVAT marks them.
+_CVAT_MODEL_SOURCES = frozenset({"auto", "semi-auto"})
+
+
+@dataclass
+class _CvatTag:
+    label: str
+    source: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _CvatImage:
+    name: str
+    subset: str | None
+    tags: list[_CvatTag] = field(default_factory=list)
+    shapes: Counter[str] = field(default_factory=Counter)
+
+
+def _read_cvat_xml(data: bytes, name: str) -> tuple[list[_CvatImage], int]:
+    """The ``<image>`` elements of a "CVAT for images" XML and the number of ``<track>`` elements (a
+    "CVAT for video" export). Read by expat as a stream; a DTD is refused before anything is expanded:
+    CVAT never writes one, and only a DTD can declare the entities of an XML bomb."""
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    images: list[_CvatImage] = []
+    path: list[str] = []
+    tracks = 0
+    value: list[str] | None = None  # the text of the tag <attribute> being read
+    value_name = ""
+
+    def refuse_dtd(*_: object) -> None:
+        raise FormatError(
+            f"{name} declares a DTD, which CVAT never writes (its entities could expand without bound): "
+            "refused; export the annotations from CVAT again"
+        )
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal tracks, value, value_name
+        if not path and tag != "annotations":
+            raise FormatError(f"{name} is not a CVAT export: its root is <{tag}>, not <annotations>")
+        parent = path[-1] if path else ""
+        path.append(tag)
+        if parent == "annotations" and tag == "image":
+            images.append(_CvatImage(attrs.get("name", "").strip(), _text(attrs.get("subset"))))
+        elif parent == "annotations" and tag == "track":
+            tracks += 1
+        elif parent == "image" and tag == "tag":
+            images[-1].tags.append(_CvatTag(attrs.get("label", "").strip(), attrs.get("source", "")))
+        elif parent == "image" and tag in _CVAT_SHAPES:
+            images[-1].shapes[tag] += 1
+        elif tag == "attribute" and path[-3:-1] == ["image", "tag"]:
+            value, value_name = [], attrs.get("name", "").strip()
+
+    def end(tag: str) -> None:
+        nonlocal value
+        path.pop()
+        if tag == "attribute" and value is not None:
+            images[-1].tags[-1].attributes[value_name] = "".join(value).strip()
+            value = None
+
+    def text(chunk: str) -> None:
+        if value is not None:
+            value.append(chunk)
+
+    parser.StartDoctypeDeclHandler = refuse_dtd
+    parser.EntityDeclHandler = refuse_dtd
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise FormatError(
+            f"{name} is not well-formed XML ({expat.ErrorString(exc.code)}, line {exc.lineno}): "
+            "export the annotations from CVAT again"
+        ) from None
+    return images, tracks
+
+
+def _only_columns(name: str, columns: Columns, allowed: Sequence[str], why: str) -> None:
+    """A column option this format has nothing to apply to is refused, not silently ignored."""
+    given = [f"--{k}-column" for k, v in asdict(columns).items() if v is not None and k not in allowed]
+    if given:
+        raise FormatError(f"{name}: {', '.join(given)} does not apply here ({why})")
+
+
+def parse_cvat(data: bytes, name: str, files: Sequence[str], columns: Columns) -> Parsed:
+    """A CVAT "CVAT for images 1.1" export (``annotations.xml``): an image's tags are its image-level
+    ``<tag>`` labels. Boxes, polygons and the other shapes label a region of the image (a dog in a
+    corner is not a photo of a dog), so they are counted in a note, never taken as tags. A tag's
+    ``<attribute>`` is the score only when ``--score-column`` names it; an image's ``subset`` is its
+    split when every subset is a split's name. Image names are relative to the XML's folder, or to
+    ``images/`` beside it (where CVAT puts the photos of an export with images)."""
+    images, tracks = _read_cvat_xml(data, name)
+    if not images:
+        if tracks:
+            raise FormatError(
+                f"{name} is a 'CVAT for video' export ({tracks} tracks, no <image>): "
+                "export the task as 'CVAT for images 1.1'"
+            )
+        raise FormatError(f"{name} holds no <image>: export the task as 'CVAT for images 1.1'")
+    _only_columns(name, columns, ("score",), "an image's tags are its <tag> labels")
+    shapes = sum((i.shapes for i in images), Counter[str]())
+    shown = ", ".join(f"{kind} {n}" for kind, n in shapes.most_common())
+    n_tags = sum(len(i.tags) for i in images)
+    if not n_tags:
+        why = "an object annotation labels a region, not the photo; " if shapes else ""
+        raise FormatError(
+            f"{name} holds {f'{shapes.total()} object annotations ({shown}) and ' if shapes else ''}no "
+            f"image-level <tag>: {why}tag the photos in CVAT (Tag annotations) and export again"
+        )
+    notes = []
+    if shapes:
+        notes.append(
+            f"{shapes.total()} object annotations ({shown}) not read: each labels a region, not the photo"
+        )
+    attributes = list(dict.fromkeys(a for i in images for t in i.tags for a in t.attributes))
+    if columns.score is not None and columns.score not in attributes:
+        raise FormatError(
+            f"{name}: no tag attribute {columns.score!r} for the score "
+            f"(tag attributes: {', '.join(attributes) or 'none'})"
+        )
+    unused = [a for a in attributes if a != columns.score]
+    if unused:
+        numeric = [a for a in unused if _all_cvat_numbers(images, a)]
+        hint = f" ({numeric[0]!r} holds numbers: if it is the score, give --score-column {numeric[0]})"
+        notes.append(f"tag attributes not used: {', '.join(unused)}{hint if numeric else ''}")
+    subsets = {i.subset for i in images if i.subset and i.subset.lower() != "default"}
+    read_subsets = all(s.lower() in SPLIT_ALIASES for s in subsets)
+    if subsets and not read_subsets:
+        notes.append(f"subsets {', '.join(sorted(subsets))} are not all split names: not read as splits")
+    base = posixpath.dirname(name)
+    present = set(files)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for image in images:
+        origin = image.name or f"{name} <image> without a name"
+        try:
+            ref = _cvat_ref(base, image.name, present)
+            records.append(
+                Record(
+                    ref=ref,
+                    origin=origin,
+                    score=_cvat_score(image, columns.score),
+                    tags=tuple(sorted(set(_no_separator([t.label for t in image.tags if t.label])))),
+                    split=parse_split(image.subset) if read_subsets and image.subset in subsets else None,
+                )
+            )
+        except ValueError as exc:
+            problems.append(Problem(origin, str(exc)))
+    untagged = sum(1 for i in images if not i.tags)
+    if untagged:
+        notes.append(
+            f"{untagged} images have no <tag>: imported with no tags (if they are not labelled yet, "
+            "finish them in CVAT, or export only the finished jobs)"
+        )
+    by_model = sum(1 for i in images for t in i.tags if t.source in _CVAT_MODEL_SOURCES)
+    if by_model:
+        notes.append(f"{by_model} tags were proposed by a model (source auto or semi-auto), taken as labels")
+    return Parsed("cvat", records, problems, notes, score_name=columns.score, has_tags=True)
+
+
+def _cvat_score(image: _CvatImage, attribute: str | None) -> float | None:
+    """The number an image's tags give in ``attribute``; ValueError when two of its tags disagree."""
+    values = sorted({t.attributes[attribute] for t in image.tags if attribute in t.attributes})
+    if len(values) > 1:
+        raise ValueError(f"its tags give different {attribute} values ({', '.join(values)})")
+    return parse_score_cell(values[0]) if values else None
+
+
+def _all_cvat_numbers(images: Sequence[_CvatImage], attribute: str) -> bool:
+    values = [t.attributes[attribute] for i in images for t in i.tags if attribute in t.attributes]
+    try:
+        return all(parse_score_cell(v) is not None for v in values) and bool(values)
+    except ValueError:
+        return False
+
+
+def _cvat_ref(base: str, image: str, present: set[str]) -> str:
+    """Where a CVAT image name points: beside the XML, else in ``images/`` beside it."""
+    if not image:
+        raise ValueError("an <image> without a name")
+    if _WINDOWS_PATH.match(image):
+        raise ValueError("a Windows path: CVAT writes names relative to the task's files")
+    ref = posixpath.normpath(posixpath.join(base, image.replace("\\", "/")))
+    if ref.startswith("../") or ref == "..":
+        raise ValueError("the name points outside the export's folder")
+    in_images = posixpath.join(base, "images", ref[len(base) :].lstrip("/"))
+    return in_images if ref not in present and in_images in present else ref
 
 
 # --- Label Studio ---------------------------------------------------------------------------------------

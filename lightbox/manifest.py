@@ -105,7 +105,7 @@ class LabelSpec:
     score_range: tuple[float, float] | None = None  # (low, high) on the dataset's own scale
     score_range_source: str = "observed"  # "given" (--score-range) or "observed" (min and max seen)
     split_policy: str = "group"  # "given" (the source's splits) or "group" (assigned by group, seeded)
-    source_format: str = ""  # imagefolder, labelstudio, classfolders, synthetic
+    source_format: str = ""  # the import format (imagefolder, labelstudio, cvat, ...) or synthetic
     source: str = ""
     seed: int = 0
     schema: int = SCHEMA_VERSION

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from lightbox.adapters import s3
 
+# An s3:// key with one of these endings is one labels file, not a prefix.
+LABELS_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".xml")
+
 
 class SourceNotFound(FileNotFoundError):
     """The source (or a file it names) does not exist."""
@@ -74,6 +77,18 @@ class SourceTree:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise SourceNotFound(f"{path} does not exist") from None
 
+    def read_head(self, ref: str, size: int) -> bytes:
+        """The first ``size`` bytes of ``ref``, to tell a labels file's format by its content (all of it on
+        S3, where the file is small beside the photos)."""
+        if self.is_s3 or ref.startswith("s3://"):
+            return self.read(ref)[:size]
+        path = Path(ref) if os.path.isabs(ref) else Path(self.root) / ref
+        try:
+            with path.open("rb") as f:
+                return f.read(size)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise SourceNotFound(f"{path} does not exist") from None
+
     def locate(self, ref: str) -> str:
         """Where ``ref`` is, for messages and Label Studio's roots."""
         if ref.startswith("s3://") or os.path.isabs(ref):
@@ -95,10 +110,10 @@ def _walk(root: str, limit: int | None = None) -> list[str]:
 
 
 def open_tree(source: str, endpoint_url: str | None) -> SourceTree:
-    """A folder, a single export file, or an s3:// prefix (a key ending in .json/.csv/.jsonl is a file)."""
+    """A folder, a single export file, or an s3:// prefix (a key ending as a labels file does is a file)."""
     if source.startswith("s3://"):
         base, name = posixpath.split(source.rstrip("/"))
-        if name.endswith((".json", ".jsonl", ".csv")):
+        if name.lower().endswith(LABELS_FILE_SUFFIXES):
             return SourceTree(base, endpoint_url, single_file=name)
         return SourceTree(source.rstrip("/"), endpoint_url)
     path = Path(source).expanduser()

@@ -303,7 +303,11 @@ def _spec_notes(spec: LabelSpec) -> list[str]:
 
 def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
     files = tree.files()
-    fmt = options.format or formats.detect(files, source_is_file=tree.single_file is not None)
+    fmt = options.format or formats.detect(
+        files,
+        source_is_file=tree.single_file is not None,
+        head=lambda f: tree.read_head(f, formats.SNIFF_BYTES),
+    )
     if fmt not in formats.FORMATS:
         raise formats.FormatError(f"unknown format {fmt!r}: one of {', '.join(formats.FORMATS)}")
     columns = Columns(options.score_column, options.tags_column, options.split_column, options.group_column)
@@ -334,6 +338,12 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
         return _finish(formats.parse_imagefolder(files, tree.read, columns), files)
     if fmt == "classfolders":
         return _finish(formats.parse_classfolders(files), None)
+    if fmt == "cvat":
+        xml = _one(_labels_files(tree, files, fmt), "CVAT annotations.xml")
+        # Given as SOURCE, the XML's photos are beside it or in images/ below it.
+        listed = tree.files_below() if tree.single_file else files
+        parsed = formats.parse_cvat(tree.read(xml), xml, listed, columns)
+        return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
     exports = (
         [tree.single_file] if tree.single_file else [f for f in files if "/" not in f and f.endswith(".json")]
     )
@@ -343,6 +353,26 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             "give the export file itself as SOURCE"
         )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
+
+
+def _labels_files(tree: SourceTree, files: Sequence[str], fmt: str) -> list[str]:
+    """The labels files of a format told by their content: the file given as SOURCE, else those at the
+    source's top level or one folder down."""
+    if tree.single_file is not None:
+        return [tree.single_file]
+    return [
+        f for f in formats.sniffable(files) if formats.sniff(f, tree.read_head(f, formats.SNIFF_BYTES)) == fmt
+    ]
+
+
+def _one(found: Sequence[str], what: str) -> str:
+    if len(found) != 1:
+        listed = f" ({', '.join(found[:5])})" if found else ""
+        raise formats.FormatError(
+            f"expected one {what} at the source's top level or one folder down, found {len(found)}{listed}: "
+            "give the file itself as SOURCE"
+        )
+    return found[0]
 
 
 def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = False) -> Parsed:

@@ -577,3 +577,95 @@ def test_a_name_is_found_in_another_folder_only_where_its_own_holds_no_photos() 
     # 2019/ has photos of its own: its missing IMG_0001.JPG stays missing, not 2020's.
     assert [r.ref for r in matched] == ["1024x768/826373.jpg", "2019/IMG_0001.JPG", "2020/IMG_0002.JPG"]
     assert notes == ["1 names were found in another folder, the only image of that name: 1024x768/ (1)"]
+
+
+# --- CVAT ------------------------------------------------------------------------------------------------
+
+
+def _cvat_image(i: int, name: str, inner: str = "", **attrs: str) -> str:
+    extra = "".join(f' {k}="{v}"' for k, v in attrs.items())
+    return f'  <image id="{i}" name="{name}" width="96" height="64"{extra}>\n{inner}  </image>\n'
+
+
+def _cvat_tag(label: str, source: str = "manual", **attributes: str) -> str:
+    attrs = "".join(f'<attribute name="{k}">{v}</attribute>' for k, v in attributes.items())
+    return f'    <tag label="{label}" source="{source}">{attrs}</tag>\n'
+
+
+def _cvat_xml(*images: str, prolog: str = "") -> bytes:
+    meta = "<meta><task><name>shoot</name><labels><label><name>x</name></label></labels></task></meta>"
+    body = "".join(images)
+    head = f'<?xml version="1.0" encoding="utf-8"?>\n{prolog}<annotations>\n<version>1.1</version>\n'
+    return f"{head}{meta}\n{body}</annotations>\n".encode()
+
+
+_BOX = '    <box label="heron" source="manual" occluded="0" xtl="1" ytl="2" xbr="30" ybr="40" z_order="0"/>\n'
+
+
+def test_cvat_image_tags_are_the_labels_and_object_annotations_are_not() -> None:
+    xml = _cvat_xml(
+        _cvat_image(
+            0, "shoot/a.jpg", _cvat_tag("heron", quality="4") + _cvat_tag("wren", "auto"), subset="Train"
+        ),
+        _cvat_image(1, "shoot/b.jpg", _cvat_tag("heron", quality="4.5") + _BOX, subset="Test"),
+        _cvat_image(2, "shoot/c.jpg", _BOX, subset="Train"),
+    )
+    files = ["annotations.xml", "images/shoot/a.jpg", "images/shoot/b.jpg", "images/shoot/c.jpg"]
+    assert lf.detect(files, head=lambda f: xml) == "cvat"
+    parsed = lf.parse_cvat(xml, "annotations.xml", files, Columns())
+    assert [(r.ref, r.tags, r.score, r.split) for r in parsed.records] == [
+        ("images/shoot/a.jpg", ("heron", "wren"), None, "train"),
+        ("images/shoot/b.jpg", ("heron",), None, "test"),
+        ("images/shoot/c.jpg", (), None, "train"),
+    ]
+    assert parsed.format == "cvat" and parsed.has_tags and parsed.score_name is None
+    notes = " / ".join(parsed.notes)
+    assert "2 object annotations (box 2) not read: each labels a region, not the photo" in notes
+    assert "1 images have no <tag>: imported with no tags" in notes
+    assert "tag attributes not used: quality ('quality' holds numbers: if it is the score, give " in notes
+    assert "1 tags were proposed by a model" in notes
+    # A numeric attribute is the score only when named.
+    scored = lf.parse_cvat(xml, "annotations.xml", files, Columns(score="quality"))
+    assert [r.score for r in scored.records] == [4.0, 4.5, None] and scored.score_name == "quality"
+    with pytest.raises(FormatError, match="no tag attribute 'stars' for the score .tag attributes: quality."):
+        lf.parse_cvat(xml, "annotations.xml", files, Columns(score="stars"))
+    with pytest.raises(FormatError, match="--tags-column does not apply here"):
+        lf.parse_cvat(xml, "annotations.xml", files, Columns(tags="label"))
+
+
+def test_cvat_files_that_hold_no_image_labels_say_why() -> None:
+    boxes = _cvat_xml(_cvat_image(0, "a.jpg", _BOX + _BOX.replace("box", "polygon", 1)))
+    with pytest.raises(
+        FormatError,
+        match=r"2 object annotations \(box 1, polygon 1\) and no image-level <tag>: an object annotation",
+    ):
+        lf.parse_cvat(boxes, "annotations.xml", [], Columns())
+    video = _cvat_xml().replace(
+        b"</annotations>", b'<track id="0" label="heron"><box frame="0"/></track></annotations>'
+    )
+    with pytest.raises(FormatError, match="'CVAT for video' export .1 tracks"):
+        lf.parse_cvat(video, "annotations.xml", [], Columns())
+    with pytest.raises(FormatError, match="not well-formed XML .* line"):
+        lf.parse_cvat(_cvat_xml(_cvat_image(0, "a.jpg"))[:-20], "annotations.xml", [], Columns())
+    with pytest.raises(FormatError, match="not a CVAT export: its root is <dataset>"):
+        lf.parse_cvat(b"<dataset><image/></dataset>", "labels.xml", [], Columns())
+    # Two tags of one image that disagree on the named score: that image is a problem, the rest import.
+    split = _cvat_xml(
+        _cvat_image(0, "a.jpg", _cvat_tag("heron", quality="2") + _cvat_tag("wren", quality="5")),
+        _cvat_image(1, "b.jpg", _cvat_tag("heron", quality="3")),
+    )
+    parsed = lf.parse_cvat(split, "annotations.xml", ["a.jpg", "b.jpg"], Columns(score="quality"))
+    assert [r.ref for r in parsed.records] == ["b.jpg"]
+    assert parsed.problems[0].reason == "its tags give different quality values (2, 5)"
+
+
+def test_an_xml_bomb_is_refused_not_expanded() -> None:
+    entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {c} "{("&" + p + ";") * 10}">' for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    bomb = _cvat_xml(
+        _cvat_image(0, "a.jpg", _cvat_tag("&i;")), prolog=f"<!DOCTYPE annotations [{entities}]>\n"
+    )
+    assert lf.detect(["annotations.xml", "a.jpg"], head=lambda f: bomb[: lf.SNIFF_BYTES]) == "cvat"
+    with pytest.raises(FormatError, match="declares a DTD, which CVAT never writes"):
+        lf.parse_cvat(bomb, "annotations.xml", ["a.jpg"], Columns())

@@ -458,3 +458,34 @@ def test_a_table_beside_its_photos_folder_as_koniq_ships(tmp_path: Path) -> None
     ):
         importer.run(s, str(rare), ImportOptions())
     assert snapshot(s.data_dir) == before
+
+
+def test_a_cvat_export_with_images_imports_its_image_tags(tmp_path: Path) -> None:
+    """CVAT's "CVAT for images 1.1" export: annotations.xml beside images/. Image-level tags are the
+    labels, a named tag attribute the score; boxes are said in the report, never taken as tags."""
+    src = tmp_path / "cvat"
+    (src / "images" / "day1").mkdir(parents=True)
+    images = []
+    for i in range(12):
+        (src / "images" / "day1" / f"{i}.jpg").write_bytes(jpeg(photo(800 + i)))
+        box = '<box label="beak" source="manual" xtl="1" ytl="1" xbr="9" ybr="9"/>' if i % 3 == 0 else ""
+        stars = f'<attribute name="stars">{1 + i % 5}</attribute>'
+        tag = f'<tag label="{VOCAB[i % 3]}" source="manual">{stars}</tag>'
+        images.append(f'<image id="{i}" name="day1/{i}.jpg" width="96" height="64">{tag}{box}</image>')
+    xml = '<?xml version="1.0" encoding="utf-8"?>\n<annotations><version>1.1</version>' + "".join(images)
+    (src / "annotations.xml").write_text(xml + "</annotations>\n", encoding="utf-8")
+    before = snapshot(src)
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=3)
+    result = importer.run(s, str(src), ImportOptions(score_column="stars", score_range="1,5"))
+    assert snapshot(src) == before
+    assert result.format == "cvat" and result.n_images == 12 and result.n_quarantined == 0
+    assert result.tags == list(VOCAB) and result.score_name == "stars" and result.score_range == [1.0, 5.0]
+    rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
+    assert rows["day1/4.jpg"]["tags"] == VOCAB[1] and float(rows["day1/4.jpg"]["score"]) == 5.0
+    report = (s.reports_dir / "import.md").read_text()
+    assert "(cvat)" in report and "4 object annotations (box 4) not read" in report
+    # The XML given as SOURCE finds the same photos.
+    again = importer.run(
+        settings_for(tmp_path / "b", golden_fraction=0.0, min_tag_count=3), str(src / "annotations.xml")
+    )
+    assert again.format == "cvat" and again.n_images == 12 and again.score_name is None
