@@ -185,7 +185,9 @@ def data_import(
     source: Annotated[str, typer.Argument(help="a folder, an export file, or s3://bucket/prefix")],
     format: Annotated[
         str | None,
-        typer.Option("--format", help="imagefolder | labelstudio | classfolders | cvat (default: detected)"),
+        typer.Option(
+            "--format", help="imagefolder | labelstudio | classfolders | cvat | fiftyone (default: detected)"
+        ),
     ] = None,
     score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,
     tags_column: Annotated[

@@ -344,6 +344,16 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
         listed = tree.files_below() if tree.single_file else files
         parsed = formats.parse_cvat(tree.read(xml), xml, listed, columns)
         return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
+    if fmt == "fiftyone":
+        found = _labels_files(tree, files, fmt)
+        if not found:
+            raise formats.FormatError(
+                "no FiftyOne labels.json or samples.json at the source's top level or one folder down: "
+                "give the file itself as SOURCE"
+            )
+        listed = tree.files_below() if tree.single_file else files
+        parsed = formats.parse_fiftyone(tree.read, found, listed, columns)
+        return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
     exports = (
         [tree.single_file] if tree.single_file else [f for f in files if "/" not in f and f.endswith(".json")]
     )
@@ -384,7 +394,9 @@ def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = 
         if only_their_folders:
             folders = {posixpath.dirname(r.ref) for r in parsed.records}
             files = [f for f in files if posixpath.dirname(f) in folders]
-        parsed.notes += notes + formats.unlisted_images(parsed.records, parsed.problems, files)
+        parsed.notes += notes + formats.unlisted_images(
+            parsed.records, parsed.problems, files, parsed.left_out
+        )
     parsed.notes += formats.tag_case_notes(parsed.records)
     return parsed
 

@@ -669,3 +669,115 @@ def test_an_xml_bomb_is_refused_not_expanded() -> None:
     assert lf.detect(["annotations.xml", "a.jpg"], head=lambda f: bomb[: lf.SNIFF_BYTES]) == "cvat"
     with pytest.raises(FormatError, match="declares a DTD, which CVAT never writes"):
         lf.parse_cvat(bomb, "annotations.xml", ["a.jpg"], Columns())
+
+
+# --- FiftyOne --------------------------------------------------------------------------------------------
+
+
+def test_fiftyone_image_classification_labels_json() -> None:
+    labels = {
+        "classes": ["heron", "kestrel", "wren"],
+        "labels": {
+            "6f1c": 0,
+            "77ab": [1, 2],  # multilabel (Classifications)
+            "8c3d": {"label": 2, "confidence": 0.9},
+            "9d4e": None,  # not labelled
+            "a5f0": 7,
+        },
+    }
+    data = json.dumps(labels).encode()
+    files = ["train/labels.json", "train/data/6f1c.jpg", "train/data/77ab.png", "train/data/8c3d.jpg"]
+    files += ["train/data/9d4e.jpg", "train/data/a5f0.jpg"]
+    assert lf.detect(files, head=lambda f: data) == "fiftyone"
+    assert lf.detect(["labels.json"], source_is_file=True, head=lambda f: data) == "fiftyone"
+    parsed = lf.parse_fiftyone(
+        {"train/labels.json": data}.__getitem__, ["train/labels.json"], files, Columns()
+    )
+    assert [(r.ref, r.tags, r.split) for r in parsed.records] == [
+        ("train/data/6f1c.jpg", ("heron",), "train"),
+        ("train/data/77ab.png", ("kestrel", "wren"), "train"),
+        ("train/data/8c3d.jpg", ("wren",), "train"),
+    ]
+    assert [(p.origin, p.reason) for p in parsed.problems] == [
+        ("train/data/a5f0.jpg", "class index 7 is not one of the 3 classes")
+    ]
+    assert parsed.left_out == ["train/data/9d4e.jpg"] and parsed.has_tags and parsed.score_name is None
+    assert "1 photos have no label (null: not labelled yet), left out" in parsed.notes
+    assert any("1 labels carry a confidence" in n for n in parsed.notes)
+    assert lf.unlisted_images(parsed.records, parsed.problems, files, parsed.left_out) == []
+    # Without classes, the labels are the class names themselves.
+    named = json.dumps({"classes": None, "labels": {"6f1c": "Grey heron"}}).encode()
+    parsed = lf.parse_fiftyone(
+        {"labels.json": named}.__getitem__, ["labels.json"], ["data/6f1c.jpg"], Columns()
+    )
+    assert [(r.ref, r.tags) for r in parsed.records] == [("data/6f1c.jpg", ("Grey heron",))]
+
+
+def _fo_sample(path: str, tags: list[str], **fields: object) -> dict:
+    return {"_id": {"$oid": "65a1"}, "filepath": path, "tags": tags, "metadata": None, **fields}
+
+
+def _fo_label(label: str) -> dict:
+    return {"_id": {"$oid": "65b2"}, "_cls": "Classification", "tags": [], "label": label, "confidence": None}
+
+
+def test_fiftyone_dataset_samples_json() -> None:
+    samples = [
+        _fo_sample(
+            "data/a.jpg",
+            ["train", "reviewed"],
+            ground_truth=_fo_label("heron"),
+            predictions=_fo_label("wren"),
+            quality={"_cls": "Regression", "value": 7.5},
+            uniqueness=0.4,
+            boxes={"_cls": "Detections", "detections": []},
+        ),
+        _fo_sample(
+            "data/b.jpg",
+            ["test"],
+            ground_truth={
+                "_cls": "Classifications",
+                "classifications": [_fo_label("wren"), _fo_label("heron")],
+            },
+            predictions=None,
+            quality={"_cls": "Regression", "value": 3},
+            uniqueness=0.9,
+        ),
+        _fo_sample("data/c.jpg", [], ground_truth=None, quality=None),  # not labelled
+    ]
+    data = json.dumps({"samples": samples}).encode()
+    read = {"samples.json": data}.__getitem__
+    files = ["metadata.json", "samples.json", "data/a.jpg", "data/b.jpg", "data/c.jpg"]
+    assert lf.detect(files, head=lambda f: data if f == "samples.json" else b'{"name": "x"}') == "fiftyone"
+    parsed = lf.parse_fiftyone(read, ["samples.json"], files, Columns())
+    assert [(r.ref, r.tags, r.score, r.split) for r in parsed.records] == [
+        ("data/a.jpg", ("heron",), 7.5, "train"),
+        ("data/b.jpg", ("heron", "wren"), 3.0, "test"),
+    ]
+    assert parsed.score_name == "quality" and parsed.has_tags and parsed.left_out == ["data/c.jpg"]
+    notes = " / ".join(parsed.notes)
+    assert "object annotation fields not read (each labels a region, not the photo): boxes" in notes
+    assert "fields not used: predictions, uniqueness" in notes
+    assert "sample tags are not labels, not read: reviewed (1)" in notes
+    picked = lf.parse_fiftyone(read, ["samples.json"], files, Columns(tags="predictions", score="uniqueness"))
+    assert [(r.tags, r.score) for r in picked.records] == [(("wren",), 0.4), ((), 0.9)]
+    with pytest.raises(FormatError, match="no tags field 'label' .label and number fields: ground_truth"):
+        lf.parse_fiftyone(read, ["samples.json"], files, Columns(tags="label"))
+    two = json.dumps({"samples": [_fo_sample("a.jpg", [], mine=_fo_label("x"), theirs=_fo_label("y"))]})
+    with pytest.raises(FormatError, match=r"several classification fields \(mine, theirs\): pick one"):
+        lf.parse_fiftyone({"s.json": two.encode()}.__getitem__, ["s.json"], [], Columns())
+
+
+def test_json_objects_that_are_no_label_studio_export_say_what_they_are() -> None:
+    manifest = json.dumps({"type": "eta.core.datasets.LabeledImageDataset", "index": []}).encode()
+    assert lf.detect(["manifest.json", "data/a.jpg"], head=lambda f: manifest) == "fiftyone"
+    with pytest.raises(
+        FormatError, match="a FiftyOneImageLabelsDataset, which lightbox does not read: export"
+    ):
+        lf.parse_fiftyone({"manifest.json": manifest}.__getitem__, ["manifest.json"], [], Columns())
+    coco = json.dumps({"images": [], "annotations": [], "categories": []}).encode()
+    assert lf.detect(["instances.json", "a.jpg"], head=lambda f: coco) == "labelstudio"
+    with pytest.raises(
+        FormatError, match="not an object: it looks like COCO, whose annotations label regions"
+    ):
+        lf.parse_labelstudio(coco, "instances.json", Roots(export_dir="/e"), Columns())

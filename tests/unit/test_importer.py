@@ -489,3 +489,28 @@ def test_a_cvat_export_with_images_imports_its_image_tags(tmp_path: Path) -> Non
         settings_for(tmp_path / "b", golden_fraction=0.0, min_tag_count=3), str(src / "annotations.xml")
     )
     assert again.format == "cvat" and again.n_images == 12 and again.score_name is None
+
+
+def test_a_fiftyone_classification_export_per_split_imports_with_its_splits(tmp_path: Path) -> None:
+    """FiftyOneImageClassificationDataset exported per split: train/ and test/, each a labels.json with
+    class indices and data/<uuid>.<ext>; an unlabelled photo (null) is left out and counted."""
+    src = tmp_path / "fo"
+    for split, seeds in (("train", range(12)), ("test", range(12, 16))):
+        (src / split / "data").mkdir(parents=True)
+        labels: dict[str, int | None] = {}
+        for i in seeds:
+            uuid = f"{i:04x}c0ffee"
+            (src / split / "data" / f"{uuid}.jpg").write_bytes(jpeg(photo(900 + i)))
+            labels[uuid] = i % 3
+        (src / split / "data" / "ffffffff.jpg").write_bytes(jpeg(photo(999)))
+        labels["ffffffff"] = None
+        doc = {"classes": list(VOCAB), "labels": labels}
+        (src / split / "labels.json").write_text(json.dumps(doc), encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=1)
+    result = importer.run(s, str(src))
+    assert result.format == "fiftyone" and result.n_images == 16 and result.n_quarantined == 0
+    assert result.tags == list(VOCAB) and result.splits["test"] == 4
+    assert "2 photos have no label (null: not labelled yet), left out" in result.notes
+    assert not any("in no labels file" in n for n in result.notes)
+    rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
+    assert rows["train/data/0004c0ffee.jpg"]["tags"] == VOCAB[1]
