@@ -36,8 +36,8 @@ def _text(description: str) -> Param:
         "format": Param(
             None,
             type=["null", "string"],
-            enum=[None, "imagefolder", "labelstudio", "classfolders", "cvat", "fiftyone"],
-            description="imagefolder, labelstudio, classfolders, cvat or fiftyone; empty: detected",
+            enum=[None, "imagefolder", "labelstudio", "classfolders", "cvat", "fiftyone", "celeba", "ava"],
+            description="the labels' format (README: Formats); empty: detected from the source",
         ),
         "score_column": _text("score column or Label Studio control (default: score)"),
         "tags_column": _text("tags column, Label Studio control, or 0/1 columns A,B,C (default: tags)"),

@@ -186,7 +186,9 @@ def data_import(
     format: Annotated[
         str | None,
         typer.Option(
-            "--format", help="imagefolder | labelstudio | classfolders | cvat | fiftyone (default: detected)"
+            "--format",
+            help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava "
+            "(default: detected)",
         ),
     ] = None,
     score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,

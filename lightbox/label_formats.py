@@ -15,6 +15,8 @@ bytes (``detect``), or forced:
   annotations label a region, not the photo), a tag attribute named with --score-column the score.
 - ``fiftyone``: FiftyOne's ``FiftyOneImageClassificationDataset`` (``labels.json`` beside ``data/``)
   and ``FiftyOneDataset`` (``samples.json``: Classification(s) fields for tags, Regression for scores).
+- ``celeba``: an attribute list in CelebA's layout (``list_attr_celeba.txt``): -1/1 flags, one-hot tags.
+- ``ava``: AVA's ``AVA.txt`` (vote counts for the scores 1..10): the score is the mean vote.
 
 A row that cannot be read becomes a ``Problem`` (origin, reason) for the report; the others go on.
 """
@@ -39,7 +41,15 @@ from xml.parsers import expat
 from lightbox.imaging import describe_by_extension, extension, is_image_name
 from lightbox.manifest import OPTIONAL_COLUMNS, SPLITS
 
-FORMATS: tuple[str, ...] = ("imagefolder", "labelstudio", "classfolders", "cvat", "fiftyone")
+FORMATS: tuple[str, ...] = (
+    "imagefolder",
+    "labelstudio",
+    "classfolders",
+    "cvat",
+    "fiftyone",
+    "celeba",
+    "ava",
+)
 # Roboflow writes ``_classes.csv`` (a file column and one 0/1 column per class) in each split's folder.
 METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv", "_classes.csv")
 SPLIT_ALIASES: Mapping[str, str] = {
@@ -125,6 +135,7 @@ class Parsed:
     has_tags: bool = False
     # Photos the labels name and leave out on purpose (not labelled yet): not listed as unlisted.
     left_out: list[str] = field(default_factory=list)
+    score_range: tuple[float, float] | None = None  # the scale the format defines (AVA's 1..10)
 
 
 @dataclass(frozen=True)
@@ -284,8 +295,8 @@ def detect(
         if name.lower().endswith(".json"):
             return "labelstudio"
         raise FormatError(
-            f"{name!r} is neither a labels table (.csv, .tsv, .jsonl), a Label Studio JSON export nor a "
-            "CVAT annotations.xml"
+            f"{name!r} is not a labels file lightbox reads: a table (.csv, .tsv, .jsonl), a Label Studio "
+            "or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list or AVA's AVA.txt"
         )
     if metadata_files(files):
         return "imagefolder"
@@ -311,14 +322,15 @@ def detect(
         return "classfolders"
     raise FormatError(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
-        "Studio .json export, a CVAT annotations.xml, a FiftyOne labels.json or samples.json, or one "
-        "folder of images per tag (classfolders); use --format to force one"
+        "Studio .json export, a CVAT annotations.xml, a FiftyOne labels.json or samples.json, a CelebA "
+        "attribute list, AVA's AVA.txt, or one folder of images per tag (classfolders); use --format "
+        "to force one"
     )
 
 
 # How much of a labels file is read to tell its format by content.
 SNIFF_BYTES = 65_536
-_SNIFFED_SUFFIXES = (".xml", ".json")
+_SNIFFED_SUFFIXES = (".xml", ".json", ".txt")
 _SNIFFED_MAX = 64  # files looked into: a folder may hold a sidecar per photo
 
 
@@ -342,6 +354,8 @@ def sniff(name: str, head: bytes) -> str | None:
     if name.lower().endswith(".json"):
         head = head.removeprefix(b"\xef\xbb\xbf")
         return "fiftyone" if _FIFTYONE_JSON.match(head) or _ETA_MANIFEST in head[:4096] else None
+    if name.lower().endswith(".txt"):
+        return _sniff_text(head, complete=len(head) < SNIFF_BYTES)
     return None
 
 
@@ -1137,6 +1151,136 @@ def _fo_split(sample_tags: Sequence[str]) -> str | None:
     if len(splits) > 1:
         raise ValueError(f"sample tags name several splits ({', '.join(sorted(splits))})")
     return next(iter(splits), None)
+
+
+# --- attribute lists and vote counts (CelebA, AVA) --------------------------------------------------------
+
+_FLAG_VALUES = frozenset({"-1", "0", "1"})
+CELEBA_PARTITION = "list_eval_partition.txt"  # CelebA's own train (0) / validation (1) / test (2) split
+_CELEBA_SPLITS = {"0": "train", "1": "validation", "2": "test"}
+AVA_SCALE = (1.0, 10.0)  # AVA's votes are for the scores 1..10
+
+
+def _sniff_text(head: bytes, complete: bool) -> str | None:
+    """``celeba`` for an attribute list (a count, a line of attribute names, then ``name -1 1 ...``),
+    ``ava`` for AVA's vote counts (15 integers a line), None for anything else. ``complete``: the head is
+    the whole file (else its last line may be cut)."""
+    lines = [line.split() for line in head.decode("utf-8", "replace").splitlines()]
+    lines = [t for t in (lines if complete else lines[:-1]) if t][:20]
+    if len(lines) >= 3 and len(lines[0]) == 1 and lines[0][0].isdigit():
+        names = lines[1]
+        # Most rows, not all: a bad row is that row's problem, not a reason to miss the format.
+        flags = [len(r) == len(names) + 1 and set(r[1:]) <= _FLAG_VALUES for r in lines[2:]]
+        if not any(_is_int(n) for n in names) and 5 * sum(flags) >= 4 * len(flags):
+            return "celeba"
+    if lines and all(len(t) == 15 and all(v.isdigit() for v in t) for t in lines):
+        return "ava"
+    return None
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def parse_celeba(data: bytes, name: str, columns: Columns, partition: bytes | None = None) -> Parsed:
+    """CelebA's ``list_attr_celeba.txt`` (or any list in its layout): a count, a line of attribute names,
+    then a photo's name and one -1/1 flag per attribute; a photo's tags are the attributes it has (those
+    named by ``--tags-column A,B,...``, when given). ``partition``: CelebA's ``list_eval_partition.txt``
+    (``name 0|1|2``), the splits, when given."""
+    _only_columns(name, columns, ("tags",), "the attributes are the tags")
+    text, notes = _decode_text(name, data)
+    lines = text.splitlines()
+    names = lines[1].split() if len(lines) > 1 else []
+    if not lines or not lines[0].strip().isdigit() or not names:
+        raise FormatError(f"{name} is not an attribute list: expected a count, then the attribute names")
+    kept = [n.strip() for n in columns.tags.split(",") if n.strip()] if columns.tags else names
+    missing = [n for n in kept if n not in names]
+    if missing:
+        raise FormatError(
+            f"{name}: no attribute {missing[0]!r} for --tags-column (attributes: {' '.join(names)})"
+        )
+    splits = _celeba_splits(partition) if partition is not None else {}
+    base = posixpath.dirname(name)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for at, line in enumerate(lines[2:], start=3):
+        values = line.split()
+        if not values:
+            continue
+        origin = f"{name}:{at}"
+        if len(values) != len(names) + 1:
+            problems.append(
+                Problem(origin, f"line {at} has {len(values) - 1} flags, the header {len(names)}")
+            )
+            continue
+        ref = posixpath.join(base, values[0])
+        try:
+            tags = _one_hot_tags(dict(zip(names, values[1:], strict=True)), kept)
+        except ValueError as exc:
+            problems.append(Problem(ref, str(exc), ref))
+            continue
+        records.append(Record(ref=ref, origin=ref, tags=tags, split=splits.get(values[0])))
+    declared = int(lines[0])
+    if declared != len(records) + len(problems):
+        notes.append(f"{name} declares {declared} photos and lists {len(records) + len(problems)}")
+    shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+    notes.append(
+        f"tags from {len(kept)} attributes ({shown}): a photo has those marked 1"
+        + ("" if columns.tags else " (keep some with --tags-column A,B,...)")
+    )
+    if splits:
+        notes.append(f"splits from {CELEBA_PARTITION} (CelebA's own train, validation and test)")
+    return Parsed("celeba", records, problems, notes, has_tags=True)
+
+
+def _celeba_splits(partition: bytes) -> dict[str, str]:
+    """Photo name -> split, from ``list_eval_partition.txt``; FormatError when it is not that file."""
+    splits = {}
+    for line in partition.decode("utf-8", "replace").splitlines():
+        values = line.split()
+        if values and (len(values) != 2 or values[1] not in _CELEBA_SPLITS):
+            raise FormatError(
+                f"{CELEBA_PARTITION}: {line.strip()[:60]!r} is not 'name 0|1|2': fix or remove it"
+            )
+        if values:
+            splits[values[0]] = _CELEBA_SPLITS[values[1]]
+    return splits
+
+
+def parse_ava(data: bytes, name: str, columns: Columns) -> Parsed:
+    """AVA's ``AVA.txt``: on each line an index, the image id, the votes for the scores 1 to 10, two
+    semantic tag ids and the challenge id; the photo is ``<image id>.jpg``. Its score is the mean vote,
+    on AVA's 1..10 scale. The semantic tags are left out: most photos have fewer than two, so a photo
+    without a tag is no example of its absence."""
+    _only_columns(name, columns, (), "the score is the mean vote")
+    text, notes = _decode_text(name, data)
+    base = posixpath.dirname(name)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for at, line in enumerate(text.splitlines(), start=1):
+        values = line.split()
+        if not values:
+            continue
+        if len(values) != 15 or not all(v.isdigit() for v in values):
+            problems.append(
+                Problem(
+                    f"{name}:{at}",
+                    f"line {at} is not index, image id, 10 vote counts, 2 tag ids and a challenge id",
+                )
+            )
+            continue
+        ref = posixpath.join(base, f"{values[1]}.jpg")
+        votes = [int(v) for v in values[2:12]]
+        if not sum(votes):
+            problems.append(Problem(ref, "no votes", ref))
+            continue
+        mean = sum(score * n for score, n in enumerate(votes, start=1)) / sum(votes)
+        records.append(Record(ref=ref, origin=ref, score=mean))
+    notes.append(
+        "the score is each photo's mean vote on AVA's 1..10 scale; its semantic tag and challenge ids "
+        "are not read"
+    )
+    return Parsed("ava", records, problems, notes, score_name="mean_vote", score_range=AVA_SCALE)
 
 
 # --- Label Studio ---------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class LabelSpec:
     min_tag_count: int = 5
     score_name: str | None = None  # None: the dataset has no score labels
     score_range: tuple[float, float] | None = None  # (low, high) on the dataset's own scale
-    score_range_source: str = "observed"  # "given" (--score-range) or "observed" (min and max seen)
+    score_range_source: str = "observed"  # "given" (--score-range, or the format's scale) or "observed"
     split_policy: str = "group"  # "given" (the source's splits) or "group" (assigned by group, seeded)
     source_format: str = ""  # the import format (imagefolder, labelstudio, cvat, ...) or synthetic
     source: str = ""

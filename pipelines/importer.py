@@ -180,7 +180,7 @@ def _import(
 
     old_rows = existing[0] if existing else []
     old_spec = existing[1] if existing else None
-    score_range, range_source = _score_range(photos, old_rows, given_range, old_spec)
+    score_range, range_source = _score_range(photos, old_rows, given_range or parsed.score_range, old_spec)
     if score_range is not None:
         problems += _out_of_range(photos, score_range)
     if parsed.score_name is None and not parsed.has_tags and not old_rows:
@@ -343,6 +343,18 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
         # Given as SOURCE, the XML's photos are beside it or in images/ below it.
         listed = tree.files_below() if tree.single_file else files
         parsed = formats.parse_cvat(tree.read(xml), xml, listed, columns)
+        return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
+    if fmt in ("celeba", "ava"):
+        what = "CelebA attribute list" if fmt == "celeba" else "AVA.txt"
+        name = _one(_labels_files(tree, files, fmt), what)
+        # Given as SOURCE, the list's photos are found below its folder (CelebA's img_align_celeba/).
+        listed = tree.files_below() if tree.single_file else files
+        if fmt == "ava":
+            parsed = formats.parse_ava(tree.read(name), name, columns)
+        else:
+            partition = next((f for f in listed if posixpath.basename(f) == formats.CELEBA_PARTITION), None)
+            split_data = tree.read(partition) if partition else None
+            parsed = formats.parse_celeba(tree.read(name), name, columns, split_data)
         return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
     if fmt == "fiftyone":
         found = _labels_files(tree, files, fmt)

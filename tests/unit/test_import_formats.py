@@ -781,3 +781,80 @@ def test_json_objects_that_are_no_label_studio_export_say_what_they_are() -> Non
         FormatError, match="not an object: it looks like COCO, whose annotations label regions"
     ):
         lf.parse_labelstudio(coco, "instances.json", Roots(export_dir="/e"), Columns())
+
+
+# --- CelebA's attribute list and AVA's vote counts --------------------------------------------------------
+
+
+_CELEBA = b"3\nBald Bangs Smiling \n000001.jpg -1  1  1\n000002.jpg  1 -1 -1\n000003.jpg -1 -1  2\n"
+_AVA = b"1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396\n2 953958 10 7 15 26 26 21 10 8 1 2 15 0 1396\n"
+
+
+def test_celeba_and_ava_lists_are_told_by_their_content() -> None:
+    # One bad row among many does not hide the format (it is that row's problem).
+    celeba = _CELEBA + b"".join(f"00000{i}.jpg 1 1 -1\n".encode() for i in range(4, 8))
+    heads = {
+        "Anno/list_attr_celeba.txt": celeba,
+        "AVA_dataset/AVA.txt": _AVA,
+        "readme.txt": b"CelebA 2015\n",
+    }
+    head = heads.__getitem__
+    assert lf.detect(["readme.txt", "Anno/list_attr_celeba.txt", "Img/a/000001.jpg"], head=head) == "celeba"
+    assert lf.detect(["AVA_dataset/AVA.txt", "images/953619.jpg"], head=head) == "ava"
+    assert lf.detect(["AVA.txt"], source_is_file=True, head=lambda f: _AVA) == "ava"
+    assert lf.detect(["attrs.txt"], source_is_file=True, head=lambda f: celeba) == "celeba"
+    # Named as CelebA's and AVA's files are, but holding something else: not taken for them.
+    with pytest.raises(FormatError, match="'AVA.txt' is not a labels file lightbox reads: a table"):
+        lf.detect(["AVA.txt"], source_is_file=True, head=lambda f: b"1 953619 0 1 5\n")
+    assert lf.sniff("list_attr_celeba.txt", b"2\nBald Bangs\n000001.jpg -1 yes\n") is None
+    # A head cut inside a line is read up to its last whole line.
+    assert lf.sniff("AVA.txt", (_AVA * 4000)[: lf.SNIFF_BYTES]) == "ava"
+
+
+def test_celeba_attributes_are_one_hot_tags_and_its_partition_the_splits() -> None:
+    parsed = lf.parse_celeba(_CELEBA, "Anno/list_attr_celeba.txt", Columns(), b"000001.jpg 0\n000002.jpg 2\n")
+    assert [(r.ref, r.tags, r.split) for r in parsed.records] == [
+        ("Anno/000001.jpg", ("Bangs", "Smiling"), "train"),
+        ("Anno/000002.jpg", ("Bald",), "test"),
+    ]
+    assert [(p.origin, p.reason) for p in parsed.problems] == [
+        ("Anno/000003.jpg", "Smiling is '2', not 0 or 1")
+    ]
+    assert parsed.has_tags and parsed.score_name is None and parsed.format == "celeba"
+    assert parsed.notes[0] == (
+        "tags from 3 attributes (Bald, Bangs, Smiling): a photo has those marked 1 "
+        "(keep some with --tags-column A,B,...)"
+    )
+    short = lf.parse_celeba(b"5\nBald Bangs\n000001.jpg -1\n000002.jpg 1 1\n", "attrs.txt", Columns())
+    assert [r.ref for r in short.records] == ["000002.jpg"]
+    assert short.problems[0].reason == "line 3 has 1 flags, the header 2"
+    assert "attrs.txt declares 5 photos and lists 2" in short.notes
+    with pytest.raises(FormatError, match="list_eval_partition.txt: '000001.jpg train' is not 'name 0|1|2'"):
+        lf.parse_celeba(_CELEBA, "attrs.txt", Columns(), b"000001.jpg train\n")
+    # A few attributes kept as tags, by name; a score column has nothing to name.
+    kept = lf.parse_celeba(_CELEBA, "attrs.txt", Columns(tags="Bald, Smiling"))
+    assert [(r.ref, r.tags) for r in kept.records] == [
+        ("000001.jpg", ("Smiling",)),
+        ("000002.jpg", ("Bald",)),
+    ]
+    with pytest.raises(
+        FormatError, match="no attribute 'Young' for --tags-column .attributes: Bald Bangs Smiling"
+    ):
+        lf.parse_celeba(_CELEBA, "attrs.txt", Columns(tags="Young"))
+    with pytest.raises(FormatError, match="--score-column does not apply here .the attributes are the tags"):
+        lf.parse_celeba(_CELEBA, "attrs.txt", Columns(score="Smiling"))
+
+
+def test_ava_scores_are_the_mean_vote_on_its_1_to_10_scale() -> None:
+    parsed = lf.parse_ava(
+        _AVA + b"3 953980 0 0 0 0 0 0 0 0 0 0 0 0 1396\n4 953981 1 2\n", "AVA.txt", Columns()
+    )
+    assert [r.ref for r in parsed.records] == ["953619.jpg", "953958.jpg"]
+    # 953619: (1*0 + 2*1 + 3*5 + 4*17 + 5*38 + 6*36 + 7*15 + 8*6 + 9*5 + 10*1) / 124 votes
+    assert parsed.records[0].score == pytest.approx(699 / 124)
+    assert parsed.records[1].score == pytest.approx(592 / 126)
+    assert [(p.origin, p.reason) for p in parsed.problems] == [
+        ("953980.jpg", "no votes"),
+        ("AVA.txt:4", "line 4 is not index, image id, 10 vote counts, 2 tag ids and a challenge id"),
+    ]
+    assert parsed.score_name == "mean_vote" and parsed.score_range == (1.0, 10.0) and not parsed.has_tags

@@ -514,3 +514,43 @@ def test_a_fiftyone_classification_export_per_split_imports_with_its_splits(tmp_
     assert not any("in no labels file" in n for n in result.notes)
     rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
     assert rows["train/data/0004c0ffee.jpg"]["tags"] == VOCAB[1]
+
+
+def test_celeba_and_ava_folders_as_they_ship(tmp_path: Path) -> None:
+    """CelebA: Anno/list_attr_celeba.txt, Eval/list_eval_partition.txt and Img/img_align_celeba/; AVA:
+    AVA_dataset/AVA.txt beside images/. Both are told by their content, their photos found by name."""
+    celeba = tmp_path / "celeba"
+    for folder in ("Anno", "Eval", "Img/img_align_celeba"):
+        (celeba / folder).mkdir(parents=True)
+    attrs, parts = ["12", "Eyeglasses Smiling Wavy_Hair"], []
+    for i in range(1, 13):
+        (celeba / "Img" / "img_align_celeba" / f"{i:06d}.jpg").write_bytes(jpeg(photo(1000 + i)))
+        attrs.append(f"{i:06d}.jpg {' '.join(('1' if (i + k) % 3 == 0 else '-1') for k in range(3))}")
+        parts.append(f"{i:06d}.jpg {0 if i <= 8 else 1 if i <= 10 else 2}")
+    (celeba / "Anno" / "list_attr_celeba.txt").write_text("\n".join(attrs) + "\n")
+    (celeba / "Eval" / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+    s = settings_for(tmp_path / "c", golden_fraction=0.0, min_tag_count=2)
+    result = importer.run(s, str(celeba))
+    assert result.format == "celeba" and result.n_images == 12 and result.n_quarantined == 0
+    assert result.tags == ["Eyeglasses", "Smiling", "Wavy_Hair"] and result.score_name is None
+    assert result.splits == {"train": 8, "validation": 2, "test": 2}
+    rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
+    assert rows["000003.jpg"]["tags"] == "Eyeglasses" and rows["000001.jpg"]["tags"] == "Wavy_Hair"
+
+    ava = tmp_path / "ava"
+    (ava / "AVA_dataset").mkdir(parents=True)
+    (ava / "images").mkdir()
+    lines = []
+    for i in range(12):
+        (ava / "images" / f"{9000 + i}.jpg").write_bytes(jpeg(photo(1100 + i)))
+        votes = [0] * 10
+        votes[i % 10] = 4  # every vote on one score: the mean is that score
+        lines.append(f"{i + 1} {9000 + i} {' '.join(map(str, votes))} 0 0 1396")
+    (ava / "AVA_dataset" / "AVA.txt").write_text("\n".join(lines) + "\n")
+    s = settings_for(tmp_path / "a", golden_fraction=0.0)
+    result = importer.run(s, str(ava))
+    assert result.format == "ava" and result.n_images == 12 and result.n_quarantined == 0
+    assert result.score_name == "mean_vote" and result.score_range == [1.0, 10.0] and result.tags == []
+    rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
+    assert float(rows["9003.jpg"]["score"]) == 4.0 and float(rows["9011.jpg"]["score"]) == 2.0
+    assert manifest.read_label_spec(s.data_dir).score_range_source == "given"
