@@ -26,16 +26,21 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
 import posixpath
 import re
 import unicodedata
+import warnings
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from xml.etree import ElementTree
 from xml.parsers import expat
 
 from lightbox.imaging import describe_by_extension, extension, is_image_name
@@ -68,7 +73,9 @@ SPLIT_ALIASES: Mapping[str, str] = {
 SCORE_COLUMNS: tuple[str, ...] = ("score", "rating", "stars")
 TAGS_COLUMNS: tuple[str, ...] = ("tags", "tag", "labels", "label", "choice", "choices")
 # A labels file given as SOURCE (any name), read as imagefolder metadata.
-TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".xlsx")
+# Spreadsheets lightbox does not open: saved as .xlsx or CSV, they are read.
+OTHER_SPREADSHEETS: tuple[str, ...] = (".xls", ".xlsm", ".xlsb", ".ods", ".numbers")
 # The image file column when there is no ``file_name`` (Hugging Face's name): what other tools write.
 FILE_COLUMNS: tuple[str, ...] = (
     "file_name",
@@ -294,9 +301,13 @@ def detect(
             return "imagefolder"
         if name.lower().endswith(".json"):
             return "labelstudio"
+        if name.lower().endswith(OTHER_SPREADSHEETS):
+            raise FormatError(
+                f"{name!r}: lightbox reads Excel .xlsx workbooks and CSV; save it as one of them"
+            )
         raise FormatError(
-            f"{name!r} is not a labels file lightbox reads: a table (.csv, .tsv, .jsonl), a Label Studio "
-            "or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list or AVA's AVA.txt"
+            f"{name!r} is not a labels file lightbox reads: a table (.csv, .tsv, .jsonl, .xlsx), a Label "
+            "Studio or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list or AVA's AVA.txt"
         )
     if metadata_files(files):
         return "imagefolder"
@@ -428,7 +439,10 @@ def _decode_text(name: str, data: bytes) -> tuple[str, list[str]]:
 
 
 def _read_table(name: str, data: bytes) -> _Table:
-    """The rows of a labels file (JSON lines, or CSV/TSV with the separator its header uses)."""
+    """The rows of a labels file (JSON lines, an Excel workbook, or CSV/TSV with the separator its
+    header uses)."""
+    if name.lower().endswith(".xlsx"):
+        return _read_workbook(name, data)
     text, notes = _decode_text(name, data)
     rows: list[tuple[int, dict]] = []
     if name.lower().endswith(".jsonl"):
@@ -463,6 +477,66 @@ def _read_table(name: str, data: bytes) -> _Table:
             continue  # a spreadsheet's blank rows
         rows.append((at, row))
     return _Table(rows, list(reader.fieldnames or ()), notes, decimal_comma=delimiter != ",")
+
+
+def _read_workbook(name: str, data: bytes) -> _Table:
+    """An Excel workbook's rows, read as a CSV's would be (every cell as text, so that an id typed as a
+    number is a name, not 1000.0): from the first sheet whose header names the image files, else from
+    the first sheet (said in a note when there are several)."""
+    import openpyxl  # only an Excel labels file needs it
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no default style" and the like: not the user's
+            book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        try:
+            return _read_sheets(name, book)
+        finally:
+            book.close()
+    # What a file that is no workbook raises; and expat's refusal of an entity bomb in a sheet.
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, ElementTree.ParseError) as exc:
+        raise FormatError(
+            f"{name} is not an Excel workbook lightbox can read ({exc}): save it again"
+        ) from None
+
+
+def _read_sheets(name: str, book: Any) -> _Table:
+    headers = {ws.title: _sheet_header(ws.iter_rows(values_only=True)) for ws in book.worksheets}
+    with_files = [t for t, (_, header) in headers.items() if _first_named(header, FILE_COLUMNS)]
+    title = with_files[0] if with_files else book.worksheets[0].title
+    notes = []
+    if len(headers) > 1:
+        others = f"; {', '.join(with_files[1:])} also name files" if len(with_files) > 1 else ""
+        notes.append(f"{name}: read the sheet {title!r} of {len(headers)}{others}")
+    at, columns = headers[title]
+    rows: list[tuple[int, dict]] = []
+    for line, values in enumerate(book[title].iter_rows(min_row=at + 1, values_only=True), start=at + 1):
+        cells = [_cell_text(v) for v in values]
+        if any(c.strip() for c in cells):  # a sheet's blank rows
+            rows.append((line, {c: v for c, v in zip(columns, cells, strict=False) if c}))
+    return _Table(rows, [c for c in columns if c], notes)
+
+
+def _sheet_header(rows: Iterable[Sequence[object]]) -> tuple[int, list[str]]:
+    """(row number, column names) of a sheet's first row that holds anything; (0, []) for an empty one."""
+    for at, values in enumerate(rows, start=1):
+        names = [_cell_text(v).strip() for v in values]
+        if any(names):
+            return at, names
+    return 0, []
+
+
+def _cell_text(value: object) -> str:
+    """A workbook cell as a CSV would hold it: whole numbers without ".0", dates in ISO form."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)
 
 
 def _first_named(columns: Sequence[str], usual: Sequence[str]) -> str | None:
@@ -1378,7 +1452,7 @@ _LS_CSV_COLUMNS = {"annotator", "annotation_id", "lead_time"}
 
 def is_labelstudio_table(name: str, data: bytes) -> bool:
     """Whether a CSV/TSV is Label Studio's CSV export (by its header)."""
-    if name.lower().endswith(".jsonl"):
+    if name.lower().endswith((".jsonl", ".xlsx")):
         return False
     return set(_read_table(name, data).columns) >= _LS_CSV_COLUMNS
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from lightbox.adapters import s3
 
 # An s3:// key with one of these endings is one labels file, not a prefix.
-LABELS_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".xml")
+LABELS_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".xlsx", ".xml", ".txt")
 
 
 class SourceNotFound(FileNotFoundError):

@@ -858,3 +858,81 @@ def test_ava_scores_are_the_mean_vote_on_its_1_to_10_scale() -> None:
         ("AVA.txt:4", "line 4 is not index, image id, 10 vote counts, 2 tag ids and a challenge id"),
     ]
     assert parsed.score_name == "mean_vote" and parsed.score_range == (1.0, 10.0) and not parsed.has_tags
+
+
+# --- Excel workbooks -----------------------------------------------------------------------------------
+
+
+def _workbook(sheets: dict[str, list[list[object]]]) -> bytes:
+    import io
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
+
+
+def test_an_excel_workbook_reads_like_its_csv() -> None:
+    data = _workbook(
+        {
+            "Notes": [["shot in May"], ["by ann"]],
+            "Labels": [
+                [],  # a title row left blank
+                ["Image ID", "Rating", "Tags", "Taken"],
+                [1000, 4.5, "heron|wren", None],
+                [1001, 3, None, None],
+                [None, None, None, None],
+                ["1002.jpg", "N/A", "kestrel", None],
+            ],
+        }
+    )
+    assert lf.detect(["labels.xlsx"], source_is_file=True, head=lambda f: data) == "imagefolder"
+    parsed = lf.parse_imagefolder(
+        ["labels.xlsx"], {"labels.xlsx": data}.__getitem__, Columns(), metas=[("labels.xlsx", None)]
+    )
+    assert [(r.ref, r.score, r.tags) for r in parsed.records] == [
+        ("1000", 4.5, ("heron", "wren")),  # an id typed as a number is a name, not 1000.0
+        ("1001", 3.0, ()),
+        ("1002.jpg", None, ("kestrel",)),
+    ]
+    assert not parsed.problems and parsed.score_name == "Rating" and parsed.has_tags
+    assert "labels.xlsx: read the sheet 'Labels' of 2" in parsed.notes
+    assert "columns not used (unknown): Taken" in parsed.notes
+
+
+def test_spreadsheets_lightbox_cannot_open_say_how_to_save_them() -> None:
+    with pytest.raises(FormatError, match="'labels.xls': lightbox reads Excel .xlsx workbooks and CSV"):
+        lf.detect(["labels.xls"], source_is_file=True, head=lambda f: b"\xd0\xcf\x11\xe0")
+    read = {"labels.xlsx": b"file_name,score\na.jpg,1\n"}.__getitem__
+    with pytest.raises(
+        FormatError, match="labels.xlsx is not an Excel workbook lightbox can read .File is not"
+    ):
+        lf.parse_imagefolder(["labels.xlsx"], read, Columns(), metas=[("labels.xlsx", None)])
+
+
+def test_an_entity_bomb_in_a_workbook_is_refused_not_expanded() -> None:
+    import io
+    import zipfile
+
+    good = zipfile.ZipFile(io.BytesIO(_workbook({"Labels": [["file_name", "score"], ["a.jpg", 1]]})))
+    entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {c} "{("&" + p + ";") * 10}">' for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as bad:
+        for item in good.infolist():
+            data = good.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<worksheet", f"<!DOCTYPE worksheet [{entities}]><worksheet".encode(), 1)
+                data = data.replace(b"<v>1</v>", b"<v>&i;</v>")
+            bad.writestr(item, data)
+    read = {"labels.xlsx": buf.getvalue()}.__getitem__
+    with pytest.raises(FormatError, match="labels.xlsx is not an Excel workbook lightbox can read .limit on"):
+        lf.parse_imagefolder(["labels.xlsx"], read, Columns(), metas=[("labels.xlsx", None)])

@@ -554,3 +554,23 @@ def test_celeba_and_ava_folders_as_they_ship(tmp_path: Path) -> None:
     rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
     assert float(rows["9003.jpg"]["score"]) == 4.0 and float(rows["9011.jpg"]["score"]) == 2.0
     assert manifest.read_label_spec(s.data_dir).score_range_source == "given"
+
+
+def test_an_excel_labels_file_given_as_source(tmp_path: Path) -> None:
+    import openpyxl
+
+    src = tmp_path / "shoot"
+    (src / "photos").mkdir(parents=True)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["file", "stars", "tags"])
+    for i in range(12):
+        (src / "photos" / f"DSC{i:04d}.JPG").write_bytes(jpeg(photo(1200 + i)))
+        sheet.append([f"photos/DSC{i:04d}.JPG", 1 + i % 5, VOCAB[i % 3]])
+    book.save(src / "labels.xlsx")
+    before = snapshot(src)
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=3)
+    result = importer.run(s, str(src / "labels.xlsx"), ImportOptions(score_range="1,5"))
+    assert snapshot(src) == before
+    assert result.format == "imagefolder" and result.n_images == 12 and result.n_quarantined == 0
+    assert result.score_name == "stars" and result.tags == list(VOCAB)
