@@ -36,7 +36,17 @@ def _text(description: str) -> Param:
         "format": Param(
             None,
             type=["null", "string"],
-            enum=[None, "imagefolder", "labelstudio", "classfolders", "cvat", "fiftyone", "celeba", "ava"],
+            enum=[
+                None,
+                "imagefolder",
+                "labelstudio",
+                "classfolders",
+                "cvat",
+                "fiftyone",
+                "celeba",
+                "ava",
+                "parquet",
+            ],
             description="the labels' format (README: Formats); empty: detected from the source",
         ),
         "score_column": _text("score column or Label Studio control (default: score)"),

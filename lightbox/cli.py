@@ -187,7 +187,7 @@ def data_import(
         str | None,
         typer.Option(
             "--format",
-            help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava "
+            help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava | parquet "
             "(default: detected)",
         ),
     ] = None,

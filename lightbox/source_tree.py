@@ -14,7 +14,16 @@ from pathlib import Path
 from lightbox.adapters import s3
 
 # An s3:// key with one of these endings is one labels file, not a prefix.
-LABELS_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", ".xlsx", ".xml", ".txt")
+LABELS_FILE_SUFFIXES: tuple[str, ...] = (
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".xlsx",
+    ".xml",
+    ".txt",
+    ".parquet",
+)
 
 
 class SourceNotFound(FileNotFoundError):
@@ -76,6 +85,12 @@ class SourceTree:
             return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise SourceNotFound(f"{path} does not exist") from None
+
+    def local_path(self, ref: str) -> str | None:
+        """The local file ``ref`` is (for a reader that streams a large file from disk); None on S3."""
+        if self.is_s3 or ref.startswith("s3://"):
+            return None
+        return ref if os.path.isabs(ref) else str(Path(self.root) / ref)
 
     def read_head(self, ref: str, size: int) -> bytes:
         """The first ``size`` bytes of ``ref``, to tell a labels file's format by its content (all of it on

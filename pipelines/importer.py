@@ -21,6 +21,7 @@ On the first import of a user's dataset a slice of groups (``golden_fraction``) 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -123,22 +124,25 @@ def run(settings: Settings, source: str, options: ImportOptions | None = None) -
     remove_stale_builds(settings.golden_dir)
     given_range = manifest.parse_score_range(options.score_range)
     tree = open_tree(source, settings.s3_endpoint_url)
-    parsed = parse_source(tree, options)
-    golden = None
-    if options.golden is not None:  # read before data/ changes: a wrong --golden must change nothing
-        try:
-            golden_tree = open_tree(options.golden, settings.s3_endpoint_url)
-            golden_options = ImportOptions(**{**asdict(options), "format": None, "golden": None})
-            golden = (golden_tree, parse_source(golden_tree, golden_options))
-        except (SourceNotFound, formats.FormatError) as exc:
-            raise ImportFailed(f"--golden {options.golden}: {exc}; data/ is unchanged") from None
-    # Accepted photos are copied here as they are checked, so no photo's bytes stay in memory; the
-    # folder goes when the import ends, whatever way it ends.
+    # Images embedded in the labels (Hugging Face parquet) are written here as files, to be checked,
+    # staged and quarantined as any photo is; accepted photos are copied to the stage as they are
+    # checked, so no photo's bytes stay in memory. Both folders go when the import ends, whatever way.
+    embedded = building_dir(settings.data_dir, "embedded")
     stage = building_dir(settings.data_dir, "stage")
     try:
+        parsed = parse_source(tree, options, embedded / "source")
+        golden = None
+        if options.golden is not None:  # read before data/ changes: a wrong --golden must change nothing
+            try:
+                golden_tree = open_tree(options.golden, settings.s3_endpoint_url)
+                golden_options = ImportOptions(**{**asdict(options), "format": None, "golden": None})
+                golden = (golden_tree, parse_source(golden_tree, golden_options, embedded / "golden"))
+            except (SourceNotFound, formats.FormatError) as exc:
+                raise ImportFailed(f"--golden {options.golden}: {exc}; data/ is unchanged") from None
         return _import(settings, source, options, tree, parsed, given_range, stage, golden)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(embedded, ignore_errors=True)
 
 
 def _import(
@@ -301,7 +305,9 @@ def _spec_notes(spec: LabelSpec) -> list[str]:
 # --- reading the source ---------------------------------------------------------------------------------
 
 
-def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
+def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Parsed:
+    """The source's records, in its (given or detected) format. ``embedded``: a folder of this import's
+    own, where images embedded in the labels are written as files."""
     files = tree.files()
     fmt = options.format or formats.detect(
         files,
@@ -356,6 +362,17 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             split_data = tree.read(partition) if partition else None
             parsed = formats.parse_celeba(tree.read(name), name, columns, split_data)
         return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
+    if fmt == "parquet":
+        shards = [tree.single_file] if tree.single_file else formats.parquet_files(files)
+        if not shards:
+            raise formats.FormatError(
+                "no .parquet file in the source: give the folder of the dataset's shards"
+            )
+        local = tree.local_path
+        parsed = formats.parse_parquet(
+            shards, lambda f: local(f) or io.BytesIO(tree.read(f)), _store_in(embedded), columns
+        )
+        return _finish(parsed, None)
     if fmt == "fiftyone":
         found = _labels_files(tree, files, fmt)
         if not found:
@@ -375,6 +392,19 @@ def parse_source(tree: SourceTree, options: ImportOptions) -> Parsed:
             "give the export file itself as SOURCE"
         )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
+
+
+def _store_in(folder: Path) -> Callable[[str, bytes], str]:
+    """Where embedded images are kept: ``folder/<name>``, its absolute path the record's ref (which a
+    SourceTree reads from the local disk, whatever the source)."""
+
+    def store(name: str, data: bytes) -> str:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+
+    return store
 
 
 def _labels_files(tree: SourceTree, files: Sequence[str], fmt: str) -> list[str]:

@@ -936,3 +936,119 @@ def test_an_entity_bomb_in_a_workbook_is_refused_not_expanded() -> None:
     read = {"labels.xlsx": buf.getvalue()}.__getitem__
     with pytest.raises(FormatError, match="labels.xlsx is not an Excel workbook lightbox can read .limit on"):
         lf.parse_imagefolder(["labels.xlsx"], read, Columns(), metas=[("labels.xlsx", None)])
+
+
+# --- Hugging Face parquet ---------------------------------------------------------------------------------
+
+
+def _hf_parquet(columns: dict[str, list], features: dict | None = None) -> bytes:
+    """A parquet file as ``datasets`` writes it: the Image feature a struct of bytes and path, the
+    features (ClassLabel names) in the schema's ``huggingface`` metadata."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(columns)
+    if features is not None:
+        info = json.dumps({"info": {"features": features}}).encode()
+        table = table.replace_schema_metadata({b"huggingface": info})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _parse_parquet(shards: dict[str, bytes], columns: Columns | None = None) -> tuple[lf.Parsed, dict]:
+    import io
+
+    stored: dict[str, bytes] = {}
+
+    def store(name: str, data: bytes) -> str:
+        stored[f"/scratch/{name}"] = data
+        return f"/scratch/{name}"
+
+    parsed = lf.parse_parquet(sorted(shards), lambda f: io.BytesIO(shards[f]), store, columns or Columns())
+    return parsed, stored
+
+
+def test_hugging_face_parquet_with_embedded_images_and_class_labels() -> None:
+    images = [{"bytes": f"jpeg{i}".encode(), "path": f"IMG_{i}.jpg"} for i in range(4)]
+    images[3] = {"bytes": b"png3", "path": None}
+    features = {
+        "image": {"_type": "Image"},
+        "labels": {
+            "feature": {"names": ["heron", "kestrel", "wren"], "_type": "ClassLabel"},
+            "_type": "List",
+        },
+        "rating": {"dtype": "float32", "_type": "Value"},
+        "caption": {"dtype": "string", "_type": "Value"},
+    }
+    shard = _hf_parquet(
+        {
+            "image": images,
+            "labels": [[0, 2], [], None, [1]],
+            "rating": [4.5, 3.0, None, 2.0],
+            "caption": ["a", "b", "c", "d"],
+        },
+        features,
+    )
+    files = ["README.md", "data/train-00000-of-00001.parquet"]
+    assert lf.detect(files, head=lambda f: b"# x") == "parquet"
+    assert lf.detect(["x.parquet"], source_is_file=True, head=lambda f: b"PAR1") == "parquet"
+    parsed, stored = _parse_parquet({"data/train-00000-of-00001.parquet": shard})
+    assert [(r.ref, r.origin, r.tags, r.score, r.split) for r in parsed.records] == [
+        (
+            "/scratch/train-00000-of-00001.parquet/0000000-IMG_0.jpg",
+            "data/train-00000-of-00001.parquet row 0 (IMG_0.jpg)",
+            ("heron", "wren"),
+            4.5,
+            "train",
+        ),
+        (
+            "/scratch/train-00000-of-00001.parquet/0000001-IMG_1.jpg",
+            "data/train-00000-of-00001.parquet row 1 (IMG_1.jpg)",
+            (),
+            3.0,
+            "train",
+        ),
+        (
+            "/scratch/train-00000-of-00001.parquet/0000003-image",
+            "data/train-00000-of-00001.parquet row 3",
+            ("kestrel",),
+            2.0,
+            "train",
+        ),
+    ]
+    assert stored["/scratch/train-00000-of-00001.parquet/0000001-IMG_1.jpg"] == b"jpeg1"
+    assert len(stored) == 3  # the unlabelled row's image is not kept
+    assert parsed.score_name == "rating" and parsed.has_tags and parsed.format == "parquet"
+    assert "1 rows have no label (a ClassLabel's -1, or nothing), left out" in parsed.notes
+    assert "data/train-00000-of-00001.parquet: columns not used: caption" in parsed.notes
+
+
+def test_hugging_face_parquet_without_its_metadata_and_bad_rows() -> None:
+    image = {"bytes": b"x", "path": "a.jpg"}
+    shard = _hf_parquet({"img": [image] * 4, "label": [0, 1, -1, 7]})  # no datasets metadata
+    parsed, _ = _parse_parquet({"test.parquet": shard})
+    assert [(r.tags, r.split) for r in parsed.records] == [
+        (("0",), "test"),
+        (("1",), "test"),
+        (("7",), "test"),
+    ]
+    assert any("'label' holds class indices without their names" in n for n in parsed.notes)
+    named = _hf_parquet(
+        {"image": [image] * 2, "label": [0, 7]},
+        {"image": {"_type": "Image"}, "label": {"names": ["a", "b"], "_type": "ClassLabel"}},
+    )
+    parsed, _ = _parse_parquet({"train.parquet": named})
+    assert [r.tags for r in parsed.records] == [("a",)]
+    assert parsed.problems[0].origin == "train.parquet row 1 (a.jpg)"
+    assert parsed.problems[0].reason == "class index 7 is not one of the 2 classes"
+    with pytest.raises(
+        FormatError, match="no image column .the Image feature: bytes and path.: columns name"
+    ):
+        _parse_parquet({"t.parquet": _hf_parquet({"name": ["a.jpg"], "label": [1]})})
+    with pytest.raises(FormatError, match="t.parquet: no column 'stars' .columns: image, label"):
+        _parse_parquet({"t.parquet": named}, Columns(score="stars"))
+    with pytest.raises(FormatError, match="t.parquet is not a parquet file lightbox can read"):
+        _parse_parquet({"t.parquet": b"PAR1 not really"})

@@ -574,3 +574,43 @@ def test_an_excel_labels_file_given_as_source(tmp_path: Path) -> None:
     assert snapshot(src) == before
     assert result.format == "imagefolder" and result.n_images == 12 and result.n_quarantined == 0
     assert result.score_name == "stars" and result.tags == list(VOCAB)
+
+
+def test_hugging_face_parquet_shards_with_embedded_images(tmp_path: Path) -> None:
+    """A Hugging Face dataset's parquet shards (images embedded as bytes, labels as ClassLabel indices
+    named in the schema metadata): every image is checked from its bytes, a bad one quarantined with
+    its bytes like a bad file, and nothing of this import's own is left behind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "hf"
+    (src / "data").mkdir(parents=True)
+    (src / "README.md").write_text("---\ndataset_info: ...\n---\n")
+    features = {"image": {"_type": "Image"}, "label": {"names": list(VOCAB), "_type": "ClassLabel"}}
+    metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    for split, seeds in (("train", range(14)), ("test", range(14, 18))):
+        images = [{"bytes": jpeg(photo(1300 + i)), "path": f"{i}.jpg"} for i in seeds]
+        labels = [i % 3 for i in seeds]
+        if split == "train":
+            images[0] = {"bytes": b"GIF89a broken", "path": "broken.gif"}
+            labels[1] = -1  # no label
+        table = pa.table({"image": images, "label": labels}).replace_schema_metadata(metadata)
+        pq.write_table(table, src / "data" / f"{split}-00000-of-00001.parquet")
+    before = snapshot(src)
+    s = settings_for(tmp_path, golden_fraction=0.0, max_quarantine_fraction=0.2, min_tag_count=3)
+    result = importer.run(s, str(src))
+    assert snapshot(src) == before
+    assert result.format == "parquet" and result.n_images == 16 and result.n_quarantined == 1
+    assert result.tags == list(VOCAB) and result.splits["test"] == 4
+    assert "1 rows have no label (a ClassLabel's -1, or nothing), left out" in result.notes
+    report = json.loads((s.reports_dir / "import.json").read_text())
+    assert [p["origin"] for p in report["problems"]] == [
+        "data/train-00000-of-00001.parquet row 0 (broken.gif)"
+    ]
+    assert "not an image" in report["problems"][0]["reason"]
+    quarantined = next(s.quarantine_dir.iterdir())
+    copies = [p for p in quarantined.iterdir() if p.name != "quarantined.csv"]
+    assert [p.read_bytes() for p in copies] == [b"GIF89a broken"] and copies[0].name.endswith("broken.gif")
+    rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
+    assert rows["data/test-00000-of-00001.parquet row 1 (15.jpg)"]["tags"] == VOCAB[0]
+    assert not [p for p in s.project_dir.iterdir() if ".building-" in p.name]
