@@ -472,18 +472,75 @@ def _read_table(name: str, data: bytes) -> _Table:
     # The separator the header uses most: Excel writes ";" where the decimal mark is a comma.
     delimiter = max((",", ";", "\t"), key=lambda d: (header.count(d), d == ","))
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, restkey="__extra__")
-    width = len(reader.fieldnames or ())
+    names = list(reader.fieldnames or ())
+    lines = io.StringIO(text).readlines()  # as the reader counts them, for a row to be split again
+    after = reader.line_num  # the line the previous row ended on
+    bare_json = 0
     for row in reader:
-        at = reader.line_num
+        at, start, after = reader.line_num, after, reader.line_num
         if "__extra__" in row:
-            n = width + len(row["__extra__"])
-            error = f"line {at} has {n} fields, the header {width}: quote values that contain {delimiter!r}"
-            rows.append((at, {"__error__": error}))
-            continue
+            fields = _split_around_json("".join(lines[start:at]).strip("\r\n"), delimiter)
+            if fields is None or len(fields) != len(names):
+                n = len(names) + len(row["__extra__"])
+                error = (
+                    f"line {at} has {n} fields, the header {len(names)}: quote values that contain "
+                    f"{delimiter!r}"
+                )
+                rows.append((at, {"__error__": error}))
+                continue
+            row, bare_json = dict(zip(names, fields, strict=True)), bare_json + 1
         if not any((v or "").strip() for v in row.values()):
             continue  # a spreadsheet's blank rows
         rows.append((at, row))
-    return _Table(rows, list(reader.fieldnames or ()), notes, decimal_comma=delimiter != ",")
+    if bare_json:
+        notes.append(f"{name}: {bare_json} rows hold JSON cells without quotes, read by their brackets")
+    return _Table(rows, names, notes, decimal_comma=delimiter != ",")
+
+
+def _split_around_json(line: str, delimiter: str) -> list[str] | None:
+    """The fields of a CSV line whose JSON cells are not quoted (an older Label Studio converter writes
+    ``{"choices": ["a", "b"]}`` bare), so that the delimiters inside them split nothing: a delimiter
+    splits only outside brackets, JSON strings and quoted fields. None unless every bracketed field
+    is valid JSON: then the line is not that, and stays the user's to quote."""
+    cells: list[str] = []
+    cell: list[str] = []
+    depth, in_string, i = 0, False, 0
+    while i < len(line):
+        ch = line[i]
+        if not depth and not cell and ch == '"':  # a field quoted as CSV quotes it ("" is one quote)
+            i += 1
+            while i < len(line) and (line[i] != '"' or line[i + 1 : i + 2] == '"'):
+                cell.append(line[i])
+                i += 2 if line[i] == '"' else 1
+            i += 1
+            continue
+        if in_string and ch == "\\":
+            cell.append(line[i : i + 2])
+            i += 2
+            continue
+        if in_string:
+            in_string = ch != '"'
+        elif depth and ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}" and depth:
+            depth -= 1
+        elif ch == delimiter and not depth:
+            cells.append("".join(cell))
+            cell = []
+            i += 1
+            continue
+        cell.append(ch)
+        i += 1
+    cells.append("".join(cell))
+    for text in cells:
+        if text.lstrip().startswith(("[", "{")):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError:
+                return None
+    return cells
 
 
 def _read_workbook(name: str, data: bytes) -> _Table:

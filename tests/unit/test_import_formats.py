@@ -1052,3 +1052,32 @@ def test_hugging_face_parquet_without_its_metadata_and_bad_rows() -> None:
         _parse_parquet({"t.parquet": named}, Columns(score="stars"))
     with pytest.raises(FormatError, match="t.parquet is not a parquet file lightbox can read"):
         _parse_parquet({"t.parquet": b"PAR1 not really"})
+
+
+def test_json_cells_written_without_quotes_are_read_by_their_brackets() -> None:
+    # An older Label Studio converter writes a control's JSON bare, commas and all.
+    header = "image,id,quality,tags,annotator,annotation_id,created_at,updated_at,lead_time\n"
+    lines = [
+        '/data/upload/1/a.jpg,1,[{"rating": 4}],{"choices": ["Cat", "Indoor, warm"]},a@x,1,t,t,2.0',
+        '/data/upload/1/b.jpg,2,[{"rating": 2}],Dog,"b, the annotator",2,t,t,1.5',
+    ]
+    data = (header + "\n".join(lines) + "\n").encode()
+    assert lf.is_labelstudio_table("project-1.csv", data)
+    parsed = lf.parse_labelstudio_table(
+        data, "project-1.csv", Roots(export_dir="/e", media_root="/m"), Columns()
+    )
+    assert {(r.ref, r.score, r.tags) for r in parsed.records} == {
+        ("/m/upload/1/a.jpg", 4.0, ("Cat", "Indoor, warm")),
+        ("/m/upload/1/b.jpg", 2.0, ("Dog",)),
+    }
+    # A labels table's bare JSON list too; a row whose extra fields are no JSON stays a problem to quote.
+    table = (
+        b'file_name,score,tags\na.jpg,3,["sunset", "beach"]\nb.jpg,2,sunset,beach\nc.jpg,1,{not json, x}\n'
+    )
+    parsed = lf.parse_imagefolder(["metadata.csv"], {"metadata.csv": table}.__getitem__, Columns())
+    assert [(r.ref, r.tags) for r in parsed.records] == [("a.jpg", ("beach", "sunset"))]
+    assert [p.reason[:40] for p in parsed.problems] == [
+        "line 3 has 4 fields, the header 3: quote",
+        "line 4 has 4 fields, the header 3: quote",
+    ]
+    assert "metadata.csv: 1 rows hold JSON cells without quotes, read by their brackets" in parsed.notes
