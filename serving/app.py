@@ -20,7 +20,6 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +31,7 @@ from serving.admission_http import AdmissionMiddleware, query_value, ticket_of, 
 from serving.batching import BatcherClosed
 from serving.canary import KEY_HEADER
 from serving.challenger import Challenger, Recorder
+from serving.cors import Cors, cors_headers
 from serving.disconnect import unless_client_leaves
 from serving.http_methods import HeadAndOptions
 from serving.metrics import HttpMetrics, RequestMetricsMiddleware
@@ -48,7 +48,7 @@ from serving.multi import (
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
 from serving.uploads import CLIENT_CLOSED, uploaded_images
-from serving.v2 import HEADER_LENGTH, v2_router
+from serving.v2 import v2_router
 from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, cors_origins: Sequence[str] = ()) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message, exc.headers)
@@ -136,9 +136,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(503, "server is shutting down", {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
-        return _error(500, f"internal error: {type(exc).__name__}")
+        # Answered outside the CORS middleware: a page must still read the error, not a CORS failure.
+        headers = cors_headers(cors_origins, request.headers.get("origin"))
+        return _error(500, f"internal error: {type(exc).__name__}", headers)
 
 
 @dataclass(frozen=True)
@@ -247,20 +249,14 @@ def create_app(
     app.state.models = models
     app.state.challenger = rival
     app.state.registry = exported
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings.cors_origins)
     # Admission inside the request metrics, so that its refusals are counted as requests too.
     app.add_middleware(AdmissionMiddleware, admit=admit, lag=lag)
-    app.add_middleware(RequestMetricsMiddleware, metrics=http)
+    # HEAD and OPTIONS inside the request metrics, so that a load balancer's checks are counted as such.
     app.add_middleware(HeadAndOptions, routes=lambda: app.routes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=http)
     if settings.cors_origins:  # outermost: a 429 or a 413 must reach the page too, not a CORS error
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["Retry-After", HEADER_LENGTH],
-            max_age=600,
-        )
+        app.add_middleware(Cors, origins=settings.cors_origins)
 
     @app.post("/predict")
     async def predict(

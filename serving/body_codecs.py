@@ -14,6 +14,11 @@ import zlib
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 ENCODINGS = (*_WBITS, "identity")
 
+# A body is compressed once (twice at most, by a proxy that does it again); and a gzip body is one
+# member, or a few concatenated: past these it is an attack on the inflating CPU, not a client.
+MAX_CODINGS = 2
+MAX_GZIP_MEMBERS = 64
+
 _DATA_URL = re.compile(r"data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
@@ -37,7 +42,12 @@ def content_codings(header: str | None) -> list[str]:
             f"unsupported Content-Encoding {unknown[0]!r}: send the body as it is, or compressed with "
             "gzip or deflate",
         )
-    return [c for c in codings if c != "identity"]
+    codings = [c for c in codings if c != "identity"]
+    if len(codings) > MAX_CODINGS:
+        raise BodyError(
+            415, f"{len(codings)} content codings: send the body compressed once (gzip or deflate)"
+        )
+    return codings
 
 
 def inflate(body: bytes, codings: list[str], limit: int) -> bytes:
@@ -50,7 +60,7 @@ def inflate(body: bytes, codings: list[str], limit: int) -> bytes:
 
 def _inflate_one(body: bytes, coding: str, limit: int) -> bytes:
     out: list[bytes] = []
-    size, rest = 0, body
+    size, rest, members = 0, body, 0
     wbits = _WBITS[coding]
     if coding == "deflate" and not _zlib_header(body):
         wbits = -zlib.MAX_WBITS  # raw deflate, as some clients send "deflate"
@@ -67,8 +77,13 @@ def _inflate_one(body: bytes, coding: str, limit: int) -> bytes:
             raise BodyError(400, f"the {coding} body is cut short: its compressed stream does not end")
         out.append(chunk)
         rest = engine.unused_data
+        members += 1
+        if rest and not rest.strip(b"\0"):
+            break  # zero padding after the last member (tape blocks; gzip -d accepts it too)
         if coding != "gzip" and coding != "x-gzip" and rest:
             raise BodyError(400, f"{len(rest)} bytes follow the end of the {coding} stream")
+        if rest and members >= MAX_GZIP_MEMBERS:
+            raise BodyError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members: send one")
     return b"".join(out)
 
 
@@ -87,6 +102,17 @@ def image_from_base64(text: str) -> bytes:
         if "base64" not in params:
             raise BodyError(400, "a data URL must carry the image as base64 (data:image/jpeg;base64,...)")
         text = text[head.end() :]
+    try:
+        data = base64.b64decode(text, validate=True)  # the usual case, in one pass over the text
+    except (binascii.Error, ValueError):
+        data = _lenient_base64(text)
+    if not data:
+        raise BodyError(400, "holds no image bytes (empty base64)")
+    return data
+
+
+def _lenient_base64(text: str) -> bytes:
+    """Base64 with line breaks, the URL-safe alphabet or no padding; BodyError(400) if still not."""
     text = _WHITESPACE.sub("", text)
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")

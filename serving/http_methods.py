@@ -1,6 +1,6 @@
 """HEAD and OPTIONS on every route, as load balancers and uptime monitors send them: HEAD is a GET
 without its body (FastAPI's routes answer HEAD with 405), and OPTIONS is answered 204 with ``Allow``
-(HAProxy's default health check is ``OPTIONS /``). A browser's CORS preflight is an OPTIONS too: the
+(HAProxy checks with ``OPTIONS /`` or ``OPTIONS *``). A browser's CORS preflight is an OPTIONS too: the
 CORS middleware, outside this one, answers it where ``serve_cors_origins`` allows the origin."""
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Match
 
+from serving.metrics import ROUTE_KEY
 
-def allowed_methods(routes: Sequence[BaseRoute], scope: dict[str, Any]) -> set[str]:
-    """The methods the routes at this path answer (empty: no route has the path)."""
+SERVER_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST"})  # ``OPTIONS *``: the server's, any route
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: dict[str, Any]) -> tuple[set[str], str | None]:
+    """(the methods the routes at this path answer, the first one's template); empty: no route has it."""
     methods: set[str] = set()
+    template = None
     for route in routes:
         match, _ = route.matches(scope)
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
+            template = template or getattr(route, "path", None)
     if "GET" in methods:
         methods.add("HEAD")
-    return methods | {"OPTIONS"} if methods else methods
+    return (methods | {"OPTIONS"} if methods else methods), template
 
 
 class HeadAndOptions:
@@ -33,26 +39,37 @@ class HeadAndOptions:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         method = scope.get("method") if scope["type"] == "http" else None
         if method == "OPTIONS":
-            allowed = allowed_methods(self.routes(), scope)
+            template: str | None
+            if scope.get("path") == "*" or scope.get("raw_path") == b"*":
+                allowed, template = set(SERVER_METHODS), "*"
+            else:
+                allowed, template = allowed_methods(self.routes(), scope)
             if allowed:
+                scope[ROUTE_KEY] = template  # the request metrics' route label
                 allow = ", ".join(sorted(allowed)).encode()
                 headers = [(b"allow", allow), (b"content-length", b"0")]
                 await send({"type": "http.response.start", "status": 204, "headers": headers})
                 await send({"type": "http.response.body", "body": b""})
                 return
-        if method == "HEAD":
-            scope = dict(scope, method="GET")
-
-            async def headers_only(message: dict) -> None:
-                # The GET's headers (its Content-Length included, as HEAD promises), never its body.
-                if message["type"] == "http.response.body":
-                    message = {"type": "http.response.body", "body": b"", "more_body": False}
-                    if sent_end:
-                        return
-                    sent_end.append(True)
-                await send(message)
-
-            sent_end: list[bool] = []
-            await self.app(scope, receive, headers_only)
+        if method != "HEAD":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        ended = False
+
+        async def headers_only(message: dict) -> None:
+            # The GET's headers (its Content-Length included, as HEAD promises), never its body.
+            nonlocal ended
+            if message["type"] == "http.response.body":
+                if ended:
+                    return
+                ended, message = True, {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        # Served as the GET it stands for, in a scope of its own: the server reads the request's (still
+        # HEAD) to send no body. The route the router named there goes back for the request metrics.
+        as_get = dict(scope, method="GET")
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            if "route" in as_get:
+                scope["route"] = as_get["route"]

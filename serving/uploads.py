@@ -61,7 +61,8 @@ async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> by
     if not codings:
         return body
     try:
-        return inflate(body, codings, limit)
+        # In a thread: inflating 20 MB takes the loop's every other request for tens of milliseconds.
+        return await asyncio.to_thread(inflate, body, codings, limit)
     except BodyError as exc:
         raise ApiError(exc.status, str(exc)) from None
 
@@ -76,6 +77,16 @@ class Upload:
     threshold: float | None = None
 
 
+def parse_json(body: bytes, what: str) -> Any:
+    """``body`` as JSON, or ApiError 400: invalid text, nesting too deep for the parser, a number with
+    more digits than Python converts (each a ValueError or RecursionError, never a 500)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ApiError(400, f"{what} is not valid JSON: {reason}") from None
+
+
 def parse_threshold(value: object) -> float:
     """A tag threshold as a client sends it (``0.3``, ``"0.3"``): a number from 0 to 1, or ApiError 422."""
     number: float | None = None
@@ -87,7 +98,8 @@ def parse_threshold(value: object) -> float:
         except ValueError:
             number = None
     if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise ApiError(422, f"threshold must be a number from 0 to 1, got {value!r}")
+        shown = repr(value)[:40] if isinstance(value, str | int | float) else f"a {type(value).__name__}"
+        raise ApiError(422, f"threshold must be a number from 0 to 1, got {shown}")
     return number
 
 
@@ -98,7 +110,8 @@ async def uploaded_images(request: Request, settings: Settings) -> Upload:
     if ctype == "multipart/form-data":
         return await _multipart_images(request, body, settings)
     if ctype == "application/json" or ctype.endswith("+json"):
-        return json_images(body, settings.serve_max_images_per_request)
+        # In a thread: parsing and decoding megabytes of base64 must not stall the other requests.
+        return await asyncio.to_thread(json_images, body, settings.serve_max_images_per_request)
     if ctype == "" or ctype.startswith("image/") or ctype in RAW_CONTENT_TYPES:
         if not body:
             raise ApiError(400, "empty body: expected an encoded image (JPEG, PNG, WebP, ...)")
@@ -114,10 +127,7 @@ async def uploaded_images(request: Request, settings: Settings) -> Upload:
 def json_images(body: bytes, limit: int) -> Upload:
     """``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``, each plain base64 or a data URL,
     with an optional ``"threshold"``: what a browser or a script that holds no file sends."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the JSON body is not valid JSON: {exc}") from None
+    doc = parse_json(body, "the JSON body")
     if not isinstance(doc, dict):
         raise ApiError(400, 'the JSON body must be an object: {"image": "<base64>"}')
     if ("image" in doc) == ("images" in doc):

@@ -12,6 +12,7 @@ base64 text of the encoded image (a data URL too). A gzip or deflate request bod
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from serving.body_codecs import BodyError, image_from_base64
 from serving.disconnect import unless_client_leaves
 from serving.multi import ModelSet
 from serving.runtime import ApiError, InferenceRuntime, Prediction
-from serving.uploads import media_type, read_body
+from serving.uploads import media_type, parse_json, read_body
 from training.predictor import Predictor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -50,10 +51,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         json_part, binary = body[:n], body[n:]
     if not json_part:
         raise ApiError(400, "empty inference request: expected a JSON inference header")
-    try:
-        header = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"inference header is not valid JSON: {exc}") from None
+    header = parse_json(json_part, "inference header")
     if not isinstance(header, dict):
         raise ApiError(400, "inference header must be a JSON object")
     return header, binary
@@ -78,9 +76,21 @@ def deserialize_bytes(raw: bytes, count: int) -> list[bytes]:
 
 
 def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [x for item in data for x in _flatten(item)]
-    return [data]
+    """The leaves of nested lists, in order; by a stack, not recursion: a client's nesting is no limit."""
+    out: list[Any] = []
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
+_END = object()
 
 
 def _element_count(shape: Any) -> int:
@@ -96,6 +106,12 @@ def _element_count(shape: Any) -> int:
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise ApiError(400, f"input {INPUT_NAME} must have shape [N] (or [N, 1]), got {shape}")
     return shape[0]
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[bytes]]:
+    """(JSON inference header, its encoded images) of a request body."""
+    header, binary = split_body(body, header_length)
+    return header, images_from_request(header, binary)
 
 
 def images_from_request(header: dict[str, Any], binary: bytes) -> list[bytes]:
@@ -299,10 +315,10 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
         body = await read_body(
             request, runtime.settings.serve_max_body_bytes, runtime.settings.serve_body_timeout_s
         )
-        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        # In a thread: parsing megabytes of JSON and base64 must not stall the other requests.
+        header, blobs = await asyncio.to_thread(parse_request, body, request.headers.get(HEADER_LENGTH))
         # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
         outputs = requested_outputs(header, model_outputs(runtime.predictor))
-        blobs = images_from_request(header, binary)
 
         async def answer() -> Response:
             ticket = ticket_of(request.scope)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from lightbox.settings import Settings
 from serving.app import create_app
+from serving.cors import cors_headers
 from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,17 @@ def test_compressed_bodies_are_inflated_within_the_limit(client: TestClient, ima
     for coding in ("br", "zstd"):
         resp = client.post(INFER, content=image, headers={"content-encoding": coding})
         assert resp.status_code == 415 and "gzip or deflate" in resp.json()["error"], coding
+    # What costs the inflating CPU without a limit: many tiny members, layer upon layer of codings.
+    resp = client.post("/predict", content=gzip.compress(b"") * 100_000, headers={"content-encoding": "gzip"})
+    assert resp.status_code == 400 and "more than 64 members" in resp.json()["error"]
+    layers = {"content-encoding": ", ".join(["gzip"] * 3)}
+    resp = client.post("/predict", content=gzip.compress(gzip.compress(gzip.compress(image))), headers=layers)
+    assert resp.status_code == 415 and "3 content codings" in resp.json()["error"]
+    twice = gzip.compress(zlib.compress(image))
+    headers = {"content-encoding": "deflate, gzip"}
+    assert _scores(client.post("/predict", content=twice, headers=headers)) == plain
+    padded = gzip.compress(image) + b"\0" * 512  # tape-block padding, as gzip -d accepts it
+    assert _scores(client.post("/predict", content=padded, headers={"content-encoding": "gzip"})) == plain
 
 
 def test_base64_images_in_json_and_data_urls(client: TestClient, image: bytes) -> None:
@@ -116,6 +128,21 @@ def test_base64_images_in_json_and_data_urls(client: TestClient, image: bytes) -
         )
     resp = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]
+    for empty in ("", "data:image/png;base64,"):
+        resp = client.post("/predict", json={"image": empty})
+        assert resp.status_code == 400 and "holds no image bytes" in resp.json()["error"], empty
+    # JSON the parser itself cannot take (nesting past its recursion, a number past Python's digit
+    # limit) is the client's mistake: a 400 on both protocols, never a 500.
+    deep = b'{"image": "' + text.encode() + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    huge = b'{"image": "' + text.encode() + b'", "threshold": ' + b"9" * 5000 + b"}"
+    v2_deep = b'{"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": ' + b"[" * 900
+    v2_deep += b'"' + text.encode() + b'"' + b"]" * 900 + b"}]}"
+    for path, body in (("/predict", deep), ("/predict", huge), (INFER, deep), (INFER, huge)):
+        resp = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"], (path, resp.text[:200])
+    # Nested as deep as the parser allows: flattened without recursion.
+    resp = client.post(INFER, content=v2_deep, headers={"content-type": "application/json"})
+    assert _scores(resp) == pytest.approx(plain, abs=1e-6)
 
 
 def test_threshold_from_a_form_field_or_json_key(client: TestClient, image: bytes) -> None:
@@ -135,6 +162,8 @@ def test_threshold_from_a_form_field_or_json_key(client: TestClient, image: byte
     for bad in ("high", "1.5", "nan"):
         resp = client.post("/predict", files={"file": ("a.jpg", image)}, data={"threshold": bad})
         assert resp.status_code == 422 and "threshold must be a number" in resp.json()["error"], bad
+    as_file = client.post("/predict", files={"file": ("a.jpg", image), "threshold": ("t.txt", b"0.3")})
+    assert as_file.status_code == 422 and as_file.json()["error"].endswith("got a UploadFile")
 
 
 def test_an_image_over_the_pixel_limit_is_too_large(client: TestClient) -> None:
@@ -174,7 +203,38 @@ def test_cors_for_the_configured_origins_only(client: TestClient, image: bytes) 
     stranger = client.post("/predict", content=image, headers={"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in stranger.headers
     refused = client.options("/predict", headers=preflight | {"origin": "https://evil.example"})
-    assert refused.status_code == 400
+    assert refused.status_code == 400 and "LIGHTBOX_SERVE_CORS_ORIGINS" in refused.json()["error"]
+    # A 500 is answered outside every middleware: it carries the headers itself.
+    assert cors_headers(["http://localhost:3000"], "http://localhost:3000")["Access-Control-Allow-Origin"]
+    assert cors_headers(["*"], "https://any.example")["Access-Control-Allow-Origin"] == "*"
+    assert cors_headers(["http://localhost:3000"], "https://evil.example") == {}
+    assert cors_headers([], "http://localhost:3000") == {}
+
+
+def test_load_balancer_checks_over_a_real_socket(server: str) -> None:
+    """HAProxy's ``OPTIONS *`` and ``OPTIONS / HTTP/1.0``, a monitor's HEAD: answered, and counted under
+    their own method and route."""
+    host, port = server.split(":")
+    for request, allow in (
+        (b"OPTIONS * HTTP/1.1\r\nHost: www\r\n\r\n", b"allow: GET, HEAD, OPTIONS, POST"),
+        (b"OPTIONS / HTTP/1.0\r\n\r\n", b"allow: GET, HEAD, OPTIONS"),
+    ):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(request)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 204") and allow in answer, answer
+    head = requests.head(f"http://{server}/healthz", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert (
+        head.headers["content-length"]
+        == requests.get(f"http://{server}/healthz", timeout=10).headers["content-length"]
+    )
+    metrics = requests.get(f"http://{server}/metrics", timeout=10).text
+    for series in (
+        'lightbox_http_requests_total{method="OPTIONS",route="*",status="204"}',
+        'lightbox_http_requests_total{method="HEAD",route="/healthz",status="200"}',
+    ):
+        assert series in metrics, series
 
 
 def test_no_cors_unless_configured(predictor: Predictor, tmp_path, image: bytes) -> None:  # noqa: ANN001
