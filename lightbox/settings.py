@@ -233,6 +233,10 @@ class Settings(BaseSettings):
     serve_max_latency_ms: float = Field(
         default=1000.0, gt=0.0, le=600_000.0, description="admission latency budget"
     )
+    # Weigh each photo by what its format and size will cost to decode (learned per format), so a burst
+    # of phone HEICs or camera-size JPEGs after small photos is judged on its own cost from the first
+    # request (serving/decode_cost.py). Off: every image counts as one, at the learned average.
+    serve_weigh_decodes: bool = Field(default=True, description="admission weighs photos by decode cost")
     serve_max_body_bytes: int = Field(default=20_000_000, ge=1)
     # A request whose body has not arrived by then gets 408 and its connection is closed: a stalled or
     # trickling upload must not hold a connection (and its admission) for ever. A phone on a slow link

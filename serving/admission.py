@@ -27,6 +27,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from serving.decode_cost import DecodeCost, image_format
+
 
 class Refused(Exception):
     """The request would wait past the budget (``reason`` "latency") or overflow the image-count cap
@@ -128,11 +130,13 @@ class CpuPerUnit:
         elapsed, units = wall - self._start[0], self._units - self._start[2]
         return elapsed > self.max_s or (units >= self.min_units and elapsed >= self.min_s)
 
-    def reading(self, wall: float, cpu: float) -> None:
-        """The CPU clock read at ``wall``: opens the first window, closes one that is due."""
+    def reading(self, wall: float, cpu: float) -> int | None:
+        """The CPU clock read at ``wall``: opens the first window, closes one that is due. Returns the
+        units of the window it closed if that window counted (None: none closed, or dropped)."""
+        counted = None
         if self._start is not None:
             if not self.due(wall):
-                return
+                return None
             wall0, cpu0, units0 = self._start
             busy = (
                 self.min_busy is not None
@@ -140,10 +144,12 @@ class CpuPerUnit:
                 and (cpu - cpu0) >= self.min_busy * self.cores * (wall - wall0)
             )
             if wall - wall0 <= self.max_s or busy:  # the work kept coming: a window under load
-                sample = (cpu - cpu0) / (self._units - units0)
+                counted = self._units - units0
+                sample = (cpu - cpu0) / counted
                 old = self.per_unit
                 self.per_unit = sample if old is None else old + self.alpha * (sample - old)
         self._start = (wall, cpu, self._units)
+        return counted
 
 
 class CpuCost:
@@ -158,6 +164,10 @@ class CpuCost:
     images and ``min_s``; a window longer than ``max_s`` (the server was idle or nearly) is dropped,
     so idle time and light load never count. None until a window under load has been measured.
     One per process, shared by its models: the CPU is the process's.
+
+    ``decodes`` learns what each photo costs to decode (serving/decode_cost.py); over the same windows,
+    the decode CPU per completed image is what ``seconds_per_image`` holds of decoding, so that a photo
+    is weighed by its decode's excess over what the learned cost already counts.
     """
 
     def __init__(
@@ -179,6 +189,9 @@ class CpuCost:
         self._cost = CpuPerUnit(
             min_units=min_images, min_s=min_s, max_s=max_s, alpha=alpha, min_busy=0.5, cores=cores
         )
+        self.decodes = DecodeCost()
+        self._decode_mark = self.decodes.seconds_total
+        self._decode_per_image: float | None = None
         self._cost.reading(clock(), cpu_clock())
 
     def completed(self, images: int) -> None:
@@ -187,7 +200,38 @@ class CpuCost:
             self._cost.add(images)
             now = self.clock()
             if self._cost.due(now):  # the CPU clock is read only when a window closes
-                self._cost.reading(now, self.cpu_clock())
+                decoded = self.decodes.seconds_total
+                counted = self._cost.reading(now, self.cpu_clock())
+                if counted:  # the window's decode CPU per image, averaged as its CPU per image is
+                    sample, old = (decoded - self._decode_mark) / counted, self._decode_per_image
+                    self._decode_per_image = (
+                        sample if old is None else old + self._cost.alpha * (sample - old)
+                    )
+                self._decode_mark = decoded
+
+    @property
+    def decode_seconds_per_image(self) -> float | None:
+        """Of ``seconds_per_image``, what decoding took (over the same windows); None until measured."""
+        return self._decode_per_image
+
+    def extra_images(self, blobs: list[bytes]) -> float:
+        """The work ``blobs`` bring beyond as many images at the learned cost, in images: each decode's
+        estimated excess over the decode CPU per image the learned cost holds. 0 until both are learned
+        (each image counts as one, as before)."""
+        per_image, typical = self._cost.per_unit, self._decode_per_image
+        if per_image is None or per_image <= 0 or typical is None:
+            return 0.0
+        excess = 0.0
+        for blob in blobs:
+            cost = self.decodes.estimate(image_format(blob), len(blob))
+            if cost is not None:
+                excess += max(0.0, cost - typical)
+        return excess / per_image
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Process CPU seconds per completed image; None until measured."""
+        return self._cost.per_unit
 
     @property
     def images_per_s(self) -> float | None:
@@ -413,6 +457,11 @@ class AdmissionMetrics:
         self.reserved = Gauge(
             f"{prefix}_reserved_images", "Images admitted and still being read or decoded", registry=registry
         )
+        self.extra = Gauge(
+            f"{prefix}_reserved_extra_images",
+            "The reserved images' costlier decodes beyond as many typical images, in images",
+            registry=registry,
+        )
         self.loop_lag = Gauge(
             f"{prefix}_loop_lag_seconds",
             "How late the event loop runs a due callback (largest of the last second)",
@@ -474,6 +523,9 @@ class Admission:
         self.metrics = metrics or AdmissionMetrics(CollectorRegistry())
         self._reserved = 0
         self._computing = 0
+        # The work reserved requests bring beyond their image count, in images: photos that will cost
+        # more to decode than the typical one (serving/decode_cost.py). Counted in the wait, not the cap.
+        self._extra = 0.0
         self._lock = threading.Lock()
         # Tickets reserved at a request's headers whose body is still arriving, oldest first. Their
         # image counts as work ahead for ``upload_grace_s`` only: a client trickling its body (a phone
@@ -501,6 +553,7 @@ class Admission:
         self.metrics.estimated_wait.set_function(lambda: self.estimate(1) or 0.0)  # read at scrape
         self.metrics.service_rate.set_function(lambda: self.rate.images_per_s or 0.0)
         self.metrics.reserved.set_function(lambda: self._reserved)
+        self.metrics.extra.set_function(lambda: self._extra)
 
     @property
     def reserved(self) -> int:
@@ -517,6 +570,11 @@ class Admission:
         self._expire_uploads()
         return self.queued() + self._computing + self._reserved - held
 
+    @property
+    def extra(self) -> float:
+        """The reserved requests' work beyond their image count, in images (their costlier decodes)."""
+        return self._extra
+
     def _expire_uploads(self, now: float | None = None) -> None:
         """Stop counting the reservations of bodies still arriving past the grace (see __init__)."""
         if not self._reading:
@@ -529,7 +587,8 @@ class Admission:
                     break
                 del self._reading[ticket]
                 self._reserved -= ticket.held
-                ticket.held, ticket.slow = 0, True
+                self._extra -= ticket.extra
+                ticket.held, ticket.extra, ticket.slow = 0, 0.0, True
                 self.metrics.slow_uploads.inc()
 
     def _reading_started(self, ticket: Ticket) -> None:
@@ -550,16 +609,19 @@ class Admission:
         the batch fill wait (a few ms) not at all, and decoding runs beside the model, so it is left
         out too.
         """
-        return _wait(self.ahead(held), n, self._per_round, self.rate.images_per_s)
+        return _wait(self.ahead(held) + self._extra, n, self._per_round, self.rate.images_per_s)
 
-    def check(self, n: int, held: int = 0) -> float | None:
+    def check(self, n: int, held: int = 0, extra: float = 0.0, held_extra: float = 0.0) -> float | None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits;
-        returns its estimated wait (None until the rate is measured)."""
+        returns its estimated wait (None until the rate is measured). ``extra``: the work its images
+        bring beyond ``n`` typical ones, in images (``held_extra`` of it reserved already); it counts in
+        the wait, not in the image cap."""
         self._expire_uploads()
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
         rate = self.rate.images_per_s
-        wait = _wait(ahead, n, self._per_round, rate)  # estimate(), reading once
+        # estimate(), reading once, with the costlier decodes ahead and the request's own
+        wait = _wait(ahead + self._extra - held_extra, n + extra, self._per_round, rate)
         waiting = ahead - computing
         if waiting + n > self.max_queue:
             raise Refused(
@@ -635,9 +697,10 @@ class Admission:
             with self._lock:
                 self._computing -= n
 
-    def _move(self, delta: int) -> None:
+    def _move(self, delta: int, extra: float = 0.0) -> None:
         with self._lock:
             self._reserved += delta
+            self._extra += extra
 
 
 _UPLOAD_GRACE_S = 0.25  # at most (a quarter of the budget, if less): see Admission.__init__
@@ -645,7 +708,7 @@ _SLACK_QUANTILE = 0.99  # of recent overruns: the promise is on the admitted p99
 _OVERRUN_WINDOW = 256  # admitted requests whose overrun sets the slack: a few seconds under overload
 
 
-def _wait(ahead: int, n: int, per_round: int, rate: float | None) -> float | None:
+def _wait(ahead: float, n: float, per_round: int, rate: float | None) -> float | None:
     """``ahead`` images, then the request's ``n`` rounded up to whole rounds of ``per_round`` (streams x
     batch cap), at ``rate``."""
     return None if rate is None else (ahead + per_round * math.ceil(n / per_round)) / rate
@@ -660,7 +723,7 @@ class Reservation(Protocol):
     """What a request holds between admission and the queue: a ``Ticket``, or one ticket per model of
     a request several models answer (serving.multi.MultiTicket)."""
 
-    def extend(self, n: int) -> None: ...
+    def extend(self, n: int, extra: float = 0.0) -> None: ...
 
     def release(self) -> None: ...
 
@@ -678,15 +741,16 @@ class Ticket:
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
         self.held = 0
+        self.extra = 0.0  # its images' work beyond ``held`` typical ones, in images
         self.released = False
         self.admitted = False  # its final check passed (the handler extended it to its image count)
         self.estimated: float | None = None  # the wait estimated at that check
         self.judged_at: float | None = None  # when (monotonic)
         self.slow = False  # its body outlasted the upload grace (Admission._expire_uploads)
 
-    def extend(self, n: int, *, final: bool = True) -> None:
-        """Hold ``n`` images in all, or release and raise Refused. ``final``: the request's
-        last check, so it counts as admitted."""
+    def extend(self, n: int, extra: float = 0.0, *, final: bool = True) -> None:
+        """Hold ``n`` images in all (and ``extra`` images' work beyond them: costlier decodes), or
+        release and raise Refused. ``final``: the request's last check, so it counts as admitted."""
         adm = self.admission
         if self.released:
             raise RuntimeError("ticket already released")
@@ -694,13 +758,13 @@ class Ticket:
             adm._expire_uploads()  # its own too: a slow body on a quiet server, with no check since
             adm._reading_done(self)
         try:
-            wait = adm.check(n, self.held)
+            wait = adm.check(n, self.held, extra, self.extra)
         except Refused as refused:
             adm._count_refusal(refused)
             self.release()
             raise
-        adm._move(n - self.held)
-        self.held = n
+        adm._move(n - self.held, extra - self.extra)
+        self.held, self.extra = n, extra
         if final:
             self.admitted, self.estimated, self.judged_at = True, wait, time.monotonic()
             adm.metrics.admitted.inc()
@@ -717,5 +781,5 @@ class Ticket:
         if not self.released:
             self.released = True
             self.admission._reading_done(self)
-            self.admission._move(-self.held)
-            self.held = 0
+            self.admission._move(-self.held, -self.extra)
+            self.held, self.extra = 0, 0.0

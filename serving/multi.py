@@ -110,11 +110,12 @@ class MultiTicket:
         out._raise_if_none_left()
         return out
 
-    def extend(self, n: int) -> None:
-        """Hold ``n`` images at each model that still admits the request; Refused when none does."""
+    def extend(self, n: int, extra: float = 0.0) -> None:
+        """Hold ``n`` images (and ``extra``: Ticket.extend) at each model that still admits the request;
+        Refused when none does."""
         for name, ticket in list(self.tickets.items()):
             try:
-                ticket.extend(n)
+                ticket.extend(n, extra)
             except Refused as exc:  # the ticket released itself
                 del self.tickets[name]
                 self.refused[name] = exc

@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lightbox.imaging import ImageDecodeError, ImageTooLarge, preprocess_bytes
 from lightbox.settings import Settings
 from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, Reservation, ServiceRate
 from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
+from serving.decode_cost import image_format
 from serving.metrics import ServingMetrics
 from serving.prediction_metrics import PredictionMetrics
 from training.predictor import Predictor
@@ -170,6 +172,9 @@ class InferenceRuntime:
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             self._run_batch, self.config, metrics=BatcherMetrics(self.registry)
         )
+        # The process's CPU per image, and what each photo will cost to decode by format and size: a
+        # costlier one counts for more in the admission estimate from its first request.
+        self.cpu = cpu_cost or CpuCost(usable_cores())
         # Admission by time (serving/admission.py): the rate is measured from the first batch on; until
         # then at most one round of batches is let in.
         self.admission = Admission(
@@ -177,7 +182,7 @@ class InferenceRuntime:
             settings.serve_max_queue,
             # Bounded by what the process's CPU completes (decode and HTTP beside the model): one
             # CpuCost for all the models of an app (serving.app), else this runtime's own.
-            ServiceRate(self.layout.concurrent_batches, cpu=cpu_cost or CpuCost(usable_cores())),
+            ServiceRate(self.layout.concurrent_batches, cpu=self.cpu),
             lambda: self.batcher.queue_depth,
             AdmissionMetrics(self.registry),
             unmeasured_limit=self.config.max_batch_size * self.layout.concurrent_batches,
@@ -218,12 +223,13 @@ class InferenceRuntime:
         limit = self.settings.serve_max_images_per_request
         if len(blobs) > limit:
             raise ApiError(413, f"{len(blobs)} images in one request, over the limit of {limit}")
+        extra = self.cpu.extra_images(blobs) if self.settings.serve_weigh_decodes else 0.0
         try:
-            ticket.extend(len(blobs))
+            ticket.extend(len(blobs), extra)
         except Refused as refused:
             raise overloaded(refused) from None
         loop = asyncio.get_running_loop()
-        decode = functools.partial(preprocess_bytes, max_pixels=self.settings.max_pixels)
+        decode = functools.partial(self._decode_timed, max_pixels=self.settings.max_pixels)
         pool = self._pool()
         jobs = [loop.run_in_executor(pool, decode, blob) for blob in blobs]
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -235,6 +241,15 @@ class InferenceRuntime:
             if isinstance(r, BaseException):
                 raise r
         return results  # type: ignore[return-value]
+
+    def _decode_timed(self, blob: bytes, max_pixels: int) -> np.ndarray:
+        """``preprocess_bytes``, its time learned by format and size (a decode thread). Wall time, not
+        the thread's CPU clock: libheif decodes in threads of its own, which that clock does not see (a
+        12 MP HEIC: 0.07 s of the calling thread's CPU, 0.31 s of the process's and of the wall's)."""
+        start = time.perf_counter()
+        image = preprocess_bytes(blob, max_pixels=max_pixels)
+        self.cpu.decodes.observe(image_format(blob), len(blob), time.perf_counter() - start)
+        return image
 
     async def infer(self, images: list[np.ndarray], protocol: str, ticket: Reservation) -> list[Prediction]:
         # The images leave the ticket as they enter the queue: submit_many queues them before its first

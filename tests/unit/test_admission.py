@@ -565,3 +565,32 @@ def test_a_slow_upload_is_no_overrun_of_the_server() -> None:
     alone.extend(1)
     alone.answered(1.0)
     assert admission.slack_s < 0.1 and _metric(registry, "lightbox_admission_slow_uploads_total") == 2
+
+
+def test_costlier_decodes_count_in_the_wait_not_in_the_image_cap() -> None:
+    """A request whose photos will cost nine typical images' work more to decode (a HEIC burst after
+    small JPEGs) waits, and makes the next wait, as the work it brings; the image cap still counts
+    images, and the extra goes when the request leaves its reservation."""
+    admission, _, registry = make(budget_s=1.0, max_queue=4, rate=10.0)  # 0.1 s an image
+    heavy = admission.admit(1)
+    heavy.extend(1, 5.0)  # one image, six images' work
+    assert admission.extra == 5.0
+    assert _metric(registry, "lightbox_admission_reserved_extra_images") == 5.0
+    assert admission.estimate(1) == pytest.approx((1 + 5 + 1) / 10)  # behind the heavy one's six
+    light = admission.admit(1)
+    light.extend(1)
+    with pytest.raises(Refused, match="estimated wait"):  # 6 ahead + 1 + its own 4 > 1 s
+        admission.admit(1).extend(1, 4.0)
+    # The cap counts images: two reserved and two more fit under max_queue=4, heavy or not.
+    small = admission.admit(1)
+    small.extend(1)
+    small.release()
+    heavy.release()
+    assert admission.extra == 0.0
+    assert admission.estimate(1) == pytest.approx((1 + 1) / 10)
+    light.release()
+    # Nothing ahead: even a very costly request is admitted on an idle server.
+    alone = admission.admit(1)
+    alone.extend(1, 50.0)
+    alone.release()
+    assert admission.extra == 0.0
