@@ -36,11 +36,13 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         # Cancelled ourselves (the server shutting down), or one of the two done: end the other.
         if not task.done():
             task.cancel()
+            # A failure while it unwinds is nobody's to report: nobody is left to answer.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     if task.done() and not task.cancelled():
         return task.result()
-    # Not awaited: nobody is left to answer, and a failure while it unwinds is nobody's to report.
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    # Its unwinding ends before the request does: decodes already running hold its admission till then.
+    await asyncio.wait((task,))
     raise ClientDisconnect()

@@ -228,11 +228,19 @@ class InferenceRuntime:
             ticket.extend(len(blobs), extra)
         except Refused as refused:
             raise overloaded(refused) from None
-        loop = asyncio.get_running_loop()
         decode = functools.partial(self._decode_timed, max_pixels=self.settings.max_pixels)
         pool = self._pool()
-        jobs = [loop.run_in_executor(pool, decode, blob) for blob in blobs]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        running = [pool.submit(decode, blob) for blob in blobs]
+        try:
+            results = await asyncio.gather(*map(asyncio.wrap_future, running), return_exceptions=True)
+        except asyncio.CancelledError:
+            # The client left (serving/disconnect.py): the decodes not started are dropped; the ones
+            # running cannot be stopped, and the request keeps its admission until they end, so that
+            # the estimate counts the cores they take.
+            for job in running:
+                job.cancel()
+            await asyncio.to_thread(concurrent.futures.wait, running)
+            raise
         for i, r in enumerate(results):
             if isinstance(r, ImageDecodeError):
                 where = f"image {i}: " if len(blobs) > 1 else ""

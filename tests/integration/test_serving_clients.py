@@ -5,6 +5,7 @@ while their images wait."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import io
@@ -23,6 +24,7 @@ from PIL import Image
 from lightbox.settings import Settings
 from serving.app import create_app
 from serving.cors import cors_headers
+from serving.runtime import InferenceRuntime
 from training.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -275,7 +277,8 @@ def test_a_client_that_leaves_takes_its_images_out_of_the_queue(
 ) -> None:
     """Requests queued behind a busy batch whose clients give up are not computed, and count as 499s;
     the ones still waited for are answered."""
-    gate, entered, sizes = threading.Event(), threading.Event(), []
+    gate, entered = threading.Event(), threading.Event()
+    sizes: list[int] = []
     settings = Settings(
         project_dir=tmp_path,
         serve_reload_interval_s=0,
@@ -309,3 +312,38 @@ def test_a_client_that_leaves_takes_its_images_out_of_the_queue(
         metrics = requests.get(f"http://{address}/metrics", timeout=10).text
     assert sizes == [1, 1]  # the first request and the last: none of the three that left
     assert 'lightbox_http_requests_total{method="POST",route="/predict",status="499"} 3.0' in metrics
+
+
+def test_a_request_cancelled_while_its_photos_decode_ends_with_the_running_decode(
+    predictor: Predictor,
+    image: bytes,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """A client gone mid-decode: the decodes not started are dropped, and the request ends (releasing
+    its admission) only once the running one has, so admission never counts cores that are busy as free."""
+    settings = Settings(project_dir=tmp_path, serve_reload_interval_s=0, serve_decode_workers=1)
+    runtime = InferenceRuntime(settings, predictor)
+    gate, started, calls = threading.Event(), threading.Event(), []
+    real = runtime._decode_timed
+
+    def gated(blob: bytes, max_pixels: int) -> np.ndarray:
+        calls.append(1)
+        started.set()
+        assert gate.wait(10)
+        return real(blob, max_pixels)
+
+    runtime._decode_timed = gated  # type: ignore[method-assign]
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.decode([image, image, image], runtime.admission.admit(1)))
+        assert await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # the running decode holds it
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await runtime.aclose()
+
+    asyncio.run(main())
+    assert len(calls) == 1  # the two not started never ran
