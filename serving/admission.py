@@ -611,11 +611,19 @@ class Admission:
         """
         return _wait(self.ahead(held) + self._extra, n, self._per_round, self.rate.images_per_s)
 
-    def check(self, n: int, held: int = 0, extra: float = 0.0, held_extra: float = 0.0) -> float | None:
+    def check(
+        self,
+        n: int,
+        held: int = 0,
+        extra: float = 0.0,
+        held_extra: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> float | None:
         """Raise Refused unless a request of ``n`` images (``held`` of them already reserved) fits;
         returns its estimated wait (None until the rate is measured). ``extra``: the work its images
         bring beyond ``n`` typical ones, in images (``held_extra`` of it reserved already); it counts in
-        the wait, not in the image cap."""
+        the wait, not in the image cap. ``timeout_s``: the request's own, judged against where it is
+        below the budget."""
         self._expire_uploads()
         computing = self._computing  # read once: a compute thread may change it meanwhile
         ahead = self.queued() + computing + self._reserved - held
@@ -638,12 +646,14 @@ class Admission:
             wait = self.loop_lag.wait(wait)  # with the event loop's part: its lag and its share of the cores
         # Never refuse on an idle server: a request bigger than the budget could not do better later.
         slack = self._slack
-        if wait is not None and wait + slack > self.budget_s and ahead > 0:
+        budget = self.budget_s if timeout_s is None else min(self.budget_s, timeout_s)
+        if wait is not None and wait + slack > budget and ahead > 0:
+            which = "budget" if budget == self.budget_s else "the request's timeout"
             raise Refused(
                 "latency",
                 f"estimated wait {wait:.2f}s"
                 + (f" + {slack:.2f}s beyond the model" if slack else "")
-                + f" > budget {self.budget_s:.2f}s",
+                + f" > {which} {budget:.2f}s",
                 self.retry.retry_after(wait, n, rate),
             )
         return wait
@@ -725,6 +735,13 @@ class Reservation(Protocol):
 
     def extend(self, n: int, extra: float = 0.0) -> None: ...
 
+    def set_timeout(self, seconds: float) -> None:
+        """The request's own timeout: see Ticket.set_timeout."""
+
+    @property
+    def deadline(self) -> float | None:
+        """When (monotonic) the request's client gives up; None: no timeout of its own."""
+
     def release(self) -> None: ...
 
     def answered(self, seconds: float) -> None:
@@ -747,6 +764,21 @@ class Ticket:
         self.estimated: float | None = None  # the wait estimated at that check
         self.judged_at: float | None = None  # when (monotonic)
         self.slow = False  # its body outlasted the upload grace (Admission._expire_uploads)
+        self.created = time.monotonic()
+        self.timeout_s: float | None = None  # the request's own (its client's), if it said
+        self._deadline: float | None = None
+
+    def set_timeout(self, seconds: float) -> None:
+        """The request's own timeout, counted from its arrival (its client gives up after it, as with
+        Triton's ``timeout`` parameter or a proxy's route timeout): the final check judges its wait
+        against it where it is below the server's budget, and its images fail uncomputed once it has
+        passed (serving.batching.DeadlineExceeded): an answer nobody waits for takes no batch's place."""
+        self.timeout_s = seconds
+        self._deadline = self.created + seconds
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
 
     def extend(self, n: int, extra: float = 0.0, *, final: bool = True) -> None:
         """Hold ``n`` images in all (and ``extra`` images' work beyond them: costlier decodes), or
@@ -758,7 +790,7 @@ class Ticket:
             adm._expire_uploads()  # its own too: a slow body on a quiet server, with no check since
             adm._reading_done(self)
         try:
-            wait = adm.check(n, self.held, extra, self.extra)
+            wait = adm.check(n, self.held, extra, self.extra, self.timeout_s if final else None)
         except Refused as refused:
             adm._count_refusal(refused)
             self.release()

@@ -47,7 +47,7 @@ from serving.multi import (
 )
 from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
-from serving.uploads import CLIENT_CLOSED, uploaded_images
+from serving.uploads import CLIENT_CLOSED, request_timeout, uploaded_images
 from serving.v2 import v2_router
 from training.predictor import Predictor
 
@@ -267,10 +267,16 @@ def create_app(
         models_q: str | None = Query(
             None, alias="models", description="comma-separated models to ask (default: all served)"
         ),
+        timeout_ms: str | None = Query(
+            None, description="when the client gives up: refused (429) or failed (503) rather than late"
+        ),
     ) -> dict[str, Any]:
         """Score and tag one image (raw body, multipart 'file', JSON "image") or several (multipart
         'files', JSON "images")."""
         selected = models.select(models_q)
+        timeout = request_timeout(request, ("timeout_ms", timeout_ms, 0.001))
+        if timeout is not None:
+            ticket_of(request.scope).set_timeout(timeout)
         upload = await uploaded_images(request, settings)
         if threshold is None:
             threshold = upload.threshold

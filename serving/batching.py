@@ -100,6 +100,9 @@ class BatcherMetrics:
         )
         self.rejections = Counter(f"{prefix}_rejections", "Items refused with QueueFull", registry=registry)
         self.failed_batches = Counter(f"{prefix}_failed_batches", "Batches that raised", registry=registry)
+        self.expired = Counter(
+            f"{prefix}_expired", "Items whose request's timeout passed before their batch", registry=registry
+        )
 
 
 @dataclass(eq=False)
@@ -107,6 +110,11 @@ class _Pending(Generic[In, Out]):
     item: In
     future: asyncio.Future[Out]
     enqueued: float
+    deadline: float | None = None  # monotonic; past it the item is failed, not computed
+
+
+class DeadlineExceeded(Exception):
+    """The item's deadline passed while it waited: its caller's client has given up by now."""
 
 
 def _deliver(items: list[tuple[_Pending[In, Out], Out | None]], error: Exception | None) -> None:
@@ -118,6 +126,18 @@ def _deliver(items: list[tuple[_Pending[In, Out], Out | None]], error: Exception
             p.future.set_exception(error)
         else:
             p.future.set_result(out)  # type: ignore[arg-type]
+
+
+def _deliver_on_loops(items: list[tuple[_Pending[In, Out], Out | None]], error: Exception | None) -> None:
+    """From any thread: ``_deliver`` on each caller's event loop. Futures belong to their loop (a chained
+    batch may hold callers of a newer loop than the one that started its thread); a closed loop has no
+    one left to answer."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[In, Out], Out | None]]] = {}
+    for p, out in items:
+        by_loop.setdefault(p.future.get_loop(), []).append((p, out))
+    for target, part in by_loop.items():
+        with contextlib.suppress(RuntimeError):
+            target.call_soon_threadsafe(_deliver, part, error)
 
 
 class Batcher(Generic[In, Out]):
@@ -162,8 +182,9 @@ class Batcher(Generic[In, Out]):
         """Wait for ``item``'s output. Raises QueueFull at once when the queue is full."""
         return (await self.submit_many([item]))[0]
 
-    async def submit_many(self, items: Sequence[In]) -> list[Out]:
-        """Admit all of ``items`` or none (a multi-image request is never half-queued), then wait."""
+    async def submit_many(self, items: Sequence[In], deadline: float | None = None) -> list[Out]:
+        """Admit all of ``items`` or none (a multi-image request is never half-queued), then wait.
+        ``deadline`` (monotonic): items still waiting past it fail with DeadlineExceeded, uncomputed."""
         if self._closed:
             raise BatcherClosed("batcher is closed")
         if len(self._queue) + len(items) > self.config.max_queue:
@@ -173,7 +194,7 @@ class Batcher(Generic[In, Out]):
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        pending = [_Pending(item, loop.create_future(), now) for item in items]
+        pending = [_Pending(item, loop.create_future(), now, deadline) for item in items]
         self._queue.extend(pending)
         self._wakeup.set()
         try:
@@ -257,14 +278,25 @@ class Batcher(Generic[In, Out]):
         if self._closed:
             return []
         batch: list[_Pending[In, Out]] = []
+        expired: list[_Pending[In, Out]] = []
+        now = time.monotonic()
         with self._lock:
             self._drop_cancelled_head()
             if not self._queue or self._seconds_until_due(len(self._queue), self._queue[0].enqueued) > 0:
                 return []
             while self._queue and len(batch) < self.config.max_batch_size:
                 p = self._queue.popleft()
-                if not p.future.done():  # skip callers that were cancelled while waiting
+                if p.future.done():  # skip callers that were cancelled while waiting
+                    continue
+                if p.deadline is not None and p.deadline < now:
+                    expired.append(p)  # its client has given up: its place goes to one still waiting
+                else:
                     batch.append(p)
+        if expired:
+            self.metrics.expired.inc(len(expired))
+            error = DeadlineExceeded(f"waited {now - expired[0].enqueued:.2f}s, past its request's timeout")
+            failed: list[tuple[_Pending[In, Out], Out | None]] = [(p, None) for p in expired]
+            _deliver_on_loops(failed, error)
         return batch
 
     async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
@@ -308,14 +340,7 @@ class Batcher(Generic[In, Out]):
             error = exc if type(exc) is not StopIteration and isinstance(exc, Exception) else None
             error = error or RuntimeError(f"batch function raised {type(exc).__name__}: {exc}")
         self.metrics.batch_latency.observe(time.monotonic() - start)
-        # Futures belong to their event loop: resolve each there (a chained batch may hold callers of a
-        # newer loop than the one that started this thread). A closed loop has no one left to answer.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[In, Out], Out | None]]] = {}
-        for i, p in enumerate(batch):
-            by_loop.setdefault(p.future.get_loop(), []).append((p, outputs[i] if error is None else None))
-        for target, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):
-                target.call_soon_threadsafe(_deliver, items, error)
+        _deliver_on_loops([(p, outputs[i] if error is None else None) for i, p in enumerate(batch)], error)
 
     async def close(self) -> None:
         """Stop cutting batches, let running batches finish, fail whatever still waits."""

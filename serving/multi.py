@@ -121,6 +121,15 @@ class MultiTicket:
                 self.refused[name] = exc
         self._raise_if_none_left()
 
+    def set_timeout(self, seconds: float) -> None:
+        for ticket in self.tickets.values():
+            ticket.set_timeout(seconds)
+
+    @property
+    def deadline(self) -> float | None:
+        deadlines = [t.deadline for t in self.tickets.values() if t.deadline is not None]
+        return min(deadlines, default=None)
+
     def _raise_if_none_left(self) -> None:
         if not self.tickets and self.refused:
             raise next(iter(self.refused.values()))

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from lightbox.imaging import ImageDecodeError, ImageTooLarge, preprocess_bytes
 from lightbox.settings import Settings
 from serving.admission import Admission, AdmissionMetrics, CpuCost, Refused, Reservation, ServiceRate
-from serving.batching import BatchConfig, Batcher, BatcherMetrics, QueueFull
+from serving.batching import BatchConfig, Batcher, BatcherMetrics, DeadlineExceeded, QueueFull
 from serving.decode_cost import image_format
 from serving.metrics import ServingMetrics
 from serving.prediction_metrics import PredictionMetrics
@@ -264,9 +264,14 @@ class InferenceRuntime:
         # await, so no estimate in between counts them twice or not at all.
         ticket.release()
         try:
-            out = await self.batcher.submit_many(images)
+            out = await self.batcher.submit_many(images, ticket.deadline)
         except QueueFull as exc:
             raise overloaded(self.admission.refused_by_queue(str(exc))) from None
+        except DeadlineExceeded as exc:
+            # Its own timeout passed in the queue: its client has given up (or will read a 503 now).
+            raise ApiError(
+                503, f"not computed within the request's timeout ({exc}): retry later", {"Retry-After": "1"}
+            ) from None
         self.metrics.images.labels(protocol).inc(len(images))
         return out
 

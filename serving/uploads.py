@@ -87,6 +87,33 @@ def parse_json(body: bytes, what: str) -> Any:
         raise ApiError(400, f"{what} is not valid JSON: {reason}") from None
 
 
+# Envoy (and Istio) send every upstream request its route's timeout in this header: behind such a proxy
+# each request says when its client gives up without the client doing anything.
+PROXY_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
+MAX_TIMEOUT_S = 600.0
+
+
+def request_timeout(request: Request, *given: tuple[str, object, float]) -> float | None:
+    """Seconds until the request's client gives up, the least of what it says: the proxy's header (ms)
+    and ``given`` (name, value, seconds per unit) of the protocol's own fields; None when none says.
+    A value that is no positive number is an ApiError 422 naming it."""
+    said = [(PROXY_TIMEOUT_HEADER, request.headers.get(PROXY_TIMEOUT_HEADER), 0.001), *given]
+    seconds = []
+    for name, value, unit in said:
+        if value is None:
+            continue
+        try:
+            number = (
+                float(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+            )
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or number <= 0:
+            raise ApiError(422, f"{name} must be a positive number, got {str(value)[:40]!r}")
+        seconds.append(min(number * unit, MAX_TIMEOUT_S))
+    return min(seconds, default=None)
+
+
 def parse_threshold(value: object) -> float:
     """A tag threshold as a client sends it (``0.3``, ``"0.3"``): a number from 0 to 1, or ApiError 422."""
     number: float | None = None

@@ -27,7 +27,7 @@ from serving.body_codecs import BodyError, image_from_base64
 from serving.disconnect import unless_client_leaves
 from serving.multi import ModelSet
 from serving.runtime import ApiError, InferenceRuntime, Prediction
-from serving.uploads import media_type, parse_json, read_body
+from serving.uploads import media_type, parse_json, read_body, request_timeout
 from training.predictor import Predictor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -319,6 +319,11 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
         header, blobs = await asyncio.to_thread(parse_request, body, request.headers.get(HEADER_LENGTH))
         # Checked against the model now; a hot swap before the batch runs is caught in infer_response.
         outputs = requested_outputs(header, model_outputs(runtime.predictor))
+        # Triton's schedule-policy "timeout" (microseconds), as tritonclient's infer(timeout=...) sends it.
+        params = header.get("parameters") or {}
+        timeout = request_timeout(request, ("parameters.timeout", params.get("timeout"), 1e-6))
+        if timeout is not None:
+            ticket_of(request.scope).set_timeout(timeout)
 
         async def answer() -> Response:
             ticket = ticket_of(request.scope)

@@ -347,3 +347,62 @@ def test_a_request_cancelled_while_its_photos_decode_ends_with_the_running_decod
 
     asyncio.run(main())
     assert len(calls) == 1  # the two not started never ran
+
+
+def test_a_request_timeout_fails_it_rather_than_answer_late(
+    predictor: Predictor,
+    serve,  # noqa: ANN001
+    image: bytes,
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """Clients that say when they give up (``?timeout_ms=``, Triton's ``parameters.timeout`` in
+    microseconds, a proxy's ``x-envoy-expected-rq-timeout-ms``) and wait past it behind a busy batch get
+    a 503 at their deadline, and their images are never computed; a malformed timeout is a 422."""
+    gate, entered = threading.Event(), threading.Event()
+    sizes: list[int] = []
+    settings = Settings(
+        project_dir=tmp_path,
+        serve_reload_interval_s=0,
+        serve_max_wait_ms=1,
+        serve_max_batch_size=8,
+        serve_max_concurrent_batches=1,
+        serve_max_latency_ms=60_000,
+    )
+    app = create_app(settings, _gated(predictor, gate, entered, sizes))
+    with serve(app) as address:
+        url = f"http://{address}"
+        for params, headers in (({"timeout_ms": "soon"}, {}), ({}, {"x-envoy-expected-rq-timeout-ms": "-5"})):
+            resp = requests.post(f"{url}/predict", params=params, headers=headers, data=image, timeout=30)
+            assert resp.status_code == 422 and "must be a positive number" in resp.json()["error"], resp.text
+        answers: dict[str, requests.Response] = {}
+
+        def post(name: str, path: str, **kw: object) -> None:
+            answers[name] = requests.post(f"{url}{path}", timeout=60, **kw)  # type: ignore[arg-type]
+
+        first = threading.Thread(target=post, args=("first", "/predict"), kwargs={"data": image})
+        first.start()
+        assert entered.wait(30)  # the first batch computes, and holds the only batch slot
+        v2 = _v2_json(base64.b64encode(image).decode()) | {"parameters": {"timeout": 300_000}}
+        hasty = [
+            threading.Thread(
+                target=post, args=("query", "/predict"), kwargs={"data": image, "params": {"timeout_ms": 300}}
+            ),
+            threading.Thread(
+                target=post,
+                args=("proxy", "/predict"),
+                kwargs={"data": image, "headers": {"x-envoy-expected-rq-timeout-ms": "300"}},
+            ),
+            threading.Thread(target=post, args=("triton", INFER), kwargs={"json": v2}),
+        ]
+        for t in hasty:
+            t.start()
+        time.sleep(0.8)  # past their deadlines, still queued
+        gate.set()
+        for t in [first, *hasty]:
+            t.join(60)
+        assert answers["first"].status_code == 200
+        for name in ("query", "proxy", "triton"):
+            resp = answers[name]
+            assert resp.status_code == 503 and "request's timeout" in resp.json()["error"], (name, resp.text)
+            assert resp.headers["retry-after"] == "1"
+    assert sizes == [1]  # none of the three was computed

@@ -594,3 +594,23 @@ def test_costlier_decodes_count_in_the_wait_not_in_the_image_cap() -> None:
     alone.extend(1, 50.0)
     alone.release()
     assert admission.extra == 0.0
+
+
+def test_a_request_with_a_timeout_is_judged_against_it() -> None:
+    """A client that gives up after 0.3 s (Triton's timeout parameter, a proxy's route timeout) is
+    refused at once when its wait is estimated past that, though within the server's budget."""
+    admission, queue, _ = make(budget_s=1.0, rate=10.0)  # 0.1 s an image
+    queue.depth = 4  # 0.4 s ahead, + its own 0.1
+    patient = admission.admit(1)
+    patient.extend(1)
+    patient.release()
+    hasty = admission.admit(1)
+    hasty.set_timeout(0.3)
+    assert hasty.deadline == pytest.approx(hasty.created + 0.3)
+    with pytest.raises(Refused, match="estimated wait 0.50s > the request's timeout 0.30s"):
+        hasty.extend(1)
+    roomy = admission.admit(1)
+    roomy.set_timeout(5.0)  # longer than the budget: the budget still holds
+    queue.depth = 12
+    with pytest.raises(Refused, match="> budget 1.00s"):
+        roomy.extend(1)

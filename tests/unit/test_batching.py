@@ -15,6 +15,7 @@ from serving.batching import (
     BatcherClosed,
     BatcherMetrics,
     BatchSizeMismatch,
+    DeadlineExceeded,
     QueueFull,
 )
 
@@ -444,3 +445,26 @@ def test_close_while_a_backlog_is_computed_answers_everyone() -> None:
     closed = [o for o in out if isinstance(o, BatcherClosed)]
     assert done and closed and len(done) + len(closed) == 6  # each got an answer or BatcherClosed
     assert done == [2 * i for i in range(len(done))]  # in order, none lost
+
+
+def test_items_past_their_deadline_fail_uncomputed() -> None:
+    """Behind a slow batch, an item whose request's timeout passes while it waits is failed, not
+    computed: its client has given up, and its place goes to one still waiting."""
+    fn = Recorder(delay_s=0.3)
+    registry = CollectorRegistry()
+
+    async def main() -> None:
+        b = Batcher(fn, BatchConfig(max_batch_size=4, max_wait_ms=0), metrics=BatcherMetrics(registry))
+        first = asyncio.create_task(b.submit(1))
+        await asyncio.sleep(0.05)  # computing for 0.3 s
+        hasty = asyncio.create_task(b.submit_many([2, 3], deadline=time.monotonic() + 0.1))
+        patient = asyncio.create_task(b.submit_many([4], deadline=time.monotonic() + 5))
+        assert await first == 2
+        with pytest.raises(DeadlineExceeded, match="past its request's timeout"):
+            await hasty
+        assert await patient == [8]
+        await b.close()
+
+    asyncio.run(main())
+    assert fn.batches == [[1], [4]]
+    assert registry.get_sample_value("lightbox_batcher_expired_total") == 2
