@@ -215,6 +215,14 @@ def _import(
     if split_policy == "group":  # given splits are the user's: a tag missing from train is reported
         rows = ensure_tags_in_train(rows, settings.min_tag_count)
     elif not old_rows:
+        if not any(r["split"] == "train" for r in rows):
+            # Every image came with the source's own split, and none of them train (a test shard alone).
+            held = Counter(r["split"] for r in rows)
+            raise ImportFailed(
+                "nothing to train on: the source puts every image in a split other than train ("
+                + ", ".join(f"{k} {n}" for k, n in sorted(held.items()))
+                + "); import its train split too; data/ is unchanged"
+            )
         rows, carved = carve_missing_splits(rows, settings)
         notes += carved
 
@@ -276,13 +284,15 @@ def _import(
 
 
 def _commonest(problems: list[Problem]) -> str:
-    """``, N of them: <a reason>``: the reason most problems share (their quoted values aside), so
+    """``, N of them: <a reason>``: the reason most problems share (their values aside), so
     that a file every row of which fails the same way says why in the error's one line."""
     if not problems:
         return ""
     by_kind: dict[str, list[str]] = defaultdict(list)
     for p in problems:
-        by_kind[re.sub(r"'[^']*'", "''", p.reason)].append(p.reason)
+        # Told apart by their kind, not by the values in them: quoted values, paths and numbers aside.
+        kind = re.sub(r"\S*[/\\]\S*", "/", re.sub(r"'[^']*'", "''", p.reason))
+        by_kind[re.sub(r"\d+", "0", kind)].append(p.reason)
     reasons = max(by_kind.values(), key=len)  # the first of the largest, as Counter.most_common
     return f", {len(reasons)} of them: {reasons[0]}"
 

@@ -157,7 +157,7 @@ def parse_cvat(data: bytes, name: str, files: Sequence[str], columns: Columns) -
     for image in images:
         origin = image.name or f"{name} <image> without a name"
         try:
-            ref = _cvat_ref(base, image.name, present)
+            ref = _cvat_ref(base, image.name, present, image.subset)
             records.append(
                 Record(
                     ref=ref,
@@ -197,8 +197,9 @@ def _all_cvat_numbers(images: Sequence[_CvatImage], attribute: str) -> bool:
         return False
 
 
-def _cvat_ref(base: str, image: str, present: set[str]) -> str:
-    """Where a CVAT image name points: beside the XML, else in ``images/`` beside it."""
+def _cvat_ref(base: str, image: str, present: set[str], subset: str | None = None) -> str:
+    """Where a CVAT image name points: beside the XML, else in ``images/`` beside it, else in
+    ``images/<subset>/`` (a project export, where two subsets may hold the same name)."""
     if not image:
         raise ValueError("an <image> without a name")
     if _WINDOWS_PATH.match(image):
@@ -206,5 +207,8 @@ def _cvat_ref(base: str, image: str, present: set[str]) -> str:
     ref = posixpath.normpath(posixpath.join(base, image.replace("\\", "/")))
     if ref.startswith("../") or ref == "..":
         raise ValueError("the name points outside the export's folder")
-    in_images = posixpath.join(base, "images", ref[len(base) :].lstrip("/"))
-    return in_images if ref not in present and in_images in present else ref
+    rel = ref[len(base) :].lstrip("/")
+    candidates = [posixpath.join(base, "images", rel)]
+    if subset:
+        candidates += [posixpath.join(base, "images", subset, rel), posixpath.join(base, subset, rel)]
+    return next((c for c in candidates if ref not in present and c in present), ref)

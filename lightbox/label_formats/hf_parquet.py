@@ -69,36 +69,70 @@ def parse_parquet(
             reader = pq.ParquetFile(open_shard(shard))
             picked = _parquet_columns(shard, reader.schema_arrow, columns)
         except (pa.ArrowException, OSError) as exc:
-            raise FormatError(f"{shard} is not a parquet file lightbox can read ({exc})") from None
+            reason = " ".join(str(exc).split())
+            raise FormatError(f"{shard} is not a parquet file lightbox can read ({reason})") from None
         out.notes += [n for n in picked.notes if n not in out.notes]
         out.has_tags = out.has_tags or picked.tags is not None
         out.score_name = out.score_name or picked.score
         split = _shard_split(shard)
         wanted = [c for c in (picked.image, picked.tags, picked.score, columns.split, columns.group) if c]
-        batches = reader.iter_batches(batch_size=64, columns=list(dict.fromkeys(wanted)))
-        rows = (values for batch in batches for values in batch.to_pylist())
-        for at, values in enumerate(rows):
-            image = values.get(picked.image) or {}
-            path = image.get("path") if isinstance(image.get("path"), str) else None
-            origin = f"{shard} row {at}" + (f" ({path})" if path else "")
-            try:
-                record = _parquet_record(values, picked, columns, origin, split)
-                if record is None:
-                    unlabelled += 1
-                    continue
-                if image.get("bytes"):
-                    name = _STORED_NAME.sub("_", posixpath.basename(path or "image"))[-80:]
-                    record.ref = store(f"{posixpath.basename(shard)}/{at:07d}-{name}", image["bytes"])
-                elif path:  # a dataset of files on disk: the path, relative to the shard
-                    record.ref = posixpath.normpath(posixpath.join(posixpath.dirname(shard), path))
-                else:
-                    raise ValueError(f"no image in {picked.image}")
-                out.records.append(record)
-            except ValueError as exc:
-                out.problems.append(Problem(origin, str(exc)))
+        batches = reader.iter_batches(batch_size=_batch_rows(reader), columns=list(dict.fromkeys(wanted)))
+        # Stored under the shard's whole path: the Hub's converter names every split's shard 0000.parquet.
+        folder = _STORED_NAME.sub("_", shard)
+        try:
+            unlabelled += _read_rows(shard, batches, picked, columns, split, folder, store, out)
+        except (pa.ArrowException, OSError) as exc:  # a damaged page past the footer
+            reason = " ".join(str(exc).split())  # pyarrow's messages span lines: the error is one
+            raise FormatError(f"{shard} is damaged: {reason}; export it again (or leave it out)") from None
     if unlabelled:
         out.notes.append(f"{unlabelled} rows have no label (a ClassLabel's -1, or nothing), left out")
     return out
+
+
+# Rows held at once: 64, fewer when rows are large (camera photos embedded): about this many bytes.
+_BATCH_BYTES = 32_000_000
+
+
+def _batch_rows(reader: Any) -> int:
+    meta = reader.metadata
+    rows = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return max(1, min(64, _BATCH_BYTES * rows // size)) if rows and size else 64
+
+
+def _read_rows(
+    shard: str,
+    batches: Any,
+    picked: _ParquetColumns,
+    columns: Columns,
+    split: str | None,
+    folder: str,
+    store: Callable[[str, bytes], str],
+    out: Parsed,
+) -> int:
+    """One shard's rows into ``out``; returns how many had no label."""
+    unlabelled = 0
+    rows = (values for batch in batches for values in batch.to_pylist())
+    for at, values in enumerate(rows):
+        image = values.get(picked.image) or {}
+        path = image.get("path") if isinstance(image.get("path"), str) else None
+        origin = f"{shard} row {at}" + (f" ({path})" if path else "")
+        try:
+            record = _parquet_record(values, picked, columns, origin, split)
+            if record is None:
+                unlabelled += 1
+                continue
+            if image.get("bytes"):
+                name = _STORED_NAME.sub("_", posixpath.basename(path or "image"))[-80:]
+                record.ref = store(f"{folder}/{at:07d}-{name}", image["bytes"])
+            elif path:  # a dataset of files on disk: the path, relative to the shard
+                record.ref = posixpath.normpath(posixpath.join(posixpath.dirname(shard), path))
+            else:
+                raise ValueError(f"no image in {picked.image}")
+            out.records.append(record)
+        except ValueError as exc:
+            out.problems.append(Problem(origin, str(exc)))
+    return unlabelled
 
 
 def _parquet_record(

@@ -149,7 +149,9 @@ def parse_labelstudio_table(data: bytes, name: str, roots: Roots, columns: Colum
         rows.append({k: _json_cell(v) for k, v in row.items() if v is not None and str(v).strip()})
     if not rows:
         raise FormatError(f"{name}: the export holds no rows")
-    return _parse_ls_min(rows, name, roots, columns)
+    parsed = _parse_ls_min(rows, name, roots, columns)
+    parsed.notes = table.notes + parsed.notes  # how the file was read (its encoding, bare JSON cells)
+    return parsed
 
 
 def _json_cell(value: str) -> object:

@@ -209,9 +209,10 @@ def _text(value: object) -> str | None:
 
 def split_of_path(folder: str) -> str | None:
     """The split a folder names (its deepest segment that is a split's name), as Hugging Face reads
-    ``data/train/`` or ``validation/``; None when none does."""
+    ``data/train/``, ``validation/`` or ``partial-test/``; None when none does."""
     for segment in reversed([s for s in folder.split("/") if s]):
-        split = SPLIT_ALIASES.get(segment.lower())
+        # The Hub's parquet converter writes a large dataset's first shards to partial-train/ etc.
+        split = SPLIT_ALIASES.get(segment.lower().removeprefix("partial-"))
         if split is not None:
             return split
     return None

@@ -232,20 +232,41 @@ def _read_sheets(name: str, book: Any) -> _Table:
         notes.append(f"{name}: read the sheet {title!r} of {len(headers)}{others}")
     at, columns = headers[title]
     rows: list[tuple[int, dict]] = []
-    for line, values in enumerate(book[title].iter_rows(min_row=at + 1, values_only=True), start=at + 1):
-        cells = [_cell_text(v) for v in values]
+    for line, row in enumerate(book[title].iter_rows(min_row=at + 1), start=at + 1):
+        cells = [_formatted_text(c) for c in row]
         if any(c.strip() for c in cells):  # a sheet's blank rows
             rows.append((line, {c: v for c, v in zip(columns, cells, strict=False) if c}))
     return _Table(rows, [c for c in columns if c], notes)
 
 
+_HEADER_ROWS = 10  # rows looked at for the header: a title or a merged group row may come first
+
+
 def _sheet_header(rows: Iterable[Sequence[object]]) -> tuple[int, list[str]]:
-    """(row number, column names) of a sheet's first row that holds anything; (0, []) for an empty one."""
+    """(row number, column names) of a sheet's header: the first of its first rows that names a file
+    column (a merged "Photo | Labels" row above the real header is skipped), else its first row that
+    holds anything; (0, []) for an empty sheet."""
+    first: tuple[int, list[str]] | None = None
     for at, values in enumerate(rows, start=1):
+        if at > _HEADER_ROWS:
+            break
         names = [_cell_text(v).strip() for v in values]
-        if any(names):
+        if not any(names):
+            continue
+        if _first_named(names, FILE_COLUMNS):
             return at, names
-    return 0, []
+        first = first or (at, names)
+    return first or (0, [])
+
+
+def _formatted_text(cell: Any) -> str:
+    """A data cell as the sheet shows it where that differs from its value: a number formatted as a
+    percentage (0.62 shown as 62%) is "62%", as a CSV export of the sheet holds it."""
+    value = getattr(cell, "value", None)
+    number_format = getattr(cell, "number_format", None) or ""
+    if isinstance(value, int | float) and not isinstance(value, bool) and "%" in number_format:
+        return f"{value * 100:g}%"
+    return _cell_text(value)
 
 
 def _cell_text(value: object) -> str:

@@ -998,28 +998,28 @@ def test_hugging_face_parquet_with_embedded_images_and_class_labels() -> None:
     parsed, stored = _parse_parquet({"data/train-00000-of-00001.parquet": shard})
     assert [(r.ref, r.origin, r.tags, r.score, r.split) for r in parsed.records] == [
         (
-            "/scratch/train-00000-of-00001.parquet/0000000-IMG_0.jpg",
+            "/scratch/data_train-00000-of-00001.parquet/0000000-IMG_0.jpg",
             "data/train-00000-of-00001.parquet row 0 (IMG_0.jpg)",
             ("heron", "wren"),
             4.5,
             "train",
         ),
         (
-            "/scratch/train-00000-of-00001.parquet/0000001-IMG_1.jpg",
+            "/scratch/data_train-00000-of-00001.parquet/0000001-IMG_1.jpg",
             "data/train-00000-of-00001.parquet row 1 (IMG_1.jpg)",
             (),
             3.0,
             "train",
         ),
         (
-            "/scratch/train-00000-of-00001.parquet/0000003-image",
+            "/scratch/data_train-00000-of-00001.parquet/0000003-image",
             "data/train-00000-of-00001.parquet row 3",
             ("kestrel",),
             2.0,
             "train",
         ),
     ]
-    assert stored["/scratch/train-00000-of-00001.parquet/0000001-IMG_1.jpg"] == b"jpeg1"
+    assert stored["/scratch/data_train-00000-of-00001.parquet/0000001-IMG_1.jpg"] == b"jpeg1"
     assert len(stored) == 3  # the unlabelled row's image is not kept
     assert parsed.score_name == "rating" and parsed.has_tags and parsed.format == "parquet"
     assert "1 rows have no label (a ClassLabel's -1, or nothing), left out" in parsed.notes
@@ -1070,6 +1070,7 @@ def test_json_cells_written_without_quotes_are_read_by_their_brackets() -> None:
         ("/m/upload/1/a.jpg", 4.0, ("Cat", "Indoor, warm")),
         ("/m/upload/1/b.jpg", 2.0, ("Dog",)),
     }
+    assert "project-1.csv: 1 rows hold JSON cells without quotes, read by their brackets" in parsed.notes
     # A labels table's bare JSON list too; a row whose extra fields are no JSON stays a problem to quote.
     table = (
         b'file_name,score,tags\na.jpg,3,["sunset", "beach"]\nb.jpg,2,sunset,beach\nc.jpg,1,{not json, x}\n'
@@ -1081,3 +1082,50 @@ def test_json_cells_written_without_quotes_are_read_by_their_brackets() -> None:
         "line 4 has 4 fields, the header 3: quote",
     ]
     assert "metadata.csv: 1 rows hold JSON cells without quotes, read by their brackets" in parsed.notes
+
+
+def test_an_excel_header_below_a_merged_group_row_and_percentages_as_shown() -> None:
+    """A group row ("Photo" over the file column, "Labels" merged over the rest) above the real header
+    is skipped; a score formatted as a percentage reads as the sheet shows it (62%), as its CSV would."""
+    import io
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Photo", "Labels", None])
+    sheet.merge_cells("B1:C1")
+    sheet.append(["file_name", "score", "tags"])
+    sheet.append(["a.jpg", 0.62, "heron"])
+    sheet["B3"].number_format = "0%"
+    sheet.append(["b.jpg", 0.5, "wren"])
+    buf = io.BytesIO()
+    book.save(buf)
+    parsed = lf.parse_imagefolder(
+        ["labels.xlsx"], {"labels.xlsx": buf.getvalue()}.__getitem__, Columns(), metas=[("labels.xlsx", None)]
+    )
+    assert [(r.ref, r.score, r.tags) for r in parsed.records] == [
+        ("a.jpg", 62.0, ("heron",)),
+        ("b.jpg", 0.5, ("wren",)),
+    ]
+
+
+def test_parquet_rows_are_read_a_few_megabytes_at_a_time() -> None:
+    """Shards of camera photos: a batch holds about 32 MB of rows, not 64 rows whatever their size."""
+    import io
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lightbox.label_formats.hf_parquet import _batch_rows
+
+    def rows_per_batch(row_bytes: int, rows: int) -> int:
+        buf = io.BytesIO()
+        blobs = [os.urandom(row_bytes) for _ in range(rows)]  # incompressible, as JPEGs are
+        pq.write_table(pa.table({"image": [{"bytes": b, "path": None} for b in blobs]}), buf)
+        return _batch_rows(pq.ParquetFile(io.BytesIO(buf.getvalue())))
+
+    assert rows_per_batch(1_000, 100) == 64
+    assert rows_per_batch(4_000_000, 10) in (7, 8)  # about 32 MB of 4 MB rows (and their overhead)
+    assert rows_per_batch(20_000_000, 2) == 1

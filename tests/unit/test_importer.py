@@ -17,6 +17,7 @@ from photo_samples import VOCAB, imagefolder, jpeg, photo
 from PIL import Image
 
 from lightbox import manifest
+from lightbox.label_formats import FormatError
 from lightbox.settings import Settings
 from pipelines import importer, validate_data
 from pipelines.importer import ImportFailed, ImportOptions
@@ -614,3 +615,73 @@ def test_hugging_face_parquet_shards_with_embedded_images(tmp_path: Path) -> Non
     rows = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
     assert rows["data/test-00000-of-00001.parquet row 1 (15.jpg)"]["tags"] == VOCAB[0]
     assert not [p for p in s.project_dir.iterdir() if ".building-" in p.name]
+
+
+def _hf_shard(path: Path, seeds: range, labels: list[int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {"image": {"_type": "Image"}, "label": {"names": list(VOCAB), "_type": "ClassLabel"}}
+    metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    images = [{"bytes": jpeg(photo(i)), "path": None} for i in seeds]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image": images, "label": labels}).replace_schema_metadata(metadata), path)
+
+
+def test_hub_converter_shards_named_alike_keep_their_own_photos_and_splits(tmp_path: Path) -> None:
+    """The Hub's parquet converter names every split's shard 0000.parquet, a large dataset's first ones
+    under partial-<split>/: each row keeps its own photo and label, and the folder names the split."""
+    src = tmp_path / "hub"
+    _hf_shard(src / "default" / "train" / "0000.parquet", range(1400, 1412), [i % 3 for i in range(12)])
+    _hf_shard(src / "default" / "partial-test" / "0000.parquet", range(1420, 1426), [2] * 6)
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=2)
+    result = importer.run(s, str(src))
+    assert result.n_images == 18 and result.splits["test"] == 6
+    rows = manifest.read_manifest(s.data_dir)
+    assert all("|" not in r["tags"] for r in rows)  # one label each: no photo took another's
+    tests = [r for r in rows if r["split"] == "test"]
+    assert len(tests) == 6 and {r["tags"] for r in tests} == {VOCAB[2]}
+
+
+def test_a_test_shard_alone_is_nothing_to_train_on(tmp_path: Path) -> None:
+    src = tmp_path / "only-test"
+    _hf_shard(src / "test-00000-of-00001.parquet", range(1440, 1450), [i % 3 for i in range(10)])
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=2)
+    with pytest.raises(ImportFailed, match=r"nothing to train on: .*\(test 10\); import its train split too"):
+        importer.run(s, str(src))
+    assert not s.data_dir.exists()
+
+
+def test_a_damaged_parquet_page_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "damaged"
+    shard = src / "train-00000-of-00001.parquet"
+    _hf_shard(shard, range(1460, 1470), [i % 3 for i in range(10)])
+    data = bytearray(shard.read_bytes())
+    data[4:260] = b"\xff" * 256  # the first page's header and data, the footer intact
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=r"train-00000-of-00001.parquet is damaged: [^\n]*export it again"):
+        importer.run(settings_for(tmp_path), str(src))
+
+
+def test_a_cvat_project_export_finds_photos_in_their_subset_folders(tmp_path: Path) -> None:
+    """CVAT's project export puts each subset's photos in images/<subset>/, where two subsets may hold
+    the same name; the refusal of a source whose photos are all missing says so once, counted."""
+    src = tmp_path / "project"
+    images = []
+    for subset, seeds in (("Train", range(1480, 1492)), ("Test", range(1500, 1504))):
+        for i, seed in enumerate(seeds):
+            (src / "images" / subset).mkdir(parents=True, exist_ok=True)
+            (src / "images" / subset / f"IMG_{i:04d}.jpg").write_bytes(jpeg(photo(seed)))
+            tag = f'<tag label="{VOCAB[seed % 3]}" source="manual"/>'
+            images.append(f'<image id="{len(images)}" name="IMG_{i:04d}.jpg" subset="{subset}">{tag}</image>')
+    xml = '<?xml version="1.0"?><annotations><version>1.1</version>' + "".join(images) + "</annotations>"
+    (src / "annotations.xml").write_text(xml, encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=2)
+    result = importer.run(s, str(src))
+    assert result.format == "cvat" and result.n_images == 16 and result.n_quarantined == 0
+    assert result.splits["test"] == 4
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "annotations.xml").write_text(xml, encoding="utf-8")
+    with pytest.raises(ImportFailed, match="16 of 16 .*, 16 of them: file is missing"):
+        importer.run(settings_for(tmp_path / "b"), str(gone))
