@@ -430,9 +430,10 @@ def _labels_files(tree: SourceTree, files: Sequence[str], fmt: str) -> list[str]
 def _one(found: Sequence[str], what: str) -> str:
     if len(found) != 1:
         listed = f" ({', '.join(found[:5])})" if found else ""
+        several = " (the first), then each other with --append" if len(found) > 1 else ""
         raise formats.FormatError(
             f"expected one {what} at the source's top level or one folder down, found {len(found)}{listed}: "
-            "give the file itself as SOURCE"
+            f"give the file itself as SOURCE{several}"
         )
     return found[0]
 

@@ -685,3 +685,25 @@ def test_a_cvat_project_export_finds_photos_in_their_subset_folders(tmp_path: Pa
     (gone / "annotations.xml").write_text(xml, encoding="utf-8")
     with pytest.raises(ImportFailed, match="16 of 16 .*, 16 of them: file is missing"):
         importer.run(settings_for(tmp_path / "b"), str(gone))
+
+
+def test_several_cvat_jobs_import_one_then_the_others_appended(tmp_path: Path) -> None:
+    src = tmp_path / "jobs"
+    for job, seeds in (("job_12", range(1520, 1532)), ("job_13", range(1540, 1546))):
+        (src / job / "images").mkdir(parents=True)
+        images = []
+        for i, seed in enumerate(seeds):
+            (src / job / "images" / f"{job}_{i}.jpg").write_bytes(jpeg(photo(seed)))
+            tag = f'<tag label="{VOCAB[seed % 3]}" source="manual"/>'
+            images.append(f'<image id="{i}" name="{job}_{i}.jpg">{tag}</image>')
+        xml = "<annotations><version>1.1</version>" + "".join(images) + "</annotations>"
+        (src / job / "annotations.xml").write_text(xml, encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=2)
+    with pytest.raises(
+        FormatError,
+        match=r"found 2 .*give the file itself as SOURCE \(the first\), then each other with --append",
+    ):
+        importer.run(s, str(src))
+    assert importer.run(s, str(src / "job_12" / "annotations.xml")).n_images == 12
+    both = importer.run(s, str(src / "job_13" / "annotations.xml"), ImportOptions(append=True))
+    assert both.n_images == 18
