@@ -38,7 +38,9 @@ class Cors(CORSMiddleware):
         return JSONResponse(
             {"error": f"{reason} for {origin!r}: allow it in LIGHTBOX_SERVE_CORS_ORIGINS"},
             status_code=answer.status_code,
-            headers={k: v for k, v in answer.headers.items() if k.lower() != "content-length"},
+            headers={
+                k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")
+            },
         )
 
 

@@ -206,6 +206,7 @@ def test_cors_for_the_configured_origins_only(client: TestClient, image: bytes) 
     assert "access-control-allow-origin" not in stranger.headers
     refused = client.options("/predict", headers=preflight | {"origin": "https://evil.example"})
     assert refused.status_code == 400 and "LIGHTBOX_SERVE_CORS_ORIGINS" in refused.json()["error"]
+    assert refused.headers["content-type"] == "application/json"
     # A 500 is answered outside every middleware: it carries the headers itself.
     assert cors_headers(["http://localhost:3000"], "http://localhost:3000")["Access-Control-Allow-Origin"]
     assert cors_headers(["*"], "https://any.example")["Access-Control-Allow-Origin"] == "*"
