@@ -159,7 +159,7 @@ def json_images(body: bytes, limit: int) -> Upload:
         raise ApiError(400, 'the JSON body must be an object: {"image": "<base64>"}')
     if ("image" in doc) == ("images" in doc):
         raise ApiError(
-            400, f'send one "image" or a list of "images" as base64 text (keys sent: {sorted(doc)})'
+            400, f'send one "image" or a list of "images" as base64 text (keys sent: {sorted(doc)[:10]})'
         )
     several = "images" in doc
     texts = doc["images"] if several else [doc["image"]]
