@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,18 @@ def _gated(p: Predictor, gate: threading.Event, entered: threading.Event, sizes:
     return twin
 
 
+def _one_batch_at_a_time(project: Path) -> Settings:
+    """One batch at a time, a roomy budget: what queues behind a held batch stays queued."""
+    return Settings(
+        project_dir=project,
+        serve_reload_interval_s=0,
+        serve_max_wait_ms=1,
+        serve_max_batch_size=8,
+        serve_max_concurrent_batches=1,
+        serve_max_latency_ms=60_000,
+    )
+
+
 def _raw_post(address: str, body: bytes) -> socket.socket:
     host, port = address.split(":")
     sock = socket.create_connection((host, int(port)))
@@ -280,15 +293,7 @@ def test_a_client_that_leaves_takes_its_images_out_of_the_queue(
     the ones still waited for are answered."""
     gate, entered = threading.Event(), threading.Event()
     sizes: list[int] = []
-    settings = Settings(
-        project_dir=tmp_path,
-        serve_reload_interval_s=0,
-        serve_max_wait_ms=1,
-        serve_max_batch_size=8,
-        serve_max_concurrent_batches=1,
-        serve_max_latency_ms=60_000,
-    )
-    app = create_app(settings, _gated(predictor, gate, entered, sizes))
+    app = create_app(_one_batch_at_a_time(tmp_path), _gated(predictor, gate, entered, sizes))
     with serve(app) as address:
         first: list[requests.Response] = []
         waiter = threading.Thread(
@@ -361,15 +366,7 @@ def test_a_request_timeout_fails_it_rather_than_answer_late(
     a 503 at their deadline, and their images are never computed; a malformed timeout is a 422."""
     gate, entered = threading.Event(), threading.Event()
     sizes: list[int] = []
-    settings = Settings(
-        project_dir=tmp_path,
-        serve_reload_interval_s=0,
-        serve_max_wait_ms=1,
-        serve_max_batch_size=8,
-        serve_max_concurrent_batches=1,
-        serve_max_latency_ms=60_000,
-    )
-    app = create_app(settings, _gated(predictor, gate, entered, sizes))
+    app = create_app(_one_batch_at_a_time(tmp_path), _gated(predictor, gate, entered, sizes))
     with serve(app) as address:
         url = f"http://{address}"
         for params, headers in (({"timeout_ms": "soon"}, {}), ({}, {"x-envoy-expected-rq-timeout-ms": "-5"})):
