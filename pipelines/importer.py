@@ -42,7 +42,7 @@ import numpy as np
 
 from lightbox import label_formats as formats
 from lightbox import manifest
-from lightbox.imaging import ImageDecodeError
+from lightbox.imaging import ImageDecodeError, is_image_name
 from lightbox.label_formats import Columns, Parsed, Problem, Record
 from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
 from lightbox.owner import process_alive
@@ -365,6 +365,12 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
         name = _one(_labels_files(tree, files, fmt), what)
         # Given as SOURCE, the list's photos are found below its folder (CelebA's img_align_celeba/).
         listed = tree.files_below() if tree.single_file else files
+        if tree.single_file and not any(is_image_name(f) for f in listed):
+            # CelebA's own layout keeps the list in Anno/ beside Img/: its folder holds no photo.
+            raise formats.FormatError(
+                f"no photo below the folder of {name}: give the dataset's folder (the one that holds "
+                "the photos and the list) as SOURCE"
+            )
         if fmt == "ava":
             parsed = formats.parse_ava(tree.read(name), name, columns)
         else:
@@ -378,6 +384,11 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             raise formats.FormatError(
                 "no .parquet file in the source: give the folder of the dataset's shards"
             )
+        for shard in shards:  # a clone without its LFS objects holds pointers where the shards belong
+            if tree.read_head(shard, len(_LFS_POINTER)) == _LFS_POINTER:
+                raise formats.FormatError(
+                    f"{shard} is a Git LFS pointer, not the parquet: run `git lfs pull` in its repository"
+                )
         local = tree.local_path
         parsed = formats.parse_parquet(
             shards, lambda f: local(f) or io.BytesIO(tree.read(f)), _store_in(embedded), columns
@@ -402,6 +413,9 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             "give the export file itself as SOURCE"
         )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def _store_in(folder: Path) -> Callable[[str, bytes], str]:

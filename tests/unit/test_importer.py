@@ -537,6 +537,9 @@ def test_celeba_and_ava_folders_as_they_ship(tmp_path: Path) -> None:
     assert result.splits == {"train": 8, "validation": 2, "test": 2}
     rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
     assert rows["000003.jpg"]["tags"] == "Eyeglasses" and rows["000001.jpg"]["tags"] == "Wavy_Hair"
+    # The list itself as SOURCE: its folder (Anno/) holds no photo, and the message names the way out.
+    with pytest.raises(FormatError, match="no photo below the folder of .*give the dataset's folder"):
+        importer.run(settings_for(tmp_path / "c2"), str(celeba / "Anno" / "list_attr_celeba.txt"))
 
     ava = tmp_path / "ava"
     (ava / "AVA_dataset").mkdir(parents=True)
@@ -707,3 +710,12 @@ def test_several_cvat_jobs_import_one_then_the_others_appended(tmp_path: Path) -
     assert importer.run(s, str(src / "job_12" / "annotations.xml")).n_images == 12
     both = importer.run(s, str(src / "job_13" / "annotations.xml"), ImportOptions(append=True))
     assert both.n_images == 18
+
+
+def test_a_git_lfs_pointer_where_a_shard_belongs_says_to_pull(tmp_path: Path) -> None:
+    src = tmp_path / "clone" / "data"
+    src.mkdir(parents=True)
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 123456\n"
+    (src / "train-00000-of-00001.parquet").write_text(pointer)
+    with pytest.raises(FormatError, match="is a Git LFS pointer, not the parquet: run `git lfs pull`"):
+        importer.run(settings_for(tmp_path), str(src.parent))
