@@ -458,6 +458,13 @@ def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = 
     hold the table's photos), tags written two ways."""
     if files is not None:
         parsed.records, notes = formats.match_names(parsed.records, files)
+        # A row refused for its labels (an AVA photo without votes) is about a photo too: found the same
+        # way, so that the quarantine holds its copy and it is not also listed as in no labels file.
+        located = [p for p in parsed.problems if p.ref]
+        if located:
+            found, _ = formats.match_names([Record(ref=p.ref or "", origin=p.origin) for p in located], files)
+            for problem, record in zip(located, found, strict=True):
+                problem.ref = record.ref
         if only_their_folders:
             folders = {posixpath.dirname(r.ref) for r in parsed.records}
             files = [f for f in files if posixpath.dirname(f) in folders]

@@ -550,10 +550,15 @@ def test_celeba_and_ava_folders_as_they_ship(tmp_path: Path) -> None:
         votes = [0] * 10
         votes[i % 10] = 4  # every vote on one score: the mean is that score
         lines.append(f"{i + 1} {9000 + i} {' '.join(map(str, votes))} 0 0 1396")
+    (ava / "images" / "9100.jpg").write_bytes(jpeg(photo(1190)))  # a photo nobody voted on
+    lines.append(f"13 9100 {' '.join(['0'] * 10)} 0 0 1396")
     (ava / "AVA_dataset" / "AVA.txt").write_text("\n".join(lines) + "\n")
-    s = settings_for(tmp_path / "a", golden_fraction=0.0)
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, max_quarantine_fraction=0.2)
     result = importer.run(s, str(ava))
-    assert result.format == "ava" and result.n_images == 12 and result.n_quarantined == 0
+    assert result.format == "ava" and result.n_images == 12 and result.n_quarantined == 1
+    copies = [p.name for p in next(s.quarantine_dir.iterdir()).iterdir() if p.suffix == ".jpg"]
+    assert len(copies) == 1 and copies[0].endswith("9100.jpg")  # its photo, found in images/
+    assert not [n for n in result.notes if "in no labels file" in n]
     assert result.score_name == "mean_vote" and result.score_range == [1.0, 10.0] and result.tags == []
     rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
     assert float(rows["9003.jpg"]["score"]) == 4.0 and float(rows["9011.jpg"]["score"]) == 2.0
