@@ -11,6 +11,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 
 from lightbox.adapters.airflow_assets import FEATURES
+from lightbox.label_formats import FORMATS
 
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
 
@@ -36,17 +37,7 @@ def _text(description: str) -> Param:
         "format": Param(
             None,
             type=["null", "string"],
-            enum=[
-                None,
-                "imagefolder",
-                "labelstudio",
-                "classfolders",
-                "cvat",
-                "fiftyone",
-                "celeba",
-                "ava",
-                "parquet",
-            ],
+            enum=[None, *FORMATS],
             description="the labels' format (README: Formats); empty: detected from the source",
         ),
         "score_column": _text("score column or Label Studio control (default: score)"),

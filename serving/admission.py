@@ -766,7 +766,6 @@ class Ticket:
         self.slow = False  # its body outlasted the upload grace (Admission._expire_uploads)
         self.created = time.monotonic()
         self.timeout_s: float | None = None  # the request's own (its client's), if it said
-        self._deadline: float | None = None
 
     def set_timeout(self, seconds: float) -> None:
         """The request's own timeout, counted from its arrival (its client gives up after it, as with
@@ -774,11 +773,10 @@ class Ticket:
         against it where it is below the server's budget, and its images fail uncomputed once it has
         passed (serving.batching.DeadlineExceeded): an answer nobody waits for takes no batch's place."""
         self.timeout_s = seconds
-        self._deadline = self.created + seconds
 
     @property
     def deadline(self) -> float | None:
-        return self._deadline
+        return None if self.timeout_s is None else self.created + self.timeout_s
 
     def extend(self, n: int, extra: float = 0.0, *, final: bool = True) -> None:
         """Hold ``n`` images in all (and ``extra`` images' work beyond them: costlier decodes), or

@@ -102,29 +102,29 @@ def request_timeout(request: Request, *given: tuple[str, object, float]) -> floa
     for name, value, unit in said:
         if value is None:
             continue
-        try:
-            number = (
-                float(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
-            )
-        except ValueError:
-            number = None
-        if number is None or not math.isfinite(number) or number <= 0:
+        number = _client_number(value)
+        if number is None or number <= 0:
             raise ApiError(422, f"{name} must be a positive number, got {str(value)[:40]!r}")
         seconds.append(min(number * unit, MAX_TIMEOUT_S))
     return min(seconds, default=None)
 
 
+def _client_number(value: object) -> float | None:
+    """A finite number as a client sends it (``0.3``, ``"0.3"``, ``300``); None for anything else (a
+    bool, a list, text that is no number, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def parse_threshold(value: object) -> float:
     """A tag threshold as a client sends it (``0.3``, ``"0.3"``): a number from 0 to 1, or ApiError 422."""
-    number: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
+    number = _client_number(value)
+    if number is None or not 0.0 <= number <= 1.0:
         shown = repr(value)[:40] if isinstance(value, str | int | float) else f"a {type(value).__name__}"
         raise ApiError(422, f"threshold must be a number from 0 to 1, got {shown}")
     return number

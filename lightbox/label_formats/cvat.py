@@ -19,8 +19,10 @@ from lightbox.label_formats.records import (
     _no_separator,
     _only_columns,
     _text,
+    outside,
     parse_score_cell,
     parse_split,
+    ref_of,
 )
 
 # CVAT's object annotations: each labels a region of the image, not the image.
@@ -204,8 +206,8 @@ def _cvat_ref(base: str, image: str, present: set[str], subset: str | None = Non
         raise ValueError("an <image> without a name")
     if _WINDOWS_PATH.match(image):
         raise ValueError("a Windows path: CVAT writes names relative to the task's files")
-    ref = posixpath.normpath(posixpath.join(base, image.replace("\\", "/")))
-    if ref.startswith("../") or ref == "..":
+    ref = ref_of(base, image)
+    if outside(ref):
         raise ValueError("the name points outside the export's folder")
     rel = ref[len(base) :].lstrip("/")
     candidates = [posixpath.join(base, "images", rel)]

@@ -22,6 +22,7 @@ from lightbox.label_formats.records import (
     _text,
     parse_score_cell,
     parse_split,
+    ref_of,
     split_of_path,
 )
 from lightbox.label_formats.tables import _first_named
@@ -194,7 +195,7 @@ def _fo_samples(samples: list, name: str, columns: Columns, out: Parsed) -> None
         if not isinstance(sample, Mapping) or not isinstance(sample.get("filepath"), str):
             out.problems.append(Problem(origin, "not a sample with a filepath"))
             continue
-        ref = posixpath.normpath(posixpath.join(base, sample["filepath"].replace("\\", "/")))
+        ref = ref_of(base, sample["filepath"])
         label, number = sample.get(tags_field or ""), sample.get(score_field or "")
         if label is None and number is None:
             out.left_out.append(ref)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightbox.imaging import error_line
 from lightbox.label_formats.records import (
     SCORE_COLUMNS,
     SPLIT_ALIASES,
@@ -69,8 +70,9 @@ def parse_parquet(
             reader = pq.ParquetFile(open_shard(shard))
             picked = _parquet_columns(shard, reader.schema_arrow, columns)
         except (pa.ArrowException, OSError) as exc:
-            reason = " ".join(str(exc).split())
-            raise FormatError(f"{shard} is not a parquet file lightbox can read ({reason})") from None
+            raise FormatError(
+                f"{shard} is not a parquet file lightbox can read ({error_line(exc)})"
+            ) from None
         out.notes += [n for n in picked.notes if n not in out.notes]
         out.has_tags = out.has_tags or picked.tags is not None
         out.score_name = out.score_name or picked.score
@@ -82,8 +84,9 @@ def parse_parquet(
         try:
             unlabelled += _read_rows(shard, batches, picked, columns, split, folder, store, out)
         except (pa.ArrowException, OSError) as exc:  # a damaged page past the footer
-            reason = " ".join(str(exc).split())  # pyarrow's messages span lines: the error is one
-            raise FormatError(f"{shard} is damaged: {reason}; export it again (or leave it out)") from None
+            raise FormatError(
+                f"{shard} is damaged: {error_line(exc)}; export it again (or leave it out)"
+            ) from None
     if unlabelled:
         out.notes.append(f"{unlabelled} rows have no label (a ClassLabel's -1, or nothing), left out")
     return out

@@ -8,6 +8,7 @@ import ast
 import contextlib
 import json
 import math
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,19 @@ def _list_literal(text: str) -> list:
 
 
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def ref_of(base: str, name: str) -> str:
+    """A file name as a labels file writes it, joined to that file's folder ``base``: a spreadsheet
+    made on Windows writes sub\\photo.jpg, and no photo's name holds a backslash."""
+    return posixpath.normpath(posixpath.join(base, name.replace("\\", "/")))
+
+
+def outside(ref: str) -> bool:
+    """Whether a ref made by ``ref_of`` points above the source's folder."""
+    return ref == ".." or ref.startswith("../")
+
+
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
 _PERCENT_OR_OUT_OF = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*(?:%|/\s*\d+(?:\.\d+)?)\s*")
 # What spreadsheets and pandas write in a cell that has no value: read as an empty cell.

@@ -31,10 +31,12 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _text,
+    outside,
     parse_flag,
     parse_score_cell,
     parse_split,
     parse_tags_cell,
+    ref_of,
     space_separated,
     split_of_path,
 )
@@ -372,10 +374,9 @@ def parse_imagefolder(
             if _WINDOWS_PATH.match(name):
                 problems.append(Problem(name, "a Windows path: give file names relative to the labels file"))
                 continue
-            # A spreadsheet made on Windows writes sub\\photo.jpg; no photo's name holds a backslash.
-            ref = posixpath.normpath(posixpath.join(base, name.replace("\\", "/")))
+            ref = ref_of(base, name)
             origin = ref
-            if (ref.startswith("../") or ref == "..") and not outside_ok:
+            if outside(ref) and not outside_ok:
                 problems.append(Problem(origin, "file_name points outside the source folder"))
                 continue
             try:
