@@ -21,6 +21,7 @@ On the first import of a user's dataset a slice of groups (``golden_fraction``) 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -319,11 +320,10 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
     """The source's records, in its (given or detected) format. ``embedded``: a folder of this import's
     own, where images embedded in the labels are written as files."""
     files = tree.files()
-    fmt = options.format or formats.detect(
-        files,
-        source_is_file=tree.single_file is not None,
-        head=lambda f: tree.read_head(f, formats.SNIFF_BYTES),
-    )
+    # A labels file's first bytes, read once: detection and the format's reader both look at them (on
+    # S3 a head is the whole file).
+    head = functools.cache(lambda f: tree.read_head(f, formats.SNIFF_BYTES))
+    fmt = options.format or formats.detect(files, source_is_file=tree.single_file is not None, head=head)
     if fmt not in formats.FORMATS:
         raise formats.FormatError(f"unknown format {fmt!r}: one of {', '.join(formats.FORMATS)}")
     columns = Columns(options.score_column, options.tags_column, options.split_column, options.group_column)
@@ -355,14 +355,14 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
     if fmt == "classfolders":
         return _finish(formats.parse_classfolders(files), None)
     if fmt == "cvat":
-        xml = _one(_labels_files(tree, files, fmt), "CVAT annotations.xml")
+        xml = _one(_labels_files(tree, files, fmt, head), "CVAT annotations.xml")
         # Given as SOURCE, the XML's photos are beside it or in images/ below it.
         listed = tree.files_below() if tree.single_file else files
         parsed = formats.parse_cvat(tree.read(xml), xml, listed, columns)
         return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
     if fmt in ("celeba", "ava"):
         what = "CelebA attribute list" if fmt == "celeba" else "AVA.txt"
-        name = _one(_labels_files(tree, files, fmt), what)
+        name = _one(_labels_files(tree, files, fmt, head), what)
         # Given as SOURCE, the list's photos are found below its folder (CelebA's img_align_celeba/).
         listed = tree.files_below() if tree.single_file else files
         if tree.single_file and not any(is_image_name(f) for f in listed):
@@ -395,7 +395,7 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
         )
         return _finish(parsed, None)
     if fmt == "fiftyone":
-        found = _labels_files(tree, files, fmt)
+        found = _labels_files(tree, files, fmt, head)
         if not found:
             raise formats.FormatError(
                 "no FiftyOne labels.json or samples.json at the source's top level or one folder down: "
@@ -431,14 +431,14 @@ def _store_in(folder: Path) -> Callable[[str, bytes], str]:
     return store
 
 
-def _labels_files(tree: SourceTree, files: Sequence[str], fmt: str) -> list[str]:
+def _labels_files(
+    tree: SourceTree, files: Sequence[str], fmt: str, head: Callable[[str], bytes]
+) -> list[str]:
     """The labels files of a format told by their content: the file given as SOURCE, else those at the
     source's top level or one folder down."""
     if tree.single_file is not None:
         return [tree.single_file]
-    return [
-        f for f in formats.sniffable(files) if formats.sniff(f, tree.read_head(f, formats.SNIFF_BYTES)) == fmt
-    ]
+    return [f for f in formats.sniffable(files) if formats.sniff(f, head(f)) == fmt]
 
 
 def _one(found: Sequence[str], what: str) -> str:
