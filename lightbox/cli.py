@@ -188,7 +188,7 @@ def data_import(
         typer.Option(
             "--format",
             help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava | parquet "
-            "(default: detected)",
+            "| groundtruth | vertex (default: detected)",
         ),
     ] = None,
     score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,

@@ -23,6 +23,7 @@ LABELS_FILE_SUFFIXES: tuple[str, ...] = (
     ".xml",
     ".txt",
     ".parquet",
+    ".manifest",
 )
 
 

@@ -394,6 +394,18 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             shards, lambda f: local(f) or io.BytesIO(tree.read(f)), _store_in(embedded), columns
         )
         return _finish(parsed, None)
+    if fmt in ("groundtruth", "vertex"):
+        found = _labels_files(tree, files, fmt, head)
+        what = "SageMaker Ground Truth manifest" if fmt == "groundtruth" else "Vertex AI import file"
+        if not found:
+            raise formats.FormatError(
+                f"no {what} at the source's top level or one folder down: give the file itself as SOURCE"
+            )
+        # Given as SOURCE, the file's photos are found below its folder (a bucket synced beside it).
+        listed = tree.files_below() if tree.single_file else files
+        parse = formats.parse_groundtruth if fmt == "groundtruth" else formats.parse_vertex
+        parsed = parse(tree.read, found, listed, columns)
+        return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
     if fmt == "fiftyone":
         found = _labels_files(tree, files, fmt, head)
         if not found:
@@ -503,6 +515,8 @@ def _where_hint(origin: str) -> str:
         return " (give --media-root: Label Studio's media folder, which holds upload/)"
     if "/data/local-files" in origin:
         return " (give --local-files-root: Label Studio's LOCAL_FILES_DOCUMENT_ROOT)"
+    if origin.startswith("gs://"):
+        return " (lightbox does not read Google Cloud Storage: copy the bucket's images beside the file)"
     return ""
 
 

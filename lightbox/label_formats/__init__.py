@@ -18,6 +18,9 @@ bytes (``detect``), or forced:
 - ``celeba``: an attribute list in CelebA's layout (``list_attr_celeba.txt``): -1/1 flags, one-hot tags.
 - ``ava``: AVA's ``AVA.txt`` (vote counts for the scores 1..10): the score is the mean vote.
 - ``parquet``: Hugging Face's parquet shards, images embedded as bytes, ClassLabel names in the schema.
+- ``groundtruth``: SageMaker Ground Truth output manifests (Rekognition Custom Labels' too): image
+  classification attributes' classes are the tags.
+- ``vertex``: Vertex AI image classification JSON lines or CSV: annotation display names, ``ml_use``.
 
 A row that cannot be read becomes a ``Problem`` (origin, reason) for the report; the others go on.
 
@@ -29,8 +32,8 @@ import X`` is the way in:
 - ``detection``: ``FORMATS``, ``detect`` and ``sniff`` (a labels file's first bytes).
 - ``tables``: imagefolder metadata (CSV, TSV, JSON lines, .xlsx workbooks, one-hot columns) and
   classfolders.
-- ``cvat``, ``fiftyone``, ``celeba_ava`` (CelebA and AVA), ``hf_parquet``, ``labelstudio``: one
-  format (or family) each.
+- ``cvat``, ``fiftyone``, ``celeba_ava`` (CelebA and AVA), ``hf_parquet``, ``labelstudio``, ``cloud``
+  (Ground Truth and Vertex AI): one format (or family) each.
 - ``names``: after parsing, the records' names matched to the disk's (``match_names``,
   ``unlisted_images``, ``tag_case_notes``).
 """
@@ -38,6 +41,7 @@ import X`` is the way in:
 from __future__ import annotations
 
 from lightbox.label_formats.celeba_ava import AVA_SCALE, CELEBA_PARTITION, parse_ava, parse_celeba
+from lightbox.label_formats.cloud import parse_groundtruth, parse_vertex
 from lightbox.label_formats.cvat import parse_cvat
 from lightbox.label_formats.detection import FORMATS, SNIFF_BYTES, detect, sniff, sniffable
 from lightbox.label_formats.fiftyone import parse_fiftyone
@@ -105,6 +109,8 @@ __all__ = [
     "parse_classfolders",
     "parse_cvat",
     "parse_fiftyone",
+    "parse_groundtruth",
+    "parse_vertex",
     "CELEBA_PARTITION",
     "AVA_SCALE",
     "parse_celeba",

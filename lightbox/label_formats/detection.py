@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from lightbox.imaging import is_image_name
 from lightbox.label_formats.celeba_ava import _sniff_text
+from lightbox.label_formats.cloud import GROUNDTRUTH_LINE, VERTEX_CSV_LINE, VERTEX_LINE
 from lightbox.label_formats.hf_parquet import parquet_files
 from lightbox.label_formats.records import FormatError
 from lightbox.label_formats.tables import OTHER_SPREADSHEETS, TABLE_SUFFIXES, metadata_files
@@ -21,6 +22,8 @@ FORMATS: tuple[str, ...] = (
     "celeba",
     "ava",
     "parquet",
+    "groundtruth",
+    "vertex",
 )
 
 
@@ -46,8 +49,8 @@ def detect(
             )
         raise FormatError(
             f"{name!r} is not a labels file lightbox reads: a table (.csv, .tsv, .jsonl, .xlsx), a Label "
-            "Studio or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list, AVA's AVA.txt "
-            "or a Hugging Face .parquet"
+            "Studio or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list, AVA's AVA.txt, "
+            "a Hugging Face .parquet, a SageMaker Ground Truth manifest or a Vertex AI import file"
         )
     if metadata_files(files):
         return "imagefolder"
@@ -76,14 +79,15 @@ def detect(
     raise FormatError(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
         "Studio .json export, a CVAT annotations.xml, a FiftyOne labels.json or samples.json, a CelebA "
-        "attribute list, AVA's AVA.txt, Hugging Face parquet shards, or one folder of images per tag "
+        "attribute list, AVA's AVA.txt, Hugging Face parquet shards, a SageMaker Ground Truth manifest, a "
+        "Vertex AI import file, or one folder of images per tag "
         "(classfolders); use --format to force one"
     )
 
 
 # How much of a labels file is read to tell its format by content.
 SNIFF_BYTES = 65_536
-_SNIFFED_SUFFIXES = (".xml", ".json", ".txt")
+_SNIFFED_SUFFIXES = (".xml", ".json", ".txt", ".manifest", ".jsonl", ".csv")
 _SNIFFED_MAX = 64  # files looked into: a folder may hold a sidecar per photo
 
 
@@ -104,9 +108,16 @@ def sniff(name: str, head: bytes) -> str | None:
     """The format a labels file's first bytes show, or None when they show none that is read here."""
     if name.lower().endswith(".xml"):
         return "cvat" if _xml_root(head) == "annotations" else None
-    if name.lower().endswith(".json"):
-        head = head.removeprefix(b"\xef\xbb\xbf")
-        return "fiftyone" if _FIFTYONE_JSON.match(head) or _ETA_MANIFEST in head[:4096] else None
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    if name.lower().endswith(".json") and (_FIFTYONE_JSON.match(head) or _ETA_MANIFEST in head[:4096]):
+        return "fiftyone"
+    if name.lower().endswith((".json", ".jsonl", ".manifest")):
+        # JSON lines of a cloud labelling service: Ground Truth's output.manifest, Vertex AI's export
+        if GROUNDTRUTH_LINE.match(head):
+            return "groundtruth"
+        return "vertex" if VERTEX_LINE.match(head) else None
+    if name.lower().endswith(".csv"):
+        return "vertex" if VERTEX_CSV_LINE.match(head) else None
     if name.lower().endswith(".txt"):
         return _sniff_text(head, complete=len(head) < SNIFF_BYTES)
     return None

@@ -48,3 +48,29 @@ def test_imagefolder_and_labelstudio_exports_import_from_s3(
     assert result.format == "labelstudio" and result.n_images == 16 and result.score_range == [0.0, 15.0]
     after = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert after == before  # nothing written to the user's bucket
+
+
+def test_a_ground_truth_manifest_reads_its_photos_from_their_bucket(
+    tmp_path: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """The job's output manifest in its output prefix; the photos in the input prefix, read from S3 by
+    their source-ref (nothing is copied beside the manifest)."""
+    client = s3_server.client()
+    rows = []
+    for i in range(12):
+        key = f"input/cam/{i}.jpg"
+        client.put_object(Bucket=bucket, Key=key, Body=jpeg(photo(700 + i)))
+        meta = {"class-name": VOCAB[i % 3], "type": "groundtruth/image-classification", "job-name": "j"}
+        rows.append({"source-ref": f"s3://{bucket}/{key}", "look": i % 3, "look-metadata": meta})
+    body = "\n".join(json.dumps(r) for r in rows).encode()
+    client.put_object(Bucket=bucket, Key="output/look/manifests/output/output.manifest", Body=body)
+    s = Settings(
+        project_dir=tmp_path, s3_endpoint_url=s3_server.endpoint_url, golden_fraction=0.0, min_tag_count=3
+    )
+    result = importer.run(s, f"s3://{bucket}/output/look/manifests/output/output.manifest")
+    assert result.format == "groundtruth" and result.n_images == 12 and result.tags == list(VOCAB)
+    rows_by_tag = {r["tags"] for r in manifest.read_manifest(s.data_dir)}
+    assert rows_by_tag == set(VOCAB)
+    first = client.get_object(Bucket=bucket, Key="input/cam/0.jpg")["Body"].read()
+    stored = {(s.data_dir / r["path"]).read_bytes() for r in manifest.read_manifest(s.data_dir)}
+    assert first in stored

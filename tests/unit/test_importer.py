@@ -724,3 +724,62 @@ def test_a_git_lfs_pointer_where_a_shard_belongs_says_to_pull(tmp_path: Path) ->
     (src / "train-00000-of-00001.parquet").write_text(pointer)
     with pytest.raises(FormatError, match="is a Git LFS pointer, not the parquet: run `git lfs pull`"):
         importer.run(settings_for(tmp_path), str(src.parent))
+
+
+def test_cloud_labelling_exports_find_their_photos_by_bucket_key(tmp_path: Path) -> None:
+    """A Ground Truth job's output.manifest beside its bucket synced to a folder (the keys below the
+    prefix; IMG_0001.jpg in every day's folder), and a Vertex AI export with one photo not copied."""
+    src = tmp_path / "gt"
+    rows = []
+    for i in range(12):
+        day = f"day{i % 2 + 1}"
+        name = f"IMG_{i // 2:04d}.jpg"
+        (src / day).mkdir(parents=True, exist_ok=True)
+        (src / day / name).write_bytes(jpeg(photo(1300 + i)))
+        job = {"0": VOCAB[i % 3], "1": VOCAB[(i + 1) % 3]}
+        rows.append(
+            {
+                "source-ref": f"s3://acme-photos/shoot/2026/{day}/{name}",
+                "scenes": [0, 1] if i % 4 == 0 else [0],
+                "scenes-metadata": {
+                    "class-map": {k: v for k, v in job.items() if i % 4 == 0 or k == "0"},
+                    "type": "groundtruth/image-classification-multilabel",
+                    "job-name": "labeling-job/scenes",
+                    "human-annotated": "yes",
+                },
+            }
+        )
+    (src / "output.manifest").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    before = snapshot(src)
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, min_tag_count=1)
+    result = importer.run(s, str(src))
+    assert snapshot(src) == before
+    assert result.format == "groundtruth" and result.n_images == 12 and result.n_quarantined == 0
+    by_path = {r["original"]: r for r in manifest.read_manifest(s.data_dir)}
+    # day2/IMG_0000.jpg is photo 1 (VOCAB[1]), not day1's photo of the same name.
+    ids = {r["image_id"]: r for r in by_path.values()}
+    assert len(ids) == 12
+    day2 = next(r for o, r in by_path.items() if o.endswith("day2/IMG_0000.jpg"))
+    assert day2["tags"] == VOCAB[1]
+
+    vx = tmp_path / "vx"
+    (vx / "flowers").mkdir(parents=True)
+    lines = []
+    for i in range(12):
+        if i:  # the first was never copied from the bucket
+            (vx / "flowers" / f"{i}.jpg").write_bytes(jpeg(photo(1400 + i)))
+        use = ("training", "test", "validation")[i % 3]
+        lines.append(
+            {
+                "imageGcsUri": f"gs://acme/flowers/{i}.jpg",
+                "classificationAnnotation": {"displayName": VOCAB[i % 3]},
+                "dataItemResourceLabels": {"aiplatform.googleapis.com/ml_use": use},
+            }
+        )
+    (vx / "export.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    s = settings_for(tmp_path / "b", golden_fraction=0.0, min_tag_count=1, max_quarantine_fraction=0.2)
+    result = importer.run(s, str(vx / "export.jsonl"))
+    assert result.format == "vertex" and result.n_images == 11 and result.n_quarantined == 1
+    assert result.splits == {"train": 3, "validation": 4, "test": 4}
+    report = (s.reports_dir / "import.md").read_text()
+    assert "copy the bucket's images beside the file" in report

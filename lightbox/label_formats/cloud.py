@@ -1,0 +1,331 @@
+"""The cloud labelling services' manifests: Amazon SageMaker Ground Truth (and Rekognition Custom Labels,
+which reads the same lines) and Google Vertex AI's image classification import/export files.
+
+- ``groundtruth``: JSON lines, each an image's ``source-ref`` (an s3:// URI) and, per labelling job, an
+  attribute ``<job>`` with its ``<job>-metadata``: ``groundtruth/image-classification`` (a class index,
+  its name in ``class-name``) or ``groundtruth/image-classification-multilabel`` (a list of indexes,
+  named by ``class-map``). Every classification attribute's classes are the photo's tags (Rekognition
+  writes one attribute per label); bounding boxes and masks label regions and are only counted.
+- ``vertex``: JSON lines with ``imageGcsUri`` and ``classificationAnnotation`` (single label) or
+  ``classificationAnnotations`` (multi-label), the split in ``dataItemResourceLabels``' ``ml_use``; or
+  its CSV, ``[ML_USE,]GCS_FILE_PATH[,LABEL,...]`` without a header.
+
+The photos are found by their bucket key: the longest ending of the key that names a file of the
+source (a bucket synced to a folder keeps the keys below its prefix); else an s3:// URI is read from S3
+itself, and a gs:// key is matched by name like any other file name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from urllib.parse import unquote, urlsplit
+
+from lightbox.label_formats.records import (
+    SPLIT_ALIASES,
+    Columns,
+    FormatError,
+    Parsed,
+    Problem,
+    Record,
+    _no_separator,
+    _only_columns,
+    parse_score_cell,
+    ref_of,
+    split_of_path,
+)
+
+_GT_SINGLE = "groundtruth/image-classification"
+_GT_MULTI = "groundtruth/image-classification-multilabel"
+_VERTEX_ML_USE = "aiplatform.googleapis.com/ml_use"
+_VERTEX_SPLITS = {"training": "train", "validation": "validation", "test": "test", "unassigned": None}
+
+# A manifest's first line tells its service (sniffed by lightbox.label_formats.detection).
+GROUNDTRUTH_LINE = re.compile(rb'\s*\{[^\n]*"source-ref"\s*:')
+VERTEX_LINE = re.compile(rb'\s*\{[^\n]*"imageGcsUri"\s*:')
+VERTEX_CSV_LINE = re.compile(rb"\s*(?:(?:training|validation|test|unassigned)\s*,\s*)?\"?gs://", re.I)
+
+
+def bucket_ref(uri: str, base: str, present: frozenset[str] | set[str]) -> str:
+    """Where the photo a manifest names is in the source: the longest ending of its bucket key that is a
+    file of the source (below the manifest's folder ``base``, else the source's root); else the s3://
+    URI itself (read from S3), or the key (matched by name later)."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("s3", "gs", "http", "https"):
+        key = unquote(parts.path).lstrip("/")
+    elif parts.scheme == "" or re.fullmatch(r"[A-Za-z]", parts.scheme):  # a path, or C:\ on Windows
+        return ref_of(base, uri)
+    else:
+        raise ValueError(f"{uri[:80]!r} is not an s3://, gs:// or https:// URI")
+    if not key or key.endswith("/"):
+        raise ValueError(f"{uri[:80]!r} names a bucket or a folder, not an image")
+    segments = key.split("/")
+    for i in range(len(segments)):
+        ending = "/".join(segments[i:])
+        for candidate in (posixpath.join(base, ending), ending) if base else (ending,):
+            if candidate in present:
+                return candidate
+    return uri if parts.scheme == "s3" else key
+
+
+def _text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _lines(data: bytes, name: str) -> list[tuple[int, str]]:
+    text = _text(data, name)
+    return [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _json_lines(data: bytes, name: str, out: Parsed) -> Iterator[tuple[str, dict]]:
+    """(origin, object) of each line that is a JSON object; the others are problems, in line order."""
+    for i, line in _lines(data, name):
+        origin = f"{name}:{i}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.problems.append(Problem(origin, f"not a JSON line ({exc.msg})"))
+            continue
+        if not isinstance(row, dict):
+            out.problems.append(Problem(origin, "not a JSON object"))
+            continue
+        yield origin, row
+
+
+# --- SageMaker Ground Truth ------------------------------------------------------------------------------
+
+
+def parse_groundtruth(
+    read: Callable[[str], bytes], manifests: Sequence[str], files: Sequence[str], columns: Columns
+) -> Parsed:
+    """SageMaker Ground Truth output manifests (one per split, as Rekognition keeps train and test: the
+    split is the one the manifest's name or folder says). ``--tags-column`` names the label attributes
+    to read (default: every image classification attribute), ``--score-column`` a numeric attribute."""
+    _only_columns(manifests[0], columns, ("tags", "score"), "a manifest's labels are its jobs' attributes")
+    out = Parsed("groundtruth", [], has_tags=True, score_name=columns.score)
+    present = frozenset(files)
+    wanted = {t.strip() for t in columns.tags.split(",")} if columns.tags else None
+    kinds: Counter[str] = Counter()  # label attributes by type, over every line
+    failed = scored = 0
+    for name in manifests:
+        base = posixpath.dirname(name)
+        split = split_of_path(posixpath.splitext(name)[0])
+        for origin, row in _json_lines(read(name), name, out):
+            uri = row.get("source-ref")
+            if not isinstance(uri, str):
+                why = "labels text (source), not an image" if "source" in row else "no source-ref"
+                out.problems.append(Problem(origin, why))
+                continue
+            attributes = _gt_attributes(row)
+            kinds.update(f"{k} ({t or 'no type'})" for k, (t, _) in attributes.items())
+            try:
+                ref = bucket_ref(uri, base, present)
+                tags, n_failed = _gt_tags(attributes, wanted)
+                score = _gt_score(row, columns.score)
+            except ValueError as exc:
+                out.problems.append(Problem(uri, str(exc)))
+                continue
+            failed += n_failed
+            scored += score is not None
+            if not tags and score is None:
+                out.left_out.append(ref)
+                continue
+            out.records.append(Record(ref=ref, origin=uri, score=score, tags=tags, split=split))
+    _gt_refuse_or_note(kinds, wanted, columns.score, out, manifests[0])
+    if columns.score is not None and not scored:
+        raise FormatError(f"{manifests[0]}: no line has a number in {columns.score!r} (--score-column)")
+    if failed:
+        out.notes.append(f"{failed} labels failed in Ground Truth (failure-reason), not read")
+    if out.left_out:
+        out.notes.append(f"{len(out.left_out)} images have no label read here, left out")
+    return out
+
+
+def _gt_attributes(row: Mapping[str, object]) -> dict[str, tuple[str, Mapping[str, object]]]:
+    """A line's label attributes: each key with a ``<key>-metadata`` object, with its type."""
+    found = {}
+    for key, meta in row.items():
+        if key.endswith("-metadata") and isinstance(meta, Mapping) and key[: -len("-metadata")] in row:
+            found[key[: -len("-metadata")]] = (str(meta.get("type", "")), meta)
+    return found
+
+
+def _is_classification(kind: str, meta: Mapping[str, object]) -> bool:
+    # A custom labelling workflow writes its own type; a class-name or class-map makes it classes.
+    return kind in (_GT_SINGLE, _GT_MULTI) or (
+        not kind.startswith("groundtruth/") and ("class-name" in meta or "class-map" in meta)
+    )
+
+
+def _gt_tags(
+    attributes: Mapping[str, tuple[str, Mapping[str, object]]], wanted: set[str] | None
+) -> tuple[tuple[str, ...], int]:
+    """The classes of a line's classification attributes (those ``wanted``), and how many failed."""
+    tags: set[str] = set()
+    failed = 0
+    for key, (kind, meta) in attributes.items():
+        if (wanted is not None and key not in wanted) or not _is_classification(kind, meta):
+            continue
+        if "failure-reason" in meta:
+            failed += 1
+            continue
+        tags.update(_gt_classes(key, meta))
+    return tuple(sorted(_no_separator(sorted(tags)))), failed
+
+
+def _gt_classes(key: str, meta: Mapping[str, object]) -> list[str]:
+    class_map = meta.get("class-map")
+    if isinstance(class_map, Mapping):
+        return [str(v) for v in class_map.values() if str(v).strip()]
+    name = meta.get("class-name")
+    if isinstance(name, str) and name.strip():
+        return [name]
+    raise ValueError(f"{key}-metadata names no class (no class-name or class-map)")
+
+
+def _gt_score(row: Mapping[str, object], attribute: str | None) -> float | None:
+    if attribute is None:
+        return None
+    value = row.get(attribute)
+    if isinstance(value, Mapping):  # a custom workflow's answer: {"rating": 4}
+        numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        value = numbers[0] if len(numbers) == 1 else value
+    return parse_score_cell(value)
+
+
+def _gt_refuse_or_note(
+    kinds: Counter[str], wanted: set[str] | None, score: str | None, out: Parsed, name: str
+) -> None:
+    """No classification to read is refused, saying what the manifest holds; what is not read is said."""
+    classification = [k for k in kinds if k.endswith((f"({_GT_SINGLE})", f"({_GT_MULTI})"))]
+    if wanted is not None:
+        names = {k.rsplit(" (", 1)[0] for k in kinds}
+        missing = sorted(wanted - names)
+        if missing:
+            raise FormatError(
+                f"{name}: no label attribute {', '.join(missing)} "
+                f"(its attributes: {', '.join(sorted(names)) or 'none'})"
+            )
+    if not out.records and not out.left_out and not kinds and not out.problems:
+        raise FormatError(f"{name} holds no line with a source-ref: it is not a Ground Truth manifest")
+    others = [k for k in kinds if k not in classification and k.rsplit(" (", 1)[0] != score]
+    if not out.records and others and not classification:
+        raise FormatError(
+            f"{name} holds no image classification label, only {', '.join(sorted(others))}: boxes and masks "
+            "label a region, not the photo; label the photos with an image classification job"
+        )
+    unused = [k for k in others if wanted is None or k.rsplit(" (", 1)[0] not in wanted]
+    if unused:
+        out.notes.append(f"label attributes not read (not image classification): {', '.join(sorted(unused))}")
+    read = [k for k in classification if wanted is None or k.rsplit(" (", 1)[0] in wanted]
+    if len(read) > 1:
+        out.notes.append(
+            f"tags from {len(read)} label attributes, their classes together: {', '.join(sorted(read))} "
+            "(name some with --tags-column)"
+        )
+
+
+# --- Vertex AI ----------------------------------------------------------------------------------------------
+
+
+def parse_vertex(
+    read: Callable[[str], bytes], files_in: Sequence[str], files: Sequence[str], columns: Columns
+) -> Parsed:
+    """Vertex AI image classification files (JSON lines or CSV, single or multi-label): the tags are
+    the annotations' display names, the split the item's ``ml_use`` (``training``, ``validation``,
+    ``test``; ``unassigned`` leaves it to lightbox)."""
+    _only_columns(files_in[0], columns, (), "a Vertex AI file's labels are its annotations")
+    out = Parsed("vertex", [], has_tags=True)
+    present = frozenset(files)
+    boxes = 0
+    for name in files_in:
+        data = read(name)
+        base = posixpath.dirname(name)
+        if name.lower().endswith(".csv"):
+            _vertex_csv(data, name, base, present, out)
+            continue
+        for origin, row in _json_lines(data, name, out):
+            uri = row.get("imageGcsUri")
+            if not isinstance(uri, str):
+                out.problems.append(Problem(origin, "no imageGcsUri"))
+                continue
+            boxes += len(row.get("boundingBoxAnnotations") or [])
+            try:
+                ref = bucket_ref(uri, base, present)
+                tags = _vertex_tags(row)
+                split = _vertex_split((row.get("dataItemResourceLabels") or {}).get(_VERTEX_ML_USE))
+            except (ValueError, AttributeError) as exc:
+                out.problems.append(Problem(uri, str(exc)))
+                continue
+            if not tags:
+                out.left_out.append(ref)
+                continue
+            out.records.append(Record(ref=ref, origin=uri, tags=tags, split=split))
+    if boxes:
+        if not out.records:
+            raise FormatError(
+                f"{files_in[0]} holds {boxes} bounding boxes and no classification: a box labels a region, "
+                "not the photo; export an image classification dataset"
+            )
+        out.notes.append(f"{boxes} bounding boxes not read: each labels a region, not the photo")
+    if out.left_out:
+        out.notes.append(f"{len(out.left_out)} images have no label (not labelled yet), left out")
+    return out
+
+
+def _vertex_tags(row: Mapping[str, object]) -> tuple[str, ...]:
+    annotations = row.get("classificationAnnotations")
+    if annotations is None:
+        one = row.get("classificationAnnotation")
+        annotations = [one] if one is not None else []
+    if not isinstance(annotations, list) or not all(isinstance(a, Mapping) for a in annotations):
+        raise ValueError("classificationAnnotation(s) is not an annotation object or a list of them")
+    names = [a.get("displayName") for a in annotations]
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError("an annotation without a displayName")
+    return tuple(sorted(set(_no_separator([str(n).strip() for n in names]))))
+
+
+def _vertex_split(ml_use: object) -> str | None:
+    if ml_use is None:
+        return None
+    key = str(ml_use).strip().lower()
+    if key in _VERTEX_SPLITS:
+        return _VERTEX_SPLITS[key]
+    if key in SPLIT_ALIASES:
+        return SPLIT_ALIASES[key]
+    raise ValueError(f"ml_use {str(ml_use)[:40]!r} is not training, validation, test or unassigned")
+
+
+def _vertex_csv(data: bytes, name: str, base: str, present: frozenset[str], out: Parsed) -> None:
+    """``[ML_USE,]GCS_FILE_PATH[,LABEL,...]`` rows, no header."""
+    for i, cells in enumerate(csv.reader(io.StringIO(_text(data, name))), 1):
+        if not any(c.strip() for c in cells):
+            continue
+        cells = [c.strip() for c in cells]
+        origin = f"{name}:{i}"
+        split = None
+        if cells and cells[0].lower() in _VERTEX_SPLITS:
+            split = _VERTEX_SPLITS[cells.pop(0).lower()]
+        if not cells or not cells[0]:
+            out.problems.append(Problem(origin, "no image path"))
+            continue
+        uri, labels = cells[0], [c for c in cells[1:] if c]
+        try:
+            ref = bucket_ref(uri, base, present)
+            tags = tuple(sorted(set(_no_separator(labels))))
+        except ValueError as exc:
+            out.problems.append(Problem(uri, str(exc)))
+            continue
+        if not tags:
+            out.left_out.append(ref)
+            continue
+        out.records.append(Record(ref=ref, origin=uri, tags=tags, split=split))
