@@ -27,6 +27,9 @@ from lightbox.settings import Settings
 log = logging.getLogger(__name__)
 
 MIN_RECENT = 50  # fewer recent predictions than this say nothing about a distribution
+# The reference is the version's test split: a small dataset's holds a handful of photos, and deciles
+# (the score PSI's bins) of fewer than 20 values are noise.
+MIN_REFERENCE = 20
 
 
 class NoReference(LookupError):
@@ -151,6 +154,15 @@ def run(
     result = MonitorResult(settings.model_name, version, source, len(rows), False, [])
     if len(rows) < MIN_RECENT:
         result.note = f"{len(rows)} recent predictions (fewer than {MIN_RECENT}): no drift measured"
+        log.info("%s", result.note)
+        return result
+    n_reference = len(reference.score_unit if reference.score_unit is not None else reference.tag_probs)
+    if n_reference < MIN_REFERENCE:
+        result.note = (
+            f"the version's test split holds {n_reference} predictions (fewer than {MIN_REFERENCE}): "
+            "too few to compare recent predictions with; no drift measured (a larger dataset's test "
+            "split makes it measurable)"
+        )
         log.info("%s", result.note)
         return result
     recent = recent_from_rows(rows, reference.tag_names, reference.score_unit is not None)

@@ -112,3 +112,27 @@ def test_too_few_recent_predictions_measure_nothing(registered_champion, tmp_pat
     empty.mkdir()
     result = monitor.run(registered_champion.settings, source=str(empty))
     assert not result.drifted and result.recent_count == 0 and "no drift measured" in result.note
+
+
+def test_a_test_split_too_small_to_compare_with_is_a_note_not_a_traceback(
+    registered_champion, tmp_path: Path
+) -> None:
+    """A small dataset's test split holds a handful of photos: no decile of it means anything."""
+    import mlflow
+    from pipelines import monitor
+    from training.predictor import RegistryLoader
+
+    settings, version = registered_champion.settings, registered_champion.version
+    predictor = RegistryLoader(settings, settings.champion_alias, "cpu").load()
+    photos = crops(seed=3)
+    scores, probs = predictor.predict(photos[:2])
+    mv = mlflow_registry.get_version(settings, version)
+    mlflow_registry.configure(settings)
+    mlflow.MlflowClient().log_text(
+        mv.run_id, drift.reference_json(predictor.tag_names, scores, probs), drift.REFERENCE_ARTIFACT
+    )
+    recent = tmp_path / "recent"
+    write_stream(recent, predictor, photos[: monitor.MIN_RECENT])
+    result = monitor.run(settings, source=str(recent))
+    assert not result.drifted and result.recent_count == monitor.MIN_RECENT
+    assert "test split holds 2 predictions" in result.note and "no drift measured" in result.note
