@@ -212,7 +212,7 @@ def _import(
     take_golden = (not old_rows and not golden_ids and options.golden is None) or foreign is not None
     synthetic = (options.source_format or parsed.format) == "synthetic"
     if take_golden and not synthetic and settings.golden_fraction > 0:
-        rows, golden_rows = set_aside_golden(rows, settings)
+        rows, golden_rows = set_aside_golden(rows, settings, given=split_policy == "given")
     if split_policy == "group":  # given splits are the user's: a tag missing from train is reported
         rows = ensure_tags_in_train(rows, settings.min_tag_count)
     elif not old_rows:
@@ -780,15 +780,18 @@ def carve_missing_splits(
 
 
 def set_aside_golden(
-    rows: list[dict[str, str]], settings: Settings
+    rows: list[dict[str, str]], settings: Settings, given: bool = True
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Move a seeded share of whole groups to the golden split. Given splits keep train intact: the
-    golden groups come from test, else validation. A group is skipped when it would take the last
-    training examples of a tag."""
+    golden groups come from test, else validation. Splits lightbox assigned (``given`` False) give
+    their share each, so that test keeps its fraction of what is trained and judged (taken from test
+    alone, a 15% test split shrank to 5%). A group is skipped when it would take the last training
+    examples of a tag, or (splits lightbox assigned) the last group of its split."""
     by_group: dict[str, list[dict[str, str]]] = defaultdict(list)
     for r in rows:
         by_group[r["group"]].append(r)
-    pool_splits = ("test",) if any(r["split"] == "test" for r in rows) else ("validation", "test", "train")
+    every = ("validation", "test", "train")
+    pool_splits = ("test",) if given and any(r["split"] == "test" for r in rows) else every
     candidates = sorted(g for g, rs in by_group.items() if all(r["split"] in pool_splits for r in rs))
     if not candidates:
         candidates = sorted(by_group)
@@ -797,17 +800,19 @@ def set_aside_golden(
     ]
     target = max(1, round(settings.golden_fraction * len(rows)))
     remaining = Counter(t for r in rows for t in manifest.cell_to_tags(r["tags"]))
+    groups_in = Counter(by_group[g][0]["split"] for g in by_group)
     taken: set[str] = set()
     n = 0
     for g in order:
         if n >= target or len(by_group) - len(taken) <= 3:
             break
         tags = Counter(t for r in by_group[g] for t in manifest.cell_to_tags(r["tags"]))
-        if any(
+        if (not given and groups_in[by_group[g][0]["split"]] <= 1) or any(
             remaining[t] - c < settings.min_tag_count and remaining[t] >= settings.min_tag_count
             for t, c in tags.items()
         ):
             continue
+        groups_in[by_group[g][0]["split"]] -= 1
         taken.add(g)
         remaining -= tags
         n += len(by_group[g])

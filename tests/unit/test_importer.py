@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -783,3 +784,17 @@ def test_cloud_labelling_exports_find_their_photos_by_bucket_key(tmp_path: Path)
     assert result.splits == {"train": 3, "validation": 4, "test": 4}
     report = (s.reports_dir / "import.md").read_text()
     assert "copy the bucket's images beside the file" in report
+
+
+def test_the_golden_slice_leaves_each_assigned_split_its_share(tmp_path: Path) -> None:
+    """Splits lightbox assigns by group give the golden set their share each: taken from test alone, the
+    15% test split of 100 photos had kept 5 (the gates then judged on a handful)."""
+    s = settings_for(tmp_path)
+    result = importer.run(s, str(imagefolder(tmp_path / "src", 100)), OPTS)
+    rows = manifest.read_manifest(s.data_dir)
+    share = Counter(r["split"] for r in rows)
+    assert result.n_golden >= 8 and len(rows) + result.n_golden == 100
+    assert 0.10 <= share["test"] / len(rows) <= 0.20, share
+    assert 0.10 <= share["validation"] / len(rows) <= 0.20, share
+    golden_from = {r["image_id"] for r in manifest.read_manifest(s.golden_dir)}
+    assert not golden_from & {r["image_id"] for r in rows}
