@@ -167,7 +167,8 @@ def check_golden_frozen(settings: Settings) -> None:
         raise GoldenSetModified(
             f"{settings.golden_dir} differs from what {settings.golden_subdir}.dvc records: the gates judge "
             f"only the frozen golden set; restore it with `dvc checkout {settings.golden_subdir}.dvc` "
-            "(or `dvc pull`), or freeze a new one on purpose with `lightbox golden --rebuild`"
+            "(or `dvc pull`), or, when it is the one to judge on (an import's new golden slice), freeze it "
+            "with `lightbox golden` (the synthetic demo's is re-rendered with `lightbox golden --rebuild`)"
         )
 
 

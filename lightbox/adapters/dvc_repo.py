@@ -12,6 +12,7 @@ import os
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -162,12 +163,34 @@ def matches_tracked(settings: Settings, subdir: str) -> bool:
 
     with Repo(str(settings.project_dir)) as repo:
         status = repo.status(targets=[str(settings.project_dir / f"{subdir}.dvc")])
-    # "not in cache" only says the cache is empty (a fresh clone); "modified" means other bytes. DVC keys
-    # the status by the .dvc path relative to the current directory, so read every key: looking up
-    # "golden.dvc" from another folder found nothing and called any golden set a match.
-    entries = [e for found in status.values() for e in found]
-    states = [s for e in entries for s in e.get("changed outs", {}).values()]
-    return len(states) == len(entries) and all(s == "not in cache" for s in states)
+        # DVC keys the status by the .dvc path relative to the current directory, so read every key:
+        # looking up "golden.dvc" from another folder found nothing and called any golden set a match.
+        entries = [e for found in status.values() for e in found]
+        states = [s for e in entries for s in e.get("changed outs", {}).values()]
+        if not states:
+            return True
+        if not all(s == "not in cache" for s in states):
+            return False  # "modified": other bytes
+        # "not in cache": DVC cannot compare (an empty cache, or a .dvc that never versioned these
+        # files: the demo's golden.dvc beside an import's new golden slice). Hash the folder as
+        # `dvc add` would, and compare.
+        return _folder_md5(settings.project_dir / subdir, repo) == tracked_md5(settings, subdir)
+
+
+def _folder_md5(folder: Path, repo: Any) -> str:
+    """The md5 ``dvc add`` records for ``folder`` (``<md5>.dir``), computed without writing a cache."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db.local import LocalHashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as scratch:
+        _, _, tree = build(
+            LocalHashFileDB(fs, scratch), str(folder), fs, "md5", dry_run=True, ignore=repo.dvcignore
+        )
+    return str(tree.hash_info.value)
 
 
 class DataUnavailable(LookupError):

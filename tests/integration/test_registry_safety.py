@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -503,3 +504,34 @@ def test_an_int8_candidate_is_gated_promoted_served_and_rolled_back(reg: Registr
     # A known error is one line: quantizing an int8 candidate again.
     r = reg.cli("quantize", "--model", s.model_name, "--version", new)
     assert r.returncode == 1 and "already an int8 candidate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gates_verify_a_golden_set_dvc_cannot_compare(reg: Registry) -> None:
+    """A golden.dvc whose files are in no cache (the demo's, committed, beside an import's new golden
+    slice that nobody versioned): DVC says only "not in cache", which had passed any golden set. The
+    folder is hashed as `dvc add` would: other bytes are refused, the recorded ones still pass."""
+    from dvc.repo import Repo
+
+    from pipelines import validate_model
+    from pipelines.golden import GoldenSetMissing
+
+    s = reg.settings
+    dvc_file = s.project_dir / f"{s.golden_subdir}.dvc"
+    recorded = dvc_file.read_text()
+    with Repo(str(s.project_dir)) as repo:
+        cache = Path(repo.cache.local.path)
+    aside = cache.with_name(cache.name + "-aside")
+    cache.rename(aside)  # an empty cache: DVC can compare nothing
+    try:
+        validate_model.check_golden_frozen(s)  # the same bytes: verified by hashing
+        md5 = recorded.split("md5: ", 1)[1].split(".dir", 1)[0]
+        dvc_file.write_text(recorded.replace(md5, "0123456789abcdef0123456789abcdef"))
+        with pytest.raises(
+            GoldenSetMissing, match=r"differs from what golden\.dvc records.*`lightbox golden`"
+        ):
+            validate_model.check_golden_frozen(s)
+    finally:
+        dvc_file.write_text(recorded)
+        if cache.exists():
+            shutil.rmtree(cache)
+        aside.rename(cache)
