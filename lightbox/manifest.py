@@ -107,6 +107,8 @@ class LabelSpec:
     split_policy: str = "group"  # "given" (the source's splits) or "group" (assigned by group, seeded)
     source_format: str = ""  # the import format (imagefolder, labelstudio, cvat, ...) or synthetic
     source: str = ""
+    # Sources added with --append after ``source``: a re-import of ``source`` alone would drop theirs.
+    appended: tuple[str, ...] = ()
     seed: int = 0
     schema: int = SCHEMA_VERSION
 
@@ -152,6 +154,9 @@ class LabelSpec:
         d["score_range"] = list(self.score_range) if self.score_range else None
         d["tags"] = list(self.tags)
         d["excluded_tags"] = list(self.excluded_tags)
+        d["appended"] = list(self.appended)
+        if not self.appended:  # a dataset never appended to keeps its labels.json bytes (no new version)
+            del d["appended"]
         return d
 
     @classmethod
@@ -166,6 +171,7 @@ class LabelSpec:
             split_policy=str(d.get("split_policy", "group")),
             source_format=str(d.get("source_format", "")),
             source=str(d.get("source", "")),
+            appended=tuple(str(s) for s in d.get("appended") or ()),
             seed=int(d.get("seed", 0)),
             schema=int(d.get("schema", SCHEMA_VERSION)),
         )

@@ -158,15 +158,14 @@ def _import(
 ) -> ImportResult:
     photos, problems, n_exact = load_photos(tree, parsed, settings, stage)
 
+    this_source = options.source_label or source
+    notes = list(parsed.notes)
     existing = _existing(settings)
     if existing is not None and not options.append:
-        # Importing the same source again keeps each image's split and group (a no-op when nothing
-        # changed); another source replaces the dataset.
-        same_source = existing[1].source == (options.source_label or source)
-        existing = ([r for r in existing[0] if r["image_id"] in photos], existing[1]) if same_source else None
+        existing, replaced = _reimport_base(existing, photos, this_source)
+        notes += replaced
     golden_ids = _golden_ids(settings)
-    notes = list(parsed.notes)
-    foreign = _foreign_golden(settings, options, options.source_label or source) if golden_ids else None
+    foreign = _foreign_golden(settings, options, this_source) if golden_ids else None
     if foreign is not None:
         # The golden set of another dataset (the demo's, say, before your photos): its labels are not
         # this dataset's, and gates judged on it would refuse every model trained here. A new slice
@@ -237,7 +236,8 @@ def _import(
         score_range_source=range_source,
         split_policy=split_policy,
         source_format=options.source_format or parsed.format,
-        source=old_spec.source if old_spec and options.append else (options.source_label or source),
+        source=old_spec.source if old_spec and options.append else this_source,
+        appended=_appended(old_spec, this_source, options.append),
         seed=settings.split_seed,
     )
     notes += _spec_notes(spec)
@@ -264,7 +264,7 @@ def _import(
     counts = Counter(r["split"] for r in rows)
     return ImportResult(
         data_dir=str(settings.data_dir),
-        source=options.source_label or source,
+        source=this_source,
         format=parsed.format,
         n_images=len(rows),
         n_new=sum(1 for r in rows if r["image_id"] not in old_ids),
@@ -282,6 +282,40 @@ def _import(
         report=str(report),
         notes=notes,
     )
+
+
+def _reimport_base(
+    existing: tuple[list[dict[str, str]], LabelSpec], photos: Mapping[str, Photo], source: str
+) -> tuple[tuple[list[dict[str, str]], LabelSpec] | None, list[str]]:
+    """What an import without --append builds on, and a note for the images it drops. The same source
+    again keeps each image's split and group (a no-op when nothing changed) and drops the images no
+    longer in it; another source replaces the dataset. Refused when the drop would take photos that
+    came with --append from other sources: a relabel of the first source must not lose them."""
+    rows, spec = existing
+    if spec.source != source:
+        old = spec.source or "an earlier import"
+        return None, [f"the dataset from {old} ({len(rows)} images) is replaced by this import"]
+    kept = [r for r in rows if r["image_id"] in photos]
+    dropped = len(rows) - len(kept)
+    if not dropped:
+        return (kept, spec), []
+    if spec.appended:
+        raise ImportFailed(
+            f"data/ also holds images appended from {', '.join(spec.appended)}: importing {source} alone "
+            f"would drop {dropped} images that are not in it; give --append to update {source}'s labels "
+            "and keep the others, or import into a new project to start over; data/ is unchanged"
+        )
+    return (kept, spec), [f"{dropped} images no longer in the source were removed from the dataset"]
+
+
+def _appended(old_spec: LabelSpec | None, source: str, append: bool) -> tuple[str, ...]:
+    """The sources appended to the dataset's first one, this import's included when it is an append of
+    another source (an --append of the first source only relabels it)."""
+    if old_spec is None:
+        return ()
+    if append and source not in (old_spec.source, *old_spec.appended):
+        return (*old_spec.appended, source)
+    return old_spec.appended
 
 
 def _commonest(problems: list[Problem]) -> str:

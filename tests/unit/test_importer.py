@@ -798,3 +798,56 @@ def test_the_golden_slice_leaves_each_assigned_split_its_share(tmp_path: Path) -
     assert 0.10 <= share["validation"] / len(rows) <= 0.20, share
     golden_from = {r["image_id"] for r in manifest.read_manifest(s.golden_dir)}
     assert not golden_from & {r["image_id"] for r in rows}
+
+
+APPEND = ImportOptions(**{**OPTS.__dict__, "append": True})
+
+
+def _drop_photos(source: Path, names: set[str]) -> None:
+    """The photos ``names`` (file names in pics/) leave an imagefolder source: file and row."""
+    lines = (source / "metadata.csv").read_text().splitlines()
+    (source / "metadata.csv").write_text(
+        "\n".join(ln for ln in lines if Path(ln.split(",")[0]).name not in names) + "\n"
+    )
+    for name in names:
+        (source / "pics" / name).unlink()
+
+
+def test_reimporting_the_first_source_after_an_append_refuses_to_drop_the_appended_photos(
+    tmp_path: Path,
+) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    a, b = imagefolder(tmp_path / "a", 12), imagefolder(tmp_path / "b", 6, start=100)
+    importer.run(s, str(a), OPTS)
+    importer.run(s, str(b), APPEND)
+    spec = manifest.read_label_spec(s.data_dir)
+    assert spec.source == str(a) and spec.appended == (str(b),)
+    before = snapshot(s.data_dir)
+    refused = rf"appended from {b}: .* would drop 6 images .*data/ is unchanged"
+    with pytest.raises(ImportFailed, match=refused):
+        importer.run(s, str(a), OPTS)
+    assert snapshot(s.data_dir) == before
+    # --append of the first source relabels its photos and keeps the others, as before
+    assert importer.run(s, str(a), APPEND).n_images == 18
+
+
+def test_a_reimport_that_removes_images_or_replaces_the_dataset_says_so(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=1)
+    a = imagefolder(tmp_path / "a", 12)
+    importer.run(s, str(a), OPTS)
+    assert importer.run(s, str(a), OPTS).notes == []  # the same photos: nothing to say
+    _drop_photos(a, {"IMG_0000.jpg", "IMG_0001.jpg"})
+    result = importer.run(s, str(a), OPTS)
+    assert result.n_images == 10
+    assert "2 images no longer in the source were removed from the dataset" in result.notes
+    other = importer.run(s, str(imagefolder(tmp_path / "c", 8, start=200)), OPTS)
+    assert f"the dataset from {a} (10 images) is replaced by this import" in other.notes
+    assert other.n_images == 8
+
+
+def test_a_label_spec_written_before_appends_were_recorded_still_reads() -> None:
+    old = manifest.LabelSpec(tag_counts={"wren": 6}, source="a").to_dict()
+    assert "appended" not in old  # no append: labels.json keeps its bytes (no new DVC version)
+    assert manifest.LabelSpec.from_dict(old).appended == ()
+    spec = manifest.LabelSpec(source="a", appended=("b", "c"))
+    assert manifest.LabelSpec.from_json(spec.to_json()) == spec
