@@ -185,6 +185,12 @@ def _import(
     old_rows = existing[0] if existing else []
     old_spec = existing[1] if existing else None
     score_range, range_source = _score_range(photos, old_rows, given_range or parsed.score_range, old_spec)
+    constant = None if score_range else _constant_score(photos, old_rows)
+    if constant is not None:
+        # One score for every photo: a score head learns nothing, and its test SROCC of 0 would fail the
+        # gates as if the model were bad. The score is left out; without tags the import is refused below.
+        old_rows = _without_scores(photos, old_rows)
+        notes.append(f"{_constant_note(constant)}; the score is left out and only the tags are trained on")
     if score_range is not None:
         problems += _out_of_range(photos, score_range)
     if parsed.score_name is None and not parsed.has_tags and not old_rows:
@@ -242,6 +248,11 @@ def _import(
     )
     notes += _spec_notes(spec)
     report = write_report(settings, source, parsed.format, problems, notes)
+    if constant is not None and not spec.tags:
+        raise ImportFailed(
+            f"{_constant_note(constant)}, and no tag is on {spec.min_tag_count} images or more to train "
+            "instead; data/ is unchanged"
+        )
     if not spec.tags and spec.score_range is None:
         raise ImportFailed(
             f"nothing to train on: no score, and no tag is on {spec.min_tag_count} images or more "
@@ -616,14 +627,38 @@ def _score_range(
         return given, "given"
     if old_spec is not None and old_spec.score_range is not None and old_spec.score_range_source == "given":
         return old_spec.score_range, "given"  # an append keeps the scale the dataset declared
+    scores = _observed_scores(photos, old_rows)
+    if not scores or min(scores) == max(scores):
+        return None, "observed"  # one distinct score is no scale (see _constant_score)
+    return (min(scores), max(scores)), "observed"
+
+
+def _observed_scores(photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]]) -> list[float]:
     scores = [p.score for p in photos.values() if p.score is not None]
-    scores += [s for s in (manifest.parse_score(r["score"]) for r in old_rows) if s == s]
-    if not scores:
-        return None, "observed"
-    low, high = min(scores), max(scores)
-    if low == high:
-        return (low, low + 1.0), "observed"  # one distinct score: a degenerate range would divide by 0
-    return (low, high), "observed"
+    return scores + [s for s in (manifest.parse_score(r["score"]) for r in old_rows) if s == s]
+
+
+def _constant_score(photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]]) -> float | None:
+    """The one score every labelled photo has, when there are scores and they are all the same."""
+    scores = set(_observed_scores(photos, old_rows))
+    return scores.pop() if len(scores) == 1 else None
+
+
+def _constant_note(score: float) -> str:
+    return (
+        f"every score is {score:g}: a score model learns nothing from it (check the score column, "
+        "or give --score-range)"
+    )
+
+
+def _without_scores(
+    photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]]
+) -> list[dict[str, str]]:
+    """Scores cleared from this import's photos (in place) and from the old rows (returned): a dataset
+    whose spec declares no score holds none."""
+    for p in photos.values():
+        p.scores = []
+    return [{**r, "score": ""} for r in old_rows]
 
 
 def _out_of_range(photos: dict[str, Photo], score_range: tuple[float, float]) -> list[Problem]:

@@ -851,3 +851,39 @@ def test_a_label_spec_written_before_appends_were_recorded_still_reads() -> None
     assert manifest.LabelSpec.from_dict(old).appended == ()
     spec = manifest.LabelSpec(source="a", appended=("b", "c"))
     assert manifest.LabelSpec.from_json(spec.to_json()) == spec
+
+
+def _rated(root: Path, n: int, *, rating: str, tags: bool) -> Path:
+    """An imagefolder source whose every photo has the same rating, with or without a tags column."""
+    (root / "pics").mkdir(parents=True)
+    rows = ["file_name,rating" + (",labels" if tags else "")]
+    for i in range(n):
+        (root / "pics" / f"{i}.jpg").write_bytes(jpeg(photo(1700 + i)))
+        rows.append(f"pics/{i}.jpg,{rating}" + (f",{VOCAB[i % 3]}" if tags else ""))
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+CONSTANT = (
+    "every score is 3: a score model learns nothing from it (check the score column, or give --score-range)"
+)
+
+
+def test_a_constant_score_beside_tags_is_left_out_and_said(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    src = _rated(tmp_path / "src", 18, rating="3", tags=True)
+    result = importer.run(s, str(src), ImportOptions(score_column="rating", tags_column="labels"))
+    assert any(n.startswith(CONSTANT) for n in result.notes), result.notes
+    assert not any("observed min and max" in n for n in result.notes)
+    spec = manifest.read_label_spec(s.data_dir)
+    assert spec.score_name is None and spec.score_range is None and spec.tags == VOCAB
+    assert all(r["score"] == "" for r in manifest.read_manifest(s.data_dir))
+    assert validate_data.run(s).passed  # no score where the spec declares none
+
+
+def test_a_constant_score_alone_is_refused(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    src = _rated(tmp_path / "src", 12, rating="3", tags=False)
+    with pytest.raises(ImportFailed, match=r"every score is 3: .*no tag .*data/ is unchanged"):
+        importer.run(s, str(src), ImportOptions(score_column="rating"))
+    assert not s.data_dir.exists()
