@@ -110,6 +110,7 @@ class Photo:
     group: str | None
     extra: dict[str, str]
     ref: str  # where the first record's file is (copied to the quarantine if refused later)
+    conflicts: list[str] = field(default_factory=list)  # "A = B (score 5 vs 7)": differing labels merged
 
     @property
     def score(self) -> float | None:
@@ -159,7 +160,7 @@ def _import(
     photos, problems, n_exact = load_photos(tree, parsed, settings, stage)
 
     this_source = options.source_label or source
-    notes = list(parsed.notes)
+    notes = list(parsed.notes) + _conflict_notes(photos)
     existing = _existing(settings)
     if existing is not None and not options.append:
         existing, replaced = _reimport_base(existing, photos, this_source)
@@ -577,6 +578,7 @@ def load_photos(
     problems = list(parsed.problems)
     photos: dict[str, Photo] = {}
     n_exact = 0
+    tags_by_folder = parsed.format == "classfolders"  # a photo in two tag folders has both tags
     workers = settings.import_workers or max(1, len(os.sched_getaffinity(0)))
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
@@ -602,19 +604,44 @@ def load_photos(
                 )
                 continue
             n_exact += 1
-            _merge(seen, record)
+            _merge(seen, record, tags_by_folder)
     return photos, problems, n_exact
 
 
-def _merge(photo: Photo, record: Record) -> None:
+def _merge(photo: Photo, record: Record, tags_by_folder: bool = False) -> None:
     """The same photo under another name: tags are the union (classfolders: one folder per tag), the
-    score the mean of the labelled ones, the first given split and group win."""
+    score the mean of the labelled ones, the first given split and group win. Labels that differ are
+    kept in ``photo.conflicts`` for the report (tags from folders are no conflict)."""
+    differ = []
+    if record.score is not None and photo.scores and record.score != photo.scores[0]:
+        differ.append(f"score {photo.scores[0]:g} vs {record.score:g}")
+    if not tags_by_folder and set(record.tags) != set(photo.tags):
+        differ.append(f"tags {_tags_text(photo.tags)} vs {_tags_text(record.tags)}")
+    if differ:
+        photo.conflicts.append(f"{photo.origins[0]} = {record.origin} ({', '.join(differ)})")
     photo.origins.append(record.origin)
     photo.tags = tuple(sorted(set(photo.tags) | set(record.tags)))
     if record.score is not None:
         photo.scores.append(record.score)
     photo.split = photo.split or record.split
     photo.group = photo.group or record.group
+
+
+def _tags_text(tags: Sequence[str]) -> str:
+    return manifest.tags_to_cell(tags) or "none"
+
+
+def _conflict_notes(photos: Mapping[str, Photo], shown: int = 3) -> list[str]:
+    """One note for the photos that came under several names with labels that differ (merged all the
+    same: the mean score, the tags together), with a few of them as examples."""
+    conflicts = [p.conflicts[0] for p in photos.values() if p.conflicts]
+    if not conflicts:
+        return []
+    more = ", ..." if len(conflicts) > shown else ""
+    return [
+        f"{len(conflicts)} photos appear under several names with different labels, merged (mean score, "
+        f"tags together): {'; '.join(conflicts[:shown])}{more}"
+    ]
 
 
 def _score_range(

@@ -253,6 +253,7 @@ def test_classfolders_same_picture_in_two_folders_gets_both_tags(tmp_path: Path)
     assert result.format == "classfolders" and result.score_name is None and result.score_range is None
     tags = [r["tags"] for r in manifest.read_manifest(s.data_dir)]
     assert "beach|sunset" in tags and len(tags) == 12
+    assert not any("several names" in n for n in result.notes)  # a folder per tag: no conflict
 
 
 def test_labelstudio_export_with_local_files(tmp_path: Path) -> None:
@@ -887,3 +888,18 @@ def test_a_constant_score_alone_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImportFailed, match=r"every score is 3: .*no tag .*data/ is unchanged"):
         importer.run(s, str(src), ImportOptions(score_column="rating"))
     assert not s.data_dir.exists()
+
+
+def test_one_photo_under_two_names_with_different_labels_is_merged_and_said(tmp_path: Path) -> None:
+    src = imagefolder(tmp_path / "src", 12)  # IMG_0001: rating 2, kestrel; IMG_0002: rating 3, wren
+    (src / "pics" / "copy.jpg").write_bytes((src / "pics" / "IMG_0001.jpg").read_bytes())
+    (src / "pics" / "same.jpg").write_bytes((src / "pics" / "IMG_0002.jpg").read_bytes())
+    with (src / "metadata.csv").open("a") as f:
+        f.write("pics/copy.jpg,9,heron\npics/same.jpg,3,wren\n")  # same.jpg: the same labels, silent
+    result = importer.run(settings_for(tmp_path, golden_fraction=0.0), str(src), OPTS)
+    assert result.exact_duplicates == 2
+    merged = [n for n in result.notes if "several names" in n]
+    assert merged == [
+        "1 photos appear under several names with different labels, merged (mean score, tags together): "
+        "pics/IMG_0001.jpg = pics/copy.jpg (score 2 vs 9, tags kestrel vs heron)"
+    ]
