@@ -165,7 +165,8 @@ def _import(
     if existing is not None and not options.append:
         existing, replaced = _reimport_base(existing, photos, this_source)
         notes += replaced
-    golden_ids = _golden_ids(settings)
+    frozen = _golden_rows(settings)
+    golden_ids = set(frozen)
     foreign = _foreign_golden(settings, options, this_source) if golden_ids else None
     if foreign is not None:
         # The golden set of another dataset (the demo's, say, before your photos): its labels are not
@@ -181,6 +182,8 @@ def _import(
         kept = {k: p for k, p in photos.items() if k not in golden_ids}
         if len(kept) < len(photos):
             notes.append(f"{len(photos) - len(kept)} photos are in the golden set and are not trained on")
+            if options.golden is None:  # a --golden import replaces it: its own labels are taken
+                notes += _golden_relabel_notes(photos, frozen)
         photos = kept
 
     old_rows = existing[0] if existing else []
@@ -1048,10 +1051,32 @@ def _foreign_golden(settings: Settings, options: ImportOptions, source: str) -> 
     return None if golden_source in ("", source) else golden_source
 
 
-def _golden_ids(settings: Settings) -> set[str]:
+def _golden_rows(settings: Settings) -> dict[str, dict[str, str]]:
+    """The golden set's rows by image id (none when there is no golden set)."""
     if not (settings.golden_dir / manifest.MANIFEST_NAME).is_file():
-        return set()
-    return {r["image_id"] for r in manifest.read_manifest(settings.golden_dir)}
+        return {}
+    return {r["image_id"]: r for r in manifest.read_manifest(settings.golden_dir)}
+
+
+def _golden_relabel_notes(photos: Mapping[str, Photo], golden: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """A note when golden photos come with other labels than the frozen golden set's: they are not
+    applied (every model is judged on the same labels), and the user should know how to take them."""
+    n = sum(1 for k, p in photos.items() if k in golden and _relabelled(p, golden[k]))
+    if not n:
+        return []
+    return [
+        f"labels of {n} golden photos differ from the frozen golden set and were not applied (the golden "
+        "set is frozen: to take them, replace it on purpose with `lightbox data import SOURCE --golden "
+        "GOLDEN_SOURCE`, GOLDEN_SOURCE holding the golden photos with their new labels; `lightbox golden "
+        "--rebuild` re-renders only the demo's)"
+    ]
+
+
+def _relabelled(photo: Photo, row: Mapping[str, str]) -> bool:
+    """Whether a photo's labels differ from its row's (a score only where both have one)."""
+    score = manifest.format_score(photo.score)
+    score_differs = bool(score and row["score"]) and score != row["score"]
+    return score_differs or manifest.tags_to_cell(photo.tags) != row["tags"]
 
 
 def import_golden(settings: Settings, source: str, tree: SourceTree, parsed: Parsed, spec: LabelSpec) -> int:

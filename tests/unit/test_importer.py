@@ -903,3 +903,23 @@ def test_one_photo_under_two_names_with_different_labels_is_merged_and_said(tmp_
         "1 photos appear under several names with different labels, merged (mean score, tags together): "
         "pics/IMG_0001.jpg = pics/copy.jpg (score 2 vs 9, tags kestrel vs heron)"
     ]
+
+
+def test_a_golden_photo_relabelled_in_the_source_is_said_not_applied(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    src = imagefolder(tmp_path / "src", 40)
+    importer.run(s, str(src), OPTS)
+    assert not any("golden photos differ" in n for n in importer.run(s, str(src), OPTS).notes)
+    golden = manifest.read_manifest(s.golden_dir)[0]
+    lines = (src / "metadata.csv").read_text().splitlines()
+    relabel = f"{golden['original']},10,heron|kestrel|wren"  # the photo has at most two tags
+    fixed = [relabel if ln.startswith(golden["original"] + ",") else ln for ln in lines]
+    (src / "metadata.csv").write_text("\n".join(fixed) + "\n")
+    frozen = snapshot(s.golden_dir)
+    result = importer.run(s, str(src), OPTS)
+    assert snapshot(s.golden_dir) == frozen
+    assert any(
+        n.startswith("labels of 1 golden photos differ from the frozen golden set and were not applied")
+        and "--golden GOLDEN_SOURCE" in n
+        for n in result.notes
+    ), result.notes
