@@ -188,6 +188,8 @@ def _import(
 
     old_rows = existing[0] if existing else []
     old_spec = existing[1] if existing else None
+    if options.append:
+        notes += _new_tag_notes(photos, old_rows)
     score_range, range_source = _score_range(photos, old_rows, given_range or parsed.score_range, old_spec)
     constant = None if score_range else _constant_score(photos, old_rows)
     if constant is not None:
@@ -321,6 +323,21 @@ def _reimport_base(
             "and keep the others, or import into a new project to start over; data/ is unchanged"
         )
     return (kept, spec), [f"{dropped} images no longer in the source were removed from the dataset"]
+
+
+def _new_tag_notes(photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """An appended batch's tags the dataset did not have: its earlier images were never asked about
+    them, so training reads each as a negative example, and the user should know."""
+    known = manifest.count_tags(old_rows)
+    new = Counter(t for p in photos.values() for t in set(p.tags) if t not in known)
+    earlier = sum(1 for r in old_rows if r["image_id"] not in photos)  # those in the batch are relabelled
+    if not new or not earlier:
+        return []
+    listed = ", ".join(f"{t} ({n} images)" for t, n in sorted(new.items()))
+    return [
+        f"new tags in this batch: {listed}; the {earlier} earlier images were never labelled for them and "
+        "count as without them: relabel them or expect a weaker tag"
+    ]
 
 
 def _appended(old_spec: LabelSpec | None, source: str, append: bool) -> tuple[str, ...]:

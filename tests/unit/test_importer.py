@@ -923,3 +923,18 @@ def test_a_golden_photo_relabelled_in_the_source_is_said_not_applied(tmp_path: P
         and "--golden GOLDEN_SOURCE" in n
         for n in result.notes
     ), result.notes
+
+
+def test_an_append_that_brings_a_new_tag_says_the_earlier_images_count_as_without_it(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    importer.run(s, str(imagefolder(tmp_path / "a", 12)), OPTS)
+    b = imagefolder(tmp_path / "b", 7, start=100)
+    header, *rows = (b / "metadata.csv").read_text().splitlines()
+    (b / "metadata.csv").write_text("\n".join([header, *(f"{r}|Night" for r in rows)]) + "\n")
+    result = importer.run(s, str(b), APPEND)
+    assert (
+        "new tags in this batch: Night (7 images); the 12 earlier images were never labelled for them "
+        "and count as without them: relabel them or expect a weaker tag"
+    ) in result.notes
+    again = importer.run(s, str(b), APPEND)  # Night is no longer new
+    assert not any(n.startswith("new tags") for n in again.notes)
