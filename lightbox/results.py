@@ -158,7 +158,9 @@ class ParquetSink:
         self.job = uuid.uuid4().hex[:12]
         self._n = 0
         folder.mkdir(parents=True, exist_ok=True)
-        for tmp in folder.glob(f"*{TMP_SUFFIX}"):  # a killed job's half-written part: never a result
+        # A killed job's half-written part: never a result. Only this sink's own names: the folder may
+        # hold the user's files too (report.docx.tmp is theirs).
+        for tmp in folder.glob(f"{PART_GLOB}{TMP_SUFFIX}"):
             log.info("removing %s, left by a killed job", tmp)
             tmp.unlink(missing_ok=True)
 

@@ -297,8 +297,9 @@ def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path)
     out = tmp_path / "scores"
     out.mkdir()
     (out / "part-dead-000000.parquet.tmp").write_bytes(b"half a part")  # a killed job's leftover
+    (out / "report.docx.tmp").write_bytes(b"the user's draft")  # theirs: kept
     sink = ParquetSink(out)
-    assert not list(out.glob("*.tmp"))
+    assert [p.name for p in out.glob("*.tmp")] == ["report.docx.tmp"]
     assert sink.done("3") == Done()
     sink.write([_row("/a", "x"), _row("/bad", "y", error="corrupt")])
     sink.write([_row("/gone", None, error="not found"), _row("/a", "x", version="4")])
