@@ -18,6 +18,7 @@ itself, and a gs:// key is matched by name like any other file name.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import posixpath
@@ -258,17 +259,7 @@ def parse_vertex(
                 out.problems.append(Problem(origin, "no imageGcsUri"))
                 continue
             boxes += len(row.get("boundingBoxAnnotations") or [])
-            try:
-                ref = bucket_ref(uri, base, present)
-                tags = _vertex_tags(row)
-                split = _vertex_split((row.get("dataItemResourceLabels") or {}).get(_VERTEX_ML_USE))
-            except (ValueError, AttributeError) as exc:
-                out.problems.append(Problem(uri, str(exc)))
-                continue
-            if not tags:
-                out.left_out.append(ref)
-                continue
-            out.records.append(Record(ref=ref, origin=uri, tags=tags, split=split))
+            _vertex_item(out, uri, base, present, functools.partial(_vertex_row_labels, row))
     if boxes:
         if not out.records:
             raise FormatError(
@@ -292,6 +283,17 @@ def _vertex_tags(row: Mapping[str, object]) -> tuple[str, ...]:
     if not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError("an annotation without a displayName")
     return tuple(sorted(set(_no_separator([str(n).strip() for n in names]))))
+
+
+def _vertex_row_labels(row: Mapping[str, object]) -> tuple[tuple[str, ...], str | None]:
+    resource = row.get("dataItemResourceLabels") or {}
+    if not isinstance(resource, Mapping):
+        raise ValueError("dataItemResourceLabels is not an object")
+    return _vertex_tags(row), _vertex_split(resource.get(_VERTEX_ML_USE))
+
+
+def _csv_labels(labels: list[str], split: str | None) -> tuple[tuple[str, ...], str | None]:
+    return tuple(sorted(set(_no_separator(labels)))), split
 
 
 def _vertex_split(ml_use: object) -> str | None:
@@ -318,14 +320,31 @@ def _vertex_csv(data: bytes, name: str, base: str, present: frozenset[str], out:
         if not cells or not cells[0]:
             out.problems.append(Problem(origin, "no image path"))
             continue
-        uri, labels = cells[0], [c for c in cells[1:] if c]
-        try:
-            ref = bucket_ref(uri, base, present)
-            tags = tuple(sorted(set(_no_separator(labels))))
-        except ValueError as exc:
-            out.problems.append(Problem(uri, str(exc)))
-            continue
-        if not tags:
-            out.left_out.append(ref)
-            continue
+        labels = [c for c in cells[1:] if c]
+        _vertex_item(
+            out,
+            cells[0],
+            base,
+            present,
+            functools.partial(_csv_labels, labels, split),
+        )
+
+
+def _vertex_item(
+    out: Parsed,
+    uri: str,
+    base: str,
+    present: frozenset[str],
+    labels: Callable[[], tuple[tuple[str, ...], str | None]],
+) -> None:
+    """One image of a Vertex AI file: a record, left out when it has no label, or a problem."""
+    try:
+        ref = bucket_ref(uri, base, present)
+        tags, split = labels()
+    except (ValueError, AttributeError) as exc:
+        out.problems.append(Problem(uri, str(exc)))
+        return
+    if tags:
         out.records.append(Record(ref=ref, origin=uri, tags=tags, split=split))
+    else:
+        out.left_out.append(ref)
