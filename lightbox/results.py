@@ -1,10 +1,12 @@
 """Where bulk scores go, and what a resumed job may skip: a folder of parquet parts, or PostgreSQL.
 
-Exactly once, per (image, model version):
+Exactly once, per (image, model name, model version): two registered models may have the same version
+number (``pets`` v1 and ``places`` v1), so a version alone names no model's results.
 - a parquet part is written under a temporary name and renamed when complete, so a killed job leaves
   whole parts or none (a leftover ``.tmp`` is ignored and removed by the next job);
-- PostgreSQL rows are upserted on (image_id, model_version), as the upload consumer writes them;
-- a job first reads what this model version already has (``done``) and skips it, and never writes a
+- PostgreSQL rows are upserted on (image_id, model_name, model_version), as the upload consumer writes
+  them;
+- a job first reads what this model's version already has (``done``) and skips it, and never writes a
   key twice itself (``Deduper``).
 
 An image's key is its image id (the content hash, as the importer and the upload consumer define it);
@@ -55,7 +57,7 @@ class ScoreRow:
 
 @dataclass(frozen=True)
 class Done:
-    """What one model version already has: skip these URIs before reading them, and these image ids
+    """What one model's version already has: skip these URIs before reading them, and these image ids
     once read (the same photo under a new URI)."""
 
     uris: frozenset[str] = frozenset()
@@ -63,7 +65,7 @@ class Done:
 
 
 def done_from(rows: Iterable[tuple[str | None, str]]) -> Done:
-    """Done from (image_id, uri) pairs of one model version's rows."""
+    """Done from (image_id, uri) pairs of one model's version's rows (one name and one version)."""
     uris, ids = set(), set()
     for image_id, uri in rows:
         uris.add(uri)
@@ -102,7 +104,7 @@ class Deduper:
 
 
 class ResultSink(Protocol):
-    def done(self, model_version: str) -> Done: ...
+    def done(self, model_name: str, model_version: str) -> Done: ...
 
     def write(self, rows: Sequence[ScoreRow]) -> None: ...
 
@@ -167,13 +169,18 @@ class ParquetSink:
     def describe(self) -> str:
         return str(self.folder)
 
-    def done(self, model_version: str) -> Done:
+    def done(self, model_name: str, model_version: str) -> Done:
+        """What ``model_name`` v``model_version`` has here: another model's v1 is not this one's."""
         import pyarrow.compute as pc
 
-        table = read_parts(self.folder, columns=["image_id", "uri", "model_version"])
+        table = read_parts(self.folder, columns=["image_id", "uri", "model_name", "model_version"])
         if table is None:
             return Done()
-        mine = table.filter(pc.equal(table["model_version"], model_version))
+        mine = table.filter(
+            pc.and_(
+                pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version)
+            )
+        )
         return done_from(zip(mine["image_id"].to_pylist(), mine["uri"].to_pylist(), strict=True))
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
@@ -223,10 +230,12 @@ class PostgresSink:
     def describe(self) -> str:
         return f"postgres table {self.table} (errors: {self.errors_table})"
 
-    def done(self, model_version: str) -> Done:
+    def done(self, model_name: str, model_version: str) -> Done:
         from lightbox.adapters import postgres
 
-        return done_from(postgres.scored_keys(self._db, self.table, self.errors_table, model_version))
+        return done_from(
+            postgres.scored_keys(self._db, self.table, self.errors_table, model_name, model_version)
+        )
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
         from lightbox.adapters import postgres

@@ -15,7 +15,7 @@ pinned to some nodes), inside the model actors, on their threads, where the mode
   (StorageUnavailable): a rerun resumes.
 
 With ``settings.score_online`` (``lightbox score --online``) the job also publishes each image's score,
-tag probabilities and embedding to Feast's online store, keyed by (image id, model version)
+tag probabilities and embedding to Feast's online store, keyed by (image id, model name, model version)
 (lightbox.adapters.feast_store.write_scores), before the same rows reach the sink: a part killed between
 the two is rescored and upserted again, never missing online.
 
@@ -481,7 +481,7 @@ def run(
     result = ScoreResult(source, sink.describe(), settings.model_name, version)
     t0 = time.monotonic()
     try:
-        done = sink.done(version)
+        done = sink.done(settings.model_name, version)
         left_out: Counter[str] = Counter()
         uris = list(list_source(source, settings.s3_endpoint_url, left_out))
         result.left_out = dict(left_out)

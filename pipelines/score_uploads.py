@@ -3,7 +3,7 @@
 A message names one image: ``{"image_id": "abc", "uri": "s3://bucket/key.jpg"}`` (also ``file://`` or
 an absolute path). The consumer takes up to ``consume_batch_size`` messages (the broker prefetch is the
 same number) or what came within ``consume_max_wait_s``, scores them in one forward pass, upserts the
-rows keyed by (image_id, model_version), commits, and only then acknowledges. Hence:
+rows keyed by (image_id, model_name, model_version), commits, and only then acknowledges. Hence:
 
 - a crash before the commit loses nothing: unacknowledged messages are delivered again;
 - a crash between commit and ack duplicates nothing: the redelivery upserts the same rows;

@@ -1,22 +1,34 @@
 """PostgreSQL through psycopg2: the only module that imports it. The upload consumer's results table.
 
-One row per (image_id, model_version): a redelivered message (the consumer died after the commit but
-before the ack) upserts the same row again instead of adding one, so results are exactly-once even
-though delivery is at-least-once.
+One row per (image_id, model_name, model_version): a redelivered message (the consumer died after the
+commit but before the ack) upserts the same row again instead of adding one, so results are exactly-once
+even though delivery is at-least-once. The model's name is part of the key: two registered models may
+both have a version 1 (``pets`` v1 and ``places`` v1, served side by side), and neither may overwrite
+or hide the other's rows. Tables made by earlier versions, keyed by (image_id, model_version), are
+migrated in place when a writer ensures them (``ensure_results_table``, ``ensure_errors_table``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightbox.adapters import ServiceUnavailable
 from lightbox.settings import redact_url
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as Connection
+
+log = logging.getLogger(__name__)
+
+RESULTS_KEY = ("image_id", "model_name", "model_version")
+ERRORS_KEY = ("uri", "model_name", "model_version")
+# The keys of tables made before the model's name was part of them: replaced by the ones above.
+OLD_RESULTS_KEY = ("image_id", "model_version")
+OLD_ERRORS_KEY = ("uri", "model_version")
 
 
 @dataclass(frozen=True)
@@ -42,10 +54,69 @@ def connect(dsn: str) -> Connection:
         ) from None
 
 
+def _lock_for_schema(cur: Any, table: str) -> None:
+    """Serializes creating and migrating ``table`` among writers starting at once (consumers, bulk
+    jobs), until the transaction ends: two ``CREATE TABLE IF NOT EXISTS`` racing can both try to create
+    it, and two migrations must not both drop and add the key."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"lightbox.results_schema:{table}",))
+
+
+def primary_key(cur: Any, table: str) -> tuple[str, tuple[str, ...]] | None:
+    """(constraint name, its columns in order) of ``table``'s primary key, read from the catalog; None
+    when the table has none. The table is resolved as the statements here name it (search_path)."""
+    cur.execute(
+        """
+        SELECT c.conname, array_agg(a.attname::text ORDER BY k.ord)
+        FROM pg_constraint c
+        CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+        WHERE c.conrelid = to_regclass(quote_ident(%s)) AND c.contype = 'p'
+        GROUP BY c.conname
+        """,
+        (table,),
+    )
+    row = cur.fetchone()
+    return None if row is None else (row[0], tuple(row[1]))
+
+
+def _migrate_key(cur: Any, table: str, key: tuple[str, ...], old: tuple[str, ...]) -> bool:
+    """Make ``key`` the primary key of ``table`` if it has ``old`` (or none), keeping every row: the new
+    key only adds a column to the old one, so rows unique under the old key stay unique. Called under
+    ``_lock_for_schema``, in the transaction that checked the table: idempotent, and a second writer
+    starting at once waits, then finds the key already migrated. True when it changed the table."""
+    from psycopg2 import sql
+
+    current = primary_key(cur, table)
+    if current is not None and current[1] == key:
+        return False
+    if current is not None and current[1] != old:
+        raise RuntimeError(
+            f"table {table} has primary key ({', '.join(current[1])}); lightbox writes it keyed by "
+            f"({', '.join(key)}): migrate it by hand or use another table (LIGHTBOX_RESULTS_TABLE)"
+        )
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in key)
+    if current is None:
+        cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(sql.Identifier(table), columns))
+    else:
+        name = sql.Identifier(current[0])  # the same name as before: readers' tooling may refer to it
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), name))
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                sql.Identifier(table), name, columns
+            )
+        )
+    log.info(
+        "table %s: primary key (%s) -> (%s)", table, ", ".join(current[1] if current else ()), ", ".join(key)
+    )
+    return True
+
+
 def ensure_results_table(conn: Connection, table: str) -> None:
+    """Create the results table, or bring one made by an earlier version to this layout (its rows kept)."""
     from psycopg2 import sql
 
     with conn, conn.cursor() as cur:  # `with conn`: commit on success, roll back on error
+        _lock_for_schema(cur, table)
         cur.execute(
             sql.SQL(
                 """
@@ -58,13 +129,15 @@ def ensure_results_table(conn: Connection, table: str) -> None:
                     source_uri    text        NOT NULL,
                     scored_at     timestamptz NOT NULL DEFAULT now(),
                     attempts      integer     NOT NULL DEFAULT 1,
-                    PRIMARY KEY (image_id, model_version)
+                    PRIMARY KEY (image_id, model_name, model_version)
                 )
                 """
             ).format(sql.Identifier(table))
         )
         # Tables made before tags-only models existed: their score column allowed no NULL.
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN score DROP NOT NULL").format(sql.Identifier(table)))
+        # Tables made before the model's name was in the key.
+        _migrate_key(cur, table, RESULTS_KEY, OLD_RESULTS_KEY)
 
 
 def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> None:
@@ -74,15 +147,15 @@ def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> N
 
     if not rows:
         return
-    keys = [(r.image_id, r.model_version) for r in rows]
+    keys = [(r.image_id, r.model_name, r.model_version) for r in rows]
     if len(set(keys)) != len(keys):
         # One statement cannot touch a row twice (ON CONFLICT would raise): callers dedupe first.
-        raise ValueError("upsert_results: duplicate (image_id, model_version) in one call")
+        raise ValueError("upsert_results: duplicate (image_id, model_name, model_version) in one call")
     query = sql.SQL(
         """
         INSERT INTO {t} (image_id, model_version, model_name, score, tag_probs, source_uri)
         VALUES %s
-        ON CONFLICT (image_id, model_version) DO UPDATE SET
+        ON CONFLICT (image_id, model_name, model_version) DO UPDATE SET
             score = EXCLUDED.score,
             tag_probs = EXCLUDED.tag_probs,
             source_uri = EXCLUDED.source_uri,
@@ -104,7 +177,9 @@ def fetch_results(conn: Connection, table: str) -> list[dict]:
 
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
-            sql.SQL("SELECT * FROM {} ORDER BY image_id, model_version").format(sql.Identifier(table))
+            sql.SQL("SELECT * FROM {} ORDER BY image_id, model_name, model_version").format(
+                sql.Identifier(table)
+            )
         )
         return [dict(r) for r in cur.fetchall()]
 
@@ -142,9 +217,11 @@ class ErrorRow:
 
 
 def ensure_errors_table(conn: Connection, table: str) -> None:
+    """Create the errors table, or bring one made by an earlier version to this layout (rows kept)."""
     from psycopg2 import sql
 
     with conn, conn.cursor() as cur:
+        _lock_for_schema(cur, table)
         cur.execute(
             sql.SQL(
                 """
@@ -155,11 +232,12 @@ def ensure_errors_table(conn: Connection, table: str) -> None:
                     image_id      text,
                     error         text        NOT NULL,
                     failed_at     timestamptz NOT NULL DEFAULT now(),
-                    PRIMARY KEY (uri, model_version)
+                    PRIMARY KEY (uri, model_name, model_version)
                 )
                 """
             ).format(sql.Identifier(table))
         )
+        _migrate_key(cur, table, ERRORS_KEY, OLD_ERRORS_KEY)
 
 
 def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> None:
@@ -171,31 +249,33 @@ def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> Non
     query = sql.SQL(
         """
         INSERT INTO {t} (uri, model_version, model_name, image_id, error) VALUES %s
-        ON CONFLICT (uri, model_version) DO UPDATE SET
+        ON CONFLICT (uri, model_name, model_version) DO UPDATE SET
             image_id = EXCLUDED.image_id, error = EXCLUDED.error, failed_at = now()
         """
     ).format(t=sql.Identifier(table))
     values = {
-        (r.uri, r.model_version): (r.uri, r.model_version, r.model_name, r.image_id, r.error) for r in rows
+        (r.uri, r.model_name, r.model_version): (r.uri, r.model_version, r.model_name, r.image_id, r.error)
+        for r in rows
     }
     with conn, conn.cursor() as cur:
         execute_values(cur, query.as_string(conn), list(values.values()))
 
 
 def scored_keys(
-    conn: Connection, table: str, errors_table: str, model_version: str
+    conn: Connection, table: str, errors_table: str, model_name: str, model_version: str
 ) -> list[tuple[str | None, str]]:
-    """(image_id, uri) of every row one model version has, scored or failed: what a resumed bulk job
-    skips. A server-side cursor: a catalog's keys are read in pages, not all at once into the driver."""
+    """(image_id, uri) of every row one model's version has, scored or failed: what a resumed bulk job
+    skips (another model's rows of the same version number are not this one's). A server-side cursor: a
+    catalog's keys are read in pages, not all at once into the driver."""
     from psycopg2 import sql
 
     query = sql.SQL(
-        "SELECT image_id, source_uri FROM {r} WHERE model_version = %(v)s "
-        "UNION ALL SELECT image_id, uri FROM {e} WHERE model_version = %(v)s"
+        "SELECT image_id, source_uri FROM {r} WHERE model_name = %(n)s AND model_version = %(v)s "
+        "UNION ALL SELECT image_id, uri FROM {e} WHERE model_name = %(n)s AND model_version = %(v)s"
     ).format(r=sql.Identifier(table), e=sql.Identifier(errors_table))
     with conn, conn.cursor(name="lightbox_scored_keys") as cur:
         cur.itersize = 10_000
-        cur.execute(query, {"v": model_version})
+        cur.execute(query, {"n": model_name, "v": model_version})
         return [(image_id, uri) for image_id, uri in cur]
 
 
@@ -204,5 +284,7 @@ def fetch_errors(conn: Connection, table: str) -> list[dict]:
     from psycopg2.extras import RealDictCursor
 
     with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute(sql.SQL("SELECT * FROM {} ORDER BY uri, model_version").format(sql.Identifier(table)))
+        cur.execute(
+            sql.SQL("SELECT * FROM {} ORDER BY uri, model_name, model_version").format(sql.Identifier(table))
+        )
         return [dict(r) for r in cur.fetchall()]

@@ -265,12 +265,14 @@ def test_embeddings_go_with_the_scored_rows_only_into_the_online_frame() -> None
 # --- resumption and one row per image --------------------------------------------------------------------
 
 
-def _row(uri: str, image_id: str | None, version: str = "3", error: str | None = None) -> ScoreRow:
+def _row(
+    uri: str, image_id: str | None, version: str = "3", error: str | None = None, name: str = "lightbox"
+) -> ScoreRow:
     return ScoreRow(
         uri=uri,
         image_id=image_id,
         content_hash=None if image_id is None else image_id + "ff",
-        model_name="lightbox",
+        model_name=name,
         model_version=version,
         score=None if error else 0.5,
         tag_probs=None if error else {"t": 0.25},
@@ -300,13 +302,13 @@ def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path)
     (out / "report.docx.tmp").write_bytes(b"the user's draft")  # theirs: kept
     sink = ParquetSink(out)
     assert [p.name for p in out.glob("*.tmp")] == ["report.docx.tmp"]
-    assert sink.done("3") == Done()
+    assert sink.done("lightbox", "3") == Done()
     sink.write([_row("/a", "x"), _row("/bad", "y", error="corrupt")])
     sink.write([_row("/gone", None, error="not found"), _row("/a", "x", version="4")])
     sink.write([])
     assert len(list(out.glob("part-*.parquet"))) == 2
-    assert sink.done("3") == Done(frozenset({"/a", "/bad", "/gone"}), frozenset({"x", "y"}))
-    assert sink.done("4") == Done(frozenset({"/a"}), frozenset({"x"}))
+    assert sink.done("lightbox", "3") == Done(frozenset({"/a", "/bad", "/gone"}), frozenset({"x", "y"}))
+    assert sink.done("lightbox", "4") == Done(frozenset({"/a"}), frozenset({"x"}))
     table = read_parts(out)
     assert table is not None and table.num_rows == 4
     row = table.to_pylist()[0]
@@ -314,6 +316,29 @@ def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path)
     # A second sink (the resumed job) writes beside the first one's parts, never over them.
     ParquetSink(out).write([_row("/c", "z")])
     assert read_parts(out).num_rows == 5  # type: ignore[union-attr]
+
+
+def test_two_models_with_the_same_version_number_each_have_their_own_done(tmp_path: Path) -> None:
+    """pets v1 and places v1 (served together): what one has scored is not done for the other."""
+    out = tmp_path / "scores"
+    ParquetSink(out).write(
+        [_row("/a", "x", "1", name="pets"), _row("/bad", "y", "1", "corrupt", name="pets")]
+    )
+    sink = ParquetSink(out)
+    assert sink.done("places", "1") == Done()
+    todo, skipped = pending(["/a", "/bad", "/b"], sink.done("places", "1"))
+    assert (todo, skipped) == (["/a", "/bad", "/b"], 0)
+    sink.write([_row("/a", "x", "1", name="places")])
+    assert sink.done("pets", "1") == Done(frozenset({"/a", "/bad"}), frozenset({"x", "y"}))
+    assert sink.done("places", "1") == Done(frozenset({"/a"}), frozenset({"x"}))
+    assert sink.done("pets", "2") == Done()
+    table = read_parts(out)
+    assert table is not None
+    assert sorted(zip(table["model_name"].to_pylist(), table["uri"].to_pylist(), strict=True)) == [
+        ("pets", "/a"),
+        ("pets", "/bad"),
+        ("places", "/a"),
+    ]
 
 
 def test_an_unusable_destination_is_refused(tmp_path: Path) -> None:
