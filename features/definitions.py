@@ -5,8 +5,9 @@ reads. The offline parquet is written by pipelines/features.py with the same Fea
 served model runs. One FeatureService per feature version; the training run records which one it used.
 
 ``image_scores`` is what bulk scoring publishes (pipelines/score_catalog.py --online): each model
-version's score, tag probabilities and embedding per image, keyed by (image_id, model_version). Its
-offline source is a folder of parquet parts, one per flush of a job.
+version's score, tag probabilities and embedding per image, keyed by (image_id, model_name,
+model_version): two registered models may both have a version 1. Its offline source is a folder of
+parquet parts, one per flush of a job.
 """
 
 import os
@@ -56,6 +57,13 @@ image_features = FeatureView(
 
 image_quality_v1 = FeatureService(name=FEATURE_SERVICE, features=[image_features])
 
+model = Entity(
+    name="model_name",
+    join_keys=["model_name"],
+    value_type=ValueType.STRING,
+    description="a registered model (its registry name)",
+)
+
 model_version = Entity(
     name="model_version",
     join_keys=["model_version"],
@@ -71,7 +79,7 @@ image_scores_source = FileSource(
 
 image_scores = FeatureView(
     name=SCORE_VIEW,
-    entities=[image, model_version],
+    entities=[image, model, model_version],
     ttl=timedelta(days=3650),
     schema=[Field(name=name, dtype=_TYPES[kind], description=text) for name, kind, text in SCORE_FIELDS],
     source=image_scores_source,
@@ -85,6 +93,7 @@ DEFINITIONS = [
     image_features_source,
     image_features,
     image_quality_v1,
+    model,
     model_version,
     image_scores_source,
     image_scores,

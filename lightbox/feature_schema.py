@@ -44,16 +44,16 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 # everything (aesthetic ratings depend on content too).
 SCORE_FEATURE_GROUPS: tuple[str, ...] = ("quality", "all")
 
-# What bulk scoring (pipelines/score_catalog.py, --online) writes per (image, model version): the model's
-# answers and the embedding of the extractor it ran (EMBEDDING_DIM first columns of its output), so that a
-# search or recommendation service reads them by id at online-store latency. Keyed by both: a new version
-# adds rows beside the old one's, and a reader asks for the version it was built against.
+# What bulk scoring (pipelines/score_catalog.py, --online) writes per (image, model name, model version):
+# the model's answers and the embedding of the extractor it ran (EMBEDDING_DIM first columns of its
+# output), so that a search or recommendation service reads them by id at online-store latency. Keyed by
+# all three: a new version adds rows beside the old one's, a reader asks for the version it was built
+# against, and two registered models with the same version number (pets v1, places v1) keep their own.
 SCORE_VIEW = "image_scores"
 SCORE_SERVICE = "image_scores_v1"
-SCORE_KEYS: tuple[str, ...] = ("image_id", "model_version")
+SCORE_KEYS: tuple[str, ...] = ("image_id", "model_name", "model_version")
 SCORE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("score", "float", "the model's score on its own scale; absent for a tags-only model"),
     ("tag_probs", "map", "tag name -> probability"),
     ("embedding", "vector", "the model's extractor embedding (EMBEDDING_DIM floats)"),
-    ("model_name", "string", "the registered model's name"),
 )

@@ -1,10 +1,11 @@
 """Feast: the only module that imports feast. Applies the declarative repo in features/,
 writes offline features, materializes them online and reads them back (historical and online); and
-publishes bulk scoring's per-(image, model version) scores and embeddings (``write_scores``)."""
+publishes bulk scoring's per-(image, model name, model version) scores and embeddings (``write_scores``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 OFFLINE_FILE = "image_features.parquet"
+log = logging.getLogger(__name__)
 
 
 def _export_env(settings: Settings) -> None:
@@ -81,10 +83,55 @@ def is_applied(settings: Settings) -> bool:
 
 
 def apply(settings: Settings) -> FeatureStore:
-    """Register every definition of features/ (idempotent); the store, for the writes that follow."""
+    """Register every definition of features/ (idempotent); the store, for the writes that follow.
+
+    A registry applied by an earlier version keyed the scores view by (image_id, model_version) only:
+    its online rows cannot be found by the view's keys now. They are written again from the view's
+    offline parts (which carry model_name), once, when this apply changes the view's keys."""
     store = open_store(settings)
+    old_keys = _score_keys(store)
     store.apply(_definitions(settings))
+    if old_keys is not None and old_keys != set(SCORE_KEYS):
+        n = republish_scores(settings, store)
+        log.info("scores view keyed by %s now: %d online rows written again from its parts", SCORE_KEYS, n)
     return store
+
+
+def republish_scores(settings: Settings, store: FeatureStore) -> int:
+    """Write the scores view's offline parts to the online store again, the newest row of each key
+    (``materialize`` cannot: Feast's file offline store fails on the tag_probs map). Reads the keys of
+    every part first, then each part's winning rows, one part at a time: memory stays one part's."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(scores_dir(settings).glob("*.parquet"))  # a half-written part is .<name>.parquet.tmp
+    newest: dict[tuple[str, ...], tuple[datetime, int, int]] = {}
+    for i, path in enumerate(parts):
+        keys = pq.read_table(path, columns=[*SCORE_KEYS, "event_timestamp"]).to_pydict()
+        for row, (*key, ts) in enumerate(
+            zip(*(keys[c] for c in (*SCORE_KEYS, "event_timestamp")), strict=True)
+        ):
+            k = tuple(key)
+            if k not in newest or ts >= newest[k][0]:
+                newest[k] = (ts, i, row)
+    rows: dict[int, list[int]] = {}
+    for _, i, row in newest.values():
+        rows.setdefault(i, []).append(row)
+    written = 0
+    for i, take in sorted(rows.items()):
+        df = pq.read_table(parts[i], schema=_scores_schema()).take(sorted(take)).to_pandas()
+        df["tag_probs"] = [None if v is None else dict(v) for v in df["tag_probs"]]
+        store.write_to_online_store(SCORE_VIEW, df)
+        written += len(df)
+    return written
+
+
+def _score_keys(store: FeatureStore) -> set[str] | None:
+    """The join keys of the registered scores view; None when it is not registered."""
+    try:
+        view = store.get_feature_view(SCORE_VIEW)
+    except Exception:  # Feast raises its own NotFound types per registry backend
+        return None
+    return {column.name for column in view.entity_columns}
 
 
 def apply_and_materialize(
@@ -126,7 +173,7 @@ def write_scores(settings: Settings, store: FeatureStore, df: pd.DataFrame, part
     """One flush of scores: an offline part (atomic; the view's history, for backfills and point-in-time
     reads), then the same rows online. Writing online per part is what ``materialize`` would do, without
     re-reading every earlier part: memory and time stay flat over a catalog. Online rows are upserts by
-    (image_id, model_version), so a part written again by a resumed job changes nothing."""
+    (image_id, model_name, model_version), so a part written again by a resumed job changes nothing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -159,9 +206,12 @@ def _scores_schema() -> pa.Schema:
 
 
 def online_scores(
-    settings: Settings, keys: list[tuple[str, str]], store: FeatureStore | None = None
+    settings: Settings, keys: list[tuple[str, str, str]], store: FeatureStore | None = None
 ) -> dict[str, list]:
-    """The scores view's online rows for (image_id, model_version) pairs, in order (None where absent)."""
+    """The scores view's online rows for (image_id, model_name, model_version) keys (SCORE_KEYS), in
+    order (None where absent): a version number alone names no model (pets v1, places v1)."""
+    if any(len(k) != len(SCORE_KEYS) for k in keys):
+        raise ValueError(f"online_scores: each key is ({', '.join(SCORE_KEYS)})")
     store = store or open_store(settings)
     service = store.get_feature_service(SCORE_SERVICE)
     rows = [dict(zip(SCORE_KEYS, k, strict=True)) for k in keys]

@@ -1,11 +1,14 @@
 """Bulk scoring from an s3:// prefix (moto's server) into PostgreSQL's results table, the one the upload
-consumer writes: scores upserted per (image, version), failures in <table>_errors, a rerun adds nothing."""
+consumer writes: scores upserted per (image, model name, version), failures in <table>_errors, a rerun
+adds nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import PgDatabase, S3Server, unique
 from photo_samples import jpeg, photo
@@ -73,7 +76,8 @@ def test_an_s3_catalog_scores_into_the_results_table(
 
 
 def test_online_scores_are_read_back_from_redis(registry_dir: Path, redis_addr: str, tmp_path: Path) -> None:
-    """--online on the production online store: the rows a search service reads by (image id, version)
+    """--online on the production online store: the rows a search service reads by (image id, model name,
+    version)
     live in Redis under this run's Feast project, and are the job's."""
     import redis
 
@@ -105,11 +109,30 @@ def test_online_scores_are_read_back_from_redis(registry_dir: Path, redis_addr: 
         assert table is not None
         written = {r["image_id"]: r["score"] for r in table.to_pylist()}
 
-        online = feast_store.online_scores(settings, [(i, "1") for i in ids])
+        online = feast_store.online_scores(settings, [(i, settings.model_name, "1") for i in ids])
         assert online["score"] == pytest.approx([written[i] for i in ids], abs=1e-6)
         assert all(len(e) == EMBEDDING_DIM for e in online["embedding"])
         host, port = redis_addr.split(":")
         keys = list(redis.Redis(host=host, port=int(port)).scan_iter(f"*{settings.feast_project}"))
         assert len(keys) == 3
+
+        # Another registered model's version 1 (as `places` v1's job or consumer publishes it): its own
+        # rows, beside this model's, never over them.
+        other = [(i, "places", "1") for i in ids]
+        frame = pd.DataFrame(
+            {
+                "image_id": ids,
+                "model_version": "1",
+                "event_timestamp": pd.Series([pd.Timestamp.now(tz="UTC")] * 3, dtype="datetime64[us, UTC]"),
+                "score": pd.Series([0.125] * 3, dtype="float32"),
+                "tag_probs": [{"t": 0.5}] * 3,
+                "embedding": [np.zeros(EMBEDDING_DIM, np.float32)] * 3,
+                "model_name": "places",
+            }
+        )
+        feast_store.write_scores(settings, feast_store.open_store(settings), frame, "part-places-000000")
+        both = feast_store.online_scores(settings, [(i, settings.model_name, "1") for i in ids] + other)
+        assert both["score"] == pytest.approx([written[i] for i in ids] + [0.125] * 3, abs=1e-6)
+        assert both["model_name"] == [settings.model_name] * 3 + ["places"] * 3
     finally:
         feast_store.teardown(settings)

@@ -1,7 +1,7 @@
 """The upload consumer against the real broker (RabbitMQ), the real results database (PostgreSQL) and an
 S3 API (moto's server): normal flow, poison messages to the dead-letter queue, and restarts (a crash
-between commit and ack, and a SIGKILL mid-stream) with exactly one row per (image, version) and no
-message lost."""
+between commit and ack, and a SIGKILL mid-stream) with exactly one row per (image, model name, version)
+and no message lost."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_online_publishes_each_upload_to_feast_in_redis(
     settings: Settings, champion: Predictor, images: list[Path], redis_addr: str, tmp_path: Path
 ) -> None:
     """With score_online, a search service reads each upload's score, tags and embedding by (image id,
-    version) from the production online store as soon as the consumer committed it."""
+    model name, version) from the production online store as soon as the consumer committed it."""
     from lightbox.adapters import feast_store
     from lightbox.feature_schema import EMBEDDING_DIM
 
@@ -161,7 +161,8 @@ def test_online_publishes_each_upload_to_feast_in_redis(
         stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
         assert (stats.scored, stats.dead, stats.online) == (5, 1, 5)
         committed = {r["image_id"]: r for r in _rows(settings)}
-        keys = [(p.stem, champion.version) for p in images[:5]] + [("gone", champion.version)]
+        keys = [(p.stem, champion.name, champion.version) for p in images[:5]]
+        keys.append(("gone", champion.name, champion.version))
         online = feast_store.online_scores(settings, keys)
         for i, path in enumerate(images[:5]):
             assert online["score"][i] == pytest.approx(committed[path.stem]["score"], abs=1e-6)
