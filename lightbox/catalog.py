@@ -7,6 +7,7 @@ relative to the list's folder. The catalog is only read: nothing here writes a u
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,35 @@ class CatalogError(ValueError):
 
 class StorageUnavailable(OSError):
     """Reading a URI failed with an error that is not the image's fault, after every retry."""
+
+
+class ImageUnreadable(OSError):
+    """The file at a URI cannot be read and no retry would change that (permission denied, a symlink
+    loop, a name too long): the image's fault, its row's error, like a missing file."""
+
+
+# An OSError with one of these errnos is about the file itself: retrying reads it no better. Anything
+# else (EIO, ETIMEDOUT, ECONNRESET, ESTALE on a network mount...) is storage trouble, retried.
+PERMANENT_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EINVAL,
+        errno.ENXIO,
+        errno.ENODEV,
+        errno.EFBIG,
+        errno.EOVERFLOW,
+        errno.EILSEQ,
+    }
+)
+# S3 error codes about one object (not the endpoint, the credentials or the clock): final for it. Note
+# that S3 answers 403, not 404, for a missing key where the caller may not list the bucket.
+PERMANENT_S3_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidObjectState"})
 
 
 def list_source(
@@ -140,26 +170,43 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """``read()``, tried again after a transient error with exponential backoff. A missing file
-    (FileNotFoundError) is final at once; the last transient error is raised as StorageUnavailable, so
-    the job stops (and resumes later) instead of recording healthy images as failed."""
+    (FileNotFoundError) is final at once, and so is an error about the file itself (ImageUnreadable:
+    permission denied, a symlink loop; ``permanent``); the last transient error is raised as
+    StorageUnavailable, so the job stops (and resumes later) instead of recording healthy images as
+    failed."""
     transient = transient_errors()
     for attempt in range(attempts):
         try:
             return read()
-        except FileNotFoundError:
+        except (FileNotFoundError, ImageUnreadable):
             raise
         except transient as exc:
             if _not_found(exc):
                 raise FileNotFoundError(str(exc)) from exc
+            if permanent(exc):
+                raise ImageUnreadable(str(exc)) from exc
             if attempt == attempts - 1:
                 raise StorageUnavailable(f"{type(exc).__name__}: {exc} (after {attempts} attempts)") from exc
             sleep(first_delay_s * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _not_found(exc: BaseException) -> bool:
-    """An S3 ClientError that says 404: the object is absent, which no retry cures."""
+def permanent(exc: BaseException) -> bool:
+    """An error about the file or object itself, which no retry cures (see PERMANENT_ERRNOS and
+    PERMANENT_S3_CODES); throttling, 5xx, timeouts and I/O errors are not."""
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
+        return True
+    return _s3_code(exc) in PERMANENT_S3_CODES
+
+
+def _s3_code(exc: BaseException) -> str | None:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
-        return False
-    return response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
+
+
+def _not_found(exc: BaseException) -> bool:
+    """An S3 ClientError that says 404: the object is absent, which no retry cures."""
+    return _s3_code(exc) in ("404", "NoSuchKey", "NotFound")

@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lightbox.catalog import CatalogError, list_source, read_uri, with_retries
+from lightbox.catalog import (
+    CatalogError,
+    ImageUnreadable,
+    StorageUnavailable,
+    list_source,
+    read_uri,
+    with_retries,
+)
 from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.imaging import (
     IMAGE_EXTENSIONS,
@@ -66,6 +73,10 @@ Embed = Callable[[np.ndarray], np.ndarray]  # uint8 pixels [N,3,224,224] -> floa
 log = logging.getLogger(__name__)
 
 OK, ERROR, SKIP = "ok", "error", "skip"
+# Storage failed after every retry (StorageUnavailable): returned as a row, not raised in the Ray worker,
+# where Ray Data would wrap it (RayTaskError(UserCodeException), its cause lost in pickling) and the CLI
+# could not tell it from any other failure. The driver stops the job on it (``unavailable``).
+UNAVAILABLE = "unavailable"
 READ_BATCH = 16  # images per read task: enough to amortize a task, small enough to spread over cores
 ACTORS_START_S = 900  # the longest model actors may take to load, before the job fails
 ACTOR_ROWS_CPU = 32  # images per model actor task on CPU (its model batches run inside it)
@@ -89,7 +100,7 @@ class Read:
     """One URI after reading: pixels for the model, or why not."""
 
     uri: str
-    status: str  # OK, ERROR or SKIP (this model version has the same content already)
+    status: str  # OK, ERROR, SKIP (this model version has the same content already) or UNAVAILABLE
     image_id: str = ""  # "": nothing was read
     content_hash: str = ""
     error: str = ""
@@ -104,12 +115,17 @@ def read_one(
     done_ids: frozenset[str] = frozenset(),
     attempts: int = 4,
 ) -> Read:
-    """Fetch, hash and preprocess one image. Only a storage error raises (after ``attempts`` tries):
-    everything wrong with the image itself is its row's error."""
+    """Fetch, hash and preprocess one image. Everything wrong with the image itself (missing, unreadable,
+    undecodable) is its row's error; storage that failed every one of ``attempts`` tries is an
+    UNAVAILABLE read, which stops the job (``unavailable``)."""
     try:
         data = with_retries(lambda: fetch(uri), attempts=attempts)
     except FileNotFoundError as exc:
         return Read(uri, ERROR, error=f"not found: {exc}")
+    except ImageUnreadable as exc:
+        return Read(uri, ERROR, error=f"unreadable: {exc}")
+    except StorageUnavailable as exc:
+        return Read(uri, UNAVAILABLE, error=str(exc))
     digest = hashlib.sha256(data).hexdigest()
     image_id = id_of_digest(digest)  # the importer's and the upload consumer's id
     if image_id in done_ids:
@@ -531,28 +547,32 @@ def _score(
             embeddings.clear()
 
         with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
-            for batch in _batches(settings, todo, done_ids, alias, version):
-                rows, skipped = rows_from_batch(batch)
-                rows, repeated = dedupe.new(rows)
-                result.skipped += skipped + repeated
-                for r in rows:
-                    if r.error is None:
-                        result.scored += 1
-                    else:
-                        result.failed += 1
-                        if len(result.errors) < ERRORS_SHOWN:
-                            result.errors.append((r.uri, r.error))
-                for counts, column in ((result.nodes, "node"), (result.read_nodes, "read_node")):
-                    for node in batch[column][batch["status"] == OK]:
-                        counts[str(node)] = counts.get(str(node), 0) + 1
-                buffer += rows
-                embeddings.update(embeddings_of(batch))
-                now = time.monotonic()
-                if len(buffer) >= settings.score_part_rows or now - last_flush >= FLUSH_EVERY_S:
-                    flush()
-                    buffer, last_flush = [], now
-                bar.update(len(batch["uri"]))
-                stream.batch(len(batch["uri"]))
+            try:
+                for batch in _batches(settings, todo, done_ids, alias, version):
+                    rows, skipped = rows_from_batch(batch)
+                    rows, repeated = dedupe.new(rows)
+                    result.skipped += skipped + repeated
+                    for r in rows:
+                        if r.error is None:
+                            result.scored += 1
+                        else:
+                            result.failed += 1
+                            if len(result.errors) < ERRORS_SHOWN:
+                                result.errors.append((r.uri, r.error))
+                    for counts, column in ((result.nodes, "node"), (result.read_nodes, "read_node")):
+                        for node in batch[column][batch["status"] == OK]:
+                            counts[str(node)] = counts.get(str(node), 0) + 1
+                    buffer += rows
+                    embeddings.update(embeddings_of(batch))
+                    now = time.monotonic()
+                    if len(buffer) >= settings.score_part_rows or now - last_flush >= FLUSH_EVERY_S:
+                        flush()
+                        buffer, last_flush = [], now
+                    bar.update(len(batch["uri"]))
+                    stream.batch(len(batch["uri"]))
+            except StorageUnavailable:
+                flush()  # what was scored before storage failed is kept: a rerun goes on from there
+                raise
             flush()
 
 
@@ -787,7 +807,17 @@ def image_pipeline(
     if layout.wait_for_actors:
         ds.context.wait_for_min_actors_s = ACTORS_START_S
     try:
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            batch, stop = without_unavailable(batch)
+            if len(batch["uri"]):
+                yield batch  # what was read before storage failed is still written
+            if stop is not None:
+                raise stop
+    except ray.exceptions.RayTaskError as exc:
+        storage = storage_error_of(exc)
+        if storage is None:
+            raise
+        raise storage from None
     except ray.exceptions.GetTimeoutError as exc:
         if not layout.wait_for_actors:
             raise
@@ -796,6 +826,31 @@ def image_pipeline(
             " a node has no free CPU for one, or the model is slow to load; set LIGHTBOX_SCORE_ACTORS"
             " to fewer actors than nodes (read tasks then decode on the others)"
         ) from exc
+
+
+def without_unavailable(
+    batch: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], StorageUnavailable | None]:
+    """The batch less its UNAVAILABLE rows, and the StorageUnavailable to stop the job with (None where
+    every read reached storage): those rows are neither scored nor written, so a rerun reads them again."""
+    bad = batch["status"] == UNAVAILABLE
+    if not bad.any():
+        return batch, None
+    first = int(np.flatnonzero(bad)[0])
+    error = StorageUnavailable(f"reading {batch['uri'][first]}: {batch['error'][first]}")
+    return {k: v[~bad] for k, v in batch.items()}, error
+
+
+def storage_error_of(exc: BaseException) -> StorageUnavailable | None:
+    """The StorageUnavailable that a Ray task failed with, if that is what it failed with. Ray Data
+    raises a UDF's exception on the driver as RayTaskError(UserCodeException), whose cause (the
+    UserCodeException) lost the original exception when it was pickled: only its text, the worker's
+    traceback, still names it (``lightbox.catalog.StorageUnavailable: ...``)."""
+    import re
+
+    text = str(exc)
+    found = re.findall(r"^[\w.]*StorageUnavailable: (.+)$", text, re.MULTILINE)
+    return StorageUnavailable(found[-1]) if found else None
 
 
 class ActorsDidNotStart(RuntimeError):

@@ -17,6 +17,7 @@ import pytest
 from photo_samples import jpeg, photo
 from PIL import Image
 
+from lightbox.catalog import StorageUnavailable
 from lightbox.imaging import preprocess_bytes
 from lightbox.photos import content_id
 from lightbox.results import read_parts
@@ -149,3 +150,28 @@ def test_a_killed_job_resumes_with_one_row_per_image(registered_champion, tmp_pa
     assert sorted(r["uri"] for r in first.to_pylist()) == sorted(
         r["uri"] for r in table.to_pylist() if r["uri"] in set(first["uri"].to_pylist())
     )
+
+
+def test_an_unreadable_file_is_a_row_and_storage_trouble_stops_in_one_error(
+    registered_champion, tmp_path: Path
+) -> None:
+    settings = _bulk_settings(registered_champion.settings, score_read_attempts=1)
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(6):
+        (pics / f"img_{i}.jpg").write_bytes(jpeg(photo(i, (96, 64))))
+    (pics / "a.jpg").symlink_to("b.jpg")  # a symlink loop: ELOOP, the file's fault, never a retry's
+    (pics / "b.jpg").symlink_to("a.jpg")
+    out = tmp_path / "scores"
+
+    result = score_catalog.run(settings, str(pics), str(out))
+    assert (result.listed, result.scored, result.failed) == (8, 6, 2)
+    assert {e.split(":")[0] for _, e in result.errors} == {"unreadable"}
+    again = score_catalog.run(settings, str(pics), str(out))
+    assert (again.scored, again.failed, again.skipped) == (0, 0, 8)
+
+    # Storage failing (EIO) stops the job with StorageUnavailable itself, not Ray's wrapper of it.
+    listing = tmp_path / "list.txt"
+    listing.write_text("/proc/self/mem\n" + "".join(f"{p}\n" for p in sorted(pics.glob("img_*"))))
+    with pytest.raises(StorageUnavailable, match="/proc/self/mem.*Input/output error"):
+        score_catalog.run(settings, str(listing), str(tmp_path / "other"))

@@ -3,6 +3,7 @@ what a resumed job skips, one row per image, and atomic parquet parts."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 from collections import Counter
@@ -15,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lightbox.catalog import CatalogError, StorageUnavailable, list_source, read_uri, with_retries
+from lightbox.catalog import (
+    CatalogError,
+    ImageUnreadable,
+    StorageUnavailable,
+    list_source,
+    read_uri,
+    with_retries,
+)
 from lightbox.feature_schema import EMBEDDING_DIM
 from lightbox.photos import content_id
 from lightbox.results import (
@@ -36,6 +44,7 @@ from pipelines.score_catalog import (
     NODE_CPUS,
     OK,
     SKIP,
+    UNAVAILABLE,
     DecodeThen,
     ScoreResult,
     StreamClock,
@@ -48,6 +57,8 @@ from pipelines.score_catalog import (
     rows_from_batch,
     score_batch,
     score_frame,
+    storage_error_of,
+    without_unavailable,
 )
 from serving.runtime import MAX_CPU_BATCH_STREAMS
 
@@ -158,6 +169,89 @@ def test_spent_retries_stop_the_job_and_a_missing_file_is_final_at_once() -> Non
     with pytest.raises(FileNotFoundError):
         with_retries(missing, attempts=3, sleep=lambda _: None)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.ELOOP, "Too many levels of symbolic links"),
+        OSError(errno.ENAMETOOLONG, "File name too long"),
+        OSError(errno.EPERM, "Operation not permitted"),
+    ],
+)
+def test_an_error_about_the_file_itself_is_final_at_once(error: OSError) -> None:
+    calls = []
+
+    def read() -> bytes:
+        calls.append(1)
+        raise error
+
+    with pytest.raises(ImageUnreadable, match=error.strerror or ""):
+        with_retries(read, attempts=4, sleep=lambda _: None)
+    assert len(calls) == 1  # not retried, and not StorageUnavailable: the image's row says it
+
+
+def test_s3_throttling_is_retried_and_an_object_denied_is_final() -> None:
+    from botocore.exceptions import ClientError
+
+    def client_error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
+
+    for code in ("SlowDown", "InternalError", "503", "RequestTimeTooSkewed"):
+        calls: list[int] = []
+
+        def throttled(code: str = code, calls: list[int] = calls) -> bytes:
+            calls.append(1)
+            raise client_error(code)
+
+        with pytest.raises(StorageUnavailable):
+            with_retries(throttled, attempts=3, sleep=lambda _: None)
+        assert len(calls) == 3, code
+
+    def denied() -> bytes:
+        raise client_error("AccessDenied")
+
+    with pytest.raises(ImageUnreadable):
+        with_retries(denied, sleep=lambda _: None)
+
+
+def test_a_symlink_loop_is_the_images_error_row_and_storage_trouble_stops_the_job(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    loop = read_one(str(tmp_path / "a.jpg"), read_uri, max_pixels=10_000)
+    assert (loop.status, loop.image_id) == (ERROR, "")
+    assert loop.error.startswith("unreadable:") and "symbolic links" in loop.error
+
+    # /proc/self/mem reads as EIO: storage trouble, returned as a read (Ray would hide a raise) ...
+    eio = read_one("/proc/self/mem", read_uri, max_pixels=10_000, attempts=1)
+    assert eio.status == UNAVAILABLE and "Input/output error" in eio.error
+    # ... which the driver stops the job on, keeping the batch's other rows.
+    batch = {
+        "uri": np.array(["/ok.jpg", "/proc/self/mem"], object),
+        "status": np.array([OK, UNAVAILABLE], object),
+        "error": np.array(["", eio.error], object),
+    }
+    kept, stop = without_unavailable(batch)
+    assert list(kept["uri"]) == ["/ok.jpg"] and list(kept["status"]) == [OK]
+    assert isinstance(stop, StorageUnavailable) and "/proc/self/mem" in str(stop)
+    assert without_unavailable(kept) == (kept, None)
+
+
+def test_a_storage_error_raised_in_a_ray_task_is_found_in_rays_wrapper() -> None:
+    # What the driver gets from Ray Data (2.x): RayTaskError(UserCodeException), the original only in
+    # its text (its __cause__ does not survive pickling).
+    text = (
+        "ray::MapBatches(read_batch)() (pid=7062, ip=10.0.0.2)\n"
+        '  File "/x/pipelines/score_catalog.py", line 5, in read_batch\n'
+        "lightbox.catalog.StorageUnavailable: OSError: [Errno 5] Input/output error (after 4 attempts)\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+    )
+    found = storage_error_of(RuntimeError(text))
+    assert isinstance(found, StorageUnavailable)
+    assert str(found) == "OSError: [Errno 5] Input/output error (after 4 attempts)"
+    assert storage_error_of(RuntimeError("ValueError: something else")) is None
 
 
 # --- reading one image -----------------------------------------------------------------------------------
