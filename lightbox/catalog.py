@@ -74,7 +74,11 @@ def list_source(
     """
     if source.startswith("s3://"):
         if source.endswith((".txt", ".parquet")):
-            yield from _from_list(source, s3.read(source, endpoint_url), base=source.rsplit("/", 1)[0])
+            try:
+                data = s3.read(source, endpoint_url)
+            except s3.ObjectNotFound:
+                raise SourceNotFound(f"no object at {source}: give an existing list, or a prefix") from None
+            yield from _from_list(source, data, base=source.rsplit("/", 1)[0])
             return
         root = source.rstrip("/")
         for key in s3.list_keys(root, endpoint_url):
@@ -110,17 +114,30 @@ def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:
                 " needs the .parquet extension"
             ) from None
         lines = (line.strip() for line in text.splitlines())
+    named = 0
     for line in lines:
         if line and not line.startswith("#"):
+            named += 1
             yield absolute_uri(line, base)
+    if not named:
+        what = "no `uri` values" if name.endswith(".parquet") else "no URIs (one a line, # starts a comment)"
+        raise CatalogError(f"{name} is an empty list: it names {what}")
 
 
 def _parquet_uris(name: str, data: bytes) -> Iterable[str]:
     import io
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(io.BytesIO(data))
+    try:
+        schema = pq.read_schema(io.BytesIO(data))
+    except pa.ArrowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CatalogError(
+            f"{name} is not a parquet file ({first}): a parquet list needs a `uri` column; a text list"
+            " of URIs, one a line, needs the .txt extension"
+        ) from None
     if "uri" not in schema.names:
         raise CatalogError(f"{name} has no `uri` column (columns: {', '.join(schema.names)})")
     column = pq.read_table(io.BytesIO(data), columns=["uri"]).column("uri")

@@ -159,6 +159,10 @@ class ParquetSink:
         self.folder = folder
         self.job = uuid.uuid4().hex[:12]
         self._n = 0
+        # The highest folder this sink creates: removed again by close() if the job wrote nothing (a
+        # source that cannot be listed must not leave an empty results folder behind).
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        self._created = missing[-1] if missing else None
         folder.mkdir(parents=True, exist_ok=True)
         # A killed job's half-written part: never a result. Only this sink's own names: the folder may
         # hold the user's files too (report.docx.tmp is theirs).
@@ -197,18 +201,49 @@ class ParquetSink:
         self._n += 1
 
     def close(self) -> None:
-        pass
+        if self._created is None or self._n:
+            return
+        folder = self.folder
+        while True:  # the folders this sink created, while they are empty
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty: someone else's files, or a part
+            if folder == self._created:
+                return
+            folder = folder.parent
 
 
 def read_parts(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
-    """Every complete part of a results folder as one table (None when there is none)."""
+    """Every complete part of a results folder as one table (None when there is none). BadDestination
+    names a ``part-*.parquet`` that is not one of ours (not parquet, or other columns)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = sorted(folder.glob(PART_GLOB))
     if not parts:
         return None
-    return pa.concat_tables(pq.read_table(p, columns=columns, schema=arrow_schema()) for p in parts)
+    tables = []
+    for p in parts:
+        try:
+            tables.append(pq.read_table(p, columns=columns, schema=arrow_schema()))
+        except (pa.ArrowException, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lfs = " (a Git LFS pointer? `git lfs pull` it)" if _lfs_pointer(p) else ""
+            raise BadDestination(
+                f"{p} is not a results part{lfs}: {first}; a results folder holds only the"
+                f" {PART_GLOB} files bulk scoring writes: move it out of {folder}, or give --out another"
+                " folder"
+            ) from None
+    return pa.concat_tables(tables)
+
+
+def _lfs_pointer(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(64).startswith(b"version https://git-lfs.github.com/spec/")
+    except OSError:
+        return False
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------

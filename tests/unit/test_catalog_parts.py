@@ -125,6 +125,29 @@ def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:
         list(list_source(str(path)))
 
 
+def test_a_list_that_is_not_one_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bogus = tmp_path / "bogus.parquet"
+    bogus.write_text("/abs/a.jpg\n")  # a text list under a parquet name
+    with pytest.raises(CatalogError, match=r"bogus.parquet is not a parquet file .*the .txt extension"):
+        list(list_source(str(bogus)))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(CatalogError, match="empty.txt is an empty list: it names no URIs"):
+        list(list_source(str(empty)))
+    pq.write_table(pa.table({"uri": pa.array([], pa.string())}), tmp_path / "none.parquet")
+    with pytest.raises(CatalogError, match="an empty list: it names no `uri` values"):
+        list(list_source(str(tmp_path / "none.parquet")))
+
+    from lightbox.adapters import s3
+
+    def absent(url: str, endpoint_url: str | None) -> bytes:
+        raise s3.ObjectNotFound(f"no object at {url}")
+
+    monkeypatch.setattr(s3, "read", absent)
+    with pytest.raises(SourceNotFound, match="no object at s3://bucket/nolist.txt"):
+        list(list_source("s3://bucket/nolist.txt"))
+
+
 def test_a_missing_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound):
         list(list_source(str(tmp_path / "nowhere")))
@@ -433,6 +456,35 @@ def test_two_models_with_the_same_version_number_each_have_their_own_done(tmp_pa
         ("pets", "/bad"),
         ("places", "/a"),
     ]
+
+
+def test_a_part_that_is_not_ours_is_named_with_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "scores"
+    ParquetSink(out).write([_row("/a", "x")])
+    pointer = out / "part-lfs-000000.parquet"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12345\n")
+    with pytest.raises(BadDestination, match=r"part-lfs-000000.parquet is not a results part \(a Git LFS"):
+        ParquetSink(out).done("lightbox", "3")
+    with pytest.raises(BadDestination, match=r"move it out of .*scores, or give --out another folder"):
+        read_parts(out)
+    pointer.write_bytes(b"PAR1 but no parquet")
+    with pytest.raises(BadDestination, match="is not a results part: "):
+        read_parts(out)
+
+
+def test_a_job_that_wrote_nothing_leaves_no_new_folder_behind(tmp_path: Path) -> None:
+    new = tmp_path / "new" / "scores"
+    ParquetSink(new).close()  # the source could not be listed, say
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "earlier"
+    kept.mkdir()
+    ParquetSink(kept).close()  # the user's folder: kept, empty or not
+    assert kept.is_dir()
+    written = tmp_path / "written"
+    sink = ParquetSink(written)
+    sink.write([_row("/a", "x")])
+    sink.close()
+    assert len(list(written.glob("part-*.parquet"))) == 1
 
 
 def test_an_unusable_destination_is_refused(tmp_path: Path) -> None:
