@@ -114,14 +114,34 @@ class SourceTree:
 
 def _walk(root: str, limit: int | None = None) -> list[str]:
     """The files under a local ``root`` (hidden ones and hidden folders left out), '/'-separated and
-    relative to it; the first ``limit`` of them when one is given."""
+    relative to it; the first ``limit`` of them when one is given.
+
+    Symlinked folders are followed (a photo library often links its years or a second disk in), each
+    real folder once: the folders reached without a link first, named by their own path, then the
+    linked ones not seen yet, named by the link's path. A link back up the tree (a loop) or to a folder
+    already listed adds nothing."""
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root).as_posix()
-        out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
-        if limit is not None and len(out) >= limit:
-            return out[:limit]
+    seen: set[str] = set()  # real paths of the folders listed
+    pending = [(root, "")]  # (a folder to walk, its name relative to root)
+    while pending:
+        top, prefix = pending.pop(0)
+        if os.path.realpath(top) in seen:
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a folder reached without a link, already listed from a link's side
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            rel = Path(dirpath).relative_to(top).as_posix()
+            base = prefix if rel == "." else f"{prefix}/{rel}" if prefix else rel
+            visible = sorted(d for d in dirnames if not d.startswith("."))
+            links = [d for d in visible if os.path.islink(os.path.join(dirpath, d))]
+            pending += [(os.path.join(dirpath, d), f"{base}/{d}" if base else d) for d in links]
+            dirnames[:] = [d for d in visible if d not in links]
+            out += [f"{base}/{f}" if base else f for f in filenames if not f.startswith(".")]
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
     return out
 
 

@@ -38,7 +38,7 @@ from lightbox.results import (
     read_parts,
 )
 from lightbox.settings import Settings
-from lightbox.source_tree import SourceNotFound
+from lightbox.source_tree import SourceNotFound, SourceTree
 from pipelines.score_catalog import (
     ERROR,
     NODE_CPUS,
@@ -90,6 +90,26 @@ def test_a_folder_lists_its_images_sorted_and_skips_sidecars(tmp_path: Path) -> 
     assert result.summary().endswith(
         "; not listed, not images by name: 5 files (.cr2 2, .json 1, .xmp 1, no extension 1)"
     )
+
+
+def test_a_folder_follows_its_symlinked_folders_once_and_never_loops(tmp_path: Path) -> None:
+    photos, lib = tmp_path / "photos", tmp_path / "lib"
+    (photos / "sub").mkdir(parents=True)
+    (lib / "real").mkdir(parents=True)
+    for name in ("photos/a.jpg", "photos/sub/b.jpg", "lib/real/x.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (lib / "2024").symlink_to(photos)  # a year linked in from another disk
+    (lib / "again").symlink_to(photos)  # the same folder twice: listed once
+    (lib / "loop").symlink_to(lib)  # back up the tree
+    (lib / "real" / "up").symlink_to("..")
+    (lib / "z").symlink_to(lib / "real")  # a folder the walk reaches anyway: by its own name
+    assert list(list_source(str(lib))) == [
+        str(lib / "2024/a.jpg"),
+        str(lib / "2024/sub/b.jpg"),
+        str(lib / "real/x.jpg"),
+    ]
+    assert SourceTree(str(lib)).files_below(limit=2) == []  # a folder source: files() is all of them
+    assert SourceTree(str(lib), single_file="t.csv").files_below(limit=2) == ["real/x.jpg", "2024/a.jpg"]
 
 
 def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path) -> None:

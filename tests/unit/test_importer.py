@@ -256,6 +256,20 @@ def test_classfolders_same_picture_in_two_folders_gets_both_tags(tmp_path: Path)
     assert not any("several names" in n for n in result.notes)  # a folder per tag: no conflict
 
 
+def test_class_folders_linked_in_from_elsewhere_are_imported_and_a_loop_is_not(tmp_path: Path) -> None:
+    src, elsewhere = tmp_path / "src", tmp_path / "other_disk"
+    for i in range(12):
+        folder = (src / "sunset") if i % 2 == 0 else (elsewhere / "beach")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(jpeg(photo(300 + i)))
+    (src / "beach").symlink_to(elsewhere / "beach")
+    (src / "sunset" / "loop").symlink_to(src)
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    result = importer.run(s, str(src))
+    assert result.format == "classfolders"
+    assert sorted(r["tags"] for r in manifest.read_manifest(s.data_dir)) == ["beach"] * 6 + ["sunset"] * 6
+
+
 def test_labelstudio_export_with_local_files(tmp_path: Path) -> None:
     photos_root = tmp_path / "ls-files"
     (photos_root / "shoot").mkdir(parents=True)
