@@ -627,15 +627,37 @@ def score(
 
 @app.command()
 def enqueue(
-    uris: Annotated[list[str], typer.Argument(help="s3://bucket/key, file:// or absolute image paths")],
+    uris: Annotated[list[str], typer.Argument(help="s3://bucket/key, file:// or image paths")],
 ) -> None:
-    """Publish upload messages (image_id = the file name without extension) for `lightbox consume`."""
-    from pathlib import PurePosixPath
-
+    """Publish upload messages for `lightbox consume` (which keys each result by its content hash)."""
     from lightbox.adapters import queue
 
-    messages = [{"image_id": PurePosixPath(u).stem, "uri": u} for u in uris]
-    typer.echo(f"published {queue.publish(load_settings(), messages)} to {load_settings().queue_name}")
+    try:
+        messages = [{"uri": upload_uri(u)} for u in uris]
+    except ValueError as exc:
+        raise _fail(f"enqueue: {exc}", 2) from None
+    settings = load_settings()
+    typer.echo(f"published {queue.publish(settings, messages)} to {settings.queue_name}")
+
+
+def upload_uri(uri: str) -> str:
+    """What a message names for ``uri``: s3:// as it is, a local path (or file://) made absolute, since
+    the consumer runs elsewhere; ValueError for a file that is not there, or another scheme."""
+    import os
+    from urllib.parse import unquote, urlsplit
+
+    if uri.startswith("s3://"):
+        return uri
+    if uri.startswith("file://"):
+        path = unquote(urlsplit(uri).path)
+    elif "://" in uri:
+        raise ValueError(f"{uri}: expected s3://bucket/key, file:// or a path to an image")
+    else:
+        path = os.path.expanduser(uri)
+    path = os.path.abspath(path)  # ../x.jpg made /the/folder/x.jpg; a symlink stays as named
+    if not os.path.isfile(path):
+        raise ValueError(f"{uri}: no such file ({path}); give an existing image's path")
+    return path
 
 
 @app.command()

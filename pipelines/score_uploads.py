@@ -1,9 +1,12 @@
 """Stage: score newly uploaded images from the upload queue with the champion, into PostgreSQL.
 
-A message names one image: ``{"image_id": "abc", "uri": "s3://bucket/key.jpg"}`` (also ``file://`` or
-an absolute path). The consumer takes up to ``consume_batch_size`` messages (the broker prefetch is the
-same number) or what came within ``consume_max_wait_s``, scores them in one forward pass, upserts the
-rows keyed by (image_id, model_name, model_version), commits, and only then acknowledges. Hence:
+A message names one image: ``{"uri": "s3://bucket/key.jpg"}`` (also ``file://`` or an absolute path).
+Each row is keyed by the image id of the bytes scored (lightbox.photos.content_id: the content hash, the
+id bulk scoring and the importer use), whatever ``image_id`` a message also carries: two photos with the
+same file name are two rows, and one photo is one row however it was sent. The consumer takes up to
+``consume_batch_size`` messages (the broker prefetch is the same number) or what came within
+``consume_max_wait_s``, scores them in one forward pass, upserts the rows keyed by (image_id,
+model_name, model_version), commits, and only then acknowledges. Hence:
 
 - a crash before the commit loses nothing: unacknowledged messages are delivered again;
 - a crash between commit and ack duplicates nothing: the redelivery upserts the same rows;
@@ -33,14 +36,13 @@ import numpy as np
 from lightbox.adapters.postgres import ResultRow
 from lightbox.adapters.queue import Delivery
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
+from lightbox.photos import content_id
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
     from training.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-MAX_IMAGE_ID = 256
 
 
 class Poison(ValueError):
@@ -49,7 +51,6 @@ class Poison(ValueError):
 
 @dataclass(frozen=True)
 class Upload:
-    image_id: str
     uri: str
 
 
@@ -57,6 +58,7 @@ class Upload:
 class Prepared:
     delivery: Delivery
     upload: Upload
+    image_id: str  # the content hash of the bytes scored (lightbox.photos.content_id): the row's key
     pixels: np.ndarray  # uint8 [3, 224, 224]
 
 
@@ -67,18 +69,18 @@ class BatchPlan:
 
 
 def parse(body: bytes) -> Upload:
+    """The upload a message names. An ``image_id`` in it (older producers sent the file name) is not
+    used: a row's id is the hash of the bytes scored, which a message cannot know before they are read."""
     try:
         message = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Poison(f"not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise Poison(f"expected a JSON object, got {type(message).__name__}")
-    image_id, uri = message.get("image_id"), message.get("uri")
-    if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_IMAGE_ID:
-        raise Poison(f"image_id must be a non-empty string of at most {MAX_IMAGE_ID} characters")
+    uri = message.get("uri")
     if not isinstance(uri, str) or not uri:
         raise Poison("uri must be a non-empty string")
-    return Upload(image_id, uri)
+    return Upload(uri)
 
 
 def prepare(deliveries: Sequence[Delivery], fetch: Callable[[str], bytes], max_pixels: int) -> BatchPlan:
@@ -102,7 +104,7 @@ def prepare(deliveries: Sequence[Delivery], fetch: Callable[[str], bytes], max_p
         except Poison as exc:
             poison.append((d, str(exc)))
             continue
-        ready.append(Prepared(d, upload, pixels))
+        ready.append(Prepared(d, upload, content_id(data), pixels))
     return BatchPlan(ready, poison)
 
 
@@ -114,13 +116,14 @@ def to_rows(
     model_name: str,
     model_version: str,
 ) -> list[ResultRow]:
-    """One row per image; an image sent twice in one batch keeps its last message's row."""
+    """One row per image, keyed by its content hash; the same bytes sent twice in one batch (under any
+    names) keep the last message's row."""
     if len(scores) != len(ready) or len(tag_probs) != len(ready):
         raise ValueError(f"model returned {len(scores)} scores for {len(ready)} images")
     rows: dict[str, ResultRow] = {}
     for item, score, probs in zip(ready, scores, tag_probs, strict=True):
-        rows[item.upload.image_id] = ResultRow(
-            image_id=item.upload.image_id,
+        rows[item.image_id] = ResultRow(
+            image_id=item.image_id,
             model_name=model_name,
             model_version=model_version,
             score=None if np.isnan(score) else float(score),  # NaN: a tags-only model
@@ -284,7 +287,7 @@ def _online(
 
     def publish(ready: Sequence[Prepared], rows: list[ResultRow], pixels: np.ndarray) -> int:
         vectors = embed(pixels)
-        embeddings = {item.upload.image_id: vectors[i] for i, item in enumerate(ready)}  # last one wins
+        embeddings = {item.image_id: vectors[i] for i, item in enumerate(ready)}  # last one wins
         as_scores = [
             ScoreRow(
                 uri=r.source_uri,

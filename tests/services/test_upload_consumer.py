@@ -25,6 +25,7 @@ from lightbox.adapters import mlflow_registry, postgres, queue
 from lightbox.adapters.mlflow_registry import log_lightbox_model
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import preprocess_bytes
+from lightbox.photos import content_id
 from lightbox.settings import Settings, settings_env
 from pipelines import score_uploads
 from training.model import Heads, LightboxModel, ModelConfig
@@ -87,7 +88,12 @@ def images(tmp_path: Path) -> list[Path]:
 
 
 def _messages(paths: list[Path]) -> list[dict[str, str]]:
-    return [{"image_id": p.stem, "uri": str(p)} for p in paths]
+    return [{"image_id": p.stem, "uri": str(p)} for p in paths]  # as older producers sent them
+
+
+def _id(path: Path) -> str:
+    """The row's image id: the content hash of the bytes scored, whatever id the message carried."""
+    return content_id(path.read_bytes())
 
 
 def _rows(settings: Settings) -> list[dict]:
@@ -118,11 +124,14 @@ def test_scores_good_images_and_dead_letters_poison(
 
     assert (stats.messages, stats.scored, stats.dead) == (14, 10, 4)
     rows = _rows(settings)
-    assert sorted(r["image_id"] for r in rows) == sorted(m["image_id"] for m in good)
-    assert {(r["model_name"], r["model_version"], r["attempts"]) for r in rows} == {("lightbox", "1", 1)}
+    # from-s3.png holds the bytes of upload-00.png: one image, one row (the last message's)
+    assert sorted(r["image_id"] for r in rows) == sorted(_id(p) for p in images[:9])
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {("lightbox", "1")}
+    attempts = {r["image_id"]: r["attempts"] for r in rows}  # upload-00.png came twice, in two batches
+    assert attempts.pop(_id(images[0])) == 2 and set(attempts.values()) == {1}
     # The stored numbers are the champion's answers for those images.
     want_scores, want_probs = champion.predict(np.stack([preprocess_bytes(images[3].read_bytes())]))
-    row = next(r for r in rows if r["image_id"] == images[3].stem)
+    row = next(r for r in rows if r["image_id"] == _id(images[3]))
     assert row["score"] == pytest.approx(float(want_scores[0]), abs=1e-5)
     assert row["tag_probs"] == pytest.approx(
         dict(zip(TAG_VOCABULARY, want_probs[0].tolist(), strict=True)), abs=1e-5
@@ -134,7 +143,7 @@ def test_scores_good_images_and_dead_letters_poison(
     assert reasons["gone"] == f"image not found: no object at s3://{bucket}/in/gone.png"
     assert reasons["garbage"].startswith(f"undecodable image s3://{bucket}/in/garbage.jpg")
     assert reasons["missing-file"].startswith("image not found") and "nope.png" in reasons["missing-file"]
-    assert reasons[None].startswith("image_id must be")
+    assert reasons[None].startswith("uri must be")
     assert queue.depth(settings, settings.queue_name) == 0
 
 
@@ -161,12 +170,12 @@ def test_online_publishes_each_upload_to_feast_in_redis(
         stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
         assert (stats.scored, stats.dead, stats.online) == (5, 1, 5)
         committed = {r["image_id"]: r for r in _rows(settings)}
-        keys = [(p.stem, champion.name, champion.version) for p in images[:5]]
-        keys.append(("gone", champion.name, champion.version))
+        keys = [(_id(p), champion.name, champion.version) for p in images[:5]]
+        keys.append(("0" * 16, champion.name, champion.version))
         online = feast_store.online_scores(settings, keys)
         for i, path in enumerate(images[:5]):
-            assert online["score"][i] == pytest.approx(committed[path.stem]["score"], abs=1e-6)
-            assert online["tag_probs"][i] == pytest.approx(committed[path.stem]["tag_probs"], abs=1e-6)
+            assert online["score"][i] == pytest.approx(committed[_id(path)]["score"], abs=1e-6)
+            assert online["tag_probs"][i] == pytest.approx(committed[_id(path)]["tag_probs"], abs=1e-6)
         assert online["score"][5] is None  # dead-lettered: nothing published
         # The embedding is the champion's own extractor output for the uploaded pixels.
         pixels = np.stack([preprocess_bytes(images[2].read_bytes())])
@@ -205,7 +214,7 @@ def test_a_crash_between_commit_and_ack_redelivers_without_duplicates(
     stats = score_uploads.run(settings, predictor=champion, idle_timeout_s=1.5)
     assert stats.messages == 4  # the unacknowledged batch came back, and only it
     rows = _rows(settings)
-    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in images[:8])
+    assert sorted(r["image_id"] for r in rows) == sorted(_id(p) for p in images[:8])
     assert sorted(r["attempts"] for r in rows) == [1] * 4 + [2] * 4  # upserted again, not duplicated
     assert queue.depth(settings, settings.queue_name) == 0
 
@@ -222,12 +231,13 @@ def _consumer(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def many_images(tmp_path: Path, images: list[Path]) -> Iterator[list[Path]]:
-    # 48 messages over 12 files (distinct ids): enough batches that a kill lands mid-stream.
+def many_images(tmp_path: Path) -> Iterator[list[Path]]:
+    # 48 distinct photos: enough batches that a kill lands mid-stream.
+    rng = np.random.default_rng(1)
     out = []
     for i in range(48):
         path = tmp_path / f"many-{i:02d}.png"
-        path.write_bytes(images[i % len(images)].read_bytes())
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
         out.append(path)
     yield out
 
@@ -256,6 +266,6 @@ def test_killed_consumer_restarts_without_losing_or_duplicating(
     assert second.wait(timeout=180) == 0, log.read_text()[-3000:]
 
     rows = _rows(settings)
-    assert sorted(r["image_id"] for r in rows) == sorted(p.stem for p in many_images)
+    assert sorted(r["image_id"] for r in rows) == sorted(_id(p) for p in many_images)
     assert queue.depth(settings, settings.queue_name) == 0
     assert queue.depth(settings, queue.dead_letter_queue(settings)) == 0

@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 
 from lightbox.adapters.queue import Delivery
+from lightbox.photos import content_id
 from pipelines.score_uploads import Poison, fetch_image, parse, prepare, to_rows
 
 
-def _png() -> bytes:
+def _png(color: tuple[int, int, int] = (200, 10, 10)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="PNG")
+    Image.new("RGB", (40, 30), color).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -30,15 +31,18 @@ def _delivery(tag: int, body: object) -> Delivery:
     [
         (b"\xff\xfe not json", "not JSON"),
         (b"[1, 2]", "expected a JSON object, got list"),
-        (b'{"uri": "s3://b/k"}', "image_id must be"),
-        (b'{"image_id": "", "uri": "s3://b/k"}', "image_id must be"),
-        (json.dumps({"image_id": "x" * 257, "uri": "s3://b/k"}).encode(), "image_id must be"),
+        (b'{"image_id": "a"}', "uri must be"),
         (b'{"image_id": "a", "uri": 3}', "uri must be"),
     ],
 )
 def test_malformed_messages_are_poison_with_the_reason(body: bytes, reason: str) -> None:
     with pytest.raises(Poison, match=reason):
         parse(body)
+
+
+def test_a_message_needs_only_its_uri_and_its_image_id_is_not_the_rows() -> None:
+    assert parse(b'{"uri": "s3://b/k.jpg"}').uri == "s3://b/k.jpg"
+    assert parse(json.dumps({"image_id": "x" * 300, "uri": "s3://b/k.jpg"}).encode()).uri == "s3://b/k.jpg"
 
 
 def test_prepare_separates_good_images_from_poison() -> None:
@@ -56,7 +60,7 @@ def test_prepare_separates_good_images_from_poison() -> None:
         _delivery(4, {"image_id": "garbage", "uri": "s3://b/garbage.jpg"}),
     ]
     plan = prepare(batch, fetch, max_pixels=10_000)
-    assert [p.upload.image_id for p in plan.ready] == ["ok"]
+    assert [p.image_id for p in plan.ready] == [content_id(store["s3://b/ok.png"])]
     assert plan.ready[0].pixels.shape == (3, 224, 224) and plan.ready[0].pixels.dtype == np.uint8
     reasons = {d.tag: r for d, r in plan.poison}
     assert set(reasons) == {2, 3, 4}
@@ -78,17 +82,23 @@ def test_an_image_over_the_pixel_limit_is_poison() -> None:
     assert plan.poison[0][1].startswith("undecodable image x: image has 40x30=1200 pixels")
 
 
-def test_to_rows_keeps_one_row_per_image_and_every_tag_probability() -> None:
-    batch = [
-        _delivery(1, {"image_id": "a", "uri": "s3://b/1.png"}),
-        _delivery(2, {"image_id": "b", "uri": "s3://b/2.png"}),
-        _delivery(3, {"image_id": "a", "uri": "s3://b/3.png"}),  # the same image again: last one wins
+def test_to_rows_keys_each_image_by_its_content_and_keeps_every_tag_probability() -> None:
+    red, blue = _png((200, 10, 10)), _png((10, 10, 200))
+    store = {"/a/img_000.jpg": red, "/b/img_000.jpg": blue, "/c/copy.jpg": red}
+    batch = [  # what `lightbox enqueue` sent: the file name as image_id
+        _delivery(1, {"image_id": "img_000", "uri": "/a/img_000.jpg"}),
+        _delivery(2, {"image_id": "img_000", "uri": "/b/img_000.jpg"}),  # another photo, the same name
+        _delivery(3, {"uri": "/c/copy.jpg"}),  # the first photo again, another name: last one wins
     ]
-    plan = prepare(batch, lambda _: _png(), max_pixels=10_000)
+    plan = prepare(batch, store.__getitem__, max_pixels=10_000)
     scores = np.array([0.1, 0.2, 0.3], np.float32)
     probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]], np.float32)
     rows = to_rows(plan.ready, scores, probs, ("blurry", "animal"), "lightbox", "7")
-    assert [(r.image_id, r.source_uri) for r in rows] == [("a", "s3://b/3.png"), ("b", "s3://b/2.png")]
+    # The ids bulk scoring and the importer give the same bytes (lightbox.photos.content_id).
+    assert [(r.image_id, r.source_uri) for r in rows] == [
+        (content_id(red), "/c/copy.jpg"),
+        (content_id(blue), "/b/img_000.jpg"),
+    ]
     assert rows[0].score == pytest.approx(0.3) and rows[0].tag_probs == {"blurry": 0.2, "animal": 0.8}
     assert {r.model_version for r in rows} == {"7"}
     with pytest.raises(ValueError, match="2 scores for 3 images"):
@@ -106,3 +116,34 @@ def test_fetch_image_reads_paths_and_refuses_other_schemes(tmp_path) -> None:
         fetch_image(settings, str(tmp_path / "missing.png"))
     with pytest.raises(Poison, match="unsupported uri"):
         fetch_image(settings, "http://example.com/a.png")
+
+
+def test_enqueue_sends_absolute_paths_and_refuses_a_missing_file(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from lightbox.adapters import queue
+    from lightbox.cli import app
+
+    sent: list[dict[str, str]] = []
+    monkeypatch.setattr(queue, "publish", lambda settings, messages: sent.extend(messages) or len(sent))
+    (tmp_path / "x.jpg").write_bytes(_png())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    env = {"LIGHTBOX_PROJECT_DIR": str(tmp_path)}
+    ok = CliRunner().invoke(
+        app, ["enqueue", "../x.jpg", (tmp_path / "x.jpg").as_uri(), "s3://b/k.jpg"], env=env
+    )
+    assert ok.exit_code == 0, ok.output
+    assert sent == [
+        {"uri": str(tmp_path / "x.jpg")},
+        {"uri": str(tmp_path / "x.jpg")},
+        {"uri": "s3://b/k.jpg"},
+    ]
+
+    sent.clear()
+    for arg in ("../gone.jpg", "http://example.com/a.jpg"):
+        refused = CliRunner().invoke(app, ["enqueue", "../x.jpg", arg], env=env)
+        assert refused.exit_code == 2 and sent == []  # nothing published when one is wrong
+        assert refused.output.startswith(f"enqueue: {arg}") and len(refused.output.splitlines()) == 1
