@@ -35,6 +35,7 @@ import numpy as np
 
 from lightbox.adapters.postgres import ResultRow
 from lightbox.adapters.queue import Delivery
+from lightbox.catalog import permanent
 from lightbox.imaging import ImageDecodeError, preprocess_bytes
 from lightbox.photos import content_id
 from lightbox.settings import Settings
@@ -86,7 +87,8 @@ def parse(body: bytes) -> Upload:
 def prepare(deliveries: Sequence[Delivery], fetch: Callable[[str], bytes], max_pixels: int) -> BatchPlan:
     """Parse, fetch and decode each message; the ones that can never work become (delivery, reason).
 
-    ``fetch`` raises FileNotFoundError for a missing image (poison) and anything else for a transient
+    ``fetch`` raises FileNotFoundError for a missing image, or an error about the file itself (permission
+    denied, a symlink loop: lightbox.catalog.permanent), both poison, and anything else for a transient
     failure, which propagates: the batch is then retried rather than dead-lettered.
     """
     ready, poison = [], []
@@ -97,6 +99,10 @@ def prepare(deliveries: Sequence[Delivery], fetch: Callable[[str], bytes], max_p
                 data = fetch(upload.uri)
             except FileNotFoundError as exc:
                 raise Poison(f"image not found: {exc}") from None
+            except OSError as exc:
+                if not permanent(exc):  # storage trouble: the batch is retried
+                    raise
+                raise Poison(f"image unreadable: {exc}") from None
             try:
                 pixels = preprocess_bytes(data, max_pixels=max_pixels)
             except ImageDecodeError as exc:

@@ -77,6 +77,23 @@ def test_a_transient_fetch_error_is_not_poison_it_propagates() -> None:
         prepare([_delivery(1, {"image_id": "a", "uri": "s3://b/a.png"})], fetch, max_pixels=10_000)
 
 
+def test_a_file_that_cannot_be_read_is_poison_not_storage_trouble(tmp_path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+
+    def fetch(uri: str) -> bytes:
+        if uri == "denied":
+            raise PermissionError(13, "Permission denied", uri)
+        with open(uri, "rb") as f:
+            return f.read()
+
+    batch = [_delivery(1, {"uri": str(tmp_path / "a.jpg")}), _delivery(2, {"uri": "denied"})]
+    plan = prepare(batch, fetch, max_pixels=10_000)
+    reasons = [r for _, r in plan.poison]
+    assert reasons[0].startswith("image unreadable: [Errno 40]") and "symbolic links" in reasons[0]
+    assert reasons[1].startswith("image unreadable: [Errno 13] Permission denied")
+
+
 def test_an_image_over_the_pixel_limit_is_poison() -> None:
     plan = prepare([_delivery(1, {"image_id": "a", "uri": "x"})], lambda _: _png(), max_pixels=100)
     assert plan.poison[0][1].startswith("undecodable image x: image has 40x30=1200 pixels")
