@@ -56,9 +56,10 @@ PERMANENT_ERRNOS = frozenset(
         errno.EILSEQ,
     }
 )
-# S3 error codes about one object (not the endpoint, the credentials or the clock): final for it. Note
-# that S3 answers 403, not 404, for a missing key where the caller may not list the bucket.
-PERMANENT_S3_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidObjectState"})
+# S3 error codes about one object (not the endpoint, the credentials or the clock): final for it. An
+# AccessDenied (403) is left to stop the job: it is most often a policy on the whole bucket or prefix,
+# and recorded per image it would mark a whole catalog failed, which a rerun skips.
+PERMANENT_S3_CODES = frozenset({"InvalidObjectState"})
 
 
 def list_source(

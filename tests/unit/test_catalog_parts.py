@@ -235,13 +235,13 @@ def test_an_error_about_the_file_itself_is_final_at_once(error: OSError) -> None
     assert len(calls) == 1  # not retried, and not StorageUnavailable: the image's row says it
 
 
-def test_s3_throttling_is_retried_and_an_object_denied_is_final() -> None:
+def test_s3_throttling_and_denial_stop_the_job_and_an_archived_object_is_final() -> None:
     from botocore.exceptions import ClientError
 
     def client_error(code: str) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
 
-    for code in ("SlowDown", "InternalError", "503", "RequestTimeTooSkewed"):
+    for code in ("SlowDown", "InternalError", "503", "RequestTimeTooSkewed", "AccessDenied"):
         calls: list[int] = []
 
         def throttled(code: str = code, calls: list[int] = calls) -> bytes:
@@ -252,11 +252,11 @@ def test_s3_throttling_is_retried_and_an_object_denied_is_final() -> None:
             with_retries(throttled, attempts=3, sleep=lambda _: None)
         assert len(calls) == 3, code
 
-    def denied() -> bytes:
-        raise client_error("AccessDenied")
+    def archived() -> bytes:  # in Glacier: this object, not the bucket
+        raise client_error("InvalidObjectState")
 
     with pytest.raises(ImageUnreadable):
-        with_retries(denied, sleep=lambda _: None)
+        with_retries(archived, sleep=lambda _: None)
 
 
 def test_a_symlink_loop_is_the_images_error_row_and_storage_trouble_stops_the_job(tmp_path: Path) -> None:
