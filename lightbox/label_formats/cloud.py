@@ -23,7 +23,6 @@ import io
 import json
 import posixpath
 import re
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -114,7 +113,8 @@ def parse_groundtruth(
     out = Parsed("groundtruth", [], has_tags=True, score_name=columns.score)
     present = frozenset(files)
     wanted = {t.strip() for t in columns.tags.split(",")} if columns.tags else None
-    kinds: Counter[str] = Counter()  # label attributes by type, over every line
+    # Every label attribute seen, (name, type) -> whether it is read as classes, over every line.
+    seen: dict[tuple[str, str], bool] = {}
     failed = scored = 0
     for name in manifests:
         base = posixpath.dirname(name)
@@ -126,7 +126,8 @@ def parse_groundtruth(
                 out.problems.append(Problem(origin, why))
                 continue
             attributes = _gt_attributes(row)
-            kinds.update(f"{k} ({t or 'no type'})" for k, (t, _) in attributes.items())
+            for key, (kind, meta) in attributes.items():
+                seen.setdefault((key, kind), _is_classification(kind, meta))
             try:
                 ref = bucket_ref(uri, base, present)
                 tags, n_failed = _gt_tags(attributes, wanted)
@@ -140,7 +141,7 @@ def parse_groundtruth(
                 out.left_out.append(ref)
                 continue
             out.records.append(Record(ref=ref, origin=uri, score=score, tags=tags, split=split))
-    _gt_refuse_or_note(kinds, wanted, columns.score, out, manifests[0])
+    _gt_refuse_or_note(seen, wanted, columns.score, out, manifests[0])
     if columns.score is not None and not scored:
         raise FormatError(f"{manifests[0]}: no line has a number in {columns.score!r} (--score-column)")
     if failed:
@@ -179,7 +180,7 @@ def _gt_tags(
             failed += 1
             continue
         tags.update(_gt_classes(key, meta))
-    return tuple(sorted(_no_separator(sorted(tags)))), failed
+    return tuple(_no_separator(sorted(tags))), failed
 
 
 def _gt_classes(key: str, meta: Mapping[str, object]) -> list[str]:
@@ -203,35 +204,38 @@ def _gt_score(row: Mapping[str, object], attribute: str | None) -> float | None:
 
 
 def _gt_refuse_or_note(
-    kinds: Counter[str], wanted: set[str] | None, score: str | None, out: Parsed, name: str
+    seen: Mapping[tuple[str, str], bool], wanted: set[str] | None, score: str | None, out: Parsed, name: str
 ) -> None:
-    """No classification to read is refused, saying what the manifest holds; what is not read is said."""
-    classification = [k for k in kinds if k.endswith((f"({_GT_SINGLE})", f"({_GT_MULTI})"))]
-    if wanted is not None:
-        names = {k.rsplit(" (", 1)[0] for k in kinds}
-        missing = sorted(wanted - names)
-        if missing:
-            raise FormatError(
-                f"{name}: no label attribute {', '.join(missing)} "
-                f"(its attributes: {', '.join(sorted(names)) or 'none'})"
-            )
-    if not out.records and not out.left_out and not kinds and not out.problems:
+    """No classification to read is refused, saying what the manifest holds; what is not read is said.
+    ``seen``: every label attribute, (name, type) -> whether it is read as classes."""
+    names = {key for key, _ in seen}
+    if wanted is not None and wanted - names:
+        raise FormatError(
+            f"{name}: no label attribute {', '.join(sorted(wanted - names))} "
+            f"(its attributes: {', '.join(sorted(names)) or 'none'})"
+        )
+    if not out.records and not out.left_out and not seen and not out.problems:
         raise FormatError(f"{name} holds no line with a source-ref: it is not a Ground Truth manifest")
-    others = [k for k in kinds if k not in classification and k.rsplit(" (", 1)[0] != score]
+    classification = [k for k, classes in seen.items() if classes]
+    others = [k for k, classes in seen.items() if not classes and k[0] != score]
     if not out.records and others and not classification:
         raise FormatError(
-            f"{name} holds no image classification label, only {', '.join(sorted(others))}: boxes and masks "
-            "label a region, not the photo; label the photos with an image classification job"
+            f"{name} holds no image classification label, only {_shown(others)}: boxes and masks label a "
+            "region, not the photo; label the photos with an image classification job"
         )
-    unused = [k for k in others if wanted is None or k.rsplit(" (", 1)[0] not in wanted]
+    unused = [k for k in others if wanted is None or k[0] not in wanted]
     if unused:
-        out.notes.append(f"label attributes not read (not image classification): {', '.join(sorted(unused))}")
-    read = [k for k in classification if wanted is None or k.rsplit(" (", 1)[0] in wanted]
+        out.notes.append(f"label attributes not read (not image classification): {_shown(unused)}")
+    read = [k for k in classification if wanted is None or k[0] in wanted]
     if len(read) > 1:
         out.notes.append(
-            f"tags from {len(read)} label attributes, their classes together: {', '.join(sorted(read))} "
+            f"tags from {len(read)} label attributes, their classes together: {_shown(read)} "
             "(name some with --tags-column)"
         )
+
+
+def _shown(attributes: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(sorted(f"{key} ({kind or 'no type'})" for key, kind in attributes))
 
 
 # --- Vertex AI ----------------------------------------------------------------------------------------------

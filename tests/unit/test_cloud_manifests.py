@@ -190,3 +190,18 @@ def test_cloud_files_are_told_by_their_first_line() -> None:
     assert (
         lf.detect(["labels.csv"], source_is_file=True, head=lambda f: b"file_name,score\n") == "imagefolder"
     )
+
+
+def test_a_custom_workflows_classes_are_read_and_not_said_unread() -> None:
+    row = {
+        "source-ref": "s3://b/1.jpg",
+        "mood": 0,
+        "mood-metadata": {
+            "class-name": "calm",
+            "type": "acme/mood-workflow",
+            "job-name": "labeling-job/mood",
+        },
+    }
+    parsed = lf.parse_groundtruth(reader({"m.manifest": lines(row)}), ["m.manifest"], [], Columns())
+    assert [r.tags for r in parsed.records] == [("calm",)]
+    assert not any("not read" in n for n in parsed.notes), parsed.notes
