@@ -813,11 +813,6 @@ def image_pipeline(
                 yield batch  # what was read before storage failed is still written
             if stop is not None:
                 raise stop
-    except ray.exceptions.RayTaskError as exc:
-        storage = storage_error_of(exc)
-        if storage is None:
-            raise
-        raise storage from None
     except ray.exceptions.GetTimeoutError as exc:
         if not layout.wait_for_actors:
             raise
@@ -839,18 +834,6 @@ def without_unavailable(
     first = int(np.flatnonzero(bad)[0])
     error = StorageUnavailable(f"reading {batch['uri'][first]}: {batch['error'][first]}")
     return {k: v[~bad] for k, v in batch.items()}, error
-
-
-def storage_error_of(exc: BaseException) -> StorageUnavailable | None:
-    """The StorageUnavailable that a Ray task failed with, if that is what it failed with. Ray Data
-    raises a UDF's exception on the driver as RayTaskError(UserCodeException), whose cause (the
-    UserCodeException) lost the original exception when it was pickled: only its text, the worker's
-    traceback, still names it (``lightbox.catalog.StorageUnavailable: ...``)."""
-    import re
-
-    text = str(exc)
-    found = re.findall(r"^[\w.]*StorageUnavailable: (.+)$", text, re.MULTILINE)
-    return StorageUnavailable(found[-1]) if found else None
 
 
 class ActorsDidNotStart(RuntimeError):

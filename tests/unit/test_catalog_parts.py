@@ -57,7 +57,6 @@ from pipelines.score_catalog import (
     rows_from_batch,
     score_batch,
     score_frame,
-    storage_error_of,
     without_unavailable,
 )
 from serving.runtime import MAX_CPU_BATCH_STREAMS
@@ -279,22 +278,6 @@ def test_a_symlink_loop_is_the_images_error_row_and_storage_trouble_stops_the_jo
     assert list(kept["uri"]) == ["/ok.jpg"] and list(kept["status"]) == [OK]
     assert isinstance(stop, StorageUnavailable) and "/proc/self/mem" in str(stop)
     assert without_unavailable(kept) == (kept, None)
-
-
-def test_a_storage_error_raised_in_a_ray_task_is_found_in_rays_wrapper() -> None:
-    # What the driver gets from Ray Data (2.x): RayTaskError(UserCodeException), the original only in
-    # its text (its __cause__ does not survive pickling).
-    text = (
-        "ray::MapBatches(read_batch)() (pid=7062, ip=10.0.0.2)\n"
-        '  File "/x/pipelines/score_catalog.py", line 5, in read_batch\n'
-        "lightbox.catalog.StorageUnavailable: OSError: [Errno 5] Input/output error (after 4 attempts)\n\n"
-        "The above exception was the direct cause of the following exception:\n\n"
-        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
-    )
-    found = storage_error_of(RuntimeError(text))
-    assert isinstance(found, StorageUnavailable)
-    assert str(found) == "OSError: [Errno 5] Input/output error (after 4 attempts)"
-    assert storage_error_of(RuntimeError("ValueError: something else")) is None
 
 
 # --- reading one image -----------------------------------------------------------------------------------
