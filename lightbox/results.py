@@ -239,9 +239,11 @@ def read_parts(folder: Path, columns: list[str] | None = None) -> pa.Table | Non
 
 
 def _lfs_pointer(path: Path) -> bool:
+    from lightbox.source_tree import LFS_POINTER
+
     try:
         with path.open("rb") as f:
-            return f.read(64).startswith(b"version https://git-lfs.github.com/spec/")
+            return f.read(len(LFS_POINTER)) == LFS_POINTER
     except OSError:
         return False
 

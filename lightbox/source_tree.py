@@ -27,6 +27,10 @@ LABELS_FILE_SUFFIXES: tuple[str, ...] = (
 )
 
 
+# How a Git LFS pointer file starts: what a clone without its LFS objects holds where a file belongs.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
 class SourceNotFound(FileNotFoundError):
     """The source (or a file it names) does not exist."""
 

@@ -50,7 +50,7 @@ from lightbox.owner import process_alive
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
 from lightbox.progress import progress
 from lightbox.settings import Settings
-from lightbox.source_tree import SourceNotFound, SourceTree, open_tree
+from lightbox.source_tree import LFS_POINTER, SourceNotFound, SourceTree, open_tree
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "import"
@@ -451,7 +451,7 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
                 "no .parquet file in the source: give the folder of the dataset's shards"
             )
         for shard in shards:  # a clone without its LFS objects holds pointers where the shards belong
-            if tree.read_head(shard, len(_LFS_POINTER)) == _LFS_POINTER:
+            if tree.read_head(shard, len(LFS_POINTER)) == LFS_POINTER:
                 raise formats.FormatError(
                     f"{shard} is a Git LFS pointer, not the parquet: run `git lfs pull` in its repository"
                 )
@@ -491,9 +491,6 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             "give the export file itself as SOURCE"
         )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
-
-
-_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def _store_in(folder: Path) -> Callable[[str, bytes], str]:
