@@ -644,17 +644,15 @@ def upload_uri(uri: str) -> str:
     """What a message names for ``uri``: s3:// as it is, a local path (or file://) made absolute, since
     the consumer runs elsewhere; ValueError for a file that is not there, or another scheme."""
     import os
-    from urllib.parse import unquote, urlsplit
 
-    if uri.startswith("s3://"):
-        return uri
-    if uri.startswith("file://"):
-        path = unquote(urlsplit(uri).path)
-    elif "://" in uri:
+    from lightbox.catalog import absolute_uri
+
+    if "://" in uri and not uri.startswith(("s3://", "file://")):
         raise ValueError(f"{uri}: expected s3://bucket/key, file:// or a path to an image")
-    else:
-        path = os.path.expanduser(uri)
-    path = os.path.abspath(path)  # ../x.jpg made /the/folder/x.jpg; a symlink stays as named
+    found = absolute_uri(os.path.expanduser(uri), os.getcwd())
+    if found.startswith("s3://"):
+        return found
+    path = os.path.abspath(found)  # ../x.jpg made /the/folder/x.jpg; a symlink stays as named
     if not os.path.isfile(path):
         raise ValueError(f"{uri}: no such file ({path}); give an existing image's path")
     return path
