@@ -188,12 +188,15 @@ def data_import(
         typer.Option(
             "--format",
             help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava | parquet "
-            "| groundtruth | vertex (default: detected)",
+            "| groundtruth | vertex | labelbox | azureml (default: detected)",
         ),
     ] = None,
-    score_column: Annotated[str | None, typer.Option(help="score column / Label Studio control")] = None,
+    score_column: Annotated[
+        str | None, typer.Option(help="score column / Label Studio control / Labelbox question")
+    ] = None,
     tags_column: Annotated[
-        str | None, typer.Option(help="tags column / Label Studio control / 0/1 columns A,B,C")
+        str | None,
+        typer.Option(help="tags column / Label Studio control / 0/1 columns A,B,C / Labelbox questions A,B"),
     ] = None,
     split_column: Annotated[str | None, typer.Option(help="split column (train/validation/test)")] = None,
     group_column: Annotated[str | None, typer.Option(help="group column (kept within one split)")] = None,

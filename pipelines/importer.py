@@ -460,18 +460,20 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             shards, lambda f: local(f) or io.BytesIO(tree.read(f)), _store_in(embedded), columns
         )
         return _finish(parsed, None)
-    if fmt in ("groundtruth", "vertex"):
+    if fmt in _SERVICE_EXPORTS:
         found = _labels_files(tree, files, fmt, head)
-        what = "SageMaker Ground Truth manifest" if fmt == "groundtruth" else "Vertex AI import file"
+        what, parse = _SERVICE_EXPORTS[fmt]
         if not found:
             raise formats.FormatError(
                 f"no {what} at the source's top level or one folder down: give the file itself as SOURCE"
             )
         # Given as SOURCE, the file's photos are found below its folder (a bucket synced beside it).
         listed = tree.files_below() if tree.single_file else files
-        parse = formats.parse_groundtruth if fmt == "groundtruth" else formats.parse_vertex
         parsed = parse(tree.read, found, listed, columns)
-        return _finish(parsed, listed, only_their_folders=tree.single_file is not None)
+        parsed = _finish(parsed, listed, only_their_folders=tree.single_file is not None)
+        if fmt in _NEVER_DOWNLOADED:
+            _refuse_without_photos(parsed, listed, found[0])
+        return parsed
     if fmt == "fiftyone":
         found = _labels_files(tree, files, fmt, head)
         if not found:
@@ -491,6 +493,32 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             "give the export file itself as SOURCE"
         )
     return _finish(formats.parse_labelstudio(tree.read(exports[0]), exports[0], roots, columns), None)
+
+
+# The labelling services' exports, each found by its content: what the user calls it, and its reader.
+_SERVICE_EXPORTS: dict[str, tuple[str, Callable[..., Parsed]]] = {
+    "groundtruth": ("SageMaker Ground Truth manifest", formats.parse_groundtruth),
+    "vertex": ("Vertex AI import file", formats.parse_vertex),
+    "labelbox": ("Labelbox export", formats.parse_labelbox),
+    "azureml": ("Azure Machine Learning labels export", formats.parse_azureml),
+}
+# Exports whose photos lightbox never fetches (Labelbox's URLs expire; a datastore needs Azure's login):
+# why a photo is missing, said beside it in the report.
+_NEVER_DOWNLOADED: dict[str, str] = {
+    "labelbox": "download the images beside the export: it names them only by URL",
+    "azureml": "download the images beside the export: copy the datastore's folder (azcopy)",
+}
+
+
+def _refuse_without_photos(parsed: Parsed, listed: Sequence[str], export: str) -> None:
+    """None of the photos an export names is in the source: one line saying to download them, not a
+    quarantine holding every row."""
+    present = set(listed)
+    if parsed.records and not any(r.ref in present or r.ref.startswith("s3://") for r in parsed.records):
+        raise formats.FormatError(
+            f"none of the {len(parsed.records)} photos {export} names is in the source (the first: "
+            f"{parsed.records[0].origin}): {_NEVER_DOWNLOADED[parsed.format]}"
+        )
 
 
 def _store_in(folder: Path) -> Callable[[str, bytes], str]:
@@ -551,13 +579,13 @@ def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = 
 
 
 def _inspect(
-    tree: SourceTree, record: Record, settings: Settings, stage: Path
+    tree: SourceTree, record: Record, settings: Settings, stage: Path, fmt: str = ""
 ) -> tuple[Record, PhotoInfo | None, str]:
     """Read, check and stage one record's photo: (record, info or None, the reason it is unusable)."""
     try:
         data = tree.read(record.ref)
     except SourceNotFound:
-        return record, None, f"file is missing: {tree.locate(record.ref)}{_where_hint(record.origin)}"
+        return record, None, f"file is missing: {tree.locate(record.ref)}{_where_hint(record.origin, fmt)}"
     except OSError as exc:
         return record, None, f"cannot read: {exc.strerror or exc}"
     try:
@@ -572,8 +600,10 @@ def _inspect(
     return record, info, ""
 
 
-def _where_hint(origin: str) -> str:
-    """What to give when a Label Studio path was looked for in the default place."""
+def _where_hint(origin: str, fmt: str = "") -> str:
+    """What to give when a Label Studio path was looked for in the default place, or to download."""
+    if fmt in _NEVER_DOWNLOADED:
+        return f" ({_NEVER_DOWNLOADED[fmt]})"
     if "/data/upload/" in origin:
         return " (give --media-root: Label Studio's media folder, which holds upload/)"
     if "/data/local-files" in origin:
@@ -601,7 +631,9 @@ def load_photos(
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress(total=len(parsed.records), desc="import", unit="img") as bar,
     ):
-        for record, info, reason in pool.map(lambda r: _inspect(tree, r, settings, stage), parsed.records):
+        for record, info, reason in pool.map(
+            lambda r: _inspect(tree, r, settings, stage, parsed.format), parsed.records
+        ):
             bar.update()
             if info is None:
                 problems.append(Problem(record.origin, reason, record.ref))

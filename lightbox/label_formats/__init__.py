@@ -21,6 +21,9 @@ bytes (``detect``), or forced:
 - ``groundtruth``: SageMaker Ground Truth output manifests (Rekognition Custom Labels' too): image
   classification attributes' classes are the tags.
 - ``vertex``: Vertex AI image classification JSON lines or CSV: annotation display names, ``ml_use``.
+- ``labelbox``: a Labelbox export (v2 NDJSON, or v1 JSON): classification answers (radio, checklist,
+  nested) as tags, a number answer as the score; objects only counted; skipped rows left out.
+- ``azureml``: an Azure Machine Learning data labeling export (JSON lines): ``label`` classes as tags.
 
 A row that cannot be read becomes a ``Problem`` (origin, reason) for the report; the others go on.
 
@@ -33,19 +36,22 @@ import X`` is the way in:
 - ``tables``: imagefolder metadata (CSV, TSV, JSON lines, .xlsx workbooks, one-hot columns) and
   classfolders.
 - ``cvat``, ``fiftyone``, ``celeba_ava`` (CelebA and AVA), ``hf_parquet``, ``labelstudio``, ``cloud``
-  (Ground Truth and Vertex AI): one format (or family) each.
+  (Ground Truth and Vertex AI, and how a URI finds its photo in the source), ``labelbox``, ``azureml``:
+  one format (or family) each.
 - ``names``: after parsing, the records' names matched to the disk's (``match_names``,
   ``unlisted_images``, ``tag_case_notes``).
 """
 
 from __future__ import annotations
 
+from lightbox.label_formats.azureml import parse_azureml
 from lightbox.label_formats.celeba_ava import AVA_SCALE, CELEBA_PARTITION, parse_ava, parse_celeba
 from lightbox.label_formats.cloud import parse_groundtruth, parse_vertex
 from lightbox.label_formats.cvat import parse_cvat
 from lightbox.label_formats.detection import FORMATS, SNIFF_BYTES, detect, sniff, sniffable
 from lightbox.label_formats.fiftyone import parse_fiftyone
 from lightbox.label_formats.hf_parquet import parquet_files, parse_parquet
+from lightbox.label_formats.labelbox import parse_labelbox
 from lightbox.label_formats.labelstudio import (
     Roots,
     is_labelstudio_table,
@@ -111,6 +117,8 @@ __all__ = [
     "parse_fiftyone",
     "parse_groundtruth",
     "parse_vertex",
+    "parse_labelbox",
+    "parse_azureml",
     "CELEBA_PARTITION",
     "AVA_SCALE",
     "parse_celeba",

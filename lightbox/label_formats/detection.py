@@ -7,9 +7,11 @@ import re
 from collections.abc import Callable, Sequence
 
 from lightbox.imaging import is_image_name
+from lightbox.label_formats.azureml import AZUREML_LINE
 from lightbox.label_formats.celeba_ava import _sniff_text
 from lightbox.label_formats.cloud import GROUNDTRUTH_LINE, VERTEX_CSV_LINE, VERTEX_LINE
 from lightbox.label_formats.hf_parquet import parquet_files
+from lightbox.label_formats.labelbox import LABELBOX_HEAD
 from lightbox.label_formats.records import FormatError
 from lightbox.label_formats.tables import OTHER_SPREADSHEETS, TABLE_SUFFIXES, metadata_files
 
@@ -24,6 +26,8 @@ FORMATS: tuple[str, ...] = (
     "parquet",
     "groundtruth",
     "vertex",
+    "labelbox",
+    "azureml",
 )
 
 
@@ -50,7 +54,8 @@ def detect(
         raise FormatError(
             f"{name!r} is not a labels file lightbox reads: a table (.csv, .tsv, .jsonl, .xlsx), a Label "
             "Studio or FiftyOne JSON export, a CVAT annotations.xml, a CelebA attribute list, AVA's AVA.txt, "
-            "a Hugging Face .parquet, a SageMaker Ground Truth manifest or a Vertex AI import file"
+            "a Hugging Face .parquet, a SageMaker Ground Truth manifest, a Vertex AI import file, a Labelbox "
+            "export (.ndjson or .json) or an Azure Machine Learning labels export (.jsonl)"
         )
     if metadata_files(files):
         return "imagefolder"
@@ -80,14 +85,15 @@ def detect(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
         "Studio .json export, a CVAT annotations.xml, a FiftyOne labels.json or samples.json, a CelebA "
         "attribute list, AVA's AVA.txt, Hugging Face parquet shards, a SageMaker Ground Truth manifest, a "
-        "Vertex AI import file, or one folder of images per tag "
+        "Vertex AI import file, a Labelbox export, an Azure Machine Learning labels export, or one folder "
+        "of images per tag "
         "(classfolders); use --format to force one"
     )
 
 
 # How much of a labels file is read to tell its format by content.
 SNIFF_BYTES = 65_536
-_SNIFFED_SUFFIXES = (".xml", ".json", ".txt", ".manifest", ".jsonl", ".csv")
+_SNIFFED_SUFFIXES = (".xml", ".json", ".txt", ".manifest", ".jsonl", ".ndjson", ".csv")
 _SNIFFED_MAX = 64  # files looked into: a folder may hold a sidecar per photo
 
 
@@ -111,11 +117,18 @@ def sniff(name: str, head: bytes) -> str | None:
     head = head.removeprefix(b"\xef\xbb\xbf")
     if name.lower().endswith(".json") and (_FIFTYONE_JSON.match(head) or _ETA_MANIFEST in head[:4096]):
         return "fiftyone"
-    if name.lower().endswith((".json", ".jsonl", ".manifest")):
-        # JSON lines of a cloud labelling service: Ground Truth's output.manifest, Vertex AI's export
-        if GROUNDTRUTH_LINE.match(head):
-            return "groundtruth"
-        return "vertex" if VERTEX_LINE.match(head) else None
+    if name.lower().endswith((".json", ".jsonl", ".manifest", ".ndjson")):
+        # JSON lines of a labelling service: Ground Truth's output.manifest, Vertex AI's export, Labelbox's
+        # NDJSON (or its JSON list), Azure Machine Learning's labels export
+        for fmt, first in (
+            ("groundtruth", GROUNDTRUTH_LINE),
+            ("vertex", VERTEX_LINE),
+            ("labelbox", LABELBOX_HEAD),
+            ("azureml", AZUREML_LINE),
+        ):
+            if first.match(head):
+                return fmt
+        return None
     if name.lower().endswith(".csv"):
         return "vertex" if VERTEX_CSV_LINE.match(head) else None
     if name.lower().endswith(".txt"):

@@ -801,6 +801,127 @@ def test_cloud_labelling_exports_find_their_photos_by_bucket_key(tmp_path: Path)
     assert "copy the bucket's images beside the file" in report
 
 
+def _labelbox_row(row_data: str, *labels: dict, external_id: str | None = None) -> dict:
+    """One data row of a Labelbox export v2 (NDJSON), with the fields a project export carries."""
+    data_row = {"id": f"clf9spzxq{len(row_data):03d}m071nehy60a6v", "row_data": row_data}
+    if external_id is not None:
+        data_row["external_id"] = external_id
+    data_row["details"] = {"dataset_id": "clf9spwgw04w207ymfwy826qv", "dataset_name": "spring shoot"}
+    return {
+        "data_row": data_row,
+        "media_attributes": {"height": 64, "width": 96, "mime_type": "image/jpeg"},
+        "attachments": [],
+        "metadata_fields": [],
+        "projects": {
+            "cltd3vkju021907u63w2odj69": {
+                "name": "Spring birds",
+                "labels": list(labels),
+                "project_details": {"task_name": "Done", "workflow_status": "DONE", "batch_name": "b1"},
+            }
+        },
+    }
+
+
+def _labelbox_label(species: str, stars: str, skipped: bool = False) -> dict:
+    def radio(question: str, answer: str) -> dict:
+        chosen = {
+            "feature_id": "clkmxp0cd00043b6l8stcqsrv",
+            "name": answer,
+            "value": answer,
+            "classifications": [],
+        }
+        return {
+            "feature_id": "clkmxp0cd00033b6l8stcqsrv",
+            "name": question,
+            "value": question,
+            "radio_answer": chosen,
+        }
+
+    at = "2024-04-08T16:21:26.000+00:00"
+    return {
+        "label_kind": "Default",
+        "version": "1.0.0",
+        "id": "clur5tlda1n2a07dc0i0zdd4k",
+        "label_details": {
+            "created_at": at,
+            "updated_at": at,
+            "created_by": "ana@acme.example",
+            "reviews": [],
+        },
+        "performance_details": {"seconds_to_create": 9, "seconds_to_review": 0, "skipped": skipped},
+        "annotations": {
+            "objects": [],
+            "classifications": [] if skipped else [radio("Species", species), radio("Stars", stars)],
+            "relationships": [],
+        },
+    }
+
+
+def test_a_labelbox_export_beside_its_photos_imports_its_classifications(tmp_path: Path) -> None:
+    """An export v2 downloaded beside the photos it names by URL (one uploaded from a laptop, named by
+    its external id; one skipped by its labeler; one never downloaded), then the export alone."""
+    src = tmp_path / "lb"
+    (src / "photos").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        name = f"IMG_{i:04d}.jpg"
+        if i != 11:
+            (src / "photos" / name).write_bytes(jpeg(photo(1500 + i)))
+        hosted = f"https://storage.labelbox.com/ckk4q1vgapsau07324awnsjq2%2F{i}-b10f?Expires=1630706709794&Signature=W8R"
+        row_data = hosted if i == 3 else f"https://storage.googleapis.com/acme-shoots/2024/photos/{name}"
+        lab = _labelbox_label(VOCAB[i % 3], str(1 + i % 5), skipped=i == 5)
+        rows.append(_labelbox_row(row_data, lab, external_id=name if i == 3 else None))
+    (src / "export.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = snapshot(src)
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, min_tag_count=1, max_quarantine_fraction=0.2)
+    result = importer.run(s, str(src), ImportOptions(score_column="Stars"))
+    assert snapshot(src) == before
+    assert result.format == "labelbox" and result.n_images == 10 and result.n_quarantined == 1
+    assert result.score_name == "Stars" and result.tags == list(VOCAB)
+    by_name = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
+    assert set(by_name) == {f"IMG_{i:04d}.jpg" for i in range(11) if i != 5}  # 5 skipped, 11 missing
+    assert by_name["IMG_0003.jpg"]["tags"] == VOCAB[0] and float(by_name["IMG_0003.jpg"]["score"]) == 4.0
+    report = (s.reports_dir / "import.md").read_text()
+    assert "IMG_0011.jpg" in report and "download the images beside the export" in report
+    assert "1 data rows skipped by their labelers" in report
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "export.ndjson").write_text((src / "export.ndjson").read_text())
+    with pytest.raises(
+        FormatError,
+        match="none of the 11 photos export.ndjson names is in the source .*: download the images beside",
+    ):
+        importer.run(settings_for(tmp_path / "b"), str(alone / "export.ndjson"))
+
+
+def test_an_azureml_labels_export_beside_its_datastore_folder(tmp_path: Path) -> None:
+    """Azure ML data labeling's export (JSON lines, multi-label), given as SOURCE beside the datastore's
+    folder copied down with azcopy."""
+    src = tmp_path / "aml"
+    folder = src / "workspaceblobstore" / "UI" / "2024-04-08_162126_UTC" / "birds"
+    folder.mkdir(parents=True)
+    store = "azureml://subscriptions/5f08d643-1910-4a38-a7c7-84a39d4f42e0/resourcegroups/vision-rg/workspaces/vision-ws/datastores/workspaceblobstore/paths"
+    lines = []
+    for i in range(10):
+        (folder / f"{i}.jpg").write_bytes(jpeg(photo(1600 + i)))
+        tags = [VOCAB[i % 3]] + ([VOCAB[(i + 1) % 3]] if i % 4 == 0 else [])
+        lines.append(
+            {
+                "image_url": f"{store}/UI/2024-04-08_162126_UTC/birds/{i}.jpg",
+                "image_details": {"format": "jpg", "width": "96px", "height": "64px"},
+                "label": tags,
+                "label_confidence": [1.0] * len(tags),
+            }
+        )
+    (src / "labeledDatasets.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, min_tag_count=1)
+    result = importer.run(s, str(src / "labeledDatasets.jsonl"))
+    assert result.format == "azureml" and result.n_images == 10 and result.n_quarantined == 0
+    rows = {Path(r["original"]).name: r for r in manifest.read_manifest(s.data_dir)}
+    assert manifest.cell_to_tags(rows["4.jpg"]["tags"]) == [VOCAB[1], VOCAB[2]]
+
+
 def test_the_golden_slice_leaves_each_assigned_split_its_share(tmp_path: Path) -> None:
     """Splits lightbox assigns by group give the golden set their share each: taken from test alone, the
     15% test split of 100 photos had kept 5 (the gates then judged on a handful)."""
