@@ -107,9 +107,12 @@ def bucket_ref(uri: str, base: str, present: Collection[str]) -> str:
 def locate(names: Sequence[str], base: str, present: Collection[str]) -> str:
     """Where a photo known by several names (a URL, then the ids it was uploaded under) is in the source:
     the first name with an ending that is a file of the source; else read from S3 when one is an s3://
-    URI; else the first name that looks like an image's (matched by name later, then reported missing).
+    URI; else the first name that looks like an image's (matched by name later, then reported missing),
+    a plain name before a URL's key: a service stores an upload under a name of its own
+    (``<org>/<uuid>-IMG_0007.jpg``), while the name it was uploaded under is the user's copy's.
     ValueError when no name can be read."""
-    fallback: list[str] = []
+    plain: list[str] = []
+    keys: list[str] = []
     s3 = None
     for name in names:
         key = uri_key(name)
@@ -118,12 +121,16 @@ def locate(names: Sequence[str], base: str, present: Collection[str]) -> str:
             return found
         if name.lower().startswith("s3://"):
             s3 = s3 or name
-        fallback.append(key if key is not None else ref_of(base, name))
+        if key is None:
+            plain.append(ref_of(base, name))
+        else:
+            keys.append(key)
     if s3 is not None:
         return s3
+    fallback = plain + keys
     if not fallback:
         raise ValueError("no image URL or name")
-    return next((f for f in fallback if is_image_name(f)), fallback[0])
+    return next((f for f in fallback if is_image_name(f)), keys[0] if keys else fallback[0])
 
 
 def _text(data: bytes, name: str) -> str:

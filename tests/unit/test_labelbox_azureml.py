@@ -478,3 +478,15 @@ def test_labelbox_and_azureml_exports_are_told_by_their_first_line() -> None:
     assert {"labelbox", "azureml"} <= set(lf.FORMATS)
     with pytest.raises(FormatError, match="a Labelbox export .*an Azure Machine Learning"):
         lf.detect(["export.ndjson"], source_is_file=True, head=lambda f: b"{}\n")
+
+
+def test_a_labelbox_photo_uploaded_from_a_laptop_is_matched_by_its_external_id_not_its_storage_name() -> None:
+    """Labelbox stores an upload as <org>/<uuid>-<file name>: that mangled name is no name of the user's
+    copy, so the photo is matched later by the name it was uploaded under (found in any folder)."""
+    hosted = (
+        "https://storage.labelbox.com/ckk4q1vgapsau07324awnsjq2%2F26403a22-eb0a-1e2b-4f6f-b2ef29a0b0c2-"
+        "IMG_0007.jpg?Expires=1630706709794&KeyName=labelbox-assets-key-3&Signature=W8RP"
+    )
+    files = {"export.ndjson": ndjson(row(hosted, label(radio("S", "a")), external_id="IMG_0007.jpg"))}
+    parsed = lf.parse_labelbox(reader(files), ["export.ndjson"], ["photos/IMG_0007.jpg"], Columns())
+    assert [r.ref for r in parsed.records] == ["IMG_0007.jpg"]
