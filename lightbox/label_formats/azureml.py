@@ -16,7 +16,7 @@ import posixpath
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from lightbox.label_formats.cloud import _json_lines, locate
+from lightbox.label_formats.cloud import _json_lines
 from lightbox.label_formats.records import (
     Columns,
     FormatError,
@@ -26,6 +26,7 @@ from lightbox.label_formats.records import (
     _no_separator,
     _only_columns,
 )
+from lightbox.label_formats.uris import locate
 
 # An export's first line (sniffed by lightbox.label_formats.detection): an image_url in a datastore.
 AZUREML_LINE = re.compile(rb'\s*\{[^\n]*"image_url"\s*:\s*"(?:azureml|AmlDatastore)://', re.I)

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lightbox.label_formats.cloud import _json_lines, _text, locate
+from lightbox.label_formats.cloud import _json_lines, _text
 from lightbox.label_formats.labelstudio import _aggregate, _Vote
 from lightbox.label_formats.records import (
     Columns,
@@ -39,6 +39,7 @@ from lightbox.label_formats.records import (
     _only_columns,
     parse_score_cell,
 )
+from lightbox.label_formats.uris import locate
 
 # An export's first bytes (sniffed by lightbox.label_formats.detection): a v2 row, alone on its line or
 # in a JSON list (json.dump of the SDK's result, maybe indented), or a v1 label.

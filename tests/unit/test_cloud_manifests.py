@@ -10,7 +10,7 @@ import pytest
 
 from lightbox import label_formats as lf
 from lightbox.label_formats import Columns, FormatError
-from lightbox.label_formats.cloud import bucket_ref
+from lightbox.label_formats.uris import bucket_ref
 
 pytestmark = pytest.mark.unit
 
