@@ -409,13 +409,19 @@ def parse_source(tree: SourceTree, options: ImportOptions, embedded: Path) -> Pa
             return _finish(formats.parse_labelstudio_table(data, table, roots, columns), None)
     if fmt == "imagefolder":
         if tree.single_file is not None:  # a labels table given as SOURCE: names are relative to it
+            below = tree.files_below()
             parsed = formats.parse_imagefolder(
-                files, tree.read, columns, metas=[(tree.single_file, None)], outside_ok=not tree.is_s3
+                files,
+                tree.read,
+                columns,
+                metas=[(tree.single_file, None)],
+                outside_ok=not tree.is_s3,
+                present=below,
             )
             # Its own folder may be anything (a home folder): names are looked for in the folders its rows
             # name and below it (bounded), and only the folders its photos are in are checked for
             # photos no row names.
-            files = sorted({*tree.files_beside(r.ref for r in parsed.records), *tree.files_below()})
+            files = sorted({*tree.files_beside(r.ref for r in parsed.records), *below})
             return _finish(parsed, files, only_their_folders=True)
         return _finish(formats.parse_imagefolder(files, tree.read, columns), files)
     if fmt == "classfolders":

@@ -13,7 +13,7 @@ import re
 import warnings
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
@@ -40,6 +40,7 @@ from lightbox.label_formats.records import (
     space_separated,
     split_of_path,
 )
+from lightbox.label_formats.uris import bucket_ref
 from lightbox.manifest import OPTIONAL_COLUMNS
 
 # Roboflow writes ``_classes.csv`` (a file column and one 0/1 column per class) in each split's folder.
@@ -63,6 +64,14 @@ FILE_COLUMNS: tuple[str, ...] = (
     "img",
     "img_name",
     "path",
+    # A URL (found by its key's ending in the source, lightbox.label_formats.uris): a database's dump, a
+    # crowd-labelling job's results (Mechanical Turk's Input.image_url)
+    "image_url",
+    "img_url",
+    "url",
+    "image_uri",
+    "uri",
+    "input.image_url",
     "id",  # Kaggle's train.csv (id,label): last, since a table's own row id is often called id
 )
 
@@ -316,16 +325,23 @@ def _usual_column(columns: Sequence[str], usual: Sequence[str], what: str, notes
     return found
 
 
+# A URL in a file cell (s3://, https://, AmlDatastore://...); a file name may hold a colon (IMG:1.jpg).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def parse_imagefolder(
     files: Sequence[str],
     read: Callable[[str], bytes],
     columns: Columns,
     metas: Sequence[tuple[str, str | None]] | None = None,
     outside_ok: bool = False,
+    present: Collection[str] | None = None,
 ) -> Parsed:
     """``metas``: the labels files to read (default: every metadata.csv/.jsonl under the source).
     ``outside_ok``: file names may lead out of the source's folder (``../photos/a.jpg`` beside a
-    labels file given as SOURCE, on a local disk)."""
+    labels file given as SOURCE, on a local disk). ``present``: the files a URL's key is looked for in
+    (default: ``files``)."""
+    present = set(files if present is None else present)
     metas = list(metas) if metas is not None else metadata_files(files)
     if not metas:
         raise FormatError("no metadata.csv or metadata.jsonl in the source (at any depth)")
@@ -374,8 +390,15 @@ def parse_imagefolder(
             if _WINDOWS_PATH.match(name):
                 problems.append(Problem(name, "a Windows path: give file names relative to the labels file"))
                 continue
-            ref = ref_of(base, name)
-            origin = ref
+            if _URL.match(name):  # its key's ending in the source, else read from S3 or matched by name
+                try:
+                    ref = bucket_ref(name, base, present)
+                except ValueError as exc:
+                    problems.append(Problem(name, str(exc)))
+                    continue
+                origin = name.split("?", 1)[0]  # a signed URL's signature is no name
+            else:
+                ref = origin = ref_of(base, name)
             if outside(ref) and not outside_ok:
                 problems.append(Problem(origin, "file_name points outside the source folder"))
                 continue

@@ -1129,3 +1129,34 @@ def test_parquet_rows_are_read_a_few_megabytes_at_a_time() -> None:
     assert rows_per_batch(1_000, 100) == 64
     assert rows_per_batch(4_000_000, 10) in (7, 8)  # about 32 MB of 4 MB rows (and their overhead)
     assert rows_per_batch(20_000_000, 2) == 1
+
+
+def test_an_image_url_column_is_found_by_its_key_and_a_colon_in_a_name_is_no_url() -> None:
+    """URLs in the file column: the longest ending of the key that is a file of the source (the same
+    name in two folders stays apart), an s3:// URI not found is read from S3, another scheme is refused
+    for its row; a name with a colon (a Mac's ``10:42.jpg``) is a file name as before."""
+    tree = {
+        "metadata.csv": (
+            b"image_url,labels\n"
+            b"https://acme.s3.amazonaws.com/shoot/day1/IMG_1.jpg?X-Amz-Signature=ab,cat\n"
+            b"https://acme.s3.amazonaws.com/shoot/day2/IMG_1.jpg,dog\n"
+            b"s3://acme/shoot/day3/IMG_1.jpg,cat\n"
+            b"ftp://old.example/IMG_9.jpg,cat\n"
+            b"shot at 10:42.jpg,dog\n"
+        ),
+        "day1/IMG_1.jpg": b"",
+        "day2/IMG_1.jpg": b"",
+        "shot at 10:42.jpg": b"",
+    }
+    files, read = _files(tree)
+    parsed = lf.parse_imagefolder(files, read, Columns(tags="labels"))
+    assert [r.ref for r in parsed.records] == [
+        "day1/IMG_1.jpg",
+        "day2/IMG_1.jpg",
+        "s3://acme/shoot/day3/IMG_1.jpg",
+        "shot at 10:42.jpg",
+    ]
+    assert parsed.records[0].origin == "https://acme.s3.amazonaws.com/shoot/day1/IMG_1.jpg"
+    assert [p.reason for p in parsed.problems] == [
+        "'ftp://old.example/IMG_9.jpg' is not an s3://, gs://, https:// or Azure ML datastore URI"
+    ]

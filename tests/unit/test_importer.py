@@ -1073,3 +1073,30 @@ def test_an_append_that_brings_a_new_tag_says_the_earlier_images_count_as_withou
     ) in result.notes
     again = importer.run(s, str(b), APPEND)  # Night is no longer new
     assert not any(n.startswith("new tags") for n in again.notes)
+
+
+def test_a_table_naming_its_photos_by_url_finds_them_in_the_source(tmp_path: Path) -> None:
+    """A table exported from a database or a crowd-labelling job (Mechanical Turk's batch results:
+    ``Input.image_url``, ``Answer.<question>``) names each photo by its bucket URL: the photos downloaded
+    beside it are found by the longest ending of the URL's key, else by name in any folder, and a URL of
+    a photo not downloaded is reported missing by that URL."""
+    src = tmp_path / "turk"
+    (src / "images").mkdir(parents=True)
+    for i in range(12):
+        (src / "images" / f"p{i}.jpg").write_bytes(jpeg(photo(900 + i)))
+    bucket = "https://acme-photos.s3.us-east-1.amazonaws.com/shoots/2024"
+    rows = [f"3X{i}ABC,A1W{i},{bucket}/images/p{i}.jpg,{VOCAB[i % 3]}" for i in range(11)]
+    rows.append(f"3X11ABC,A1W11,https://cdn.acme.example/p11.jpg?w=1024,{VOCAB[0]}")  # a CDN's name
+    rows.append(f"3X12ABC,A1W12,{bucket}/images/p12.jpg,{VOCAB[1]}")  # never downloaded
+    header = "HITId,WorkerId,Input.image_url,Answer.category.label\n"
+    (src / "Batch_4921_batch_results.csv").write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    s = settings_for(tmp_path, golden_fraction=0.0, min_tag_count=1, max_quarantine_fraction=0.2)
+    result = importer.run(
+        s, str(src / "Batch_4921_batch_results.csv"), ImportOptions(tags_column="Answer.category.label")
+    )
+    assert result.n_images == 12 and result.n_quarantined == 1
+    assert result.tags == sorted(VOCAB)
+    by_name = {Path(r["original"]).name: r["tags"] for r in manifest.read_manifest(s.data_dir)}
+    assert by_name["p0.jpg"] == VOCAB[0] and by_name["p11.jpg"] == VOCAB[0]
+    report = (s.reports_dir / "import.md").read_text()
+    assert "p12.jpg" in report
