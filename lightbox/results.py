@@ -6,11 +6,19 @@ number (``pets`` v1 and ``places`` v1), so a version alone names no model's resu
   whole parts or none (a leftover ``.tmp`` is ignored and removed by the next job);
 - PostgreSQL rows are upserted on (image_id, model_name, model_version), as the upload consumer writes
   them;
-- a job first reads what this model's version already has (``done``) and skips it, and never writes a
-  key twice itself (``Deduper``).
+- a job first reads what this model's version already has (``done``) and skips the images scored OK,
+  and never writes a key twice itself (``Deduper``).
+
+A failed image (its row is an error) is not done: a rerun retries it (the user restored the file, or
+storage gave up on it), and the retry's row supersedes the error row (``finish``): PostgreSQL deletes
+the error row in the transaction that writes the score; a results folder rewrites the older parts that
+hold superseded error rows, each atomically, after the part with the retry's rows is on disk. A job
+killed between the two leaves an error row beside an OK row of the same URI: the next job's ``done``
+drops it (the OK row wins), and never drops an OK row.
 
 An image's key is its image id (the content hash, as the importer and the upload consumer define it);
-a URI with nothing to read (a missing file) has no content hash and is keyed by its URI instead.
+a URI with nothing to read (a missing file) has no content hash and is keyed by its URI instead: the
+retry's row, keyed by its content hash, supersedes the error row by URI.
 One writer per folder at a time: two jobs writing one folder at once could both score an image.
 """
 
@@ -20,11 +28,11 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -58,24 +66,38 @@ class ScoreRow:
 @dataclass(frozen=True)
 class Done:
     """What one model's version already has: skip these URIs before reading them, and these image ids
-    once read (the same photo under a new URI)."""
+    once read (the same photo under a new URI). Both are of rows scored OK; ``failed``: the URIs whose
+    only rows are errors, which a rerun retries."""
 
     uris: frozenset[str] = frozenset()
     image_ids: frozenset[str] = frozenset()
+    failed: frozenset[str] = frozenset()
 
 
-def done_from(rows: Iterable[tuple[str | None, str]]) -> Done:
-    """Done from (image_id, uri) pairs of one model's version's rows (one name and one version)."""
-    uris, ids = set(), set()
-    for image_id, uri in rows:
+def done_from(rows: Iterable[tuple[str | None, str, bool]]) -> Done:
+    """Done from (image_id, uri, failed) of one model's version's rows (one name and one version). A URI
+    with an OK row is done even beside an error row of its own (a job killed before it dropped that)."""
+    uris, ids, failed = set(), set(), set()
+    for image_id, uri, is_error in rows:
+        if is_error:
+            failed.add(uri)
+            continue
         uris.add(uri)
         if image_id is not None:
             ids.add(image_id)
-    return Done(frozenset(uris), frozenset(ids))
+    # Why not the error rows' image ids among the done ones: a truncated file's content is what failed,
+    # and a rerun must read it again (under its URI or another) to retry it.
+    return Done(frozenset(uris), frozenset(ids), frozenset(failed - uris))
 
 
-def pending(uris: Iterable[str], done: Done) -> tuple[list[str], int]:
-    """The URIs still to score, each once, and how many were skipped (scored before, or repeated)."""
+class Pending(NamedTuple):
+    todo: list[str]  # the URIs to read, each once
+    skipped: int  # scored OK before, or repeated in the list
+    retried: int  # of ``todo``, the URIs that failed before
+
+
+def pending(uris: Iterable[str], done: Done) -> Pending:
+    """The URIs still to score, each once: those never scored and those that failed."""
     todo, seen, skipped = [], set(done.uris), 0
     for uri in uris:
         if uri in seen:
@@ -83,7 +105,49 @@ def pending(uris: Iterable[str], done: Done) -> tuple[list[str], int]:
             continue
         seen.add(uri)
         todo.append(uri)
-    return todo, skipped
+    return Pending(todo, skipped, sum(1 for uri in todo if uri in done.failed))
+
+
+@dataclass(frozen=True)
+class ErrorAt:
+    """Where an error row of one model's version is in a results folder."""
+
+    part: str  # the part's file name
+    uri: str
+    scored_at: datetime | None  # when its job wrote it: of two error rows of a URI, the newer stays
+
+
+def stale_errors(errors: Iterable[ErrorAt], superseded: Set[str]) -> set[ErrorAt]:
+    """The error rows to drop: every one of a URI in ``superseded`` (it has an OK row, or this job wrote
+    or settled it since), and of several error rows of one URI, all but the newest (a job killed after
+    writing the retry's error row, before dropping the older one)."""
+    newest: dict[str, ErrorAt] = {}
+    stale: set[ErrorAt] = set()
+    for e in errors:
+        if e.uri in superseded:
+            stale.add(e)
+            continue
+        other = newest.get(e.uri)
+        if other is None:
+            newest[e.uri] = e
+            continue
+        older, newest[e.uri] = sorted((other, e), key=_age)
+        stale.add(older)
+    return stale
+
+
+def _age(e: ErrorAt) -> tuple[datetime, str]:
+    # The part name breaks ties: the same choice on every run.
+    return (e.scored_at or datetime.min.replace(tzinfo=UTC), e.part)
+
+
+def needs_no_row(failed: Set[str], skipped: Iterable[str], dropped: Iterable[ScoreRow]) -> set[str]:
+    """The retried URIs (of ``failed``) that need no row of their own any more: their content is scored
+    OK already, under another URI (read as SKIP, or a copy of an image this job scored, which the
+    Deduper dropped), so nothing supersedes their error rows but ``finish``. A copy of an image that
+    failed again is not among them: it keeps its error row."""
+    settled = {uri for uri in skipped if uri in failed}
+    return settled | {r.uri for r in dropped if r.error is None and r.uri in failed}
 
 
 @dataclass
@@ -92,11 +156,12 @@ class Deduper:
 
     seen: set[str] = field(default_factory=set)
 
-    def new(self, rows: Iterable[ScoreRow]) -> tuple[list[ScoreRow], int]:
-        out, dropped = [], 0
+    def new(self, rows: Iterable[ScoreRow]) -> tuple[list[ScoreRow], list[ScoreRow]]:
+        """(the rows to write, the rows dropped)."""
+        out, dropped = [], []
         for row in rows:
             if row.key in self.seen:
-                dropped += 1
+                dropped.append(row)
                 continue
             self.seen.add(row.key)
             out.append(row)
@@ -107,6 +172,11 @@ class ResultSink(Protocol):
     def done(self, model_name: str, model_version: str) -> Done: ...
 
     def write(self, rows: Sequence[ScoreRow]) -> None: ...
+
+    def finish(self, settled: Collection[str]) -> None:
+        """After the job's last write: drop the error rows that its rows supersede, and those of the
+        ``settled`` URIs (``needs_no_row``)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -159,6 +229,12 @@ class ParquetSink:
         self.folder = folder
         self.job = uuid.uuid4().hex[:12]
         self._n = 0
+        # Set by done(): this model version's error rows in the parts before this job (the ones a retry
+        # may supersede), and the URIs among them this job has written rows for since.
+        self._model: tuple[str, str] | None = None
+        self._errors: list[ErrorAt] = []
+        self._failed: frozenset[str] = frozenset()  # their URIs
+        self._retried: set[str] = set()
         # The highest folder this sink creates: removed again by close() if the job wrote nothing (a
         # source that cannot be listed must not leave an empty results folder behind).
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -174,18 +250,43 @@ class ParquetSink:
         return str(self.folder)
 
     def done(self, model_name: str, model_version: str) -> Done:
-        """What ``model_name`` v``model_version`` has here: another model's v1 is not this one's."""
+        """What ``model_name`` v``model_version`` has here: another model's v1 is not this one's. First
+        drops the error rows a killed job left superseded (``stale_errors``): beside an OK row of their
+        URI, or older than another error row of it."""
+        keys, errors = self._scan(model_name, model_version)
+        done = done_from(keys)
+        stale = stale_errors(errors, done.uris)
+        self._drop(model_name, model_version, stale)
+        self._model = (model_name, model_version)
+        self._errors = [e for e in errors if e not in stale]
+        self._failed = frozenset(e.uri for e in self._errors)
+        return done
+
+    def _scan(
+        self, model_name: str, model_version: str
+    ) -> tuple[list[tuple[str | None, str, bool]], list[ErrorAt]]:
+        """(image_id, uri, failed) of this model version's rows, and where its error rows are."""
         import pyarrow.compute as pc
 
-        table = read_parts(self.folder, columns=["image_id", "uri", "model_name", "model_version"])
-        if table is None:
-            return Done()
-        mine = table.filter(
-            pc.and_(
-                pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version)
+        columns = ["image_id", "uri", "model_name", "model_version", "error", "scored_at"]
+        keys: list[tuple[str | None, str, bool]] = []
+        errors: list[ErrorAt] = []
+        for part in _parts(self.folder):
+            table = _read_part(part, self.folder, columns)
+            mine = table.filter(
+                pc.and_(
+                    pc.equal(table["model_name"], model_name),
+                    pc.equal(table["model_version"], model_version),
+                )
             )
-        )
-        return done_from(zip(mine["image_id"].to_pylist(), mine["uri"].to_pylist(), strict=True))
+            failed = pc.is_valid(mine["error"])
+            keys += zip(
+                mine["image_id"].to_pylist(), mine["uri"].to_pylist(), failed.to_pylist(), strict=True
+            )
+            bad = mine.filter(failed)  # few rows, most often: only theirs become objects
+            when = bad["scored_at"].to_pylist()
+            errors += [ErrorAt(part.name, u, t) for u, t in zip(bad["uri"].to_pylist(), when, strict=True)]
+        return keys, errors
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
         import pyarrow.parquet as pq
@@ -193,12 +294,22 @@ class ParquetSink:
         if not rows:
             return
         final = self.folder / f"part-{self.job}-{self._n:06d}.parquet"
-        tmp = final.with_name(final.name + TMP_SUFFIX)
-        pq.write_table(to_table(rows), tmp)
-        with open(tmp, "rb") as f:  # on disk before it is visible: a crash cannot leave an empty part
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        _replace_atomically(final, lambda tmp: pq.write_table(to_table(rows), tmp))
         self._n += 1
+        self._retried.update(r.uri for r in rows if r.uri in self._failed)
+
+    def finish(self, settled: Collection[str]) -> None:
+        """Rewrites the parts before this job that hold error rows this job superseded: the retried URIs
+        it wrote rows for (in its own, newer parts, on disk by now), and ``settled``."""
+        if self._model is None:  # done() was not asked: nothing is known to be superseded
+            return
+        stale = stale_errors(self._errors, self._retried | set(settled))
+        self._drop(*self._model, stale)
+        self._errors = [e for e in self._errors if e not in stale]
+
+    def _drop(self, model_name: str, model_version: str, stale: Iterable[ErrorAt]) -> None:
+        for part, uris in _by_part(stale).items():
+            _rewrite_without_errors(self.folder / part, model_name, model_version, uris)
 
     def close(self) -> None:
         if self._created is None or self._n:
@@ -214,28 +325,93 @@ class ParquetSink:
             folder = folder.parent
 
 
+def _by_part(errors: Iterable[ErrorAt]) -> dict[str, frozenset[str]]:
+    """part name -> the URIs whose error rows go from it."""
+    out: dict[str, set[str]] = {}
+    for e in errors:
+        out.setdefault(e.part, set()).add(e.uri)
+    return {part: frozenset(uris) for part, uris in out.items()}
+
+
+def _rewrite_without_errors(part: Path, model_name: str, model_version: str, uris: frozenset[str]) -> None:
+    """The part less this model version's error rows of ``uris``, every other row as it was, replacing
+    it atomically (removed when nothing is left): a reader sees the old part or the new one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = _read_part(part, part.parent)
+    drop = pc.and_(
+        pc.and_(pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version)),
+        pc.and_(pc.is_valid(table["error"]), pc.is_in(table["uri"], value_set=pa.array(sorted(uris)))),
+    )
+    kept = table.filter(pc.invert(pc.fill_null(drop, False)))
+    if kept.num_rows == table.num_rows:
+        return
+    log.info("%s: dropping %d error rows that retries superseded", part.name, table.num_rows - kept.num_rows)
+    if kept.num_rows == 0:
+        part.unlink()
+        _fsync_dir(part.parent)
+        return
+    _replace_atomically(part, lambda tmp: pq.write_table(kept, tmp))
+
+
+def _replace_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to ``<final>.tmp``, then rename it over ``final``: on disk before it is visible (a
+    crash cannot leave an empty part), and the rename on disk before this returns (what comes after,
+    such as dropping the rows it supersedes from older parts, must not outlive it in a power cut)."""
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob(PART_GLOB))
+
+
+def _read_part(part: Path, folder: Path, columns: list[str] | None = None) -> pa.Table:
+    """One part; BadDestination where it is not one of ours (not parquet, or other columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(part, columns=columns, schema=arrow_schema())
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lfs = " (a Git LFS pointer? `git lfs pull` it)" if _lfs_pointer(part) else ""
+        raise BadDestination(
+            f"{part} is not a results part{lfs}: {first}; a results folder holds only the"
+            f" {PART_GLOB} files bulk scoring writes: move it out of {folder}, or give --out another"
+            " folder"
+        ) from None
+
+
 def read_parts(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
     """Every complete part of a results folder as one table (None when there is none). BadDestination
     names a ``part-*.parquet`` that is not one of ours (not parquet, or other columns)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    parts = sorted(folder.glob(PART_GLOB))
-    if not parts:
-        return None
     tables = []
-    for p in parts:
+    for part in _parts(folder):
         try:
-            tables.append(pq.read_table(p, columns=columns, schema=arrow_schema()))
-        except (pa.ArrowException, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            lfs = " (a Git LFS pointer? `git lfs pull` it)" if _lfs_pointer(p) else ""
-            raise BadDestination(
-                f"{p} is not a results part{lfs}: {first}; a results folder holds only the"
-                f" {PART_GLOB} files bulk scoring writes: move it out of {folder}, or give --out another"
-                " folder"
-            ) from None
-    return pa.concat_tables(tables)
+            tables.append(_read_part(part, folder, columns))
+        except FileNotFoundError:
+            # Removed since it was listed: by a job that dropped the last rows it held, superseded.
+            continue
+    return pa.concat_tables(tables) if tables else None
 
 
 def _lfs_pointer(path: Path) -> bool:
@@ -260,6 +436,7 @@ class PostgresSink:
 
         self.table = table
         self.errors_table = f"{table}_errors"
+        self._model: tuple[str, str] | None = None  # set by done()
         self._db = postgres.connect(dsn)
         postgres.ensure_results_table(self._db, table)
         postgres.ensure_errors_table(self._db, self.errors_table)
@@ -270,9 +447,14 @@ class PostgresSink:
     def done(self, model_name: str, model_version: str) -> Done:
         from lightbox.adapters import postgres
 
-        return done_from(
-            postgres.scored_keys(self._db, self.table, self.errors_table, model_name, model_version)
-        )
+        keys = postgres.scored_keys(self._db, self.table, self.errors_table, model_name, model_version)
+        done = done_from(keys)
+        # An error row beside a score of its URI (the upload consumer scored that URI since, say): the
+        # score wins, as in a results folder, and the rerun does not retry it.
+        stale = {uri for _, uri, failed in keys if failed and uri in done.uris}
+        postgres.delete_errors(self._db, self.errors_table, model_name, model_version, stale)
+        self._model = (model_name, model_version)
+        return done
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
         from lightbox.adapters import postgres
@@ -295,8 +477,15 @@ class PostgresSink:
             for r in rows
             if r.error is not None
         ]
-        postgres.upsert_results(self._db, self.table, scored)
-        postgres.upsert_errors(self._db, self.errors_table, failed)
+        # One transaction: a retry's score and the deletion of its URI's error row (keyed by URI, not
+        # by the image id the score has) are committed together; a new failure replaces the old one.
+        postgres.write_bulk_rows(self._db, self.table, self.errors_table, scored, failed)
+
+    def finish(self, settled: Collection[str]) -> None:
+        from lightbox.adapters import postgres
+
+        if self._model is not None:
+            postgres.delete_errors(self._db, self.errors_table, *self._model, settled)
 
     def close(self) -> None:
         self._db.close()

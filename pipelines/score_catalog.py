@@ -9,10 +9,13 @@ reads run is the layout (``choose_layout``): in CPU tasks on every core feeding 
 pinned to some nodes), inside the model actors, on their threads, where the model runs on CPU.
 
 - Resumable, exactly once: the model version is pinned at start (an alias that moves mid-job does not
-  mix versions), what it already has in the output is skipped, parts are atomic or upserted.
+  mix versions), what it already has scored in the output is skipped, parts are atomic or upserted.
 - A bad image (missing, unreadable, truncated, a decompression bomb) is a row with its error and never
   fails the job; a storage error is retried, and stops the job only once retries are spent
   (StorageUnavailable): a rerun resumes.
+- A rerun retries every image whose row is an error (the file was restored or replaced, or storage
+  gave up on it): the retry's row, OK or the new error, supersedes the old one (lightbox.results:
+  ``finish``), so there is still one row per image.
 
 With ``settings.score_online`` (``lightbox score --online``) the job also publishes each image's score,
 tag probabilities and embedding to Feast's online store, keyed by (image id, model name, model version)
@@ -25,8 +28,8 @@ runs the version's ONNX export (or a frozen graph), whose only output is the hea
 would need a new export and the gates to verify it for every version. The torch pass costs a second
 backbone pass per image, only when embeddings are asked for, and gives exactly the extractor's numbers.
 
-``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``
-and ``Deduper``) is plain Python, unit-tested without Ray.
+``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``,
+``Deduper``, ``needs_no_row`` and ``stale_errors``) is plain Python, unit-tested without Ray.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from lightbox.imaging import (
 )
 from lightbox.photos import id_of_digest
 from lightbox.progress import progress
-from lightbox.results import Deduper, ScoreRow, open_sink, pending, tag_probs_json
+from lightbox.results import Deduper, Done, ScoreRow, needs_no_row, open_sink, pending, tag_probs_json
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
@@ -370,15 +373,15 @@ def score_frame(rows: list[ScoreRow], embeddings: dict[str, np.ndarray], when: d
     )
 
 
-def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], int]:
-    """The rows to write from one scored batch, and how many were skipped (content already scored)."""
+def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], list[str]]:
+    """The rows to write from one scored batch, and the URIs skipped (content already scored)."""
     import json
 
-    rows, skipped = [], 0
+    rows, skipped = [], []
     for i in range(len(batch["uri"])):
         status = batch["status"][i]
         if status == SKIP:
-            skipped += 1
+            skipped.append(str(batch["uri"][i]))
             continue
         error = str(batch["error"][i]) or None
         score = float(batch["score"][i])
@@ -407,6 +410,7 @@ class ScoreResult:
     scored: int = 0
     failed: int = 0  # rows with an error
     skipped: int = 0  # this version had them already (or the URI or content came twice)
+    retried: int = 0  # listed URIs whose row was an error: read again (counted in scored or failed too)
     online: int = 0  # rows published to the Feast online store (--online)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its actors scored
     read_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its tasks decoded
@@ -424,9 +428,12 @@ class ScoreResult:
     def summary(self) -> str:
         return (
             f"{self.model_name} v{self.model_version}: {self.scored} scored, {self.skipped} skipped, "
-            f"{self.failed} failed of {self.listed} in {self.seconds:.1f}s "
+            f"{self.failed} failed of {self.listed}{self._retried()} in {self.seconds:.1f}s "
             f"({self.images_per_s:.1f} images/s{self._streaming()}) -> {self.out}{self._left_out()}"
         )
+
+    def _retried(self) -> str:
+        return f", {self.retried} retried (failed before)" if self.retried else ""
 
     def _left_out(self) -> str:
         if not self.left_out:
@@ -504,12 +511,18 @@ def run(
         if not uris:  # a wrong folder, most likely: say so, not "0 scored of 0"
             others = f"; it holds {describe_by_extension(left_out)}" if left_out else ""
             raise CatalogError(f"no images in {source} (by name: {', '.join(IMAGE_EXTENSIONS)}){others}")
-        todo, result.skipped = pending(uris, done)
+        todo, result.skipped, result.retried = pending(uris, done)
         result.listed = len(uris)
-        log.info("%d images listed, %d to score with v%s", len(uris), len(todo), version)
+        log.info(
+            "%d images listed, %d to score with v%s (%d failed before)",
+            len(uris),
+            len(todo),
+            version,
+            result.retried,
+        )
         if todo:
             stream = StreamClock(total=len(todo))
-            _score(settings, todo, done.image_ids, alias, version, sink, result, stream)
+            _score(settings, todo, done, alias, version, sink, result, stream)
             result.streaming_images_per_s = stream.images_per_s()
             result.steady_images_per_s = stream.steady_images_per_s()
             if stream.first is not None:
@@ -525,7 +538,7 @@ def run(
 def _score(
     settings: Settings,
     todo: list[str],
-    done_ids: frozenset[str],
+    done: Done,
     alias: str,
     version: str,
     sink: Any,
@@ -539,6 +552,7 @@ def _score(
         dedupe, last_flush = Deduper(), time.monotonic()
         buffer: list[ScoreRow] = []
         embeddings: dict[str, np.ndarray] = {}
+        settled: set[str] = set()  # retried URIs that need no row now (needs_no_row)
 
         def flush() -> None:
             if publish is not None:  # online first: see the module docstring
@@ -548,10 +562,11 @@ def _score(
 
         with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
             try:
-                for batch in _batches(settings, todo, done_ids, alias, version):
+                for batch in _batches(settings, todo, done.image_ids, alias, version):
                     rows, skipped = rows_from_batch(batch)
                     rows, repeated = dedupe.new(rows)
-                    result.skipped += skipped + repeated
+                    result.skipped += len(skipped) + len(repeated)
+                    settled |= needs_no_row(done.failed, skipped, repeated)
                     for r in rows:
                         if r.error is None:
                             result.scored += 1
@@ -572,8 +587,11 @@ def _score(
                     stream.batch(len(batch["uri"]))
             except StorageUnavailable:
                 flush()  # what was scored before storage failed is kept: a rerun goes on from there
+                sink.finish(settled)
                 raise
             flush()
+            # Only now, with every row written: a superseded error row goes after the row superseding it.
+            sink.finish(settled)
 
 
 class OnlinePublisher:

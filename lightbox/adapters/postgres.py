@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +142,13 @@ def ensure_results_table(conn: Connection, table: str) -> None:
 
 def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> None:
     """Insert or replace the rows in one transaction (committed when this returns)."""
+    if not rows:
+        return
+    with conn, conn.cursor() as cur:
+        _upsert_results(cur, table, rows)
+
+
+def _upsert_results(cur: Any, table: str, rows: Sequence[ResultRow]) -> None:
     from psycopg2 import sql
     from psycopg2.extras import execute_values
 
@@ -167,8 +174,7 @@ def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> N
         (r.image_id, r.model_version, r.model_name, r.score, json.dumps(r.tag_probs), r.source_uri)
         for r in rows
     ]
-    with conn, conn.cursor() as cur:
-        execute_values(cur, query.as_string(conn), values)
+    execute_values(cur, query, values)
 
 
 def fetch_results(conn: Connection, table: str) -> list[dict]:
@@ -241,6 +247,13 @@ def ensure_errors_table(conn: Connection, table: str) -> None:
 
 
 def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> None:
+    if not rows:
+        return
+    with conn, conn.cursor() as cur:
+        _upsert_errors(cur, table, rows)
+
+
+def _upsert_errors(cur: Any, table: str, rows: Sequence[ErrorRow]) -> None:
     from psycopg2 import sql
     from psycopg2.extras import execute_values
 
@@ -257,26 +270,64 @@ def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> Non
         (r.uri, r.model_name, r.model_version): (r.uri, r.model_version, r.model_name, r.image_id, r.error)
         for r in rows
     }
+    execute_values(cur, query, list(values.values()))
+
+
+def _delete_errors_of(cur: Any, table: str, keys: Iterable[tuple[str, str, str]]) -> None:
+    """Deletes the error rows of (uri, model_name, model_version) ``keys``."""
+    from psycopg2 import sql
+    from psycopg2.extras import execute_values
+
+    values = sorted(set(keys))
+    if not values:
+        return
+    query = sql.SQL(
+        "DELETE FROM {t} AS e USING (VALUES %s) AS k (uri, model_name, model_version)"
+        " WHERE e.uri = k.uri AND e.model_name = k.model_name AND e.model_version = k.model_version"
+    ).format(t=sql.Identifier(table))
+    execute_values(cur, query, values)
+
+
+def delete_errors(
+    conn: Connection, table: str, model_name: str, model_version: str, uris: Iterable[str]
+) -> None:
+    """Deletes one model version's error rows of ``uris`` (superseded: their images are scored)."""
+    keys = [(uri, model_name, model_version) for uri in uris]
+    if not keys:
+        return
     with conn, conn.cursor() as cur:
-        execute_values(cur, query.as_string(conn), list(values.values()))
+        _delete_errors_of(cur, table, keys)
+
+
+def write_bulk_rows(
+    conn: Connection, table: str, errors_table: str, scored: Sequence[ResultRow], failed: Sequence[ErrorRow]
+) -> None:
+    """One flush of bulk scoring, in one transaction: the scores upserted, the error rows of their URIs
+    deleted (a retry's score supersedes the failure, which is keyed by URI, not by the image id the score
+    has), and the failures upserted (a failure again replaces the older one)."""
+    with conn, conn.cursor() as cur:
+        _upsert_results(cur, table, scored)
+        _delete_errors_of(cur, errors_table, [(r.source_uri, r.model_name, r.model_version) for r in scored])
+        _upsert_errors(cur, errors_table, failed)
 
 
 def scored_keys(
     conn: Connection, table: str, errors_table: str, model_name: str, model_version: str
-) -> list[tuple[str | None, str]]:
-    """(image_id, uri) of every row one model's version has, scored or failed: what a resumed bulk job
-    skips (another model's rows of the same version number are not this one's). A server-side cursor: a
-    catalog's keys are read in pages, not all at once into the driver."""
+) -> list[tuple[str | None, str, bool]]:
+    """(image_id, uri, failed) of every row one model's version has, scored or failed: a resumed bulk
+    job skips the scored ones and retries the failed ones (another model's rows of the same version
+    number are not this one's). A server-side cursor: a catalog's keys are read in pages, not all at once
+    into the driver."""
     from psycopg2 import sql
 
     query = sql.SQL(
-        "SELECT image_id, source_uri FROM {r} WHERE model_name = %(n)s AND model_version = %(v)s "
-        "UNION ALL SELECT image_id, uri FROM {e} WHERE model_name = %(n)s AND model_version = %(v)s"
+        "SELECT image_id, source_uri, false FROM {r} WHERE model_name = %(n)s AND model_version = %(v)s "
+        "UNION ALL SELECT image_id, uri, true FROM {e} WHERE model_name = %(n)s AND model_version = %(v)s"
     ).format(r=sql.Identifier(table), e=sql.Identifier(errors_table))
     with conn, conn.cursor(name="lightbox_scored_keys") as cur:
         cur.itersize = 10_000
         cur.execute(query, {"n": model_name, "v": model_version})
-        return [(image_id, uri) for image_id, uri in cur]
+        return [(image_id, uri, bool(failed)) for image_id, uri, failed in cur]
 
 
 def fetch_errors(conn: Connection, table: str) -> list[dict]:

@@ -108,9 +108,39 @@ def test_bulk_scores_match_the_predictor_and_bad_images_are_rows(registered_cham
         assert list(got) == list(predictor.tag_names)
         np.testing.assert_allclose([got[t] for t in predictor.tag_names], p, atol=1e-5)
 
+    again = score_catalog.run(settings, str(listing), str(out))  # the bad ones are retried, fail again
+    assert (again.scored, again.failed, again.skipped, again.retried) == (0, 4, 17, 4)
+    assert len(read_parts(out)) == 20  # type: ignore[arg-type]  # still one row each
+
+
+def test_a_rerun_retries_the_images_that_failed_once_they_are_fixed(
+    registered_champion, tmp_path: Path
+) -> None:
+    settings = _bulk_settings(registered_champion.settings)
+    listing = _catalog(tmp_path / "catalog", n_good=2)
+    pics, out = listing.parent / "pics", tmp_path / "scores"
+    first = score_catalog.run(settings, str(listing), str(out))
+    assert (first.scored, first.failed) == (2, 4)
+
+    restored, replaced = jpeg(photo(50, (96, 64))), jpeg(photo(51, (96, 64)))
+    (pics / "missing.jpg").write_bytes(restored)  # put back from a backup
+    (pics / "truncated.jpg").write_bytes(replaced)  # copied again, whole this time
     again = score_catalog.run(settings, str(listing), str(out))
-    assert (again.scored, again.failed, again.skipped) == (0, 0, 21)
-    assert len(read_parts(out)) == 20  # type: ignore[arg-type]
+
+    assert (again.scored, again.failed, again.skipped, again.retried) == (2, 2, 3, 4)
+    assert "4 retried (failed before)" in again.summary()
+    table = read_parts(out)
+    assert table is not None
+    rows: dict[str, list[dict]] = {}
+    for r in table.to_pylist():
+        rows.setdefault(r["uri"].rsplit("/", 1)[1], []).append(r)
+    # One row per image: the 2 photos (img_000.jpg's copy shares its row), the 2 fixed, the 2 still bad.
+    assert len(table) == 6 and len({r["image_id"] or r["uri"] for r in table.to_pylist()}) == 6
+    assert all(len(each) == 1 for each in rows.values()), rows  # one row per image, the retry's
+    for name, data in (("missing.jpg", restored), ("truncated.jpg", replaced)):
+        row = rows[name][0]
+        assert row["error"] is None and row["image_id"] == content_id(data) and row["score"] is not None
+    assert rows["garbage.jpg"][0]["error"] and rows["bomb.png"][0]["error"]  # still bad: one error row
 
 
 def test_a_killed_job_resumes_with_one_row_per_image(registered_champion, tmp_path: Path) -> None:
@@ -168,7 +198,7 @@ def test_an_unreadable_file_is_a_row_and_storage_trouble_stops_in_one_error(
     assert (result.listed, result.scored, result.failed) == (8, 6, 2)
     assert {e.split(":")[0] for _, e in result.errors} == {"unreadable"}
     again = score_catalog.run(settings, str(pics), str(out))
-    assert (again.scored, again.failed, again.skipped) == (0, 0, 8)
+    assert (again.scored, again.failed, again.skipped, again.retried) == (0, 2, 6, 2)
 
     # Storage failing (EIO) stops the job with StorageUnavailable itself, not Ray's wrapper of it.
     listing = tmp_path / "list.txt"

@@ -103,11 +103,14 @@ def test_two_models_with_the_same_version_keep_their_own_rows(
     try:
         sink.write([_score_row("/photos/bad.jpg", "c", "pets", error="corrupt")])
         sink.write([_score_row("/photos/bad.jpg", "c", "places", error="corrupt")])
+        # A failure is not done: a rerun retries it.
         assert sink.done("pets", "1") == Done(
-            frozenset({"/photos/a.jpg", "/photos/b.jpg", "/photos/bad.jpg"}), frozenset({"a", "b", "c"})
+            frozenset({"/photos/a.jpg", "/photos/b.jpg"}),
+            frozenset({"a", "b"}),
+            frozenset({"/photos/bad.jpg"}),
         )
         assert sink.done("places", "1") == Done(
-            frozenset({"/photos/a.jpg", "/photos/bad.jpg"}), frozenset({"a", "c"})
+            frozenset({"/photos/a.jpg"}), frozenset({"a"}), frozenset({"/photos/bad.jpg"})
         )
         assert sink.done("lightbox", "1") == Done()
     finally:
@@ -117,6 +120,32 @@ def test_two_models_with_the_same_version_keep_their_own_rows(
         ("/photos/bad.jpg", "pets"),
         ("/photos/bad.jpg", "places"),
     ]
+
+
+def test_a_score_of_a_failed_uri_supersedes_its_error_row(pg_database: PgDatabase, db: Connection) -> None:
+    """The error row is keyed by URI, the score by the content hash it was read with: the score deletes
+    the error row of its URI (pets' only), and an error row found beside a score is dropped by done()."""
+    sink = PostgresSink(pg_database.dsn, TABLE)
+    try:
+        sink.write([_score_row("/photos/gone.jpg", "", "pets", "not found")])
+        sink.write([_score_row("/photos/gone.jpg", "", "places", "not found")])
+        sink.write([_score_row("/photos/bad.jpg", "c", "pets", "corrupt")])
+        assert sink.done("pets", "1").failed == {"/photos/gone.jpg", "/photos/bad.jpg"}
+        sink.write(
+            [_score_row("/photos/gone.jpg", "g", "pets"), _score_row("/photos/bad.jpg", "c", "pets", "x")]
+        )
+        assert [(e["uri"], e["model_name"], e["error"]) for e in postgres.fetch_errors(db, ERRORS)] == [
+            ("/photos/bad.jpg", "pets", "x"),  # failed again: one row, the newer
+            ("/photos/gone.jpg", "places", "not found"),
+        ]
+        # The upload consumer scored bad.jpg since (another job's failure, a consumer's score).
+        postgres.upsert_results(db, TABLE, [postgres.ResultRow("d", "pets", "1", 0.5, {}, "/photos/bad.jpg")])
+        assert sink.done("pets", "1") == Done(
+            frozenset({"/photos/gone.jpg", "/photos/bad.jpg"}), frozenset({"g", "d"})
+        )
+        assert [e["model_name"] for e in postgres.fetch_errors(db, ERRORS)] == ["places"]
+    finally:
+        sink.close()
 
 
 def test_an_old_layout_table_is_migrated_in_place_with_its_rows(db: Connection) -> None:

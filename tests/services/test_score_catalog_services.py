@@ -68,9 +68,60 @@ def test_an_s3_catalog_scores_into_the_results_table(
         assert errors[0]["image_id"] and "not a decodable image" in errors[0]["error"]
 
         again = score_catalog.run(settings, f"s3://{bucket}/shoot", "postgres")
-        assert (again.scored, again.failed, again.skipped) == (0, 0, 9)
+        assert (again.scored, again.failed, again.skipped, again.retried) == (0, 1, 8, 1)  # broken.jpg
         assert len(postgres.fetch_results(db, settings.results_table)) == 8
         assert all(r["attempts"] == 1 for r in postgres.fetch_results(db, settings.results_table))
+        assert len(postgres.fetch_errors(db, f"{settings.results_table}_errors")) == 1
+    finally:
+        db.close()
+
+
+def test_a_rerun_retries_failures_and_their_scores_replace_the_error_rows(
+    registry_dir: Path, s3_server: S3Server, bucket: str, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """A missing object uploaded and a broken one replaced: the rerun scores both (keyed by their
+    content hash) and deletes their error rows (keyed by URI); the one still broken keeps one error row."""
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="retry/good.jpg", Body=jpeg(photo(800)))
+    client.put_object(Bucket=bucket, Key="retry/broken.jpg", Body=b"not a jpeg")
+    client.put_object(Bucket=bucket, Key="retry/bad.jpg", Body=b"not a jpeg either")
+    uris = {n: f"s3://{bucket}/retry/{n}.jpg" for n in ("good", "broken", "late", "bad")}
+    listing = tmp_path / "catalog.txt"
+    listing.write_text("".join(f"{u}\n" for u in uris.values()))  # late.jpg is not uploaded yet
+    settings = Settings(
+        project_dir=registry_dir,
+        s3_endpoint_url=s3_server.endpoint_url,
+        results_dsn=pg_database.dsn,
+        results_table="retry_scores",
+        ray_num_cpus=2,
+        score_batch_size=4,
+    )
+    errors_table = "retry_scores_errors"
+
+    first = score_catalog.run(settings, str(listing), "postgres")
+    assert (first.scored, first.failed) == (1, 3)
+
+    db = postgres.connect(pg_database.dsn)
+    try:
+        before = {e["uri"]: e for e in postgres.fetch_errors(db, errors_table)}
+        assert before[uris["late"]]["image_id"] is None and before[uris["broken"]]["image_id"]
+        late, fixed = jpeg(photo(801)), jpeg(photo(802))
+        client.put_object(Bucket=bucket, Key="retry/late.jpg", Body=late)
+        client.put_object(Bucket=bucket, Key="retry/broken.jpg", Body=fixed)
+
+        again = score_catalog.run(settings, str(listing), "postgres")
+        assert (again.scored, again.failed, again.skipped, again.retried) == (2, 1, 1, 3)
+        rows = postgres.fetch_results(db, settings.results_table)
+        assert sorted((r["source_uri"], r["image_id"]) for r in rows) == sorted(
+            [
+                (uris["good"], content_id(jpeg(photo(800)))),
+                (uris["broken"], content_id(fixed)),
+                (uris["late"], content_id(late)),
+            ]
+        )
+        errors = postgres.fetch_errors(db, errors_table)
+        assert [e["uri"] for e in errors] == [uris["bad"]]  # one row, the newer failure's
+        assert errors[0]["failed_at"] > before[uris["bad"]]["failed_at"]
     finally:
         db.close()
 

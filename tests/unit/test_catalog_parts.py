@@ -335,7 +335,7 @@ def test_score_batch_scores_only_what_was_read_in_model_batches() -> None:
     scored = score_batch(batch, predictor, batch_size=2)  # type: ignore[arg-type]
     assert predictor.batches == [2, 1] and "pixels" not in scored
     rows, skipped = rows_from_batch(scored)
-    assert skipped == 1 and [r.uri for r in rows] == ["u0", "u1", "u2", "u3"]
+    assert skipped == ["u4"] and [r.uri for r in rows] == ["u0", "u1", "u2", "u3"]
     assert [r.score for r in rows] == [10.0, None, 20.0, 30.0]
     assert rows[1].error == "corrupt" and rows[1].tag_probs is None
     assert rows[2].tag_probs == pytest.approx({"a": 20 / 255, "b": 1 - 20 / 255})
@@ -401,18 +401,18 @@ def _row(
 
 
 def test_pending_skips_done_and_repeated_uris() -> None:
-    done = done_from([("id1", "/a.jpg"), (None, "/missing.jpg")])
-    assert done == Done(frozenset({"/a.jpg", "/missing.jpg"}), frozenset({"id1"}))
-    todo, skipped = pending(["/a.jpg", "/b.jpg", "/missing.jpg", "/b.jpg", "/c.jpg"], done)
-    assert (todo, skipped) == (["/b.jpg", "/c.jpg"], 3)
+    done = done_from([("id1", "/a.jpg", False), (None, "/missing.jpg", True)])
+    assert done == Done(frozenset({"/a.jpg"}), frozenset({"id1"}), frozenset({"/missing.jpg"}))
+    todo, skipped, retried = pending(["/a.jpg", "/b.jpg", "/missing.jpg", "/b.jpg", "/c.jpg"], done)
+    assert (todo, skipped, retried) == (["/b.jpg", "/missing.jpg", "/c.jpg"], 2, 1)
 
 
 def test_deduper_keeps_the_first_row_of_each_image() -> None:
     d = Deduper()
     first, dropped = d.new([_row("/a", "x"), _row("/copy_of_a", "x"), _row("/gone", None)])
-    assert [r.uri for r in first] == ["/a", "/gone"] and dropped == 1
+    assert [r.uri for r in first] == ["/a", "/gone"] and [r.uri for r in dropped] == ["/copy_of_a"]
     second, dropped = d.new([_row("/gone", None), _row("/b", "y")])
-    assert [r.uri for r in second] == ["/b"] and dropped == 1
+    assert [r.uri for r in second] == ["/b"] and [r.uri for r in dropped] == ["/gone"]
 
 
 def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path) -> None:
@@ -427,7 +427,9 @@ def test_parquet_parts_are_atomic_and_tell_what_each_version_has(tmp_path: Path)
     sink.write([_row("/gone", None, error="not found"), _row("/a", "x", version="4")])
     sink.write([])
     assert len(list(out.glob("part-*.parquet"))) == 2
-    assert sink.done("lightbox", "3") == Done(frozenset({"/a", "/bad", "/gone"}), frozenset({"x", "y"}))
+    assert sink.done("lightbox", "3") == Done(
+        frozenset({"/a"}), frozenset({"x"}), frozenset({"/bad", "/gone"})
+    )
     assert sink.done("lightbox", "4") == Done(frozenset({"/a"}), frozenset({"x"}))
     table = read_parts(out)
     assert table is not None and table.num_rows == 4
@@ -446,10 +448,9 @@ def test_two_models_with_the_same_version_number_each_have_their_own_done(tmp_pa
     )
     sink = ParquetSink(out)
     assert sink.done("places", "1") == Done()
-    todo, skipped = pending(["/a", "/bad", "/b"], sink.done("places", "1"))
-    assert (todo, skipped) == (["/a", "/bad", "/b"], 0)
+    assert pending(["/a", "/bad", "/b"], sink.done("places", "1")) == (["/a", "/bad", "/b"], 0, 0)
     sink.write([_row("/a", "x", "1", name="places")])
-    assert sink.done("pets", "1") == Done(frozenset({"/a", "/bad"}), frozenset({"x", "y"}))
+    assert sink.done("pets", "1") == Done(frozenset({"/a"}), frozenset({"x"}), frozenset({"/bad"}))
     assert sink.done("places", "1") == Done(frozenset({"/a"}), frozenset({"x"}))
     assert sink.done("pets", "2") == Done()
     table = read_parts(out)
