@@ -507,6 +507,7 @@ _SERVICE_EXPORTS: dict[str, tuple[str, Callable[..., Parsed]]] = {
     "vertex": ("Vertex AI import file", formats.parse_vertex),
     "labelbox": ("Labelbox export", formats.parse_labelbox),
     "azureml": ("Azure Machine Learning labels export", formats.parse_azureml),
+    "coco": ("COCO file", formats.parse_coco),
 }
 # Exports whose photos lightbox never fetches (Labelbox's URLs expire; a datastore needs Azure's login):
 # why a photo is missing, said beside it in the report.

@@ -24,6 +24,8 @@ bytes (``detect``), or forced:
 - ``labelbox``: a Labelbox export (v2 NDJSON, or v1 JSON): classification answers (radio, checklist,
   nested) as tags, a number answer as the score; objects only counted; skipped rows left out.
 - ``azureml``: an Azure Machine Learning data labeling export (JSON lines): ``label`` classes as tags.
+- ``coco``: a COCO file whose annotations label the photo (Azure Machine Learning's COCO export of an
+  image classification project): categories as tags; boxes and polygons only counted.
 
 A row that cannot be read becomes a ``Problem`` (origin, reason) for the report; the others go on.
 
@@ -36,8 +38,8 @@ import X`` is the way in:
 - ``tables``: imagefolder metadata (CSV, TSV, JSON lines, .xlsx workbooks, one-hot columns) and
   classfolders.
 - ``cvat``, ``fiftyone``, ``celeba_ava`` (CelebA and AVA), ``hf_parquet``, ``labelstudio``, ``cloud``
-  (Ground Truth and Vertex AI, and how a URI finds its photo in the source), ``labelbox``, ``azureml``:
-  one format (or family) each.
+  (Ground Truth and Vertex AI), ``labelbox``, ``azureml``, ``coco``: one format (or family) each.
+- ``uris``: how a photo named by URL (a bucket's, a datastore's) is found in the source.
 - ``names``: after parsing, the records' names matched to the disk's (``match_names``,
   ``unlisted_images``, ``tag_case_notes``).
 """
@@ -47,6 +49,7 @@ from __future__ import annotations
 from lightbox.label_formats.azureml import parse_azureml
 from lightbox.label_formats.celeba_ava import AVA_SCALE, CELEBA_PARTITION, parse_ava, parse_celeba
 from lightbox.label_formats.cloud import parse_groundtruth, parse_vertex
+from lightbox.label_formats.coco import parse_coco
 from lightbox.label_formats.cvat import parse_cvat
 from lightbox.label_formats.detection import FORMATS, SNIFF_BYTES, detect, sniff, sniffable
 from lightbox.label_formats.fiftyone import parse_fiftyone
@@ -119,6 +122,7 @@ __all__ = [
     "parse_vertex",
     "parse_labelbox",
     "parse_azureml",
+    "parse_coco",
     "CELEBA_PARTITION",
     "AVA_SCALE",
     "parse_celeba",

@@ -10,6 +10,7 @@ from lightbox.imaging import is_image_name
 from lightbox.label_formats.azureml import AZUREML_LINE
 from lightbox.label_formats.celeba_ava import _sniff_text
 from lightbox.label_formats.cloud import GROUNDTRUTH_LINE, VERTEX_CSV_LINE, VERTEX_LINE
+from lightbox.label_formats.coco import COCO_HEAD
 from lightbox.label_formats.hf_parquet import parquet_files
 from lightbox.label_formats.labelbox import LABELBOX_HEAD
 from lightbox.label_formats.records import FormatError
@@ -28,6 +29,7 @@ FORMATS: tuple[str, ...] = (
     "vertex",
     "labelbox",
     "azureml",
+    "coco",
 )
 
 
@@ -85,7 +87,8 @@ def detect(
         "cannot tell the format: expected a metadata.csv or metadata.jsonl (imagefolder), a Label "
         "Studio .json export, a CVAT annotations.xml, a FiftyOne labels.json or samples.json, a CelebA "
         "attribute list, AVA's AVA.txt, Hugging Face parquet shards, a SageMaker Ground Truth manifest, a "
-        "Vertex AI import file, a Labelbox export, an Azure Machine Learning labels export, or one folder "
+        "Vertex AI import file, a Labelbox export, an Azure Machine Learning labels export, a COCO file of "
+        "image classes, or one folder "
         "of images per tag "
         "(classfolders); use --format to force one"
     )
@@ -117,6 +120,8 @@ def sniff(name: str, head: bytes) -> str | None:
     head = head.removeprefix(b"\xef\xbb\xbf")
     if name.lower().endswith(".json") and (_FIFTYONE_JSON.match(head) or _ETA_MANIFEST in head[:4096]):
         return "fiftyone"
+    if name.lower().endswith(".json") and COCO_HEAD.match(head):
+        return "coco"
     if name.lower().endswith((".json", ".jsonl", ".manifest", ".ndjson")):
         # JSON lines of a labelling service: Ground Truth's output.manifest, Vertex AI's export, Labelbox's
         # NDJSON (or its JSON list), Azure Machine Learning's labels export

@@ -1100,3 +1100,43 @@ def test_a_table_naming_its_photos_by_url_finds_them_in_the_source(tmp_path: Pat
     assert by_name["p0.jpg"] == VOCAB[0] and by_name["p11.jpg"] == VOCAB[0]
     report = (s.reports_dir / "import.md").read_text()
     assert "p12.jpg" in report
+
+
+def test_coco_exports_of_image_classes_import_a_split_per_folder(tmp_path: Path) -> None:
+    """Image classification in COCO's layout, one file per split folder beside its photos (as Roboflow
+    writes it; Azure ML's COCO export is the same file), given as the folder: every split imported, the
+    user's files unchanged; a detection file (boxes only) is refused saying why."""
+    src = tmp_path / "coco"
+    n = 0
+    for split, count in (("train", 8), ("valid", 3), ("test", 3)):
+        (src / split).mkdir(parents=True)
+        images, annotations = [], []
+        for i in range(count):
+            name = f"{split}_{i}.jpg"
+            (src / split / name).write_bytes(jpeg(photo(1700 + n)))
+            images.append({"id": i, "file_name": name, "width": 96, "height": 64})
+            annotations.append({"id": i, "image_id": i, "category_id": 1 + n % 3, "area": 0})
+            n += 1
+        categories = [{"id": c + 1, "name": VOCAB[c], "supercategory": "none"} for c in range(3)]
+        (src / split / "_annotations.coco.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+    before = snapshot(src)
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, min_tag_count=1)
+    result = importer.run(s, str(src))
+    assert snapshot(src) == before
+    assert result.format == "coco" and result.n_images == 14 and result.n_quarantined == 0
+    assert result.splits == {"train": 8, "validation": 3, "test": 3} and result.tags == sorted(VOCAB)
+
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "train_0.jpg"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20]}],
+                "categories": [{"id": 1, "name": "heron"}],
+            }
+        )
+    )
+    with pytest.raises(FormatError, match="boxes or polygons and no image-level label"):
+        importer.run(settings_for(tmp_path / "b"), str(boxes))
