@@ -188,7 +188,7 @@ def data_import(
         typer.Option(
             "--format",
             help="imagefolder | labelstudio | classfolders | cvat | fiftyone | celeba | ava | parquet "
-            "| groundtruth | vertex | labelbox | azureml (default: detected)",
+            "| groundtruth | vertex | labelbox | azureml | coco (default: detected)",
         ),
     ] = None,
     score_column: Annotated[
