@@ -33,6 +33,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from lightbox.adapters.dvc_repo import DataUnavailable, NoDatasetVersion
     from lightbox.adapters.mlflow_registry import ArtifactError, VersionNotFound
     from lightbox.adapters.tracking_check import TrackingUnavailable
+    from lightbox.aliases import BadAlias
     from lightbox.manifest import ManifestError
     from pipelines.features import FeaturesOutOfDate
     from pipelines.golden import GoldenSetMissing
@@ -45,7 +46,13 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from training.predictor import ModelNotFound
 
     if isinstance(
-        exc, settings_module.SettingsError | TrackingUnavailable | BadModelUri | ServiceUnavailable | BadConf
+        exc,
+        settings_module.SettingsError
+        | TrackingUnavailable
+        | BadModelUri
+        | ServiceUnavailable
+        | BadConf
+        | BadAlias,
     ):
         return str(exc), 2
     # S3 (imported only where an s3:// path is used): no credentials, no endpoint, no bucket.

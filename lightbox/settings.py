@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lightbox.aliases import check_alias
+
 # The checkout this code runs from: dags/ and features/ are code, found beside the packages.
 CODE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,6 +312,22 @@ class Settings(BaseSettings):
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
 
+    @field_validator("champion_alias", "challenger_alias", "previous_alias")
+    @classmethod
+    def _alias_name(cls, v: str) -> str:
+        return check_alias(v)
+
+    @field_validator("dvc_remote_url")
+    @classmethod
+    def _dvc_remote(cls, v: str | None) -> str | None:
+        # The stack installs DVC's S3 plugin only: another scheme fails deep inside DVC's config loader.
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", v or "")
+        if scheme and scheme.group(1).lower() not in ("s3", "file"):
+            raise ValueError(
+                f"the {scheme.group(1)}:// scheme is not supported; use s3://bucket/prefix or a local folder"
+            )
+        return v
+
     @field_validator("serve_models")
     @classmethod
     def _model_specs(cls, v: str | None) -> str | None:
@@ -323,6 +341,18 @@ class Settings(BaseSettings):
         unknown = [n for n in self.isolated_models if n not in served]
         if unknown:
             raise ValueError(f"serve_isolated_models names {unknown}, which are not served ({served})")
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_are_distinct_names(self) -> Settings:
+        # The same name for two roles (previous_alias=champion) makes a promotion set both on one
+        # version, and the version to roll back to is recorded nowhere.
+        roles = {"champion_alias": self.champion_alias, "challenger_alias": self.challenger_alias}
+        roles["previous_alias"] = self.previous_alias
+        for role, alias in roles.items():
+            first = next(r for r, a in roles.items() if a == alias)
+            if first != role:
+                raise ValueError(f"{first} and {role} are both {alias!r}: give each role its own alias")
         return self
 
     @model_validator(mode="after")

@@ -148,7 +148,15 @@ def load_for_training(settings: Settings, image_ids: Sequence[str]) -> pd.DataFr
     entity_df = pd.DataFrame({"image_id": list(image_ids)}).assign(
         event_timestamp=pd.Timestamp(datetime.now(UTC))
     )
-    feats = feast_store.historical(settings, entity_df).drop(columns=["event_timestamp"])
+    from feast.errors import FeastObjectNotFoundException
+
+    try:
+        feats = feast_store.historical(settings, entity_df).drop(columns=["event_timestamp"])
+    except FeastObjectNotFoundException as exc:  # nothing applied to Feast yet in this project
+        raise FeaturesOutOfDate(
+            f"no features in Feast yet ({' '.join(str(exc).split())}): run `lightbox features` (or the "
+            "lightbox_data DAG) for this dataset version first"
+        ) from None
     feats = feats.drop_duplicates("image_id").set_index("image_id").reindex(list(image_ids))
     missing = feats["embedding"].isna()
     version = feats.get("feature_version", pd.Series(index=feats.index, dtype=object))

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from lightbox.adapters import mlflow_registry
+from lightbox.aliases import check_alias
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,8 +104,11 @@ class RollbackResult:
 
 
 def previous_alias_for(alias: str, settings: Settings) -> str:
-    """The alias that remembers what ``alias`` pointed at before: ``previous`` for the champion."""
-    return settings.previous_alias if alias == settings.champion_alias else f"{alias}-previous"
+    """The alias that remembers what ``alias`` pointed at before: ``previous`` for the champion. Both
+    are checked (BadAlias) before anything is read or moved."""
+    previous = settings.previous_alias if alias == settings.champion_alias else f"{alias}-previous"
+    check_alias(alias)
+    return check_alias(previous)
 
 
 def _now() -> str:
@@ -258,6 +262,7 @@ def run(
     from pipelines import validate_model
 
     alias = alias or settings.champion_alias
+    previous_alias = previous_alias_for(alias, settings)
     version = str(version)
     current_version = _alias_version(settings, alias)
     if current_version == version:
@@ -294,7 +299,6 @@ def run(
             report.report_uri,
         )
 
-    previous_alias = previous_alias_for(alias, settings)
     with _locked(settings, alias, _holder(actor, f"promote v{version} to @{alias}")):
         now = _alias_version(settings, alias)
         if now == version:  # a concurrent promotion of this same version won: the goal holds
@@ -309,11 +313,20 @@ def run(
                 f"again to judge it against {_v(now)}"
             )
         if now is not None:
+            remembered = _alias_version(settings, previous_alias)
             mlflow_registry.set_alias(settings, now, previous_alias)
+            try:
+                mlflow_registry.set_alias(settings, version, alias)
+            except Exception:
+                # The registry refused the alias itself: @previous goes back to what it was, so a refusal
+                # leaves the rollback history as it found it.
+                _restore(settings, previous_alias, remembered)
+                raise
             mlflow_registry.set_version_tags(
                 settings, now, {"demoted.at": _now(), "demoted.by": actor, "demoted.for": version}
             )
-        mlflow_registry.set_alias(settings, version, alias)
+        else:
+            mlflow_registry.set_alias(settings, version, alias)
         mlflow_registry.set_version_tags(
             settings,
             version,
@@ -327,6 +340,13 @@ def run(
         )
         _confirm(settings, alias, version)
     return PromotionResult(settings.model_name, version, alias, True, summary, False, now, report.report_uri)
+
+
+def _restore(settings: Settings, alias: str, version: str | None) -> None:
+    if version is None:
+        mlflow_registry.delete_alias(settings, alias)
+    else:
+        mlflow_registry.set_alias(settings, version, alias)
 
 
 def _v(version: str | None) -> str:

@@ -143,12 +143,14 @@ def require_version(settings: Settings, version: str):
     that exist, or saying there are none) when the registry has no such version or model."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        return get_version(settings, version)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-    # Only the "not found" answer gets here: anything else (server down, auth) propagated above.
+    # A number past a 64-bit integer is no version either (SQLite's store raises OverflowError on it).
+    if not (str(version).isdigit() and int(version) >= 2**63):
+        try:
+            return get_version(settings, version)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    # Only "not found" gets here: anything else (server down, auth, "abc") propagated above.
     found = client(settings).search_model_versions(f"name = '{settings.model_name}'")
     versions = sorted(int(mv.version) for mv in found)
     if not versions:

@@ -40,6 +40,22 @@ CASES = {
     "promote an unknown version": Case(
         ("promote", "--version", "99"), 1, ("models:/lightbox/99 does not exist: versions registered: 1-2",)
     ),
+    "a version past any integer": Case(
+        ("gates", "--version", "99999999999999999999"),
+        1,
+        ("models:/lightbox/99999999999999999999 does not exist: versions registered: 1-2",),
+    ),
+    "promote to an alias MLflow reserves": Case(
+        ("promote", "--version", "1", "--alias", "latest", "--dry-run"),
+        2,
+        ("alias 'latest' is reserved by MLflow", "choose another name"),
+    ),
+    "alias settings that collide": Case(
+        ("promote", "--version", "1"),
+        2,
+        ("champion_alias and previous_alias are both 'champion'",),
+        env=(("LIGHTBOX_PREVIOUS_ALIAS", "champion"),),
+    ),
     "lineage of an unknown version": Case(
         ("lineage", "models:/lightbox/99"), 1, ("models:/lightbox/99 does not exist", "registered: 1-2")
     ),

@@ -177,3 +177,41 @@ def test_a_golden_folder_in_an_old_format_is_refused_with_what_to_do(tmp_path: P
     (s.golden_dir / MANIFEST_NAME).write_text("image_id,path,source_id,split,score,tags,distortions\n")
     with pytest.raises(golden.GoldenSetMissing, match="lightbox golden --rebuild"):
         golden.run(s)
+
+
+@pytest.mark.parametrize(
+    ("alias", "why"),
+    [
+        ("latest", "reserved by MLflow"),
+        ("LATEST", "reserved by MLflow"),
+        ("v3", "reserved by MLflow"),
+        ("bad alias!", "letters, digits"),
+        ("a" * 256, "at most 255"),
+    ],
+)
+def test_an_alias_the_registry_would_refuse_is_refused_before_anything_moves(
+    tmp_path: Path, alias: str, why: str
+) -> None:
+    """A dry run that passes must mean the real promotion can: 'latest' and 'v3' are MLflow's own names
+    (the newest version, version 3), and a name MLflow refuses had been refused only after the previous
+    alias had moved. Nothing is read from the registry first (it points nowhere here)."""
+    from lightbox.aliases import BadAlias
+    from pipelines import promote
+
+    s = Settings(project_dir=tmp_path, mlflow_tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(BadAlias, match=why):
+        promote.run(s, "1", alias=alias, dry_run=True)
+    with pytest.raises(BadAlias, match=why):
+        promote.rollback(s, alias=alias, dry_run=True)
+
+
+def test_alias_settings_must_be_distinct_valid_names(tmp_path: Path) -> None:
+    """LIGHTBOX_PREVIOUS_ALIAS=champion had made a promotion set both aliases on one version, losing the
+    version to roll back to."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="champion_alias and previous_alias are both 'champion'"):
+        Settings(project_dir=tmp_path, previous_alias="champion")
+    with pytest.raises(ValidationError, match="reserved by MLflow"):
+        Settings(project_dir=tmp_path, challenger_alias="latest")
+    assert Settings(project_dir=tmp_path, champion_alias="prod").previous_alias == "previous"

@@ -64,6 +64,18 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
         ("SERVE_PORT", "http", "must be an integer"),
         ("USE_GPU", "maybe", "must be true or false"),
         ("GATE_BEHAVIOUR", "always", "must be one of 'auto', 'on' or 'off'"),
+        # URLs and names the stack would refuse deep inside (DVC's config loader, MLflow's registry).
+        (
+            "DVC_REMOTE_URL",
+            "ftp://x/y",
+            "the ftp:// scheme is not supported; use s3://bucket/prefix or a local folder",
+        ),
+        (
+            "CHALLENGER_ALIAS",
+            "latest",
+            "alias 'latest' is reserved by MLflow ('latest' is always the newest version, 'v<N>' version N): "
+            "choose another name",
+        ),
     ],
 )
 def test_a_value_out_of_bounds_is_one_line_naming_it(
