@@ -776,7 +776,7 @@ def test_json_objects_that_are_no_label_studio_export_say_what_they_are() -> Non
     ):
         lf.parse_fiftyone({"manifest.json": manifest}.__getitem__, ["manifest.json"], [], Columns())
     coco = json.dumps({"images": [], "annotations": [], "categories": []}).encode()
-    assert lf.detect(["instances.json", "a.jpg"], head=lambda f: coco) == "labelstudio"
+    assert lf.detect(["instances.json", "a.jpg"], head=lambda f: coco) == "coco"  # tests/unit/test_coco.py
     with pytest.raises(
         FormatError, match="not an object: it looks like COCO, whose annotations label regions"
     ):
