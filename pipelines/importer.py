@@ -575,6 +575,9 @@ def _finish(parsed: Parsed, files: list[str] | None, only_their_folders: bool = 
             found, _ = formats.match_names([Record(ref=p.ref or "", origin=p.origin) for p in located], files)
             for problem, record in zip(located, found, strict=True):
                 problem.ref = record.ref
+        if parsed.left_out:  # named as the labels write them: found the same way, or listed twice
+            found, _ = formats.match_names([Record(ref=ref, origin=ref) for ref in parsed.left_out], files)
+            parsed.left_out = [r.ref for r in found]
         if only_their_folders:
             folders = {posixpath.dirname(r.ref) for r in parsed.records}
             files = [f for f in files if posixpath.dirname(f) in folders]

@@ -42,12 +42,20 @@ from lightbox.label_formats.uris import bucket_ref
 _GT_SINGLE = "groundtruth/image-classification"
 _GT_MULTI = "groundtruth/image-classification-multilabel"
 _VERTEX_ML_USE = "aiplatform.googleapis.com/ml_use"
-_VERTEX_SPLITS = {"training": "train", "validation": "validation", "test": "test", "unassigned": None}
+# Vertex AI writes training/validation/test/unassigned; AutoML Vision's legacy CSV and Google's Data
+# Labeling export TRAIN/VALIDATION/TEST/UNASSIGNED.
+_VERTEX_SPLITS = {
+    "training": "train",
+    "train": "train",
+    "validation": "validation",
+    "test": "test",
+    "unassigned": None,
+}
 
 # A manifest's first line tells its service (sniffed by lightbox.label_formats.detection).
 GROUNDTRUTH_LINE = re.compile(rb'\s*\{[^\n]*"source-ref"\s*:')
 VERTEX_LINE = re.compile(rb'\s*\{[^\n]*"imageGcsUri"\s*:')
-VERTEX_CSV_LINE = re.compile(rb"\s*(?:(?:training|validation|test|unassigned)\s*,\s*)?\"?gs://", re.I)
+VERTEX_CSV_LINE = re.compile(rb"\s*(?:(?:training|train|validation|test|unassigned)\s*,\s*)?\"?gs://", re.I)
 
 
 def _text(data: bytes, name: str) -> str:
@@ -107,14 +115,14 @@ def parse_groundtruth(
                 seen.setdefault((key, kind), _is_classification(kind, meta))
             try:
                 ref = bucket_ref(uri, base, present)
-                tags, n_failed = _gt_tags(attributes, wanted)
+                tags, n_failed, answered = _gt_tags(attributes, wanted)
                 score = _gt_score(row, columns.score)
             except ValueError as exc:
                 out.problems.append(Problem(uri, str(exc)))
                 continue
             failed += n_failed
             scored += score is not None
-            if not tags and score is None:
+            if not tags and score is None and not answered:
                 out.left_out.append(ref)
                 continue
             out.records.append(Record(ref=ref, origin=uri, score=score, tags=tags, split=split))
@@ -146,18 +154,21 @@ def _is_classification(kind: str, meta: Mapping[str, object]) -> bool:
 
 def _gt_tags(
     attributes: Mapping[str, tuple[str, Mapping[str, object]]], wanted: set[str] | None
-) -> tuple[tuple[str, ...], int]:
-    """The classes of a line's classification attributes (those ``wanted``), and how many failed."""
+) -> tuple[tuple[str, ...], int, bool]:
+    """The classes of a line's classification attributes (those ``wanted``), how many failed, and
+    whether one was answered (a multi-label job's "None of the above" answers with no class)."""
     tags: set[str] = set()
     failed = 0
+    answered = False
     for key, (kind, meta) in attributes.items():
         if (wanted is not None and key not in wanted) or not _is_classification(kind, meta):
             continue
         if "failure-reason" in meta:
             failed += 1
             continue
+        answered = True
         tags.update(_gt_classes(key, meta))
-    return tuple(_no_separator(sorted(tags))), failed
+    return tuple(_no_separator(sorted(tags))), failed, answered
 
 
 def _gt_classes(key: str, meta: Mapping[str, object]) -> list[str]:

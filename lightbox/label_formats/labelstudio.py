@@ -71,7 +71,8 @@ def resolve_ls_ref(ref: str, roots: Roots) -> str:
         d = parse_qs(parts.query).get("d")
         if not d:
             raise ValueError(f"{ref[:80]}: a local-files URL without ?d=")
-        return _join(roots.local_files_root or roots.export_dir, unquote(d[0]))
+        # Label Studio on Windows writes the folders with backslashes (?d=shoot%5Cday1%5Cp0.jpg).
+        return _join(roots.local_files_root or roots.export_dir, unquote(d[0]).replace("\\", "/"))
     if path.startswith("/data/upload/"):
         return _join(roots.media_root or roots.export_dir, "upload/" + unquote(path[len("/data/upload/") :]))
     if parts.scheme:
@@ -208,7 +209,8 @@ def _pick_controls(
 def _submitted(task: Mapping[str, object]) -> list[dict]:
     anns = task.get("annotations") or task.get("completions") or []
     return (
-        [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")]
+        # Label Studio 0.x marked a skipped task's completion "skipped"; later ones "was_cancelled".
+        [a for a in anns if isinstance(a, dict) and not (a.get("was_cancelled") or a.get("skipped"))]
         if isinstance(anns, list)
         else []
     )
@@ -377,10 +379,24 @@ def _parse_ls_min(rows: list, name: str, roots: Roots, columns: Columns) -> Pars
     image_key = next((k for k in (_image_key(r, None) for r in dict_rows) if k), None)
     if image_key is None:
         raise FormatError(f"{name}: no image reference column in the JSON_MIN rows")
-    score_col, tag_cols, notes = _ls_min_columns(name, dict_rows, image_key, columns)
+    # A task nobody annotated is still a row (its data, annotation_id null; empty in the CSV): no label
+    # of it is an answer, so it is left out, not taken for a photo without any tag.
+    with_ids = any("annotation_id" in r for r in dict_rows)
+    labelled = [r for r in dict_rows if not (with_ids and r.get("annotation_id") in (None, ""))]
+    unlabelled = {str(r.get("id", r.get(image_key))) for r in dict_rows} - {
+        str(r.get("id", r.get(image_key))) for r in labelled
+    }
+    if not labelled:
+        raise FormatError(
+            f"{name}: none of its {len(unlabelled)} tasks has a submitted annotation: label them, "
+            "export again"
+        )
+    score_col, tag_cols, notes = _ls_min_columns(name, labelled, image_key, columns)
+    if unlabelled:
+        notes.append(f"{len(unlabelled)} tasks without a submitted annotation (not labelled yet) left out")
     # One row per annotation: rows of one task (same id, else same image) are its annotators.
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for r in dict_rows:
+    for r in labelled:
         by_task[str(r.get("id", r.get(image_key)))].append(r)
     records: list[Record] = []
     for task_id, task_rows in by_task.items():

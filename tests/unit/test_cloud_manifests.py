@@ -205,3 +205,43 @@ def test_a_custom_workflows_classes_are_read_and_not_said_unread() -> None:
     parsed = lf.parse_groundtruth(reader({"m.manifest": lines(row)}), ["m.manifest"], [], Columns())
     assert [r.tags for r in parsed.records] == [("calm",)]
     assert not any("not read" in n for n in parsed.notes), parsed.notes
+
+
+def test_automl_vision_csv_splits_in_capitals_and_train_as_vertex_reads_them() -> None:
+    """AutoML Vision's legacy CSV and Google's Data Labeling export write TRAIN, VALIDATION, TEST and
+    UNASSIGNED (TRAIN had been read as a file name)."""
+    text = (
+        "TRAIN,gs://bk/fl/a.jpg,daisy\r\nVALIDATION,gs://bk/fl/b.jpg,rose\r\nTEST,gs://bk/fl/c.jpg,rose\r\n"
+    )
+    assert lf.sniff("all_data.csv", text.encode()) == "vertex"
+    parsed = lf.parse_vertex(reader({"all_data.csv": text}), ["all_data.csv"], [], Columns())
+    assert [(r.ref, r.split) for r in parsed.records] == [
+        ("fl/a.jpg", "train"),
+        ("fl/b.jpg", "validation"),
+        ("fl/c.jpg", "test"),
+    ]
+
+
+def test_a_ground_truth_multi_label_answer_of_none_of_the_classes_is_a_labelled_negative() -> None:
+    """A worker who chose "None of the above" in a multi-label job writes [] and an empty class-map: a
+    photo with none of the tags, not an unlabelled one (losing those biases every tag's head)."""
+    none = {
+        "source-ref": "s3://shots/in/e.jpg",
+        "scene": [],
+        "scene-metadata": {
+            "class-map": {},
+            "confidence-map": {},
+            "type": "groundtruth/image-classification-multilabel",
+            "job-name": "labeling-job/scene",
+            "human-annotated": "yes",
+        },
+    }
+    some = gt_single("s3://shots/in/f.jpg", "scene", 0, "beach")
+    parsed = lf.parse_groundtruth(
+        reader({"out.manifest": lines(none, some)}), ["out.manifest"], [], Columns()
+    )
+    assert [(r.ref, r.tags) for r in parsed.records] == [
+        ("s3://shots/in/e.jpg", ()),
+        ("s3://shots/in/f.jpg", ("beach",)),
+    ]
+    assert parsed.left_out == []

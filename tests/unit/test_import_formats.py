@@ -1160,3 +1160,46 @@ def test_an_image_url_column_is_found_by_its_key_and_a_colon_in_a_name_is_no_url
     assert [p.reason for p in parsed.problems] == [
         "'ftp://old.example/IMG_9.jpg' is not an s3://, gs://, https:// or Azure ML datastore URI"
     ]
+
+
+def test_label_studio_tasks_nobody_labelled_are_left_out_of_json_min_and_csv_exports() -> None:
+    """Label Studio's JSON_MIN and CSV exports write a task without annotations as a row of its data
+    with annotation_id null (empty in the CSV) and no control: it had been imported as a photo with no
+    tag, a negative of every tag. Skipped tasks of Label Studio 0.x ("completions", skipped) too."""
+    unlabelled = {
+        "image": "/data/upload/1/p9.jpg",
+        "id": 9,
+        "annotator": None,
+        "annotation_id": None,
+        "created_at": None,
+        "updated_at": None,
+        "lead_time": None,
+    }
+    rows = [_min_row(1, quality=[{"rating": 4}], tags="Food"), _min_row(2, tags="Indoor"), unlabelled]
+    parsed = lf.parse_labelstudio(json.dumps(rows).encode(), "min.json", Roots(export_dir="/e"), Columns())
+    assert sorted(r.ref for r in parsed.records) == ["/e/upload/1/p1.jpg", "/e/upload/1/p2.jpg"]
+    assert "1 tasks without a submitted annotation" in " ".join(parsed.notes)
+
+    csv_text = (
+        "image,id,tags,annotator,annotation_id,created_at,updated_at,lead_time\n"
+        "/data/upload/1/p1.jpg,1,Food,ann@example.com,11,2026-01-01,2026-01-01,2.5\n"
+        "/data/upload/1/p9.jpg,9,,,,,,\n"
+    )
+    parsed = lf.parse_labelstudio_table(csv_text.encode(), "p.csv", Roots(export_dir="/e"), Columns())
+    assert [r.ref for r in parsed.records] == ["/e/upload/1/p1.jpg"]
+
+    old = [
+        {"id": 1, "data": {"image": "a.jpg"}, "completions": [{"id": 11, "result": [_choices("sky")]}]},
+        {"id": 2, "data": {"image": "b.jpg"}, "completions": [{"id": 12, "result": [], "skipped": True}]},
+    ]
+    parsed = lf.parse_labelstudio(json.dumps(old).encode(), "old.json", Roots(export_dir="/e"), Columns())
+    assert [r.ref for r in parsed.records] == ["/e/a.jpg"]
+    assert "1 tasks without a submitted annotation" in " ".join(parsed.notes)
+
+
+def test_a_windows_label_studio_local_files_path_uses_backslashes_as_folders() -> None:
+    """Label Studio on Windows writes ?d=shoot%5Cday1%5Cp0.jpg (issues #6173, #9190)."""
+    roots = Roots(export_dir="/e", local_files_root="/photos")
+    assert (
+        lf.resolve_ls_ref("/data/local-files/?d=shoot%5Cday1%5Cp0.jpg", roots) == "/photos/shoot/day1/p0.jpg"
+    )

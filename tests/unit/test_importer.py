@@ -1140,3 +1140,25 @@ def test_coco_exports_of_image_classes_import_a_split_per_folder(tmp_path: Path)
     )
     with pytest.raises(FormatError, match="boxes or polygons and no image-level label"):
         importer.run(settings_for(tmp_path / "b"), str(boxes))
+
+
+def test_photos_an_export_leaves_out_are_said_once_where_found_by_name(tmp_path: Path) -> None:
+    """A Labelbox export naming its photos by hosted URL and external id, the photos downloaded into
+    images/: the skipped row's photo is found by name as the others are, and said once (skipped), not
+    also as a photo no labels file names."""
+    src = tmp_path / "lb"
+    (src / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        name = f"IMG_{i:04d}.jpg"
+        (src / "images" / name).write_bytes(jpeg(photo(1800 + i)))
+        hosted = f"https://storage.labelbox.com/ckk4q1vg%2F{i}-b10f?Expires=1630706709794&Signature=W8R"
+        lab = _labelbox_label(VOCAB[i % 3], str(1 + i % 5), skipped=i == 5)
+        rows.append(_labelbox_row(hosted, lab, external_id=name))
+    (src / "export.ndjson").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = settings_for(tmp_path / "a", golden_fraction=0.0, min_tag_count=1)
+    result = importer.run(s, str(src / "export.ndjson"), ImportOptions(score_column="Stars"))
+    assert result.n_images == 7
+    report = (s.reports_dir / "import.md").read_text()
+    assert "1 data rows skipped by their labelers" in report
+    assert "in no labels file" not in report
