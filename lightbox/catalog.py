@@ -3,16 +3,21 @@
 A source is a folder, an ``s3://bucket/prefix``, a text file with one URI a line, or a parquet file
 with a ``uri`` column. URIs are absolute local paths or s3:// URLs; a relative path in a list is taken
 relative to the list's folder. The catalog is only read: nothing here writes a user's files.
+
+A folder or prefix lists each URI with its source version (``list_with_versions``): size and mtime, or
+size and ETag, as the listing has them, so that bulk scoring tells a photo edited in place without
+reading it. A list of URIs has none.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from lightbox.adapters import s3
 from lightbox.imaging import extension, is_image_name
@@ -62,13 +67,31 @@ PERMANENT_ERRNOS = frozenset(
 PERMANENT_S3_CODES = frozenset({"InvalidObjectState"})
 
 
+class Listed(NamedTuple):
+    """A URI a source names, and its source version where the listing knows it."""
+
+    uri: str
+    # The file's size and mtime (``file_version``), or the object's size and ETag (s3.object_version);
+    # None for a list of URIs, whose lines say nothing of the files, and for a file stat cannot reach.
+    version: str | None
+
+
 def list_source(
     source: str, endpoint_url: str | None = None, left_out: Counter[str] | None = None
 ) -> Iterator[str]:
-    """The URIs a source names, in a stable order (sorted for a folder or prefix, as written for a list).
-    ``left_out`` counts, by extension, the files of a folder or prefix that are not images by name (a
-    photographer's RAW files, sidecars): the job says what it did not score instead of leaving it out
-    silently.
+    """The URIs a source names, in a stable order (``list_with_versions``, less the versions)."""
+    for listed in list_with_versions(source, endpoint_url, left_out):
+        yield listed.uri
+
+
+def list_with_versions(
+    source: str, endpoint_url: str | None = None, left_out: Counter[str] | None = None
+) -> Iterator[Listed]:
+    """The URIs a source names, in a stable order (sorted for a folder or prefix, as written for a list),
+    each with its source version: what tells a file edited in place from the one scored before, taken
+    from the listing (os.stat, list_objects_v2) and never from the bytes. ``left_out`` counts, by
+    extension, the files of a folder or prefix that are not images by name (a photographer's RAW files,
+    sidecars): the job says what it did not score instead of leaving it out silently.
 
     Raises SourceNotFound for a source that does not exist, CatalogError for a parquet list without a
     ``uri`` column, a text list that is not UTF-8, or one image given as the source.
@@ -79,12 +102,12 @@ def list_source(
                 data = s3.read(source, endpoint_url)
             except s3.ObjectNotFound:
                 raise SourceNotFound(f"no object at {source}: give an existing list, or a prefix") from None
-            yield from _from_list(source, data, base=source.rsplit("/", 1)[0])
+            yield from _unversioned(_from_list(source, data, base=source.rsplit("/", 1)[0]))
             return
         root = source.rstrip("/")
-        for key in s3.list_keys(root, endpoint_url):
+        for key, version in s3.list_versions(root, endpoint_url):
             if is_image_name(key):
-                yield f"{root}/{key}"
+                yield Listed(f"{root}/{key}", version)
             elif left_out is not None:
                 left_out[extension(key)] += 1
         return
@@ -92,7 +115,8 @@ def list_source(
     if path.is_dir():
         for rel in SourceTree(str(path)).files():
             if is_image_name(rel):
-                yield str(path / rel)
+                uri = str(path / rel)
+                yield Listed(uri, file_version(uri))
             elif left_out is not None:
                 left_out[extension(rel)] += 1
         return
@@ -100,7 +124,24 @@ def list_source(
         raise SourceNotFound(f"{source} is neither a folder, an s3:// prefix nor a list of URIs")
     if is_image_name(path.name):
         raise CatalogError(f"{source} is one image: give its folder, or a list of URIs (one a line)")
-    yield from _from_list(str(path), path.read_bytes(), base=str(path.parent))
+    yield from _unversioned(_from_list(str(path), path.read_bytes(), base=str(path.parent)))
+
+
+def _unversioned(uris: Iterable[str]) -> Iterator[Listed]:
+    # A list's URIs are not stat'ed or HEAD-requested one by one: that is a round trip per image on S3,
+    # the cost the listing spares. Their rows are skipped by URI, as before versions were recorded.
+    return (Listed(uri, None) for uri in uris)
+
+
+def file_version(path: str) -> str | None:
+    """A local file's size and modification time (ns): a photo re-exported over its file changes the
+    mtime, a copy that keeps the old mtime (cp -p, rsync -t) most often the size. None when stat fails
+    (a symlink loop): the read says why, and the row is skipped by URI."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:

@@ -16,11 +16,19 @@ pinned to some nodes), inside the model actors, on their threads, where the mode
 - A rerun retries every image whose row is an error (the file was restored or replaced, or storage
   gave up on it): the retry's row, OK or the new error, supersedes the old one (lightbox.results:
   ``finish``), so there is still one row per image.
+- A rerun scores again a photo edited in place (a retouched photo re-exported over its file, an S3
+  object overwritten): each row records the source version its URI was listed with (size and mtime, or
+  size and ETag: lightbox.catalog.list_with_versions, no byte read), and a URI is skipped only while its
+  row's version is the listing's (lightbox.results: ``changed_since``); its new row supersedes the old
+  content's, as a retry's does. Rows from before versions were recorded, and the URIs of a list (.txt,
+  parquet), have none: skipped by URI, as before.
 
 With ``settings.score_online`` (``lightbox score --online``) the job also publishes each image's score,
 tag probabilities and embedding to Feast's online store, keyed by (image id, model name, model version)
 (lightbox.adapters.feast_store.write_scores), before the same rows reach the sink: a part killed between
-the two is rescored and upserted again, never missing online.
+the two is rescored and upserted again, never missing online. A photo edited in place has its new
+content's row published; the old content's online row is left (Feast deletes online rows only by
+dropping a whole view's table), under the old image id, which a reader asks for only by that content.
 
 The embedding is the model's own extractor output (EMBEDDING_DIM first columns), computed by the torch
 extractor in the actor beside ``Predictor.predict``. Why not from the same pass: on CPU the predictor
@@ -29,7 +37,8 @@ would need a new export and the gates to verify it for every version. The torch 
 backbone pass per image, only when embeddings are asked for, and gives exactly the extractor's numbers.
 
 ``run`` does the I/O; the row logic (``read_one``, ``rows_from_batch``, lightbox.results' ``pending``,
-``Deduper``, ``needs_no_row`` and ``stale_errors``) is plain Python, unit-tested without Ray.
+``changed_since``, ``Deduper``, ``needs_no_row`` and ``stale_errors``) is plain Python, unit-tested
+without Ray.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from lightbox.catalog import (
     CatalogError,
     ImageUnreadable,
     StorageUnavailable,
-    list_source,
+    list_with_versions,
     read_uri,
     with_retries,
 )
@@ -63,7 +72,17 @@ from lightbox.imaging import (
 )
 from lightbox.photos import id_of_digest
 from lightbox.progress import progress
-from lightbox.results import Deduper, Done, ScoreRow, needs_no_row, open_sink, pending, tag_probs_json
+from lightbox.results import (
+    Deduper,
+    Done,
+    ScoreRow,
+    changed_since,
+    needs_no_row,
+    open_sink,
+    pending,
+    still_done_ids,
+    tag_probs_json,
+)
 from lightbox.settings import Settings
 
 if TYPE_CHECKING:
@@ -155,7 +174,8 @@ def read_batch(
     """The Ray Data read step (a task, or inside a model actor): URIs in, pixels and ids out.
     ``done_ref``: [ObjectRef of the done image ids], wrapped so Ray passes the reference and each worker
     fetches the set once. ``map_``: a thread pool's map reads the batch on several cores (decoding,
-    resizing and hashing release the GIL)."""
+    resizing and hashing release the GIL). A ``source_version`` column (bulk scoring's listing) goes on
+    as it came, for the rows to record."""
     done_ids = _done_ids(done_ref[0])
 
     def one(uri: object) -> Read:
@@ -174,7 +194,7 @@ def read_batch(
             pixels[i] = r.pixels
     # "" rather than None for absent strings: an all-None column would be Arrow's null type, which
     # does not concatenate with the string blocks of other tasks.
-    return {
+    out = {
         "uri": np.array([r.uri for r in reads], object),
         "status": np.array([r.status for r in reads], object),
         "image_id": np.array([r.image_id for r in reads], object),
@@ -183,6 +203,9 @@ def read_batch(
         "read_node": np.full(len(reads), _node_id() or "", object),  # where it was decoded
         "pixels": pixels,
     }
+    if "source_version" in batch:  # in the order of the URIs: map_ keeps it
+        out["source_version"] = np.array([str(v) for v in batch["source_version"]], object)
+    return out
 
 
 def _done_ids(ref: Any) -> frozenset[str]:
@@ -378,6 +401,7 @@ def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], list[
     import json
 
     rows, skipped = [], []
+    versions = batch.get("source_version")  # "": the listing knew none
     for i in range(len(batch["uri"])):
         status = batch["status"][i]
         if status == SKIP:
@@ -395,6 +419,7 @@ def rows_from_batch(batch: dict[str, np.ndarray]) -> tuple[list[ScoreRow], list[
                 score=None if error or not batch["has_score"][i] or np.isnan(score) else score,
                 tag_probs=None if error else json.loads(batch["tag_probs"][i]),
                 error=error,
+                source_version=(str(versions[i]) or None) if versions is not None else None,
             )
         )
     return rows, skipped
@@ -411,6 +436,8 @@ class ScoreResult:
     failed: int = 0  # rows with an error
     skipped: int = 0  # this version had them already (or the URI or content came twice)
     retried: int = 0  # listed URIs whose row was an error: read again (counted in scored or failed too)
+    # Listed URIs scored OK whose source changed since: read again (counted in scored, failed or skipped).
+    changed: int = 0
     online: int = 0  # rows published to the Feast online store (--online)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its actors scored
     read_nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its tasks decoded
@@ -428,12 +455,15 @@ class ScoreResult:
     def summary(self) -> str:
         return (
             f"{self.model_name} v{self.model_version}: {self.scored} scored, {self.skipped} skipped, "
-            f"{self.failed} failed of {self.listed}{self._retried()} in {self.seconds:.1f}s "
+            f"{self.failed} failed of {self.listed}{self._retried()}{self._changed()} in {self.seconds:.1f}s "
             f"({self.images_per_s:.1f} images/s{self._streaming()}) -> {self.out}{self._left_out()}"
         )
 
     def _retried(self) -> str:
         return f", {self.retried} retried (failed before)" if self.retried else ""
+
+    def _changed(self) -> str:
+        return f", {self.changed} changed since scored" if self.changed else ""
 
     def _left_out(self) -> str:
         if not self.left_out:
@@ -506,23 +536,28 @@ def run(
     try:
         done = sink.done(settings.model_name, version)
         left_out: Counter[str] = Counter()
-        uris = list(list_source(source, settings.s3_endpoint_url, left_out))
+        listed = list(list_with_versions(source, settings.s3_endpoint_url, left_out))
         result.left_out = dict(left_out)
-        if not uris:  # a wrong folder, most likely: say so, not "0 scored of 0"
+        if not listed:  # a wrong folder, most likely: say so, not "0 scored of 0"
             others = f"; it holds {describe_by_extension(left_out)}" if left_out else ""
             raise CatalogError(f"no images in {source} (by name: {', '.join(IMAGE_EXTENSIONS)}){others}")
-        todo, result.skipped, result.retried = pending(uris, done)
-        result.listed = len(uris)
+        uris = [item.uri for item in listed]
+        versions = {item.uri: item.version for item in listed if item.version is not None}
+        changed = changed_since(done, versions)
+        todo, result.skipped, result.retried = pending(uris, done, changed)
+        result.listed, result.changed = len(uris), len(changed)
         log.info(
-            "%d images listed, %d to score with v%s (%d failed before)",
+            "%d images listed, %d to score with v%s (%d failed before, %d changed since scored)",
             len(uris),
             len(todo),
             version,
             result.retried,
+            result.changed,
         )
         if todo:
             stream = StreamClock(total=len(todo))
-            _score(settings, todo, done, alias, version, sink, result, stream)
+            job = Job(todo, [versions.get(uri) for uri in todo], done, changed)
+            _score(settings, job, alias, version, sink, result, stream)
             result.streaming_images_per_s = stream.images_per_s()
             result.steady_images_per_s = stream.steady_images_per_s()
             if stream.first is not None:
@@ -535,10 +570,19 @@ def run(
     return result
 
 
+@dataclass(frozen=True)
+class Job:
+    """What one run scores: the pending URIs with their listed versions, and what the sink had."""
+
+    todo: list[str]
+    versions: list[str | None]  # todo's, in order; None: unknown
+    done: Done
+    changed: frozenset[str]  # of todo, the URIs scored OK whose source changed since (changed_since)
+
+
 def _score(
     settings: Settings,
-    todo: list[str],
-    done: Done,
+    job: Job,
     alias: str,
     version: str,
     sink: Any,
@@ -552,7 +596,8 @@ def _score(
         dedupe, last_flush = Deduper(), time.monotonic()
         buffer: list[ScoreRow] = []
         embeddings: dict[str, np.ndarray] = {}
-        settled: set[str] = set()  # retried URIs that need no row now (needs_no_row)
+        settled: set[str] = set()  # retried or changed URIs that need no row now (needs_no_row)
+        done_ids = still_done_ids(job.done, job.changed)
 
         def flush() -> None:
             if publish is not None:  # online first: see the module docstring
@@ -560,13 +605,13 @@ def _score(
             sink.write(buffer)
             embeddings.clear()
 
-        with progress(total=len(todo), desc=f"score v{version}", unit="img") as bar:
+        with progress(total=len(job.todo), desc=f"score v{version}", unit="img") as bar:
             try:
-                for batch in _batches(settings, todo, done.image_ids, alias, version):
+                for batch in _batches(settings, job.todo, job.versions, done_ids, alias, version):
                     rows, skipped = rows_from_batch(batch)
                     rows, repeated = dedupe.new(rows)
                     result.skipped += len(skipped) + len(repeated)
-                    settled |= needs_no_row(done.failed, skipped, repeated)
+                    settled |= needs_no_row(job.done.failed, skipped, repeated, job.changed)
                     for r in rows:
                         if r.error is None:
                             result.scored += 1
@@ -618,7 +663,12 @@ class OnlinePublisher:
 
 
 def _batches(
-    settings: Settings, todo: list[str], done_ids: frozenset[str], alias: str, version: str
+    settings: Settings,
+    todo: list[str],
+    versions: list[str | None],
+    done_ids: frozenset[str],
+    alias: str,
+    version: str,
 ) -> Iterator[dict[str, np.ndarray]]:
     """URIs -> reads -> Scorer actors -> scored batches, streamed."""
     layout = pipeline_layout(settings)
@@ -630,7 +680,9 @@ def _batches(
         "embed": settings.score_online,
         "threads": layout.threads,
     }
-    yield from image_pipeline(settings, todo, Scorer, kwargs, done_ids=done_ids, layout=layout)
+    yield from image_pipeline(
+        settings, todo, Scorer, kwargs, done_ids=done_ids, layout=layout, versions=versions
+    )
 
 
 @dataclass(frozen=True)
@@ -758,12 +810,14 @@ def image_pipeline(
     *,
     done_ids: frozenset[str] = frozenset(),
     layout: Layout | None = None,
+    versions: list[str | None] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The Ray Data pipeline bulk scoring and feature extraction share: URIs -> reads (fetch, hash,
     decode, resize: ``read_batch``, in tasks or in the actors: ``Layout``) -> a pool of ``model`` actors
     (one GPU each where there are GPUs) -> their output batches, streamed to the caller in no particular
     order. ``model(**model_kwargs)`` is built once per actor and called on numpy batches of read rows
-    (``pixels`` and the read columns)."""
+    (``pixels`` and the read columns). ``versions``: each URI's source version, a ``source_version``
+    column through to the output ("" where unknown)."""
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -778,7 +832,13 @@ def image_pipeline(
     # downstream, an actor's task (24 URIs in one block would leave every core but one idle).
     block = actor_rows if layout.decode_in_actor else READ_BATCH
     blocks = max(1, min(-(-len(uris) // block), 10_000))
-    ds: ray.data.Dataset = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks)
+    # "" rather than None for an unknown version: see read_batch.
+    items = (
+        [{"uri": u} for u in uris]
+        if versions is None
+        else [{"uri": u, "source_version": v or ""} for u, v in zip(uris, versions, strict=True)]
+    )
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
     read_kwargs = {
         "endpoint_url": settings.s3_endpoint_url,
         "max_pixels": settings.max_pixels,

@@ -5,7 +5,10 @@ commit but before the ack) upserts the same row again instead of adding one, so 
 even though delivery is at-least-once. The model's name is part of the key: two registered models may
 both have a version 1 (``pets`` v1 and ``places`` v1, served side by side), and neither may overwrite
 or hide the other's rows. Tables made by earlier versions, keyed by (image_id, model_version), are
-migrated in place when a writer ensures them (``ensure_results_table``, ``ensure_errors_table``).
+migrated in place when a writer ensures them (``ensure_results_table``, ``ensure_errors_table``), and
+so are tables made before rows recorded their ``source_version`` (bulk scoring's listed size and mtime
+or ETag: lightbox.results): the column is added, NULL in the rows already there, which bulk scoring
+takes as current.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ ERRORS_KEY = ("uri", "model_name", "model_version")
 # The keys of tables made before the model's name was part of them: replaced by the ones above.
 OLD_RESULTS_KEY = ("image_id", "model_version")
 OLD_ERRORS_KEY = ("uri", "model_version")
+SOURCE_VERSION = "source_version"  # added to tables made before it (``_add_column``)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ResultRow:
     score: float | None  # None: a tags-only model answers no score
     tag_probs: dict[str, float]  # every tag's probability: readers pick their own threshold
     source_uri: str
+    source_version: str | None = None  # bulk scoring's, as listed; None: unknown (an upload)
 
 
 def connect(dsn: str) -> Connection:
@@ -111,6 +116,29 @@ def _migrate_key(cur: Any, table: str, key: tuple[str, ...], old: tuple[str, ...
     return True
 
 
+def _add_column(cur: Any, table: str, column: str, kind: str) -> bool:
+    """Add a nullable ``column`` to ``table`` made before it existed, every row kept (NULL in it).
+    Called under ``_lock_for_schema``, in the transaction that checked the table: the catalog is read
+    first, so that a table that has it already is not altered (ALTER TABLE locks out its readers, even
+    with IF NOT EXISTS), and a second writer starting at once finds it added. True when it changed it."""
+    from psycopg2 import sql
+
+    cur.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = %s"
+        " AND NOT attisdropped",
+        (table, column),
+    )
+    if cur.fetchone() is not None:
+        return False
+    cur.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+            sql.Identifier(table), sql.Identifier(column), sql.SQL(kind)
+        )
+    )
+    log.info("table %s: added column %s", table, column)
+    return True
+
+
 def ensure_results_table(conn: Connection, table: str) -> None:
     """Create the results table, or bring one made by an earlier version to this layout (its rows kept)."""
     from psycopg2 import sql
@@ -129,6 +157,7 @@ def ensure_results_table(conn: Connection, table: str) -> None:
                     source_uri    text        NOT NULL,
                     scored_at     timestamptz NOT NULL DEFAULT now(),
                     attempts      integer     NOT NULL DEFAULT 1,
+                    source_version text,
                     PRIMARY KEY (image_id, model_name, model_version)
                 )
                 """
@@ -138,6 +167,7 @@ def ensure_results_table(conn: Connection, table: str) -> None:
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN score DROP NOT NULL").format(sql.Identifier(table)))
         # Tables made before the model's name was in the key.
         _migrate_key(cur, table, RESULTS_KEY, OLD_RESULTS_KEY)
+        _add_column(cur, table, SOURCE_VERSION, "text")  # and before rows recorded their source version
 
 
 def upsert_results(conn: Connection, table: str, rows: Sequence[ResultRow]) -> None:
@@ -160,18 +190,27 @@ def _upsert_results(cur: Any, table: str, rows: Sequence[ResultRow]) -> None:
         raise ValueError("upsert_results: duplicate (image_id, model_name, model_version) in one call")
     query = sql.SQL(
         """
-        INSERT INTO {t} (image_id, model_version, model_name, score, tag_probs, source_uri)
+        INSERT INTO {t} (image_id, model_version, model_name, score, tag_probs, source_uri, source_version)
         VALUES %s
         ON CONFLICT (image_id, model_name, model_version) DO UPDATE SET
             score = EXCLUDED.score,
             tag_probs = EXCLUDED.tag_probs,
             source_uri = EXCLUDED.source_uri,
+            source_version = EXCLUDED.source_version,
             scored_at = now(),
             attempts = {t}.attempts + 1
         """
     ).format(t=sql.Identifier(table))
     values = [
-        (r.image_id, r.model_version, r.model_name, r.score, json.dumps(r.tag_probs), r.source_uri)
+        (
+            r.image_id,
+            r.model_version,
+            r.model_name,
+            r.score,
+            json.dumps(r.tag_probs),
+            r.source_uri,
+            r.source_version,
+        )
         for r in rows
     ]
     execute_values(cur, query, values)
@@ -220,6 +259,7 @@ class ErrorRow:
     model_name: str
     image_id: str | None  # None: nothing could be read (a missing file)
     error: str
+    source_version: str | None = None  # as listed; None: unknown
 
 
 def ensure_errors_table(conn: Connection, table: str) -> None:
@@ -238,12 +278,14 @@ def ensure_errors_table(conn: Connection, table: str) -> None:
                     image_id      text,
                     error         text        NOT NULL,
                     failed_at     timestamptz NOT NULL DEFAULT now(),
+                    source_version text,
                     PRIMARY KEY (uri, model_name, model_version)
                 )
                 """
             ).format(sql.Identifier(table))
         )
         _migrate_key(cur, table, ERRORS_KEY, OLD_ERRORS_KEY)
+        _add_column(cur, table, SOURCE_VERSION, "text")
 
 
 def upsert_errors(conn: Connection, table: str, rows: Sequence[ErrorRow]) -> None:
@@ -261,13 +303,21 @@ def _upsert_errors(cur: Any, table: str, rows: Sequence[ErrorRow]) -> None:
         return
     query = sql.SQL(
         """
-        INSERT INTO {t} (uri, model_version, model_name, image_id, error) VALUES %s
+        INSERT INTO {t} (uri, model_version, model_name, image_id, error, source_version) VALUES %s
         ON CONFLICT (uri, model_name, model_version) DO UPDATE SET
-            image_id = EXCLUDED.image_id, error = EXCLUDED.error, failed_at = now()
+            image_id = EXCLUDED.image_id, error = EXCLUDED.error, failed_at = now(),
+            source_version = EXCLUDED.source_version
         """
     ).format(t=sql.Identifier(table))
     values = {
-        (r.uri, r.model_name, r.model_version): (r.uri, r.model_version, r.model_name, r.image_id, r.error)
+        (r.uri, r.model_name, r.model_version): (
+            r.uri,
+            r.model_version,
+            r.model_name,
+            r.image_id,
+            r.error,
+            r.source_version,
+        )
         for r in rows
     }
     execute_values(cur, query, list(values.values()))
@@ -299,35 +349,73 @@ def delete_errors(
         _delete_errors_of(cur, table, keys)
 
 
+def _delete_results_of(cur: Any, table: str, keys: Iterable[tuple[str, str, str, str]]) -> None:
+    """Deletes the results rows of (image_id, model_name, model_version, source_uri) ``keys``: by the
+    primary key (no scan of the table), and only while the row still names that URI (an upsert of the
+    same content under another URI, a copy's, took the row over: it is that URI's now)."""
+    from psycopg2 import sql
+    from psycopg2.extras import execute_values
+
+    values = sorted(set(keys))
+    if not values:
+        return
+    query = sql.SQL(
+        "DELETE FROM {t} AS r USING (VALUES %s) AS k (image_id, model_name, model_version, uri)"
+        " WHERE r.image_id = k.image_id AND r.model_name = k.model_name"
+        " AND r.model_version = k.model_version AND r.source_uri = k.uri"
+    ).format(t=sql.Identifier(table))
+    execute_values(cur, query, values)
+
+
+def delete_results(conn: Connection, table: str, keys: Iterable[tuple[str, str, str, str]]) -> None:
+    """Deletes the results rows of (image_id, model_name, model_version, source_uri) ``keys``
+    (superseded: their URIs' content changed, and is scored under another URI)."""
+    keys = list(keys)
+    if not keys:
+        return
+    with conn, conn.cursor() as cur:
+        _delete_results_of(cur, table, keys)
+
+
 def write_bulk_rows(
-    conn: Connection, table: str, errors_table: str, scored: Sequence[ResultRow], failed: Sequence[ErrorRow]
+    conn: Connection,
+    table: str,
+    errors_table: str,
+    scored: Sequence[ResultRow],
+    failed: Sequence[ErrorRow],
+    replaced: Sequence[tuple[str, str, str, str]] = (),
 ) -> None:
     """One flush of bulk scoring, in one transaction: the scores upserted, the error rows of their URIs
     deleted (a retry's score supersedes the failure, which is keyed by URI, not by the image id the score
-    has), and the failures upserted (a failure again replaces the older one)."""
+    has), the failures upserted (a failure again replaces the older one), and the ``replaced`` results
+    rows deleted (image_id, model_name, model_version, source_uri: the old content of a URI edited in
+    place, which its new row supersedes), after the upserts (``_delete_results_of`` says why)."""
     with conn, conn.cursor() as cur:
         _upsert_results(cur, table, scored)
         _delete_errors_of(cur, errors_table, [(r.source_uri, r.model_name, r.model_version) for r in scored])
         _upsert_errors(cur, errors_table, failed)
+        _delete_results_of(cur, table, replaced)
 
 
 def scored_keys(
     conn: Connection, table: str, errors_table: str, model_name: str, model_version: str
-) -> list[tuple[str | None, str, bool]]:
-    """(image_id, uri, failed) of every row one model's version has, scored or failed: a resumed bulk
-    job skips the scored ones and retries the failed ones (another model's rows of the same version
-    number are not this one's). A server-side cursor: a catalog's keys are read in pages, not all at once
-    into the driver."""
+) -> list[tuple[str | None, str, bool, str | None]]:
+    """(image_id, uri, failed, source_version) of every row one model's version has, scored or failed: a
+    resumed bulk job skips the scored ones (while their source version is the listing's) and retries the
+    failed ones (another model's rows of the same version number are not this one's). A server-side
+    cursor: a catalog's keys are read in pages, not all at once into the driver."""
     from psycopg2 import sql
 
     query = sql.SQL(
-        "SELECT image_id, source_uri, false FROM {r} WHERE model_name = %(n)s AND model_version = %(v)s "
-        "UNION ALL SELECT image_id, uri, true FROM {e} WHERE model_name = %(n)s AND model_version = %(v)s"
+        "SELECT image_id, source_uri, false, source_version FROM {r}"
+        " WHERE model_name = %(n)s AND model_version = %(v)s"
+        " UNION ALL SELECT image_id, uri, true, source_version FROM {e}"
+        " WHERE model_name = %(n)s AND model_version = %(v)s"
     ).format(r=sql.Identifier(table), e=sql.Identifier(errors_table))
     with conn, conn.cursor(name="lightbox_scored_keys") as cur:
         cur.itersize = 10_000
         cur.execute(query, {"n": model_name, "v": model_version})
-        return [(image_id, uri, bool(failed)) for image_id, uri, failed in cur]
+        return [(image_id, uri, bool(failed), version) for image_id, uri, failed, version in cur]
 
 
 def fetch_errors(conn: Connection, table: str) -> list[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -72,11 +72,29 @@ def exists(url: str, endpoint_url: str | None) -> bool:
 
 def list_keys(url: str, endpoint_url: str | None) -> list[str]:
     """Every key under an ``s3://bucket/prefix`` URL, relative to the prefix, sorted."""
+    return [key for key, _ in list_versions(url, endpoint_url)]
+
+
+def list_versions(url: str, endpoint_url: str | None) -> list[tuple[str, str]]:
+    """(key relative to the prefix, ``object_version``) of every object under an ``s3://bucket/prefix``
+    URL, sorted by key: what the listing says of each object, without reading one."""
     bucket, prefix = split_url(url)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     paginator = client(endpoint_url).get_paginator("list_objects_v2")
-    keys = []
+    objects = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         contents = page.get("Contents", [])
-        keys += [obj["Key"][len(prefix) :] for obj in contents if not obj["Key"].endswith("/")]
-    return sorted(keys)
+        objects += [
+            (obj["Key"][len(prefix) :], object_version(obj))
+            for obj in contents
+            if not obj["Key"].endswith("/")
+        ]
+    return sorted(objects)
+
+
+def object_version(obj: dict[str, Any]) -> str:
+    """An object's version as list_objects_v2 describes it: its size and ETag, which an overwrite with
+    other bytes changes (and one with the same bytes, uploaded whole, does not); LastModified where a
+    store answers no ETag."""
+    tag = str(obj.get("ETag") or "").strip('"') or obj["LastModified"].isoformat()
+    return f"{obj['Size']}:{tag}"

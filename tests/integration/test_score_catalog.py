@@ -143,6 +143,39 @@ def test_a_rerun_retries_the_images_that_failed_once_they_are_fixed(
     assert rows["garbage.jpg"][0]["error"] and rows["bomb.png"][0]["error"]  # still bad: one error row
 
 
+def test_a_rerun_rescores_a_photo_edited_in_place(registered_champion, tmp_path: Path) -> None:
+    """A retouched photo re-exported over its file (same path, new content and mtime): the rerun notices
+    by its size and mtime, without reading the others, and its new row replaces the old content's."""
+    settings = _bulk_settings(registered_champion.settings)
+    pics, out = tmp_path / "pics", tmp_path / "scores"
+    pics.mkdir()
+    for i in range(3):
+        (pics / f"img_{i}.jpg").write_bytes(jpeg(photo(60 + i, (96, 64))))
+    first = score_catalog.run(settings, str(pics), str(out))
+    assert first.scored == 3
+
+    edited = jpeg(photo(70, (96, 64)))
+    (pics / "img_1.jpg").write_bytes(edited)
+    stat = (pics / "img_1.jpg").stat()
+    os.utime(pics / "img_1.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a second later
+    again = score_catalog.run(settings, str(pics), str(out))
+
+    assert (again.scored, again.failed, again.skipped, again.changed) == (1, 0, 2, 1)
+    assert "1 changed since scored" in again.summary()
+    table = read_parts(out)
+    assert table is not None and len(table) == 3
+    rows = [r for r in table.to_pylist() if r["uri"].endswith("img_1.jpg")]
+    assert len(rows) == 1 and rows[0]["image_id"] == content_id(edited)
+    assert rows[0]["content_hash"].startswith(content_id(edited))
+    predictor = RegistryLoader(settings, settings.champion_alias).load()
+    scores, _ = predictor.predict(preprocess_bytes(edited, max_pixels=MAX_PIXELS)[None])
+    assert rows[0]["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+    assert all(r["source_version"] for r in table.to_pylist())
+
+    third = score_catalog.run(settings, str(pics), str(out))
+    assert (third.scored, third.skipped, third.changed) == (0, 3, 0)
+
+
 def test_a_killed_job_resumes_with_one_row_per_image(registered_champion, tmp_path: Path) -> None:
     listing = _catalog(tmp_path / "catalog", n_good=30)
     out = tmp_path / "scores"

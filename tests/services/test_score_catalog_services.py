@@ -126,6 +126,43 @@ def test_a_rerun_retries_failures_and_their_scores_replace_the_error_rows(
         db.close()
 
 
+def test_an_object_overwritten_in_s3_is_rescored_and_its_new_row_replaces_the_old(
+    registry_dir: Path, s3_server: S3Server, bucket: str, pg_database: PgDatabase
+) -> None:
+    """The listing's size and ETag tell an overwritten object: its new score replaces the old content's
+    row in the transaction that writes it; the others are skipped unread."""
+    client = s3_server.client()
+    for i in range(3):
+        client.put_object(Bucket=bucket, Key=f"edit/{i}.jpg", Body=jpeg(photo(850 + i)))
+    settings = Settings(
+        project_dir=registry_dir,
+        s3_endpoint_url=s3_server.endpoint_url,
+        results_dsn=pg_database.dsn,
+        results_table="edit_scores",
+        ray_num_cpus=2,
+        score_batch_size=4,
+    )
+    first = score_catalog.run(settings, f"s3://{bucket}/edit", "postgres")
+    assert first.scored == 3
+
+    retouched = jpeg(photo(860))
+    client.put_object(Bucket=bucket, Key="edit/1.jpg", Body=retouched)
+    again = score_catalog.run(settings, f"s3://{bucket}/edit", "postgres")
+    assert (again.scored, again.skipped, again.changed) == (1, 2, 1)
+
+    db = postgres.connect(pg_database.dsn)
+    try:
+        rows = postgres.fetch_results(db, settings.results_table)
+        by_uri = {r["source_uri"]: r for r in rows}
+        assert len(rows) == 3 and by_uri[f"s3://{bucket}/edit/1.jpg"]["image_id"] == content_id(retouched)
+        assert content_id(jpeg(photo(851))) not in {r["image_id"] for r in rows}
+        assert all(r["source_version"] for r in rows)
+    finally:
+        db.close()
+    third = score_catalog.run(settings, f"s3://{bucket}/edit", "postgres")
+    assert (third.scored, third.skipped, third.changed) == (0, 3, 0)
+
+
 def test_online_scores_are_read_back_from_redis(registry_dir: Path, redis_addr: str, tmp_path: Path) -> None:
     """--online on the production online store: the rows a search service reads by (image id, model name,
     version)

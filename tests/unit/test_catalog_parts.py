@@ -401,7 +401,7 @@ def _row(
 
 
 def test_pending_skips_done_and_repeated_uris() -> None:
-    done = done_from([("id1", "/a.jpg", False), (None, "/missing.jpg", True)])
+    done = done_from([("id1", "/a.jpg", False, None), (None, "/missing.jpg", True, None)])
     assert done == Done(frozenset({"/a.jpg"}), frozenset({"id1"}), frozenset({"/missing.jpg"}))
     todo, skipped, retried = pending(["/a.jpg", "/b.jpg", "/missing.jpg", "/b.jpg", "/c.jpg"], done)
     assert (todo, skipped, retried) == (["/b.jpg", "/missing.jpg", "/c.jpg"], 2, 1)

@@ -54,8 +54,8 @@ def _rows(folder: Path, name: str = "lightbox") -> dict[str, list[str | None]]:
 
 def test_failed_uris_are_pending_again_and_counted_as_retried() -> None:
     done = done_from(
-        [("x", "/a", False), (None, "/gone", True), ("y", "/bad", True), ("z", "/fixed", True)]
-        + [("w", "/fixed", False)]  # an OK row beside an error row (a killed job): the OK row wins
+        [("x", "/a", False, None), (None, "/gone", True, None), ("y", "/bad", True, None)]
+        + [("z", "/fixed", True, None), ("w", "/fixed", False, None)]  # OK beside error (a kill): OK wins
     )
     assert done == Done(frozenset({"/a", "/fixed"}), frozenset({"x", "w"}), frozenset({"/gone", "/bad"}))
     todo, skipped, retried = pending(["/a", "/gone", "/bad", "/new", "/gone", "/fixed"], done)
