@@ -2,8 +2,9 @@
 
 Scheduled by the champion Asset that a promotion updates (the new champion scores the catalog of
 settings.catalog_source), and run on demand with params. The job is resumable and exactly once per
-(image, model name, model version), so a retry or a second run only scores what is missing, and retries
-the images that failed. Params left None take the settings' values (LIGHTBOX_* environment, then the
+(image, model name, model version), so a retry or a second run only scores what is missing, retries
+the images that failed, and scores again the photos edited in place since (told by the listing's size
+and mtime or ETag). Params left None take the settings' values (LIGHTBOX_* environment, then the
 defaults).
 """
 
