@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
     feature_service: str = "image_quality_v1"
 
     # --- Ray / training ------------------------------------------------------------------------
-    ray_address: str | None = None  # None: a local Ray on the loopback address
+    ray_address: str | None = None  # None (or empty): a local Ray on the loopback address
     ray_num_cpus: int | None = Field(default=None, ge=1, description="None: every core")
     tune_trials: int = Field(default=4, ge=1)
     tune_epochs: int = Field(default=60, ge=1)
@@ -335,6 +336,16 @@ class Settings(BaseSettings):
             parse_model_specs(v)  # raises with the bad entry in the message
         return v
 
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        # Checked here, not by Ray: Ray takes `foo` with a 78-line traceback, and a mistyped port after
+        # minutes of retries (lightbox/ray_cluster.py checks that the address answers).
+        if v is None or not v.strip():
+            return None  # LIGHTBOX_RAY_ADDRESS= (empty) means the local Ray, as unset does
+        ray_endpoint(v.strip())  # raises with what the address must look like
+        return v.strip()
+
     @model_validator(mode="after")
     def _isolated_are_served(self) -> Settings:
         served = [name for name, _ in self.served_models]
@@ -483,6 +494,26 @@ def parse_model_specs(text: str) -> list[tuple[str, str]]:
             raise ValueError(f"model {name!r} is named twice in {text!r}")
         specs.append((name, alias))
     return specs
+
+
+RAY_ADDRESS_FORMS = "auto, HOST:PORT (the head's GCS port, 6379) or ray://HOST:PORT (Ray Client, 10001)"
+
+
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a Ray address connects to: the head's GCS for ``HOST:PORT``, its Ray Client
+    server for ``ray://HOST:PORT``; None for ``auto`` (Ray finds a cluster started on this machine).
+    ValueError, saying which forms are accepted, for anything else."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    parts = urlsplit(f"//{rest}")  # urlsplit reads host and port (an [IPv6] host too) after //
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number or out of 0-65535
+        host, port = None, None
+    if "://" in rest or not host or not port or parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"not a Ray address: use {RAY_ADDRESS_FORMS}, or leave it empty for a local Ray")
+    return host, port
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)

@@ -121,7 +121,7 @@ def _check_postgresql(uri: str, label: str, timeout_s: float) -> None:
                 f"{label}: no answer from {host}:{port} within {timeout_s:g} s"
             ) from None
         except OSError as exc:
-            raise TrackingUnavailable(f"{label}: cannot reach {host}:{port} ({_reason(exc)})") from None
+            raise TrackingUnavailable(f"{label}: cannot reach {host}:{port} ({socket_reason(exc)})") from None
     # Then a login, as MLflow will do it: wrong user, password or database fail here, in one line.
     query = dict(parse_qsl(parts.query)) | {"connect_timeout": str(max(2, round(timeout_s)))}
     # Spelled out, not urlunsplit: that drops the // of a URL without a host (postgresql:///db?host=).
@@ -167,14 +167,15 @@ def _http_status(url: str, label: str, timeout_s: float) -> int:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise TrackingUnavailable(f"{label}: no answer from {url} within {timeout_s:g} s") from None
-        raise TrackingUnavailable(f"{label}: cannot reach {url} ({_reason(exc.reason)})") from None
+        raise TrackingUnavailable(f"{label}: cannot reach {url} ({socket_reason(exc.reason)})") from None
     except http.client.InvalidURL as exc:  # a port that is no number, ...
         raise TrackingUnavailable(f"{label}: malformed URL ({exc})") from None
     except OSError as exc:  # a reset or refused connection after the request was sent
-        raise TrackingUnavailable(f"{label}: cannot reach {url} ({_reason(exc)})") from None
+        raise TrackingUnavailable(f"{label}: cannot reach {url} ({socket_reason(exc)})") from None
 
 
-def _reason(exc: object) -> str:
+def socket_reason(exc: object) -> str:
+    """Why a connection failed, in a few words ("connection refused", "unknown host")."""
     if isinstance(exc, socket.gaierror):
         return "unknown host"
     if isinstance(exc, OSError) and exc.strerror:
