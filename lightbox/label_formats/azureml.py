@@ -25,6 +25,7 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _only_columns,
+    only_counted,
 )
 from lightbox.label_formats.uris import locate
 
@@ -61,13 +62,7 @@ def parse_azureml(
         raise FormatError(
             f"{exports[0]} holds no line with an image_url: it is not an Azure Machine Learning labels export"
         )
-    if regions:
-        if not out.records:
-            raise FormatError(
-                f"{exports[0]} holds {regions} boxes or polygons and no image classification label: each "
-                "labels a region, not the photo; export an image classification project"
-            )
-        out.notes.append(f"{regions} boxes or polygons not read: each labels a region, not the photo")
+    only_counted(out, exports[0], regions, "boxes or polygons", "export an image classification project")
     if out.left_out:
         out.notes.append(
             f"{len(out.left_out)} images have no class (not labelled yet, or only boxes), left out"

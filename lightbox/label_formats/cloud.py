@@ -34,6 +34,7 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _only_columns,
+    only_counted,
     parse_score_cell,
     split_of_path,
 )
@@ -252,13 +253,7 @@ def parse_vertex(
                 continue
             boxes += len(row.get("boundingBoxAnnotations") or [])
             _vertex_item(out, uri, base, present, functools.partial(_vertex_row_labels, row))
-    if boxes:
-        if not out.records:
-            raise FormatError(
-                f"{files_in[0]} holds {boxes} bounding boxes and no classification: a box labels a region, "
-                "not the photo; export an image classification dataset"
-            )
-        out.notes.append(f"{boxes} bounding boxes not read: each labels a region, not the photo")
+    only_counted(out, files_in[0], boxes, "bounding boxes", "export an image classification dataset")
     if out.left_out:
         out.notes.append(f"{len(out.left_out)} images have no label (not labelled yet), left out")
     return out

@@ -27,6 +27,7 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _only_columns,
+    only_counted,
     split_of_path,
 )
 from lightbox.label_formats.uris import locate
@@ -78,13 +79,13 @@ def parse_coco(
                 out.records.append(Record(ref=ref, origin=origin, tags=tags, split=split))
             else:
                 out.left_out.append(ref)
-    if regions and not out.records:
-        raise FormatError(
-            f"{names[0]} holds {regions} boxes or polygons and no image-level label: each labels a "
-            "region, not the photo; export an image classification project (one class per photo)"
-        )
-    if regions:
-        out.notes.append(f"{regions} boxes or polygons not read: each labels a region, not the photo")
+    only_counted(
+        out,
+        names[0],
+        regions,
+        "boxes or polygons",
+        "export an image classification project (classes per photo)",
+    )
     if out.left_out:
         out.notes.append(
             f"{len(out.left_out)} images have no class (not labelled yet, or only boxes), left out"

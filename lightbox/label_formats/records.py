@@ -237,3 +237,16 @@ def _only_columns(name: str, columns: Columns, allowed: Sequence[str], why: str)
     given = [f"--{k}-column" for k, v in asdict(columns).items() if v is not None and k not in allowed]
     if given:
         raise FormatError(f"{name}: {', '.join(given)} does not apply here ({why})")
+
+
+def only_counted(out: Parsed, name: str, count: int, what: str, instead: str) -> None:
+    """``count`` labels of regions (boxes, polygons) in ``name``: never tags, so counted in a note; or,
+    when no photo has a label of its own, refused saying ``instead`` (which export to make)."""
+    if not count:
+        return
+    if not out.records:
+        raise FormatError(
+            f"{name} holds {count} {what} and no image classification label: each labels a region, not "
+            f"the photo; {instead}"
+        )
+    out.notes.append(f"{count} {what} not read: each labels a region, not the photo")

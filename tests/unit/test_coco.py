@@ -97,7 +97,7 @@ def test_a_detection_coco_file_is_refused_saying_why_and_a_score_column_does_not
     boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "segmentation": []}]
     files = {"instances_train2017.json": coco(images, boxes, {1: "person"})}
     with pytest.raises(
-        FormatError, match="1 boxes or polygons and no image-level label.*region, not the photo"
+        FormatError, match="1 boxes or polygons and no image classification label.*region, not the photo"
     ):
         lf.parse_coco(reader(files), ["instances_train2017.json"], ["a.jpg"], Columns())
     with pytest.raises(FormatError, match="--score-column does not apply"):

@@ -1138,7 +1138,7 @@ def test_coco_exports_of_image_classes_import_a_split_per_folder(tmp_path: Path)
             }
         )
     )
-    with pytest.raises(FormatError, match="boxes or polygons and no image-level label"):
+    with pytest.raises(FormatError, match="boxes or polygons and no image classification label"):
         importer.run(settings_for(tmp_path / "b"), str(boxes))
 
 
