@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from pipelines.features import feature_matrix, load_for_training
 from training.fit import Split, fit_heads, predict, validation_metrics
 from training.metrics import ap_by_tag, evaluate, metric_names
 from training.model import FEATURE_DIM, LightboxModel, ModelConfig
+from training.tune import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,30 @@ def load_training_data(settings: Settings) -> TrainingData:
         splits[name] = to_split(split_rows[name], features.iloc[keep], spec)
     check_trainable(spec, splits)
     return TrainingData(rows=rows, spec=spec, splits=splits, split_rows=split_rows)
+
+
+def tuning_run_name(data_version: str, trials: int, epochs: int, mode: str, started: datetime) -> str:
+    """The tuning run's name: ``tune-<data version>-<trials>x<epochs>[-finetune]-<MMDD-HHMMSS>``.
+
+    Why each part: the data version says what it learnt from; trials x epochs (and the mode, when it is
+    not the default) say how hard it searched, the usual difference between two runs on the same data;
+    the local start time tells apart two runs that differ in nothing else, and sorts them."""
+    search = f"{trials}x{epochs}" + ("-finetune" if mode == "finetune" else "")
+    return f"tune-{data_version}-{search}-{started.strftime('%m%d-%H%M%S')}"
+
+
+def curve_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    """One epoch's metrics from a history row (a Tune report, or a ``fit_heads`` log row): the names
+    ``training.fit.epoch_metrics`` gives them, logged at step = epoch in the trial runs and, for the
+    final fit, in the tuning run, so MLflow's compare charts draw both on the same axes."""
+    return {k: float(v) for k, v in row.items() if k == "train_loss" or k.startswith("val_")}
+
+
+def kept_epoch_metrics(val: Mapping[str, float]) -> dict[str, float]:
+    """``best_val_<metric>``: the validation metrics of the epoch a fit keeps (``val``: its
+    ``validation_metrics``), one summary point. Not ``val_<metric>``: those name the per-epoch curve,
+    and a summary under the same name would add a stray point to it."""
+    return {f"best_val_{k}": v for k, v in val.items()}
 
 
 def _trial_times_ms(history: pd.DataFrame) -> tuple[int | None, int | None]:
@@ -261,7 +288,8 @@ def run(
     }
     # The process on the run, so a later start can tell this run, killed, from one still going.
     owner = mlflow_runs.owner_tags()
-    with mlflow.start_run(run_name=f"tune-{version.short}", tags=tags | owner) as parent:
+    name = tuning_run_name(version.short, trials, epochs, settings.train_mode, datetime.now().astimezone())
+    with mlflow.start_run(run_name=name, tags=tags | owner) as parent:
         frame = pd.DataFrame(data.rows, columns=["image_id", "path", "split", "group", "score", "tags"])
         dataset = from_pandas(
             frame,
@@ -296,11 +324,8 @@ def run(
                 mlflow.log_params({"best_epoch": str(trial.best_epoch), "rank": str(i)})
                 mlflow.log_input(dataset, context="training")
                 for _, row in trial.history.iterrows():
-                    step = int(row["training_iteration"])
-                    mlflow.log_metrics(
-                        {k: float(row[k]) for k in row.index if k.startswith(("val_", "train_loss"))},
-                        step=step,
-                    )
+                    mlflow.log_metrics(curve_metrics(row), step=int(row["training_iteration"]))
+                mlflow.log_metrics(_trial_kept_epoch(trial))
             if ended_ms is not None:
                 client.set_terminated(trial_run.info.run_id, end_time=ended_ms)
         best = ModelConfig.from_dict(asdict(base) | results[0].config)
@@ -311,14 +336,12 @@ def run(
         curve: list[dict[str, float]] = []
         heads = fit_heads(best, splits["train"], splits["validation"], device=device, log=curve).cpu()
         for row in curve:
-            step = int(row["epoch"])
-            mlflow.log_metrics({f"fit_{k}": v for k, v in row.items() if k != "epoch"}, step=step)
+            mlflow.log_metrics(curve_metrics(row), step=int(row["epoch"]))
         mlflow.log_param("best_epoch", heads.best_epoch)
         val = validation_metrics(heads, splits["validation"], best)
         test = splits["test"]
         s_pred, t_pred = predict(heads, test.x)
-        metrics = test_metrics(best, test, s_pred, t_pred)
-        metrics |= {f"val_{k}": v for k, v in val.items()}
+        metrics = test_metrics(best, test, s_pred, t_pred) | kept_epoch_metrics(val)
         model = LightboxModel(best, heads).eval()
         if settings.train_mode == "finetune":
             # The heads-only model is the baseline the fine-tuned one is compared with, on the same splits.
@@ -393,9 +416,20 @@ def _fine_tune(
         model.config,
     )
     _, s_pred, t_pred = finetune.predictions(settings, model, data.split_rows["test"])
-    metrics = test_metrics(model.config, data.splits["test"], s_pred, t_pred)
-    metrics |= {f"val_{k}": v for k, v in val.items()}
+    metrics = test_metrics(model.config, data.splits["test"], s_pred, t_pred) | kept_epoch_metrics(val)
     return model.eval(), metrics, s_pred, t_pred
+
+
+def _trial_kept_epoch(trial: TrialResult) -> dict[str, float]:
+    """A trial's ``best_val_*``: its validation metrics at the epoch a fit of its config would keep,
+    under the names the tuning run gives its final fit's."""
+    at_best = trial.history[trial.history["training_iteration"] == trial.best_epoch]
+    if not len(at_best):
+        return {}
+    row = at_best.iloc[0]
+    return kept_epoch_metrics(
+        {k.removeprefix("val_"): float(row[k]) for k in row.index if k.startswith("val_")}
+    )
 
 
 def _input_example(settings: Settings, rows: Sequence[Mapping[str, str]]) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,13 @@ def validation_metrics(
     return {"loss": float(loss)} | evaluate(score_pred, split.score, t, split.tags)
 
 
+def epoch_metrics(train_loss: float, val: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One epoch's metrics under the names every run logs them by, per epoch (step = epoch): ``train_loss``
+    and ``val_<metric>``. One function for the Tune trials and the final fit (and the names the fine-tune
+    trials use), so MLflow's charts draw any two runs' curves on the same axes."""
+    return {"train_loss": train_loss} | {f"val_{k}": v for k, v in (val or {}).items()}
+
+
 def fit_heads(
     config: ModelConfig,
     train: Split,
@@ -125,8 +132,8 @@ def fit_heads(
     """Train the heads and return the best epoch's weights when there is a validation split (the last
     epoch's otherwise). ``report(epoch, metrics)`` is called after each epoch with the validation
     metrics (``val_*`` keys are added by the caller) and ``train_loss``; Tune hooks in here. ``log``, when
-    given, receives one ``{"epoch", "train_loss", "val_loss"}`` row per epoch and the kept epoch is
-    ``heads.best_epoch``.
+    given, receives one row per epoch, ``{"epoch"}`` and ``epoch_metrics`` (``train_loss``, ``val_loss``
+    and the other ``val_*`` metrics), and the kept epoch is ``heads.best_epoch``.
 
     Why the best epoch: with few images the heads overfit within a few epochs (a trial's validation loss
     was lowest at epoch 4 and 25% higher at epoch 60), and the last epoch is what used to be registered.
@@ -156,15 +163,16 @@ def fit_heads(
             loss.backward()
             opt.step()
             total, seen = total + float(loss) * len(idx), seen + len(idx)
-        row = {"epoch": float(epoch), "train_loss": total / max(seen, 1)}
+        train_loss = total / max(seen, 1)
+        row = {"epoch": float(epoch)} | epoch_metrics(train_loss)
         if val is not None:
             metrics = validation_metrics(heads, val, config, device)
-            row["val_loss"] = metrics["loss"]
+            row |= epoch_metrics(train_loss, metrics)
             if metrics["loss"] < best_loss:  # NaN never wins: a diverged epoch is not kept
                 best_loss, best_epoch = metrics["loss"], epoch
                 best_state = copy.deepcopy(heads.state_dict())
             if report is not None:
-                report(epoch, metrics | {"train_loss": row["train_loss"]})
+                report(epoch, metrics | {"train_loss": train_loss})
         if log is not None:
             log.append(row)
     if best_state is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from lightbox.feature_schema import SCORE_FEATURE_GROUPS
-from training.fit import Split, fit_heads
+from training.fit import Split, epoch_metrics, fit_heads
 from training.model import ModelConfig
 
 METRIC, MODE = "val_loss", "min"
@@ -60,7 +60,7 @@ def _trainable(params: dict, train: Split, val: Split, base: dict) -> None:
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         train_loss = metrics.pop("train_loss")
-        tune.report({f"val_{k}": v for k, v in metrics.items()} | {"train_loss": train_loss})
+        tune.report(epoch_metrics(train_loss, metrics))
 
     fit_heads(config, train, val, report=report, device=device)
 

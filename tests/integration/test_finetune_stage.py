@@ -42,7 +42,7 @@ def test_the_stage_returns_a_finetuned_model_with_its_own_metrics(tmp_path: Path
         params = mlflow.get_run(parent.info.run_id).data.params
     assert model.config.feature_version == FEATURE_VERSION + "+ft"
     assert params["ft_feature_version"] == model.config.feature_version and "ft_unfreeze_blocks" in params
-    assert {"test_score_srocc", "val_loss"} <= set(metrics) and s_pred.shape == (8,)
+    assert {"test_score_srocc", "best_val_loss"} <= set(metrics) and s_pred.shape == (8,)
     assert not torch.equal(
         start.extractor.backbone._conv_head.weight, model.extractor.backbone._conv_head.weight
     )
