@@ -110,8 +110,9 @@ class _LightboxGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            # Ctrl-C: the stages leave nothing half-done (a killed training is settled by the next run,
-            # nothing is registered or moved), so one line, and the shell's code for an interrupt.
+            # Ctrl-C: the stages leave nothing half-done (training settles what it interrupted before
+            # the interrupt reaches here: pipelines/doctor.settled_if_interrupted; nothing is moved), so
+            # one line, and the shell's code for an interrupt.
             typer.secho(
                 "interrupted: nothing half-done is kept; run the command again to go on", fg="red", err=True
             )
@@ -673,13 +674,16 @@ def doctor(
     repair: Annotated[bool, typer.Option("--repair", help="repair what is listed")] = False,
 ) -> None:
     """List what killed runs left behind (half-built folders, DAG runs and MLflow runs left running,
-    models left pending, versions never gated); --repair fixes it. Exits 1 while any is left."""
+    models left pending, versions never gated); --repair fixes it. Exits 1 while any is left. Versions
+    not gated yet (trained, gates not run) are notes: the per-stage workflow's normal state, exit 0."""
     from pipelines import doctor as stage
 
     s = load_settings()
     problems = stage.check(s)
     for p in problems:
         typer.echo(p.describe())
+    for note in stage.notes(s):
+        typer.echo(f"note: {note}")
     if not problems:
         typer.echo("nothing left behind by killed runs")
         return

@@ -8,26 +8,32 @@ runs left `running`, training fails orphaned MLflow runs. This module finds all 
 - `airflow dags test` runs left `running` in the Airflow database;
 - MLflow runs left RUNNING by a process that is gone (``lightbox.pid``/``lightbox.host`` tags, recorded
   at start; without them, only age tells), logged models left PENDING (their upload never finished);
-- registered versions that will never be gated: their training run did not finish, or a newer version
-  was registered after them. Marked (tag ``lightbox.ungated``), not gated here: the gates need the golden
-  set and minutes, and a promotion gates a version anyway.
+- registered versions that will never be gated: their training run did not finish (killed, failed,
+  interrupted). Marked (tag ``lightbox.ungated``), not gated here: the gates need the golden set and
+  minutes, and a promotion gates a version anyway.
 
-The judgements (``orphaned_runs``, ``abandoned_models``, ``ungated_versions``, ``stale_builds``) are pure
-over the adapters' records; ``check`` gathers them as Problems, each carrying its repair.
+A version whose training run finished but that has no verdict yet is no leftover: `lightbox train`
+then `lightbox gates` is the documented per-stage workflow, and several trainings may come before the
+gates. ``notes`` lists those (exit 0), with the command that gates them.
+
+The judgements (``orphaned_runs``, ``abandoned_models``, ``ungated_versions``, ``not_gated_yet``,
+``stale_builds``) are pure over the adapters' records; ``check`` gathers them as Problems, each carrying
+its repair.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 
 from lightbox.adapters import airflow_runner, mlflow_runs
 from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
-from lightbox.owner import ABANDONED_AFTER, Owner, gone, process_alive
+from lightbox.owner import Owner, gone, process_alive
 from lightbox.settings import Settings
 from pipelines.importer import stale_builds
 
@@ -83,31 +89,31 @@ def abandoned_models(
     return found
 
 
-def ungated_versions(
-    versions: Sequence[VersionRecord], orphans: Mapping[str, str], *, now: datetime | None = None
-) -> dict[str, str]:
-    """version -> why, for versions lightbox trained that have no gate verdict and will get none from the
-    run that made them: the training did not finish, or a newer version was registered since. The
-    newest version of a finished run is left alone while young: its gates may be about to run."""
-    newest = max((int(v.version) for v in versions), default=0)
+def _awaits_verdict(v: VersionRecord) -> bool:
+    """No verdict, not marked, and made by lightbox's training (or its int8 step): the versions the
+    judgements below look into."""
+    return not (v.gated or v.marked) and v.run is not None and v.run.stage in ("train", "quantize")
+
+
+def ungated_versions(versions: Sequence[VersionRecord], orphans: Mapping[str, str]) -> dict[str, str]:
+    """version -> why, for versions lightbox trained that have no gate verdict and whose training run
+    did not finish: killed (orphaned), failed or interrupted. Their run never reached its gates."""
     found = {}
     for v in versions:
-        if v.gated or v.marked or v.run is None or v.run.stage not in ("train", "quantize"):
-            continue  # judged already, or not made by lightbox's training (or its int8 step)
-        if v.run.run_id in orphans:
-            why = f"its training run {v.run.run_id} was {orphans[v.run.run_id]}"
-        elif v.run.status in ("FAILED", "KILLED"):
-            why = f"its training run {v.run.run_id} ended {v.run.status}"
-        elif v.run.status == "RUNNING":
-            continue  # still training (a dead owner is judged through ``orphans``)
-        elif int(v.version) < newest:
-            why = f"v{newest} was registered after it and its gates never ran"
-        elif (now or datetime.now(UTC)) - v.created > ABANDONED_AFTER:
-            why = f"registered more than {ABANDONED_AFTER.days} days ago and never gated"
-        else:
+        if not _awaits_verdict(v) or v.run is None:
             continue
-        found[v.version] = why
+        if v.run.run_id in orphans:
+            found[v.version] = f"its training run {v.run.run_id} was {orphans[v.run.run_id]}"
+        elif v.run.status in ("FAILED", "KILLED"):
+            found[v.version] = f"its training run {v.run.run_id} ended {v.run.status}"
     return found
+
+
+def not_gated_yet(versions: Sequence[VersionRecord]) -> list[str]:
+    """Versions, oldest first, whose training run finished and that have no verdict yet: the per-stage
+    workflow's normal state between `lightbox train` and `lightbox gates`, not a killed run's leftover."""
+    waiting = [v for v in versions if _awaits_verdict(v) and v.run is not None and v.run.status == "FINISHED"]
+    return [v.version for v in sorted(waiting, key=lambda v: int(v.version))]
 
 
 # --- problems and their repairs ------------------------------------------------------------------------
@@ -177,6 +183,14 @@ def mlflow_problems(settings: Settings) -> list[Problem]:
     return problems
 
 
+def notes(settings: Settings) -> list[str]:
+    """What is worth knowing but left behind by nobody: versions that are not gated yet."""
+    return [
+        f"{settings.model_name} v{v} is not gated yet: run `lightbox gates --version {v}`"
+        for v in not_gated_yet(mlflow_runs.versions(settings))
+    ]
+
+
 def check(settings: Settings) -> list[Problem]:
     """Everything killed runs left behind in this project, each with its repair."""
     return [*build_problems(settings), *airflow_problems(settings), *mlflow_problems(settings)]
@@ -195,3 +209,16 @@ def recover_training(settings: Settings) -> list[Problem]:
     for p in problems:
         log.warning("repaired %s %s: %s", p.kind, p.what, p.why)
     return problems
+
+
+@contextmanager
+def settled_if_interrupted(settings: Settings) -> Iterator[None]:
+    """Ctrl-C in the block (training's MLflow logging, entered outside its run's ``with`` so the run has
+    ended when this runs): settle at once what the next training would, the model left PENDING
+    mid-upload and a version registered without its gates, so that the CLI's "nothing half-done is
+    kept" holds and `lightbox doctor` lists nothing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        recover_training(settings)
+        raise

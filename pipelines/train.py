@@ -289,7 +289,12 @@ def run(
     # The process on the run, so a later start can tell this run, killed, from one still going.
     owner = mlflow_runs.owner_tags()
     name = tuning_run_name(version.short, trials, epochs, settings.train_mode, datetime.now().astimezone())
-    with mlflow.start_run(run_name=name, tags=tags | owner) as parent:
+    # Ctrl-C while logging: the run ends FAILED (its `with`), and what it left half-done (a model
+    # PENDING mid-upload, a version without gates) is settled at once, not by the next training.
+    with (
+        doctor.settled_if_interrupted(settings),
+        mlflow.start_run(run_name=name, tags=tags | owner) as parent,
+    ):
         frame = pd.DataFrame(data.rows, columns=["image_id", "path", "split", "group", "score", "tags"])
         dataset = from_pandas(
             frame,

@@ -1,6 +1,7 @@
 """What `lightbox train` records in MLflow, on a real (SQLite) store, in seconds: Ray Tune, Feast, DVC and
 the model's upload are stubbed, everything train.run logs is real. Two runs on the same data are told
-apart by name, and the final fit's curve lines up with the trials'."""
+apart by name, the final fit's curve lines up with the trials', two trainings without gates leave
+`lightbox doctor` at exit 0, and Ctrl-C mid-upload leaves nothing half-done."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import pandas as pd
 import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
 
 import mlflow
 from lightbox.adapters import dvc_repo, mlflow_registry
 from lightbox.adapters.dvc_repo import DatasetVersion
+from lightbox.cli import app
 from lightbox.manifest import LabelSpec
-from lightbox.settings import Settings
-from pipelines import train
+from lightbox.settings import Settings, settings_env
+from pipelines import doctor, train
 from training import tune
 from training.fit import Split, epoch_metrics, fit_heads
 from training.model import FEATURE_DIM, ModelConfig
@@ -133,3 +136,23 @@ def test_two_runs_on_the_same_data_are_named_apart_and_chart_like_their_trials(p
     # The kept epoch's validation metrics: a summary, in MLflow and in the command's result alike.
     assert parent.data.metrics["best_val_loss"] == pytest.approx(second.metrics["best_val_loss"])
     assert {"test_score_srocc", "test_tags_map"} <= set(parent.data.metrics)
+
+    # Trained twice, gates not run: nothing was killed, so `lightbox doctor` says what to run, exit 0.
+    result = CliRunner().invoke(app, ["doctor"], env=settings_env(project))
+    assert result.exit_code == 0, result.output
+    assert f"note: lightbox v{first.model_version} is not gated yet: run `lightbox gates" in result.output
+    assert f"note: lightbox v{second.model_version} is not gated yet" in result.output
+    assert "left behind" in result.output and "never gated" not in result.output
+
+
+def test_ctrl_c_during_the_upload_leaves_nothing_for_doctor(
+    project: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mlflow_registry, "log_lightbox_model", _upload(interrupt=True))
+    with pytest.raises(KeyboardInterrupt):
+        train.run(project, trials=1, epochs=2)
+    c = mlflow_registry.client(project)
+    exp = c.get_experiment_by_name(project.mlflow_experiment).experiment_id
+    (model,) = c.search_logged_models([exp])
+    assert model.status == LoggedModelStatus.FAILED  # not PENDING for the next training to settle
+    assert doctor.check(project) == []

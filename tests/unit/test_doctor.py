@@ -10,6 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from lightbox.adapters.airflow_runner import DagTestRun, Runner, orphans
 from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
 from lightbox.dataset import TAG_VOCABULARY
@@ -89,32 +91,70 @@ def test_a_pending_model_is_abandoned_when_its_run_is_orphaned_or_ended() -> Non
     assert "ended FAILED before the upload did" in found["m-ended"]
 
 
-def test_a_version_is_ungated_when_its_run_died_or_a_newer_one_was_registered() -> None:
-    def version(v: str, r: RunRecord | None, *, gated: bool = False, age_h: float = 1) -> VersionRecord:
-        return VersionRecord(v, r.run_id if r else None, NOW - timedelta(hours=age_h), gated, False, r)
+def _version(v: str, r: RunRecord | None, *, gated: bool = False, age_h: float = 1) -> VersionRecord:
+    return VersionRecord(v, r.run_id if r else None, NOW - timedelta(hours=age_h), gated, False, r)
 
+
+def test_a_version_is_ungated_when_its_training_run_did_not_finish() -> None:
     versions = [
-        version("1", run("r1", DEAD, status="FINISHED"), gated=True),
-        version("2", None),  # not made by lightbox's training (no run): not ours to judge
-        version("3", run("r3", DEAD, status="FINISHED")),  # superseded by 6, never gated
-        version("4", run("r4", DEAD)),  # its run is orphaned
-        version("5", run("r5", DEAD, status="KILLED")),
-        version("6", run("r6", LIVE, status="FINISHED")),  # the newest: its gates may be about to run
+        _version("1", run("r1", DEAD, status="FINISHED"), gated=True),
+        _version("2", None),  # not made by lightbox's training (no run): not ours to judge
+        _version("3", run("r3", DEAD, status="FINISHED")),  # finished, gates not run yet: a note
+        _version("4", run("r4", DEAD)),  # its run is orphaned
+        _version("5", run("r5", DEAD, status="KILLED")),
+        _version("6", run("r6", LIVE, status="FINISHED")),
+        _version("7", run("r7", LIVE)),  # still training
     ]
-    found = doctor.ungated_versions(versions, {"r4": "left RUNNING: gone"}, now=NOW)
+    found = doctor.ungated_versions(versions, {"r4": "left RUNNING: gone"})
     assert found == {
-        "3": "v6 was registered after it and its gates never ran",
         "4": "its training run r4 was left RUNNING: gone",
         "5": "its training run r5 ended KILLED",
     }
-    old = [version("5", run("r5", LIVE, status="FINISHED"), age_h=72)]
-    assert list(doctor.ungated_versions(old, {}, now=NOW)) == ["5"]
     # A killed `lightbox quantize` (or a retried int8 task) leaves its int8 version to the same rules;
     # a version made by another stage is not ours to judge.
     quantize = replace(run("q7", DEAD, status="KILLED"), stage="quantize")
     other = replace(run("o8", DEAD, status="KILLED"), stage="import")
-    found = doctor.ungated_versions([version("7", quantize), version("8", other)], {}, now=NOW)
+    found = doctor.ungated_versions([_version("7", quantize), _version("8", other)], {})
     assert found == {"7": "its training run q7 ended KILLED"}
+
+
+def test_versions_of_finished_trainings_are_not_gated_yet_not_left_behind() -> None:
+    """`lightbox train` twice, no `lightbox gates` between (the per-stage workflow): nothing was killed,
+    so neither version is a leftover, however many came after it or however old it is."""
+    versions = [
+        _version("1", run("r1", DEAD, status="FINISHED"), gated=True),
+        _version("2", run("r2", DEAD, status="FINISHED"), age_h=72),
+        _version("3", run("r3", DEAD, status="FINISHED")),
+        _version("4", run("r4", DEAD, status="FAILED")),
+        _version("10", run("r10", LIVE, status="FINISHED")),
+    ]
+    assert doctor.ungated_versions(versions, {}) == {"4": "its training run r4 ended FAILED"}
+    assert doctor.not_gated_yet(versions) == ["2", "3", "10"]
+
+
+def test_doctor_exits_0_with_a_note_for_a_version_not_gated_yet(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from lightbox.adapters import mlflow_runs
+    from lightbox.cli import app
+
+    trained = [
+        _version("1", run("r1", DEAD, status="FINISHED")),
+        _version("2", run("r2", DEAD, status="FINISHED")),
+    ]
+    monkeypatch.setattr(mlflow_runs, "versions", lambda settings: trained)
+    monkeypatch.setattr(mlflow_runs, "running_runs", lambda settings: [])
+    monkeypatch.setattr(mlflow_runs, "pending_models", lambda settings: [])
+    monkeypatch.setattr(doctor, "airflow_problems", lambda settings: [])
+    result = CliRunner().invoke(app, ["doctor"], env={"LIGHTBOX_PROJECT_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "note: lightbox v1 is not gated yet: run `lightbox gates --version 1`\n"
+        "note: lightbox v2 is not gated yet: run `lightbox gates --version 2`\n"
+        "nothing left behind by killed runs\n"
+    )
 
 
 def test_a_dags_test_run_is_orphaned_when_the_process_that_started_it_is_gone() -> None:
