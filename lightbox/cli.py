@@ -42,6 +42,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from pipelines.promote import PromotionRefused
     from pipelines.quantize import QuantizeRefused
     from pipelines.score_catalog import ActorsDidNotStart
+    from pipelines.train import NotTrainable
     from serving.server import CannotServe
     from training.predictor import ModelNotFound
 
@@ -84,7 +85,8 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | ActorsDidNotStart
         | NoDatasetVersion
         | DataUnavailable
-        | FeaturesOutOfDate,
+        | FeaturesOutOfDate
+        | NotTrainable,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when

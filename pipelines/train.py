@@ -32,6 +32,11 @@ from training.tune import TrialResult
 log = logging.getLogger(__name__)
 
 
+class NotTrainable(ValueError):
+    """The dataset cannot give a meaningful model (an empty split, a tag no train image has); the
+    message says what to change. A ValueError, as it was before it had a name."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str
@@ -84,25 +89,25 @@ def to_split(rows: Sequence[Mapping[str, str]], features: pd.DataFrame, spec: La
 def check_trainable(spec: LabelSpec, splits: Mapping[str, Split]) -> None:
     """Refuse a dataset that cannot give a meaningful model, saying what to change."""
     if not spec.has_score and not spec.has_tags:
-        raise ValueError(
+        raise NotTrainable(
             "the dataset has no score labels and no tag with enough images "
             f"(min_tag_count {spec.min_tag_count}): nothing to train"
         )
     for name, split in splits.items():
         if len(split) == 0:
-            raise ValueError(
+            raise NotTrainable(
                 f"the {name} split is empty: import more images or change the split fractions "
                 "(split_validation_fraction, split_test_fraction)"
             )
     train = splits["train"]
     absent = [t for t, n in zip(spec.tags, train.tags.sum(axis=0), strict=True) if n == 0]
     if absent:
-        raise ValueError(
+        raise NotTrainable(
             f"tags with no positive image in the train split: {', '.join(absent)}. Label more images with "
             "them, or raise min_tag_count so they are left out, and re-import"
         )
     if spec.has_score and not np.isfinite(train.score).any():
-        raise ValueError("the dataset declares a score, but no train image has one: label some, re-import")
+        raise NotTrainable("the dataset declares a score, but no train image has one: label some, re-import")
 
 
 def load_training_data(settings: Settings) -> TrainingData:
@@ -120,7 +125,7 @@ def load_training_data(settings: Settings) -> TrainingData:
     split_of = np.array([r["split"] for r in rows])
     unknown = sorted(set(split_of) - set(manifest.SPLITS))
     if unknown:
-        raise ValueError(f"manifest rows in unknown splits {unknown}: re-import the data")
+        raise NotTrainable(f"manifest rows in unknown splits {unknown}: re-import the data")
     split_rows: dict[str, list[dict[str, str]]] = {}
     splits: dict[str, Split] = {}
     for name in manifest.SPLITS:

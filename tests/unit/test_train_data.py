@@ -121,8 +121,12 @@ def test_untrainable_datasets_are_refused_with_what_to_do(
     settings: Settings, rows: list[dict[str, str]], spec: LabelSpec, message: str
 ) -> None:
     _write(settings, rows, spec)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(train.NotTrainable, match=message) as refused:
         train.load_training_data(settings)
+    # The CLI prints it as one line, exit 1 (it had printed a 51-line traceback of a bare ValueError).
+    from lightbox.cli import known_error
+
+    assert known_error(refused.value) == (str(refused.value), 1)
 
 
 def test_excluded_tags_are_logged(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
