@@ -64,15 +64,16 @@ FILE_COLUMNS: tuple[str, ...] = (
     "img",
     "img_name",
     "path",
+    "id",  # Kaggle's train.csv (id,label): late, since a table's own row id is often called id
     # A URL (found by its key's ending in the source, lightbox.label_formats.uris): a database's dump, a
-    # crowd-labelling job's results (Mechanical Turk's Input.image_url)
+    # crowd-labelling job's results (Mechanical Turk's Input.image_url). After id: a table of both names
+    # its downloaded photos by id (Google Landmarks' train.csv: id,url,landmark_id).
     "image_url",
     "img_url",
     "url",
     "image_uri",
     "uri",
     "input.image_url",
-    "id",  # Kaggle's train.csv (id,label): last, since a table's own row id is often called id
 )
 
 

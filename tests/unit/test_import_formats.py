@@ -1203,3 +1203,15 @@ def test_a_windows_label_studio_local_files_path_uses_backslashes_as_folders() -
     assert (
         lf.resolve_ls_ref("/data/local-files/?d=shoot%5Cday1%5Cp0.jpg", roots) == "/photos/shoot/day1/p0.jpg"
     )
+
+
+def test_a_table_with_an_id_and_a_url_names_its_photos_by_id() -> None:
+    """Google Landmarks' train.csv (id,url,landmark_id): the photos were downloaded under their ids, the
+    URL is where they came from."""
+    tree = {
+        "train.csv": b"id,url,landmark_id\n6e158a47eb2ca3f6,https://upload.wikimedia.org/a/b/Foo.jpg,142820\n",
+        "train/6/e/1/6e158a47eb2ca3f6.jpg": b"",
+    }
+    files, read = _files(tree)
+    parsed = lf.parse_imagefolder(files, read, Columns(tags="landmark_id"), metas=[("train.csv", None)])
+    assert [r.ref for r in parsed.records] == ["6e158a47eb2ca3f6"]  # matched by name later
