@@ -76,14 +76,6 @@ class Listed(NamedTuple):
     version: str | None
 
 
-def list_source(
-    source: str, endpoint_url: str | None = None, left_out: Counter[str] | None = None
-) -> Iterator[str]:
-    """The URIs a source names, in a stable order (``list_with_versions``, less the versions)."""
-    for listed in list_with_versions(source, endpoint_url, left_out):
-        yield listed.uri
-
-
 def list_with_versions(
     source: str, endpoint_url: str | None = None, left_out: Counter[str] | None = None
 ) -> Iterator[Listed]:

@@ -181,9 +181,6 @@ class RowAt:
     scored_at: datetime | None  # when its job wrote it: of two rows of a URI, the newer stays
 
 
-ErrorAt = RowAt  # an error row's place: the rows a retry may supersede
-
-
 def stale_errors(errors: Iterable[RowAt], superseded: Set[str]) -> set[RowAt]:
     """The error rows to drop: every one of a URI in ``superseded`` (it has an OK row, or this job wrote
     or settled it since), and of several error rows of one URI, all but the newest (a job killed after
@@ -442,11 +439,14 @@ class ParquetSink:
 
 def _mine(table: pa.Table, model_name: str, model_version: str) -> pa.Table:
     """The rows of one model's version."""
+    return table.filter(_is_mine(table, model_name, model_version))
+
+
+def _is_mine(table: pa.Table, model_name: str, model_version: str) -> pa.ChunkedArray:
+    """Which rows are one model's version's."""
     import pyarrow.compute as pc
 
-    return table.filter(
-        pc.and_(pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version))
-    )
+    return pc.and_(pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version))
 
 
 def _by_part(rows: Iterable[RowAt]) -> dict[str, frozenset[str]]:
@@ -469,7 +469,7 @@ def _rewrite_without(
 
     table = _read_part(part, part.parent)
     drop = pc.and_(
-        pc.and_(pc.equal(table["model_name"], model_name), pc.equal(table["model_version"], model_version)),
+        _is_mine(table, model_name, model_version),
         pc.is_in(table["uri"], value_set=pa.array(sorted(uris), pa.string())),
     )
     if errors_only:

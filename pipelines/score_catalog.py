@@ -449,7 +449,7 @@ class ScoreResult:
     streaming_images_per_s: float | None = None  # None: fewer than two batches came out
     steady_images_per_s: float | None = None  # from a quarter of the results to the last (StreamClock)
     errors: list[tuple[str, str]] = field(default_factory=list)  # the first few (uri, error)
-    # Files of a folder or prefix that are not images by name, by extension (catalog.list_source).
+    # Files of a folder or prefix that are not images by name, by extension (catalog.list_with_versions).
     left_out: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:

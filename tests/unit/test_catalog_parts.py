@@ -20,7 +20,7 @@ from lightbox.catalog import (
     CatalogError,
     ImageUnreadable,
     StorageUnavailable,
-    list_source,
+    list_with_versions,
     read_uri,
     with_retries,
 )
@@ -62,6 +62,11 @@ from pipelines.score_catalog import (
 from serving.runtime import MAX_CPU_BATCH_STREAMS
 
 
+def listed_uris(source: str, left_out: Counter[str] | None = None) -> list[str]:
+    """The URIs a source lists, in order (their source versions aside)."""
+    return [listed.uri for listed in list_with_versions(source, left_out=left_out)]
+
+
 def _png(size: tuple[int, int] = (40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
@@ -77,7 +82,7 @@ def test_a_folder_lists_its_images_sorted_and_skips_sidecars(tmp_path: Path) -> 
     for name in (*names, "b/IMG_1.CR2", "b/IMG_2.CR2", "README"):
         (tmp_path / name).write_bytes(b"x")
     left_out: Counter[str] = Counter()
-    assert list(list_source(str(tmp_path), left_out=left_out)) == [
+    assert listed_uris(str(tmp_path), left_out=left_out) == [
         str(tmp_path / "a.png"),
         str(tmp_path / "b/c.webp"),
         str(tmp_path / "b/p.HEIC"),  # a phone's photos
@@ -102,7 +107,7 @@ def test_a_folder_follows_its_symlinked_folders_once_and_never_loops(tmp_path: P
     (lib / "loop").symlink_to(lib)  # back up the tree
     (lib / "real" / "up").symlink_to("..")
     (lib / "z").symlink_to(lib / "real")  # a folder the walk reaches anyway: by its own name
-    assert list(list_source(str(lib))) == [
+    assert listed_uris(str(lib)) == [
         str(lib / "2024/a.jpg"),
         str(lib / "2024/sub/b.jpg"),
         str(lib / "real/x.jpg"),
@@ -114,7 +119,7 @@ def test_a_folder_follows_its_symlinked_folders_once_and_never_loops(tmp_path: P
 def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text("# catalog\nb.jpg\n\n/abs/a.jpg\nfile:///x/y%20z.png\ns3://bucket/k.jpg\nsub/c.txt\n")
-    assert list(list_source(str(listing))) == [
+    assert listed_uris(str(listing)) == [
         str(tmp_path / "b.jpg"),
         "/abs/a.jpg",
         "/x/y z.png",
@@ -126,36 +131,36 @@ def test_a_text_list_keeps_its_order_and_resolves_relative_paths(tmp_path: Path)
 def test_a_list_saved_on_windows_reads_the_same_and_a_binary_one_is_refused(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"\xef\xbb\xbf/abs/a.jpg\r\n# note\r\n\r\nb.jpg\r\n")  # BOM and CRLF
-    assert list(list_source(str(listing))) == ["/abs/a.jpg", str(tmp_path / "b.jpg")]
+    assert listed_uris(str(listing)) == ["/abs/a.jpg", str(tmp_path / "b.jpg")]
     listing.write_bytes(b"PAR1\x00\xff\xfe")  # a parquet file without its extension
     with pytest.raises(CatalogError, match="not UTF-8 text.*parquet"):
-        list(list_source(str(listing)))
+        listed_uris(str(listing))
     (tmp_path / "IMG_1.HEIC").write_bytes(b"x")
     with pytest.raises(CatalogError, match="is one image: give its folder"):
-        list(list_source(str(tmp_path / "IMG_1.HEIC")))
+        listed_uris(str(tmp_path / "IMG_1.HEIC"))
 
 
 def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:
     path = tmp_path / "cat.parquet"
     pq.write_table(pa.table({"uri": ["/a.jpg", None, "rel.png"], "other": [1, 2, 3]}), path)
-    assert list(list_source(str(path))) == ["/a.jpg", str(tmp_path / "rel.png")]
+    assert listed_uris(str(path)) == ["/a.jpg", str(tmp_path / "rel.png")]
     pq.write_table(pa.table({"path": ["/a.jpg"]}), path)
     with pytest.raises(CatalogError, match="no `uri` column"):
-        list(list_source(str(path)))
+        listed_uris(str(path))
 
 
 def test_a_list_that_is_not_one_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bogus = tmp_path / "bogus.parquet"
     bogus.write_text("/abs/a.jpg\n")  # a text list under a parquet name
     with pytest.raises(CatalogError, match=r"bogus.parquet is not a parquet file .*the .txt extension"):
-        list(list_source(str(bogus)))
+        listed_uris(str(bogus))
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing yet\n\n")
     with pytest.raises(CatalogError, match="empty.txt is an empty list: it names no URIs"):
-        list(list_source(str(empty)))
+        listed_uris(str(empty))
     pq.write_table(pa.table({"uri": pa.array([], pa.string())}), tmp_path / "none.parquet")
     with pytest.raises(CatalogError, match="an empty list: it names no `uri` values"):
-        list(list_source(str(tmp_path / "none.parquet")))
+        listed_uris(str(tmp_path / "none.parquet"))
 
     from lightbox.adapters import s3
 
@@ -164,12 +169,12 @@ def test_a_list_that_is_not_one_says_so_in_one_line(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(s3, "read", absent)
     with pytest.raises(SourceNotFound, match="no object at s3://bucket/nolist.txt"):
-        list(list_source("s3://bucket/nolist.txt"))
+        listed_uris("s3://bucket/nolist.txt")
 
 
 def test_a_missing_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound):
-        list(list_source(str(tmp_path / "nowhere")))
+        listed_uris(str(tmp_path / "nowhere"))
 
 
 def test_read_uri_says_not_found_for_a_folder_or_a_missing_file(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from lightbox.results import (
     Done,
-    ErrorAt,
     ParquetSink,
+    RowAt,
     ScoreRow,
     done_from,
     needs_no_row,
@@ -64,9 +64,9 @@ def test_failed_uris_are_pending_again_and_counted_as_retried() -> None:
 
 
 def test_an_error_row_goes_when_an_ok_row_or_a_newer_row_of_its_uri_supersedes_it() -> None:
-    old_a = ErrorAt("part-old.parquet", "/a", T0)
-    old_b, new_b = ErrorAt("part-old.parquet", "/b", T0), ErrorAt("part-new.parquet", "/b", T1)
-    old_c = ErrorAt("part-old.parquet", "/c", T0)
+    old_a = RowAt("part-old.parquet", "/a", T0)
+    old_b, new_b = RowAt("part-old.parquet", "/b", T0), RowAt("part-new.parquet", "/b", T1)
+    old_c = RowAt("part-old.parquet", "/c", T0)
     errors = [old_a, old_b, new_b, old_c]
     # The next run after a kill: /a has an OK row; /b two error rows, of which the newer stays.
     assert stale_errors(errors, {"/a"}) == {old_a, old_b}
