@@ -323,19 +323,28 @@ def _upsert_errors(cur: Any, table: str, rows: Sequence[ErrorRow]) -> None:
     execute_values(cur, query, list(values.values()))
 
 
-def _delete_errors_of(cur: Any, table: str, keys: Iterable[tuple[str, str, str]]) -> None:
-    """Deletes the error rows of (uri, model_name, model_version) ``keys``."""
+def _delete_rows(cur: Any, table: str, columns: Sequence[str], keys: Iterable[tuple[str, ...]]) -> None:
+    """Deletes the rows of ``table`` whose ``columns`` hold one of ``keys``, in one statement."""
     from psycopg2 import sql
     from psycopg2.extras import execute_values
 
     values = sorted(set(keys))
     if not values:
         return
-    query = sql.SQL(
-        "DELETE FROM {t} AS e USING (VALUES %s) AS k (uri, model_name, model_version)"
-        " WHERE e.uri = k.uri AND e.model_name = k.model_name AND e.model_version = k.model_version"
-    ).format(t=sql.Identifier(table))
+    query = sql.SQL("DELETE FROM {t} AS r USING (VALUES %s) AS k ({names}) WHERE {match}").format(
+        t=sql.Identifier(table),
+        names=sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(columns))),
+        match=sql.SQL(" AND ").join(
+            sql.SQL("r.{} = k.{}").format(sql.Identifier(c), sql.Identifier(f"k{i}"))
+            for i, c in enumerate(columns)
+        ),
+    )
     execute_values(cur, query, values)
+
+
+def _delete_errors_of(cur: Any, table: str, keys: Iterable[tuple[str, str, str]]) -> None:
+    """Deletes the error rows of (uri, model_name, model_version) ``keys``."""
+    _delete_rows(cur, table, ERRORS_KEY, keys)
 
 
 def delete_errors(
@@ -353,18 +362,7 @@ def _delete_results_of(cur: Any, table: str, keys: Iterable[tuple[str, str, str,
     """Deletes the results rows of (image_id, model_name, model_version, source_uri) ``keys``: by the
     primary key (no scan of the table), and only while the row still names that URI (an upsert of the
     same content under another URI, a copy's, took the row over: it is that URI's now)."""
-    from psycopg2 import sql
-    from psycopg2.extras import execute_values
-
-    values = sorted(set(keys))
-    if not values:
-        return
-    query = sql.SQL(
-        "DELETE FROM {t} AS r USING (VALUES %s) AS k (image_id, model_name, model_version, uri)"
-        " WHERE r.image_id = k.image_id AND r.model_name = k.model_name"
-        " AND r.model_version = k.model_version AND r.source_uri = k.uri"
-    ).format(t=sql.Identifier(table))
-    execute_values(cur, query, values)
+    _delete_rows(cur, table, (*RESULTS_KEY, "source_uri"), keys)
 
 
 def delete_results(conn: Connection, table: str, keys: Iterable[tuple[str, str, str, str]]) -> None:
