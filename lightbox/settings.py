@@ -9,6 +9,7 @@ environment anywhere else.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -358,12 +359,14 @@ class Settings(BaseSettings):
     def _aliases_are_distinct_names(self) -> Settings:
         # The same name for two roles (previous_alias=champion) makes a promotion set both on one
         # version, and the version to roll back to is recorded nowhere.
-        roles = {"champion_alias": self.champion_alias, "challenger_alias": self.challenger_alias}
-        roles["previous_alias"] = self.previous_alias
-        for role, alias in roles.items():
-            first = next(r for r, a in roles.items() if a == alias)
-            if first != role:
-                raise ValueError(f"{first} and {role} are both {alias!r}: give each role its own alias")
+        roles = (
+            ("champion_alias", self.champion_alias),
+            ("challenger_alias", self.challenger_alias),
+            ("previous_alias", self.previous_alias),
+        )
+        for (first, alias), (second, other) in itertools.combinations(roles, 2):
+            if alias == other:
+                raise ValueError(f"{first} and {second} are both {alias!r}: give each role its own alias")
         return self
 
     @model_validator(mode="after")
