@@ -27,6 +27,7 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _only_columns,
+    named_in,
     only_counted,
     split_of_path,
 )
@@ -41,7 +42,7 @@ def parse_coco(
     read: Callable[[str], bytes], names: Sequence[str], files: Collection[str], columns: Columns
 ) -> Parsed:
     _only_columns(names[0], columns, ("tags",), "a COCO file's labels are its categories")
-    keep = {t.strip() for t in columns.tags.split(",") if t.strip()} if columns.tags else None
+    keep = named_in(columns.tags)
     out = Parsed("coco", [], has_tags=True)
     present = frozenset(files)
     regions = 0
@@ -71,7 +72,7 @@ def parse_coco(
             origin = given[0] if given else f"{name}: image {img.get('id')}"
             try:
                 ref = locate([n for n in given if n], base, present)
-                tags = tuple(sorted(_no_separator(sorted(classes.get(img.get("id"), ())))))
+                tags = tuple(_no_separator(sorted(classes.get(img.get("id"), ()))))
             except ValueError as exc:
                 out.problems.append(Problem(origin, str(exc)))
                 continue

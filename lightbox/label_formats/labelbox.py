@@ -37,6 +37,7 @@ from lightbox.label_formats.records import (
     Record,
     _no_separator,
     _only_columns,
+    named_in,
     parse_score_cell,
 )
 from lightbox.label_formats.uris import locate
@@ -94,7 +95,7 @@ def parse_labelbox(
     found in ``files`` (the source's). ``--tags-column Q1,Q2`` names the questions read as tags (default:
     every radio, checklist and dropdown question), ``--score-column`` the question answered by a number."""
     _only_columns(exports[0], columns, ("tags", "score"), "a Labelbox export's labels are its questions")
-    wanted = {t.strip() for t in columns.tags.split(",") if t.strip()} if columns.tags else None
+    wanted = named_in(columns.tags)
     out = Parsed("labelbox", [], score_name=columns.score)
     present = frozenset(files)
     seen = _Seen()

@@ -232,6 +232,11 @@ def split_of_path(folder: str) -> str | None:
     return None
 
 
+def named_in(option: str | None) -> set[str] | None:
+    """The names an option lists (``--tags-column A,B``: questions, classes), or None when not given."""
+    return {n.strip() for n in option.split(",") if n.strip()} if option else None
+
+
 def _only_columns(name: str, columns: Columns, allowed: Sequence[str], why: str) -> None:
     """A column option this format has nothing to apply to is refused, not silently ignored."""
     given = [f"--{k}-column" for k, v in asdict(columns).items() if v is not None and k not in allowed]
