@@ -28,6 +28,7 @@ def _text(description: str) -> Param:
     ),
     schedule=None,
     catchup=False,
+    is_paused_upon_creation=False,  # the UI flow chains without a toggle (README: Airflow UI)
     tags=["lightbox"],
     default_args=RETRIES,
     params={
@@ -71,17 +72,22 @@ def lightbox_data():
     def ingest(**context) -> dict:
         from dataclasses import asdict
 
+        from lightbox.adapters.airflow_tasks import fails_fast
+        from lightbox.errors import import_errors
         from lightbox.settings import load_settings
         from pipelines import ingest as stage
 
-        return asdict(stage.run(load_settings(), context["params"]))
+        with fails_fast(context, also=import_errors()):
+            return asdict(stage.run(load_settings(), context["params"]))
 
     @task
     def validate(_ingested: dict) -> dict:
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import validate_data
 
-        result = validate_data.run(load_settings())
+        with fails_fast(also=(validate_data.DataValidationError,)):
+            result = validate_data.run(load_settings())
         return {
             "n_images": result.n_images,
             "quarantined": len(result.quarantined) + len(result.import_problems),
@@ -90,19 +96,23 @@ def lightbox_data():
 
     @task
     def version(_validated: dict) -> dict:
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import version_data
 
-        return version_data.run(load_settings()).to_dict()
+        with fails_fast():
+            return version_data.run(load_settings()).to_dict()
 
     @task(outlets=[FEATURES])
     def features(_version: dict) -> dict:
         from dataclasses import asdict
 
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import features as features_stage
 
-        return asdict(features_stage.run(load_settings()))
+        with fails_fast():
+            return asdict(features_stage.run(load_settings()))
 
     features(version(validate(ingest())))
 

@@ -38,11 +38,15 @@ RETRIES = {"retries": 1, "retry_delay": timedelta(minutes=1)}
 def lightbox_monitor():
     @task
     def measure(**context) -> dict:
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import monitor
 
         p = context["params"]
-        return monitor.run(load_settings(), alias=p["alias"], source=p["source"], last=p["last"]).to_dict()
+        with fails_fast(context):
+            return monitor.run(
+                load_settings(), alias=p["alias"], source=p["source"], last=p["last"]
+            ).to_dict()
 
     @task(outlets=[DRIFT])
     def signal_drift(result: dict) -> dict:

@@ -30,11 +30,14 @@ def _settings(params: dict):
     ),
     schedule=None,
     catchup=False,
+    is_paused_upon_creation=False,  # the UI flow chains without a toggle (README: Airflow UI)
     tags=["lightbox"],
     default_args=RETRIES,
     params={
         "version": Param(
-            None, type=["null", "string"], description="model version to promote; empty: the @challenger"
+            None,
+            type=["null", "string", "integer"],
+            description='model version to promote (3, or "3"); empty: the @challenger',
         ),
         "alias": Param(
             None, type=["null", "string"], description="alias to move to it; empty: champion_alias (champion)"
@@ -51,30 +54,23 @@ def _settings(params: dict):
 def lightbox_promote():
     @task
     def golden() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import golden as golden_stage
 
         # Set aside at import (or rendered for the synthetic demo), then frozen: this confirms its version.
-        try:
+        with fails_fast():  # GoldenSetMissing: only a new import makes one, retrying cannot
             return golden_stage.run(load_settings()).version.to_dict()
-        except golden_stage.GoldenSetMissing as exc:  # only a new import makes one: retrying cannot
-            raise AirflowFailException(str(exc)) from exc
 
     @task
     def gates(_golden: dict, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from pipelines import promote as promote_stage
 
         p = context["params"]
-        try:
-            return promote_stage.gate(_settings(p), p["version"], alias=p["alias"]).to_dict()
-        except promote_stage.PromotionRefused as exc:
-            if not exc.final:  # a lost race: Airflow's retry tries again
-                raise
-            raise AirflowFailException(str(exc)) from exc
+        with fails_fast(context):  # a lost race (PromotionRefused, not final) is left to the retry
+            version = None if p["version"] in (None, "") else str(p["version"])
+            return promote_stage.gate(_settings(p), version, alias=p["alias"]).to_dict()
 
     @task.branch
     def needs_approval(_gated: dict, **context) -> str:
@@ -94,12 +90,11 @@ def lightbox_promote():
     def promote(gated: dict, **context) -> dict:
         from dataclasses import asdict
 
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from pipelines import promote as promote_stage
 
         p = context["params"]
-        try:
+        with fails_fast(context):  # a lost race (PromotionRefused, not final) is left to the retry
             result = promote_stage.run(
                 _settings(p),
                 gated["version"],
@@ -107,10 +102,6 @@ def lightbox_promote():
                 actor="airflow:lightbox_promote",
                 reason=p["reason"] or ("approved" if p["require_approval"] else "gates passed"),
             )
-        except promote_stage.PromotionRefused as exc:
-            if not exc.final:  # a lost race: Airflow's retry tries again
-                raise
-            raise AirflowFailException(str(exc)) from exc
         return asdict(result)
 
     gated = gates(golden())

@@ -22,6 +22,7 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(minutes=1)}
     description="Score a catalog (folder, s3:// prefix, URI list) with the champion or an alias, on Ray Data",
     schedule=[CHAMPION],
     catchup=False,
+    is_paused_upon_creation=False,  # the UI flow chains without a toggle (README: Airflow UI)
     max_active_runs=1,  # one writer per output: two runs would score the same images twice
     tags=["lightbox"],
     default_args=RETRIES,
@@ -49,15 +50,22 @@ def lightbox_score_catalog():
 
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from lightbox.adapters.airflow_tasks import fails_fast
+        from lightbox.catalog import CatalogError
+        from lightbox.results import BadDestination
+        from lightbox.source_tree import SourceNotFound
         from pipelines import score_catalog
 
         p = context["params"]
-        settings, source, out, alias, version = score_catalog.job_settings(
-            p["source"], p["model"], p["out"], p.get("online")
-        )
-        if source is None:
-            raise AirflowSkipException("no catalog to score: set the source param or LIGHTBOX_CATALOG_SOURCE")
-        return asdict(score_catalog.run(settings, source, out, alias=alias, version=version))
+        with fails_fast(context, also=(SourceNotFound, CatalogError, BadDestination)):
+            settings, source, out, alias, version = score_catalog.job_settings(
+                p["source"], p["model"], p["out"], p.get("online")
+            )
+            if source is None:
+                raise AirflowSkipException(
+                    "no catalog to score: set the source param or LIGHTBOX_CATALOG_SOURCE"
+                )
+            return asdict(score_catalog.run(settings, source, out, alias=alias, version=version))
 
     score()
 

@@ -29,6 +29,7 @@ def _settings(params: dict):
     ),
     schedule=[FEATURES],
     catchup=False,
+    is_paused_upon_creation=False,  # the UI flow chains without a toggle (README: Airflow UI)
     tags=["lightbox"],
     default_args=RETRIES,
     params={
@@ -63,58 +64,49 @@ def _settings(params: dict):
 def lightbox_train():
     @task
     def train(**context) -> dict:
+        from lightbox.adapters.airflow_tasks import fails_fast
         from pipelines import train as train_stage
 
         p = context["params"]
-        return train_stage.run(
-            _settings(p), trials=p["trials"], epochs=p["epochs"], mode=p.get("train_mode")
-        ).to_dict()
+        with fails_fast(context):
+            return train_stage.run(
+                _settings(p), trials=p["trials"], epochs=p["epochs"], mode=p.get("train_mode") or None
+            ).to_dict()
 
     @task
     def golden() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from lightbox.settings import load_settings
         from pipelines import golden as golden_stage
 
         # Set aside at import (or rendered for the synthetic demo), then frozen: this confirms its version.
-        try:
+        with fails_fast():  # GoldenSetMissing: only a new import makes one, retrying cannot
             return golden_stage.run(load_settings()).version.to_dict()
-        except golden_stage.GoldenSetMissing as exc:  # only a new import makes one: retrying cannot
-            raise AirflowFailException(str(exc)) from exc
 
     @task(outlets=[CHAMPION])
     def promote(trained: dict, _golden: dict, **context) -> dict:
         from dataclasses import asdict
 
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from pipelines import promote as promote_stage
 
-        try:
+        with fails_fast(context):  # a lost race (PromotionRefused, not final) is left to the retry
             result = promote_stage.run(
                 _settings(context["params"]),
                 trained["model_version"],
                 actor="airflow:lightbox_train",
                 reason="trained",
             )
-        except promote_stage.PromotionRefused as exc:
-            if not exc.final:  # a lost race: Airflow's retry tries again
-                raise
-            raise AirflowFailException(str(exc)) from exc
         return asdict(result)
 
     @task
     def int8_candidate(trained: dict, _golden: dict, **context) -> dict | None:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from lightbox.adapters.airflow_tasks import fails_fast
         from pipelines import quantize
 
         p = context["params"]
-        try:
+        with fails_fast(context):  # QuantizeRefused: nothing to calibrate on, no export; retrying cannot
             return quantize.after_training(_settings(p), trained["model_version"], p.get("int8"))
-        except quantize.QuantizeRefused as exc:  # nothing to calibrate on, no export: retrying cannot
-            raise AirflowFailException(str(exc)) from exc
 
     trained, frozen = train(), golden()
     promote(trained, frozen)

@@ -15,92 +15,10 @@ from typer import _click  # Typer vendors Click; its Context is the type TyperGr
 from typer.core import TyperGroup
 
 from lightbox import settings as settings_module
+from lightbox.errors import import_errors, known_error
 from lightbox.settings import Settings
 
 _DEBUG = "lightbox.debug"  # ctx.meta key: set by `lightbox --debug`, read where errors are mapped
-
-
-def known_error(exc: BaseException) -> tuple[str, int] | None:
-    """The one line and exit code for an error the user can fix (None: a bug, shown as a traceback).
-
-    The one place that maps exception types to messages: the pipelines and adapters raise typed errors
-    whose message says what to do, and no command repeats a try/except for them. Exit code 2: the
-    configuration is wrong (settings, tracking URI, a malformed argument); 1: the project's state
-    refuses the action (nothing promoted, no golden set, no such version, gates failed)."""
-    # Imported here, not at module level: `lightbox --help` must not import torch or MLflow.
-    from lightbox.adapters import ServiceUnavailable
-    from lightbox.adapters.airflow_runner import BadConf
-    from lightbox.adapters.dvc_repo import DataUnavailable, NoDatasetVersion
-    from lightbox.adapters.mlflow_registry import ArtifactError, VersionNotFound
-    from lightbox.adapters.tracking_check import TrackingUnavailable
-    from lightbox.aliases import BadAlias
-    from lightbox.manifest import ManifestError
-    from pipelines.features import FeaturesOutOfDate
-    from pipelines.golden import GoldenSetMissing
-    from pipelines.lineage import BadModelUri
-    from pipelines.monitor import NoPredictions, NoReference
-    from pipelines.promote import PromotionRefused
-    from pipelines.quantize import QuantizeRefused
-    from pipelines.score_catalog import ActorsDidNotStart
-    from pipelines.train import NotTrainable
-    from serving.server import CannotServe
-    from training.predictor import ModelNotFound
-
-    if isinstance(
-        exc,
-        settings_module.SettingsError
-        | TrackingUnavailable
-        | BadModelUri
-        | ServiceUnavailable
-        | BadConf
-        | BadAlias,
-    ):
-        return str(exc), 2
-    # S3 (imported only where an s3:// path is used): no credentials, no endpoint, no bucket.
-    boto = sys.modules.get("botocore.exceptions")
-    if boto is not None and isinstance(
-        exc,
-        boto.NoCredentialsError
-        | boto.PartialCredentialsError
-        | boto.EndpointConnectionError
-        | boto.ClientError,
-    ):
-        return (
-            f"S3: {' '.join(str(exc).split())}: check LIGHTBOX_S3_ENDPOINT_URL and the AWS credentials "
-            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
-            2,
-        )
-    if isinstance(
-        exc,
-        ModelNotFound
-        | VersionNotFound
-        | PromotionRefused
-        | GoldenSetMissing
-        | ManifestError
-        | ArtifactError
-        | CannotServe
-        | NoReference
-        | NoPredictions
-        | QuantizeRefused
-        | ActorsDidNotStart
-        | NoDatasetVersion
-        | DataUnavailable
-        | FeaturesOutOfDate
-        | NotTrainable,
-    ):
-        return str(exc), 1
-    # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when
-    # MLflow is loaded: if it is not, the error cannot be one of its own.
-    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
-    if (
-        mlflow_exceptions is not None
-        and isinstance(exc, mlflow_exceptions.MlflowException)
-        and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-    ):
-        # Not found (a model, a version, an alias), or a malformed argument (a version "abc").
-        code = 1 if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else 2
-        return " ".join(exc.message.split()), code
-    return None
 
 
 class _LightboxGroup(TyperGroup):
@@ -181,15 +99,6 @@ def _tracked(settings: Settings, *, read_only: bool = True) -> Settings:
     return settings
 
 
-def _import_errors() -> tuple[type[BaseException], ...]:
-    from lightbox.label_formats import FormatError
-    from lightbox.manifest import ManifestError
-    from lightbox.source_tree import SourceNotFound
-    from pipelines.importer import ImportFailed
-
-    return (FormatError, ImportFailed, ManifestError, SourceNotFound, ValueError)
-
-
 @data_app.command("import")
 def data_import(
     source: Annotated[str, typer.Argument(help="a folder, an export file, or s3://bucket/prefix")],
@@ -243,7 +152,7 @@ def data_import(
     )
     try:
         result = importer.run(load_settings(), source, options)
-    except _import_errors() as exc:
+    except import_errors() as exc:
         raise _fail(f"import failed: {exc}") from None
     _print(result)
     for note in result.notes:
@@ -559,6 +468,7 @@ def demo(
     """The whole lifecycle through Airflow, then the server and one prediction."""
     from lightbox import demo as demo_mod
     from lightbox.adapters.airflow_runner import DagRunFailed
+    from pipelines.data import DemoSetRefused
 
     s = load_settings()
     try:
@@ -570,7 +480,7 @@ def demo(
             epochs=epochs or s.tune_epochs,
             keep_serving=keep_serving,
         )
-    except (DagRunFailed, demo_mod.DemoRefused) as exc:
+    except (DagRunFailed, DemoSetRefused) as exc:
         typer.secho(f"demo stopped: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 

@@ -14,10 +14,6 @@ import typer
 from lightbox.settings import Settings, settings_env
 
 
-class DemoRefused(RuntimeError):
-    """The demo would overwrite something of the user's (the message says what to do instead)."""
-
-
 def _step(msg: str) -> float:
     typer.secho(f"==> {msg}", fg="cyan", bold=True)
     return time.monotonic()
@@ -86,37 +82,18 @@ def pick_images(settings: Settings) -> tuple[Path, Path]:
 DEMO_INVARIANCE_EPSILON = 0.1
 
 
-def users_data(settings: Settings) -> str | None:
-    """Why the demo must not run in this project, or None: its ``data/`` or golden set holds photos the
-    user imported, which the demo's synthetic set would replace (and its gates would judge the demo's
-    model on the user's golden labels)."""
-    from lightbox.manifest import ManifestError, read_label_spec
-    from pipelines.data import SOURCE_FORMAT
-
-    for folder in (settings.data_dir, settings.golden_dir):
-        try:
-            spec = read_label_spec(folder)
-        except ManifestError:
-            continue  # nothing imported there (or nothing readable: the demo rebuilds it)
-        if spec.source_format != SOURCE_FORMAT:
-            return (
-                f"{folder} holds your imported photos ({spec.source_format or 'imported'}); the demo would "
-                "replace them with its synthetic set. Run it in a folder of its own: "
-                f"LIGHTBOX_PROJECT_DIR=/tmp/lightbox-demo lightbox demo"
-            )
-    return None
-
-
 def run(
     settings: Settings, *, sources: int, variants: int, trials: int, epochs: int, keep_serving: bool = False
 ) -> None:
     import os
 
     from lightbox.adapters import airflow_runner, dvc_repo, mlflow_registry
+    from pipelines.data import DemoSetRefused, users_photos
 
-    refusal = users_data(settings)
+    # Before Airflow starts: the DAG's import would refuse too, but only after a minute of setup.
+    refusal = users_photos(settings)
     if refusal is not None:
-        raise DemoRefused(refusal)
+        raise DemoSetRefused(refusal)
     if "LIGHTBOX_GATE_INVARIANCE_EPSILON" not in os.environ:
         # The demo's own labels grade JPEG compression as damage, so a model trained on them reads a q95
         # re-encode of a noisy golden scene as slightly worse: measured 0.0512 of the range on 1 of 6

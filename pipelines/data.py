@@ -37,6 +37,32 @@ _PNG_COMPRESS_LEVEL = 1
 SOURCE_FORMAT = "synthetic"
 
 
+class DemoSetRefused(RuntimeError):
+    """The synthetic set would replace the photos the user imported (the message says what to do)."""
+
+
+def users_photos(settings: Settings) -> str | None:
+    """Why the synthetic set must not be rendered into this project, or None: its ``data/`` or golden set
+    holds photos the user imported, which the set would replace (and the demo's gates would judge the
+    demo's model on the user's golden labels). The demo, `lightbox data build` and the lightbox_data DAG
+    run without a source (an empty or misspelled ``source`` in the trigger form) all ask this first."""
+    from lightbox.manifest import ManifestError, read_label_spec
+
+    for folder in (settings.data_dir, settings.golden_dir):
+        try:
+            spec = read_label_spec(folder)
+        except ManifestError:
+            continue  # nothing imported there (or nothing readable: the demo set rebuilds it)
+        if spec.source_format != SOURCE_FORMAT:
+            return (
+                f"{folder} holds your imported photos ({spec.source_format or 'imported'}): the synthetic "
+                "demo set would replace them. To import photos give their source (`lightbox data import "
+                "SOURCE`, or the lightbox_data DAG's `source` param); to try the demo, run it in a folder of "
+                "its own: LIGHTBOX_PROJECT_DIR=/tmp/lightbox-demo lightbox demo"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class Source:
     source_id: str
@@ -47,7 +73,12 @@ class Source:
 def run(
     settings: Settings, *, n_sources: int | None = None, variants: int | None = None, seed: int | None = None
 ) -> importer.ImportResult:
-    """Render the synthetic set and import it into settings.data_dir. Same parameters, same bytes."""
+    """Render the synthetic set and import it into settings.data_dir. Same parameters, same bytes.
+
+    Raises DemoSetRefused, before rendering anything, in a project that holds the user's photos."""
+    refusal = users_photos(settings)
+    if refusal is not None:
+        raise DemoSetRefused(refusal)
     n_sources = settings.dataset_sources if n_sources is None else n_sources
     variants = settings.dataset_variants if variants is None else variants
     seed = settings.dataset_seed if seed is None else seed

@@ -24,8 +24,18 @@ OPTION_PARAMS: tuple[str, ...] = (
 
 
 def run(settings: Settings, params: Mapping[str, object]) -> importer.ImportResult:
+    """Import ``params["source"]`` with the import options among ``params``; without a source, render the
+    demo set, which pipelines.data refuses where data/ holds the user's photos (a source left empty in
+    the trigger form must not replace them). Import options without a source are refused: they can only
+    mean a source was forgotten."""
     source = params.get("source")
     if not source:
+        given = [k for k in OPTION_PARAMS if params.get(k) not in (None, "", False)]
+        if given:
+            raise importer.ImportFailed(
+                f"{', '.join(given)} given without a source: set `source` to your photos' folder, export "
+                "file or s3://bucket/prefix (without one lightbox_data renders the synthetic demo set)"
+            )
         return data.run(
             settings,
             n_sources=_int_or_none(params.get("n_sources")),

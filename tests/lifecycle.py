@@ -109,6 +109,22 @@ class LifecycleChecks:
         assert plots <= {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
         assert parent.inputs.dataset_inputs[0].dataset.digest == version.short
 
+    def test_runs_by_hand_leave_no_asset_triggered_runs_queued(self, project: Settings) -> None:
+        """lightbox_train and lightbox_score_catalog are unpaused from creation (the UI flow chains), so
+        the features and champion events of these `dags test` runs queued runs of them: a scheduler
+        started later on this home would have trained and rescored again by itself. None are left."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(airflow_runner.airflow_env(project)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        try:
+            with engine.connect() as conn:
+                paused = dict(conn.execute(text("SELECT dag_id, is_paused FROM dag")).all())
+                queued = conn.execute(text("SELECT count(*) FROM asset_dag_run_queue")).scalar()
+        finally:
+            engine.dispose()
+        assert not paused["lightbox_train"], paused
+        assert queued == 0
+
     def test_server_answers_with_the_datasets_tags_on_its_scale(self, project: Settings) -> None:
         spec = manifest.read_label_spec(project.data_dir)
         synthetic = spec.source_format == "synthetic"

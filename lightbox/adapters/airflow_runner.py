@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +29,20 @@ class DagRunFailed(RuntimeError):
     """A DAG run ended failed; the message carries the tail of its log."""
 
 
-# The last line of a Python traceback: "package.module.SomeError: message" (continuation lines indented).
-_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Failed)\w*: .*$")
+# The last line of a Python traceback (continuation lines indented): a builtin "SomeError: message", or
+# any class a module defines, "package.module.NotTrainable: message" (lightbox's errors say what to do
+# in their names' words, not always ending in Error).
+_EXC_LINE = re.compile(
+    r"^(?:(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Failed|Exit|Interrupt)\w*"
+    r"|(?:[a-z_]\w*\.)+[A-Z]\w*): .*$"
+)
 
 
 def task_errors(log_text: str) -> list[str]:
     """The exceptions that failed tasks in a `dags test` log, each with its indented continuation
     lines (a gate verdict lists its reasons there), in order, once each."""
     lines = log_text.splitlines()
-    found: dict[str, None] = {}
+    found: dict[str, str] = {}  # the message without its class -> the exception's line(s)
     for i, line in enumerate(lines):
         if not _EXC_LINE.match(line):
             continue
@@ -46,8 +51,15 @@ def task_errors(log_text: str) -> list[str]:
             if not nxt.startswith((" ", "\t")) or nxt.lstrip().startswith("File "):
                 break
             message.append(nxt)
-        found.setdefault("\n".join(message), None)
-    return list(found)
+        # One error re-raised as another with the same words (a verdict as AirflowFailException) is
+        # said once, as the first one.
+        found.setdefault("\n".join([line.split(": ", 1)[1], *message[1:]]), "\n".join(message))
+    # A task that failed fast (lightbox.adapters.airflow_tasks) raised its line as AirflowFailException:
+    # the line is the message, the class only Airflow's way of saying "no retry".
+    return [m.removeprefix(_FAIL_FAST) for m in found.values()]
+
+
+_FAIL_FAST = "airflow.sdk.exceptions.AirflowFailException: "
 
 
 LOOPBACK = "127.0.0.1"
@@ -442,8 +454,6 @@ def parse_conf(dag_id: str, conf: str | None, dags_folder: Path | None = None) -
     """A DAG run's params from its JSON ``--conf``, refused before any run starts when it is not a JSON
     object or names a param the DAG does not have (a typo would otherwise run with the default: the
     demo set instead of your photos)."""
-    import difflib
-
     folder = dags_folder or CODE_ROOT / "dags"
     dag_file = folder / f"{dag_id}.py"
     if not dag_file.is_file():
@@ -457,15 +467,46 @@ def parse_conf(dag_id: str, conf: str | None, dags_folder: Path | None = None) -
         raise BadConf(f"--conf is not JSON: {exc.msg} at character {exc.pos}: {conf[:80]}") from None
     if not isinstance(params, dict):
         raise BadConf(f"--conf must be a JSON object of params, like '{{\"trials\": 8}}', not {conf[:80]}")
-    declared = dag_params(dag_file)
-    unknown = sorted(set(params) - declared) if declared else []  # no params declared: nothing to check
-    if unknown:
-        hints = [
-            f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, sorted(declared), n=1)) else u
-            for u in unknown
-        ]
-        raise BadConf(f"{dag_id} has no param {', '.join(hints)}; its params: {', '.join(sorted(declared))}")
+    refusal = unknown_params(dag_id, params, dag_params(dag_file))
+    if refusal is not None:
+        raise BadConf(refusal)
     return params
+
+
+def unknown_params(dag_id: str, given: Iterable[str], declared: Iterable[str]) -> str | None:
+    """The line refusing the params of ``given`` that the DAG does not declare, with the nearest declared
+    name of each, or None when all are declared (or the DAG declares none: nothing to check)."""
+    import difflib
+
+    known = sorted(declared)
+    unknown = sorted(set(given) - set(known)) if known else []
+    if not unknown:
+        return None
+    hints = [
+        f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, n=1)) else u
+        for u in unknown
+    ]
+    return f"{dag_id} has no param {', '.join(hints)}; its params: {', '.join(known)}"
+
+
+def forget_queued_runs(settings: Settings) -> int:
+    """Drop the runs that Asset events queued on this home; returns how many.
+
+    The asset-scheduled DAGs are unpaused from creation, so that in the UI lightbox_data's features
+    start lightbox_train by themselves. A `dags test` run is a run by hand, though: the events it
+    emits would otherwise wait in the queue and start a training (or a rescoring) the moment a
+    scheduler next starts on this home, long after the user ran the next stage by hand."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(airflow_env(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    try:
+        with engine.begin() as conn:
+            return conn.execute(text("DELETE FROM asset_dag_run_queue")).rowcount or 0
+    except Exception as exc:  # noqa: BLE001 - a home too old or too new for the table: nothing queued there
+        log.debug("asset_dag_run_queue not cleared: %s", exc)
+        return 0
+    finally:
+        engine.dispose()
 
 
 def dags_test(
@@ -503,6 +544,7 @@ def dags_test(
     )
     if code < 0:  # killed by a signal, this process alive: fail its run now rather than at the next start
         recover_test_runs(settings)
+    forget_queued_runs(settings)
     for marker in written:
         marker.unlink(missing_ok=True)
     if code:

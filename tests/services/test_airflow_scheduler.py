@@ -82,7 +82,8 @@ def test_a_dag_run_triggered_through_the_rest_api_completes(
     )
     assert httpx.get(f"{base}/api/v2/dags", timeout=30).status_code == 401  # no token, no API
 
-    # The dag-processor parses dags/ into the database; then the DAG appears (paused, as created).
+    # The dag-processor parses dags/ into the database; then the DAG appears, unpaused from creation:
+    # a user who triggers lightbox_data in the UI gets lightbox_train without a toggle (README).
     for dag_id in (TRAIN_DAG, DAG):
         deadline = time.monotonic() + 180
         while (r := api.get(f"/dags/{dag_id}")).status_code == 404 and time.monotonic() < deadline:
@@ -90,7 +91,20 @@ def test_a_dag_run_triggered_through_the_rest_api_completes(
         assert r.status_code == 200, (
             f"{r.status_code} {r.text}\n{(logs / 'dag-processor.log').read_text()[-3000:]}"
         )
-        assert api.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+        assert r.json()["is_paused"] is False
+
+    # A misspelled key (the REST API and the UI's raw conf skip the CLI's check) fails the run at once,
+    # before anything is imported: it had run with the default and replaced the data with the demo set.
+    typo = api.post(f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {"sorce": "/photos"}})
+    assert typo.status_code == 200, typo.text
+    typo_id = typo.json()["dag_run_id"]
+    deadline = time.monotonic() + 300
+    while api.get(f"/dags/{DAG}/dagRuns/{typo_id}").json()["state"] not in ("success", "failed"):
+        assert time.monotonic() < deadline, "the misspelled run did not end"
+        time.sleep(2)
+    ingest = api.get(f"/dags/{DAG}/dagRuns/{typo_id}/taskInstances/ingest").json()
+    assert (ingest["state"], ingest["try_number"]) == ("failed", 1)  # no retries for a typo
+    assert not (settings.data_dir / "manifest.csv").exists()
 
     run = api.post(
         f"/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {"n_sources": 14, "variants": 6}}

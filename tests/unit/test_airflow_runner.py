@@ -19,9 +19,48 @@ DagRun failed
 
 def test_task_errors_keep_the_verdict_and_its_reasons() -> None:
     assert task_errors(LOG) == [
-        "airflow.sdk.exceptions.AirflowFailException: lightbox v1 failed its gates, not promoted to "
+        "lightbox v1 failed its gates, not promoted to "
         "@champion:\n  test_score_srocc = 0.4000 (needs >= 0.5)\n  test_score_mae = 0.5067 (needs <= 0.25)"
     ]
+
+
+CHAINED = """\
+Traceback (most recent call last):
+  File "/work/main/pipelines/promote.py", line 151, in gate
+pipelines.promote.GateFailed: lightbox v1 failed its gates, not promoted to @champion:
+  test_score_srocc = 0.4000 (needs >= 0.5)
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/work/main/dags/lightbox_promote.py", line 64, in gates
+airflow.sdk.exceptions.AirflowFailException: lightbox v1 failed its gates, not promoted to @champion:
+  test_score_srocc = 0.4000 (needs >= 0.5)
+"""
+
+
+def test_a_verdict_reraised_by_airflow_is_said_once() -> None:
+    """The probe's gate failure printed twice (the cause, then the AirflowFailException with the same
+    words): one entry, the first."""
+    assert task_errors(CHAINED) == [
+        "pipelines.promote.GateFailed: lightbox v1 failed its gates, not promoted to @champion:\n"
+        "  test_score_srocc = 0.4000 (needs >= 0.5)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "lightbox.source_tree.SourceNotFound: /tmp/nope/shoot is neither a folder nor a file",
+        "lightbox.adapters.dvc_repo.NoDatasetVersion: no dataset version yet: run lightbox_data first",
+        "pipelines.train.NotTrainable: the validation split is empty",
+    ],
+)
+def test_lightbox_errors_named_without_error_are_found(line: str) -> None:
+    """These had been missed (the pattern wanted Error/Exception/Failed in the class name), so the
+    CLI printed the last 60 log lines with the line buried in a traceback."""
+    log = f'Traceback (most recent call last):\n  File "x.py", line 1, in f\n{line}\nDagRun failed\n'
+    assert task_errors(log) == [line]
 
 
 def test_no_exception_gives_nothing() -> None:

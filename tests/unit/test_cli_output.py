@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from lightbox.adapters.mlflow_registry import _ranges
@@ -86,8 +87,31 @@ def test_demo_refuses_a_project_holding_imported_photos(tmp_path: Path) -> None:
         assert "holds your imported photos (labelstudio)" in result.output
         assert "LIGHTBOX_PROJECT_DIR=/tmp/lightbox-demo lightbox demo" in result.output
         assert "Traceback" not in result.output
-    from lightbox.demo import users_data
+    from pipelines.data import users_photos
 
     for folder in (settings.golden_dir, settings.data_dir):  # the demo's own set: it may run again
         write_label_spec(folder, LabelSpec(tag_counts={"cat": 9}, source_format="synthetic"))
-    assert users_data(settings) is None
+    assert users_photos(settings) is None
+
+
+def test_an_empty_source_does_not_replace_the_users_photos(tmp_path: Path) -> None:
+    """The lightbox_data DAG without a source renders the demo set: a `source` left empty in the UI's
+    trigger form (or misspelled) had replaced 58 imported photos with 12 synthetic ones, committed as a
+    new DVC version, and the run reported success. Now refused before anything is rendered, as is
+    `lightbox data build` in such a project; an import option without a source is refused too."""
+    from lightbox.manifest import LabelSpec, read_label_spec, write_label_spec
+    from lightbox.settings import Settings
+    from pipelines import data, importer, ingest
+
+    settings = Settings(project_dir=tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    write_label_spec(settings.data_dir, LabelSpec(tag_counts={"cat": 9}, source_format="imagefolder"))
+    for params in ({"source": ""}, {"source": None, "n_sources": 3, "variants": 1}, {}):
+        with pytest.raises(data.DemoSetRefused, match=r"holds your imported photos \(imagefolder\)"):
+            ingest.run(settings, params)
+    assert read_label_spec(settings.data_dir).source_format == "imagefolder"  # untouched
+    with pytest.raises(importer.ImportFailed, match="score_column given without a source"):
+        ingest.run(settings, {"source": "", "score_column": "stars"})
+    result = CliRunner().invoke(app, ["data", "build"], env={"LIGHTBOX_PROJECT_DIR": str(tmp_path)})
+    assert result.exit_code == 1, result.output
+    assert "holds your imported photos" in result.output and "Traceback" not in result.output

@@ -130,3 +130,13 @@ def test_drift_updates_the_drift_asset_only_from_its_signal_task(dagbag) -> None
     assert [a.uri for a in signal.outlets] == [airflow_assets.DRIFT.uri]
     assert signal.upstream_task_ids == {"measure"}
     assert dag.get_task("measure").outlets == []
+
+
+def test_the_chained_dags_are_unpaused_from_creation(dagbag) -> None:
+    """The README's UI flow: lightbox_data's features start lightbox_train by themselves. A DAG paused at
+    creation (Airflow's default) receives no Asset events, so the probe's chain never ran. The daily
+    monitor stays paused until an operator has a served model to watch."""
+    paused = {d.dag_id: d.is_paused_upon_creation for d in dagbag.dags.values()}
+    assert paused["lightbox_train"] is False and paused["lightbox_data"] is False
+    assert paused["lightbox_score_catalog"] is False and paused["lightbox_promote"] is False
+    assert paused["lightbox_monitor"] is not False
