@@ -24,6 +24,8 @@ from lightbox.imaging import extension, is_image_name
 from lightbox.source_tree import SourceNotFound, SourceTree
 
 T = TypeVar("T")
+# left_out's key for the files whose names are not UTF-8 (lightbox.source_tree.undecodable).
+NOT_UTF8 = "name not UTF-8: rename"
 
 # A folder or prefix is listed by lightbox.imaging's image extensions: its sidecars (.json, .xmp) would
 # each be an error row. A list names its images explicitly: every line is scored, whatever its extension.
@@ -105,12 +107,15 @@ def list_with_versions(
         return
     path = Path(source).expanduser().resolve()
     if path.is_dir():
-        for rel in SourceTree(str(path)).files():
+        tree = SourceTree(str(path))
+        for rel in tree.files():
             if is_image_name(rel):
                 uri = str(path / rel)
                 yield Listed(uri, file_version(uri))
             elif left_out is not None:
                 left_out[extension(rel)] += 1
+        if tree.undecodable and left_out is not None:  # no row can hold such a URI: said, not scored
+            left_out[NOT_UTF8] += len(tree.undecodable)
         return
     if not path.is_file():
         raise SourceNotFound(f"{source} is neither a folder, an s3:// prefix nor a list of URIs")

@@ -138,7 +138,26 @@ def check_header_size(w: int, h: int, max_pixels: int) -> None:
         raise ImageTooLarge(f"image is {w}x{h}, over the maximum side of {MAX_IMAGE_SIDE}")
 
 
+# TIFF tags that tell a camera RAW file: DNG's version tag, or a first image marked reduced-resolution
+# (NewSubfileType bit 0) with the full image in a SubIFD, as DNG and Nikon's NEF lay them out.
+_DNG_VERSION, _NEW_SUBFILE_TYPE, _SUB_IFDS = 50706, 254, 330
+
+
+def _refuse_raw(img: Image.Image) -> None:
+    """Pillow opens a RAW file's TIFF structure on its first image, a small preview (256x171 in a DNG):
+    trained on or scored as the photo, it is a thumbnail, so it is refused saying what to do."""
+    if img.format != "TIFF":
+        return
+    tags = getattr(img, "tag_v2", {})
+    if _DNG_VERSION in tags or (int(tags.get(_NEW_SUBFILE_TYPE, 0)) & 1 and _SUB_IFDS in tags):
+        raise ImageDecodeError(
+            f"a camera RAW file (DNG or alike): only its {img.size[0]}x{img.size[1]} preview could be read; "
+            "export the photo as JPEG or TIFF"
+        )
+
+
 def _decode_opened(img: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
+    _refuse_raw(img)
     w, h = img.size
     check_header_size(w, h, max_pixels)
     if min(w, h) < min_side:

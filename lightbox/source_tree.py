@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightbox.adapters import s3
@@ -35,11 +35,32 @@ class SourceNotFound(FileNotFoundError):
     """The source (or a file it names) does not exist."""
 
 
+def undecodable(name: str) -> bool:
+    """Whether a local name is not valid UTF-8 (Python holds its bytes as surrogates): a Latin-1 name
+    from an old Windows zip or a camera card. Such a name cannot be written to a manifest, a report,
+    parquet or PostgreSQL, so the listing leaves it out and says so."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown(name: str) -> str:
+    """A name as text a report can hold: its bytes that are not UTF-8 as ``\\xe9`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+RENAME_HINT = "rename them to UTF-8 (e.g. `convmv -f latin1 -t utf-8 -r --notest FOLDER`)"
+
+
 @dataclass(frozen=True)
 class SourceTree:
     root: str  # a local folder path or an s3://bucket/prefix URL
     endpoint_url: str | None = None
     single_file: str | None = None  # the source was one file (an export): its name under root
+    # Filled by files(): the local names left out as not UTF-8 (shown()), for the report to list.
+    undecodable: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def is_s3(self) -> bool:
@@ -51,7 +72,16 @@ class SourceTree:
             return [self.single_file]
         if self.is_s3:
             return s3.list_keys(self.root, self.endpoint_url)
-        return sorted(_walk(self.root))
+        self.undecodable.clear()
+        return sorted(_walk(self.root, skipped=self.undecodable))
+
+    def undecodable_note(self) -> list[str]:
+        """The report's note on the names files() left out as not UTF-8 (none: [])."""
+        if not self.undecodable:
+            return []
+        n, some = len(self.undecodable), ", ".join(self.undecodable[:5])
+        more = ", ..." if n > 5 else ""
+        return [f"{n} files whose names are not UTF-8 were not read ({some}{more}): {RENAME_HINT}"]
 
     def files_beside(self, refs: Iterable[str]) -> list[str]:
         """The files of each local folder that ``refs`` point into (not below them), named as the refs
@@ -116,9 +146,10 @@ class SourceTree:
         return self.root.rstrip("/") + "/" + ref
 
 
-def _walk(root: str, limit: int | None = None) -> list[str]:
+def _walk(root: str, limit: int | None = None, skipped: list[str] | None = None) -> list[str]:
     """The files under a local ``root`` (hidden ones and hidden folders left out), '/'-separated and
-    relative to it; the first ``limit`` of them when one is given.
+    relative to it; the first ``limit`` of them when one is given. A name that is not UTF-8 (its own or
+    a folder's) is left out, and added to ``skipped`` as shown().
 
     Symlinked folders are followed (a photo library often links its years or a second disk in), each
     real folder once: the folders reached without a link first, named by their own path, then the
@@ -143,7 +174,15 @@ def _walk(root: str, limit: int | None = None) -> list[str]:
             links = [d for d in visible if os.path.islink(os.path.join(dirpath, d))]
             pending += [(os.path.join(dirpath, d), f"{base}/{d}" if base else d) for d in links]
             dirnames[:] = [d for d in visible if d not in links]
-            out += [f"{base}/{f}" if base else f for f in filenames if not f.startswith(".")]
+            for f in filenames:
+                if f.startswith("."):
+                    continue
+                name = f"{base}/{f}" if base else f
+                if undecodable(name):
+                    if skipped is not None:
+                        skipped.append(shown(name))
+                    continue
+                out.append(name)
             if limit is not None and len(out) >= limit:
                 return out[:limit]
     return out

@@ -133,6 +133,7 @@ def run(settings: Settings, source: str, options: ImportOptions | None = None) -
     stage = building_dir(settings.data_dir, "stage")
     try:
         parsed = parse_source(tree, options, embedded / "source")
+        parsed.notes += tree.undecodable_note()
         golden = None
         if options.golden is not None:  # read before data/ changes: a wrong --golden must change nothing
             try:

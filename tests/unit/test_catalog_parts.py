@@ -600,3 +600,16 @@ def test_the_steady_rate_starts_once_a_quarter_of_the_images_came_out() -> None:
     for images in (20, 20, 30):  # 100 images by 17 s
         clock.batch(images)
     assert clock.steady_images_per_s() == pytest.approx(70 / 6.0)  # not the 90 / 7 after the first
+
+
+def test_a_name_that_is_not_utf8_is_left_out_and_counted(tmp_path: Path) -> None:
+    """One Latin-1 name had failed the whole bulk job (pyarrow refused the URI) with no row written: it
+    is counted in the summary as not listed, the other photos scored."""
+    import os
+
+    (tmp_path / "ok.png").write_bytes(_png())
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"), "wb") as f:
+        f.write(_png())
+    left_out: Counter[str] = Counter()
+    assert listed_uris(str(tmp_path), left_out=left_out) == [str(tmp_path / "ok.png")]
+    assert left_out == {"name not UTF-8: rename": 1}

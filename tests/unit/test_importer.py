@@ -1162,3 +1162,21 @@ def test_photos_an_export_leaves_out_are_said_once_where_found_by_name(tmp_path:
     report = (s.reports_dir / "import.md").read_text()
     assert "1 data rows skipped by their labelers" in report
     assert "in no labels file" not in report
+
+
+def test_a_file_name_that_is_not_utf8_is_said_and_the_rest_imports(tmp_path: Path) -> None:
+    """A Latin-1 name (an old Windows zip, a camera card) had failed the import with "'utf-8' codec can't
+    encode character '\\udce9'", naming no file, and left an empty report: it is left out, named with
+    its byte escaped, and the photos around it import."""
+    import os
+
+    source = imagefolder(tmp_path / "src", 40)
+    odd = os.path.join(os.fsencode(source / "pics"), b"caf\xe9.jpg")
+    with open(odd, "wb") as f:
+        f.write(jpeg(photo(99, (96, 64))))
+    s = settings_for(tmp_path)
+    result = importer.run(s, str(source), OPTS)
+    assert result.n_images + result.n_golden == 40
+    note = next(n for n in result.notes if "not UTF-8" in n)
+    assert "1 files whose names are not UTF-8 were not read (pics/caf\\xe9.jpg)" in note and "convmv" in note
+    assert "pics/caf\\xe9.jpg" in (s.state / "reports" / "import.md").read_text(encoding="utf-8")

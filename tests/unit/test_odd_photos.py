@@ -137,3 +137,20 @@ def test_a_png_with_megabytes_of_xmp_is_a_photo() -> None:
     Image.new("RGB", (64, 48), (200, 10, 10)).save(buf, "PNG", pnginfo=info)
     assert decode_image(buf.getvalue()).getpixel((1, 1)) == (200, 10, 10)
     assert inspect(buf.getvalue(), max_pixels=10**7, min_side=1).ext == ".png"
+
+
+def test_a_camera_raw_file_is_refused_not_read_as_its_preview() -> None:
+    """Pillow opens a DNG's TIFF structure on its first image, a 256 px preview: the import had trained on
+    that thumbnail (stored as .tif) and the server scored it, with no word. Refused on every path, as
+    bulk scoring leaves .dng out by name; an ordinary TIFF still decodes."""
+    preview = Image.new("RGB", (256, 192), (90, 120, 30))
+    for tags in ({50706: (1, 4, 0, 0)}, {254: 1, 330: (0,)}):  # DNGVersion; a reduced image + SubIFDs
+        buf = io.BytesIO()
+        preview.save(buf, format="TIFF", tiffinfo=tags)
+        with pytest.raises(ImageDecodeError, match="camera RAW file .*256x192 preview.*export the photo"):
+            decode_image(buf.getvalue())
+        with pytest.raises(ImageDecodeError, match="camera RAW"):
+            inspect(buf.getvalue(), max_pixels=40_000_000, min_side=16)
+    buf = io.BytesIO()
+    preview.save(buf, format="TIFF")
+    assert decode_image(buf.getvalue()).size == (256, 192)
