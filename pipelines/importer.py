@@ -49,6 +49,7 @@ from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec, Ma
 from lightbox.owner import process_alive
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
 from lightbox.progress import progress
+from lightbox.project_lock import exclusive
 from lightbox.settings import Settings
 from lightbox.source_tree import LFS_POINTER, SourceNotFound, SourceTree, open_tree
 
@@ -121,7 +122,13 @@ class Photo:
 
 
 def run(settings: Settings, source: str, options: ImportOptions | None = None) -> ImportResult:
-    options = options or ImportOptions()
+    """Import ``source`` into data/ (and the golden slice into golden/), one import per project at a time:
+    raises lightbox.project_lock.ProjectBusy, having changed nothing, while another runs."""
+    with exclusive(settings, "import"):
+        return _run(settings, source, options or ImportOptions())
+
+
+def _run(settings: Settings, source: str, options: ImportOptions) -> ImportResult:
     remove_stale_builds(settings.data_dir)
     remove_stale_builds(settings.golden_dir)
     given_range = manifest.parse_score_range(options.score_range)

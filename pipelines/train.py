@@ -257,6 +257,13 @@ def run(
     # A killed training left its runs RUNNING, its model PENDING, its version ungated: settle them first.
     doctor.recover_training(settings)
     version = dvc_repo.load_version(settings)
+    # The run records this version as its data (lineage, the gates' reports): data/ must still be it. An
+    # edit by hand after `data version` (a relabelled column) had trained on other labels than it named.
+    if not dvc_repo.matches_tracked(settings, settings.data_subdir):
+        raise dvc_repo.NoDatasetVersion(
+            f"{settings.data_dir} changed since it was versioned as {version.short}: run `lightbox data "
+            "version` (or the lightbox_data DAG), then `lightbox features`, to train on it"
+        )
     data = load_training_data(settings)
     spec, splits = data.spec, data.splits
     use_gpu = torch.cuda.is_available() if settings.use_gpu is None else settings.use_gpu

@@ -108,7 +108,7 @@ def run(settings: Settings) -> DataValidationResult:
         failures += _quarantine_failures(len(quarantined), len(rows) + len(quarantined), settings)
         n_images = len(rows)
         checks = run_expectations(manifest_frame(rows, header), spec, settings)
-        checks += [tags_in_train(rows, spec)]
+        checks += [tags_in_train(rows, spec), golden_apart(rows, settings)]
         failures += [_describe_failure(c) for c in checks if not c.success and not c.warning_only]
         warnings += [_describe_failure(c) for c in checks if not c.success and c.warning_only]
 
@@ -385,6 +385,28 @@ def tags_in_train(rows: list[dict[str, str]], spec: LabelSpec) -> CheckOutcome:
             else "all present"
         ),
         unexpected=tuple(missing[:_EXAMPLES]),
+    )
+
+
+def golden_apart(rows: list[dict[str, str]], settings: Settings) -> CheckOutcome:
+    """No golden photo is in data/: the gates judge on photos the model never saw. (Two imports at once
+    had once left the golden slice in data/ with every other check passing; imports now take turns.)"""
+    try:
+        golden = {r["image_id"] for r in manifest.read_manifest(settings.golden_dir)}
+    except ManifestError:
+        golden = set()  # no golden set yet: `lightbox golden` (or the import) makes one
+    shared = sorted(golden & {r.get("image_id", "") for r in rows})
+    return CheckOutcome(
+        check="no golden photo is in the dataset",
+        expectation="lightbox: data/manifest.csv image_id x golden/manifest.csv image_id",
+        success=not shared,
+        observed=(
+            f"{len(shared)} golden photos are also in data/ (they would be trained on and judged on): "
+            "import the source again, which sets the golden slice apart"
+            if shared
+            else "apart"
+        ),
+        unexpected=tuple(shared[:_EXAMPLES]),
     )
 
 

@@ -20,6 +20,7 @@ from photo_samples import imagefolder
 from typer.testing import CliRunner
 
 from lightbox.adapters import airflow_runner, mlflow_registry, mlflow_runs
+from lightbox.adapters.dvc_repo import NoDatasetVersion
 from lightbox.cli import app
 from lightbox.settings import Settings, settings_env
 from pipelines import doctor, features, importer, train, version_data
@@ -88,6 +89,19 @@ def test_training_refuses_features_of_an_earlier_data_version(project: Settings,
     version_data.run(s)  # ...versioned, and then the process was killed before `features`
     with pytest.raises(features.FeaturesOutOfDate, match=r"24 have no features.*run `lightbox features`"):
         train.load_training_data(s)
+    features.run(s)
+
+    # data/ edited by hand after `data version` (every score set to 10): the run would record the
+    # version's md5 as its data, trained on other labels. Refused before any trial, saying what to run.
+    table = s.data_dir / "manifest.csv"
+    lines = table.read_text().splitlines()
+    col = lines[0].split(",").index("score")
+    edited = [lines[0]] + [",".join((*r.split(",")[:col], "10", *r.split(",")[col + 1 :])) for r in lines[1:]]
+    table.write_text("\n".join(edited) + "\n")
+    with pytest.raises(
+        NoDatasetVersion, match=r"data changed since it was versioned as .*lightbox data version"
+    ):
+        train.run(s, trials=1, epochs=1)
 
 
 def test_a_killed_dags_test_keeps_its_log_and_its_run_is_failed(tmp_path: Path) -> None:

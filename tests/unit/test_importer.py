@@ -1180,3 +1180,62 @@ def test_a_file_name_that_is_not_utf8_is_said_and_the_rest_imports(tmp_path: Pat
     note = next(n for n in result.notes if "not UTF-8" in n)
     assert "1 files whose names are not UTF-8 were not read (pics/caf\\xe9.jpg)" in note and "convmv" in note
     assert "pics/caf\\xe9.jpg" in (s.state / "reports" / "import.md").read_text(encoding="utf-8")
+
+
+def test_imports_take_turns_and_a_killed_one_never_locks_the_project(tmp_path: Path) -> None:
+    """Two imports at once had left the golden slice inside data/ (the second read the golden set before
+    the first wrote it, then swapped in its own data/), both exiting 0. A second import is refused at
+    once, naming the one running, with nothing changed; once that process is gone (SIGKILL: no cleanup
+    runs) the next import goes ahead, and the golden photos are apart."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lightbox.project_lock import ProjectBusy
+
+    source = imagefolder(tmp_path / "src", 40)
+    s = settings_for(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from lightbox.project_lock import exclusive\n"
+            "from lightbox.settings import Settings\n"
+            f"with exclusive(Settings(project_dir={str(s.project_dir)!r}), 'import'):\n"
+            "    print('held', flush=True); time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            ProjectBusy, match=rf"another import is running in this project \(process {holder.pid} "
+        ):
+            importer.run(s, str(source), OPTS)
+        assert not s.data_dir.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    result = importer.run(s, str(source), OPTS)
+    assert result.n_images + result.n_golden == 40
+    golden = {r["image_id"] for r in manifest.read_manifest(s.golden_dir)}
+    assert golden and not golden & {r["image_id"] for r in manifest.read_manifest(s.data_dir)}
+    checked = validate_data.run(s)
+    assert any(c.check == "no golden photo is in the dataset" and c.success for c in checked.checks)
+
+
+def test_validation_fails_when_a_golden_photo_is_in_the_dataset(tmp_path: Path) -> None:
+    """What the race had left, with every check passing: now a failure that says what to do."""
+    source = imagefolder(tmp_path / "src", 40)
+    s = settings_for(tmp_path)
+    importer.run(s, str(source), OPTS)
+    header, rows = validate_data._read(s.data_dir)
+    leaked = manifest.read_manifest(s.golden_dir)[0]
+    (s.data_dir / leaked["path"]).write_bytes((s.golden_dir / leaked["path"]).read_bytes())
+    manifest.write_csv(s.data_dir / manifest.MANIFEST_NAME, header, [*rows, {**leaked, "split": "train"}])
+    with pytest.raises(validate_data.DataValidationError, match="1 golden photos are also in data/"):
+        validate_data.run(s)
