@@ -25,8 +25,8 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
     from lightbox.adapters.mlflow_registry import ArtifactError, VersionNotFound
     from lightbox.adapters.tracking_check import TrackingUnavailable
     from lightbox.aliases import BadAlias
+    from lightbox.locks import Busy
     from lightbox.manifest import ManifestError
-    from lightbox.project_lock import ProjectBusy
     from pipelines.data import DemoSetRefused
     from pipelines.features import FeaturesOutOfDate
     from pipelines.golden import GoldenSetMissing
@@ -76,7 +76,7 @@ def known_error(exc: BaseException) -> tuple[str, int] | None:
         | FeaturesOutOfDate
         | NotTrainable
         | DemoSetRefused
-        | ProjectBusy,
+        | Busy,
     ):
         return str(exc), 1
     # MLflow's own "not found" for what a command names (a model, a version, an alias). Read only when

@@ -32,7 +32,7 @@ never left with a stale score. Rows written before versions were recorded have n
 the URIs of a list (.txt, parquet ``uri``) nor a file that cannot be stat'ed: such rows are current,
 and a URI scored OK is skipped by URI as before (an upgrade does not rescore a whole catalog). A copy
 that keeps size and mtime (or an object re-uploaded whole with the same bytes) is not a change.
-One writer per folder at a time: two jobs writing one folder at once could both score an image.
+One writer per folder at a time: a second job is refused at once (``WRITER_LOCK``, lightbox.locks).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from lightbox import locks
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.parquet"
 TMP_SUFFIX = ".tmp"
+# The results folder's writer lock: hidden, so pyarrow and pandas reading the folder skip it.
+WRITER_LOCK = ".lightbox-writer.lock"
 
 
 class BadDestination(ValueError):
@@ -314,6 +318,9 @@ class ParquetSink:
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
         self._created = missing[-1] if missing else None
         folder.mkdir(parents=True, exist_ok=True)
+        # One job per folder (lightbox.locks.Busy otherwise), taken before anything is read or removed:
+        # a second job had scored every image again and removed the first's part being written.
+        self._lock: int | None = locks.acquire(folder / WRITER_LOCK, f"bulk-scoring job writing to {folder}")
         # A killed job's half-written part: never a result. Only this sink's own names: the folder may
         # hold the user's files too (report.docx.tmp is theirs).
         for tmp in folder.glob(f"{PART_GLOB}{TMP_SUFFIX}"):
@@ -424,6 +431,14 @@ class ParquetSink:
             _rewrite_without(self.folder / part, model_name, model_version, uris, errors_only=errors_only)
 
     def close(self) -> None:
+        if self._lock is None:
+            return
+        # The lock file goes with the job (the folder holds results only), removed while still held: a
+        # job starting in between gets the lock of a new file, not of this one's removed name.
+        if locks.holds(self._lock) == 1:
+            (self.folder / WRITER_LOCK).unlink(missing_ok=True)
+        locks.release(self._lock)
+        self._lock = None
         if self._created is None or self._n:
             return
         folder = self.folder

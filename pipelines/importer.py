@@ -45,11 +45,11 @@ from lightbox import label_formats as formats
 from lightbox import manifest
 from lightbox.imaging import ImageDecodeError, is_image_name
 from lightbox.label_formats import Columns, Parsed, Problem, Record
+from lightbox.locks import exclusive
 from lightbox.manifest import GOLDEN_SPLIT, IMAGES_SUBDIR, SPLITS, LabelSpec, ManifestError
 from lightbox.owner import process_alive
 from lightbox.photos import PhotoInfo, inspect, near_duplicate_pairs
 from lightbox.progress import progress
-from lightbox.project_lock import exclusive
 from lightbox.settings import Settings
 from lightbox.source_tree import LFS_POINTER, SourceNotFound, SourceTree, open_tree
 
@@ -123,7 +123,7 @@ class Photo:
 
 def run(settings: Settings, source: str, options: ImportOptions | None = None) -> ImportResult:
     """Import ``source`` into data/ (and the golden slice into golden/), one import per project at a time:
-    raises lightbox.project_lock.ProjectBusy, having changed nothing, while another runs."""
+    raises lightbox.locks.Busy, having changed nothing, while another runs."""
     with exclusive(settings, "import"):
         return _run(settings, source, options or ImportOptions())
 

@@ -23,10 +23,10 @@ from lightbox.errors import known_error
 def failure_line(exc: BaseException, also: tuple[type[BaseException], ...] = ()) -> str | None:
     """The line a task fails with, without retries, for ``exc``; None when a retry may succeed (a server
     that did not answer, a race another writer won: ``final`` False) or the error is a bug."""
-    from lightbox.project_lock import ProjectBusy  # another import's end frees the project
+    from lightbox.locks import Busy  # the other writer's end frees it
     from pipelines.score_catalog import ActorsDidNotStart  # a node too busy this time
 
-    transient = ServiceUnavailable | TrackingUnavailable | ActorsDidNotStart | ProjectBusy
+    transient = ServiceUnavailable | TrackingUnavailable | ActorsDidNotStart | Busy
     if isinstance(exc, transient) or getattr(exc, "final", True) is False:
         return None
     if also and isinstance(exc, also):

@@ -613,3 +613,43 @@ def test_a_name_that_is_not_utf8_is_left_out_and_counted(tmp_path: Path) -> None
     left_out: Counter[str] = Counter()
     assert listed_uris(str(tmp_path), left_out=left_out) == [str(tmp_path / "ok.png")]
     assert left_out == {"name not UTF-8: rename": 1}
+
+
+def test_one_job_writes_a_results_folder_at_a_time(tmp_path: Path) -> None:
+    """Two bulk jobs into one --out had each scored every image (two rows per image), and the second's
+    start removed the first's part being written. The second is refused at once naming the first; the
+    lock goes with its process (SIGKILL included), and the folder's readers never see the lock file."""
+    import signal
+    import subprocess
+    import sys
+
+    from lightbox.locks import Busy
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom pathlib import Path\nfrom lightbox.results import ParquetSink\n"
+            f"sink = ParquetSink(Path({str(out)!r}))\nprint('held', flush=True)\ntime.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        (out / "part-a-0.parquet.tmp").write_bytes(b"being written")
+        with pytest.raises(
+            Busy, match=rf"another bulk-scoring job writing to {out} is running \(process {holder.pid} "
+        ):
+            ParquetSink(out)
+        assert (out / "part-a-0.parquet.tmp").exists()  # the running job's part is left alone
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    sink = ParquetSink(out)  # the killed job's lock went with it; its half-written part is removed
+    assert not (out / "part-a-0.parquet.tmp").exists()
+    sink.write([_row("/a", "x")])
+    sink.close()
+    assert [p.name for p in out.iterdir()] == [p.name for p in out.glob("part-*.parquet")]  # no lock file
+    assert len(read_parts(out)) == 1

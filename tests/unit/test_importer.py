@@ -1192,7 +1192,7 @@ def test_imports_take_turns_and_a_killed_one_never_locks_the_project(tmp_path: P
     import sys
     import time
 
-    from lightbox.project_lock import ProjectBusy
+    from lightbox.locks import Busy
 
     source = imagefolder(tmp_path / "src", 40)
     s = settings_for(tmp_path)
@@ -1201,7 +1201,7 @@ def test_imports_take_turns_and_a_killed_one_never_locks_the_project(tmp_path: P
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from lightbox.project_lock import exclusive\n"
+            "from lightbox.locks import exclusive\n"
             "from lightbox.settings import Settings\n"
             f"with exclusive(Settings(project_dir={str(s.project_dir)!r}), 'import'):\n"
             "    print('held', flush=True); time.sleep(600)\n",
@@ -1211,9 +1211,7 @@ def test_imports_take_turns_and_a_killed_one_never_locks_the_project(tmp_path: P
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(
-            ProjectBusy, match=rf"another import is running in this project \(process {holder.pid} "
-        ):
+        with pytest.raises(Busy, match=rf"another import in this project is running \(process {holder.pid} "):
             importer.run(s, str(source), OPTS)
         assert not s.data_dir.exists()
     finally:

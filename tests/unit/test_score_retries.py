@@ -131,7 +131,9 @@ def test_a_job_killed_before_rewriting_the_old_part_is_repaired_by_the_next(tmp_
     pq.write_table(to_table([_row("/gone", "g")], T1), out / "part-new-000000.parquet")
     pq.write_table(to_table([_row("/b", None, "not found again")], T1), out / "part-new-000001.parquet")
 
-    done = ParquetSink(out).done("lightbox", "3")
+    sink = ParquetSink(out)
+    done = sink.done("lightbox", "3")
+    sink.close()
     assert done == Done(frozenset({"/a", "/gone"}), frozenset({"x", "g"}), frozenset({"/b"}))
     assert _rows(out) == {"/a": [None], "/gone": [None], "/b": ["not found again"]}  # every OK row kept
     assert sorted(p.name for p in out.iterdir()) == [
