@@ -405,6 +405,22 @@ def lightbox_metadata(
     }
 
 
+def version_description(metadata: Mapping[str, Any], name: str, version: str) -> str:
+    """A registered version's description: its labels, and how to score photos with it."""
+    tags = metadata.get("tag_names") or []
+    what = f"tags [{', '.join(tags)}]" if tags else "no tags"
+    if metadata.get("has_score") and metadata.get("score_range"):
+        low, high = metadata["score_range"]
+        what += f", score {metadata.get('score_name') or 'score'} on {low:g}..{high:g}"
+    precision = " (int8 candidate)" if metadata.get("precision") == "int8" else ""
+    call = f"lightbox.notebook.score_photos(paths, 'models:/{name}/{version}')"
+    tensor = "uint8 [N,3,224,224] (lightbox.imaging.preprocess_bytes) and answers [N, 1 + tags]"
+    return (
+        f"lightbox model{precision}: {what}.\n\nScore photos as the server does: `{call}` (a DataFrame: "
+        f"score on this scale, tags, p_<tag>), or `lightbox serve`. The logged pytorch model takes {tensor}."
+    )
+
+
 def log_lightbox_model(
     model: LightboxModel,
     example: np.ndarray,
@@ -461,9 +477,16 @@ def log_lightbox_model(
             extra_files=extra or None,
         )
     version = str(info.registered_model_version)
-    if export_error is not None:
-        from mlflow import MlflowClient
+    from mlflow import MlflowClient
 
+    # What the registry page shows first: what the version answers and how to call it from Python (the
+    # logged model takes the server's uint8 tensor, which no one types by hand).
+    MlflowClient().update_model_version(
+        registered_model_name,
+        version,
+        description=version_description(metadata, registered_model_name, version),
+    )
+    if export_error is not None:
         MlflowClient().set_model_version_tag(
             registered_model_name,
             version,
