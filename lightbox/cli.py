@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from typer import _click  # Typer vendors Click; its Context is the type TyperGroup.invoke takes
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from lightbox import settings as settings_module
@@ -77,7 +78,11 @@ def _print(result: object) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    """A known error met in the CLI itself: one red line with what to do, no traceback."""
+    """A known error met in the CLI itself: one red line with what to do; the traceback of the error
+    being handled too under `lightbox --debug` (as for the errors mapped in _LightboxGroup)."""
+    ctx = get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(_DEBUG) and sys.exc_info()[0] is not None:
+        traceback.print_exc(file=sys.stderr)
     typer.secho(message, fg="red", err=True)
     return typer.Exit(code)
 

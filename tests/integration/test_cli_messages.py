@@ -76,6 +76,11 @@ CASES = {
         2,
         ("lightbox_data has no param sorce (did you mean source?)",),
     ),
+    "import from a folder that is not there": Case(
+        ("data", "import", "/nonexistent/photos"),
+        1,
+        ("import failed: /nonexistent/photos is neither a folder nor a file",),
+    ),
     "a version that is not a number": Case(("gates", "--version", "abc"), 2, ("must be an integer",)),
     "train before any import": Case(("train",), 1, ("no dataset version yet", "lightbox data import SOURCE")),
     "a rejected setting": Case(
