@@ -591,8 +591,9 @@ def doctor(
     repair: Annotated[bool, typer.Option("--repair", help="repair what is listed")] = False,
 ) -> None:
     """List what killed runs left behind (half-built folders, DAG runs and MLflow runs left running,
-    models left pending, versions never gated); --repair fixes it. Exits 1 while any is left. Versions
-    not gated yet (trained, gates not run) are notes: the per-stage workflow's normal state, exit 0."""
+    models left pending, versions never gated, alias locks of dead holders); --repair fixes it. Exits 1
+    while any is left. Versions not gated yet (trained, gates not run) are notes: the per-stage
+    workflow's normal state, exit 0."""
     from pipelines import doctor as stage
 
     s = load_settings()

@@ -10,15 +10,18 @@ runs left `running`, training fails orphaned MLflow runs. This module finds all 
   at start; without them, only age tells), logged models left PENDING (their upload never finished);
 - registered versions that will never be gated: their training run did not finish (killed, failed,
   interrupted). Marked (tag ``lightbox.ungated``), not gated here: the gates need the golden set and
-  minutes, and a promotion gates a version anyway.
+  minutes, and a promotion gates a version anyway;
+- an alias lock (``mlflow_registry.alias_lock``, a registered model ``<model>.alias-lock.<alias>``) whose
+  holder is gone or that is past its lease: every promotion and rollback would wait on it; and the
+  tombstone of a broken lock that a killed waiter left (``...alias-lock.<alias>.stale-<ms>``).
 
 A version whose training run finished but that has no verdict yet is no leftover: `lightbox train`
 then `lightbox gates` is the documented per-stage workflow, and several trainings may come before the
 gates. ``notes`` lists those (exit 0), with the command that gates them.
 
 The judgements (``orphaned_runs``, ``abandoned_models``, ``ungated_versions``, ``not_gated_yet``,
-``stale_builds``) are pure over the adapters' records; ``check`` gathers them as Problems, each carrying
-its repair.
+``stale_locks``, ``stale_builds``) are pure over the adapters' records; ``check`` gathers them as
+Problems, each carrying its repair.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from lightbox.adapters import airflow_runner, mlflow_runs
-from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
+from lightbox.adapters import airflow_runner, mlflow_registry, mlflow_runs
+from lightbox.adapters.mlflow_runs import LockRecord, LoggedModelRecord, RunRecord, VersionRecord
 from lightbox.owner import Owner, gone, process_alive
 from lightbox.settings import Settings
 from pipelines.importer import stale_builds
@@ -116,6 +119,31 @@ def not_gated_yet(versions: Sequence[VersionRecord]) -> list[str]:
     return [v.version for v in sorted(waiting, key=lambda v: int(v.version))]
 
 
+def stale_locks(
+    locks: Sequence[LockRecord],
+    *,
+    now: datetime | None = None,
+    alive: Callable[[int], bool] = process_alive,
+    lease_s: float = mlflow_registry.ALIAS_LOCK_LEASE_S,
+) -> dict[str, str]:
+    """name -> why, for alias locks whose holder is gone on this host or that are past their lease (what
+    a waiter breaks), and tombstones of broken locks older than a lease (their breaker has left: a
+    live one deletes its own when it releases)."""
+    now = now or datetime.now(UTC)
+    lease = timedelta(seconds=lease_s)
+    found = {}
+    for lock in locks:
+        if lock.tombstone:
+            if now - lock.updated > lease:
+                found[lock.name] = f"the tombstone of a lock broken at {lock.updated:%Y-%m-%d %H:%M:%S} UTC"
+        elif (why := gone(lock.owner, now=now, alive=alive)) is not None:
+            found[lock.name] = f"held by {lock.holder}: {why}"
+        elif now - lock.owner.started > lease:
+            age = (now - lock.owner.started).total_seconds()
+            found[lock.name] = f"held by {lock.holder} for {age:.0f} s, past its {lease_s:.0f} s lease"
+    return found
+
+
 # --- problems and their repairs ------------------------------------------------------------------------
 
 
@@ -183,6 +211,21 @@ def mlflow_problems(settings: Settings) -> list[Problem]:
     return problems
 
 
+def lock_problems(settings: Settings) -> list[Problem]:
+    locks = {lock.name: lock for lock in mlflow_runs.alias_locks(settings)}
+    problems = []
+    for name, why in stale_locks(list(locks.values())).items():
+        lock = locks[name]
+        if lock.tombstone:
+            fix, repair = "delete it", partial(mlflow_registry.delete_tombstone, settings, name)
+        else:
+            why += ": every promotion and rollback of this alias waits for it"
+            fix = "break it, as a waiter would, and delete it"
+            repair = partial(mlflow_registry.break_lock, settings, lock.held)
+        problems.append(Problem("alias lock", name, why, fix, repair))
+    return problems
+
+
 def notes(settings: Settings) -> list[str]:
     """What is worth knowing but left behind by nobody: versions that are not gated yet."""
     return [
@@ -193,7 +236,12 @@ def notes(settings: Settings) -> list[str]:
 
 def check(settings: Settings) -> list[Problem]:
     """Everything killed runs left behind in this project, each with its repair."""
-    return [*build_problems(settings), *airflow_problems(settings), *mlflow_problems(settings)]
+    return [
+        *build_problems(settings),
+        *airflow_problems(settings),
+        *mlflow_problems(settings),
+        *lock_problems(settings),
+    ]
 
 
 def repair(problems: Sequence[Problem]) -> None:

@@ -14,12 +14,14 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
+from lightbox.owner import Owner, process_alive, this_host
 from lightbox.settings import Settings, redact_url
 
 if TYPE_CHECKING:
@@ -240,6 +242,10 @@ def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> 
 
 ALIAS_LOCK_LEASE_S = 60.0  # a lock instance this old (as its waiter sees it) was left by a dead holder
 ALIAS_LOCK_WAIT_S = 180.0  # a waiter gives up after this; beyond one lease, so a stale lock is broken first
+# The process that created a lock instance: a waiter on the same host sees at once that it is dead.
+LOCK_PID_TAG, LOCK_HOST_TAG = "lock.pid", "lock.host"
+LOCK_HOLDER_TAG, LOCK_TOKEN_TAG = "lock.holder", "lock.token"
+TOMBSTONE_INFIX = ".stale-"  # a broken lock's name: <lock name>.stale-<creation ms of the instance>
 
 
 class AliasLockTimeout(RuntimeError):
@@ -248,6 +254,22 @@ class AliasLockTimeout(RuntimeError):
 
 def alias_lock_name(settings: Settings, alias: str) -> str:
     return f"{settings.model_name}.alias-lock.{alias}"
+
+
+def lock_owner(held: Any) -> Owner:
+    """Who created a lock instance (a RegisteredModel); pid and host None for locks from before they
+    were recorded, which only the lease can break."""
+    tags = held.tags or {}
+    pid = tags.get(LOCK_PID_TAG, "")
+    started = datetime.fromtimestamp(held.creation_timestamp / 1000, UTC)
+    return Owner(int(pid) if pid.isdigit() else None, tags.get(LOCK_HOST_TAG), started)
+
+
+def holder_dead(held: Any, alive: Callable[[int], bool] = process_alive) -> bool:
+    """The lock's holder is certainly dead: its process on this host is gone. A holder on another host
+    cannot be checked from here: only the lease breaks its lock."""
+    owner = lock_owner(held)
+    return owner.pid is not None and owner.host == this_host() and not alive(owner.pid)
 
 
 @contextlib.contextmanager
@@ -263,66 +285,116 @@ def alias_lock(
     """Hold the lock for moving ``alias`` of ``settings.model_name`` (``holder``: who, for the message
     another process shows while it waits).
 
-    A lock whose holder died stays behind; a waiter that has seen the same lock instance (same creation
-    time) for ``lease_s`` of its own clock breaks it by renaming it to a name keyed by that instance.
-    Rename is atomic and the tombstone's name is unique to the instance, so of two waiters breaking the
-    same stale lock one fails, and neither can break a fresh lock taken since. Tombstones stay in the
-    registry (named ``...stale-<ms>``, a record that a holder died) and may be deleted by hand.
+    A lock whose holder died stays behind. A waiter breaks it at once when the lock records a process
+    on this host that is gone (``lock.pid``, ``lock.host``); otherwise when it has seen the same lock
+    instance (same creation time) for ``lease_s`` of its own clock. Breaking renames the lock to a
+    tombstone keyed by that instance (``...stale-<ms>``): rename is atomic and the tombstone's name is
+    unique to the instance, so of two waiters breaking the same stale lock one fails, and neither can
+    break a fresh lock taken since. That holds while the tombstone exists, so the waiter that made it
+    deletes it only when it leaves (released, or gave up): by then any waiter that read the same stale
+    instance has long tried its rename, and one that read it even earlier finds a fresh lock under
+    the tombstone's name and renames it back. ``lightbox doctor`` lists a stale lock, and a tombstone
+    that a killed waiter left.
     """
     from mlflow.exceptions import MlflowException
 
     c = client(settings)
     name = alias_lock_name(settings, alias)
     token = uuid.uuid4().hex
-    tags = {"lock.holder": holder, "lock.token": token}
+    tags = {
+        LOCK_HOLDER_TAG: holder,
+        LOCK_TOKEN_TAG: token,
+        LOCK_PID_TAG: str(os.getpid()),
+        LOCK_HOST_TAG: this_host(),
+    }
     started = time.monotonic()
     seen: tuple[int, float] | None = None  # (creation ms of the instance we wait on, when first seen)
-    while True:
-        try:
-            c.create_registered_model(
-                name, tags=tags, description=f"lock: {holder} is moving @{alias} of {settings.model_name}"
-            )
-            break
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                # MLflow's SQL store answers a duplicate name by reading the existing model back: if
-                # its holder released it in between, "not found" comes out of create. Free: try again.
-                continue
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        try:
-            held = c.get_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                continue  # released between our create and our read: try again at once
-            raise
-        now = time.monotonic()
-        if seen is None or seen[0] != held.creation_timestamp:
-            seen = (held.creation_timestamp, now)
-        elif now - seen[1] >= lease_s:
-            _break_stale_lock(c, name, held.creation_timestamp)
-            continue
-        if now - started >= wait_s:
-            raise AliasLockTimeout(
-                f"@{alias} of {settings.model_name} is locked by {held.tags.get('lock.holder', '?')} "
-                f"(registered model {name!r}) for over {wait_s:.0f} s; retry later"
-            )
-        time.sleep(poll_s)
+    tombstones: list[str] = []  # the stale locks this call broke, deleted when it leaves
     try:
-        yield
+        while True:
+            try:
+                c.create_registered_model(
+                    name, tags=tags, description=f"lock: {holder} is moving @{alias} of {settings.model_name}"
+                )
+                break
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    # MLflow's SQL store answers a duplicate name by reading the existing model back: if
+                    # its holder released it in between, "not found" comes out of create. Free: try again.
+                    continue
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            try:
+                held = c.get_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    continue  # released between our create and our read: try again at once
+                raise
+            now = time.monotonic()
+            if seen is None or seen[0] != held.creation_timestamp:
+                seen = (held.creation_timestamp, now)
+            if holder_dead(held) or now - seen[1] >= lease_s:
+                tombstones += _break_stale_lock(c, name, held)
+                continue
+            if now - started >= wait_s:
+                raise AliasLockTimeout(
+                    f"@{alias} of {settings.model_name} is locked by {held.tags.get(LOCK_HOLDER_TAG, '?')} "
+                    f"(registered model {name!r}) for over {wait_s:.0f} s; retry later"
+                )
+            time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            _release(c, name, token)
     finally:
-        _release(c, name, token)
+        for tombstone in tombstones:
+            _delete_if_there(c, tombstone)
 
 
-def _break_stale_lock(c: MlflowClient, name: str, created_ms: int) -> None:
+def _break_stale_lock(c: MlflowClient, name: str, held: Any) -> list[str]:
+    """Rename the stale instance ``held`` to its tombstone; the tombstone's name when this call broke
+    it, [] when another waiter did first."""
     from mlflow.exceptions import MlflowException
 
+    tombstone = f"{name}{TOMBSTONE_INFIX}{held.creation_timestamp}"
     try:
-        c.rename_registered_model(name, f"{name}.stale-{created_ms}")
+        c.rename_registered_model(name, tombstone)
     except MlflowException as exc:
         # Another waiter broke it first (the tombstone exists, or the lock is gone), or the two renames
         # collided in the store: in every case the lock is someone else's business now; look again.
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"):
+            raise
+        return []
+    # The tombstone's name is ours alone now (every other rename to it fails), so this read is of what we
+    # renamed.
+    broken = c.get_registered_model(tombstone)
+    if (broken.tags or {}).get(LOCK_TOKEN_TAG) != (held.tags or {}).get(LOCK_TOKEN_TAG):
+        # Our read was older than the tombstone of the instance we judged (its breaker has left): what we
+        # renamed is a fresh lock. Give it back; its holder never knew.
+        c.rename_registered_model(tombstone, name)
+        return []
+    return [tombstone]
+
+
+def break_lock(settings: Settings, held: Any) -> None:
+    """Break the stale lock instance ``held`` (as a waiter would) and delete its tombstone: for
+    ``lightbox doctor --repair``, which holds nothing and waits for nobody."""
+    c = client(settings)
+    for tombstone in _break_stale_lock(c, held.name, held):
+        _delete_if_there(c, tombstone)
+
+
+def delete_tombstone(settings: Settings, name: str) -> None:
+    _delete_if_there(client(settings), name)
+
+
+def _delete_if_there(c: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.delete_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
 
 
@@ -337,7 +409,7 @@ def _release(c: MlflowClient, name: str, token: str) -> None:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return
         raise
-    if held.tags.get("lock.token") == token:
+    if held.tags.get(LOCK_TOKEN_TAG) == token:
         c.delete_registered_model(name)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,18 @@ class LoggedModelRecord:
     name: str
     run_id: str | None
     created: datetime
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """An alias lock (mlflow_registry.alias_lock), or the tombstone a waiter left when it broke one."""
+
+    name: str
+    holder: str  # lock.holder: who, doing what
+    owner: Owner  # pid and host None for a lock from before they were recorded
+    tombstone: bool
+    updated: datetime  # a tombstone's: when its lock was broken
+    held: Any = field(compare=False, repr=False)  # the RegisteredModel, for the repair
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,28 @@ def versions(settings: Settings) -> list[VersionRecord]:
             VersionRecord(str(v.version), v.run_id or None, _when(v.creation_timestamp), gated, marked, run)
         )
     return records
+
+
+def alias_locks(settings: Settings) -> list[LockRecord]:
+    """The alias locks of ``settings.model_name`` and the tombstones of broken ones."""
+    if not _store_exists(settings):
+        return []
+    c = mlflow_registry.client(settings)
+    prefix = mlflow_registry.alias_lock_name(settings, "")
+    pattern = prefix.replace("'", "\\'")
+    found = _pages(lambda token: c.search_registered_models(f"name LIKE '{pattern}%'", page_token=token))
+    return [
+        LockRecord(
+            m.name,
+            (m.tags or {}).get(mlflow_registry.LOCK_HOLDER_TAG, "?"),
+            mlflow_registry.lock_owner(m),
+            mlflow_registry.TOMBSTONE_INFIX in m.name.removeprefix(prefix),
+            _when(m.last_updated_timestamp),
+            m,
+        )
+        for m in found
+        if m.name.startswith(prefix)  # LIKE reads a _ in the model's name as any character
+    ]
 
 
 def fail_run(settings: Settings, run_id: str, reason: str) -> None:

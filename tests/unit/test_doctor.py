@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lightbox.adapters.airflow_runner import DagTestRun, Runner, orphans
-from lightbox.adapters.mlflow_runs import LoggedModelRecord, RunRecord, VersionRecord
+from lightbox.adapters.mlflow_runs import LockRecord, LoggedModelRecord, RunRecord, VersionRecord
 from lightbox.dataset import TAG_VOCABULARY
 from lightbox.manifest import MANIFEST_NAME, LabelSpec
 from lightbox.owner import Owner, this_host
@@ -130,6 +130,30 @@ def test_versions_of_finished_trainings_are_not_gated_yet_not_left_behind() -> N
     ]
     assert doctor.ungated_versions(versions, {}) == {"4": "its training run r4 ended FAILED"}
     assert doctor.not_gated_yet(versions) == ["2", "3", "10"]
+
+
+def lock(name: str, pid: int | None, *, host: str | None = HOST, age_s: float = 5) -> LockRecord:
+    created = NOW - timedelta(seconds=age_s)
+    return LockRecord(name, f"{name}'s holder", Owner(pid, host, created), ".stale-" in name, created, None)
+
+
+def test_an_alias_lock_is_stale_when_its_holder_is_gone_or_past_its_lease() -> None:
+    """What a killed `lightbox promote` left holding @champion: every promotion would wait on it."""
+    locks = [
+        lock("m.alias-lock.champion", DEAD),  # killed on this host: broken at once
+        lock("m.alias-lock.challenger", LIVE),  # a promotion running now
+        lock("m.alias-lock.a", DEAD, host="another-host"),  # cannot be checked from here: the lease
+        lock("m.alias-lock.b", None, age_s=61),  # recorded no holder (older lightbox): the lease
+        lock("m.alias-lock.c.stale-1", None, age_s=61),  # a tombstone its killed breaker left
+        lock("m.alias-lock.d.stale-2", None),  # its breaker may still hold the new lock
+    ]
+    found = doctor.stale_locks(locks, now=NOW, alive=alive, lease_s=60)
+    assert sorted(found) == ["m.alias-lock.b", "m.alias-lock.c.stale-1", "m.alias-lock.champion"]
+    assert found["m.alias-lock.champion"] == (
+        f"held by m.alias-lock.champion's holder: its process {DEAD} on {HOST} is gone"
+    )
+    assert "61 s, past its 60 s lease" in found["m.alias-lock.b"]
+    assert found["m.alias-lock.c.stale-1"].startswith("the tombstone of a lock broken at")
 
 
 def test_doctor_exits_0_with_a_note_for_a_version_not_gated_yet(
