@@ -158,7 +158,7 @@ class GoldenSet:
 def check_golden_frozen(settings: Settings) -> None:
     """Raise GoldenSetModified when the golden files are not byte for byte what ``golden.dvc`` records
     (as pipelines.golden checks a re-rendered set). No ``golden.dvc`` or no golden folder: left to the
-    checks that report those (run() strips golden evidence; load_golden says to build it)."""
+    checks that report those (run() and load_golden say how to get them)."""
     if dvc_repo.tracked_md5(settings, settings.golden_subdir) is None:
         return
     if not (settings.golden_dir / MANIFEST_NAME).is_file():
@@ -177,6 +177,14 @@ def _no_golden_set(settings: Settings) -> str:
         f"no golden set at {settings.golden_dir}: the gates judge a version on the frozen golden set; "
         "run `lightbox golden` first (it restores a versioned one from DVC, or renders the synthetic "
         "demo's), or import one with `lightbox data import SOURCE --golden GOLDEN_SOURCE`"
+    )
+
+
+def _golden_not_versioned(settings: Settings) -> str:
+    return (
+        f"{settings.golden_subdir}.dvc is missing: the golden set at {settings.golden_dir} is not versioned, "
+        "and the gates judge a version only on the frozen golden set; run `lightbox golden` to version it, "
+        "then run this command again"
     )
 
 
@@ -691,9 +699,13 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     if not (settings.golden_dir / MANIFEST_NAME).is_file():
         # Nothing to judge on: say so before a verdict whose every golden check fails as "missing".
         raise GoldenSetMissing(_no_golden_set(settings))
+    golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
+    if golden_md5 is None:
+        # Golden files without a DVC version are not the frozen set, and a verdict names the version it
+        # was judged on: refuse now, not after minutes of measuring whose every golden check is missing.
+        raise GoldenSetMissing(_golden_not_versioned(settings))
     mv = mlflow_registry.get_version(settings, version)
     run_metrics = mlflow_registry.get_run(settings, mv.run_id).data.metrics
-    golden_md5 = dvc_repo.tracked_md5(settings, settings.golden_subdir)
 
     recorded = _recorded(settings, mv) if reuse else None
     if recorded is not None:
@@ -702,10 +714,6 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
     else:
         m = measure(settings, version)
     ev, details = m.evidence, m.details
-    if golden_md5 is None:
-        # Golden files without a DVC version are not the frozen set: refuse to judge on them.
-        ev = {k: v for k, v in ev.items() if not k.startswith(("golden.", "behaviour."))}
-        details["golden"] = f"{settings.golden_subdir}.dvc is missing: the golden set is not versioned"
     champion = mlflow_registry.version_or_none(settings, settings.champion_alias)
     champion_version = None if champion is None or str(champion.version) == version else str(champion.version)
     base = None if champion_version is None else baseline(settings, champion_version, m.labels)

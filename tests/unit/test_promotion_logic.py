@@ -170,6 +170,25 @@ def test_an_imported_dataset_without_a_golden_set_says_how_to_get_one(tmp_path: 
         golden.run(s, rebuild=True)
 
 
+def test_a_golden_set_nobody_versioned_is_refused_before_anything_is_measured(tmp_path: Path) -> None:
+    """The per-stage commands without `lightbox golden`: golden files, no golden.dvc. The gates and a
+    promotion (both through validate_model.run) refuse in one line that says what to run, before any
+    registry read or measurement (no MLflow store is even created), not minutes later with every golden
+    check "missing"."""
+    from lightbox.errors import known_error
+    from pipelines import validate_model
+
+    s = Settings(project_dir=tmp_path)
+    _imported_golden(s)
+    with pytest.raises(golden.GoldenSetMissing) as refused:
+        validate_model.run(s, "1")
+    message, code = known_error(refused.value) or ("", 0)
+    assert code == 1 and "\n" not in message
+    assert message.startswith("golden.dvc is missing: the golden set at ")
+    assert "run `lightbox golden` to version it" in message
+    assert not (s.state / "mlflow.db").exists()
+
+
 def test_a_golden_folder_in_an_old_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
     s = Settings(project_dir=tmp_path)
     write_label_spec(_data_dir(s), synthetic_spec())
