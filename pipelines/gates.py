@@ -334,16 +334,20 @@ def regression_checks(
     tol = settings.gate_regression_tolerance
     checks = []
     for name, higher_is_better in metrics.items():
+        short = name.removeprefix("golden.")
         ref = None if baseline.evidence is None else baseline.evidence.get(name)
         threshold = None if ref is None else (ref - tol if higher_is_better else ref + tol)
+        detail = (
+            # Not the candidate's fault, and nothing a new candidate can fix: say how to get the number.
+            f"champion v{baseline.version} has no recorded golden evidence for {short} (its last gates "
+            f"run failed or never ran): run `lightbox gates --version {baseline.version}`, then promote "
+            "again"
+            if ref is None
+            else f"champion v{baseline.version} = {ref:.4f}, tolerance {tol}"
+        )
         checks.append(
             GateCheck(
-                f"regression.{name.removeprefix('golden.')}",
-                ev.get(name),
-                threshold,
-                ">=" if higher_is_better else "<=",
-                f"champion v{baseline.version} = {'missing' if ref is None else f'{ref:.4f}'}, "
-                f"tolerance {tol}",
+                f"regression.{short}", ev.get(name), threshold, ">=" if higher_is_better else "<=", detail
             )
         )
     return checks, [f"compared with champion v{baseline.version}"]

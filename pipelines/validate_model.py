@@ -736,7 +736,11 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
         runtime_tags=m.runtime_tags,
     )
     if record:
-        _record(settings, mv.run_id, report, None if base is None else base.evidence)
+        # A failed run on the version that holds the champion alias (its ONNX file missing that moment,
+        # say) keeps the evidence it was promoted on: the regression baseline of every promotion reads
+        # it, and a failed run's evidence lacks the numbers a baseline needs.
+        keep = champion is not None and str(champion.version) == version and not report.passed
+        _record(settings, mv.run_id, report, None if base is None else base.evidence, keep_evidence=keep)
     return report
 
 
@@ -747,8 +751,16 @@ def metric_name(key: str) -> str:
 
 
 def _record(
-    settings: Settings, run_id: str, report: GateReport, champion_ev: Mapping[str, float | None] | None
+    settings: Settings,
+    run_id: str,
+    report: GateReport,
+    champion_ev: Mapping[str, float | None] | None,
+    *,
+    keep_evidence: bool = False,
 ) -> None:
+    """Attach the verdict and its report to the version (and the numbers to its run). ``keep_evidence``:
+    the version's recorded evidence (``gate.evidence`` and what it was measured on) is left as it is; the
+    verdict, the report and the run's metrics are still this run's."""
     failed = [c.name for c in report.verdict.checks if not c.passed]
     decision = {
         "gate.passed": str(report.passed).lower(),
@@ -774,17 +786,18 @@ def _record(
     report.report_uri = f"runs:/{run_id}/{artifact_path}"
     numeric = {metric_name(k): v for k, v in report.evidence.items() if v is not None and np.isfinite(v)}
     mlflow_registry.log_run_metrics(settings, run_id, numeric)
+    evidence = {
+        "gate.evidence": json.dumps(report.evidence),
+        "gate.golden_md5": report.golden_md5 or "",
+        "gate.schema": EVIDENCE_SCHEMA,
+        "gate.measured_with": _measured_with(settings),
+    }
     mlflow_registry.set_version_tags(
         settings,
         report.version,
         decision
-        | {
-            "gate.evidence": json.dumps(report.evidence),
-            "gate.golden_md5": report.golden_md5 or "",
-            "gate.schema": EVIDENCE_SCHEMA,
-            "gate.measured_with": _measured_with(settings),
-            "gate.report": f"{report.report_uri}/report.html",
-        }
+        | ({} if keep_evidence else evidence)
+        | {"gate.report": f"{report.report_uri}/report.html"}
         | report.runtime_tags
         # The files these numbers were measured on: what every later load must find. Not overwritten
         # when the version no longer loads (its recorded digest is what the refusal compared with).

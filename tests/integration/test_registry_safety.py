@@ -535,3 +535,31 @@ def test_gates_verify_a_golden_set_dvc_cannot_compare(reg: Registry) -> None:
         if cache.exists():
             shutil.rmtree(cache)
         aside.rename(cache)
+
+
+def test_a_failed_gates_run_on_the_champion_keeps_the_evidence_it_was_promoted_on(reg: Registry) -> None:
+    """`lightbox gates` on the champion while its ONNX file is missing fails (serving.loads = 0). Its
+    verdict is recorded, but the champion's golden numbers stay: every later promotion's regression
+    checks read them, and had been refused with "champion v1 = missing"."""
+    from pipelines import validate_model
+
+    s = reg.settings
+    before = reg.tags(reg.base)
+    onnx = reg.artifact_file(reg.base, mlflow_registry.ONNX_ARTIFACT)
+    aside = onnx.with_name("model.onnx.aside")
+    onnx.rename(aside)
+    try:
+        report = validate_model.run(s, reg.base)
+    finally:
+        aside.rename(onnx)
+    assert not report.passed and report.evidence["serving.loads"] == 0.0
+    after = reg.tags(reg.base)
+    try:
+        assert after["gate.passed"] == "false" and "serving.loads" in after["gate.failed_checks"]
+        kept = ("gate.evidence", "gate.golden_md5", "gate.schema", "gate.measured_with")
+        assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+        labels, _ = validate_model.version_labels(s, reg.base)
+        baseline = validate_model.baseline(s, reg.base, labels)
+        assert baseline.evidence is not None and baseline.evidence["golden.tags_map"] is not None
+    finally:  # the champion every other test starts from, as it was
+        mlflow_registry.set_version_tags(s, reg.base, before)

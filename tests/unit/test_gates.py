@@ -185,7 +185,15 @@ def test_regression_against_a_champion_of_the_same_labels(tmp_path: Path) -> Non
     # Within tolerance passes; a champion without numbers is missing evidence.
     near = _good_evidence() | {"golden.score_srocc": 0.79}
     assert all(c.passed for c in regression_checks(near, BOTH, Baseline("3", BOTH, _good_evidence()), s)[0])
-    assert not any(c.passed for c in regression_checks(_good_evidence(), BOTH, Baseline("3", BOTH, {}), s)[0])
+    unmeasured = regression_checks(_good_evidence(), BOTH, Baseline("3", BOTH, {}), s)[0]
+    assert not any(c.passed for c in unmeasured)
+    # ... and the refusal says how to get the champion's number (its last gates run failed, say).
+    tags_map = next(c for c in unmeasured if c.name == "regression.tags_map").describe()
+    assert tags_map == (
+        "regression.tags_map = 0.7000 (needs >= missing): champion v3 has no recorded golden evidence for "
+        "tags_map (its last gates run failed or never ran): run `lightbox gates --version 3`, then promote "
+        "again"
+    )
     # Only what the model answers is compared.
     score_only, _ = regression_checks(_good_evidence(), SCORE_ONLY, Baseline("3", SCORE_ONLY, champion), s)
     assert {c.name for c in score_only} == {"regression.score_srocc", "regression.score_mae"}
