@@ -98,6 +98,7 @@ def _upload(interrupt: bool) -> object:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setattr(dvc_repo, "load_version", lambda settings: VERSION)
+    monkeypatch.setattr(dvc_repo, "matches_tracked", lambda settings, subdir: True)  # no DVC repo here
     monkeypatch.setattr(train, "load_training_data", lambda settings: _data())
     monkeypatch.setattr(train, "start_ray", lambda settings, ship_code: False)
     monkeypatch.setattr(tune, "run_search", _search)
