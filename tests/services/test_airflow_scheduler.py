@@ -77,8 +77,12 @@ def test_a_dag_run_triggered_through_the_rest_api_completes(
     logs = settings.state / "logs"
     token = httpx.post(f"{base}/auth/token", json={"username": user, "password": password}, timeout=30)
     assert token.status_code == 201, token.text
+    # A generous timeout: the API server answers slowly while a task process imports the ML stack on the
+    # same 2 cores (httpx's 5 s default timed out a poll).
     api = httpx.Client(
-        base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}
+        base_url=f"{base}/api/v2",
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        timeout=60,
     )
     assert httpx.get(f"{base}/api/v2/dags", timeout=30).status_code == 401  # no token, no API
 
