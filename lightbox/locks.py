@@ -58,17 +58,16 @@ def holds(fd: int) -> int:
         return next((n for f, n in _held.values() if f == fd), 0)
 
 
-def release(fd: int) -> bool:
-    """Give back one hold; True when that was the last, and the lock dropped (the file stays: removing
-    it under another process about to lock it would race)."""
+def release(fd: int) -> None:
+    """Give back one hold; the last one drops the lock. The file stays (a holder that wants it gone, as
+    a results folder does, removes it before its last release, while it still holds the lock)."""
     with _lock:
         path = next((p for p, (f, _) in _held.items() if f == fd), None)
         if path is not None and _held[path][1] > 1:
             _held[path] = (fd, _held[path][1] - 1)
-            return False
+            return
         _held.pop(path, None)  # type: ignore[arg-type]
     os.close(fd)  # closing the descriptor drops the flock
-    return True
 
 
 def _take(path: Path, what: str) -> int:
