@@ -198,7 +198,9 @@ def _import(
     old_spec = existing[1] if existing else None
     if options.append:
         notes += _new_tag_notes(photos, old_rows)
-    score_range, range_source = _score_range(photos, old_rows, given_range or parsed.score_range, old_spec)
+    given = given_range or parsed.score_range
+    score_range, range_source, range_notes = _score_range(photos, old_rows, given, old_spec, options.append)
+    notes += range_notes
     constant = None if score_range else _constant_score(photos, old_rows)
     if constant is not None:
         # One score for every photo: a score head learns nothing, and its test SROCC of 0 would fail the
@@ -716,15 +718,58 @@ def _score_range(
     old_rows: Sequence[Mapping[str, str]],
     given: tuple[float, float] | None,
     old_spec: LabelSpec | None,
-) -> tuple[tuple[float, float] | None, str]:
+    append: bool = False,
+) -> tuple[tuple[float, float] | None, str, list[str]]:
+    """The dataset's score scale, its source ("given" or "observed") and notes. The scores of the images
+    an import keeps from earlier (an --append's earlier batches) are on the scale they came with, so a
+    batch declaring another one is refused: normalised by the new range, an old 5 of 5 would train as
+    a 0.5. A scale given once is kept, and said, until another is given."""
+    earlier = [r for r in old_rows if r["image_id"] not in photos]  # the rest are relabelled here
+    declared = old_spec.score_range if old_spec is not None else None
     if given is not None:
-        return given, "given"
-    if old_spec is not None and old_spec.score_range is not None and old_spec.score_range_source == "given":
-        return old_spec.score_range, "given"  # an append keeps the scale the dataset declared
-    scores = _observed_scores(photos, old_rows)
+        if append and earlier and declared is not None and given != declared:
+            old_scores = _observed_scores({}, earlier)
+            if old_spec is not None and old_spec.score_range_source == "given":
+                raise ImportFailed(
+                    f"this batch's scores are on {_span(given)}, but the dataset declares "
+                    f"{_span(declared)} (given when it was imported): give the batch's scores on "
+                    f"{_span(declared)}, or re-import the whole dataset with --score-range (without "
+                    "--append); data/ is unchanged"
+                )
+            if old_scores and not given[0] <= min(old_scores) <= max(old_scores) <= given[1]:
+                raise ImportFailed(
+                    f"this batch's scores are on {_span(given)}, but the dataset's {len(earlier)} earlier "
+                    f"images are scored {_span((min(old_scores), max(old_scores)))}: give the batch's "
+                    "scores on the earlier images' scale, or re-import the whole dataset with "
+                    "--score-range (without --append); data/ is unchanged"
+                )
+            return (
+                given,
+                "given",
+                [
+                    f"scores are now read on {_span(given)}, the earlier images' too (they were scored "
+                    f"{_span(declared)}, a range observed, not given): if theirs was another scale, "
+                    "re-import them"
+                ],
+            )
+        return given, "given", []
+    if old_spec is not None and declared is not None and old_spec.score_range_source == "given":
+        return (
+            declared,
+            "given",
+            [
+                f"scores read on {_span(declared)}, the range given at an earlier import: give --score-range "
+                "to change it"
+            ],
+        )
+    scores = _observed_scores(photos, earlier)
     if not scores or min(scores) == max(scores):
-        return None, "observed"  # one distinct score is no scale (see _constant_score)
-    return (min(scores), max(scores)), "observed"
+        return None, "observed", []  # one distinct score is no scale (see _constant_score)
+    return (min(scores), max(scores)), "observed", []
+
+
+def _span(score_range: tuple[float, float]) -> str:
+    return f"{score_range[0]:g}..{score_range[1]:g}"
 
 
 def _observed_scores(photos: Mapping[str, Photo], old_rows: Sequence[Mapping[str, str]]) -> list[float]:

@@ -8,6 +8,7 @@ the repo, so the default works on every clone); a non-default remote (S3, ...) g
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from dataclasses import asdict, dataclass
@@ -69,7 +70,13 @@ def ensure_repo(settings: Settings) -> None:
     if not (root / ".dvc").exists():
         from dvc.repo import Repo
 
-        Repo.init(str(root))
+        init_log = logging.getLogger("dvc.repo.init")  # "You can now commit the changes": lightbox does
+        level = init_log.level
+        init_log.setLevel(logging.WARNING)
+        try:
+            Repo.init(str(root))
+        finally:
+            init_log.setLevel(level)
     cfg = root / ".dvc" / "config"
     text = cfg.read_text() if cfg.exists() else ""
     if f'remote "{REMOTE_NAME}"' not in text:
@@ -79,10 +86,10 @@ def ensure_repo(settings: Settings) -> None:
             f"['remote \"{REMOTE_NAME}\"']\n    url = {default_url}\n"
         )
         # Commit the remote config *before* any data version: DVC reads each revision's own config.
-        _git(root, "add", ".dvc/config", ".dvcignore")
-        _git(
-            root, "commit", "-q", "-m", "dvc: default remote", "--", ".dvc/config", ".dvcignore", check=False
-        )
+        # .dvc/.gitignore too: `dvc init` stages it, and left out it stayed staged for good.
+        setup = [p for p in (".dvc/config", ".dvcignore", ".dvc/.gitignore") if (root / p).exists()]
+        _git(root, "add", "--", *setup)
+        _git(root, "commit", "-q", "-m", "dvc: default remote", "--", *setup, check=False)
     local = root / ".dvc" / "config.local"
     if settings.dvc_remote_url:
         lines = [f"['remote \"{REMOTE_NAME}\"']", f"    url = {settings.dvc_remote_url}"]
@@ -112,13 +119,15 @@ def version_path(settings: Settings, subdir: str) -> DatasetVersion:
     ensure_repo(settings)
     root = settings.project_dir
     with Repo(str(root)) as repo:
+        # DVC's hint to `git add` the .dvc file is for its own users: lightbox commits it below.
+        repo.scm_context.quiet = settings.data_git_commit
         repo.add(str(root / subdir))  # absolute: DVC resolves relative paths against the cwd
         repo.push(remote=REMOTE_NAME)
     dvc_file = root / f"{subdir}.dvc"
     out = yaml.safe_load(dvc_file.read_text())["outs"][0]
     rev = ""
     if settings.data_git_commit:
-        paths = [dvc_file.name] + [p for p in (".gitignore",) if (root / p).exists()]
+        paths = [dvc_file.name] + [p for p in (".gitignore", ".dvc/.gitignore") if (root / p).exists()]
         _git(root, "add", "--", *paths)
         if _git(root, "status", "--porcelain", "--", *paths):
             _git(root, "commit", "-q", "-m", f"{subdir}: version {out['md5'][:10]}", "--", *paths)
@@ -267,4 +276,14 @@ def load_version(settings: Settings) -> DatasetVersion:
             "no dataset version yet: import your photos (`lightbox data import SOURCE`), then run "
             "`lightbox data version` and `lightbox features` (or trigger the lightbox_data DAG)"
         )
-    return DatasetVersion(**json.loads(path.read_text()))
+    version = DatasetVersion(**json.loads(path.read_text()))
+    # data.dvc moved under the record: a `git checkout <rev> -- data.dvc` + `dvc checkout` to go back to
+    # an older version. A run would train on that data while naming the newer version in its lineage.
+    tracked = tracked_md5(settings, version.path or settings.data_subdir)
+    if tracked is not None and tracked != version.md5:
+        raise NoDatasetVersion(
+            f"{version.path or settings.data_subdir}.dvc is at version {tracked[:10]}, but the last "
+            f"`lightbox data version` recorded {version.md5[:10]}: run `lightbox data version` (the "
+            "lightbox_data DAG does it), then `lightbox features`"
+        )
+    return version

@@ -434,13 +434,17 @@ def parse_imagefolder(
                 if record.score is not None:
                     rated[ref].append(record.score)
     if merged:
+        spread: list[tuple[float, str]] = []
         for ref in rated:
             first = seen_files[ref]
             scores = ([first.score] if first.score is not None else []) + rated[ref]
             first.score = sum(scores) / len(scores)
+            if max(scores) > min(scores):
+                listed = ", ".join(f"{x:g}" for x in scores)
+                spread.append((max(scores) - min(scores), f"{ref} ({listed} -> {first.score:g})"))
         notes.append(
             f"{len(merged)} images are listed on several rows (one per rater, or per tag): each has "
-            "the tags of all its rows and the mean of their scores"
+            "the tags of all its rows and the mean of their scores" + _widest(spread)
         )
     if columns.score and columns.score not in seen_columns:
         raise FormatError(
@@ -528,6 +532,15 @@ def _one_hot_columns(
             "(name the tag columns yourself with --tags-column A,B,...)"
         )
     return found
+
+
+def _widest(spread: list[tuple[float, str]], shown: int = 3) -> str:
+    """The rows whose scores disagree most, so that a 3 and a 9 merged into a 6 can be checked."""
+    if not spread:
+        return ""
+    worst = [text for _, text in sorted(spread, key=lambda x: -x[0])[:shown]]
+    more = ", ..." if len(spread) > shown else ""
+    return f"; {len(spread)} with scores that differ, most: {'; '.join(worst)}{more}"
 
 
 def _one_hot_tags(row: Mapping[str, object], columns: Sequence[str]) -> tuple[str, ...]:

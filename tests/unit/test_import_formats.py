@@ -93,6 +93,7 @@ def test_imagefolder_jsonl_problems_are_reported_per_row() -> None:
     reasons = {p.origin: p.reason for p in parsed.problems}
     assert reasons["metadata.jsonl:4"] == "a.jpg listed again with split train"
     assert "1 images are listed on several rows" in " ".join(parsed.notes)
+    assert "1 with scores that differ, most: a.jpg (0.5, 0.6, 0.7 -> 0.6)" in " ".join(parsed.notes)
     assert reasons["b.jpg"] == "score 'high' is not a number"
     assert "outside the source folder" in reasons["../outside.jpg"]
     assert reasons["metadata.jsonl:7"] == "no file_name"

@@ -1237,3 +1237,42 @@ def test_validation_fails_when_a_golden_photo_is_in_the_dataset(tmp_path: Path) 
     manifest.write_csv(s.data_dir / manifest.MANIFEST_NAME, header, [*rows, {**leaked, "split": "train"}])
     with pytest.raises(validate_data.DataValidationError, match="1 golden photos are also in data/"):
         validate_data.run(s)
+
+
+def test_an_append_on_another_declared_score_scale_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    importer.run(s, str(imagefolder(tmp_path / "a", 20)), OPTS)  # rated 1-10, declared 1..10
+    before = snapshot(s.data_dir)
+    batch = imagefolder(tmp_path / "b", 6, start=100)
+    other_scale = ImportOptions(**{**OPTS.__dict__, "append": True, "score_range": "0,100"})
+    refused = r"on 0\.\.100, but the dataset declares 1\.\.10 .*data/ is unchanged"
+    with pytest.raises(ImportFailed, match=refused):
+        importer.run(s, str(batch), other_scale)
+    assert snapshot(s.data_dir) == before
+    same = importer.run(s, str(batch), ImportOptions(**{**OPTS.__dict__, "append": True}))
+    assert same.n_new == 6 and same.score_range == [1.0, 10.0]
+
+
+def test_an_append_declaring_a_scale_the_observed_scores_do_not_fit_is_refused(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    columns = ImportOptions(score_column="rating", tags_column="labels")
+    importer.run(s, str(imagefolder(tmp_path / "a", 20)), columns)
+    assert manifest.read_label_spec(s.data_dir).score_range_source == "observed"  # 1..10 seen
+    batch = imagefolder(tmp_path / "b", 6, start=100)
+    narrow = ImportOptions(score_column="rating", tags_column="labels", append=True, score_range="0,5")
+    with pytest.raises(ImportFailed, match=r"earlier images are scored 1\.\.10"):
+        importer.run(s, str(batch), narrow)
+    wide = importer.run(s, str(batch), dataclasses.replace(narrow, score_range="0,10"))
+    assert wide.score_range == [0.0, 10.0] and any("now read on 0..10" in n for n in wide.notes), wide.notes
+
+
+def test_a_reimport_without_a_range_keeps_the_given_one_and_says_so(tmp_path: Path) -> None:
+    s = settings_for(tmp_path, golden_fraction=0.0)
+    source = imagefolder(tmp_path / "src", 20)
+    columns = ImportOptions(score_column="rating", tags_column="labels")
+    importer.run(s, str(source), dataclasses.replace(columns, score_range="0,20"))
+    again = importer.run(s, str(source), columns)
+    assert again.score_range == [0.0, 20.0]
+    assert "scores read on 0..20, the range given at an earlier import: give --score-range to change it" in (
+        again.notes
+    )
