@@ -8,7 +8,7 @@ import sys
 import traceback
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer import _click  # Typer vendors Click; its Context is the type TyperGroup.invoke takes
@@ -18,6 +18,9 @@ from typer.core import TyperGroup
 from lightbox import settings as settings_module
 from lightbox.errors import import_errors, known_error
 from lightbox.settings import Settings
+
+if TYPE_CHECKING:
+    from lightbox.manifest import LabelSpec
 
 _DEBUG = "lightbox.debug"  # ctx.meta key: set by `lightbox --debug`, read where errors are mapped
 
@@ -214,6 +217,17 @@ def _manifest_at(rev: str) -> list[dict[str, str]]:
     return manifest.rows_from_bytes(dvc_repo.read_file_at(load_settings(), manifest.MANIFEST_NAME, rev))
 
 
+def _spec_at(rev: str) -> LabelSpec:
+    from lightbox import manifest
+    from lightbox.adapters import dvc_repo
+
+    try:
+        data = dvc_repo.read_file_at(load_settings(), manifest.LABELS_NAME, rev)
+    except dvc_repo.DataUnavailable:
+        return manifest.LabelSpec()  # a version from before labels.json: no declared labels to compare
+    return manifest.LabelSpec.from_json(data.decode("utf-8"))
+
+
 @data_app.command("show")
 def data_show(rev: Annotated[str, typer.Option(help="git revision of data.dvc")] = "HEAD") -> None:
     """Print the manifest summary of the dataset as it was at a git revision (read through DVC)."""
@@ -236,13 +250,16 @@ def data_diff(
     from lightbox import manifest
 
     d = manifest.diff(_manifest_at(rev_a), _manifest_at(rev_b))
+    labels = manifest.spec_changes(_spec_at(rev_a), _spec_at(rev_b))
     if as_json:
-        _print(asdict(d))
+        _print({**asdict(d), "labels": labels})
         return
     typer.echo(
         f"{rev_a} -> {rev_b}: {len(d.added)} added, {len(d.removed)} removed, "
         f"{len(d.relabelled)} relabelled, {len(d.moved)} moved between splits"
     )
+    for change in labels:
+        typer.echo(f"! {change}")
     for image_id in d.added:
         typer.echo(f"+ {image_id}")
     for image_id in d.removed:

@@ -306,6 +306,27 @@ def diff(before: Sequence[Mapping[str, str]], after: Sequence[Mapping[str, str]]
     )
 
 
+def spec_changes(before: LabelSpec, after: LabelSpec) -> list[str]:
+    """What a new version changed in what the labels mean (the score's scale and name, the training
+    vocabulary): relabelled rows alone do not tell that an old 5 of 5 now reads 5 of 10."""
+    changes = []
+    if before.score_name != after.score_name:
+        changes.append(f"score: {before.score_name or 'none'} -> {after.score_name or 'none'}")
+    if before.score_range != after.score_range:
+        changes.append(f"score scale: {_scale(before.score_range)} -> {_scale(after.score_range)}")
+    added = sorted(set(after.tags) - set(before.tags))
+    removed = sorted(set(before.tags) - set(after.tags))
+    if added:
+        changes.append(f"tags added: {', '.join(added)}")
+    if removed:
+        changes.append(f"tags removed: {', '.join(removed)}")
+    return changes
+
+
+def _scale(score_range: tuple[float, float] | None) -> str:
+    return f"{score_range[0]:g}..{score_range[1]:g}" if score_range else "none"
+
+
 def rows_from_bytes(data: bytes) -> list[dict[str, str]]:
     """Manifest rows from a file's bytes (a version read back through DVC)."""
     text = data.decode("utf-8")

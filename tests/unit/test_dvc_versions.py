@@ -53,3 +53,32 @@ def test_a_data_dvc_checked_out_from_another_version_is_not_named_as_the_last_on
     again = dvc_repo.version_data(s)  # `lightbox data version` records it
     dvc_repo.save_version(s, again)
     assert dvc_repo.load_version(s).md5 == first.md5
+
+
+def test_data_diff_says_when_the_labels_changed_meaning(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lightbox import manifest
+    from lightbox.cli import app
+
+    s = Settings(project_dir=tmp_path / "p")
+    s.data_dir.mkdir(parents=True)
+    rows = "image_id,split,score,tags\nabc,train,5,night|portrait\n"
+    spec = manifest.LabelSpec(tag_counts={"night": 9, "portrait": 9}, score_name="stars", score_range=(1, 5))
+    (s.data_dir / manifest.LABELS_NAME).write_text(spec.to_json())
+    first = _versioned(s, rows)
+    relabelled = manifest.LabelSpec(
+        tag_counts={"people": 9, "portrait": 2}, score_name="stars", score_range=(0, 10)
+    )
+    (s.data_dir / manifest.LABELS_NAME).write_text(relabelled.to_json())
+    second = _versioned(s, rows.replace(",5,night|portrait", ",5,people"))
+    env = {"LIGHTBOX_PROJECT_DIR": str(s.project_dir)}
+    result = CliRunner().invoke(app, ["data", "diff", first.git_rev, second.git_rev], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "1 relabelled" in lines[0]
+    assert lines[1:4] == [
+        "! score scale: 1..5 -> 0..10",
+        "! tags added: people",
+        "! tags removed: night, portrait",
+    ]
