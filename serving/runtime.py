@@ -259,12 +259,38 @@ class InferenceRuntime:
         self.cpu.decodes.observe(image_format(blob), len(blob), time.perf_counter() - start)
         return image
 
-    async def infer(self, images: list[np.ndarray], protocol: str, ticket: Reservation) -> list[Prediction]:
+    async def infer(
+        self, images: list[np.ndarray], protocol: str, ticket: Reservation, version: str | None = None
+    ) -> list[Prediction]:
+        """The images' predictions, all from one model version: ``version`` when given (a request pinned
+        to it: 404 once another serves)."""
         # The images leave the ticket as they enter the queue: submit_many queues them before its first
         # await, so no estimate in between counts them twice or not at all.
         ticket.release()
+        out = await self._submit(images, ticket)
+        # A request of more images than a batch spans several batches, and a hot swap between two of them
+        # answered it from two versions under one name (a probe saw v1's and v2's scores for eight copies
+        # of one photo). Its images computed by another version than the one serving now run again.
+        for attempt in range(3):
+            stale = [i for i, p in enumerate(out) if p.predictor is not self._predictor]
+            if len({id(p.predictor) for p in out}) == 1:
+                break
+            if attempt == 2:  # swapped again and again while it ran (swaps are minutes apart in use)
+                raise ApiError(
+                    503, "the model was swapped while this request ran: retry", {"Retry-After": "1"}
+                )
+            again = await self._submit([images[i] for i in stale], ticket)
+            for i, p in zip(stale, again, strict=True):
+                out[i] = p
+        served = out[0].predictor.version
+        if version is not None and served != version:
+            raise ApiError(404, f"model version {version!r} is not loaded (swapped for {served!r} meanwhile)")
+        self.metrics.images.labels(protocol).inc(len(images))
+        return out
+
+    async def _submit(self, images: list[np.ndarray], ticket: Reservation) -> list[Prediction]:
         try:
-            out = await self.batcher.submit_many(images, ticket.deadline)
+            return await self.batcher.submit_many(images, ticket.deadline)
         except QueueFull as exc:
             raise overloaded(self.admission.refused_by_queue(str(exc))) from None
         except DeadlineExceeded as exc:
@@ -272,8 +298,6 @@ class InferenceRuntime:
             raise ApiError(
                 503, f"not computed within the request's timeout ({exc}): retry later", {"Retry-After": "1"}
             ) from None
-        self.metrics.images.labels(protocol).inc(len(images))
-        return out
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         # Decoding gets its own pool so it runs beside inference, never queued behind a batch; Pillow

@@ -328,7 +328,7 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
         async def answer() -> Response:
             ticket = ticket_of(request.scope)
             images = await runtime.decode(blobs, ticket)
-            preds = await runtime.infer(images, "v2", ticket)
+            preds = await runtime.infer(images, "v2", ticket, version)
             return infer_response(preds, header, outputs, name)
 
         return await unless_client_leaves(request, answer())
