@@ -344,7 +344,7 @@ def gates(
         raise _fail(str(exc)) from None
     _print(report.to_dict())
     if not report.passed:
-        typer.secho("gates FAILED:\n  " + "\n  ".join(report.verdict.reasons), fg="red", err=True)
+        typer.secho("gates FAILED:\n  " + "\n  ".join(report.refusal_lines()), fg="red", err=True)
         raise typer.Exit(1)
 
 

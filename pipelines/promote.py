@@ -126,7 +126,7 @@ def resolve_version(settings: Settings, version: str | None) -> str:
 def _failure(settings: Settings, version: str, alias: str, report: GateReport) -> GateFailed:
     return GateFailed(
         f"{settings.model_name} v{version} failed its gates, not promoted to @{alias}:\n  "
-        + "\n  ".join(report.verdict.reasons)
+        + "\n  ".join(report.refusal_lines())
         + (f"\nreport: {report.report_uri}/report.html" if report.report_uri else "")
     )
 

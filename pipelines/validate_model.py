@@ -10,8 +10,14 @@ its run (metrics + ``gates/v<N>/`` artifacts), with the sha256 digest of the art
 The golden files are checked against ``golden.dvc`` before anything is measured: a verdict reports
 the frozen version it was judged on, so it is never judged on other bytes (GoldenSetModified).
 
-Scores are judged on the normalised scale: predictions and golden labels are divided by the model's
-score range, so ``golden.score_mae`` and the behavioural score moves are fractions of that range.
+Scores are judged on the normalised scale, each side by its own declared range: predictions by the
+model's score range, golden labels by the golden set's (its ``labels.json``, frozen with it; the model's
+when it declares none), so ``golden.score_mae`` and the behavioural score moves are fractions of a range
+and a dataset re-imported on another scale is still judged on the golden set frozen before. Only the
+tags the golden set declares are judged on it: a model tag it never declares has no golden truth (a
+renamed or new tag), is left out of every golden tag metric and named in a note. A model the golden set
+holds no truth for at all (no tag in common, or golden scores on a scale that cannot be known) is
+refused before anything is measured (GoldenSetIncomparable).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +38,13 @@ import pandas as pd
 
 from lightbox import distortions
 from lightbox.adapters import dvc_repo, mlflow_registry
+from lightbox.dataset import TAG_VOCABULARY
 from lightbox.imaging import MODEL_INPUT_SIZE, decode_image, to_model_input
 from lightbox.manifest import (
     LABELS_NAME,
     MANIFEST_NAME,
     LabelSpec,
+    cell_to_tags,
     parse_score,
     read_label_spec,
     read_manifest,
@@ -44,6 +52,7 @@ from lightbox.manifest import (
 )
 from lightbox.settings import Settings
 from pipelines import behaviour
+from pipelines.data import SOURCE_FORMAT as SYNTHETIC_FORMAT
 from pipelines.data import resize_longest
 from pipelines.gates import (
     AP_PREFIX,
@@ -69,7 +78,7 @@ from training.metrics import (
     srocc_by_kind,
 )
 
-EVIDENCE_SCHEMA = "3"  # bump when what is measured changes: recorded evidence of another schema is stale
+EVIDENCE_SCHEMA = "4"  # bump when what is measured changes: recorded evidence of another schema is stale
 INVARIANCE_RESIZE = 0.75  # longest side scale for the resize invariance
 INVARIANCE_JPEG_QUALITY = 95
 BLUR_LEVEL = 5  # lightbox.distortions level of the "blur lowers the score" check: unmistakable damage
@@ -80,6 +89,11 @@ Evidence = dict[str, float | None]
 class GoldenSetModified(GoldenSetMissing):
     """The golden files differ from what ``golden.dvc`` records: the frozen set is not there to judge on.
     (A GoldenSetMissing, so every caller that reports a missing golden set reports this one too.)"""
+
+
+class GoldenSetIncomparable(GoldenSetMissing):
+    """The golden set holds no truth for what the model answers: no tag in common, or golden scores on a
+    scale that cannot be known. Nothing to judge it on, as with no golden set (hence a GoldenSetMissing)."""
 
 
 @dataclass
@@ -98,10 +112,16 @@ class GateReport:
     reused: bool = False  # True when read back from the version's tags, not measured now
     preds: pd.DataFrame | None = field(default=None, repr=False)
     runtime_tags: dict[str, str] = field(default_factory=dict)  # runtime_check's, recorded on the version
+    # golden_label_notes (also among the verdict's notes): printed with a refusal, as they may explain it
+    label_notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.verdict.passed
+
+    def refusal_lines(self) -> list[str]:
+        """What a refusal prints: every failing check, then the notes on the golden set's labels."""
+        return self.verdict.reasons + [f"note: {n}" for n in self.label_notes]
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +154,14 @@ class Measurement:
 # --- the golden set --------------------------------------------------------------------------------
 
 
+def golden_vocabulary(spec: LabelSpec, rows: Iterable[Mapping[str, str]]) -> frozenset[str]:
+    """The tags the golden set holds truth for, positive or negative: every tag it declares (its
+    labels.json counts) or carries; the synthetic grid's renderer labels each image against the whole
+    demo vocabulary (a procedural scene is truly no ``animal``), so that vocabulary is its own."""
+    declared = frozenset(spec.tag_counts) | {t for r in rows for t in cell_to_tags(r["tags"])}
+    return declared | set(TAG_VOCABULARY) if spec.source_format == SYNTHETIC_FORMAT else declared
+
+
 @dataclass(frozen=True)
 class GoldenSet:
     rows: list[dict[str, str]]
@@ -151,8 +179,23 @@ class GoldenSet:
         return [r["image_id"] for r in self.rows]
 
     def true_scores(self) -> np.ndarray:
-        """On the dataset's scale; NaN where the image has no score label."""
+        """On the golden set's own scale; NaN where the image has no score label."""
         return np.array([parse_score(r["score"]) for r in self.rows], np.float64)
+
+    def true_unit(self, labels: ModelLabels) -> np.ndarray:
+        """The golden scores as fractions of the golden set's declared range (the model's when it declares
+        none, as golden sets were read before they declared one)."""
+        low, high = self.spec.score_range or _model_range(labels)
+        return (self.true_scores() - low) / (high - low)
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        return golden_vocabulary(self.spec, self.rows)
+
+    def judged_tags(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The model's tags the golden set holds truth for, in the model's order."""
+        vocabulary = self.vocabulary
+        return tuple(t for t in names if t in vocabulary)
 
 
 def check_golden_frozen(settings: Settings) -> None:
@@ -203,12 +246,46 @@ def load_golden(settings: Settings) -> GoldenSet:
 # --- measuring -------------------------------------------------------------------------------------
 
 
-def normalise(scores: np.ndarray, labels: ModelLabels) -> np.ndarray:
-    """Dataset scale -> fractions of the model's score range (what every score threshold reads)."""
+def _model_range(labels: ModelLabels) -> tuple[float, float]:
     if labels.score_range is None:
         raise ValueError("a tags-only model has no score scale")
-    low, high = labels.score_range
+    return labels.score_range
+
+
+def normalise(scores: np.ndarray, labels: ModelLabels) -> np.ndarray:
+    """The model's scale -> fractions of its score range (what every score threshold reads)."""
+    low, high = _model_range(labels)
     return (np.asarray(scores, np.float64) - low) / (high - low)
+
+
+def _names(tags: Iterable[str]) -> str:
+    return ", ".join(tags) or "none"
+
+
+def _span(values: tuple[float, float]) -> str:
+    return f"{values[0]:g}..{values[1]:g}"
+
+
+def check_comparable(golden: GoldenSet, labels: ModelLabels) -> None:
+    """Raise GoldenSetIncomparable when the golden set holds no truth for what the model answers: a
+    tagging model none of whose tags the golden set declares, or golden scores without a declared range
+    that do not fit the model's (read on its scale, as before golden sets declared one, they would be
+    judged on a scale nobody knows)."""
+    again = "re-import with a golden split (`lightbox data import SOURCE --golden GOLDEN_SOURCE`) to gate it"
+    if labels.has_tags and not golden.judged_tags(labels.tag_names):
+        raise GoldenSetIncomparable(
+            f"the golden set holds no truth for this model's tags: it declares "
+            f"[{_names(sorted(golden.vocabulary))}], the model answers [{_names(labels.tag_names)}]; {again}"
+        )
+    if labels.has_score and golden.spec.score_range is None:
+        true = golden.true_scores()
+        true = true[np.isfinite(true)]
+        low, high = _model_range(labels)
+        if true.size and (true.min() < low or true.max() > high):
+            raise GoldenSetIncomparable(
+                f"the golden set declares no score range and its scores ({_span((true.min(), true.max()))}) "
+                f"do not fit this model's {_span((low, high))}: their scale cannot be known; {again}"
+            )
 
 
 def _invariance_inputs(raw: list[bytes], max_pixels: int) -> dict[str, np.ndarray]:
@@ -265,8 +342,9 @@ def _signature_fitness(info, tag_names: tuple[str, ...]) -> tuple[bool, str]:
 def score_evidence(
     unit: np.ndarray, golden: GoldenSet, labels: ModelLabels
 ) -> tuple[Evidence, dict[str, str]]:
-    """Score metrics on the golden images that carry a score label, both sides normalised."""
-    true = normalise(golden.true_scores(), labels)
+    """Score metrics on the golden images that carry a score label, each side normalised by its own
+    range (``unit``: the model's answers already are)."""
+    true = golden.true_unit(labels)
     scored = np.isfinite(true)
     ev: Evidence = {"golden.scored_images": float(scored.sum())}
     if scored.sum() < 2:
@@ -287,11 +365,18 @@ def score_evidence(
 def tag_evidence(
     probs: np.ndarray, golden: GoldenSet, names: tuple[str, ...], min_examples: int
 ) -> tuple[Evidence, dict[str, str]]:
-    """Tag metrics against the golden tags (tags outside the model's vocabulary are ignored).
+    """Tag metrics against the golden tags, on the model's tags the golden set declares (golden tags
+    outside the model's vocabulary are ignored; model tags outside the golden's have no truth there,
+    are left out and named by golden_label_notes).
 
-    Every tag's golden positives are recorded (the gates decide from them which AP floors apply);
+    Every judged tag's golden positives are recorded (the gates decide from them which AP floors apply);
     a tag's AP only when it has at least ``min_examples`` positives, as fewer make AP noise.
     """
+    judged = golden.judged_tags(names)
+    if not judged:
+        return {}, {"golden.tags_map": "the golden set declares none of the model's tags: no golden truth"}
+    probs = probs[:, [names.index(t) for t in judged]]
+    names = judged
     truth = tags_matrix([r["tags"] for r in golden.rows], names)
     positives = truth.sum(axis=0)
     ev: Evidence = {f"{POSITIVES_PREFIX}{t}": float(n) for t, n in zip(names, positives, strict=True)}
@@ -311,8 +396,9 @@ def tag_evidence(
 def predictions_table(
     golden: GoldenSet, scores: np.ndarray, probs: np.ndarray, names: tuple[str, ...], labels: ModelLabels
 ) -> pd.DataFrame:
-    """One row per golden image: what the report plots and golden_predictions.csv shows. Scores on the
-    dataset's scale (``true_score``, ``score``) and normalised (``true_unit``, ``score_unit``)."""
+    """One row per golden image: what the report plots and golden_predictions.csv shows. Scores on each
+    side's own scale (``true_score``: the golden set's, ``score``: the model's) and normalised by that
+    scale's range (``true_unit``, ``score_unit``)."""
     frame = pd.DataFrame(
         {
             "image_id": golden.ids,
@@ -332,7 +418,7 @@ def predictions_table(
     if labels.has_score:
         frame = frame.assign(
             score=scores,
-            true_unit=normalise(frame["true_score"].to_numpy(), labels),
+            true_unit=golden.true_unit(labels),
             score_unit=normalise(scores, labels),
         )
     return frame.assign(**{f"p:{t}": probs[:, i] for i, t in enumerate(names)})
@@ -443,6 +529,7 @@ def measure(settings: Settings, version: str) -> Measurement:
         return Measurement(ev, details, None, None, artifacts)
 
     golden = load_golden(settings)
+    check_comparable(golden, labels)  # raises: no verdict on a golden set that holds no truth for it
     names = predictor.tag_names
     scores, probs = _predict(predictor, golden.inputs)
     ev[GRID_KEY] = 1.0 if golden.grid else 0.0
@@ -631,21 +718,30 @@ def _metric_delta(
 
 
 def golden_label_notes(settings: Settings, labels: ModelLabels | None) -> list[str]:
-    """A note when the golden set declares another score scale than the model's (e.g. a dataset
-    re-imported with another --score-range since its golden set was set aside): the golden scores are
-    then read on the model's scale. Tags need no note: the golden spec counts its own images, and a
-    model tag without golden examples is listed by the per-tag AP note."""
-    ours = None if labels is None else labels.score_range
-    if ours is None or not (settings.golden_dir / LABELS_NAME).is_file():
+    """Where the golden set's labels differ from the model's (a dataset re-imported with another scale
+    or renamed tags since its golden set was frozen): the scales, each normalised by its own range, and
+    the model's tags the golden set holds no truth for (not judged on it). Short: the refusals print
+    them."""
+    if labels is None or not (settings.golden_dir / LABELS_NAME).is_file():
         return []
     spec = read_label_spec(settings.golden_dir)
-    if spec.score_range == ours:
-        return []
-    theirs = "no score" if spec.score_range is None else f"{spec.score_range[0]:g}..{spec.score_range[1]:g}"
-    return [
-        f"the golden set's scores are on {theirs}, this model's on {ours[0]:g}..{ours[1]:g}: golden scores "
-        "are normalised by the model's range"
-    ]
+    notes = []
+    ours = labels.score_range
+    if ours is not None and spec.score_range != ours:
+        notes.append(
+            f"golden scores on {_span(spec.score_range)}, this model's on {_span(ours)}: each normalised by "
+            "its own range"
+            if spec.score_range is not None
+            else f"the golden set declares no score range: its scores are read on this model's {_span(ours)}"
+        )
+    if labels.has_tags and (settings.golden_dir / MANIFEST_NAME).is_file():
+        declared = golden_vocabulary(spec, read_manifest(settings.golden_dir))
+        missing = [t for t in labels.tag_names if t not in declared]
+        if missing:
+            notes.append(
+                f"tags without golden truth: {', '.join(missing)}: re-import with a golden split to gate them"
+            )
+    return notes
 
 
 # --- recording -------------------------------------------------------------------------------------
@@ -734,6 +830,7 @@ def run(settings: Settings, version: str, *, record: bool = True, reuse: bool = 
         reused=recorded is not None,
         preds=m.preds,
         runtime_tags=m.runtime_tags,
+        label_notes=notes,
     )
     if record:
         # A failed run on the version that holds the champion alias (its ONNX file missing that moment,

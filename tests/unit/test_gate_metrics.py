@@ -66,9 +66,15 @@ def test_plots_render_to_png() -> None:
 # --- pipelines.validate_model: what is measured on a golden set ------------------------------------
 
 
-def _golden_folder(tmp_path, cells: list[tuple[str, str]], **kw: object):
+def _golden_folder(
+    tmp_path,
+    cells: list[tuple[str, str]],
+    *,
+    score_range: tuple[float, float] | None = (1.0, 10.0),
+    **kw: object,
+):
     """A golden folder as the importer writes it: noisy 64x48 photos with (score, tags) cells on a
-    1..10 rating, no distortion grid."""
+    1..10 rating (or ``score_range``), no distortion grid."""
     from PIL import Image
 
     from lightbox.manifest import GOLDEN_SPLIT, LabelSpec, write_label_spec, write_manifest
@@ -90,7 +96,7 @@ def _golden_folder(tmp_path, cells: list[tuple[str, str]], **kw: object):
             }
         )  # fmt: skip
     write_manifest(s.golden_dir, rows)
-    write_label_spec(s.golden_dir, LabelSpec(score_range=(1.0, 10.0), source_format="imagefolder"))
+    write_label_spec(s.golden_dir, LabelSpec(score_range=score_range, source_format="imagefolder"))
     return s
 
 
@@ -123,16 +129,78 @@ def test_golden_tag_ap_only_for_tags_with_enough_examples(tmp_path) -> None:
     names = ("cat", "dog", "sunset")
     probs = np.array([[0.1, 0.9, 0.1], [0.2, 0.8, 0.1], [0.1, 0.3, 0.1], [0.1, 0.4, 0.1]])
     ev, why = tag_evidence(probs, golden, names, min_examples=3)
+    # "sunset" is no tag of the golden set: no truth, not judged (golden_label_notes names it).
     assert {k: v for k, v in ev.items() if "positives" in k} == {
         "golden.positives.cat": 1.0,
         "golden.positives.dog": 3.0,
-        "golden.positives.sunset": 0.0,
     }
     assert [k for k in ev if k.startswith("golden.ap.")] == ["golden.ap.dog"]
     assert ev["golden.ap.dog"] == pytest.approx((1 + 1 + 3 / 4) / 3) and why == {}  # a miss at rank 3
     assert "golden.tags_map" in ev and "golden.tags_ece" in ev
     ev, why = tag_evidence(probs[:, 2:], golden, ("sunset",), min_examples=3)
-    assert "golden.tags_map" not in ev and "any of the model's tags" in why["golden.tags_map"]
+    assert "golden.tags_map" not in ev and "none of the model's tags" in why["golden.tags_map"]
+
+
+# A relabelled dataset: the golden set was frozen from its first import (scores 1..5, tags night,
+# portrait, landscape); the new model answers 0..10 and people (was portrait), landscape, blurry.
+_RELABELLED = [("1", "night|landscape"), ("2", "portrait"), ("4", "landscape"), ("5", "portrait|night")]
+_NEW_LABELS = (("people", "landscape", "blurry"), (0.0, 10.0))
+
+
+def test_golden_scores_are_normalised_by_the_golden_sets_own_range(tmp_path) -> None:
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import load_golden, normalise, predictions_table, score_evidence
+
+    golden = load_golden(_golden_folder(tmp_path, _RELABELLED, score_range=(1.0, 5.0)))
+    labels = ModelLabels(*_NEW_LABELS)
+    predicted = np.array([0.0, 2.5, 7.5, 10.0])  # the same place on each range: the model is exact
+    ev, why = score_evidence(normalise(predicted, labels), golden, labels)
+    assert why == {} and ev["golden.score_mae"] == pytest.approx(0.0, abs=1e-9)  # not 0.1..0.4 off
+    preds = predictions_table(golden, predicted, np.zeros((4, 3)), labels.tag_names, labels)
+    assert preds["true_unit"].tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
+    # A golden set that declares no range: read on the model's, as before golden sets declared one.
+    golden = load_golden(_golden_folder(tmp_path / "b", _RELABELLED, score_range=None))
+    ev, _ = score_evidence(normalise(predicted, labels), golden, labels)
+    assert ev["golden.score_mae"] == pytest.approx(np.mean(np.abs(predicted - [1, 2, 4, 5])) / 10)
+
+
+def test_model_tags_the_golden_set_never_declares_are_not_judged_on_it(tmp_path) -> None:
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import golden_label_notes, load_golden, tag_evidence
+
+    s = _golden_folder(tmp_path, _RELABELLED, score_range=(1.0, 5.0))
+    golden = load_golden(s)
+    labels = ModelLabels(*_NEW_LABELS)
+    probs = np.array([[0.1, 0.9, 0.0], [0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.9, 0.1, 0.0]])
+    ev, why = tag_evidence(probs, golden, labels.tag_names, min_examples=2)
+    # people and blurry have no golden truth: were every golden photo a negative for them, the right
+    # "people" answers on the portraits would count as confident mistakes.
+    assert [k for k in ev if k.startswith("golden.positives.")] == ["golden.positives.landscape"]
+    assert ev["golden.tags_ece"] == pytest.approx(
+        expected_calibration_error(probs[:, [1]], np.array([[1.0], [0.0], [1.0], [0.0]]))
+    )
+    assert ev["golden.tags_map"] == pytest.approx(1.0) and why == {}
+    assert golden_label_notes(s, labels) == [
+        "golden scores on 1..5, this model's on 0..10: each normalised by its own range",
+        "tags without golden truth: people, blurry: re-import with a golden split to gate them",
+    ]
+    assert golden_label_notes(s, ModelLabels(("landscape",), (1.0, 5.0))) == []
+
+
+def test_a_golden_set_without_truth_for_the_model_is_refused_in_one_line(tmp_path) -> None:
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import GoldenSetIncomparable, check_comparable, load_golden
+
+    golden = load_golden(_golden_folder(tmp_path, _RELABELLED, score_range=(1.0, 5.0)))
+    check_comparable(golden, ModelLabels(*_NEW_LABELS))  # landscape in common, both scales declared
+    with pytest.raises(GoldenSetIncomparable, match="no truth for this model's tags") as caught:
+        check_comparable(golden, ModelLabels(("people", "blurry"), (0.0, 10.0)))
+    assert "\n" not in str(caught.value) and "[landscape, night, portrait]" in str(caught.value)
+    # Golden scores without a declared range: on the model's scale when they fit it, refused when not.
+    unknown = load_golden(_golden_folder(tmp_path / "b", [("7", "landscape"), ("9", "")], score_range=None))
+    check_comparable(unknown, ModelLabels(("landscape",), (0.0, 10.0)))
+    with pytest.raises(GoldenSetIncomparable, match="cannot be known"):
+        check_comparable(unknown, ModelLabels(("landscape",), (1.0, 5.0)))
 
 
 class _SharpnessModel:
@@ -206,3 +274,32 @@ def test_the_report_shows_the_label_spec_and_the_notes(tmp_path) -> None:
     assert "- labels: not recorded" in render_markdown(
         GateReport("m", "6", GateVerdict(), {}, {}, None, None, "t")
     )
+
+
+def test_a_refusal_prints_the_notes_on_the_golden_labels(tmp_path) -> None:
+    from lightbox.settings import Settings
+    from pipelines.gates import GateCheck, GateVerdict
+    from pipelines.promote import _failure
+    from pipelines.validate_model import GateReport
+
+    note = "tags without golden truth: people, blurry: re-import with a golden split to gate them"
+    verdict = GateVerdict(
+        [GateCheck("golden.tags_ece", 0.41, 0.15, "<=")], ["compared with champion v1", note]
+    )
+    report = GateReport("m", "2", verdict, {}, {}, "x.dir", "1", "t", label_notes=[note])
+    message = str(_failure(Settings(project_dir=tmp_path), "2", "champion", report))
+    assert f"golden.tags_ece = 0.4100 (needs <= 0.15)\n  note: {note}" in message
+    assert "compared with champion" not in message  # the other notes stay in the full verdict
+
+
+def test_the_synthetic_grid_holds_truth_for_the_whole_demo_vocabulary(tmp_path) -> None:
+    from lightbox.manifest import LabelSpec, write_label_spec
+    from pipelines.gates import ModelLabels
+    from pipelines.validate_model import golden_label_notes, load_golden, tag_evidence
+
+    s = _golden_folder(tmp_path, [("0.5", "blurry|synthetic"), ("0.9", "synthetic"), ("0.2", "blurry")])
+    write_label_spec(s.golden_dir, LabelSpec(score_range=(0.0, 1.0), source_format="synthetic"))
+    labels = ModelLabels(("animal", "blurry", "synthetic"), (0.0, 1.0))
+    # No procedural scene is an animal: a true negative on every image, judged as before.
+    ev, _ = tag_evidence(np.full((3, 3), 0.5), load_golden(s), labels.tag_names, min_examples=3)
+    assert ev["golden.positives.animal"] == 0.0 and golden_label_notes(s, labels) == []
