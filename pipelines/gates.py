@@ -373,7 +373,8 @@ def shadow_checks(tags: Mapping[str, str], labels: ModelLabels | None, settings:
     ``promote_min_shadow_samples`` is 0 (the default): no shadow requirement.
 
     Agreement is not accuracy: a challenger that is better than the champion also disagrees with it.
-    The floors say how different a candidate may be before a person looks at it."""
+    The floors say how different a candidate may be before a person looks at it. Tags compare by name:
+    the tags only one side answers (renamed, new, dropped) are not compared, and named in a note."""
     if settings.promote_min_shadow_samples <= 0:
         return [], []
 
@@ -393,17 +394,25 @@ def shadow_checks(tags: Mapping[str, str], labels: ModelLabels | None, settings:
                 "shadow.score_srocc", number("score_srocc"), settings.promote_min_shadow_srocc, ">=", where
             )
         )
+    compared = tags.get(SHADOW_PREFIX + "tags_compared", "")
+    alone = tags.get(SHADOW_PREFIX + "tags_not_compared", "")
     if labels is None or labels.has_tags:
+        none_shared = "the challenger shares no tag with the champion: no tag agreement to measure"
         checks.append(
             GateCheck(
                 "shadow.tag_agreement_min",
                 number("tag_agreement_min"),
                 settings.promote_min_shadow_tag_agreement,
                 ">=",
-                where,
+                none_shared if compared == "-" else where,
             )
         )
-    return checks, [f"shadow requirement: at least {settings.promote_min_shadow_samples} shadowed images"]
+    notes = [f"shadow requirement: at least {settings.promote_min_shadow_samples} shadowed images"]
+    if alone not in ("", "-"):
+        notes.append(
+            f"shadow tag agreement covers [{compared}] only; one model's alone, not compared: [{alone}]"
+        )
+    return checks, notes
 
 
 def decide(

@@ -279,7 +279,7 @@ def run(
     if shadow is not None and not shadow.passed:
         raise GateFailed(
             f"{settings.model_name} v{version} passed its gates but not the shadow requirement, not promoted "
-            f"to @{alias}:\n  " + "\n  ".join(shadow.reasons)
+            f"to @{alias}:\n  " + "\n  ".join(shadow.reasons + [f"note: {n}" for n in shadow.notes])
         )
     # The verdict's regression check compared with this champion (read by the gates, not before them):
     # the compare-and-set below moves the alias only if it is still there.

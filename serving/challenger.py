@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from serving.admission import Refused
-from serving.canary import Agreement, ShadowMetrics, routes_to_challenger
+from serving.canary import Agreement, ShadowMetrics, routes_to_challenger, unit_score
 from serving.multi import ServedModel
 from serving.runtime import Prediction
 
@@ -50,7 +50,17 @@ class Challenger:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _fresh_agreement(self) -> Agreement:
-        return Agreement(self._champion_tags, self.model.runtime.predictor.tag_names, self._threshold)
+        predictor = self.model.runtime.predictor
+        agreement = Agreement(self._champion_tags, predictor.tag_names, self._threshold)
+        if agreement.not_compared:  # once per challenger version: a renamed tag is no silent pass
+            log.warning(
+                "shadow: challenger v%s compares tags [%s] with the champion; not compared (one side "
+                "only): [%s]",
+                predictor.version,
+                ", ".join(agreement.shared),
+                ", ".join(agreement.not_compared),
+            )
+        return agreement
 
     def routes(self, key: str | None) -> bool:
         """This request is answered by the challenger (canary), sticky per key."""
@@ -83,9 +93,10 @@ class Challenger:
         if preds[0].predictor.version != self._version:  # the challenger was swapped: start over
             self._version = preds[0].predictor.version
             self.agreement = self._fresh_agreement()
+        # Each side on the unit scale of its own model: a challenger may be trained on another scale.
         self.agreement.add(
-            np.array([p.score for p in champion]),
-            np.array([p.score for p in preds]),
+            np.array([unit_score(p.score, p.predictor.score_range) for p in champion]),
+            np.array([unit_score(p.score, p.predictor.score_range) for p in preds]),
             np.stack([p.tag_probs for p in champion]),
             np.stack([p.tag_probs for p in preds]),
         )

@@ -295,7 +295,10 @@ def test_shadow_never_changes_an_answer_and_reports_the_agreement(extractor, pet
     from scipy.stats import spearmanr
 
     assert s.score_srocc == pytest.approx(spearmanr(a, b).statistic, abs=1e-4)
-    assert s.score_mae == pytest.approx(float(np.abs(a - b).mean()), abs=1e-5)
+    (lo_a, hi_a), (lo_b, hi_b) = pets.score_range, rival.score_range  # each on its own model's range
+    assert s.score_mae_unit == pytest.approx(
+        float(np.abs((a - lo_a) / (hi_a - lo_a) - (b - lo_b) / (hi_b - lo_b)).mean()), abs=1e-5
+    )
     for i, tag in enumerate(PETS):
         assert s.tag_agreement[tag] == pytest.approx(np.mean((ta[:, i] >= 0.5) == (tb[:, i] >= 0.5)))
     assert f'lightbox_shadow_samples{{model="pets@challenger"}} {float(len(photos))}' in metrics

@@ -48,14 +48,15 @@ def test_agreement_matches_a_direct_comparison() -> None:
     s = agreement.summary()
     assert s.samples == n
     assert s.score_srocc == pytest.approx(spearmanr(a, b).statistic, abs=1e-6)
-    assert s.score_mae == pytest.approx(float(np.abs(a - b).mean()), abs=1e-6)
-    assert set(s.tag_agreement) == {"cat", "dog"}
+    assert s.score_mae_unit == pytest.approx(float(np.abs(a - b).mean()), abs=1e-6)
+    assert set(s.tag_agreement) == {"cat", "dog"} and s.tags_not_compared == ("bird",)
     assert s.tag_agreement["cat"] == pytest.approx(np.mean((ta[:, 0] >= 0.5) == (tb[:, 1] >= 0.5)))
     assert s.tag_agreement["dog"] == pytest.approx(np.mean((ta[:, 1] >= 0.5) == (tb[:, 0] >= 0.5)))
     tags = s.to_tags()
-    assert tags["shadow.samples"] == "300" and float(tags["shadow.score_mae"]) == pytest.approx(
-        s.score_mae, 1e-3
+    assert tags["shadow.samples"] == "300" and float(tags["shadow.score_mae_unit"]) == pytest.approx(
+        s.score_mae_unit, 1e-3
     )
+    assert tags["shadow.tags_compared"] == "cat,dog" and tags["shadow.tags_not_compared"] == "bird"
     # The same numbers at the scrape.
     registry = CollectorRegistry()
     ShadowMetrics(registry, agreement.summary)
@@ -70,5 +71,43 @@ def test_the_window_keeps_the_latest_pairs() -> None:
     agreement.add(np.zeros(20), np.ones(20), np.zeros((20, 1)), np.ones((20, 1)))
     agreement.add(np.ones(5), np.ones(5), np.ones((5, 1)), np.ones((5, 1)))
     s = agreement.summary()
-    assert s.samples == 10 and s.score_mae == pytest.approx(0.5) and s.tag_agreement["t"] == 0.5
+    assert s.samples == 10 and s.score_mae_unit == pytest.approx(0.5) and s.tag_agreement["t"] == 0.5
     assert Agreement(("t",), ("t",)).summary().samples == 0
+
+
+def test_shadow_compares_scores_on_each_models_own_unit_scale(caplog) -> None:
+    """A champion on 1..5 and a challenger on 0..10 that agree exactly: unit scale, no 2-point gap."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.challenger import Challenger
+    from serving.runtime import Prediction
+
+    def predictor(version: str, tags: tuple[str, ...], score_range: tuple[float, float]) -> SimpleNamespace:
+        return SimpleNamespace(version=version, tag_names=tags, score_range=score_range)
+
+    champion = predictor("1", ("landscape", "portrait"), (1.0, 5.0))
+    rival = predictor("2", ("blurry", "landscape", "people"), (0.0, 10.0))
+    ticket = SimpleNamespace(release=lambda: None)
+    probs = np.array([0.9, 0.1, 0.2], np.float32)
+
+    async def infer(images, protocol, ticket):
+        return [Prediction(10 * i / 3, probs, rival) for i in range(len(images))]
+
+    runtime = SimpleNamespace(
+        registry=CollectorRegistry(),
+        predictor=rival,
+        admission=SimpleNamespace(admit=lambda n: ticket),
+        infer=infer,
+    )
+    model = SimpleNamespace(name="m@challenger", runtime=runtime)
+    with caplog.at_level("WARNING", logger="serving.challenger"):
+        challenger = Challenger(
+            model, canary_percent=0, shadow_fraction=1, tag_threshold=0.5, champion_tags=champion.tag_names
+        )
+    answers = [Prediction(1 + 4 * i / 3, np.array([0.1, 0.9], np.float32), champion) for i in range(4)]
+    asyncio.run(challenger._compare([np.zeros(1)] * 4, answers))
+    s = challenger.agreement.summary()
+    assert s.samples == 4 and s.score_mae_unit == pytest.approx(0.0, abs=1e-6) and s.score_srocc == 1.0
+    assert s.tag_agreement == {"landscape": 1.0} and s.tags_not_compared == ("portrait", "blurry", "people")
+    assert "not compared (one side only): [portrait, blurry, people]" in caplog.text

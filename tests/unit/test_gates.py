@@ -292,3 +292,26 @@ def test_the_shadow_requirement_reads_the_agreement_the_server_recorded(tmp_path
         "shadow.samples",
         "shadow.tag_agreement_min",
     ]
+
+
+def test_the_shadow_verdict_names_the_tags_it_did_not_compare(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, promote_min_shadow_samples=500)
+    recorded = {
+        "shadow.samples": "800",
+        "shadow.score_srocc": "0.93",
+        "shadow.tag_agreement_min": "0.95",
+        "shadow.tags_compared": "landscape",
+        "shadow.tags_not_compared": "portrait,people,blurry",
+    }
+    verdict = GateVerdict(*shadow_checks(recorded, BOTH, settings))
+    # A rename passes the floor on the tags both answer, but not silently.
+    assert verdict.passed and verdict.notes[-1] == (
+        "shadow tag agreement covers [landscape] only; one model's alone, not compared: "
+        "[portrait,people,blurry]"
+    )
+    nothing = recorded | {"shadow.tags_compared": "-"}
+    del nothing["shadow.tag_agreement_min"]
+    assert GateVerdict(*shadow_checks(nothing, BOTH, settings)).reasons == [
+        "shadow.tag_agreement_min = missing (needs >= 0.9): the challenger shares no tag with the champion: "
+        "no tag agreement to measure"
+    ]
