@@ -142,8 +142,11 @@ def file_version(path: str) -> str | None:
 
 
 def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:
-    if name.endswith(".parquet"):
-        lines = _parquet_uris(name, data)
+    parquet = name.endswith(".parquet")
+    if parquet:
+        # Values are data: no comment rule (a photo may be named "#1 shoot.jpg"); spaces around a
+        # value are stripped as a text list's are (a path never begins or ends with one on purpose).
+        lines = (v.strip() for v in _parquet_uris(name, data))
     else:
         try:
             text = data.decode("utf-8-sig")  # -sig: a list saved by Excel or Notepad starts with a BOM
@@ -155,11 +158,11 @@ def _from_list(name: str, data: bytes, base: str) -> Iterator[str]:
         lines = (line.strip() for line in text.splitlines())
     named = 0
     for line in lines:
-        if line and not line.startswith("#"):
+        if line and (parquet or not line.startswith("#")):
             named += 1
             yield absolute_uri(line, base)
     if not named:
-        what = "no `uri` values" if name.endswith(".parquet") else "no URIs (one a line, # starts a comment)"
+        what = "no `uri` values" if parquet else "no URIs (one a line, # starts a comment)"
         raise CatalogError(f"{name} is an empty list: it names {what}")
 
 

@@ -1047,7 +1047,28 @@ def ensure_tags_in_train(rows: list[dict[str, str]], min_count: int) -> list[dic
         )
         if holders and not moved.intersection(holders):
             moved.add(holders[0])
-    return [r | {"split": "train"} if r["group"] in moved else r for r in rows]
+    out = [r | {"split": "train"} if r["group"] in moved else r for r in rows]
+    return _refill_emptied_splits(rows, out, moved)
+
+
+def _refill_emptied_splits(
+    before: list[dict[str, str]], after: list[dict[str, str]], moved: set[str]
+) -> list[dict[str, str]]:
+    """A split that the moves to train emptied (a small dataset's only validation group held a rare tag:
+    training then refused for want of a validation split) takes the smallest train group in exchange,
+    one whose tags all have other train examples."""
+    emptied = sorted({r["split"] for r in before} - {r["split"] for r in after})
+    for split in emptied:
+        train = [r for r in after if r["split"] == "train"]
+        groups: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for r in train:
+            groups[r["group"]].append(r)
+        for group in sorted((g for g in groups if g not in moved), key=lambda g: (len(groups[g]), g)):
+            rest = {t for r in train if r["group"] != group for t in manifest.cell_to_tags(r["tags"])}
+            if all(t in rest for r in groups[group] for t in manifest.cell_to_tags(r["tags"])):
+                after = [r | {"split": split} if r["group"] == group else r for r in after]
+                break
+    return after
 
 
 # --- writing --------------------------------------------------------------------------------------------

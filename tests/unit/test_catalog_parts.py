@@ -142,8 +142,15 @@ def test_a_list_saved_on_windows_reads_the_same_and_a_binary_one_is_refused(tmp_
 
 def test_a_parquet_list_reads_its_uri_column(tmp_path: Path) -> None:
     path = tmp_path / "cat.parquet"
-    pq.write_table(pa.table({"uri": ["/a.jpg", None, "rel.png"], "other": [1, 2, 3]}), path)
-    assert listed_uris(str(path)) == ["/a.jpg", str(tmp_path / "rel.png")]
+    uris = ["/a.jpg", None, "rel.png", " /b.jpg", "#1 shoot.jpg", ""]
+    pq.write_table(pa.table({"uri": uris, "other": [1, 2, 3, 4, 5, 6]}), path)
+    # Values are data: stripped, but "#" starts no comment as it does in a text list.
+    assert listed_uris(str(path)) == [
+        "/a.jpg",
+        str(tmp_path / "rel.png"),
+        "/b.jpg",
+        str(tmp_path / "#1 shoot.jpg"),
+    ]
     pq.write_table(pa.table({"path": ["/a.jpg"]}), path)
     with pytest.raises(CatalogError, match="no `uri` column"):
         listed_uris(str(path))

@@ -1276,3 +1276,24 @@ def test_a_reimport_without_a_range_keeps_the_given_one_and_says_so(tmp_path: Pa
     assert "scores read on 0..20, the range given at an earlier import: give --score-range to change it" in (
         again.notes
     )
+
+
+def test_moving_a_rare_tags_group_to_train_never_empties_a_split() -> None:
+    # A small dataset: one validation group, and it alone holds "heron" (seen on 5 images).
+    rows = [
+        {"image_id": f"{g}{i}", "group": g, "split": split, "tags": tags}
+        for g, split, tags, n in (
+            ("a", "train", "wren", 6),
+            ("b", "train", "wren", 5),
+            ("c", "train", "kestrel", 6),
+            ("v", "validation", "heron", 5),
+            ("t", "test", "wren", 3),
+        )
+        for i in range(n)
+    ]
+    out = importer.ensure_tags_in_train(rows, min_count=5)
+    split_of = {r["group"]: r["split"] for r in out}
+    assert split_of["v"] == "train"  # heron gets its training examples
+    assert split_of["b"] == "validation"  # the smallest train group whose tags stay in train takes its place
+    assert split_of["c"] == "train" and split_of["t"] == "test"  # kestrel's only group stays in train
+    assert {r["split"] for r in out} == {"train", "validation", "test"}
