@@ -201,8 +201,8 @@ def why_no_alias(settings: Settings, alias: str) -> str:
     if name not in names:
         known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
         return (
-            f"no model named {name!r} ({known}); set LIGHTBOX_MODEL_NAME (or --model), or train one with "
-            "`lightbox train`"
+            f"no model named {name!r} ({known}); set LIGHTBOX_MODEL_NAME (or name it: `lightbox serve "
+            "--models NAME@ALIAS`, other commands `--model NAME`), or train one with `lightbox train`"
         )
     versions = c.search_model_versions(f"name = '{name}'")
     if not versions:

@@ -68,7 +68,12 @@ CASES = {
     "serve a model name that is not registered": Case(
         ("serve",),
         1,
-        ("no model named 'lightbx' (registered models: lightbox)", "LIGHTBOX_MODEL_NAME"),
+        # serve has no --model: its hint names --models (the one it has).
+        (
+            "no model named 'lightbx' (registered models: lightbox)",
+            "LIGHTBOX_MODEL_NAME",
+            "serve --models NAME@",
+        ),
         env=(("LIGHTBOX_MODEL_NAME", "lightbx"),),
     ),
     "a typo in a DAG's param": Case(
