@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -193,6 +194,7 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
     # The whole body is within serve_max_body_bytes already; a part's own cap (1 MB by default) would
     # only turn a photo sent without a filename into a misleading "part exceeded maximum size".
     limit = settings.serve_max_images_per_request
+    _check_multipart_complete(request.headers.get("content-type", ""), body)
     try:
         form = await Request(request.scope, replay).form(
             max_files=limit, max_fields=16, max_part_size=settings.serve_max_body_bytes
@@ -226,6 +228,20 @@ async def _multipart_images(request: Request, body: bytes, settings: Settings) -
         return Upload(blobs, bool(several), None if threshold in (None, "") else parse_threshold(threshold))
     finally:
         await form.close()
+
+
+def _check_multipart_complete(content_type: str, body: bytes) -> None:
+    """400 for a multipart body that lacks its closing delimiter (``--BOUNDARY--``): a body cut mid-part
+    (a client that stopped sending, a proxy's size cut) or not multipart at all. The parser would take
+    it for an empty form and the client would read that its 'file' field is missing. Without a boundary
+    the parser itself says so."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise ApiError(
+            400,
+            f"multipart body is truncated or malformed: it does not end with its closing boundary "
+            f"(--{boundary.decode('latin-1')}--); was the upload cut short?",
+        )
 
 
 def _binary_field(value: str) -> bytes | None:

@@ -339,6 +339,24 @@ def test_multipart_as_sdks_send_it(client: TestClient, tmp_path) -> None:  # noq
     still_serving(client)
 
 
+def test_a_cut_multipart_body_is_called_truncated(client: TestClient) -> None:
+    """A multipart body cut mid-part, or missing its closing boundary, is said to be cut: not a form
+    without its 'file' field (what the parser makes of it)."""
+    boundary = "cutb0undary"
+    whole = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + JPEG
+    ctype = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    for cut in (whole[: len(whole) // 2], whole + b"\r\n", whole + f"\r\n--{boundary}\r\n".encode()):
+        resp = client.post("/predict", content=cut, headers=ctype)
+        assert resp.status_code == 400, resp.text
+        assert "multipart body is truncated or malformed" in resp.json()["error"], resp.text
+    closed = whole + f"\r\n--{boundary}--\r\n".encode()
+    assert client.post("/predict", content=closed, headers=ctype).status_code == 200
+    still_serving(client)
+
+
 def _check_answer(resp) -> None:
     assert resp.status_code < 500, resp.text[:300]
     assert resp.headers["content-type"].startswith(("application/json", "application/octet-stream"))
