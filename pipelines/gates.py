@@ -389,9 +389,20 @@ def shadow_checks(tags: Mapping[str, str], labels: ModelLabels | None, settings:
     where = "shadow traffic recorded on the version (serve with LIGHTBOX_SERVE_SHADOW_FRACTION > 0)"
     checks = [GateCheck("shadow.samples", samples, float(settings.promote_min_shadow_samples), ">=", where)]
     if labels is None or labels.has_score:
+        # Samples without an SROCC: the server left it out because it was undefined (scores constant over
+        # the window), which is no evidence of agreement either way.
+        undefined = (
+            "undefined over the recorded shadow window (the scores did not vary: the same image shadowed "
+            "again and again?); shadow more varied traffic"
+        )
+        srocc_where = undefined if samples is not None and samples > 0 else where
         checks.append(
             GateCheck(
-                "shadow.score_srocc", number("score_srocc"), settings.promote_min_shadow_srocc, ">=", where
+                "shadow.score_srocc",
+                number("score_srocc"),
+                settings.promote_min_shadow_srocc,
+                ">=",
+                srocc_where,
             )
         )
     compared = tags.get(SHADOW_PREFIX + "tags_compared", "")

@@ -23,7 +23,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from training.metrics import srocc
+# Undefined (the window's scores constant: the same image shadowed again and again) is None, never 0,
+# which `lightbox promote` would read as total disagreement.
+from training.metrics import srocc_or_none as srocc
 
 KEY_HEADER = "x-lightbox-key"
 

@@ -15,10 +15,19 @@ def _finite(x: float) -> float:
 
 
 def srocc(pred: np.ndarray, true: np.ndarray) -> float:
-    """Spearman rank-order correlation: does the model order images like the labels do?"""
+    """Spearman rank-order correlation: does the model order images like the labels do? 0 where it is
+    undefined (a constant side), so that a constant model fails a floor."""
+    rho = srocc_or_none(pred, true)
+    return 0.0 if rho is None else rho
+
+
+def srocc_or_none(pred: np.ndarray, true: np.ndarray) -> float | None:
+    """``srocc``, None where it is undefined (fewer than 2 pairs, or a side constant): for a comparison
+    of two models, where equal constant scores are not a disagreement and must not be recorded as 0."""
     if len(pred) < 2:
-        return 0.0
-    return _finite(stats.spearmanr(pred, true).statistic)
+        return None
+    rho = float(stats.spearmanr(pred, true).statistic)
+    return rho if np.isfinite(rho) else None
 
 
 def plcc(pred: np.ndarray, true: np.ndarray) -> float:

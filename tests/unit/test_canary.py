@@ -66,6 +66,20 @@ def test_agreement_matches_a_direct_comparison() -> None:
     )
 
 
+def test_an_undefined_srocc_is_not_recorded_as_zero() -> None:
+    """The same image shadowed again and again: constant scores on both sides have no rank correlation.
+    It is neither exported nor recorded as 0 (a promote floor of 0.8 would read total disagreement)."""
+    agreement = Agreement(("t",), ("t",))
+    agreement.add(np.full(10, 0.7), np.full(10, 0.7), np.ones((10, 1)), np.ones((10, 1)))
+    s = agreement.summary()
+    assert s.samples == 10 and s.score_srocc is None and s.score_mae == 0.0
+    tags = s.to_tags()
+    assert "shadow.score_srocc" not in tags and tags["shadow.samples"] == "10"
+    registry = CollectorRegistry()
+    ShadowMetrics(registry, agreement.summary)
+    assert np.isnan(registry.get_sample_value("lightbox_shadow_score_srocc"))
+
+
 def test_the_window_keeps_the_latest_pairs() -> None:
     agreement = Agreement(("t",), ("t",), window=10)
     agreement.add(np.zeros(20), np.ones(20), np.zeros((20, 1)), np.ones((20, 1)))

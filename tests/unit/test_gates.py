@@ -285,6 +285,13 @@ def test_the_shadow_requirement_reads_the_agreement_the_server_recorded(tmp_path
         "shadow.samples = 120.0000 (needs >= 500): shadow traffic recorded on the version "
         "(serve with LIGHTBOX_SERVE_SHADOW_FRACTION > 0)"
     ]
+    # Samples but no SROCC: the server found it undefined (constant scores), and the verdict says so.
+    recorded_without_srocc = {k: v for k, v in recorded.items() if k != "shadow.score_srocc"}
+    undefined = GateVerdict(*shadow_checks(recorded_without_srocc, BOTH, settings))
+    assert undefined.reasons == [
+        "shadow.score_srocc = missing (needs >= 0.8): undefined over the recorded shadow window (the "
+        "scores did not vary: the same image shadowed again and again?); shadow more varied traffic"
+    ]
     never = GateVerdict(*shadow_checks({}, BOTH, settings))  # never shadowed: every check missing
     assert not never.passed and len(never.reasons) == 3
     # Only what the model answers is required: a tags-only model has no score agreement.
