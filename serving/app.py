@@ -35,7 +35,7 @@ from serving.cors import Cors, cors_headers
 from serving.disconnect import unless_client_leaves
 from serving.http_methods import HeadAndOptions
 from serving.metrics import HttpMetrics, RequestMetricsMiddleware
-from serving.minions import IsolatedPredictor
+from serving.minions import IsolatedPredictor, WorkerMetrics
 from serving.multi import (
     LabelledRegistries,
     ModelError,
@@ -92,6 +92,8 @@ def _served(
     settings: Settings, src: ModelSource, registry: CollectorRegistry | None, cpu: CpuCost
 ) -> ServedModel:
     runtime = InferenceRuntime(src.settings or settings, src.predictor, registry, cpu)
+    if isinstance(src.predictor, IsolatedPredictor):  # its new versions are isolated too (IsolatedLoader)
+        WorkerMetrics(runtime.registry, lambda: runtime.predictor)
     swapper = (
         HotSwapper(
             runtime,
@@ -323,16 +325,24 @@ def create_app(
             status = status | {"models": {m.name: swapper_status(m) for m in models}}
         return status
 
+    def worker_status(m: ServedModel) -> dict[str, Any]:
+        """An isolated model's worker: up, restarting and why (serving/minions.py); else nothing."""
+        p = m.runtime.predictor
+        return {"worker": p.health()} if isinstance(p, IsolatedPredictor) else {}
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        # "ok" while a model serves, even one behind its alias: the registry block says so, and a load
-        # balancer must not take down the replica that still answers.
+        # "ok" while every model serves, even one behind its alias: the registry block says so, and a
+        # load balancer must not take down the replica that still answers. "degraded": an isolated
+        # model's worker is down (its "worker" block says why); the others still answer.
+        workers = {m.name: worker_status(m) for m in models}
+        down = any(w and w["worker"]["worker"] != "up" for w in workers.values())
         body = {
-            "status": "ok",
+            "status": "degraded" if down else "ok",
             "model": model_json(runtime.predictor),
             "queue_depth": runtime.batcher.queue_depth,
             "registry": swapper_status(models.primary),
-        }
+        } | workers[models.primary.name]
         if models.several:
             body["models"] = {
                 m.name: {
@@ -340,6 +350,7 @@ def create_app(
                     "queue_depth": m.runtime.batcher.queue_depth,
                     "registry": swapper_status(m),
                 }
+                | workers[m.name]
                 for m in models
             }
         return body

@@ -26,7 +26,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from serving.runtime import ApiError
 from training.model import ModelConfig
@@ -243,6 +245,8 @@ class IsolatedPredictor(Predictor):
         self.traced = False
         self._worker: _Worker | None = worker
         self.restarts = 0
+        # Why the worker is down, while it is (None: up): its death, then each failed restart's error.
+        self.down_reason: str | None = None
         self._closing = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="minion-supervisor", daemon=True)
         self._supervisor.start()
@@ -258,11 +262,24 @@ class IsolatedPredictor(Predictor):
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         self._call("warmup", tuple(batch_sizes))
 
+    @property
+    def ready(self) -> bool:
+        """The worker is up and answers (False while it is restarting, and once closed)."""
+        worker = self._worker
+        return worker is not None and worker.alive and not self._closing.is_set()
+
+    def health(self) -> dict[str, Any]:
+        """The worker's state for /healthz: up, restarting (and why) or closed."""
+        state = "closed" if self._closing.is_set() else "up" if self.ready else "restarting"
+        reason = None if state == "up" else self.down_reason
+        return {"worker": state, "pid": self.pid, "restarts": self.restarts, "reason": reason}
+
     def _call(self, op: str, arg: Any) -> Any:
         worker = self._worker
         if worker is None or not worker.alive:
             why = "closed" if self._closing.is_set() else "restarting"
-            raise ApiError(503, f"model {self.name!r} v{self.version} is {why}", {"Retry-After": "1"})
+            detail = f" ({self.down_reason})" if why == "restarting" and self.down_reason else ""
+            raise ApiError(503, f"model {self.name!r} v{self.version} is {why}{detail}", {"Retry-After": "1"})
         return worker.call(op, arg, self.call_timeout_s)
 
     # Supervision.
@@ -280,6 +297,7 @@ class IsolatedPredictor(Predictor):
             worker.kill()
             if lived > self.HEALTHY_AFTER_S:
                 delay = self.backoff_s[0]
+            self.down_reason = f"worker pid {worker.process.pid} died (exit {worker.process.exitcode})"
             log.error(
                 "worker of %s v%s (pid %s) died (exit %s); restarting in %.1f s",
                 self.name,
@@ -293,16 +311,34 @@ class IsolatedPredictor(Predictor):
                 try:
                     fresh = _Worker(self._factory, self.version, self._streams, self._threads)
                     fresh.handshake(self.load_timeout_s)
-                except Exception:
-                    log.exception("restarting the worker of %s v%s failed", self.name, self.version)
+                except Exception as exc:
+                    self.down_reason = f"restart failed: {_one_line(exc)}"
+                    self._log_failed_restart(exc, delay)
                     continue
                 if self._closing.is_set():
                     fresh.stop()
                     return
                 self._worker = fresh
+                self.down_reason = None
                 self.restarts += 1
                 log.info("worker of %s v%s restarted (pid %s)", self.name, self.version, fresh.process.pid)
                 break
+
+    def _log_failed_restart(self, exc: Exception, delay: float) -> None:
+        """A known error (lightbox.errors.known_error: the version's files refused, the model gone from the
+        registry) or the worker's own failure is one line, each attempt; anything else a traceback."""
+        from lightbox.errors import known_error
+
+        if isinstance(exc, WorkerFailed) or known_error(exc) is not None:
+            log.error(
+                "restarting the worker of %s v%s failed: %s; next try in %.1f s",
+                self.name,
+                self.version,
+                _one_line(exc),
+                delay,
+            )
+        else:
+            log.exception("restarting the worker of %s v%s failed", self.name, self.version)
 
     def close(self) -> None:
         """Stop supervising and stop the worker (the app's lifespan end). Idempotent."""
@@ -332,6 +368,48 @@ class IsolatedPredictor(Predictor):
             f"IsolatedPredictor({self.name!r}, version={self.version!r}, device={self.device}, "
             f"{self.inner_runtime}, pid={self.pid})"
         )
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+class WorkerMetrics:
+    """An isolated model's worker in Prometheus, read at scrape time from the runtime's current version
+    (a hot swap brings a new worker): ``lightbox_model_worker_up`` (1/0), ``..._restarts``, and while it
+    is down ``lightbox_model_worker_down_info{reason}``."""
+
+    def __init__(self, registry: Any, predictor: Callable[[], Predictor]) -> None:
+        self.predictor = predictor
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.predictor()
+        if not isinstance(p, IsolatedPredictor):
+            return
+        health = p.health()
+        up = health["worker"] == "up"
+        yield GaugeMetricFamily("lightbox_model_worker_up", "The isolated model's worker answers", float(up))
+        yield GaugeMetricFamily(
+            "lightbox_model_worker_restarts", "Restarts of the isolated model's worker", p.restarts
+        )
+        down = GaugeMetricFamily(
+            "lightbox_model_worker_down_info", "Why the isolated model's worker is down", labels=["reason"]
+        )
+        if not up:
+            down.add_metric([health["reason"] or health["worker"]], 1.0)
+        yield down
+
+
+def worker_down(predictor: Predictor) -> str | None:
+    """Why this model cannot answer now (its isolated worker restarting, or closed); None: it can."""
+    if not isinstance(predictor, IsolatedPredictor) or predictor.ready:
+        return None
+    health = predictor.health()
+    return f"worker {health['worker']}" + (f": {health['reason']}" if health["reason"] else "")
 
 
 @dataclass(frozen=True)

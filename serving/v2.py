@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from serving.admission_http import ticket_of
 from serving.body_codecs import BodyError, image_from_base64
 from serving.disconnect import unless_client_leaves
+from serving.minions import worker_down
 from serving.multi import ModelSet
 from serving.runtime import ApiError, InferenceRuntime, Prediction
 from serving.uploads import media_type, parse_json, read_body, request_timeout
@@ -283,11 +284,17 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/health/ready")
-    async def ready() -> dict[str, Any]:
-        # Ready: a predictor is loaded before the app exists. The protocol reads the status code and
-        # "ready"; the rest says which version serves, where the alias points and why they differ.
-        return {"ready": True} | (registry_status() if registry_status is not None else {})
+    @router.get("/health/ready", response_model=None)
+    async def ready() -> dict[str, Any] | JSONResponse:
+        # Ready while a model answers: a predictor is loaded before the app exists, and only an isolated
+        # model's worker can be down (restarting; "down" says which and why). The protocol reads the
+        # status code and "ready"; the rest says which version serves, where the alias points and why
+        # they differ.
+        down = {m.name: why for m in models if (why := worker_down(m.runtime.predictor)) is not None}
+        body = {"ready": len(down) < len(models)} | (registry_status() if registry_status is not None else {})
+        if down:
+            body["down"] = down
+        return body if body["ready"] else JSONResponse(body, status_code=503)
 
     @router.get("/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:
@@ -297,15 +304,20 @@ def v2_router(models: ModelSet, registry_status: Callable[[], dict[str, Any]] | 
     async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
         return metadata(name, version)
 
-    @router.get("/models/{name}/ready")
-    async def model_ready(name: str) -> dict[str, Any]:
-        runtime_of(name, None)
-        return {"name": name, "ready": True}
+    def model_readiness(name: str, version: str | None) -> dict[str, Any] | JSONResponse:
+        """Ready, or 503 with the reason while the model's isolated worker is down."""
+        why = worker_down(runtime_of(name, version).predictor)
+        if why is None:
+            return {"name": name, "ready": True}
+        return JSONResponse({"name": name, "ready": False, "reason": why}, status_code=503)
 
-    @router.get("/models/{name}/versions/{version}/ready")
-    async def model_version_ready(name: str, version: str) -> dict[str, Any]:
-        runtime_of(name, version)
-        return {"name": name, "ready": True}
+    @router.get("/models/{name}/ready", response_model=None)
+    async def model_ready(name: str) -> dict[str, Any] | JSONResponse:
+        return model_readiness(name, None)
+
+    @router.get("/models/{name}/versions/{version}/ready", response_model=None)
+    async def model_version_ready(name: str, version: str) -> dict[str, Any] | JSONResponse:
+        return model_readiness(name, version)
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         runtime = runtime_of(name, version)

@@ -32,3 +32,15 @@ def dies_at_load(version: str | None) -> Predictor:
     time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+def refused_once_flagged(
+    flag: str, name: str, tags: tuple[str, ...], seeds: dict[str, int], version: str | None
+) -> Predictor:
+    """``seeded``, until the file ``flag`` exists: then the load is refused as a corrupted artifact is
+    (a worker that cannot restart)."""
+    from lightbox.adapters.mlflow_registry import ArtifactMismatch
+
+    if os.path.exists(flag):
+        raise ArtifactMismatch(f"{name} v{version}: extra_files/model.onnx differs from the recorded digest")
+    return seeded(name, tags, seeds, version)

@@ -5,15 +5,17 @@ new worker, and no process left once the app stops."""
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from minion_models import dies_at_load, never_loads, seeded
+from minion_models import dies_at_load, never_loads, refused_once_flagged, seeded
 
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings
@@ -123,6 +125,57 @@ def test_killed_worker_restarts_and_the_other_model_answers_meanwhile(pets, imag
         assert mp.active_children() == []
     finally:
         places.close()
+
+
+def test_a_worker_that_cannot_restart_is_not_ready_and_says_why(pets, image, tmp_path, caplog) -> None:
+    """Its artifact corrupted, the killed worker's restarts are refused: the model is not ready (503),
+    /healthz and /metrics show its worker down and why, its 503 says why, each refused restart is one
+    log line (a known error, no traceback), and it is retried until the model loads again."""
+    flag = tmp_path / "corrupted"
+    factory = functools.partial(refused_once_flagged, str(flag), "places", PLACES, PLACES_SEEDS)
+    places = IsolatedPredictor(factory, "7", streams=1, threads=1, call_timeout_s=20, backoff_s=(0.2, 0.4))
+    try:
+        app = create_app(settings(tmp_path), [ModelSource(pets), ModelSource(places)])
+        with TestClient(app) as c, caplog.at_level(logging.INFO, logger="serving.minions"):
+            assert c.get("/v2/models/places/ready").json() == {"name": "places", "ready": True}
+            assert c.get("/healthz").json()["models"]["places"]["worker"]["worker"] == "up"
+            flag.write_text("")
+            first = places.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            until(lambda: "ArtifactMismatch" in (places.down_reason or ""), 60, "a refused restart")
+            r = c.get("/v2/models/places/ready")
+            assert r.status_code == 503 and r.json()["ready"] is False
+            assert "ArtifactMismatch" in r.json()["reason"] and "model.onnx" in r.json()["reason"]
+            assert c.get("/v2/models/pets/ready").status_code == 200
+            server = c.get("/v2/health/ready")  # pets still answers: the server is ready, places is down
+            assert server.status_code == 200 and "ArtifactMismatch" in server.json()["down"]["places"]
+            health = c.get("/healthz").json()
+            assert health["status"] == "degraded"
+            worker = health["models"]["places"]["worker"]
+            assert worker["worker"] == "restarting" and "ArtifactMismatch" in worker["reason"]
+            metrics = c.get("/metrics").text
+            assert re.search(r'lightbox_model_worker_up\{model="places"\} 0\.0', metrics)
+            assert re.search(
+                r'lightbox_model_worker_down_info\{model="places",reason="[^"]*ArtifactMis', metrics
+            )
+            alone = c.post("/predict?models=places", content=image)
+            assert alone.status_code == 503 and "ArtifactMismatch" in alone.json()["error"], alone.text
+            assert c.post("/predict", content=image).json()["models"]["pets"]["score"] is not None
+            # Retried with backoff, each refusal one line without a traceback.
+            until(lambda: len(refusals(caplog)) >= 2, 60, "a second refused restart")
+            assert all(r.exc_info is None and "\n" not in r.getMessage() for r in refusals(caplog))
+            flag.unlink()  # the artifact repaired: the next try loads
+            until(lambda: places.ready, 60, "the restart")
+            assert c.get("/v2/models/places/ready").status_code == 200
+            assert c.get("/healthz").json()["status"] == "ok"
+            assert re.search(r'lightbox_model_worker_up\{model="places"\} 1\.0', c.get("/metrics").text)
+    finally:
+        places.close()
+
+
+def refusals(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("restarting the worker of places")]
 
 
 class Pinned:
