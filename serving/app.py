@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from serving.reload import HotSwapper, ModelLoader
 from serving.runtime import ApiError, InferenceRuntime, Prediction, usable_cores
 from serving.uploads import CLIENT_CLOSED, request_timeout, uploaded_images
 from serving.v2 import v2_router
-from training.predictor import Predictor
+from training.predictor import ModelNotFound, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,17 @@ def _install_error_handlers(app: FastAPI, cors_origins: Sequence[str] = ()) -> N
 
 
 @dataclass(frozen=True)
+class PendingChallenger:
+    """A challenger whose alias names no version yet: the app polls ``loader`` (every
+    ``serve_reload_interval_s``, or on ``POST /admin/reload?model=NAME``) and starts the canary/shadow
+    once it resolves. ``prepare``: sizes the loaded version (serving.server.sized_for) off the loop."""
+
+    loader: ModelLoader
+    name: str
+    prepare: Callable[[Predictor], Settings] | None = None
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """A model to serve beside others: its first version, where new versions come from, its name."""
 
@@ -161,7 +172,7 @@ def create_app(
     *,
     loader: ModelLoader | None = None,
     registry: CollectorRegistry | None = None,
-    challenger: ModelSource | None = None,
+    challenger: ModelSource | PendingChallenger | None = None,
     record_shadow: Recorder | None = None,
 ) -> FastAPI:
     """The serving app for ``predictor``. With a ``loader``, it can hot-swap to new registry versions.
@@ -170,7 +181,8 @@ def create_app(
     (serving/multi.py); ``/metrics`` labels their metrics with ``model``.
 
     ``challenger``: the primary's challenger, for canary and shadow (``serve_canary_percent``,
-    ``serve_shadow_fraction``); ``record_shadow`` writes its agreement onto its registry version."""
+    ``serve_shadow_fraction``), or a ``PendingChallenger`` whose alias is not set yet (canary/shadow off
+    until it is); ``record_shadow`` writes its agreement onto its registry version."""
     sources = [ModelSource(predictor, loader)] if isinstance(predictor, Predictor) else list(predictor)
     if loader is not None and not isinstance(predictor, Predictor):
         raise ValueError("with several models, each ModelSource carries its own loader")
@@ -181,23 +193,25 @@ def create_app(
     )
     runtime = models.primary.runtime
     page = (Path(__file__).parent / "static" / "index.html").read_text("utf-8")
-    rival = (
-        Challenger(
-            _served(settings, challenger, None, cpu),
+    pending = challenger if isinstance(challenger, PendingChallenger) else None
+
+    def make_rival(src: ModelSource) -> Challenger:
+        return Challenger(
+            _served(settings, src, None, cpu),
             canary_percent=settings.serve_canary_percent,
             shadow_fraction=settings.serve_shadow_fraction,
             tag_threshold=settings.serve_tag_threshold,
             champion_tags=runtime.predictor.tag_names,
             recorder=record_shadow,
         )
-        if challenger is not None
-        else None
-    )
-    if models.several or rival is not None:
+
+    rival = make_rival(challenger) if isinstance(challenger, ModelSource) else None
+    per_model: dict[str, CollectorRegistry] = {}
+    if models.several or challenger is not None:
         # The app's HTTP metrics, unlabelled, beside each model's own registry labelled with its name.
         http = HttpMetrics(registry or CollectorRegistry())
         exported = CollectorRegistry(auto_describe=False)
-        per_model = {m.name: m.runtime.registry for m in models}
+        per_model.update({m.name: m.runtime.registry for m in models})
         if rival is not None:
             per_model[f"{models.primary.name}@challenger"] = rival.model.runtime.registry
         exported.register(LabelledRegistries(http.registry, per_model))
@@ -205,33 +219,73 @@ def create_app(
         http, exported = runtime.metrics, runtime.registry
     timeout_s = None if settings.serve_model_timeout_ms is None else settings.serve_model_timeout_ms / 1000
 
+    followers: list[asyncio.Task[None]] = []
+
+    def start_following(m: ServedModel) -> None:
+        m.runtime.batcher.reopen()
+        m.runtime.admission.loop_lag = lag  # one loop, one lag: every model's admission counts it
+        if m.swapper is not None and settings.serve_reload_interval_s > 0:
+            followers.append(asyncio.create_task(m.swapper.follow(), name=f"alias-follower-{m.name}"))
+
+    def start_rival(r: Challenger) -> None:
+        start_following(r.model)
+        if settings.serve_shadow_record_interval_s > 0:
+            recording = r.record_forever(settings.serve_shadow_record_interval_s)
+            followers.append(asyncio.create_task(recording, name="shadow-recorder"))
+
+    async def adopt(p: PendingChallenger) -> Challenger:
+        """Load the pending challenger's version (ModelNotFound while its alias is unset) and start the
+        canary/shadow on it."""
+        nonlocal rival, pending
+        predictor = await asyncio.to_thread(p.loader.load, await asyncio.to_thread(p.loader.resolve))
+        own = await asyncio.to_thread(p.prepare, predictor) if p.prepare is not None else None
+        if pending is not p:  # adopted meanwhile (the follower and an admin reload)
+            assert rival is not None
+            return rival
+        new = make_rival(ModelSource(predictor, p.loader, p.name, own))
+        per_model[f"{models.primary.name}@challenger"] = new.model.runtime.registry
+        start_rival(new)
+        rival, pending = new, None
+        app.state.challenger = new
+        log.info("challenger %r: canary/shadow on", predictor)
+        return new
+
+    async def await_challenger(p: PendingChallenger) -> None:
+        """Poll the challenger's alias until it names a version (a failure other than the alias unset
+        is logged once, in one line)."""
+        logged = None
+        while pending is p:
+            await asyncio.sleep(settings.serve_reload_interval_s)
+            try:
+                await adopt(p)
+            except ModelNotFound:
+                continue
+            except Exception as exc:  # a broken challenger must not take the champion down: log, go on
+                line = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if line != logged:
+                    logged = line
+                    log.error("challenger %s not loaded (%s); canary/shadow still off", p.name, line)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        every = [*models, rival.model] if rival is not None else list(models)
-        for m in every:
-            m.runtime.batcher.reopen()
-        followers = [
-            asyncio.create_task(m.swapper.follow(), name=f"alias-follower-{m.name}")
-            for m in every
-            if m.swapper is not None and settings.serve_reload_interval_s > 0
-        ]
-        if rival is not None and settings.serve_shadow_record_interval_s > 0:
-            recording = rival.record_forever(settings.serve_shadow_record_interval_s)
-            followers.append(asyncio.create_task(recording, name="shadow-recorder"))
-        # One loop, one lag: every model's admission counts it (serving/admission.LoopLag).
-        for m in every:
-            m.runtime.admission.loop_lag = lag
+        for m in models:
+            start_following(m)
+        if rival is not None:
+            start_rival(rival)
+        if pending is not None and settings.serve_reload_interval_s > 0:
+            followers.append(asyncio.create_task(await_challenger(pending), name="challenger-wait"))
         followers.append(asyncio.create_task(lag.run(), name="loop-lag"))
         try:
             yield
         finally:
-            for follower in followers:
+            while followers:  # (a challenger adopted meanwhile added its own)
+                follower = followers.pop()
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
             if rival is not None:
                 await rival.drain()
-            for m in every:
+            for m in [*models, rival.model] if rival is not None else list(models):
                 await m.runtime.aclose()
                 # An isolated model's worker process ends with the app (serving/minions.py).
                 if isinstance(m.runtime.predictor, IsolatedPredictor):
@@ -249,7 +303,7 @@ def create_app(
     app.state.runtime = runtime  # the primary's (the only one of a one-model server)
     app.state.swapper = models.primary.swapper
     app.state.models = models
-    app.state.challenger = rival
+    app.state.challenger = rival  # None until a pending challenger's alias is set (adopt)
     app.state.registry = exported
     _install_error_handlers(app, settings.cors_origins)
     # Admission inside the request metrics, so that its refusals are counted as requests too.
@@ -294,22 +348,44 @@ def create_app(
         # Every model takes the same input (lightbox.imaging's preprocessing): decoded once for all.
         images = await selected[0].runtime.decode(blobs, ticket)
         # Canary: this key's users see the challenger in the primary's place (on the primary's ticket).
-        canary = rival is not None and rival.routes(request.headers.get(KEY_HEADER))
-        if canary and rival is not None:
-            selected = [replace(rival.model, name=m.name) if m is models.primary else m for m in selected]
+        # A challenger whose alias was removed pauses (its swapper says so) until the alias is set again.
+        live = rival if rival is not None and not rival_paused(rival) else None
+        canary = live is not None and live.routes(request.headers.get(KEY_HEADER))
+        if canary and live is not None:
+            selected = [replace(live.model, name=m.name) if m is models.primary else m for m in selected]
         if not models.several:
             preds = await selected[0].runtime.infer(images, "rest", ticket)
-            if rival is not None and not canary:
-                rival.shadow(images, preds)
+            if live is not None and not canary:
+                live.shadow(images, preds)
             return _answer(preds, cut, several)
         assert isinstance(ticket, MultiTicket)
         results = await infer_all(selected, images, "rest", ticket, timeout_s)
         primary = results.get(models.primary.name)
-        if rival is not None and not canary and isinstance(primary, list):
-            rival.shadow(images, primary)
+        if live is not None and not canary and isinstance(primary, list):
+            live.shadow(images, primary)
         _, preds = first_answer(results)
         return _answer(preds, cut, several) | {
             "models": {name: _model_entry(r, cut, several) for name, r in results.items()}
+        }
+
+    def rival_paused(r: Challenger) -> bool:
+        return r.model.swapper is not None and r.model.swapper.alias_gone
+
+    challenger_name = challenger.name if challenger is not None else None
+
+    def challenger_status() -> dict[str, Any] | None:
+        """The canary/shadow's challenger: waiting for its alias, serving, or paused (alias removed)."""
+        if challenger is None:
+            return None
+        if rival is None:
+            alias = getattr(pending.loader if pending else None, "alias", None)
+            return {"name": challenger_name, "state": f"off until @{alias} is set", "model": None}
+        state = "paused: its alias names no version" if rival_paused(rival) else "serving"
+        return {
+            "name": challenger_name,
+            "state": state,
+            "model": model_json(rival.model.runtime.predictor),
+            "registry": swapper_status(rival.model),
         }
 
     def swapper_status(m: ServedModel) -> dict[str, Any]:
@@ -343,6 +419,8 @@ def create_app(
             "queue_depth": runtime.batcher.queue_depth,
             "registry": swapper_status(models.primary),
         } | workers[models.primary.name]
+        if challenger is not None:
+            body["challenger"] = challenger_status()
         if models.several:
             body["models"] = {
                 m.name: {
@@ -369,7 +447,17 @@ def create_app(
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        target = models.primary if model is None else models.get(model)
+        if model is not None and model == challenger_name:
+            if rival is None:
+                assert pending is not None
+                try:
+                    new = await adopt(pending)
+                except ModelNotFound as exc:
+                    raise ApiError(409, f"canary/shadow still off: {' '.join(str(exc).split())}") from exc
+                return {"swapped": True, "version": new.model.runtime.predictor.version}
+            target = rival.model
+        else:
+            target = models.primary if model is None else models.get(model)
         swapper = target.swapper
         if swapper is None:
             raise ApiError(409, "this server has no model loader to reload from")

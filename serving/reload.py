@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lightbox.adapters.mlflow_registry import ArtifactError
+from lightbox.errors import known_error
 from serving.minions import IsolatedPredictor
 from serving.runtime import InferenceRuntime
-from training.predictor import Predictor
+from training.predictor import ModelNotFound, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class HotSwapper:
         self.alias: str | None = getattr(loader, "alias", None)
         self.alias_version: str | None = runtime.predictor.version
         self.last_error: ReloadError | None = None
+        self.alias_gone = False  # the last poll found no version under the alias
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,12 +93,14 @@ class HotSwapper:
             new = None
             try:
                 version = await asyncio.to_thread(self.loader.resolve)
-                self.alias_version = version
+                self.alias_version, self.alias_gone = version, False
                 if version == current.version and not force:
                     return {"swapped": False, "version": current.version}
                 new = await asyncio.to_thread(self.loader.load, version)
                 await asyncio.to_thread(new.warmup, self.warmup_sizes)
             except Exception as exc:
+                # The alias names no version now (removed): a canary/shadow pauses on it (serving.app).
+                self.alias_gone = version is None and isinstance(exc, ModelNotFound)
                 self.runtime.metrics.reload_failures.inc()
                 now = datetime.now(UTC).replace(microsecond=0).isoformat()
                 self.last_error = ReloadError(version, f"{type(exc).__name__}: {exc}", now)
@@ -133,5 +137,8 @@ class HotSwapper:
         what = f"load v{failed.version}" if failed and failed.version else f"resolve @{self.alias}"
         if isinstance(exc, ArtifactError):  # a known refusal: its message names version and file
             log.error("hot swap: refused to %s: %s; still serving v%s", what, exc, served)
+        elif known_error(exc) is not None:  # the alias removed (ModelNotFound), the registry away, ...
+            one_line = " ".join(str(exc).split())
+            log.error("hot swap: could not %s: %s; still serving v%s", what, one_line, served)
         else:
             log.exception("hot swap: could not %s; still serving v%s", what, served)

@@ -9,7 +9,7 @@ import uvicorn
 
 from lightbox.adapters.mlflow_registry import ArtifactError
 from lightbox.settings import Settings
-from serving.app import ModelSource, create_app
+from serving.app import ModelSource, PendingChallenger, create_app
 from serving.calibration import BUDGET_SHARE, calibrate
 from serving.minions import IsolatedLoader, IsolatedPredictor
 from serving.reload import ModelLoader
@@ -77,21 +77,35 @@ def _challenger(settings: Settings, primary: ModelSource, device: str) -> dict[s
     from lightbox.adapters import mlflow_registry
 
     own = (primary.settings or settings).model_copy(update={"model_name": primary.name})
-    predictor, loader = _load(own, settings.challenger_alias, device)
+    name = f"{primary.name}@{settings.challenger_alias}"
+
+    def record(version: str, tags: dict[str, str]) -> None:
+        mlflow_registry.set_version_tags(own, version, tags)
+
+    try:
+        predictor, loader = _load(own, settings.challenger_alias, device)
+    except CannotServe as exc:
+        if not isinstance(exc.__cause__, ModelNotFound):
+            raise
+        # No challenger yet (none registered since the last promotion): the champion serves alone, and
+        # the app starts the canary/shadow when the alias is set (serving.app.PendingChallenger).
+        log.warning(
+            "canary/shadow off until models:/%s is set (the server follows it; %s)",
+            name,
+            " ".join(str(exc.__cause__).split()),
+        )
+        pending = PendingChallenger(
+            RegistryLoader(own, settings.challenger_alias, device), name, lambda p: sized_for(own, p)
+        )
+        return {"challenger": pending, "record_shadow": record}
     log.info(
         "challenger %r: canary %.1f%%, shadow %.2f",
         predictor,
         settings.serve_canary_percent,
         settings.serve_shadow_fraction,
     )
-
-    def record(version: str, tags: dict[str, str]) -> None:
-        mlflow_registry.set_version_tags(own, version, tags)
-
     return {
-        "challenger": ModelSource(
-            predictor, loader, f"{primary.name}@{settings.challenger_alias}", sized_for(own, predictor)
-        ),
+        "challenger": ModelSource(predictor, loader, name, sized_for(own, predictor)),
         "record_shadow": record,
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import Callable
 
@@ -19,9 +20,9 @@ from PIL import Image
 
 from lightbox.imaging import preprocess_bytes
 from lightbox.settings import Settings
-from serving.app import ModelSource, create_app
+from serving.app import ModelSource, PendingChallenger, create_app
 from training.model import FeatureExtractor, Heads, LightboxModel, ModelConfig
-from training.predictor import Predictor
+from training.predictor import ModelNotFound, Predictor
 
 pytestmark = pytest.mark.integration
 
@@ -303,3 +304,75 @@ def test_shadow_never_changes_an_answer_and_reports_the_agreement(extractor, pet
         assert s.tag_agreement[tag] == pytest.approx(np.mean((ta[:, i] >= 0.5) == (tb[:, i] >= 0.5)))
     assert f'lightbox_shadow_samples{{model="pets@challenger"}} {float(len(photos))}' in metrics
     assert challenger.record() == s.to_tags() and recorded == [("2", s.to_tags())]
+
+
+class ChallengerAlias:
+    """The registry's @challenger: unset (ModelNotFound) until ``version`` is set; ``rival`` its model."""
+
+    alias = "challenger"
+
+    def __init__(self, rival: Predictor) -> None:
+        self.version: str | None = None
+        self.rival = rival
+
+    def resolve(self) -> str:
+        if self.version is None:
+            raise ModelNotFound("no model version at models:/pets@challenger")
+        return self.version
+
+    def load(self, version: str | None = None) -> Predictor:
+        return self.rival
+
+
+def test_canary_without_a_challenger_waits_for_its_alias(extractor, pets, image, tmp_path, caplog) -> None:
+    """No @challenger yet: the champion serves alone; the challenger is picked up when the alias is set
+    (by the follower, or at once by an admin reload), paused in one log line when the alias is removed,
+    and /healthz says which."""
+    alias = ChallengerAlias(make(extractor, "pets", PETS, "2", 5))
+    headers = {"authorization": f"Bearer {TOKEN}"}
+
+    def answered_by(c: TestClient) -> str:
+        return c.post("/predict", content=image).json()["model"]["version"]
+
+    app = create_app(
+        settings(tmp_path, serve_canary_percent=100, serve_reload_interval_s=0.05),
+        pets,
+        challenger=PendingChallenger(alias, "pets@challenger"),
+    )
+    with TestClient(app) as c, caplog.at_level(logging.INFO, logger="serving.reload"):
+        assert answered_by(c) == "1"
+        assert c.get("/healthz").json()["challenger"]["state"] == "off until @challenger is set"
+        refused = c.post("/admin/reload?model=pets@challenger", headers=headers)
+        assert refused.status_code == 409 and "no model version" in refused.json()["error"]
+        alias.version = "2"
+        deadline = time.monotonic() + 30
+        while app.state.challenger is None:
+            assert time.monotonic() < deadline, "the challenger was never picked up"
+            time.sleep(0.02)
+        assert answered_by(c) == "2"
+        assert c.get("/healthz").json()["challenger"]["state"] == "serving"
+        alias.version = None  # removed: the champion answers everyone again
+        while answered_by(c) != "1":
+            assert time.monotonic() < deadline + 30, "the canary never paused"
+            time.sleep(0.02)
+        assert c.get("/healthz").json()["challenger"]["state"].startswith("paused")
+        lines = [r for r in caplog.records if r.name == "serving.reload"]
+        assert len(lines) == 1 and lines[0].exc_info is None and "no model version" in lines[0].getMessage()
+        alias.version = "2"
+        while answered_by(c) != "2":
+            assert time.monotonic() < deadline + 60, "the canary never resumed"
+            time.sleep(0.02)
+    # Without a follower, an admin reload of the challenger starts the canary at once.
+    alias.version = "2"
+    manual = create_app(
+        settings(tmp_path, serve_canary_percent=100),
+        pets,
+        challenger=PendingChallenger(alias, "pets@challenger"),
+    )
+    with TestClient(manual) as c:
+        assert answered_by(c) == "1"
+        r = c.post("/admin/reload?model=pets@challenger", headers=headers)
+        assert r.status_code == 200 and r.json()["version"] == "2"
+        assert answered_by(c) == "2"
+        again = c.post("/admin/reload?model=pets@challenger&force=true", headers=headers)
+        assert again.status_code == 200, again.text
