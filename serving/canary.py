@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 
 # Undefined (the window's scores constant: the same image shadowed again and again) is None, never 0,
 # which `lightbox promote` would read as total disagreement.
-from training.metrics import srocc_or_none as srocc
+from training.metrics import srocc_or_none
 
 KEY_HEADER = "x-lightbox-key"
 
@@ -59,7 +59,7 @@ def unit_score(score: float, score_range: tuple[float, float] | None) -> float:
 @dataclass(frozen=True)
 class AgreementSummary:
     samples: int  # image pairs in the window
-    score_srocc: float | None  # None: fewer than 3 pairs, or a tags-only model
+    score_srocc: float | None  # None: fewer than 3 pairs, a tags-only model, or constant scores
     score_mae_unit: float | None  # mean |difference| of the unit scores: a fraction of a range
     tag_agreement: dict[str, float]  # tag -> share of images where both sides decide it the same way
     tags_not_compared: tuple[str, ...] = ()  # either side's tags the other does not answer
@@ -131,7 +131,7 @@ class Agreement:
         a = np.array([p[0] for p in pairs])
         b = np.array([p[1] for p in pairs])
         scored = np.isfinite(a) & np.isfinite(b)  # a tags-only model scores NaN
-        rho = srocc(b[scored], a[scored]) if scored.sum() >= 3 else None
+        rho = srocc_or_none(b[scored], a[scored]) if scored.sum() >= 3 else None
         mad = float(np.abs(a[scored] - b[scored]).mean()) if scored.any() else None
         same = np.stack([p[2] for p in pairs]) if self.shared else np.zeros((len(pairs), 0), bool)
         tags = {t: float(same[:, i].mean()) for i, t in enumerate(self.shared)}
