@@ -72,7 +72,7 @@ def test_an_undefined_srocc_is_not_recorded_as_zero() -> None:
     agreement = Agreement(("t",), ("t",))
     agreement.add(np.full(10, 0.7), np.full(10, 0.7), np.ones((10, 1)), np.ones((10, 1)))
     s = agreement.summary()
-    assert s.samples == 10 and s.score_srocc is None and s.score_mae == 0.0
+    assert s.samples == 10 and s.score_srocc is None and s.score_mae_unit == 0.0
     tags = s.to_tags()
     assert "shadow.score_srocc" not in tags and tags["shadow.samples"] == "10"
     registry = CollectorRegistry()
