@@ -128,8 +128,15 @@ def run(settings: Settings) -> FeaturesResult:
     new = feature_frame([r["image_id"] for r in todo], feats, now)
     table = new if cached is None else pd.concat([cached, new], ignore_index=True)
     path = feast_store.write_offline(settings, table)
-    if todo or cached is None or not feast_store.is_applied(settings):
+    fingerprint = feast_store.offline_fingerprint(settings, table)
+    if (
+        todo
+        or cached is None
+        or not feast_store.is_applied(settings)
+        or not feast_store.is_materialized(settings, fingerprint)
+    ):
         feast_store.apply_and_materialize(settings)
+        feast_store.record_materialized(settings, fingerprint)
     return FeaturesResult(
         n_images=len(rows),
         n_computed=len(todo),

@@ -67,6 +67,41 @@ def write_offline(settings: Settings, df: pd.DataFrame) -> Path:
     return path
 
 
+# What the online store last received in full (pipelines/features.py): a run killed between writing the
+# offline table and materializing it had left its new images out of the online store for good, since
+# the next run found nothing to compute and skipped materializing.
+_MATERIALIZED = "feast_materialized.json"
+
+
+def offline_fingerprint(settings: Settings, table: pd.DataFrame) -> str:
+    """The rows an online store holds once ``table`` is materialized into it: (image id, timestamp)
+    pairs, and the store's identity (another store, or the same one emptied, needs them again)."""
+    import hashlib
+
+    pairs = sorted(zip(table["image_id"].astype(str), table["event_timestamp"].astype(str), strict=True))
+    store = (
+        f"redis {settings.feast_redis}"
+        if settings.feast_online_store == "redis"
+        else f"sqlite {settings.feast_online_path}"
+    )
+    digest = hashlib.sha256(f"{settings.feast_project} {store}\n{pairs}".encode())
+    return digest.hexdigest()
+
+
+def is_materialized(settings: Settings, fingerprint: str) -> bool:
+    marker = settings.state / _MATERIALIZED
+    if settings.feast_online_store == "sqlite" and not Path(settings.feast_online_path).exists():
+        return False
+    return marker.exists() and marker.read_text().strip() == fingerprint
+
+
+def record_materialized(settings: Settings, fingerprint: str) -> None:
+    marker = settings.state / _MATERIALIZED
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(fingerprint + "\n")
+    tmp.replace(marker)
+
+
 def read_offline(settings: Settings) -> pd.DataFrame | None:
     """The offline feature table (the feature cache), or None before the first feature run."""
     path = settings.feast_offline_path / OFFLINE_FILE

@@ -18,7 +18,9 @@ from pipelines.importer import ImportOptions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_append_extracts_only_new_images_and_training_refuses_missing_features(tmp_path: Path) -> None:
+def test_append_extracts_only_new_images_and_training_refuses_missing_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = Settings(project_dir=tmp_path / "project", golden_fraction=0.0, min_tag_count=2)
     opts = ImportOptions(score_column="rating", tags_column="labels", score_range="1,10")
     importer.run(s, str(imagefolder(tmp_path / "a", 10)), opts)
@@ -28,8 +30,17 @@ def test_append_extracts_only_new_images_and_training_refuses_missing_features(t
     importer.run(
         s, str(imagefolder(tmp_path / "b", 3, start=50)), ImportOptions(**{**opts.__dict__, "append": True})
     )
+    # Killed after writing the offline table, before materializing: the rerun has nothing to compute,
+    # and must still fill the online store (it had left the new images out of it for good).
+    with monkeypatch.context() as m:
+        m.setattr(feast_store, "apply_and_materialize", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            features.run(s)
     second = features.run(s)
-    assert (second.n_images, second.n_computed, second.n_cached) == (13, 3, 10)
+    assert (second.n_images, second.n_computed, second.n_cached) == (13, 0, 13)
+    ids = [r["image_id"] for r in manifest.read_manifest(s.data_dir)]
+    online = feast_store.online(s, ids)
+    assert [i for i, q in zip(ids, online["quality"], strict=True) if q is None] == []
     assert features.run(s).n_computed == 0  # nothing new: nothing extracted
 
     ids = [r["image_id"] for r in manifest.read_manifest(s.data_dir)]
@@ -48,3 +59,7 @@ def test_append_extracts_only_new_images_and_training_refuses_missing_features(t
     assert features.run(s).n_computed == 1
     with pytest.raises(features.FeaturesOutOfDate, match="1 have no features.*lightbox features"):
         features.load_for_training(s, [*ids, "0123456789abcdef"])
+
+
+def _killed(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt  # as a SIGKILL would stop it: before anything reaches the online store
