@@ -522,14 +522,14 @@ def run(
 ) -> ScoreResult:
     """Score every image ``source`` names with ``models:/<model_name>@<alias>`` (or ``version``) into
     ``out``: a folder of parquet parts, or ``postgres`` (settings.results_dsn, results_table)."""
+    from lightbox.adapters import mlflow_registry
     from training.predictor import RegistryLoader
 
     alias = alias or settings.champion_alias
     if version is not None:  # named: checked here, in one line, not by every actor failing to load it
-        from lightbox.adapters import mlflow_registry
-
         mlflow_registry.require_version(settings, version)
     version = version or RegistryLoader(settings, alias).resolve()  # pinned for the whole job
+    mlflow_registry.require_judged(settings, version)  # likewise: the actors would each refuse it
     sink = open_sink(out, dsn=settings.results_dsn, table=settings.results_table)
     result = ScoreResult(source, sink.describe(), settings.model_name, version)
     t0 = time.monotonic()

@@ -657,16 +657,27 @@ def verify_artifacts(
     if not recorded:
         if allow_unverified:
             return
-        raise ArtifactUnverified(
-            f"{who} has no recorded artifact digest ({DIGEST_TAG}): the gates never judged these files; "
-            f"run `lightbox gates --version {version}` to judge them and record it"
-        )
+        raise _unverified(settings, version)
     if recorded == found.digest:
         return
     raise ArtifactMismatch(
         f"{who}: {_what_differs(tags.get(DIGEST_FILES_TAG), found)}, not the bytes the gates judged "
         f"(artifact digest {recorded[:12]}, found {found.digest[:12]}); refusing to load it"
     )
+
+
+def _unverified(settings: Settings, version: str) -> ArtifactUnverified:
+    return ArtifactUnverified(
+        f"{settings.model_name} v{version} has no recorded artifact digest ({DIGEST_TAG}): the gates never "
+        f"judged these files; run `lightbox gates --version {version}` to judge them and record it"
+    )
+
+
+def require_judged(settings: Settings, version: str) -> None:
+    """ArtifactUnverified, before any download, when the gates never recorded the version's digest: a job
+    that loads it in many places (Ray actors) says so once, not in a traceback per actor."""
+    if not (require_version(settings, version).tags or {}).get(DIGEST_TAG):
+        raise _unverified(settings, version)
 
 
 def _what_differs(recorded_listing: str | None, found: ArtifactDigest) -> str:

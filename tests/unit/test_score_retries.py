@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from lightbox.results import (
     Done,
@@ -162,3 +163,25 @@ def test_a_part_left_with_no_rows_is_removed(tmp_path: Path) -> None:
     sink.write([_row("/gone", "g")])
     sink.finish(set())
     assert len(list(out.glob("part-*.parquet"))) == 1 and _rows(out) == {"/gone": [None]}
+
+
+def test_a_version_the_gates_never_judged_is_refused_before_ray_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every model actor refused it, in a Ray traceback each; now one line before the job starts."""
+    from types import SimpleNamespace
+
+    from lightbox.adapters import mlflow_registry
+    from lightbox.settings import Settings
+    from pipelines import score_catalog
+
+    monkeypatch.setattr(mlflow_registry, "require_version", lambda s, v: SimpleNamespace(tags={}))
+    monkeypatch.setattr(score_catalog, "_score", _must_not_run)
+    with pytest.raises(
+        mlflow_registry.ArtifactUnverified, match=r"v3 has no recorded .*lightbox gates --version 3"
+    ):
+        score_catalog.run(Settings(project_dir=tmp_path), str(tmp_path), str(tmp_path / "out"), version="3")
+
+
+def _must_not_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the job started")
