@@ -101,7 +101,13 @@ def read_recent(settings: Settings, source: str, name: str, version: str, last: 
         raise NoPredictions(f"{folder} is not a folder of bulk-scoring results (`lightbox score --out`)")
     table = read_parts(folder, ["score", "tag_probs", "model_name", "model_version", "error", "scored_at"])
     if table is None:
-        return []
+        others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+        if others:  # a photo folder given by mistake would read as a healthy "no drift measured"
+            raise NoPredictions(
+                f"{folder} holds no bulk-scoring results but {len(others)} other files (e.g. {others[0]}): "
+                "give the folder `lightbox score --out` wrote"
+            )
+        return []  # a results folder nothing was written to yet
     frame = table.to_pandas()
     frame = frame[(frame.model_name == name) & (frame.model_version == version) & frame.error.isna()]
     frame = frame.sort_values("scored_at", ascending=False).head(last)

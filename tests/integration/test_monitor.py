@@ -112,6 +112,9 @@ def test_too_few_recent_predictions_measure_nothing(registered_champion, tmp_pat
     empty.mkdir()
     result = monitor.run(registered_champion.settings, source=str(empty))
     assert not result.drifted and result.recent_count == 0 and "no drift measured" in result.note
+    (empty / "IMG_1.jpg").write_bytes(b"a photo, not results")  # the photos' folder given by mistake
+    with pytest.raises(monitor.NoPredictions, match=r"holds no bulk-scoring results but 1 other files"):
+        monitor.run(registered_champion.settings, source=str(empty))
 
 
 def test_a_test_split_too_small_to_compare_with_is_a_note_not_a_traceback(
