@@ -226,6 +226,23 @@ def lock_problems(settings: Settings) -> list[Problem]:
     return problems
 
 
+def feature_problems(settings: Settings) -> list[Problem]:
+    from lightbox.adapters import feast_store
+
+    behind = feast_store.online_behind(settings)
+    if behind is None:
+        return []
+    why = (
+        f"has not received the offline features of {behind} images in full (a `lightbox features` run "
+        "stopped before materializing, or the store was emptied or switched): a read by image id misses them"
+    )
+    fix = "materialize the offline features into it"
+    store = settings.feast_online_store
+    return [
+        Problem("Feast online store", store, why, fix, partial(feast_store.materialize_offline, settings))
+    ]
+
+
 def notes(settings: Settings) -> list[str]:
     """What is worth knowing but left behind by nobody: versions that are not gated yet."""
     return [
@@ -241,6 +258,7 @@ def check(settings: Settings) -> list[Problem]:
         *airflow_problems(settings),
         *mlflow_problems(settings),
         *lock_problems(settings),
+        *feature_problems(settings),
     ]
 
 

@@ -95,6 +95,30 @@ def is_materialized(settings: Settings, fingerprint: str) -> bool:
     return marker.exists() and marker.read_text().strip() == fingerprint
 
 
+def online_behind(settings: Settings) -> int | None:
+    """The offline table's image count when the online store has not received it in full (a features run
+    killed before materializing, or a store emptied or switched since); None when it has, or before any
+    features run. Reads only the key columns."""
+    import pyarrow.parquet as pq
+
+    path = settings.feast_offline_path / OFFLINE_FILE
+    if not path.exists():
+        return None
+    keys = pq.read_table(path, columns=["image_id", "event_timestamp"]).to_pandas()
+    return None if is_materialized(settings, offline_fingerprint(settings, keys)) else len(keys)
+
+
+def materialize_offline(settings: Settings) -> None:
+    """Apply and materialize the offline table as it is, and record it (doctor's repair)."""
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(
+        settings.feast_offline_path / OFFLINE_FILE, columns=["image_id", "event_timestamp"]
+    ).to_pandas()
+    apply_and_materialize(settings)
+    record_materialized(settings, offline_fingerprint(settings, keys))
+
+
 def record_materialized(settings: Settings, fingerprint: str) -> None:
     marker = settings.state / _MATERIALIZED
     tmp = marker.with_suffix(".tmp")

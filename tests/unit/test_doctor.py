@@ -199,3 +199,22 @@ def test_a_dags_test_run_is_orphaned_when_the_process_that_started_it_is_gone() 
     # stage runs for, a live pid is taken for a reused one.
     later = orphans(runs, runners, now=NOW + timedelta(days=3), alive=alive)
     assert [r.dag_id for r, _ in later] == ["data", "train", "promote"]
+
+
+def test_an_online_store_that_missed_the_offline_features_is_listed(tmp_path: Path) -> None:
+    """A features run killed between its offline write and materializing: doctor names it (the next
+    `lightbox features` run also repairs it)."""
+    import pandas as pd
+
+    from lightbox.adapters import feast_store
+
+    s = Settings(project_dir=tmp_path)
+    assert doctor.feature_problems(s) == []  # no features run yet
+    keys = pd.DataFrame({"image_id": ["a", "b"], "event_timestamp": pd.Timestamp("2026-12-07", tz="UTC")})
+    feast_store.write_offline(s, keys)
+    [problem] = doctor.feature_problems(s)
+    assert problem.kind == "Feast online store" and "offline features of 2 images" in problem.why
+    Path(s.feast_online_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(s.feast_online_path).touch()
+    feast_store.record_materialized(s, feast_store.offline_fingerprint(s, feast_store.read_offline(s)))
+    assert doctor.feature_problems(s) == []
