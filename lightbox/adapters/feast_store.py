@@ -99,24 +99,25 @@ def online_behind(settings: Settings) -> int | None:
     """The offline table's image count when the online store has not received it in full (a features run
     killed before materializing, or a store emptied or switched since); None when it has, or before any
     features run. Reads only the key columns."""
-    import pyarrow.parquet as pq
-
-    path = settings.feast_offline_path / OFFLINE_FILE
-    if not path.exists():
+    if not (settings.feast_offline_path / OFFLINE_FILE).exists():
         return None
-    keys = pq.read_table(path, columns=["image_id", "event_timestamp"]).to_pandas()
+    keys = _offline_keys(settings)
     return None if is_materialized(settings, offline_fingerprint(settings, keys)) else len(keys)
 
 
 def materialize_offline(settings: Settings) -> None:
     """Apply and materialize the offline table as it is, and record it (doctor's repair)."""
-    import pyarrow.parquet as pq
-
-    keys = pq.read_table(
-        settings.feast_offline_path / OFFLINE_FILE, columns=["image_id", "event_timestamp"]
-    ).to_pandas()
+    keys = _offline_keys(settings)
     apply_and_materialize(settings)
     record_materialized(settings, offline_fingerprint(settings, keys))
+
+
+def _offline_keys(settings: Settings) -> pd.DataFrame:
+    """The offline table's (image_id, event_timestamp) columns alone: what the fingerprint reads."""
+    import pyarrow.parquet as pq
+
+    path = settings.feast_offline_path / OFFLINE_FILE
+    return pq.read_table(path, columns=["image_id", "event_timestamp"]).to_pandas()
 
 
 def record_materialized(settings: Settings, fingerprint: str) -> None:
